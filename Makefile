@@ -1,0 +1,55 @@
+# pkcs11-ha — see README.md. `make run` and `make test` install what they need (Debian packages) first.
+SHELL := /bin/bash
+GO ?= go
+DEB_PACKAGES := softhsm2 p11-kit p11-kit-modules opensc
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps test run bench chaos lint fmt build clean
+
+all: build
+
+# Install the Debian packages when something is missing (apt-get update once), then the Go modules.
+deps:
+	@missing=""; \
+	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
+	command -v p11-kit >/dev/null || missing="$$missing p11-kit"; \
+	ls /usr/lib/*/pkcs11/p11-kit-client.so >/dev/null 2>&1 || missing="$$missing p11-kit-modules"; \
+	command -v pkcs11-tool >/dev/null || missing="$$missing opensc"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
+	fi
+	@$(GO) mod download
+
+build: deps
+	$(GO) build ./...
+
+# Unit tests (race detector on the pure-Go routing packages), integration tests on real SoftHSM2 devices,
+# and the short chaos suite. Well under 10 minutes on 2 cores.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 5m ./failover/... ./health/...
+	$(GO) test -count=1 -timeout 9m ./pkcs11ha/... ./softhsm-test/... ./cmd/...
+
+# The demo: four SoftHSM2 devices in two regions behind the sidecar, with a scripted failover.
+run: deps
+	$(GO) run ./cmd/hsm-ha-proxy demo
+
+# Side-by-side figures against direct miekg/pkcs11 and crypto11; the last line is the BENCH summary.
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./failover/
+	$(GO) run ./softhsm-test/cmd/hsm-bench
+
+# The long chaos run (>= 100,000 operations, minutes of flapping). Results table in chaos-results.txt.
+chaos: deps
+	CHAOS_LONG=1 $(GO) test -count=1 -timeout 60m -run 'TestChaos' -v ./softhsm-test/chaos/ | tee chaos.log
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -f chaos.log chaos-results.txt

@@ -1,0 +1,403 @@
+package pkcs11ha
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/failover"
+)
+
+// device is the PKCS#11 backend of one configured HSM: its module instance, and per partition a token, a
+// logged-in session, a session pool and a key-handle cache. Everything that belongs to one module instance
+// lives in a devState and is replaced whole on re-init, so no handle from before is ever used again.
+type device struct {
+	idx    int
+	name   string
+	cfg    DeviceConfig
+	policy *Policy
+	mod    *moduleHandle
+	parts  []*devPartition // same order as Config.Partitions
+
+	recoverMu sync.Mutex // one recovery at a time
+	needInit  atomic.Bool
+	lastErr   atomic.Pointer[string]
+	onKeys    func(d *device)     // re-checks key consistency after a (re)open
+	onDown    func(reason string) // traffic proved the device down: tell its health monitor
+}
+
+// devPartition is one partition (token) on one device.
+type devPartition struct {
+	dev       *device
+	cfg       *PartitionConfig
+	st        atomic.Pointer[partState]
+	credFatal atomic.Pointer[string] // set once a PIN was rejected: never logged in again
+	logins    atomic.Int64           // C_Login attempts, for tests and metrics
+}
+
+// partState is everything that belongs to one module instance for one partition.
+type partState struct {
+	in      *instance
+	slot    uint
+	loginS  pkcs11.SessionHandle // persistent session keeping the token logged in
+	pool    *sessionPool
+	loginMu sync.Mutex
+
+	keysMu sync.RWMutex
+	keys   map[string]*keyObject
+}
+
+func (d *device) setErr(err error) {
+	if err == nil {
+		return
+	}
+	s := err.Error()
+	d.lastErr.Store(&s)
+}
+
+// open brings the device up on its current (or a fresh) instance: resolve tokens, log in, list keys.
+func (d *device) open(ctx context.Context) error {
+	d.recoverMu.Lock()
+	defer d.recoverMu.Unlock()
+	return d.openLocked(ctx, false)
+}
+
+// recoverDevice re-initialises the module when the device was seen down. Shared instances (several devices
+// on one module, as with a Luna client) are only re-initialised when no other device on them is serving;
+// otherwise the device reopens sessions and logs in again on the current instance.
+func (d *device) recoverDevice(ctx context.Context, othersServing bool) error {
+	d.recoverMu.Lock()
+	defer d.recoverMu.Unlock()
+	return d.openLocked(ctx, !othersServing)
+}
+
+func (d *device) openLocked(ctx context.Context, reinit bool) error {
+	d.mod.mu.Lock()
+	in := d.mod.current()
+	var err error
+	switch {
+	case in == nil:
+		if d.mod.cur.Load() != nil {
+			in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
+		} else {
+			in, err = d.mod.load(ctx, d.policy.MaxRetired)
+			if err == nil {
+				d.mod.cur.Store(in)
+			}
+		}
+	case reinit && d.needInit.Load():
+		in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
+	}
+	d.mod.mu.Unlock()
+	if err != nil {
+		err = downErr(d.name, "", OpInitialize, err.Error())
+		d.setErr(err)
+		return err
+	}
+	d.needInit.Store(false)
+	var errs []error
+	for _, p := range d.parts {
+		if err := p.open(ctx, in); err != nil {
+			if failover.ClassOf(err) == failover.ClassDeviceDown {
+				// e.g. the token is missing after C_Initialize against a dead server: only a re-init helps.
+				d.needInit.Store(true)
+			}
+			errs = append(errs, err)
+		}
+	}
+	if d.onKeys != nil {
+		d.onKeys(d)
+	}
+	if len(errs) == len(d.parts) {
+		err := errs[0]
+		d.setErr(err)
+		return err
+	}
+	// Some partitions may be unusable (wrong PIN); the device still serves the others.
+	return nil
+}
+
+// open resolves the token by label or serial on instance in, logs in once and lists its keys.
+func (p *devPartition) open(ctx context.Context, in *instance) error {
+	if why := p.credFatal.Load(); why != nil {
+		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
+	}
+	if old := p.st.Load(); old != nil && old.in == in && ctx.Err() == nil {
+		// Same instance: a soft recovery. Drop pooled sessions and re-login below on the same slot.
+		p.st.Store(nil)
+	}
+	if !in.enter() {
+		return downErr(p.dev.name, p.cfg.Name, OpSlotList, "module instance is re-initialising")
+	}
+	defer in.exit()
+	c := in.ctx
+	slots, err := c.GetSlotList(true)
+	if err != nil {
+		return p11err(p.dev.name, p.cfg.Name, OpSlotList, err)
+	}
+	var slot uint
+	var info pkcs11.TokenInfo
+	found := false
+	for _, s := range slots {
+		ti, err := c.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		if (p.cfg.TokenSerial != "" && strings.TrimSpace(ti.SerialNumber) == p.cfg.TokenSerial) ||
+			(p.cfg.TokenSerial == "" && strings.TrimSpace(ti.Label) == p.cfg.TokenLabel) {
+			slot, info, found = s, ti, true
+			break
+		}
+	}
+	if !found {
+		// After a server dies C_Initialize still succeeds with no slots: the device is not up.
+		return downErr(p.dev.name, p.cfg.Name, OpTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
+	}
+	size := p.dev.policy.SessionPoolSize
+	if m := int(info.MaxSessionCount); m > 1 && m < 1<<20 && m-1 < size {
+		size = m - 1 // one for the login session
+	}
+	ls, err := c.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
+	if err != nil {
+		return p11err(p.dev.name, p.cfg.Name, OpOpenSession, err)
+	}
+	st := &partState{in: in, slot: slot, loginS: ls, pool: newSessionPool(in, slot, size)}
+	if err := p.login(st); err != nil {
+		_ = c.CloseSession(ls)
+		return err
+	}
+	keys, err := listPrivateKeys(c, ls, "")
+	if err != nil {
+		return p11err(p.dev.name, p.cfg.Name, OpFindObjects, err)
+	}
+	st.keys = make(map[string]*keyObject, len(keys))
+	for _, k := range keys {
+		if _, dup := st.keys[k.label]; !dup {
+			st.keys[k.label] = k
+		}
+	}
+	p.st.Store(st)
+	return nil
+}
+
+func (p *devPartition) tokenName() string {
+	if p.cfg.TokenSerial != "" {
+		return "serial " + p.cfg.TokenSerial
+	}
+	return p.cfg.TokenLabel
+}
+
+// login logs the persistent session in. A rejected PIN is never tried again: PIN lockout on a real HSM
+// locks the partition for every application.
+func (p *devPartition) login(st *partState) error {
+	st.loginMu.Lock()
+	defer st.loginMu.Unlock()
+	if why := p.credFatal.Load(); why != nil {
+		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
+	}
+	p.logins.Add(1)
+	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.cfg.pin)
+	if err == nil {
+		return nil
+	}
+	de := p11err(p.dev.name, p.cfg.Name, OpLogin, err).(*DeviceError)
+	switch de.Class {
+	case failover.ClassNone: // CKR_USER_ALREADY_LOGGED_IN
+		return nil
+	case failover.ClassCredential:
+		why := fmt.Sprintf("C_Login: %s: PIN not retried", CKRName(de.Code))
+		p.credFatal.Store(&why)
+	}
+	return de
+}
+
+// keyFor returns the cached key object for label on st.
+func (st *partState) key(label string) *keyObject {
+	st.keysMu.RLock()
+	k := st.keys[label]
+	st.keysMu.RUnlock()
+	return k
+}
+
+// refreshKey looks label up again after a stale-handle error and checks the public key did not change.
+func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label string, want []byte) (*keyObject, error) {
+	ks, err := listPrivateKeys(st.in.ctx, s, label)
+	if err != nil {
+		return nil, p11err(p.dev.name, p.cfg.Name, OpFindObjects, err)
+	}
+	if len(ks) == 0 {
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
+	}
+	if !bytes.Equal(ks[0].pubDER, want) {
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
+	}
+	st.keysMu.Lock()
+	st.keys[label] = ks[0]
+	st.keysMu.Unlock()
+	return ks[0], nil
+}
+
+// opFunc is one PKCS#11 operation on a borrowed session with a key handle.
+type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, Op, error)
+
+// run executes op for the key (label, pubDER) of partition p, with the session-level recovery of the error
+// table: a broken session is dropped and the call retried once on a fresh one; a stale handle is looked up
+// again; a lost login is restored. Device-down errors mark the device for re-init.
+func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op opFunc) ([]byte, error) {
+	st := p.st.Load()
+	if st == nil {
+		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "partition not open")
+	}
+	if !st.in.enter() {
+		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "module instance is re-initialising")
+	}
+	defer st.in.exit()
+	retried := false
+	for {
+		out, err := p.runOnce(ctx, st, label, pubDER, op)
+		if err == nil {
+			return out, nil
+		}
+		var de *DeviceError
+		if !errors.As(err, &de) {
+			return nil, err
+		}
+		switch de.Class {
+		case failover.ClassDeviceDown:
+			if de.Code != 0 {
+				// A real device error code (not our own verdict): stop using this instance now.
+				p.dev.needInit.Store(true)
+				st.in.broken.Store(true)
+				if p.dev.onDown != nil {
+					p.dev.onDown(err.Error())
+				}
+			}
+			p.dev.setErr(err)
+			return nil, err
+		case failover.ClassSessionBroken, failover.ClassHandleStale:
+			if retried || ctx.Err() != nil {
+				return nil, err
+			}
+		case failover.ClassLoginLost:
+			if retried || ctx.Err() != nil {
+				return nil, err
+			}
+			if lerr := p.login(st); lerr != nil {
+				return nil, lerr
+			}
+		default:
+			return nil, err
+		}
+		retried = true
+	}
+}
+
+func (p *devPartition) runOnce(ctx context.Context, st *partState, label string, pubDER []byte, op opFunc) ([]byte, error) {
+	k := st.key(label)
+	if k == nil {
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
+	}
+	s, err := st.pool.get(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, p11err(p.dev.name, p.cfg.Name, OpOpenSession, err)
+	}
+	out, step, err := op(st.in.ctx, s, k.priv)
+	if err != nil {
+		e := p11err(p.dev.name, p.cfg.Name, step, err)
+		var de *DeviceError
+		if !errors.As(e, &de) {
+			var me *MechanismError
+			if errors.As(e, &me) {
+				me.Device = p.dev.name
+			}
+			st.pool.put(s) // refused before reaching the token's state (e.g. unsupported mechanism)
+			return nil, e
+		}
+		switch de.Class {
+		case failover.ClassSessionBroken, failover.ClassDeviceDown, failover.ClassBusy:
+			st.pool.discard(s)
+		case failover.ClassHandleStale:
+			if _, rerr := p.refreshKey(st, s, label, pubDER); rerr != nil {
+				st.pool.discard(s)
+				return nil, rerr
+			}
+			st.pool.put(s)
+		default:
+			st.pool.put(s)
+		}
+		return nil, e
+	}
+	if ctx.Err() != nil {
+		// The caller gave up on this call (abandoned or lost a hedge race): the session is fine, but keep the
+		// rule simple and safe — a session whose call outlived its deadline is never pooled again.
+		st.pool.discard(s)
+	} else {
+		st.pool.put(s)
+	}
+	return out, nil
+}
+
+// probe checks the device: re-initialise when it was seen down, then C_GetTokenInfo for each open partition.
+func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(ctx context.Context) error) error {
+	if d.needInit.Load() || d.anyPartitionClosed() {
+		if err := d.recoverDevice(ctx, othersServing); err != nil {
+			return err
+		}
+	}
+	served := 0
+	for _, p := range d.parts {
+		st := p.st.Load()
+		if st == nil {
+			continue
+		}
+		if !st.in.enter() {
+			return downErr(d.name, "", OpTokenInfo, "module instance is re-initialising")
+		}
+		_, err := st.in.ctx.GetTokenInfo(st.slot)
+		st.in.exit()
+		if err != nil {
+			e := p11err(d.name, p.cfg.Name, OpTokenInfo, err)
+			if failover.ClassOf(e) == failover.ClassDeviceDown {
+				d.needInit.Store(true)
+				st.in.broken.Store(true)
+			}
+			d.setErr(e)
+			return e
+		}
+		served++
+	}
+	if served == 0 {
+		return downErr(d.name, "", OpTokenInfo, "no partition is open")
+	}
+	if healthKey != nil {
+		if err := healthKey(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// anyPartitionClosed reports whether a partition that could work (PIN accepted) is not open.
+func (d *device) anyPartitionClosed() bool {
+	for _, p := range d.parts {
+		if p.st.Load() == nil && p.credFatal.Load() == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// close releases the device's module reference (the module is finalised by the last user when idle).
+func (d *device) close(timeout time.Duration) {
+	modules.release(d.mod, timeout)
+}

@@ -1,0 +1,9 @@
+// Package pkcs11ha is a client-side high-availability layer for PKCS#11 HSMs: one crypto.Signer /
+// crypto.Decrypter (Key) backed by the same key cloned on several devices, routed to the nearest healthy
+// device with circuit breakers, per-attempt deadlines, retries and background recovery.
+//
+// The package holds the config schema (LoadConfig), the cluster (Open, Cluster.Key, Status, Close), the
+// device backend over github.com/miekg/pkcs11 (module registry, token resolution, sessions, login, key
+// lookup, re-initialisation) and the one table that classifies PKCS#11 errors (Classify). Routing policy
+// lives in package failover and health tracking in package health; neither knows PKCS#11.
+package pkcs11ha

@@ -1,0 +1,429 @@
+package pkcs11ha_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// openCluster writes the topology's config and opens a cluster on it; the cluster is closed at cleanup.
+func openCluster(t *testing.T, topo *softhsmtest.Topology, policy string, opts ...pkcs11ha.Option) (*pkcs11ha.Cluster, *pkcs11ha.Config) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
+	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: policy}))
+	cfg, err := pkcs11ha.LoadConfig(path)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cl, err := pkcs11ha.Open(ctx, cfg, opts...)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, cl.Close()) })
+	return cl, cfg
+}
+
+func inProcess(names ...string) []softhsmtest.DeviceSpec {
+	var out []softhsmtest.DeviceSpec
+	for _, n := range names {
+		out = append(out, softhsmtest.DeviceSpec{Name: n, Region: "eastus", InProcess: true})
+	}
+	return out
+}
+
+func digest(h crypto.Hash, msg string) []byte {
+	d := h.New()
+	d.Write([]byte(msg))
+	return d.Sum(nil)
+}
+
+// TestSignAllAlgorithms signs with every supported mechanism on in-process SoftHSM devices (Ed25519 cannot
+// cross p11-kit 0.24's RPC) and verifies each signature with the Go standard library.
+func TestSignAllAlgorithms(t *testing.T) {
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a", "dev-b")})
+	cl, _ := openCluster(t, topo, "")
+	ctx := context.Background()
+
+	rsaKey, err := cl.Key(ctx, "payments", "rsa-key")
+	require.NoError(t, err)
+	rsaPub := rsaKey.Public().(*rsa.PublicKey)
+	require.True(t, rsaPub.Equal(topo.Keys["rsa-key"].Public()), "public key read from the token matches the imported one")
+
+	for _, h := range []crypto.Hash{crypto.SHA224, crypto.SHA256, crypto.SHA384, crypto.SHA512} {
+		t.Run("RSA_PKCS1_"+h.String(), func(t *testing.T) {
+			d := digest(h, "pkcs1 "+h.String())
+			sig, err := rsaKey.Sign(rand.Reader, d, h)
+			require.NoError(t, err)
+			require.NoError(t, rsa.VerifyPKCS1v15(rsaPub, h, d, sig))
+		})
+	}
+	t.Run("RSA_PKCS1_raw", func(t *testing.T) {
+		// crypto.Hash(0): the input is signed as is (e.g. a TLS 1.1 MD5+SHA1 concatenation).
+		in := make([]byte, 36)
+		_, _ = rand.Read(in)
+		sig, err := rsaKey.Sign(rand.Reader, in, crypto.Hash(0))
+		require.NoError(t, err)
+		require.NoError(t, rsa.VerifyPKCS1v15(rsaPub, crypto.Hash(0), in, sig))
+	})
+	for _, tc := range []struct {
+		name string
+		h    crypto.Hash
+		salt int
+		vfy  int
+	}{
+		{"auto_sha256", crypto.SHA256, rsa.PSSSaltLengthAuto, rsa.PSSSaltLengthAuto},
+		{"equals_hash_sha256", crypto.SHA256, rsa.PSSSaltLengthEqualsHash, 32},
+		{"explicit_20_sha384", crypto.SHA384, 20, 20},
+		{"equals_hash_sha512", crypto.SHA512, rsa.PSSSaltLengthEqualsHash, 64},
+	} {
+		t.Run("RSA_PSS_"+tc.name, func(t *testing.T) {
+			d := digest(tc.h, "pss")
+			sig, err := rsaKey.Sign(rand.Reader, d, &rsa.PSSOptions{SaltLength: tc.salt, Hash: tc.h})
+			require.NoError(t, err)
+			require.NoError(t, rsa.VerifyPSS(rsaPub, tc.h, d, sig, &rsa.PSSOptions{SaltLength: tc.vfy, Hash: tc.h}))
+			if tc.salt == rsa.PSSSaltLengthAuto {
+				// Auto means the largest salt, as crypto/rsa does: verifying with an exact hash-length salt fails.
+				require.Error(t, rsa.VerifyPSS(rsaPub, tc.h, d, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: tc.h}))
+			}
+		})
+	}
+	for _, label := range []string{"ec-key", "ec384-key"} {
+		k, err := cl.Key(ctx, "ledger", label)
+		require.NoError(t, err)
+		pub := k.Public().(*ecdsa.PublicKey)
+		require.True(t, pub.Equal(topo.Keys[label].Public()))
+		for _, h := range []crypto.Hash{crypto.SHA256, crypto.SHA384, crypto.SHA512} {
+			t.Run("ECDSA_"+label+"_"+h.String(), func(t *testing.T) {
+				d := digest(h, "ecdsa")
+				sig, err := k.Sign(rand.Reader, d, h)
+				require.NoError(t, err)
+				require.True(t, ecdsa.VerifyASN1(pub, d, sig), "DER signature verifies")
+			})
+		}
+	}
+	t.Run("Ed25519", func(t *testing.T) {
+		k, err := cl.Key(ctx, "payments", "ed-key")
+		require.NoError(t, err)
+		pub := k.Public().(ed25519.PublicKey)
+		require.True(t, pub.Equal(topo.Keys["ed-key"].Public()))
+		msg := []byte("an Ed25519 message, not a digest")
+		sig, err := k.Sign(rand.Reader, msg, crypto.Hash(0))
+		require.NoError(t, err)
+		require.True(t, ed25519.Verify(pub, msg, sig))
+	})
+}
+
+func TestDecrypt(t *testing.T) {
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	ctx := context.Background()
+
+	t.Run("native", func(t *testing.T) {
+		cl, _ := openCluster(t, topo, "")
+		k, err := cl.Key(ctx, "payments", "rsa-key")
+		require.NoError(t, err)
+		pub := k.Public().(*rsa.PublicKey)
+		msg := []byte("a 32-byte session key..........")
+
+		ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, msg, nil)
+		require.NoError(t, err)
+		_ = ct
+		ct1, err := rsa.EncryptOAEP(crypto.SHA1.New(), rand.Reader, pub, msg, nil)
+		require.NoError(t, err)
+		pt, err := k.Decrypt(rand.Reader, ct1, &rsa.OAEPOptions{Hash: crypto.SHA1})
+		require.NoError(t, err)
+		require.Equal(t, msg, pt)
+
+		// SoftHSM 2.6.1 does OAEP with SHA-1 only: SHA-256 is refused by name, as a caller error.
+		_, err = k.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: crypto.SHA256})
+		require.ErrorIs(t, err, pkcs11ha.ErrUnsupported)
+		require.Contains(t, err.Error(), "CKM_RSA_PKCS_OAEP")
+
+		ct2, err := rsa.EncryptPKCS1v15(rand.Reader, pub, msg)
+		require.NoError(t, err)
+		pt, err = k.Decrypt(rand.Reader, ct2, nil)
+		require.NoError(t, err)
+		require.Equal(t, msg, pt)
+
+		// Tampered ciphertext: rsa.ErrDecryption, for OAEP and PKCS#1 v1.5.
+		bad := bytes.Clone(ct1)
+		bad[5] ^= 0x40
+		_, err = k.Decrypt(rand.Reader, bad, &rsa.OAEPOptions{Hash: crypto.SHA1})
+		require.ErrorIs(t, err, rsa.ErrDecryption)
+		bad = bytes.Clone(ct2)
+		bad[5] ^= 0x40
+		_, err = k.Decrypt(rand.Reader, bad, nil)
+		require.ErrorIs(t, err, rsa.ErrDecryption)
+		// With SessionKeyLen a bad padding yields random bytes of that length, as crypto/rsa does.
+		got, err := k.Decrypt(rand.Reader, bad, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 32})
+		require.NoError(t, err)
+		require.Len(t, got, 32)
+		require.NotEqual(t, msg, got)
+		// Wrong length.
+		_, err = k.Decrypt(rand.Reader, ct1[:100], &rsa.OAEPOptions{Hash: crypto.SHA1})
+		var ie *pkcs11ha.InputError
+		require.ErrorAs(t, err, &ie)
+	})
+
+	t.Run("fallback", func(t *testing.T) {
+		cl, _ := openCluster(t, topo, "oaep_fallback: true")
+		k, err := cl.Key(ctx, "payments", "rsa-key")
+		require.NoError(t, err)
+		pub := k.Public().(*rsa.PublicKey)
+		msg := []byte("secret")
+		for _, tc := range []struct {
+			h, mgf crypto.Hash
+			label  []byte
+		}{
+			{crypto.SHA256, 0, nil},
+			{crypto.SHA384, 0, []byte("label")},
+			{crypto.SHA512, 0, nil},
+			{crypto.SHA1, 0, []byte("label")},
+		} {
+			ct, err := rsa.EncryptOAEP(tc.h.New(), rand.Reader, pub, msg, tc.label)
+			require.NoError(t, err)
+			pt, err := k.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: tc.h, Label: tc.label})
+			require.NoError(t, err, "OAEP %v", tc.h)
+			require.Equal(t, msg, pt)
+			ct[len(ct)-1] ^= 1
+			_, err = k.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: tc.h, Label: tc.label})
+			require.ErrorIs(t, err, rsa.ErrDecryption)
+		}
+	})
+}
+
+// TestBadInputs: caller mistakes are refused before any HSM call and never retried.
+func TestBadInputs(t *testing.T) {
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	reg := prometheus.NewRegistry()
+	cl, _ := openCluster(t, topo, "", pkcs11ha.WithRegisterer(reg))
+	ctx := context.Background()
+
+	_, err := cl.Key(ctx, "nope", "rsa-key")
+	require.ErrorIs(t, err, pkcs11ha.ErrUnknownPartition)
+	_, err = cl.Key(ctx, "payments", "nope")
+	require.ErrorIs(t, err, pkcs11ha.ErrUnknownKey)
+
+	rk, err := cl.Key(ctx, "payments", "rsa-key")
+	require.NoError(t, err)
+	ek, err := cl.Key(ctx, "payments", "ec-key")
+	require.NoError(t, err)
+	d32 := digest(crypto.SHA256, "x")
+	cases := []struct {
+		name string
+		call func() error
+	}{
+		{"rsa wrong digest length", func() error { _, err := rk.Sign(nil, d32[:20], crypto.SHA256); return err }},
+		{"ecdsa wrong digest length", func() error { _, err := ek.Sign(nil, d32, crypto.SHA384); return err }},
+		{"pss options on ecdsa", func() error { _, err := ek.Sign(nil, d32, &rsa.PSSOptions{Hash: crypto.SHA256}); return err }},
+		{"nil options", func() error { _, err := ek.Sign(nil, d32, nil); return err }},
+		{"decrypt with ecdsa key", func() error { _, err := ek.Decrypt(nil, make([]byte, 256), nil); return err }},
+		{"wrong decrypter options", func() error { _, err := rk.Decrypt(nil, make([]byte, 256), &rsa.PSSOptions{}); return err }},
+		{"oaep md5", func() error {
+			_, err := rk.Decrypt(nil, make([]byte, 256), &rsa.OAEPOptions{Hash: crypto.MD5})
+			return err
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			var ie *pkcs11ha.InputError
+			require.ErrorAs(t, err, &ie)
+		})
+	}
+	// None of them reached a device.
+	n, err := testutil.GatherAndCount(reg, "pkcs11ha_attempts_total")
+	require.NoError(t, err)
+	require.Zero(t, n, "no attempt was made for bad input")
+}
+
+// TestWrongPIN: a device whose token rejects the PIN gets exactly one C_Login attempt, is excluded for that
+// partition, and the other device serves.
+func TestWrongPIN(t *testing.T) {
+	devs := inProcess("dev-a", "dev-b")
+	devs[0].PINOverride = map[string]string{"payments": "99999"}
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: devs})
+	cl, _ := openCluster(t, topo, "health: {interval: 50ms, down_interval: 50ms}")
+	ctx := context.Background()
+
+	k, err := cl.Key(ctx, "payments", "ec-key")
+	require.NoError(t, err)
+	for range 20 {
+		d := digest(crypto.SHA256, "pin")
+		sig, err := k.Sign(nil, d, crypto.SHA256)
+		require.NoError(t, err)
+		require.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig))
+	}
+	// Probes keep running; give them time to (wrongly) try again.
+	time.Sleep(300 * time.Millisecond)
+	require.EqualValues(t, 1, cl.LoginAttempts("dev-a", "payments"), "a rejected PIN is never tried twice")
+	require.EqualValues(t, 1, cl.LoginAttempts("dev-a", "ledger"))
+	st := cl.Status()
+	require.Equal(t, "dev-a", st[0].Name)
+	require.False(t, st[0].Partitions[0].Open)
+	require.Contains(t, st[0].Partitions[0].Error, "CKR_PIN_INCORRECT")
+	require.NotContains(t, st[0].Partitions[0].Error, "1234")
+	require.NotContains(t, st[0].Partitions[0].Error, "99999")
+	require.Equal(t, []string{"dev-b"}, k.Info().Devices)
+}
+
+// TestKeyConsistency: a device lacking a key or holding a different one under the same label is excluded
+// for that key and reported; it still serves the keys it holds correctly.
+func TestKeyConsistency(t *testing.T) {
+	devs := inProcess("dev-a", "dev-b", "dev-c")
+	devs[1].DifferentKeys = []string{"ec-key"}
+	devs[2].MissingKeys = []string{"ec-key"}
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: devs})
+	cl, _ := openCluster(t, topo, "")
+	ctx := context.Background()
+
+	k, err := cl.Key(ctx, "payments", "ec-key")
+	require.NoError(t, err)
+	require.True(t, k.Public().(*ecdsa.PublicKey).Equal(topo.Keys["ec-key"].Public()))
+	info := k.Info()
+	require.Equal(t, []string{"dev-a"}, info.Devices)
+	require.Contains(t, info.Excluded["dev-b"], "different public key")
+	require.Contains(t, info.Excluded["dev-c"], "missing")
+	for range 50 {
+		d := digest(crypto.SHA256, "consistency")
+		sig, dev, err := k.SignDevice(ctx, d, crypto.SHA256)
+		require.NoError(t, err)
+		require.Equal(t, "dev-a", dev)
+		require.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig))
+	}
+	st := cl.Status()
+	require.Contains(t, st[1].ExcludedKeys["payments/ec-key"], "different")
+	require.Equal(t, "degraded", st[1].State)
+	rk, err := cl.Key(ctx, "payments", "rsa-key")
+	require.NoError(t, err)
+	require.Len(t, rk.Info().Devices, 3, "the other keys are still served by every device")
+}
+
+// TestIndependentVerification: the public key is read from the token by another PKCS#11 client (pkcs11-tool)
+// and openssl verifies our signatures against it.
+func TestIndependentVerification(t *testing.T) {
+	for _, tool := range []string{"pkcs11-tool", "openssl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not installed (make deps installs opensc and openssl): %v", tool, err)
+		}
+	}
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	cl, _ := openCluster(t, topo, "")
+	dev := topo.Devices[0]
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		label string
+		opts  crypto.SignerOpts
+		args  []string
+	}{
+		{"rsa-key", crypto.SHA256, nil},
+		{"rsa-key", &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256}, []string{"-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"}},
+		{"ec-key", crypto.SHA256, nil},
+		{"ec384-key", crypto.SHA384, nil},
+	} {
+		t.Run(tc.label, func(t *testing.T) {
+			k, err := cl.Key(context.Background(), "payments", tc.label)
+			require.NoError(t, err)
+			msg := []byte("verified by openssl with a key read by pkcs11-tool")
+			msgPath := filepath.Join(dir, "msg")
+			require.NoError(t, os.WriteFile(msgPath, msg, 0o600))
+			h := tc.opts.HashFunc()
+			var d []byte
+			if h == crypto.SHA384 {
+				s := sha512.Sum384(msg)
+				d = s[:]
+			} else {
+				s := sha256.Sum256(msg)
+				d = s[:]
+			}
+			sig, err := k.Sign(nil, d, tc.opts)
+			require.NoError(t, err)
+			sigPath := filepath.Join(dir, "sig")
+			require.NoError(t, os.WriteFile(sigPath, sig, 0o600))
+
+			derPath := filepath.Join(dir, tc.label+".der")
+			cmd := exec.Command("pkcs11-tool", "--module", dev.ModulePath, "--token-label", "payments",
+				"--read-object", "--type", "pubkey", "--label", tc.label, "--output-file", derPath)
+			cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+dev.ConfPath)
+			out, err := cmd.CombinedOutput()
+			require.NoError(t, err, "pkcs11-tool: %s", out)
+			der, err := os.ReadFile(derPath)
+			require.NoError(t, err)
+			pub, err := x509.ParsePKIXPublicKey(der)
+			if err != nil {
+				// Older pkcs11-tool writes RSA keys as PKCS#1.
+				pub, err = x509.ParsePKCS1PublicKey(der)
+			}
+			require.NoError(t, err)
+			pubDER, err := x509.MarshalPKIXPublicKey(pub)
+			require.NoError(t, err)
+			pemPath := filepath.Join(dir, "pub.pem")
+			require.NoError(t, os.WriteFile(pemPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o600))
+
+			args := append([]string{"dgst", "-" + map[crypto.Hash]string{crypto.SHA256: "sha256", crypto.SHA384: "sha384"}[h],
+				"-verify", pemPath, "-signature", sigPath}, tc.args...)
+			out, err = exec.Command("openssl", append(args, msgPath)...).CombinedOutput()
+			require.NoError(t, err, "openssl: %s", out)
+			require.Contains(t, string(out), "Verified OK")
+		})
+	}
+}
+
+// TestKillRestart: a device whose p11-kit server is killed and started again serves again after re-init,
+// without restarting this process.
+func TestKillRestart(t *testing.T) {
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
+	cl, _ := openCluster(t, topo, "health: {interval: 200ms, down_interval: 100ms}\nbreaker: {open_base: 200ms}")
+	ctx := context.Background()
+	k, err := cl.Key(ctx, "payments", "ec-key")
+	require.NoError(t, err)
+	pub := k.Public().(*ecdsa.PublicKey)
+	sign := func() error {
+		d := digest(crypto.SHA256, "kill")
+		sig, err := k.Sign(nil, d, crypto.SHA256)
+		if err == nil && !ecdsa.VerifyASN1(pub, d, sig) {
+			return errors.New("invalid signature")
+		}
+		return err
+	}
+	require.NoError(t, sign())
+
+	dev := topo.Device("eastus-1")
+	require.NoError(t, dev.Kill())
+	err = sign()
+	require.Error(t, err, "the only device is dead")
+	require.ErrorIs(t, err, pkcs11ha.ErrNoDevice)
+
+	restartCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	require.NoError(t, dev.Restart(restartCtx))
+	start := time.Now()
+	require.Eventually(t, func() bool { return sign() == nil }, 15*time.Second, 50*time.Millisecond,
+		"device back after restart; status: %+v", cl.Status())
+	t.Logf("device served again %v after the restart", time.Since(start))
+	st := cl.Status()
+	require.GreaterOrEqual(t, st[0].Reinits, int64(1))
+}

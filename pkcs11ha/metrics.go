@@ -1,0 +1,132 @@
+package pkcs11ha
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pkcs11-ha/pkcs11-ha/failover"
+	"github.com/pkcs11-ha/pkcs11-ha/health"
+)
+
+// metrics holds the cluster's Prometheus collectors. They exist even without a Registerer so the code
+// paths stay the same; registering is what exposes them.
+type metrics struct {
+	attempts        *prometheus.CounterVec   // device, operation, outcome
+	attemptLatency  *prometheus.HistogramVec // device, operation
+	operations      *prometheus.CounterVec   // operation, outcome
+	opLatency       *prometheus.HistogramVec // operation
+	breaker         *prometheus.GaugeVec     // device (0 closed, 1 half-open, 2 open)
+	state           *prometheus.GaugeVec     // device (0 up, 1 degraded, 2 down)
+	failovers       *prometheus.CounterVec   // operation
+	spills          *prometheus.CounterVec   // operation
+	retries         *prometheus.CounterVec   // operation
+	hedges          *prometheus.CounterVec   // operation
+	abandoned       *prometheus.GaugeVec     // device
+	reinits         *prometheus.CounterVec   // device
+	keyInconsistent *prometheus.CounterVec   // device, partition, key
+}
+
+func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
+	buckets := []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+	m := &metrics{
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "attempts_total",
+			Help: "PKCS#11 attempts by device, operation and outcome class."}, []string{"device", "operation", "outcome"}),
+		attemptLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "pkcs11ha", Name: "attempt_duration_seconds",
+			Help: "Latency of single attempts on a device.", Buckets: buckets}, []string{"device", "operation"}),
+		operations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "operations_total",
+			Help: "Operations as the caller saw them, by operation, serving device and outcome."}, []string{"operation", "device", "outcome"}),
+		opLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "pkcs11ha", Name: "operation_duration_seconds",
+			Help: "Latency of operations as the caller saw them, retries included.", Buckets: buckets}, []string{"operation"}),
+		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pkcs11ha", Name: "breaker_state",
+			Help: "Circuit breaker state per device: 0 closed, 1 half-open, 2 open."}, []string{"device"}),
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pkcs11ha", Name: "device_state",
+			Help: "Health state per device: 0 up, 1 degraded, 2 down."}, []string{"device"}),
+		failovers: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "failovers_total",
+			Help: "Attempts retried on another device."}, []string{"operation"}),
+		spills: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "dr_spills_total",
+			Help: "Attempts sent to a DR tier."}, []string{"operation"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "retries_total",
+			Help: "Operations that needed more than one attempt."}, []string{"operation"}),
+		hedges: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "hedges_total",
+			Help: "Backup attempts started by hedging."}, []string{"operation"}),
+		abandoned: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pkcs11ha", Name: "abandoned_calls",
+			Help: "Calls past their deadline still running in a device's module."}, []string{"device"}),
+		reinits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "reinits_total",
+			Help: "Module re-initialisations (or fresh instances) per device."}, []string{"device"}),
+		keyInconsistent: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "key_consistency_failures_total",
+			Help: "Times a device was excluded for a key it lacks or holds differently."}, []string{"device", "partition", "key"}),
+	}
+	for _, d := range cfg.Devices {
+		m.breaker.WithLabelValues(d.Name).Set(0)
+		m.abandoned.WithLabelValues(d.Name).Set(0)
+		m.reinits.WithLabelValues(d.Name)
+	}
+	if reg != nil {
+		for _, c := range m.collectors() {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("pkcs11ha: registering metrics (one cluster per registry): %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.attempts, m.attemptLatency, m.operations, m.opLatency, m.breaker, m.state,
+		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent}
+}
+
+func (m *metrics) deviceState(device string, s health.State) {
+	m.state.WithLabelValues(device).Set(float64(s))
+}
+
+func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d time.Duration) {
+	m.operations.WithLabelValues(op, dev, failover.ClassOf(err).String()).Inc()
+	m.opLatency.WithLabelValues(op).Observe(d.Seconds())
+	if res.Attempts > 1 {
+		m.retries.WithLabelValues(op).Inc()
+	}
+}
+
+// observer turns router events into metrics and log lines.
+type observer struct{ cl *Cluster }
+
+func (o *observer) name(i int) string { return o.cl.cfg.Devices[i].Name }
+
+func (o *observer) AttemptDone(member int, op string, class failover.Class, latency time.Duration, hedge bool) {
+	dev := o.name(member)
+	o.cl.metrics.attempts.WithLabelValues(dev, op, class.String()).Inc()
+	o.cl.metrics.attemptLatency.WithLabelValues(dev, op).Observe(latency.Seconds())
+	if class == failover.ClassDeviceDown && member < len(o.cl.monitors) {
+		// Timeouts and device errors: have the probe look now rather than in 5 s.
+		o.cl.monitors[member].ProbeNow()
+	}
+}
+
+func (o *observer) BreakerChanged(member int, from, to string) {
+	v := map[string]float64{"closed": 0, "half-open": 1, "open": 2}[to]
+	o.cl.metrics.breaker.WithLabelValues(o.name(member)).Set(v)
+	lvl := slog.LevelInfo
+	if to == "open" {
+		lvl = slog.LevelWarn
+	}
+	o.cl.log.Log(context.Background(), lvl, "breaker changed", "device", o.name(member), "from", from, "to", to)
+}
+
+func (o *observer) Failover(op string, from, to int) {
+	o.cl.metrics.failovers.WithLabelValues(op).Inc()
+}
+
+func (o *observer) Spill(op string, to int) { o.cl.metrics.spills.WithLabelValues(op).Inc() }
+
+func (o *observer) Hedged(op string, primary, backup int) {
+	o.cl.metrics.hedges.WithLabelValues(op).Inc()
+}
+
+func (o *observer) Abandoned(member int, perMember, total int) {
+	o.cl.metrics.abandoned.WithLabelValues(o.name(member)).Set(float64(perMember))
+}

@@ -1,0 +1,279 @@
+package pkcs11ha
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/pkcs11"
+)
+
+// envLock serialises module loading and C_Initialize process-wide: p11-kit-client reads
+// P11_KIT_SERVER_ADDRESS in C_GetFunctionList and SoftHSM reads SOFTHSM2_CONF in C_Initialize, so the
+// environment must hold this device's values for both. It is a channel so a holder blocked in cgo can be
+// released by the waiter that gave up on it.
+var envLock = make(chan struct{}, 1)
+
+// moduleKey identifies one module instance: devices with the same canonical path and environment share it.
+type moduleKey struct {
+	path string
+	env  string // sorted "K=V\x00" pairs
+}
+
+func newModuleKey(path string, env map[string]string) (moduleKey, error) {
+	p, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return moduleKey{}, err
+	}
+	if p, err = filepath.Abs(p); err != nil {
+		return moduleKey{}, err
+	}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k + "=" + env[k] + "\x00")
+	}
+	return moduleKey{path: p, env: b.String()}, nil
+}
+
+// instance is one loaded, initialised copy of a module. It is never finalised while a call is in flight
+// on it; once retired it is never used again (DESIGN.md: calls that never return).
+type instance struct {
+	ctx      *pkcs11.Ctx
+	gen      uint64
+	inflight atomic.Int64
+	broken   atomic.Bool // a device-down error was seen: no new calls
+	retired  atomic.Bool
+}
+
+// enter registers a call on the instance; it fails once the instance is broken or retired.
+func (in *instance) enter() bool {
+	in.inflight.Add(1)
+	if in.broken.Load() || in.retired.Load() {
+		in.inflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (in *instance) exit() { in.inflight.Add(-1) }
+
+// moduleHandle is the registry entry for one (path, env): the current instance plus the retired ones.
+type moduleHandle struct {
+	key  moduleKey
+	path string
+	env  map[string]string
+	refs int // guarded by registry.mu
+
+	mu       sync.Mutex // serialises re-init
+	cur      atomic.Pointer[instance]
+	gen      atomic.Uint64
+	retired  atomic.Int64 // instances retired with calls stuck in them
+	reinits  atomic.Int64
+	pending  *initJob // an initialisation that timed out and may still finish
+	loaded   atomic.Bool
+	initWait time.Duration
+}
+
+type initJob struct {
+	done chan struct{}
+	in   *instance
+	err  error
+}
+
+type registry struct {
+	mu   sync.Mutex
+	mods map[moduleKey]*moduleHandle
+}
+
+var modules = &registry{mods: map[moduleKey]*moduleHandle{}}
+
+// acquire returns the shared handle for (path, env), creating it (without loading) on first use.
+func (r *registry) acquire(path string, env map[string]string, initTimeout time.Duration) (*moduleHandle, error) {
+	k, err := newModuleKey(path, env)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := r.mods[k]
+	if h == nil {
+		h = &moduleHandle{key: k, path: path, env: env, initWait: initTimeout}
+		r.mods[k] = h
+	}
+	h.refs++
+	return h, nil
+}
+
+// release drops a reference; the last one finalises the instance if nothing is in flight on it.
+func (r *registry) release(h *moduleHandle, timeout time.Duration) {
+	r.mu.Lock()
+	h.refs--
+	last := h.refs == 0
+	if last {
+		delete(r.mods, h.key)
+	}
+	r.mu.Unlock()
+	if !last {
+		return
+	}
+	if in := h.cur.Swap(nil); in != nil {
+		finalizeBounded(in, timeout)
+	}
+}
+
+// finalizeBounded finalises and unloads an idle instance; a busy one is left alone (finalising with calls in
+// flight can abort the process in p11-kit's rpc transport).
+func finalizeBounded(in *instance, timeout time.Duration) bool {
+	in.broken.Store(true)
+	if in.inflight.Load() != 0 || in.retired.Load() {
+		return false
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = in.ctx.Finalize()
+		in.ctx.Destroy()
+	}()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		in.retired.Store(true)
+		return false
+	}
+}
+
+// current returns the usable instance, or nil.
+func (h *moduleHandle) current() *instance {
+	in := h.cur.Load()
+	if in == nil || in.broken.Load() || in.retired.Load() {
+		return nil
+	}
+	return in
+}
+
+// load makes a fresh instance under the env lock, with a deadline on C_Initialize (a paused p11-kit server
+// blocks it). A load that times out keeps running; a later load adopts its result instead of piling up
+// blocked threads.
+func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, error) {
+	if h.pending != nil {
+		select {
+		case <-h.pending.done:
+			j := h.pending
+			h.pending = nil
+			if j.err == nil {
+				return j.in, nil
+			}
+		case <-ctx.Done():
+			return nil, fmt.Errorf("module %s: an earlier C_Initialize is still blocked: %w", filepath.Base(h.path), ctx.Err())
+		}
+	}
+	if int(h.retired.Load()) >= maxRetired {
+		return nil, fmt.Errorf("module %s: %d instances retired with stuck calls (cap %d); restart the process to reclaim them",
+			filepath.Base(h.path), h.retired.Load(), maxRetired)
+	}
+	select {
+	case envLock <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("module %s: waiting for the module-load lock: %w", filepath.Base(h.path), ctx.Err())
+	}
+	var once sync.Once
+	unlock := func() { once.Do(func() { <-envLock }) }
+	j := &initJob{done: make(chan struct{})}
+	go func() {
+		defer close(j.done)
+		restore := setEnv(h.env)
+		defer func() { restore(); unlock() }()
+		c := pkcs11.New(h.path)
+		if c == nil {
+			j.err = fmt.Errorf("module %s: cannot load (dlopen or C_GetFunctionList failed)", h.path)
+			return
+		}
+		err := c.Initialize()
+		if errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) && !h.loaded.Load() {
+			// Another device already initialised this very library: both would see one token store.
+			c.Destroy()
+			j.err = fmt.Errorf("module %s is already initialised by another device in this process; "+
+				"a module like libsofthsm2.so is one instance per file path: give each device its own copy of the file", h.path)
+			return
+		}
+		if err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+			c.Destroy()
+			j.err = fmt.Errorf("module %s: %w", filepath.Base(h.path), err)
+			return
+		}
+		h.loaded.Store(true)
+		j.in = &instance{ctx: c, gen: h.gen.Add(1)}
+	}()
+	select {
+	case <-j.done:
+		return j.in, j.err
+	case <-ctx.Done():
+		// Let other modules load; this one's env was read at C_GetFunctionList / start of C_Initialize.
+		unlock()
+		h.pending = j
+		return nil, fmt.Errorf("module %s: C_Initialize did not return: %w", filepath.Base(h.path), ctx.Err())
+	}
+}
+
+// reinit replaces the current instance: finalise + initialise when nothing is in flight on it, otherwise,
+// after grace, retire it (never finalised, never used again) and load a fresh one. Caller holds h.mu.
+func (h *moduleHandle) reinit(ctx context.Context, grace time.Duration, maxRetired int) (*instance, error) {
+	old := h.cur.Load()
+	if old != nil {
+		old.broken.Store(true)
+		deadline := time.Now().Add(grace)
+		for old.inflight.Load() != 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(2 * time.Millisecond)
+		}
+		if old.inflight.Load() == 0 {
+			finalizeBounded(old, grace)
+		} else {
+			old.retired.Store(true)
+			h.retired.Add(1)
+		}
+		h.cur.Store(nil)
+	}
+	in, err := h.load(ctx, maxRetired)
+	if err != nil {
+		return nil, err
+	}
+	h.reinits.Add(1)
+	h.cur.Store(in)
+	return in, nil
+}
+
+// setEnv applies env and returns a function restoring the previous values. Caller holds envLock.
+func setEnv(env map[string]string) func() {
+	type old struct {
+		v  string
+		ok bool
+	}
+	prev := make(map[string]old, len(env))
+	for k, v := range env {
+		ov, ok := os.LookupEnv(k)
+		prev[k] = old{ov, ok}
+		_ = os.Setenv(k, v)
+	}
+	return func() {
+		for k, o := range prev {
+			if o.ok {
+				_ = os.Setenv(k, o.v)
+			} else {
+				_ = os.Unsetenv(k)
+			}
+		}
+	}
+}

@@ -1,0 +1,61 @@
+package pkcs11ha
+
+import (
+	"context"
+
+	"github.com/miekg/pkcs11"
+)
+
+// sessionPool is a bounded pool of read-only sessions on one token of one module instance. The slots
+// channel counts open sessions, so the pool never exceeds its size; a borrower waits at most until its
+// context ends.
+type sessionPool struct {
+	in    *instance
+	slot  uint
+	idle  chan pkcs11.SessionHandle
+	slots chan struct{}
+}
+
+func newSessionPool(in *instance, slot uint, size int) *sessionPool {
+	return &sessionPool{in: in, slot: slot, idle: make(chan pkcs11.SessionHandle, size), slots: make(chan struct{}, size)}
+}
+
+// get borrows an idle session or opens a new one while under the size.
+func (p *sessionPool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
+	select {
+	case s := <-p.idle:
+		return s, nil
+	default:
+	}
+	select {
+	case s := <-p.idle:
+		return s, nil
+	case p.slots <- struct{}{}:
+		s, err := p.in.ctx.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION)
+		if err != nil {
+			<-p.slots
+			return 0, err
+		}
+		return s, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// put returns a healthy session.
+func (p *sessionPool) put(s pkcs11.SessionHandle) {
+	select {
+	case p.idle <- s:
+	default: // cannot happen: idle has room for every slot
+		p.discard(s)
+	}
+}
+
+// discard closes a session that saw a broken-session or device error, or whose call was abandoned. On a
+// broken instance the close is skipped: the handle dies with the instance.
+func (p *sessionPool) discard(s pkcs11.SessionHandle) {
+	if !p.in.broken.Load() && !p.in.retired.Load() {
+		_ = p.in.ctx.CloseSession(s)
+	}
+	<-p.slots
+}

@@ -1,0 +1,143 @@
+package pkcs11ha
+
+import (
+	"sort"
+	"time"
+
+	"github.com/pkcs11-ha/pkcs11-ha/health"
+)
+
+// DeviceStatus is one row of Cluster.Status. It never contains a PIN.
+type DeviceStatus struct {
+	Name             string            `json:"name"`
+	Region           string            `json:"region"`
+	Tier             int               `json:"tier"`
+	State            string            `json:"state"` // "up" | "degraded" | "down"
+	Reason           string            `json:"reason,omitempty"`
+	Since            time.Time         `json:"since"`
+	Breaker          string            `json:"breaker"` // "closed" | "half-open" | "open"
+	EWMA             time.Duration     `json:"ewma_ns"`
+	InFlight         int               `json:"in_flight"`
+	Abandoned        int               `json:"abandoned"`
+	LastError        string            `json:"last_error,omitempty"`
+	LastErrorClass   string            `json:"last_error_class,omitempty"`
+	Reinits          int64             `json:"reinits"`
+	RetiredInstances int64             `json:"retired_instances"`
+	Partitions       []PartitionStatus `json:"partitions"`
+	// ExcludedKeys maps "partition/label" to why this device does not serve that key.
+	ExcludedKeys map[string]string `json:"excluded_keys,omitempty"`
+}
+
+// PartitionStatus is one partition on one device.
+type PartitionStatus struct {
+	Name  string `json:"name"`
+	Open  bool   `json:"open"`
+	Error string `json:"error,omitempty"`
+}
+
+// Status returns a snapshot of every device, in config order.
+func (cl *Cluster) Status() []DeviceStatus {
+	rs := cl.router.Status()
+	out := make([]DeviceStatus, len(cl.devices))
+	for i, d := range cl.devices {
+		hs := health.Status{State: health.StateDown}
+		if i < len(cl.monitors) {
+			hs = cl.monitors[i].Status()
+		}
+		ds := DeviceStatus{
+			Name: d.name, Region: d.cfg.Region, Tier: cl.cfg.tierOf(i),
+			Reason: hs.Reason, Since: hs.Since,
+			Reinits: d.mod.reinits.Load(), RetiredInstances: d.mod.retired.Load(),
+		}
+		if i < len(rs) {
+			ds.Breaker, ds.EWMA, ds.InFlight, ds.Abandoned = rs[i].Breaker, rs[i].EWMA, rs[i].InFlight, rs[i].Abandoned
+		}
+		if e := d.lastErr.Load(); e != nil {
+			ds.LastError = *e
+			ds.LastErrorClass = lastClass(*e)
+		}
+		for _, p := range d.parts {
+			ps := PartitionStatus{Name: p.cfg.Name, Open: p.st.Load() != nil}
+			if why := p.credFatal.Load(); why != nil {
+				ps.Open, ps.Error = false, *why
+			}
+			ds.Partitions = append(ds.Partitions, ps)
+		}
+		for _, cp := range cl.parts {
+			cp.mu.RLock()
+			for label, e := range cp.keys {
+				if ex := e.excluded.Load(); ex != nil {
+					if why, ok := (*ex)[d.name]; ok {
+						if ds.ExcludedKeys == nil {
+							ds.ExcludedKeys = map[string]string{}
+						}
+						ds.ExcludedKeys[cp.name+"/"+label] = why
+					}
+				}
+			}
+			cp.mu.RUnlock()
+		}
+		switch {
+		case hs.State == health.StateDown:
+			ds.State = "down"
+		case hs.State == health.StateDegraded || ds.Breaker != "closed" || ds.Abandoned > 0 || len(ds.ExcludedKeys) > 0:
+			ds.State = "degraded"
+		default:
+			ds.State = "up"
+		}
+		for _, ps := range ds.Partitions {
+			if !ps.Open && ds.State == "up" {
+				ds.State = "degraded"
+			}
+		}
+		out[i] = ds
+	}
+	return out
+}
+
+// lastClass extracts the "[class]" suffix DeviceError.Error writes.
+func lastClass(s string) string {
+	if n := len(s); n > 2 && s[n-1] == ']' {
+		for i := n - 2; i >= 0; i-- {
+			if s[i] == '[' {
+				return s[i+1 : n-1]
+			}
+		}
+	}
+	return ""
+}
+
+// Ready reports whether every partition has at least one up device that holds all its keys.
+func (cl *Cluster) Ready() bool {
+	st := cl.Status()
+	for pi, cp := range cl.parts {
+		cp.mu.RLock()
+		labels := make([]string, 0, len(cp.keys))
+		for l := range cp.keys {
+			labels = append(labels, l)
+		}
+		cp.mu.RUnlock()
+		sort.Strings(labels)
+		ok := false
+		for i, d := range cl.devices {
+			if st[i].State == "down" || d.parts[pi].st.Load() == nil {
+				continue
+			}
+			all := true
+			for _, l := range labels {
+				if _, ex := st[i].ExcludedKeys[cp.name+"/"+l]; ex {
+					all = false
+					break
+				}
+			}
+			if all {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}

@@ -7,7 +7,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -214,9 +216,54 @@ func ParseConfig(b []byte) (*Config, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, &ConfigError{Field: "(file)", Msg: "empty config"}
 		}
+		// Name the field: find the key on the line the decoder complains about.
+		var root yaml.Node
+		if yaml.Unmarshal(b, &root) == nil {
+			if m := lineRE.FindStringSubmatch(err.Error()); m != nil {
+				line, _ := strconv.Atoi(m[1])
+				if f := fieldAtLine(&root, line, ""); f != "" {
+					return nil, &ConfigError{Field: f, Msg: err.Error()}
+				}
+			}
+		}
 		return nil, fmt.Errorf("pkcs11ha: config: %w", err)
 	}
 	return &cfg, nil
+}
+
+var lineRE = regexp.MustCompile(`line (\d+)`)
+
+// fieldAtLine returns the dotted path ("policy.spill_wait", "devices[0].name") of the key on line.
+func fieldAtLine(n *yaml.Node, line int, path string) string {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			if f := fieldAtLine(c, line, path); f != "" {
+				return f
+			}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			p := k.Value
+			if path != "" {
+				p = path + "." + k.Value
+			}
+			if f := fieldAtLine(v, line, p); f != "" {
+				return f
+			}
+			if k.Line == line {
+				return p
+			}
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			if f := fieldAtLine(c, line, fmt.Sprintf("%s[%d]", path, i)); f != "" {
+				return f
+			}
+		}
+	}
+	return ""
 }
 
 // resolveRelative makes pin_file and TLS paths relative to the config file's directory.

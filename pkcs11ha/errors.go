@@ -53,8 +53,14 @@ func Classify(op Op, rv uint) failover.Class {
 		pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_TOKEN_NOT_RECOGNIZED,
 		pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED, pkcs11.CKR_SLOT_ID_INVALID:
 		return failover.ClassDeviceDown
-	case pkcs11.CKR_FUNCTION_FAILED, pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_HOST_MEMORY,
-		pkcs11.CKR_SESSION_COUNT:
+	case pkcs11.CKR_FUNCTION_FAILED, pkcs11.CKR_GENERAL_ERROR:
+		if op == OpDecrypt {
+			// SoftHSM answers a bad OAEP padding with CKR_GENERAL_ERROR. A ciphertext is attacker-controlled:
+			// letting it trip breakers or fail over would hand out a DoS lever and a padding oracle.
+			return failover.ClassDecryptRefused
+		}
+		return failover.ClassBusy
+	case pkcs11.CKR_HOST_MEMORY, pkcs11.CKR_SESSION_COUNT:
 		return failover.ClassBusy
 	case pkcs11.CKR_ARGUMENTS_BAD, pkcs11.CKR_DATA_INVALID, pkcs11.CKR_DATA_LEN_RANGE,
 		pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_MECHANISM_PARAM_INVALID, pkcs11.CKR_KEY_SIZE_RANGE,

@@ -35,6 +35,9 @@ func TestClassify(t *testing.T) {
 		{OpOpenSession, pkcs11.CKR_SLOT_ID_INVALID, failover.ClassDeviceDown},
 		{OpSign, pkcs11.CKR_FUNCTION_FAILED, failover.ClassBusy},
 		{OpSign, pkcs11.CKR_GENERAL_ERROR, failover.ClassBusy},
+		{OpDecrypt, pkcs11.CKR_GENERAL_ERROR, failover.ClassDecryptRefused}, // SoftHSM's bad-OAEP answer
+		{OpDecrypt, pkcs11.CKR_FUNCTION_FAILED, failover.ClassDecryptRefused},
+		{OpDecryptInit, pkcs11.CKR_FUNCTION_FAILED, failover.ClassBusy},
 		{OpSign, pkcs11.CKR_HOST_MEMORY, failover.ClassBusy},
 		{OpOpenSession, pkcs11.CKR_SESSION_COUNT, failover.ClassBusy},
 		{OpSign, pkcs11.CKR_ARGUMENTS_BAD, failover.ClassCaller},

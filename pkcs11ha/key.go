@@ -357,7 +357,7 @@ func planSign(pub crypto.PublicKey, digest []byte, opts crypto.SignerOpts) (*sig
 		if h != 0 {
 			return nil, inputErr("sign: Ed25519 signs the message itself: use crypto.Hash(0)")
 		}
-		return &signPlan{mech: []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EDDSA, nil)}, input: digest}, nil
+		return &signPlan{mech: []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmEdDSA, nil)}, input: digest}, nil
 	}
 	return nil, inputErr("sign: unsupported public key type %T", pub)
 }

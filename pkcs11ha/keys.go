@@ -16,7 +16,9 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// ckkECEdwards is CKK_EC_EDWARDS (PKCS#11 3.0); miekg/pkcs11 v1.1.2 predates it.
+// ckkECEdwards and ckmEdDSA are PKCS#11 3.0 constants that miekg/pkcs11 v1.1.2 predates.
+const ckmEdDSA = 0x1057
+
 const ckkECEdwards = 0x40
 
 // Algorithm names used in status and the sidecar API.

@@ -1,0 +1,21 @@
+// Command hsm-ha-proxy is the pkcs11-ha sidecar: it gives applications in any language the library's
+// high-availability signing and decryption over HTTP/JSON (API v1, see DESIGN.md).
+//
+// Usage:
+//
+//	hsm-ha-proxy serve --config FILE [--log-level info] [--log-format json]
+//	hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
+//	hsm-ha-proxy demo
+//
+// serve reads the library's YAML config plus its server: and clients: sections, opens the cluster and
+// serves on server.listen (default unix:///run/hsm-ha-proxy.sock, mode 0600; tcp://HOST:PORT requires
+// mutual TLS). SIGTERM or SIGINT stops accepting, lets in-flight requests finish within
+// server.shutdown_grace (default 10s), closes the cluster (bounded by policy.close_timeout), removes the
+// socket and exits 0; a second signal exits at once. SIGHUP re-reads the config file and replaces the
+// clients: section (nothing else is reloaded).
+//
+// status prints the device table (device, region, tier, state, breaker, EWMA latency, in-flight) from
+// GET /v1/status; the caller must be a configured client.
+//
+// demo runs four SoftHSM2 devices in two regions behind the sidecar with a scripted failover.
+package main

@@ -1,0 +1,177 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+)
+
+// identity is who is calling: a unix peer (SO_PEERCRED) or the holder of a verified client certificate.
+type identity struct {
+	unix      bool
+	uid, gid  int
+	pid       int
+	certNames []string // URI and DNS SANs, else the CN
+}
+
+// String describes the identity for logs and 401 messages (never a secret).
+func (id identity) String() string {
+	if id.unix {
+		return fmt.Sprintf("uid=%d gid=%d pid=%d", id.uid, id.gid, id.pid)
+	}
+	if len(id.certNames) == 0 {
+		return "certificate without a name"
+	}
+	return "cert=" + strings.Join(id.certNames, ",")
+}
+
+// certNames returns the names a client certificate is known by: its URI SANs and DNS SANs, or its CN
+// when it has neither.
+func certNames(c *x509.Certificate) []string {
+	var out []string
+	for _, u := range c.URIs {
+		out = append(out, u.String())
+	}
+	out = append(out, c.DNSNames...)
+	if len(out) == 0 && c.Subject.CommonName != "" {
+		out = append(out, c.Subject.CommonName)
+	}
+	return out
+}
+
+// peerKey is the context key of the unix peer credentials stashed by connContext.
+type peerKey struct{}
+
+// peerCreds is what SO_PEERCRED said about a unix connection (or why it could not).
+type peerCreds struct {
+	uid, gid, pid int
+	err           error
+}
+
+// connContext stashes the peer credentials of a unix connection in its context: they are read once per
+// connection, when it is accepted.
+func connContext(ctx context.Context, c net.Conn) context.Context {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	uid, gid, pid, err := peerCred(uc)
+	return context.WithValue(ctx, peerKey{}, &peerCreds{uid: uid, gid: gid, pid: pid, err: err})
+}
+
+// identityOf extracts the caller's identity from the connection context (unix) or the verified TLS
+// state. ok is false when there is none.
+func identityOf(ctx context.Context, cs *tls.ConnectionState) (identity, error) {
+	if pc, ok := ctx.Value(peerKey{}).(*peerCreds); ok {
+		if pc.err != nil {
+			return identity{}, fmt.Errorf("reading the peer credentials: %w", pc.err)
+		}
+		return identity{unix: true, uid: pc.uid, gid: pc.gid, pid: pc.pid}, nil
+	}
+	if cs != nil && len(cs.VerifiedChains) > 0 && len(cs.PeerCertificates) > 0 {
+		return identity{certNames: certNames(cs.PeerCertificates[0])}, nil
+	}
+	return identity{}, fmt.Errorf("no peer credentials and no verified client certificate")
+}
+
+// authTable is an immutable snapshot of the clients: section.
+type authTable struct {
+	clients []authClient
+}
+
+type authClient struct {
+	name     string
+	uid, gid *int
+	certName string
+	parts    map[string]bool
+}
+
+// newAuthTable builds the table, checking every entry against the configured partitions.
+func newAuthTable(clients []pkcs11ha.ClientConfig, partitions []string) (*authTable, error) {
+	known := make(map[string]bool, len(partitions))
+	for _, p := range partitions {
+		known[p] = true
+	}
+	t := &authTable{}
+	for i, c := range clients {
+		field := "clients[" + strconv.Itoa(i) + "]"
+		if c.Name != "" {
+			field = "clients[" + c.Name + "]"
+		}
+		if c.UnixUID == nil && c.UnixGID == nil && c.CertName == "" {
+			return nil, &pkcs11ha.ConfigError{Field: field, Msg: "needs unix_uid, unix_gid or cert_name"}
+		}
+		ac := authClient{name: c.Name, certName: c.CertName, parts: map[string]bool{}}
+		if ac.name == "" {
+			ac.name = field
+		}
+		if c.UnixUID != nil {
+			v := *c.UnixUID
+			ac.uid = &v
+		}
+		if c.UnixGID != nil {
+			v := *c.UnixGID
+			ac.gid = &v
+		}
+		for _, p := range c.Partitions {
+			if !known[p] {
+				return nil, &pkcs11ha.ConfigError{Field: field + ".partitions", Msg: fmt.Sprintf("unknown partition %q", p)}
+			}
+			ac.parts[p] = true
+		}
+		t.clients = append(t.clients, ac)
+	}
+	return t, nil
+}
+
+// matches tells whether entry c describes identity id. A unix peer matches an entry with unix_uid and/or
+// unix_gid when every one that is set equals the peer's (primary) uid/gid; a certificate matches an entry
+// whose cert_name is one of its names.
+func (c *authClient) matches(id identity) bool {
+	if id.unix {
+		if c.uid == nil && c.gid == nil {
+			return false
+		}
+		return (c.uid == nil || *c.uid == id.uid) && (c.gid == nil || *c.gid == id.gid)
+	}
+	if c.certName == "" {
+		return false
+	}
+	for _, n := range id.certNames {
+		if n == c.certName {
+			return true
+		}
+	}
+	return false
+}
+
+// principal is a known client: its name (the first matching entry's) and the partitions granted by every
+// matching entry.
+type principal struct {
+	name  string
+	parts map[string]bool
+}
+
+// lookup returns the principal for id, or nil when no entry matches.
+func (t *authTable) lookup(id identity) *principal {
+	var p *principal
+	for i := range t.clients {
+		c := &t.clients[i]
+		if !c.matches(id) {
+			continue
+		}
+		if p == nil {
+			p = &principal{name: c.name, parts: map[string]bool{}}
+		}
+		for part := range c.parts {
+			p.parts[part] = true
+		}
+	}
+	return p
+}

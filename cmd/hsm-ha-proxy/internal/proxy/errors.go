@@ -1,0 +1,100 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rsa"
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/pkcs11-ha/pkcs11-ha/failover"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	api "github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
+)
+
+// statusClientClosed is logged (and counted) when the client went away before the answer; nobody reads
+// it (nginx's convention).
+const statusClientClosed = 499
+
+// codeCanceled is the outcome logged for statusClientClosed.
+const codeCanceled = "canceled"
+
+// apiError is an answer of the API's error shape.
+type apiError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.msg }
+
+// errorBody is the JSON of an error answer.
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// classify maps an error of the library (or of the request context ctx) to the API's status and code.
+// The order matters: a passed request deadline is a 504 whatever the last attempt said; a refused
+// decrypt and a refused mechanism are caller errors with codes of their own.
+func classify(ctx context.Context, err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return errorf(http.StatusGatewayTimeout, api.CodeDeadlineExceeded, "the request deadline passed before a device answered")
+	case errors.Is(ctx.Err(), context.Canceled):
+		return errorf(statusClientClosed, codeCanceled, "the request was cancelled")
+	case errors.Is(err, rsa.ErrDecryption):
+		return errorf(http.StatusBadRequest, api.CodeDecryptionFailed, "decryption failed")
+	case errors.Is(err, pkcs11ha.ErrUnsupported):
+		return errorf(http.StatusBadRequest, api.CodeUnsupportedMechanism, "%s", err.Error())
+	case errors.Is(err, pkcs11ha.ErrUnknownPartition):
+		return errorf(http.StatusNotFound, api.CodeUnknownPartition, "%s", err.Error())
+	case errors.Is(err, pkcs11ha.ErrUnknownKey):
+		return errorf(http.StatusNotFound, api.CodeUnknownKey, "%s", err.Error())
+	case errors.Is(err, pkcs11ha.ErrClosed):
+		return errorf(http.StatusServiceUnavailable, api.CodeShuttingDown, "the sidecar is shutting down")
+	case errors.Is(err, pkcs11ha.ErrNoDevice):
+		return errorf(http.StatusServiceUnavailable, api.CodeNoDevice, "%s", err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return errorf(http.StatusGatewayTimeout, api.CodeDeadlineExceeded, "no device answered in time")
+	}
+	var ie *pkcs11ha.InputError
+	if errors.As(err, &ie) {
+		return errorf(http.StatusBadRequest, api.CodeInvalidInput, "%s", ie.Error())
+	}
+	switch failover.ClassOf(err) {
+	case failover.ClassCaller:
+		return errorf(http.StatusBadRequest, api.CodeInvalidInput, "%s", err.Error())
+	case failover.ClassDecryptRefused:
+		return errorf(http.StatusBadRequest, api.CodeDecryptionFailed, "decryption failed")
+	}
+	var de *pkcs11ha.DeviceError
+	if errors.As(err, &de) {
+		// Every device that could serve failed (down, busy, PIN rejected): nothing can serve now.
+		return errorf(http.StatusServiceUnavailable, api.CodeNoDevice, "no device could serve the request: %s", de.Error())
+	}
+	return &apiError{status: http.StatusInternalServerError, code: api.CodeInternal, msg: "internal error"}
+}
+
+// writeJSON writes v as the JSON answer with the given status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":{"code":"internal","message":"encoding the answer failed"}}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}

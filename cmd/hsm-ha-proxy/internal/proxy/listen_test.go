@@ -1,0 +1,174 @@
+package proxy
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+)
+
+func listenUnixT(t *testing.T, path string) (net.Listener, error) {
+	t.Helper()
+	ln, err := Listen(pkcs11ha.ServerConfig{Listen: "unix://" + path})
+	if err == nil {
+		t.Cleanup(func() { ln.Close() })
+	}
+	return ln, err
+}
+
+func TestListenUnix(t *testing.T) {
+	t.Run("mode 0600, removed on close", func(t *testing.T) {
+		dir := shortTempDir(t)
+		path := filepath.Join(dir, "s.sock")
+		ln, err := listenUnixT(t, path)
+		require.NoError(t, err)
+		fi, err := os.Lstat(path)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+		assert.NotZero(t, fi.Mode()&os.ModeSocket)
+		assert.Equal(t, path, ln.Addr().String())
+		ents, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		assert.Len(t, ents, 1, "the private directory the socket was bound in is gone")
+
+		c, err := net.Dial("unix", path)
+		require.NoError(t, err)
+		c.Close()
+		require.NoError(t, ln.Close())
+		_, err = os.Lstat(path)
+		assert.True(t, os.IsNotExist(err))
+	})
+	t.Run("a stale socket is replaced", func(t *testing.T) {
+		path := filepath.Join(shortTempDir(t), "s.sock")
+		old, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		require.NoError(t, err)
+		old.SetUnlinkOnClose(false)
+		require.NoError(t, old.Close()) // the file stays, nothing answers: a crashed sidecar's socket
+		_, err = listenUnixT(t, path)
+		require.NoError(t, err)
+		c, err := net.Dial("unix", path)
+		require.NoError(t, err)
+		c.Close()
+	})
+	t.Run("a live socket is not replaced", func(t *testing.T) {
+		path := filepath.Join(shortTempDir(t), "s.sock")
+		live, err := net.Listen("unix", path)
+		require.NoError(t, err)
+		defer live.Close()
+		_, err = listenUnixT(t, path)
+		require.ErrorContains(t, err, "another process is serving")
+	})
+	t.Run("any other file is not replaced", func(t *testing.T) {
+		path := filepath.Join(shortTempDir(t), "s.sock")
+		require.NoError(t, os.WriteFile(path, []byte("keep me"), 0o600))
+		_, err := listenUnixT(t, path)
+		require.ErrorContains(t, err, "not a socket")
+		b, err := os.ReadFile(path)
+		require.NoError(t, err)
+		assert.Equal(t, "keep me", string(b))
+	})
+	t.Run("close leaves a newer server's socket alone", func(t *testing.T) {
+		path := filepath.Join(shortTempDir(t), "s.sock")
+		ln, err := listenUnixT(t, path)
+		require.NoError(t, err)
+		require.NoError(t, os.Remove(path))
+		newer, err := net.Listen("unix", path)
+		require.NoError(t, err)
+		defer newer.Close()
+		require.NoError(t, ln.Close())
+		_, err = os.Lstat(path)
+		assert.NoError(t, err)
+	})
+}
+
+func TestListenConfigErrors(t *testing.T) {
+	tests := []struct {
+		name  string
+		sc    pkcs11ha.ServerConfig
+		field string
+	}{
+		{"unknown scheme", pkcs11ha.ServerConfig{Listen: "http://127.0.0.1:8443"}, "server.listen"},
+		{"bare path", pkcs11ha.ServerConfig{Listen: "/run/x.sock"}, "server.listen"},
+		{"empty unix path", pkcs11ha.ServerConfig{Listen: "unix://"}, "server.listen"},
+		{"tcp without a port", pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1"}, "server.listen"},
+		{"tcp without TLS", pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0"}, "server.tls.cert"},
+		{"tcp without a client CA", pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: "c", Key: "k"}}, "server.tls.client_ca"},
+		{"tcp with missing files", pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: "/nonexistent/c", Key: "/nonexistent/k", ClientCA: "/nonexistent/ca"}}, "server.tls.cert"},
+		{"TLS on a unix socket", pkcs11ha.ServerConfig{Listen: "unix:///tmp/x.sock", TLS: pkcs11ha.TLSConfig{Cert: "c"}}, "server.tls"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ln, err := Listen(tt.sc)
+			if ln != nil {
+				ln.Close()
+			}
+			var ce *pkcs11ha.ConfigError
+			require.ErrorAs(t, err, &ce)
+			assert.Equal(t, tt.field, ce.Field)
+		})
+	}
+	t.Run("a client CA file without certificates", func(t *testing.T) {
+		dir := t.TempDir()
+		ca := newCA(t, dir, "ca")
+		cert, key := ca.serverCert(t)
+		empty := filepath.Join(dir, "empty.pem")
+		require.NoError(t, os.WriteFile(empty, []byte("nothing\n"), 0o600))
+		_, err := Listen(pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: cert, Key: key, ClientCA: empty}})
+		var ce *pkcs11ha.ConfigError
+		require.ErrorAs(t, err, &ce)
+		assert.Equal(t, "server.tls.client_ca", ce.Field)
+	})
+	assert.Equal(t, "/run/hsm-ha-proxy.sock", SocketPath(""))
+	assert.Equal(t, "/x/y.sock", SocketPath("unix:///x/y.sock"))
+	assert.Equal(t, "", SocketPath("tcp://127.0.0.1:1"))
+}
+
+func TestAuthTable(t *testing.T) {
+	uid, gid := 1000, 100
+	tbl, err := newAuthTable([]pkcs11ha.ClientConfig{
+		{Name: "by-uid", UnixUID: &uid, Partitions: []string{"payments"}},
+		{Name: "by-gid", UnixGID: &gid, Partitions: []string{"ledger"}},
+		{Name: "both", UnixUID: intp(2000), UnixGID: intp(200), Partitions: []string{"payments"}},
+		{Name: "cert", CertName: "spiffe://x/app", Partitions: []string{"ledger"}},
+		{UnixUID: intp(3000)}, // unnamed, nothing granted
+	}, []string{"payments", "ledger"})
+	require.NoError(t, err)
+	tests := []struct {
+		name  string
+		id    identity
+		want  string // principal name; "" for none
+		parts []string
+	}{
+		{"uid", identity{unix: true, uid: 1000, gid: 5}, "by-uid", []string{"payments"}},
+		{"gid", identity{unix: true, uid: 7, gid: 100}, "by-gid", []string{"ledger"}},
+		{"uid and gid entries add up", identity{unix: true, uid: 1000, gid: 100}, "by-uid", []string{"payments", "ledger"}},
+		{"both must match", identity{unix: true, uid: 2000, gid: 1}, "", nil},
+		{"both match", identity{unix: true, uid: 2000, gid: 200}, "both", []string{"payments"}},
+		{"unnamed entry", identity{unix: true, uid: 3000, gid: 1}, "clients[4]", nil},
+		{"unknown uid", identity{unix: true, uid: 1, gid: 1}, "", nil},
+		{"cert", identity{certNames: []string{"a.example", "spiffe://x/app"}}, "cert", []string{"ledger"}},
+		{"unix entries never match a certificate", identity{certNames: []string{"1000"}}, "", nil},
+		{"no name", identity{}, "", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := tbl.lookup(tt.id)
+			if tt.want == "" {
+				assert.Nil(t, p)
+				return
+			}
+			require.NotNil(t, p)
+			assert.Equal(t, tt.want, p.name)
+			var got []string
+			for part := range p.parts {
+				got = append(got, part)
+			}
+			assert.ElementsMatch(t, tt.parts, got)
+		})
+	}
+}

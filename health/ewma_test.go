@@ -1,0 +1,101 @@
+package health_test
+
+import (
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pkcs11-ha/pkcs11-ha/health"
+	"github.com/pkcs11-ha/pkcs11-ha/health/fakeclock"
+)
+
+var t0 = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func TestPeakEWMA(t *testing.T) {
+	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
+	type step struct {
+		advance time.Duration
+		rtt     time.Duration
+		want    time.Duration
+	}
+	tests := []struct {
+		name    string
+		initial time.Duration
+		steps   []step
+	}{
+		{"slower sample is taken at once (peak)", ms(5), []step{{0, ms(20), ms(20)}, {time.Hour, ms(30), ms(30)}}},
+		{"no elapsed time: a faster sample does not move it", ms(20), []step{{0, ms(1), ms(20)}}},
+		{"one decay period: weight 1/e", ms(20), []step{
+			{10 * time.Second, ms(10), ms(20*math.Exp(-1) + 10*(1-math.Exp(-1)))},
+		}},
+		{"long idle: converges to the sample", ms(20), []step{{time.Hour, ms(2), ms(2)}}},
+		{"decay then peak", ms(20), []step{
+			{5 * time.Second, ms(0), ms(20 * math.Exp(-0.5))},
+			{time.Millisecond, ms(50), ms(50)},
+		}},
+		{"negative rtt counts as zero", ms(1), []step{{time.Hour, -time.Second, 0}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := fakeclock.New(t0)
+			p := health.NewPeakEWMA(clk, 10*time.Second, tc.initial)
+			require.Equal(t, tc.initial, p.Value())
+			for i, s := range tc.steps {
+				clk.Advance(s.advance)
+				p.Observe(s.rtt)
+				require.InDelta(t, float64(s.want), float64(p.Value()), float64(time.Microsecond), "step %d", i)
+			}
+		})
+	}
+}
+
+func TestPeakEWMAReset(t *testing.T) {
+	clk := fakeclock.New(t0)
+	p := health.NewPeakEWMA(clk, 10*time.Second, 5*time.Millisecond)
+	p.Observe(time.Second)
+	require.Equal(t, time.Second, p.Value())
+	clk.Advance(time.Hour)
+	p.Reset(7 * time.Millisecond)
+	require.Equal(t, 7*time.Millisecond, p.Value())
+	// Reset also restarts the decay stamp: an immediate faster sample does not move the value.
+	p.Observe(time.Millisecond)
+	require.Equal(t, 7*time.Millisecond, p.Value())
+}
+
+func TestPeakEWMADefaults(t *testing.T) {
+	p := health.NewPeakEWMA(nil, 0, -time.Second)
+	require.Zero(t, p.Value())
+	p.Observe(time.Millisecond)
+	require.Equal(t, time.Millisecond, p.Value())
+}
+
+func TestPeakEWMAHotPathAllocs(t *testing.T) {
+	p := health.NewPeakEWMA(health.RealClock(), time.Second, time.Millisecond)
+	require.Zero(t, testing.AllocsPerRun(1000, func() { _ = p.Value() }))
+	require.Zero(t, testing.AllocsPerRun(1000, func() { p.Observe(time.Millisecond) }))
+}
+
+func TestPeakEWMAConcurrent(t *testing.T) {
+	clk := fakeclock.New(t0)
+	p := health.NewPeakEWMA(clk, time.Second, time.Millisecond)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 500 {
+				if g == 0 {
+					clk.Advance(time.Millisecond)
+				}
+				p.Observe(time.Duration(i%10+1) * time.Millisecond)
+				v := p.Value()
+				if v < 0 || v > 10*time.Millisecond {
+					t.Errorf("value out of range: %v", v)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

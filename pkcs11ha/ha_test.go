@@ -1,0 +1,268 @@
+package pkcs11ha_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+)
+
+// haPolicy makes probes fast enough for tests; routing defaults (deadlines, breakers) are untouched.
+const haPolicy = "health: {interval: 500ms, down_interval: 200ms}"
+
+// syncBuffer collects the cluster's log for failure reports.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// loadResult is what one phase of load saw.
+type loadResult struct {
+	ops, failed int
+	byDevice    map[string]int
+	lat         []time.Duration
+	errs        []error
+	firstAt     map[string]time.Time // first op served by each device
+}
+
+func (r *loadResult) p(q float64) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	s := slices.Clone(r.lat)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(q*float64(len(s))))]
+}
+
+func (r *loadResult) share(prefix string) float64 {
+	n := 0
+	for d, c := range r.byDevice {
+		if strings.HasPrefix(d, prefix) {
+			n += c
+		}
+	}
+	if r.ops == 0 {
+		return 0
+	}
+	return float64(n) / float64(r.ops)
+}
+
+// runLoad signs with workers goroutines until stop is closed; each call has its own deadline, and every
+// signature is verified with crypto/ecdsa.
+func runLoad(k *pkcs11ha.Key, workers int, deadline time.Duration, stop <-chan struct{}) *loadResult {
+	pub := k.Public().(*ecdsa.PublicKey)
+	res := &loadResult{byDevice: map[string]int{}, firstAt: map[string]time.Time{}}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := sha256.Sum256(fmt.Appendf(nil, "w%d-%d", w, i))
+				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				start := time.Now()
+				sig, dev, err := k.SignDevice(ctx, d[:], crypto.SHA256)
+				el := time.Since(start)
+				cancel()
+				if err == nil && !ecdsa.VerifyASN1(pub, d[:], sig) {
+					err = errors.New("invalid signature")
+				}
+				mu.Lock()
+				res.ops++
+				res.lat = append(res.lat, el)
+				if err != nil {
+					res.failed++
+					if len(res.errs) < 5 {
+						res.errs = append(res.errs, err)
+					}
+				} else {
+					res.byDevice[dev]++
+					if _, ok := res.firstAt[dev]; !ok {
+						res.firstAt[dev] = time.Now()
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+// phase runs load for d and returns what it saw, while fault runs (if not nil) at the start.
+func phase(k *pkcs11ha.Key, d time.Duration, deadline time.Duration, fault func()) *loadResult {
+	stop := make(chan struct{})
+	done := make(chan *loadResult)
+	go func() { done <- runLoad(k, 8, deadline, stop) }()
+	if fault != nil {
+		fault()
+	}
+	time.Sleep(d)
+	close(stop)
+	return <-done
+}
+
+func haCluster(t *testing.T) (*softhsmtest.Topology, *pkcs11ha.Cluster, *pkcs11ha.Key) {
+	t.Helper()
+	topo := softhsmtest.StartT(t, softhsmtest.Options{})
+	var logBuf syncBuffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("cluster log:\n%s", logBuf.String())
+		}
+	})
+	cl, _ := openCluster(t, topo, haPolicy, pkcs11ha.WithLogger(slog.New(slog.NewTextHandler(&logBuf, nil))))
+	k, err := cl.Key(context.Background(), "payments", "ec-key")
+	require.NoError(t, err)
+	return topo, cl, k
+}
+
+func requireNoFailures(t *testing.T, name string, r *loadResult) {
+	t.Helper()
+	require.Positive(t, r.ops, "%s: no operations ran", name)
+	require.Zero(t, r.failed, "%s: %d of %d operations failed: %v", name, r.failed, r.ops, r.errs)
+	t.Logf("%-28s ops=%5d failed=%d p50=%v p99=%v byDevice=%v", name, r.ops, r.failed, r.p(0.5), r.p(0.99), r.byDevice)
+}
+
+// TestHAKillRestartLocal: a local device killed under load costs no failed sign, traffic stays local, and
+// the restarted device is back in rotation without a process restart.
+func TestHAKillRestartLocal(t *testing.T) {
+	topo, cl, k := haCluster(t)
+	healthy := phase(k, time.Second, 2*time.Second, nil)
+	requireNoFailures(t, "healthy", healthy)
+	require.Zero(t, healthy.share("westus"), "a healthy local pair sends nothing to DR")
+	require.Positive(t, healthy.byDevice["eastus-1"])
+	require.Positive(t, healthy.byDevice["eastus-2"])
+
+	dev := topo.Device("eastus-1")
+	var killedAt time.Time
+	killed := phase(k, 2*time.Second, 2*time.Second, func() { killedAt = time.Now(); require.NoError(t, dev.Kill()) })
+	requireNoFailures(t, "eastus-1 killed", killed)
+	require.Zero(t, killed.share("westus"), "the other local device takes the load, not DR")
+	if at, ok := killed.firstAt["eastus-2"]; ok {
+		t.Logf("first op served elsewhere %v after the kill", at.Sub(killedAt))
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, dev.Restart(ctx))
+	restarted := time.Now()
+	stop := make(chan struct{})
+	resCh := make(chan *loadResult)
+	go func() { resCh <- runLoad(k, 8, 2*time.Second, stop) }()
+	require.Eventually(t, func() bool {
+		st := cl.Status()
+		return st[0].State != "down" && st[0].Breaker == "closed"
+	}, 15*time.Second, 50*time.Millisecond, "eastus-1 back within 15 s")
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	after := <-resCh
+	requireNoFailures(t, "after restart", after)
+	at, ok := after.firstAt["eastus-1"]
+	require.True(t, ok, "eastus-1 serves again after its restart: %v", after.byDevice)
+	t.Logf("eastus-1 back in rotation %v after its restart", at.Sub(restarted))
+}
+
+// TestHAPauseLocal: a local device hung by SIGSTOP costs callers with a 1 s deadline nothing, and p99 stays
+// within one attempt deadline of the healthy p99.
+func TestHAPauseLocal(t *testing.T) {
+	topo, cl, k := haCluster(t)
+	healthy := phase(k, time.Second, time.Second, nil)
+	requireNoFailures(t, "healthy", healthy)
+
+	dev := topo.Device("eastus-1")
+	paused := phase(k, 3*time.Second, time.Second, func() { require.NoError(t, dev.Pause()) })
+	// Resume before asserting: calls stuck in the paused server must return before the test ends.
+	require.NoError(t, dev.Resume())
+	requireNoFailures(t, "eastus-1 paused", paused)
+	attempt := cl.Config().Policy.AttemptTimeout.Local.D()
+	require.LessOrEqual(t, paused.p(0.99), healthy.p(0.99)+attempt,
+		"p99 while paused (%v) within one attempt deadline (%v) of healthy p99 (%v)", paused.p(0.99), attempt, healthy.p(0.99))
+	require.Zero(t, paused.share("westus"), "eastus-2 carries the load")
+	require.Eventually(t, func() bool { return cl.Status()[0].Abandoned == 0 }, 10*time.Second, 50*time.Millisecond,
+		"abandoned calls drain after resume")
+}
+
+// TestHALocalRegionDown: with both local devices dead, DR serves every call; when they return, traffic
+// fails back to the local pair.
+func TestHALocalRegionDown(t *testing.T) {
+	topo, cl, k := haCluster(t)
+	e1, e2 := topo.Device("eastus-1"), topo.Device("eastus-2")
+	killing := phase(k, time.Second, 2*time.Second, func() {
+		require.NoError(t, e1.Kill())
+		require.NoError(t, e2.Kill())
+	})
+	requireNoFailures(t, "local region being killed", killing)
+	down := phase(k, time.Second, 2*time.Second, nil)
+	requireNoFailures(t, "local region down", down)
+	require.Equal(t, 1.0, down.share("westus"), "DR serves everything")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, e1.Restart(ctx))
+	require.NoError(t, e2.Restart(ctx))
+	restarted := time.Now()
+	// Failback needs traffic: half-open breakers close on successful calls. Run load in short phases until
+	// one is served entirely by the local pair.
+	for {
+		back := phase(k, 500*time.Millisecond, 2*time.Second, nil)
+		requireNoFailures(t, "failing back", back)
+		if back.share("westus") == 0 && back.ops > 0 {
+			t.Logf("failback complete %v after the restarts", time.Since(restarted))
+			break
+		}
+		require.Less(t, time.Since(restarted), 20*time.Second, "no failback within 20 s: %+v", cl.Status())
+	}
+	steady := phase(k, time.Second, 2*time.Second, nil)
+	requireNoFailures(t, "after failback", steady)
+	require.Zero(t, steady.share("westus"), "traffic back on the local pair")
+}
+
+// TestHADRHangNoEffect: a DR region that hangs does not touch a healthy local pair.
+func TestHADRHangNoEffect(t *testing.T) {
+	topo, _, k := haCluster(t)
+	healthy := phase(k, time.Second, time.Second, nil)
+	requireNoFailures(t, "healthy", healthy)
+	hung := phase(k, 2*time.Second, time.Second, func() {
+		require.NoError(t, topo.Device("westus-1").Hang())
+		require.NoError(t, topo.Device("westus-2").Hang())
+	})
+	require.NoError(t, topo.Device("westus-1").Pass())
+	require.NoError(t, topo.Device("westus-2").Pass())
+	requireNoFailures(t, "DR hung", hung)
+	require.Zero(t, hung.share("westus"))
+	// Same order of latency: allow noise on a shared 2-core machine, but not a DR-sized step.
+	require.Less(t, hung.p(0.99), healthy.p(0.99)+20*time.Millisecond)
+}

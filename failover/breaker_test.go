@@ -30,7 +30,7 @@ func (e *env) transitions(m int) []string {
 }
 
 func TestBreakerOpensAfterThreeDeviceDownErrors(t *testing.T) {
-	e := newEnv(t, Config{}, members(0, 0))
+	e := newEnv(t, Config{DisablePanic: true}, members(0, 0))
 	e.fakes[0].setErr(errClass(ClassDeviceDown))
 	for i := range 3 {
 		require.Equal(t, gobreaker.StateClosed, e.breakerState(0), "before failure %d", i+1)
@@ -54,6 +54,41 @@ func TestBreakerOpensAfterThreeDeviceDownErrors(t *testing.T) {
 	st := e.r.Status()[0]
 	require.Equal(t, "open", st.Breaker)
 	require.WithinDuration(t, time.Now().Add(5*time.Second), st.OpenUntil, time.Second)
+}
+
+// TestPanicMode: when breakers shut out every member that health calls up, one breaker-free attempt per
+// member is still made (and reported to no breaker); members health calls down are never tried.
+func TestPanicMode(t *testing.T) {
+	e := newEnv(t, Config{}, members(0, 0))
+	for _, f := range e.fakes {
+		f.setErr(errClass(ClassDeviceDown))
+	}
+	for range 3 {
+		_, _, err := e.do(AllMembers)
+		require.ErrorIs(t, err, ErrNoMember)
+	}
+	require.Equal(t, gobreaker.StateOpen, e.breakerState(0))
+	require.Equal(t, gobreaker.StateOpen, e.breakerState(1))
+	before := e.r.members[0].breaker.Counts()
+
+	// Both breakers open, both members healthy again: the call is served in panic mode.
+	e.fakes[0].setErr(nil)
+	e.fakes[1].setErr(nil)
+	v, out, err := e.do(AllMembers)
+	require.NoError(t, err)
+	require.Equal(t, 1, out.Attempts)
+	require.Contains(t, []int{0, 1}, v)
+	require.Equal(t, gobreaker.StateOpen, e.breakerState(0), "a panic attempt does not report to the breaker")
+	require.Equal(t, before, e.r.members[0].breaker.Counts())
+
+	// A member health calls down is never tried, breaker or not.
+	e.r.SetUp(0, false)
+	e.r.SetUp(1, false)
+	calls := e.fakes[0].calls.Load() + e.fakes[1].calls.Load()
+	_, out, err = e.do(AllMembers)
+	require.ErrorIs(t, err, ErrNoMember)
+	require.Zero(t, out.Attempts)
+	require.Equal(t, calls, e.fakes[0].calls.Load()+e.fakes[1].calls.Load())
 }
 
 func TestBreakerNeverOpensOnCallerErrors(t *testing.T) {

@@ -59,6 +59,9 @@ type Config struct {
 	Clock                 health.Clock   // default health.RealClock(); breakers always use the real clock
 	Rand                  func() float64 // in [0, 1), safe for concurrent use; default math/rand/v2.Float64
 	Observer              Observer       // may be nil
+	// DisablePanic turns off panic mode: by default, when breakers shut out every member health calls up,
+	// a call still makes one breaker-free attempt per member rather than failing at once.
+	DisablePanic bool
 }
 
 // DefaultConfig returns the defaults from the design notes.

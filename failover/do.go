@@ -17,6 +17,8 @@ type Outcome struct {
 	Hedged   bool // a backup attempt was started
 }
 
+func noReport(error) {}
+
 // errSlotTaken: the picked member filled up between Pick and acquire; pick again.
 var errSlotTaken = errors.New("failover: slot taken")
 
@@ -97,6 +99,7 @@ type call[T any] struct {
 
 	out        Outcome
 	tried      Mask
+	ran        Mask // members an attempt actually ran on
 	live       [2]*attempt[T] // primary and at most one hedge
 	lastErr    error
 	refusal    error // why a breaker refused, for NoMemberError when nothing ran
@@ -201,10 +204,20 @@ func (c *call[T]) startNext() error {
 		if err != nil {
 			return err
 		}
+		bypass := false
 		if mi < 0 {
-			return c.noMember()
+			// Panic mode (as Envoy's panic threshold): when breakers have closed off every member that
+			// health still calls up, a breaker-free attempt on the best of them beats failing the call; it
+			// is bounded by the attempt deadline like any other.
+			if r.cfg.DisablePanic {
+				return c.noMember()
+			}
+			if mi = r.pickPanic(c.mask, c.ran); mi < 0 {
+				return c.noMember()
+			}
+			bypass = true
 		}
-		a, err := c.start(mi, false)
+		a, err := c.start(mi, false, bypass)
 		if errors.Is(err, errSlotTaken) {
 			continue
 		}
@@ -272,17 +285,21 @@ func (c *call[T]) pickWait() (int, error) {
 	}
 }
 
-// start launches fn on member mi: slot first (so a refused breaker can give it back), then the breaker.
-func (c *call[T]) start(mi int, hedge bool) (*attempt[T], error) {
+// start launches fn on member mi: slot first (so a refused breaker can give it back), then the breaker
+// (unless bypass: a panic-mode attempt reports to no breaker).
+func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 	r := c.r
 	m := r.members[mi]
 	if !r.acquire(m) {
 		return nil, errSlotTaken
 	}
-	done, err := m.breaker.Allow()
-	if err != nil {
-		r.release(m)
-		return nil, err
+	done := noReport
+	if !bypass {
+		var err error
+		if done, err = m.breaker.Allow(); err != nil {
+			r.release(m)
+			return nil, err
+		}
 	}
 	a := &attempt[T]{r: r, m: m, op: c.op, hedge: hedge, done: done, ch: make(chan result[T], 1)}
 	a.start = r.clock.Now()
@@ -295,6 +312,7 @@ func (c *call[T]) start(mi int, hedge bool) (*attempt[T], error) {
 	a.ctx = &a.actx // no separate allocation for the interface value
 	a.timer = r.clock.NewTimer(m.timeout)
 	c.tried |= 1 << mi
+	c.ran |= 1 << mi
 	c.out.Attempts++
 	go a.run(c.fn, c.ctx)
 	return a, nil
@@ -523,7 +541,7 @@ func (c *call[T]) startHedge() {
 		if !ok || !r.takeToken() {
 			return
 		}
-		a, err := c.start(mi, true)
+		a, err := c.start(mi, true, false)
 		if err != nil {
 			r.refundToken()
 			if !errors.Is(err, errSlotTaken) {

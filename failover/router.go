@@ -248,6 +248,33 @@ func (r *Router) pick(mask, tried Mask, tier0Only, stopAtSaturated bool) (member
 	return -1, false, saturated
 }
 
+// pickPanic picks, in the lowest tier that has one, the cheapest member that health says is up, ignoring
+// breakers and their backoff; abandoned-call caps and capacity still apply. -1 if there is none.
+func (r *Router) pickPanic(mask, ran Mask) int {
+	if r.abandonedTotal.Load() >= r.maxAbTotal {
+		return -1
+	}
+	allowed := mask &^ ran
+	v := r.view.Load()
+	for ti := range v.tiers {
+		tv := &v.tiers[ti]
+		best, bestCost := -1, 0.0
+		for _, i := range tv.members {
+			m := r.members[i]
+			if allowed&(1<<i) == 0 || m.abandoned.Load() >= r.maxAbPer || (m.capacity > 0 && m.inFlight.Load() >= m.capacity) {
+				continue
+			}
+			if c := r.cost(i); best < 0 || c < bestCost {
+				best, bestCost = int(i), c
+			}
+		}
+		if best >= 0 {
+			return best
+		}
+	}
+	return -1
+}
+
 func (r *Router) randN(n int) int { return min(int(r.rand()*float64(n)), n-1) }
 
 func (r *Router) p2c(cand *[MaxMembers]uint8, n int) int {

@@ -187,7 +187,7 @@ func (cl *Cluster) newMonitor(i int, d *device, initial health.State) *health.Mo
 		Interval:      pol.Health.Interval.D(),
 		DownInterval:  pol.Health.DownInterval.D(),
 		Jitter:        pol.Health.Jitter,
-		Timeout:       pol.Health.Timeout.D() + pol.ReinitGrace.D(),
+		Timeout:       pol.Health.Timeout.D(), // a recovery running past it finishes on its own; the next probe sees it
 		FallThreshold: pol.Health.Fall,
 		RiseThreshold: pol.Health.Rise,
 		InitialState:  initial,

@@ -99,7 +99,7 @@ type call[T any] struct {
 
 	out        Outcome
 	tried      Mask
-	ran        Mask // members an attempt actually ran on
+	ran        Mask           // members an attempt actually ran on
 	live       [2]*attempt[T] // primary and at most one hedge
 	lastErr    error
 	refusal    error // why a breaker refused, for NoMemberError when nothing ran

@@ -267,7 +267,12 @@ type Load struct {
 	// ErrorBackoff is how long a worker pauses after a failed operation, as a real client would, so that a
 	// fast-failing cluster does not turn the load into a busy loop; default 5 ms, negative for none.
 	ErrorBackoff time.Duration
-	Seed         uint64 // default: random
+	// Rate is the target rate in operations per second over all workers (each worker paces itself at
+	// Rate/Workers, without catching up after a slow operation); 0 runs a closed loop as fast as the
+	// cluster answers. A rate leaves the host CPU headroom, so that latency measures the cluster and the
+	// faults rather than a starved machine.
+	Rate float64
+	Seed uint64 // default: random
 }
 
 // Start runs the load until the returned stop function is called; stop waits for the operations in
@@ -307,7 +312,21 @@ func (l *Load) Start(rec *Recorder) (stop func() int) {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(seed, uint64(w)))
+			var interval time.Duration
+			if l.Rate > 0 {
+				interval = time.Duration(float64(workers) / l.Rate * float64(time.Second))
+			}
+			next := time.Now().Add(time.Duration(rng.Int64N(int64(max(interval, 1))))) // spread the workers
 			for !done.Load() {
+				if interval > 0 {
+					if wait := time.Until(next); wait > 0 {
+						time.Sleep(wait)
+					}
+					next = next.Add(interval)
+					if now := time.Now(); next.Before(now) {
+						next = now // no catching up after a slow operation
+					}
+				}
 				ti, _ := slices.BinarySearch(cum, rng.IntN(total)+1)
 				d := deadline
 				if l.ShortEvery > 0 && l.ShortDeadline > 0 && rng.IntN(l.ShortEvery) == 0 {

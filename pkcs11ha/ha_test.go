@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
@@ -135,6 +137,11 @@ func phase(k *pkcs11ha.Key, d time.Duration, deadline time.Duration, fault func(
 }
 
 func haCluster(t *testing.T) (*softhsmtest.Topology, *pkcs11ha.Cluster, *pkcs11ha.Key) {
+	topo, cl, k, _ := haClusterReg(t)
+	return topo, cl, k
+}
+
+func haClusterReg(t *testing.T) (*softhsmtest.Topology, *pkcs11ha.Cluster, *pkcs11ha.Key, *prometheus.Registry) {
 	t.Helper()
 	topo := softhsmtest.StartT(t, softhsmtest.Options{})
 	var logBuf syncBuffer
@@ -143,10 +150,11 @@ func haCluster(t *testing.T) (*softhsmtest.Topology, *pkcs11ha.Cluster, *pkcs11h
 			t.Logf("cluster log:\n%s", logBuf.String())
 		}
 	})
-	cl, _ := openCluster(t, topo, haPolicy, pkcs11ha.WithLogger(slog.New(slog.NewTextHandler(&logBuf, nil))))
+	reg := prometheus.NewRegistry()
+	cl, _ := openCluster(t, topo, haPolicy, pkcs11ha.WithLogger(slog.New(slog.NewTextHandler(&logBuf, nil))), pkcs11ha.WithRegisterer(reg))
 	k, err := cl.Key(context.Background(), "payments", "ec-key")
 	require.NoError(t, err)
-	return topo, cl, k
+	return topo, cl, k, reg
 }
 
 func requireNoFailures(t *testing.T, name string, r *loadResult) {
@@ -159,7 +167,7 @@ func requireNoFailures(t *testing.T, name string, r *loadResult) {
 // TestHAKillRestartLocal: a local device killed under load costs no failed sign, traffic stays local, and
 // the restarted device is back in rotation without a process restart.
 func TestHAKillRestartLocal(t *testing.T) {
-	topo, cl, k := haCluster(t)
+	topo, cl, k, reg := haClusterReg(t)
 	healthy := phase(k, time.Second, 2*time.Second, nil)
 	requireNoFailures(t, "healthy", healthy)
 	require.Zero(t, healthy.share("westus"), "a healthy local pair sends nothing to DR")
@@ -193,6 +201,46 @@ func TestHAKillRestartLocal(t *testing.T) {
 	at, ok := after.firstAt["eastus-1"]
 	require.True(t, ok, "eastus-1 serves again after its restart: %v", after.byDevice)
 	t.Logf("eastus-1 back in rotation %v after its restart", at.Sub(restarted))
+
+	// The metrics saw it: every operation counted once, the re-init, the device errors.
+	ops := healthy.ops + killed.ops + after.ops
+	require.Equal(t, float64(ops), testutil.ToFloat64(counterSum(t, reg, "pkcs11ha_operations_total")))
+	require.GreaterOrEqual(t, testutil.ToFloat64(counterWith(t, reg, "pkcs11ha_reinits_total", "eastus-1")), 1.0)
+	require.GreaterOrEqual(t, testutil.ToFloat64(counterWith(t, reg, "pkcs11ha_attempts_total", "eastus-1", "device_down")), 1.0)
+}
+
+// counterSum and counterWith read metric families back from the registry as constant gauges, for
+// testutil.ToFloat64: the sum over all series, or the series whose label values include all of want.
+func counterSum(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	return counterWith(t, reg, name)
+}
+
+func counterWith(t *testing.T, reg *prometheus.Registry, name string, want ...string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for _, w := range want {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetValue() == w {
+						found = true
+					}
+				}
+				if !found {
+					continue series
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "sum"}, func() float64 { return sum })
 }
 
 // TestHAPauseLocal: a local device hung by SIGSTOP costs callers with a 1 s deadline nothing, and p99 stays

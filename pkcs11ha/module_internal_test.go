@@ -1,0 +1,106 @@
+package pkcs11ha
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+)
+
+// TestReinitRetiresStuckInstance drives the module registry against a real p11-kit device whose bytes are
+// held by the relay: a call stuck in the module keeps the instance from being finalised, so after the grace
+// period it is retired (never finalised, never used again); the fresh instance's C_Initialize blocks too and
+// is adopted once the device answers again, instead of piling up blocked loads.
+func TestReinitRetiresStuckInstance(t *testing.T) {
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "r"}}})
+	dev := topo.Devices[0]
+	h, err := modules.acquire(dev.ModulePath, dev.ModuleEnv, time.Second)
+	require.NoError(t, err)
+	t.Cleanup(func() { modules.release(h, time.Second) })
+
+	ctx := context.Background()
+	h.mu.Lock()
+	in, err := h.load(ctx, 8)
+	require.NoError(t, err)
+	h.cur.Store(in)
+	h.mu.Unlock()
+	slots, err := in.ctx.GetSlotList(true)
+	require.NoError(t, err)
+	require.NotEmpty(t, slots)
+
+	// A call that cannot return while the relay holds the bytes.
+	require.NoError(t, dev.Hang())
+	stuck := make(chan error, 1)
+	require.True(t, in.enter())
+	go func() {
+		defer in.exit()
+		_, err := in.ctx.GetTokenInfo(slots[0])
+		stuck <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	require.EqualValues(t, 1, in.inflight.Load())
+
+	// Re-init: the stuck call outlives the grace, so the instance is retired; loading the fresh one blocks
+	// on the hung device and gives up at the context's deadline.
+	h.mu.Lock()
+	rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	_, err = h.reinit(rctx, 100*time.Millisecond, 8)
+	cancel()
+	h.mu.Unlock()
+	require.Error(t, err)
+	require.True(t, in.retired.Load(), "an instance with a stuck call is retired")
+	require.False(t, in.enter(), "a retired instance takes no new call")
+	require.EqualValues(t, 1, h.retired.Load())
+	require.Nil(t, h.current())
+	require.NotNil(t, h.pending, "the blocked C_Initialize is remembered, not repeated")
+
+	// The device answers again: the stuck call returns, and the next load adopts the pending instance.
+	require.NoError(t, dev.Pass())
+	select {
+	case <-stuck:
+	case <-time.After(10 * time.Second):
+		t.Fatal("stuck call did not return after Pass")
+	}
+	h.mu.Lock()
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	fresh, err := h.load(lctx, 8)
+	cancel()
+	if err == nil {
+		h.cur.Store(fresh)
+	}
+	h.mu.Unlock()
+	require.NoError(t, err)
+	require.NotSame(t, in, fresh)
+	require.Greater(t, fresh.gen, in.gen)
+	slots, err = fresh.ctx.GetSlotList(true)
+	require.NoError(t, err)
+	require.NotEmpty(t, slots, "the fresh instance sees the token")
+	require.EqualValues(t, 1, h.retired.Load(), "adopting the pending load retired nothing more")
+}
+
+// TestSameLibraryTwiceRefused: one libsofthsm2.so path is one module; a second device with another
+// SOFTHSM2_CONF on the same path would silently share the first one's tokens, so it is refused.
+func TestSameLibraryTwiceRefused(t *testing.T) {
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+		{Name: "a", Region: "r", InProcess: true}, {Name: "b", Region: "r", InProcess: true}}})
+	a, b := topo.Devices[0], topo.Devices[1]
+	ha, err := modules.acquire(a.ModulePath, a.ModuleEnv, time.Second)
+	require.NoError(t, err)
+	t.Cleanup(func() { modules.release(ha, time.Second) })
+	ha.mu.Lock()
+	in, err := ha.load(context.Background(), 8)
+	require.NoError(t, err)
+	ha.cur.Store(in)
+	ha.mu.Unlock()
+
+	hb, err := modules.acquire(a.ModulePath, b.ModuleEnv, time.Second) // a's file, b's config
+	require.NoError(t, err)
+	t.Cleanup(func() { modules.release(hb, time.Second) })
+	hb.mu.Lock()
+	_, err = hb.load(context.Background(), 8)
+	hb.mu.Unlock()
+	require.ErrorContains(t, err, "one instance per file path")
+}

@@ -172,6 +172,7 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	}
 	for _, m := range cl.monitors {
 		m.Start()
+		m.ProbeNow() // measure every device now rather than routing on the initial-latency guess for 5 s
 	}
 	return cl, nil
 }

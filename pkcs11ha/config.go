@@ -58,6 +58,10 @@ type DeviceConfig struct {
 	ModuleEnv map[string]string `yaml:"module_env"`
 	// Tier overrides the tier derived from local_region (0 local, 1 DR).
 	Tier *int `yaml:"tier"`
+	// TokenSerials picks this device's token for a partition by serial (partition -> serial). Needed when
+	// several devices share one module instance (a Luna client lists every appliance's partitions as slots
+	// of one module, with the same label): the label alone would find the same slot for each of them.
+	TokenSerials map[string]string `yaml:"token_serials"`
 }
 
 // PartitionConfig is one application's HA group: the same token cloned on every device.
@@ -346,6 +350,36 @@ func (c *Config) Validate() error {
 		}
 		if err := p.resolvePIN(f); err != nil {
 			return err
+		}
+	}
+	for _, d := range c.Devices {
+		for sp := range d.TokenSerials {
+			if !pnames[sp] {
+				return &ConfigError{Field: fmt.Sprintf("devices[%s].token_serials", d.Name), Msg: fmt.Sprintf("unknown partition %q", sp)}
+			}
+		}
+	}
+	// Devices sharing a module instance must tell their tokens apart by serial.
+	byModule := map[string][]int{}
+	for i, d := range c.Devices {
+		k, err := newModuleKey(d.Module, d.ModuleEnv)
+		if err != nil {
+			continue // reported above for missing files
+		}
+		byModule[k.path+"\x00"+k.env] = append(byModule[k.path+"\x00"+k.env], i)
+	}
+	for _, idx := range byModule {
+		if len(idx) < 2 {
+			continue
+		}
+		for _, i := range idx {
+			d := c.Devices[i]
+			for _, p := range c.Partitions {
+				if d.TokenSerials[p.Name] == "" {
+					return &ConfigError{Field: fmt.Sprintf("devices[%s].token_serials", d.Name),
+						Msg: fmt.Sprintf("device shares its module instance with %d other device(s): give the serial of partition %q's token on this device", len(idx)-1, p.Name)}
+				}
+			}
 		}
 	}
 	for i, cl := range c.Clients {

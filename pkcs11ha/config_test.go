@@ -29,7 +29,7 @@ func TestLoadConfig(t *testing.T) {
 		return "local_region: eastus\n" + devices + partitions + extra
 	}
 	dev := func(name, region string) string {
-		return "  - {name: " + name + ", region: " + region + ", module: " + mod + "}\n"
+		return "  - {name: " + name + ", region: " + region + ", module: " + mod + ", module_env: {DEV: " + name + "}}\n"
 	}
 	twoDevs := "devices:\n" + dev("eastus-1", "eastus") + dev("westus-1", "westus")
 	onePart := "partitions:\n  - {name: payments, token_label: payments, pin_env: TEST_PAYMENTS_PIN}\n"
@@ -69,6 +69,9 @@ func TestLoadConfig(t *testing.T) {
 		{name: "client without identity", yaml: base(twoDevs, onePart, "clients:\n  - {name: app, partitions: [payments]}\n"), field: "clients[app]"},
 		{name: "bad tier", yaml: base("devices:\n  - {name: a, region: eastus, module: "+mod+", tier: 9}\n", onePart, ""), field: "devices[a].tier"},
 		{name: "empty file", yaml: "", field: "(file)"},
+		{name: "shared module without serials", yaml: base("devices:\n  - {name: a, region: eastus, module: "+mod+"}\n  - {name: b, region: eastus, module: "+mod+"}\n", onePart, ""), field: "devices[a].token_serials"},
+		{name: "shared module with serials", yaml: base("devices:\n  - {name: a, region: eastus, module: "+mod+", token_serials: {payments: \"1\"}}\n  - {name: b, region: eastus, module: "+mod+", token_serials: {payments: \"2\"}}\n", onePart, "")},
+		{name: "token_serials unknown partition", yaml: base(twoDevs+"  - {name: c, region: eastus, module: "+mod+", module_env: {X: y}, token_serials: {nope: \"1\"}}\n", onePart, ""), field: "devices[c].token_serials"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -103,9 +106,9 @@ func TestConfigDefaultsAndTiers(t *testing.T) {
 	cfg := &Config{
 		LocalRegion: "eastus",
 		Devices: []DeviceConfig{
-			{Name: "e1", Region: "eastus", Module: mod},
-			{Name: "w1", Region: "westus", Module: mod},
-			{Name: "w2", Region: "westus", Module: mod, Tier: &tier},
+			{Name: "e1", Region: "eastus", Module: mod, ModuleEnv: map[string]string{"D": "1"}},
+			{Name: "w1", Region: "westus", Module: mod, ModuleEnv: map[string]string{"D": "2"}},
+			{Name: "w2", Region: "westus", Module: mod, ModuleEnv: map[string]string{"D": "3"}, Tier: &tier},
 		},
 		Partitions: []PartitionConfig{{Name: "p", TokenLabel: "p", PIN: "x"}},
 		Policy:     Policy{AttemptTimeout: TierDurations{Local: Duration(20 * time.Millisecond)}},

@@ -145,13 +145,17 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	var slot uint
 	var info pkcs11.TokenInfo
 	found := false
+	serial, label := p.cfg.TokenSerial, p.cfg.TokenLabel
+	if s := p.dev.cfg.TokenSerials[p.cfg.Name]; s != "" {
+		serial = s
+	}
 	for _, s := range slots {
 		ti, err := c.GetTokenInfo(s)
 		if err != nil {
 			continue
 		}
-		if (p.cfg.TokenSerial != "" && strings.TrimSpace(ti.SerialNumber) == p.cfg.TokenSerial) ||
-			(p.cfg.TokenSerial == "" && strings.TrimSpace(ti.Label) == p.cfg.TokenLabel) {
+		if (serial != "" && strings.TrimSpace(ti.SerialNumber) == serial) ||
+			(serial == "" && strings.TrimSpace(ti.Label) == label) {
 			slot, info, found = s, ti, true
 			break
 		}
@@ -188,6 +192,9 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 }
 
 func (p *devPartition) tokenName() string {
+	if s := p.dev.cfg.TokenSerials[p.cfg.Name]; s != "" {
+		return "serial " + s
+	}
 	if p.cfg.TokenSerial != "" {
 		return "serial " + p.cfg.TokenSerial
 	}
@@ -273,8 +280,7 @@ func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op 
 		case failover.ClassDeviceDown:
 			if de.Code != 0 {
 				// A real device error code (not our own verdict): stop using this instance now.
-				p.dev.needInit.Store(true)
-				st.in.broken.Store(true)
+				p.dev.markInstanceDown(st.in)
 				if p.dev.onDown != nil {
 					p.dev.onDown(err.Error())
 				}
@@ -368,8 +374,7 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 		if err != nil {
 			e := p11err(d.name, p.cfg.Name, OpTokenInfo, err)
 			if failover.ClassOf(e) == failover.ClassDeviceDown {
-				d.needInit.Store(true)
-				st.in.broken.Store(true)
+				d.markInstanceDown(st.in)
 			}
 			d.setErr(e)
 			return e
@@ -385,6 +390,16 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 		}
 	}
 	return nil
+}
+
+// markInstanceDown records that the device needs its module re-initialised. An instance of its own stops
+// taking calls at once; an instance shared with other devices (one Luna client for several appliances)
+// keeps serving them, and recovery escalates from new sessions to a re-init only once they are idle or down.
+func (d *device) markInstanceDown(in *instance) {
+	d.needInit.Store(true)
+	if !d.mod.shared() {
+		in.broken.Store(true)
+	}
 }
 
 // anyPartitionClosed reports whether a partition that could work (PIN accepted) is not open.

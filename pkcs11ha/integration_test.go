@@ -12,14 +12,17 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -432,4 +435,58 @@ func TestKillRestart(t *testing.T) {
 	t.Logf("device served again %v after the restart", time.Since(start))
 	st := cl.Status()
 	require.GreaterOrEqual(t, st[0].Reinits, int64(1))
+}
+
+// TestSharedModuleInstance: two devices on one module instance, told apart by token serial, as the
+// appliances of one Luna client are (each partition a slot of libCryptoki2_64.so). Both serve the key.
+func TestSharedModuleInstance(t *testing.T) {
+	parts := softhsmtest.DefaultPartitions()
+	parts[1].PIN = parts[0].PIN // the second token stands for the same partition on another appliance
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("hsm"), Partitions: parts})
+	dev := topo.Devices[0]
+	env := fmt.Sprintf("{SOFTHSM2_CONF: %q}", dev.ModuleEnv["SOFTHSM2_CONF"])
+	cfgYAML := fmt.Sprintf(`local_region: eastus
+devices:
+  - {name: appliance-1, region: eastus, module: %q, module_env: %s, token_serials: {payments: %q}}
+  - {name: appliance-2, region: eastus, module: %q, module_env: %s, token_serials: {payments: %q}}
+partitions:
+  - {name: payments, token_label: payments, pin: %q}
+`, dev.ModulePath, env, dev.Serials["payments"], dev.ModulePath, env, dev.Serials["ledger"], parts[0].PIN)
+	path := filepath.Join(t.TempDir(), "shared.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(cfgYAML), 0o600))
+	cfg, err := pkcs11ha.LoadConfig(path)
+	require.NoError(t, err)
+	cl, err := pkcs11ha.Open(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, cl.Close()) })
+
+	k, err := cl.Key(context.Background(), "payments", "ec-key")
+	require.NoError(t, err)
+	require.Equal(t, []string{"appliance-1", "appliance-2"}, k.Info().Devices)
+	// Both are probed at Open, so neither is routed on the initial-latency guess.
+	require.Eventually(t, func() bool {
+		st := cl.Status()
+		return st[0].EWMA < 5*time.Millisecond && st[1].EWMA < 5*time.Millisecond
+	}, 5*time.Second, 10*time.Millisecond)
+	var mu sync.Mutex
+	served := map[string]int{}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				d := digest(crypto.SHA256, "shared")
+				sig, dev, err := k.SignDevice(context.Background(), d, crypto.SHA256)
+				if !assert.NoError(t, err) || !assert.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig)) {
+					return
+				}
+				mu.Lock()
+				served[dev]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	require.Len(t, served, 2, "both appliances serve: %v", served)
 }

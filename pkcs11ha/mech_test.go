@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"encoding/asn1"
 	"math/big"
 	"testing"
 
@@ -103,4 +104,28 @@ func TestECDSADER(t *testing.T) {
 	require.True(t, ecdsa.VerifyASN1(&k.PublicKey, dig[:], der))
 	_, err = ecdsaDER(raw[:63], 32)
 	require.Error(t, err, "odd raw length")
+}
+
+// TestECDSADERMatchesASN1 checks the hand-written DER against encoding/asn1 on edge values: leading zero
+// octets, top bit set, zero, for every curve size.
+func TestECDSADERMatchesASN1(t *testing.T) {
+	for _, n := range []int{32, 48, 66} {
+		for _, fill := range []func([]byte){
+			func(b []byte) {},                                   // zero
+			func(b []byte) { b[len(b)-1] = 1 },                  // one
+			func(b []byte) { _, _ = rand.Read(b); b[0] = 0 },    // leading zero
+			func(b []byte) { _, _ = rand.Read(b); b[0] = 0x80 }, // top bit set
+			func(b []byte) { _, _ = rand.Read(b); b[0], b[1] = 0, 0x7f },
+			func(b []byte) { _, _ = rand.Read(b) },
+		} {
+			raw := make([]byte, 2*n)
+			fill(raw[:n])
+			fill(raw[n:])
+			got, err := ecdsaDER(raw, n)
+			require.NoError(t, err)
+			want, err := asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(raw[:n]), new(big.Int).SetBytes(raw[n:])})
+			require.NoError(t, err)
+			require.Equal(t, want, got, "n=%d raw=%x", n, raw)
+		}
+	}
 }

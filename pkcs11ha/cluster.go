@@ -194,6 +194,10 @@ func (cl *Cluster) newMonitor(i int, d *device, initial health.State) *health.Mo
 		InitialState:  initial,
 		Clock:         health.RealClock(),
 		OnChange: func(old, cur health.Status) {
+			if old.State == health.StateDown && cur.State != health.StateDown {
+				// What was measured before the outage says nothing about the device now.
+				cl.router.Latency(i).Reset(cl.initialLatency(i))
+			}
 			cl.router.SetUp(i, cur.State != health.StateDown)
 			cl.metrics.deviceState(d.name, cur.State)
 			lvl := slog.LevelInfo
@@ -213,8 +217,10 @@ func (cl *Cluster) newMonitor(i int, d *device, initial health.State) *health.Mo
 				cl.router.Latency(i).Reset(cl.initialLatency(i))
 				cl.metrics.reinits.WithLabelValues(d.name).Inc()
 				cl.log.Info("device re-initialised", "device", d.name)
-			} else {
-				cl.router.Latency(i).Observe(time.Since(start))
+			} else if el := time.Since(start); el <= pol.Health.Timeout.D() {
+				// A probe that outlived its deadline (blocked on a paused server) is not a latency sample:
+				// seconds of it would keep a resumed device out of rotation for a minute.
+				cl.router.Latency(i).Observe(el)
 			}
 		}
 		return err

@@ -26,14 +26,18 @@ build: deps
 
 # Unit tests (race detector on the pure-Go routing packages), integration tests on real SoftHSM2 devices,
 # and the short chaos suite. Well under 10 minutes on 2 cores.
+# The device suites run one package at a time (-p 1): their latency assertions need the 2 cores.
 test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 5m ./failover/... ./health/...
-	$(GO) test -count=1 -timeout 9m ./pkcs11ha/... ./softhsm-test/... ./cmd/...
+	$(GO) test -p 1 -count=1 -timeout 9m ./pkcs11ha/... ./softhsm-test/... ./cmd/...
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSignRequest$$' -fuzztime 10s ./cmd/hsm-ha-proxy/internal/proxy/
 
 # The demo: four SoftHSM2 devices in two regions behind the sidecar, with a scripted failover.
+# Built, not `go run`, so that Ctrl-C reaches the demo itself; DEMO_ARGS adds flags (`--duration 30s`, `--no-failover`).
 run: deps
-	$(GO) run ./cmd/hsm-ha-proxy demo
+	@bindir=$$(mktemp -d) && trap 'rm -rf "$$bindir"' EXIT && \
+		$(GO) build -o "$$bindir/hsm-ha-proxy" ./cmd/hsm-ha-proxy && "$$bindir/hsm-ha-proxy" demo $(DEMO_ARGS)
 
 # Side-by-side figures against direct miekg/pkcs11 and crypto11; the last line is the BENCH summary.
 bench: deps

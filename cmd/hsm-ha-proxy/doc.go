@@ -5,7 +5,7 @@
 //
 //	hsm-ha-proxy serve --config FILE [--log-level info] [--log-format json]
 //	hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
-//	hsm-ha-proxy demo
+//	hsm-ha-proxy demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--plain] [--keep]
 //
 // serve reads the library's YAML config plus its server: and clients: sections, opens the cluster and
 // serves on server.listen (default unix:///run/hsm-ha-proxy.sock, mode 0600; tcp://HOST:PORT requires

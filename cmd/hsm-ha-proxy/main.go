@@ -28,7 +28,7 @@ import (
 const usage = `usage:
   hsm-ha-proxy serve --config FILE [--log-level debug|info|warn|error] [--log-format json|text]
   hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
-  hsm-ha-proxy demo
+  hsm-ha-proxy demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--plain] [--keep]
 `
 
 func main() {

@@ -1,0 +1,299 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+)
+
+// TestDemo runs `hsm-ha-proxy demo` non-interactively with a compressed script (one step a second): it
+// exits 0 with no failed operation, the curl command it prints signs (checked with crypto/ecdsa while the
+// demo is up) and so does its openssl line, and no process it started nor its temporary directory is left.
+func TestDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs SoftHSM devices")
+	}
+	if _, err := softhsmtest.LookupTools(); err != nil {
+		t.Skip(err)
+	}
+	bin := buildBinary(t)
+
+	cmd := exec.Command(bin, "demo", "--step", "1s", "--duration", "18s", "--workers", "4", "--rate", "150")
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	pipe, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+
+	var stdout lockedBuffer
+	lines := make(chan string, 1024)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		defer close(lines)
+		sc := bufio.NewScanner(pipe)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			_, _ = stdout.Write([]byte(sc.Text() + "\n"))
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		_, _ = io.Copy(io.Discard, pipe)
+	}()
+	exited := make(chan error, 1)
+	go func() {
+		<-readDone
+		exited <- cmd.Wait()
+	}()
+	finished := false
+	t.Cleanup(func() {
+		if !finished {
+			_ = cmd.Process.Signal(syscall.SIGINT)
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+		}
+		if t.Failed() {
+			t.Logf("demo stdout:\n%s\ndemo stderr:\n%s", stdout.String(), stderr.String())
+		}
+	})
+
+	// The header: the curl command, the public key and the openssl line, all usable while the demo runs.
+	var curlLine, verifyLine, pubPath string
+	pubRE := regexp.MustCompile(`^Public key: (\S+)\. `)
+	timeout := time.After(90 * time.Second)
+	for curlLine == "" || verifyLine == "" || pubPath == "" {
+		select {
+		case l, ok := <-lines:
+			require.True(t, ok, "the demo ended before printing its curl command")
+			switch s := strings.TrimSpace(l); {
+			case strings.HasPrefix(s, "curl ") && strings.Contains(s, "openssl dgst"):
+				verifyLine = s
+			case strings.HasPrefix(s, "curl "):
+				curlLine = s
+			}
+			if m := pubRE.FindStringSubmatch(l); m != nil {
+				pubPath = m[1]
+			}
+		case <-timeout:
+			t.Fatal("no curl command printed within 90 s")
+		}
+	}
+	go func() { // keep draining
+		for range lines {
+		}
+	}()
+	assert.Contains(t, curlLine, "--unix-socket ")
+	assert.Contains(t, curlLine, `"algorithm":"ECDSA_SHA256"`)
+
+	pemBytes, err := os.ReadFile(pubPath)
+	require.NoError(t, err)
+	blk, _ := pem.Decode(pemBytes)
+	require.NotNil(t, blk)
+	pubAny, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	require.NoError(t, err)
+	pub, ok := pubAny.(*ecdsa.PublicKey)
+	require.True(t, ok, "the demo key is ECDSA, got %T", pubAny)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Log("no curl: the printed command is not run")
+	} else {
+		out, err := exec.CommandContext(ctx, "sh", "-c", curlLine).Output()
+		require.NoError(t, err, "running the printed curl command")
+		var resp struct{ Signature, Device string }
+		require.NoError(t, json.Unmarshal(out, &resp), "curl answered %s", out)
+		sig, err := base64.StdEncoding.DecodeString(resp.Signature)
+		require.NoError(t, err)
+		digest := sha256.Sum256([]byte(demoMessage))
+		assert.True(t, ecdsa.VerifyASN1(pub, digest[:], sig), "the signature of the printed curl command verifies")
+		assert.NotEmpty(t, resp.Device)
+
+		if _, err := exec.LookPath("openssl"); err == nil {
+			out, err := exec.CommandContext(ctx, "sh", "-c", verifyLine).CombinedOutput()
+			require.NoError(t, err, "the printed openssl line: %s", out)
+			assert.Contains(t, string(out), "Verified OK")
+		}
+	}
+
+	select {
+	case err := <-exited:
+		finished = true
+		require.NoError(t, err, "the demo exits 0")
+	case <-time.After(90 * time.Second):
+		t.Fatal("the demo did not stop after its --duration")
+	}
+	out := stdout.String()
+
+	for _, want := range []string{
+		"step 1/4: kill eastus-1",
+		"step 2/4: pause eastus-2",
+		"seen: DR (westus) serves all the traffic",
+		"step 3/4: resume eastus-2 (SIGCONT) and restart eastus-1",
+		"eastus-1 restarted in",
+		"step 4/4: traffic is back on the local pair",
+		"sidecar (pid",
+		"devices stopped",
+	} {
+		assert.Contains(t, out, want)
+	}
+	assert.NotContains(t, out, "\x1b[", "no terminal escapes when stdout is not a terminal")
+	failedRE := regexp.MustCompile(`failed ops so far: (\d+)`)
+	steps := failedRE.FindAllStringSubmatch(out, -1)
+	assert.GreaterOrEqual(t, len(steps), 4, "every step reports the failed operations")
+	for _, m := range steps {
+		assert.Equal(t, "0", m[1], "failed operations reported by a step")
+	}
+	done := regexp.MustCompile(`done: (\d+) operations, (\d+) failed`).FindStringSubmatch(out)
+	require.NotNil(t, done, "the final count is printed")
+	n, _ := strconv.Atoi(done[1])
+	assert.Positive(t, n)
+	assert.Equal(t, "0", done[2], "no operation failed")
+
+	// Nothing is left: not the sidecar, not a device server (nor a member of its process group), not the
+	// temporary directory.
+	tmp := regexp.MustCompile(`temp dir:\s+(\S+)`).FindStringSubmatch(out)
+	require.NotNil(t, tmp)
+	_, err = os.Stat(tmp[1])
+	assert.True(t, errors.Is(err, os.ErrNotExist), "the temporary directory %s is removed", tmp[1])
+	var pids []int
+	for _, m := range regexp.MustCompile(`pid (\d+)`).FindAllStringSubmatch(out, -1) {
+		pid, _ := strconv.Atoi(m[1])
+		pids = append(pids, pid)
+	}
+	require.GreaterOrEqual(t, len(pids), 6, "the demo prints the pids of the sidecar and of every device server")
+	require.Eventually(t, func() bool { return len(survivors(pids, tmp[1])) == 0 }, 5*time.Second, 50*time.Millisecond,
+		"no process of the demo survives")
+	if left := survivors(pids, tmp[1]); len(left) > 0 {
+		t.Errorf("processes left: %v", left)
+	}
+}
+
+// survivors lists the live processes (not zombies) that are one of pids, in the process group of one of
+// them, or have dir on their command line.
+func survivors(pids []int, dir string) []string {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	want := map[int]bool{}
+	for _, p := range pids {
+		want[p] = true
+	}
+	var left []string
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(stat)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		pgid, _ := strconv.Atoi(f[2])
+		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if want[pid] || want[pgid] || strings.Contains(string(cmdline), dir) {
+			left = append(left, s[:i+1]+" "+strings.ReplaceAll(string(cmdline), "\x00", " "))
+		}
+	}
+	return left
+}
+
+func TestDemoFlags(t *testing.T) {
+	for _, args := range [][]string{{"--workers", "0"}, {"--step", "0s"}, {"--rate", "-1"}, {"extra"}, {"--nope"}} {
+		var out, errOut lockedBuffer
+		assert.Equal(t, 2, demoMain(args, &out, &errOut), "%v", args)
+	}
+	var out, errOut lockedBuffer
+	assert.Equal(t, 0, demoMain([]string{"-h"}, &out, &errOut))
+	assert.Contains(t, errOut.String(), "--no-failover")
+}
+
+// TestDemoScreen: on a terminal the table is redrawn in place under the events; elsewhere it is plain lines.
+func TestDemoScreen(t *testing.T) {
+	var tty lockedBuffer
+	s := newScreen(&tty, true)
+	s.setTable([]string{"T1", "T2"})
+	s.event("E1")
+	s.setTable([]string{"T3"})
+	assert.Equal(t, "T1\nT2\n"+"\x1b[2F\x1b[J"+"E1\nT1\nT2\n"+"\x1b[2F\x1b[J"+"T3\n", tty.String())
+
+	var plain lockedBuffer
+	s = newScreen(&plain, false)
+	s.setTable([]string{"T1", "T2"})
+	s.event("E1")
+	s.setTable([]string{"T3"})
+	assert.Equal(t, "T1\nT2\nE1\nT3\n", plain.String())
+}
+
+// TestDemoLogFilter: the sidecar's successful access lines are dropped, the rest is kept, and its own
+// events are passed on as one-line summaries, however the output is split.
+func TestDemoLogFilter(t *testing.T) {
+	input := `{"level":"INFO","msg":"access","outcome":"ok","device":"eastus-1"}
+{"level":"INFO","msg":"access","outcome":"no_device","status":503}
+{"level":"WARN","msg":"device state changed","device":"eastus-1","from":"up","to":"down","reason":"C_Sign: CKR_DEVICE_ERROR"}
+{"level":"WARN","msg":"breaker changed","device":"eastus-2","from":"closed","to":"open"}
+{"level":"INFO","msg":"device re-initialised","device":"eastus-1"}
+{"level":"INFO","msg":"hsm-ha-proxy started"}
+not json
+{"level":"ERROR","msg":"serving","err":"boom"}`
+	var out lockedBuffer
+	var events []string
+	f := &logFilter{out: &out, onEvent: func(s string) { events = append(events, s) }}
+	for b := []byte(input); len(b) > 0; {
+		n := min(len(b), 7)
+		_, _ = f.Write(b[:n])
+		b = b[n:]
+	}
+	f.flush()
+	assert.NotContains(t, out.String(), `"outcome":"ok"`)
+	assert.Contains(t, out.String(), `"outcome":"no_device"`)
+	assert.Contains(t, out.String(), "not json\n")
+	assert.Contains(t, out.String(), `"msg":"serving"`)
+	assert.Equal(t, []string{
+		"eastus-1 up -> down: C_Sign: CKR_DEVICE_ERROR",
+		"eastus-2 breaker closed -> open",
+		"eastus-1 module re-initialised",
+		"ERROR serving err=boom",
+	}, events)
+}
+
+func TestDemoShellQuote(t *testing.T) {
+	assert.Equal(t, "/tmp/hsm-ha-demo-1/proxy.sock", shellQuote("/tmp/hsm-ha-demo-1/proxy.sock"))
+	assert.Equal(t, `'/tmp/a b/it'\''s'`, shellQuote("/tmp/a b/it's"))
+}

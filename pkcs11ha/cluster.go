@@ -130,7 +130,6 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 		for pi := range cfg.Partitions {
 			d.parts = append(d.parts, &devPartition{dev: d, cfg: &cfg.Partitions[pi]})
 		}
-		d.onKeys = cl.checkKeys
 		d.onDown = func(reason string) { cl.monitors[d.idx].MarkDown(reason) }
 		cl.devices = append(cl.devices, d)
 	}
@@ -160,6 +159,12 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 		cl.releaseDevices()
 		router.Close()
 		return nil, fmt.Errorf("pkcs11ha: no device could be opened: %w", errors.Join(openErrs...))
+	}
+	// Fix each key's reference by majority over every device that opened, not over whichever finished
+	// first: a device holding a different key must not become the reference because it was fastest.
+	cl.checkKeys(nil)
+	for _, d := range cl.devices {
+		d.onKeys = cl.checkKeys
 	}
 
 	for i, d := range cl.devices {

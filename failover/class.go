@@ -22,6 +22,7 @@ const (
 	ClassCaller                      // return at once, no retry, excluded from the breaker
 	ClassDecryptRefused              // return at once, never retry elsewhere (padding oracle), excluded
 	ClassCredential                  // PIN errors: return at once, never retry, excluded from the breaker
+	ClassStalled                     // our deadline passed while this process was stalled: retry, but it says nothing about the device
 	numClasses
 )
 
@@ -35,6 +36,7 @@ var classNames = [numClasses]string{
 	ClassCaller:         "caller",
 	ClassDecryptRefused: "decrypt_refused",
 	ClassCredential:     "credential",
+	ClassStalled:        "stalled",
 }
 
 // String returns the snake_case name used in metrics and logs ("device_down", "caller", ...).
@@ -48,7 +50,7 @@ func (c Class) String() string {
 // Retryable reports whether another member may be tried after this error.
 func (c Class) Retryable() bool {
 	switch c {
-	case ClassSessionBroken, ClassHandleStale, ClassLoginLost, ClassDeviceDown, ClassBusy:
+	case ClassSessionBroken, ClassHandleStale, ClassLoginLost, ClassDeviceDown, ClassBusy, ClassStalled:
 		return true
 	}
 	return false
@@ -56,11 +58,11 @@ func (c Class) Retryable() bool {
 
 // BreakerFailure reports whether the error counts as a failure on the member's breaker (exactly the
 // retryable classes: the others say nothing about the device's health).
-func (c Class) BreakerFailure() bool { return c.Retryable() }
+func (c Class) BreakerFailure() bool { return c.Retryable() && c != ClassStalled }
 
 // breakerExcluded: errors the breaker must neither count as success nor as failure.
 func (c Class) breakerExcluded() bool {
-	return c == ClassCaller || c == ClassDecryptRefused || c == ClassCredential
+	return c == ClassCaller || c == ClassDecryptRefused || c == ClassCredential || c == ClassStalled
 }
 
 // Classified is implemented by errors that know their class (pkcs11ha's *DeviceError does).
@@ -91,9 +93,15 @@ func ClassOf(err error) Class {
 type AttemptTimeoutError struct {
 	Member  string
 	Timeout time.Duration
+	// Stalled: this process itself stood still (a host hiccup, a long GC) while the attempt ran, so the
+	// timeout proves nothing about the device (class Stalled: retried, not counted on the breaker).
+	Stalled bool
 }
 
 func (e *AttemptTimeoutError) Error() string {
+	if e.Stalled {
+		return fmt.Sprintf("failover: attempt on %s timed out after %v while this process was stalled", e.Member, e.Timeout)
+	}
 	return fmt.Sprintf("failover: attempt on %s timed out after %v", e.Member, e.Timeout)
 }
 
@@ -101,7 +109,12 @@ func (e *AttemptTimeoutError) Unwrap() error { return context.DeadlineExceeded }
 
 // FailoverClass makes our own timeout a device failure, not a caller error, despite unwrapping to
 // context.DeadlineExceeded.
-func (e *AttemptTimeoutError) FailoverClass() Class { return ClassDeviceDown }
+func (e *AttemptTimeoutError) FailoverClass() Class {
+	if e.Stalled {
+		return ClassStalled
+	}
+	return ClassDeviceDown
+}
 
 // ErrNoMember is matched (errors.Is) by every *NoMemberError.
 var ErrNoMember = errors.New("failover: no device can serve")

@@ -62,6 +62,10 @@ type Config struct {
 	// DisablePanic turns off panic mode: by default, when breakers shut out every member health calls up,
 	// a call still makes one breaker-free attempt per member rather than failing at once.
 	DisablePanic bool
+	// StallThreshold: a stall watchdog (real time) marks this process as stalled when it wakes up more than
+	// this late; attempt timeouts that span a stall are retried but not counted on breakers. Default
+	// 20 ms; negative turns the watchdog off.
+	StallThreshold time.Duration
 }
 
 // DefaultConfig returns the defaults from the design notes.
@@ -72,6 +76,7 @@ func DefaultConfig() Config {
 		MaxAbandonedPerMember: 4,
 		MaxAbandonedTotal:     64,
 		EWMADecay:             10 * time.Second,
+		StallThreshold:        20 * time.Millisecond,
 		InitialLatency:        []time.Duration{5 * time.Millisecond, 100 * time.Millisecond},
 		Breaker: BreakerConfig{
 			ConsecutiveFailures: 3,
@@ -114,6 +119,7 @@ func normalize(cfg Config, members []MemberConfig) (Config, error) {
 	defaulted(&cfg.MaxAbandonedTotal, d.MaxAbandonedTotal)
 	defaulted(&cfg.MaxAttempts, len(members))
 	defaulted(&cfg.EWMADecay, d.EWMADecay)
+	defaulted(&cfg.StallThreshold, d.StallThreshold)
 	b, db := &cfg.Breaker, d.Breaker
 	defaulted(&b.ConsecutiveFailures, db.ConsecutiveFailures)
 	defaulted(&b.FailureRatio, db.FailureRatio)

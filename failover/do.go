@@ -64,18 +64,21 @@ const (
 // attempt is one run of fn on one member. Its outcome is reported by whoever moves it out of
 // attemptRunning first: fn's goroutine (finished) or the deadline/caller side (abandoned).
 type attempt[T any] struct {
-	r      *Router
-	m      *member
-	op     string
-	hedge  bool
-	start  time.Time
-	done   func(error) // breaker report
-	actx   attemptContext
-	ctx    context.Context // &actx
-	cancel context.CancelCauseFunc
-	timer  health.Timer // attempt deadline
-	ch     chan result[T]
-	class  Class // set before the result is sent on ch
+	r     *Router
+	m     *member
+	op    string
+	hedge bool
+	start time.Time
+	// realStart is the real monotonic start (Router.mono), for the stall watchdog, which runs on real time
+	// even when tests drive Config.Clock.
+	realStart int64
+	done      func(error) // breaker report
+	actx      attemptContext
+	ctx       context.Context // &actx
+	cancel    context.CancelCauseFunc
+	timer     health.Timer // attempt deadline
+	ch        chan result[T]
+	class     Class // set before the result is sent on ch
 
 	mu    sync.Mutex
 	state attemptState
@@ -303,6 +306,7 @@ func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 	}
 	a := &attempt[T]{r: r, m: m, op: c.op, hedge: hedge, done: done, ch: make(chan result[T], 1)}
 	a.start = r.clock.Now()
+	a.realStart = r.mono()
 	deadline := a.start.Add(m.timeout)
 	if d, ok := c.ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -402,8 +406,10 @@ func (a *attempt[T]) abandon(class Class, cause error) bool {
 	return true
 }
 
-func (a *attempt[T]) timeoutError() error {
-	return &AttemptTimeoutError{Member: a.m.name, Timeout: a.m.timeout}
+// timeoutError is the attempt's own timeout, marked Stalled when the stall watchdog saw this process
+// stand still after the attempt began.
+func (a *attempt[T]) timeoutError() *AttemptTimeoutError {
+	return &AttemptTimeoutError{Member: a.m.name, Timeout: a.m.timeout, Stalled: a.r.stalledSince(a.realStart)}
 }
 
 // watch outlives Do for an attempt that lost a hedge race or was left running when Do returned: it
@@ -412,7 +418,8 @@ func (a *attempt[T]) watch() {
 	select {
 	case <-a.ch:
 	case <-a.timer.C():
-		a.abandon(ClassDeviceDown, a.timeoutError())
+		terr := a.timeoutError()
+		a.abandon(terr.FailoverClass(), terr)
 	case <-a.r.closeCh:
 		// Shutting down: fn's goroutine still reports the outcome whenever fn returns.
 	}
@@ -464,7 +471,7 @@ func (c *call[T]) finished(i int, res result[T]) (v T, err error, done bool) {
 func (c *call[T]) expired(i int) (v T, err error, done bool) {
 	a := c.live[i]
 	terr := a.timeoutError()
-	if !a.abandon(ClassDeviceDown, terr) {
+	if !a.abandon(terr.FailoverClass(), terr) {
 		return c.finished(i, <-a.ch) // the result won the race by a hair
 	}
 	c.detach(i)

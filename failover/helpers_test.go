@@ -204,6 +204,11 @@ func newEnv(t *testing.T, cfg Config, ms []MemberConfig) *env {
 	if cfg.Rand == nil {
 		cfg.Rand = lockedRand(1)
 	}
+	if cfg.StallThreshold == 0 {
+		// The watchdog runs on real time; a loaded test machine would stall it at random. Tests of it set
+		// a threshold and mark stalls by hand.
+		cfg.StallThreshold = -1
+	}
 	obs := &recObserver{clock: cfg.Clock}
 	cfg.Observer = obs
 	r, err := New(cfg, ms)

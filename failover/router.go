@@ -86,6 +86,9 @@ type Router struct {
 	waiters atomic.Int32
 	slotCh  atomic.Pointer[chan struct{}]
 
+	// lastStall is the mono() time at which the stall watchdog last woke up late (0 = never).
+	lastStall atomic.Int64
+
 	mu        sync.Mutex // serialises view rebuilds
 	closed    atomic.Bool
 	closeCh   chan struct{}
@@ -129,7 +132,43 @@ func New(cfg Config, members []MemberConfig) (*Router, error) {
 		r.members = append(r.members, m)
 	}
 	r.rebuild()
+	if cfg.StallThreshold > 0 {
+		go r.watchStalls(cfg.StallThreshold)
+	}
 	return r, nil
+}
+
+// stallTick is how often the stall watchdog wakes up.
+const stallTick = 5 * time.Millisecond
+
+// watchStalls notices when this process stood still: a host hiccup or a long pause makes every attempt in
+// flight miss its deadline at once, and counting those on the breakers would eject healthy devices (all of
+// a tier at once) and send traffic to DR. A ticker that wakes up more than threshold late marks a stall.
+func (r *Router) watchStalls(threshold time.Duration) {
+	t := time.NewTicker(stallTick)
+	defer t.Stop()
+	prev := r.mono()
+	for {
+		select {
+		case <-t.C:
+		case <-r.closeCh:
+			return
+		}
+		now := r.mono()
+		if time.Duration(now-prev) > stallTick+threshold {
+			r.lastStall.Store(now)
+		}
+		prev = now
+	}
+}
+
+// stalledSince reports whether a stall ended after start (a mono() time), or is going on now (the
+// watchdog has not run for longer than the threshold: it would mark the stall when it next wakes up).
+func (r *Router) stalledSince(start int64) bool {
+	if r.cfg.StallThreshold <= 0 {
+		return false
+	}
+	return r.lastStall.Load() >= start
 }
 
 // mono is real monotonic time since the Router was made, in ns, never 0 (0 means "no gate").

@@ -87,9 +87,13 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 		if d.mod.cur.Load() != nil {
 			in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
 		} else {
+			again := d.mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
 			in, err = d.mod.load(ctx, d.policy.MaxRetired)
 			if err == nil {
 				d.mod.cur.Store(in)
+				if again {
+					d.mod.reinits.Add(1)
+				}
 			}
 		}
 	case reinit && d.needInit.Load():

@@ -364,7 +364,7 @@ type Summary struct {
 	Ops, Failed, Invalid int
 	P50, P99, P999, Max  time.Duration
 	DR                   int // operations served by a DR device
-	HealthyServed        int // operations served in healthy phases
+	HealthyServed        int // operations served while every phase they overlapped was healthy
 	HealthyDR            int // of those, served by a DR device
 	ByDevice             map[string]int
 }
@@ -397,7 +397,7 @@ func Summarize(ops []Op, phases []Phase, isDR func(device string) bool) Summary 
 		if dr {
 			s.DR++
 		}
-		if o.Phase < len(phases) && phases[o.Phase].Healthy {
+		if HealthyThroughout(o, phases) {
 			s.HealthyServed++
 			if dr {
 				s.HealthyDR++
@@ -410,6 +410,24 @@ func Summarize(ops []Op, phases []Phase, isDR func(device string) bool) Summary 
 		s.Max = lat[len(lat)-1]
 	}
 	return s
+}
+
+// HealthyThroughout reports whether every phase the operation overlapped, from its start to its end, is
+// healthy: a call caught in flight by a fault does not count as made while healthy.
+func HealthyThroughout(o *Op, phases []Phase) bool {
+	if o.Phase >= len(phases) {
+		return false
+	}
+	end := o.End()
+	for i := o.Phase; i < len(phases); i++ {
+		if i > o.Phase && phases[i].Start > end {
+			break
+		}
+		if !phases[i].Healthy {
+			return false
+		}
+	}
+	return true
 }
 
 // Percentile is the nearest-rank q-quantile of sorted latencies (0 when empty).

@@ -110,6 +110,8 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	}
 	rc.Hedge = failover.HedgeConfig{Enabled: pol.Hedge.Enabled, Budget: pol.Hedge.Budget, Floor: pol.Hedge.Floor.D(), Quantile: pol.Hedge.Quantile}
 	rc.Observer = &observer{cl: cl}
+	rc.DisablePanic = pol.DisablePanic
+	rc.StallThreshold = pol.StallThreshold.D()
 	router, err := failover.New(rc, members)
 	if err != nil {
 		return nil, fmt.Errorf("pkcs11ha: %w", err)

@@ -97,6 +97,11 @@ type Policy struct {
 	MaxRetired       int           `yaml:"max_retired_instances"`
 	OAEPFallback     bool          `yaml:"oaep_fallback"`
 	RequestTimeout   Duration      `yaml:"request_timeout"`
+	// DisablePanic turns off panic mode (one breaker-free attempt when breakers shut out every up device).
+	DisablePanic bool `yaml:"disable_panic"`
+	// StallThreshold: attempt timeouts spanning a stall of this process longer than this are not counted
+	// on breakers; negative turns the watchdog off.
+	StallThreshold Duration `yaml:"stall_threshold"`
 }
 
 // TierDurations is a duration per tier.
@@ -183,6 +188,7 @@ func DefaultPolicy() Policy {
 		CloseTimeout:   Duration(2 * time.Second),
 		MaxRetired:     8,
 		RequestTimeout: Duration(5 * time.Second),
+		StallThreshold: Duration(20 * time.Millisecond),
 	}
 }
 
@@ -461,6 +467,9 @@ func (p *Policy) fill() error {
 		{"init_timeout", &p.InitTimeout, def.InitTimeout},
 		{"close_timeout", &p.CloseTimeout, def.CloseTimeout},
 		{"request_timeout", &p.RequestTimeout, def.RequestTimeout},
+	}
+	if p.StallThreshold == 0 {
+		p.StallThreshold = def.StallThreshold
 	}
 	for _, d := range durs {
 		if *d.v < 0 {

@@ -1,7 +1,6 @@
 package pkcs11ha_test
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -25,24 +24,6 @@ import (
 
 // haPolicy makes probes fast enough for tests; routing defaults (deadlines, breakers) are untouched.
 const haPolicy = "health: {interval: 500ms, down_interval: 200ms}"
-
-// syncBuffer collects the cluster's log for failure reports.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // loadResult is what one phase of load saw.
 type loadResult struct {
@@ -144,7 +125,7 @@ func haCluster(t *testing.T) (*softhsmtest.Topology, *pkcs11ha.Cluster, *pkcs11h
 func haClusterReg(t *testing.T) (*softhsmtest.Topology, *pkcs11ha.Cluster, *pkcs11ha.Key, *prometheus.Registry) {
 	t.Helper()
 	topo := softhsmtest.StartT(t, softhsmtest.Options{})
-	var logBuf syncBuffer
+	var logBuf softhsmtest.LogBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("cluster log:\n%s", logBuf.String())

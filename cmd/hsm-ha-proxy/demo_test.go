@@ -39,13 +39,13 @@ func TestDemo(t *testing.T) {
 	bin := buildBinary(t)
 
 	cmd := exec.Command(bin, "demo", "--step", "1s", "--duration", "18s", "--workers", "4", "--rate", "150")
-	var stderr lockedBuffer
+	var stderr softhsmtest.LogBuffer
 	cmd.Stderr = &stderr
 	pipe, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
 
-	var stdout lockedBuffer
+	var stdout softhsmtest.LogBuffer
 	lines := make(chan string, 1024)
 	readDone := make(chan struct{})
 	go func() {
@@ -236,24 +236,24 @@ func survivors(pids []int, dir string) []string {
 
 func TestDemoFlags(t *testing.T) {
 	for _, args := range [][]string{{"--workers", "0"}, {"--step", "0s"}, {"--rate", "-1"}, {"extra"}, {"--nope"}} {
-		var out, errOut lockedBuffer
+		var out, errOut softhsmtest.LogBuffer
 		assert.Equal(t, 2, demoMain(args, &out, &errOut), "%v", args)
 	}
-	var out, errOut lockedBuffer
+	var out, errOut softhsmtest.LogBuffer
 	assert.Equal(t, 0, demoMain([]string{"-h"}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "--no-failover")
 }
 
 // TestDemoScreen: on a terminal the table is redrawn in place under the events; elsewhere it is plain lines.
 func TestDemoScreen(t *testing.T) {
-	var tty lockedBuffer
+	var tty softhsmtest.LogBuffer
 	s := newScreen(&tty, true)
 	s.setTable([]string{"T1", "T2"})
 	s.event("E1")
 	s.setTable([]string{"T3"})
 	assert.Equal(t, "T1\nT2\n"+"\x1b[2F\x1b[J"+"E1\nT1\nT2\n"+"\x1b[2F\x1b[J"+"T3\n", tty.String())
 
-	var plain lockedBuffer
+	var plain softhsmtest.LogBuffer
 	s = newScreen(&plain, false)
 	s.setTable([]string{"T1", "T2"})
 	s.event("E1")
@@ -272,7 +272,7 @@ func TestDemoLogFilter(t *testing.T) {
 {"level":"INFO","msg":"hsm-ha-proxy started"}
 not json
 {"level":"ERROR","msg":"serving","err":"boom"}`
-	var out lockedBuffer
+	var out softhsmtest.LogBuffer
 	var events []string
 	f := &logFilter{out: &out, onEvent: func(s string) { events = append(events, s) }}
 	for b := []byte(input); len(b) > 0; {

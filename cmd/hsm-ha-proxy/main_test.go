@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -92,24 +91,6 @@ func buildBinary(t testing.TB) string {
 	return bin
 }
 
-// lockedBuffer collects a process's stderr.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // gauge reads one unlabelled gauge from a Prometheus text exposition.
 func gauge(text, name string) float64 {
 	sc := bufio.NewScanner(strings.NewReader(text))
@@ -144,7 +125,7 @@ func TestBinarySignals(t *testing.T) {
 	}
 	writeConfig("payments")
 
-	var stderr lockedBuffer
+	var stderr softhsmtest.LogBuffer
 	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--log-format", "text")
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())

@@ -1,7 +1,6 @@
 package sidecarclient
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -14,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,23 +22,6 @@ import (
 
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // startRealSidecar builds cmd/hsm-ha-proxy, runs it on four SoftHSM devices and returns its socket; the
 // process is stopped with SIGTERM (and must exit 0) when the test ends.
@@ -65,7 +46,7 @@ func startRealSidecar(t *testing.T, topo *softhsmtest.Topology) string {
 		ClientsYAML: fmt.Sprintf("- {name: me, unix_uid: %d, partitions: [payments, ledger]}", os.Getuid()),
 		PINStyle:    softhsmtest.PINFile,
 	}))
-	var stderr lockedBuffer
+	var stderr softhsmtest.LogBuffer
 	cmd := exec.Command(bin, "serve", "--config", cfg)
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())

@@ -80,7 +80,7 @@ func startSidecar(t *testing.T, topo *softhsmtest.Topology, o e2eOptions) *testS
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: o.policy, ClientsYAML: o.clients}))
 	cfg, err := pkcs11ha.LoadConfig(path)
 	require.NoError(t, err)
-	logs := &syncBuffer{}
+	logs := &softhsmtest.LogBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

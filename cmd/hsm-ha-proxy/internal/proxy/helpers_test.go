@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -27,6 +26,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
 
 // Software keys for the tests that do not need an HSM (generated once per process).
@@ -151,24 +152,6 @@ func fakeConfig(clients ...pkcs11ha.ClientConfig) *pkcs11ha.Config {
 	}
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // shortTempDir is a temporary directory with a short path (unix socket paths are limited to 107 bytes).
 func shortTempDir(t testing.TB) string {
 	t.Helper()
@@ -184,7 +167,7 @@ type testServer struct {
 	addr string // socket path or host:port
 	hc   *http.Client
 	base string
-	logs *syncBuffer
+	logs *softhsmtest.LogBuffer
 	reg  *prometheus.Registry
 	stop func() error // cancels Serve and waits for it to return
 }
@@ -218,7 +201,7 @@ func startUnix(t testing.TB, cfg *pkcs11ha.Config, be backend) *testServer {
 	sock := filepath.Join(shortTempDir(t), "s.sock")
 	ln, err := Listen(pkcs11ha.ServerConfig{Listen: "unix://" + sock})
 	require.NoError(t, err)
-	logs := &syncBuffer{}
+	logs := &softhsmtest.LogBuffer{}
 	reg := prometheus.NewRegistry()
 	srv := newServer(cfg, be, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), reg)
 	ts := &testServer{srv: srv, addr: sock, hc: unixHTTPClient(sock), base: "http://sidecar", logs: logs, reg: reg}

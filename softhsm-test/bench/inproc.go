@@ -1,0 +1,193 @@
+package bench
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+)
+
+var (
+	benchPartition = softhsmtest.PartitionSpec{Name: "payments", TokenLabel: "payments", PIN: "1234", SOPIN: "5678"}
+	ecKey          = softhsmtest.KeySpec{Label: "ec-key", ID: []byte{0x02}, Kind: softhsmtest.KindECP256}
+	rsaKey         = softhsmtest.KeySpec{Label: "rsa-key", ID: []byte{0x01}, Kind: softhsmtest.KindRSA2048}
+)
+
+// Contender labels of the in-process table, in table order.
+const (
+	labDirect = "direct miekg/pkcs11"
+	labC11    = "crypto11 v1.6.2"
+	labHA1    = "pkcs11ha, 1 device"
+	labHA2    = "pkcs11ha, 2 devices"
+)
+
+var contenderOrder = []string{labDirect, labC11, labHA1, labHA2}
+
+type childRunner func(Spec, time.Duration) (Result, error)
+
+// InprocCell is one (algorithm, goroutines) cell: every contender's Result (its slices in turn order).
+type InprocCell struct {
+	Alg        string
+	Goroutines int
+	Results    map[string]Result // contender label -> Result
+	Load       loadRange
+}
+
+func pubDER(k crypto.Signer) ([]byte, error) { return x509.MarshalPKIXPublicKey(k.Public()) }
+
+// inproc measures the four contenders on in-process SoftHSM devices (private copies of libsofthsm2.so).
+// Every contender runs in a child process of its own on the same token: device local-1's copy of the
+// library, its SOFTHSM2_CONF and its token directory. pkcs11ha with two devices adds local-2, a second copy.
+// For each cell the four children are started (and warmed up) one after the other, then take turns: each
+// measures a slice of Cell/Rounds while the others wait idle, Rounds times, the order rotating every
+// round, so that a change in the machine's load hits all of them alike.
+func inproc(ctx context.Context, o Options, dir, self string, progress func(string, ...any)) ([]*InprocCell, error) {
+	topo, err := softhsmtest.Start(ctx, softhsmtest.Options{
+		Dir: dir,
+		Devices: []softhsmtest.DeviceSpec{
+			{Name: "local-1", Region: "eastus", InProcess: true},
+			{Name: "local-2", Region: "eastus", InProcess: true},
+		},
+		Partitions: []softhsmtest.PartitionSpec{benchPartition},
+		Keys:       []softhsmtest.KeySpec{rsaKey, ecKey},
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer topo.Close()
+	d1 := topo.Device("local-1")
+	ha1 := filepath.Join(dir, "hsm-ha-1.yaml")
+	ha2 := filepath.Join(dir, "hsm-ha-2.yaml")
+	if err := writeHAConfig(ha1, topo.Devices[:1]); err != nil {
+		return nil, err
+	}
+	if err := writeHAConfig(ha2, topo.Devices); err != nil {
+		return nil, err
+	}
+
+	specs := map[string]Spec{
+		labDirect: {Contender: Direct, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
+		labC11:    {Contender: Crypto11, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
+		labHA1:    {Contender: HA, ConfigPath: ha1, Partition: benchPartition.Name},
+		labHA2:    {Contender: HA, ConfigPath: ha2, Partition: benchPartition.Name},
+	}
+	contenders := o.Contenders
+	if len(contenders) == 0 {
+		contenders = contenderOrder
+	}
+	slice := o.Cell / time.Duration(o.Rounds)
+	var cells []*InprocCell
+	for _, alg := range o.Algs {
+		for _, g := range o.Goroutines {
+			c := &InprocCell{Alg: alg, Goroutines: g, Results: map[string]Result{}}
+			cells = append(cells, c)
+			key := ecKey
+			if alg == RSA2048 {
+				key = rsaKey
+			}
+			pub, err := pubDER(topo.Keys[key.Label])
+			if err != nil {
+				return nil, err
+			}
+			procs := map[string]*childProc{}
+			killAll := func() {
+				for _, p := range procs {
+					p.kill()
+				}
+			}
+			for _, lab := range contenders {
+				s := specs[lab]
+				s.Alg, s.Goroutines, s.Warmup = alg, g, o.Warmup
+				s.KeyLabel, s.KeyID, s.PubDER = key.Label, key.ID, pub
+				if o.ProfileDir != "" {
+					s.CPUProfile = filepath.Join(o.ProfileDir, fmt.Sprintf("%s-%s-g%d.pprof", slug(lab), slug(alg), g))
+				}
+				p, err := startChild(ctx, self, s)
+				if err != nil {
+					killAll()
+					return nil, fmt.Errorf("%s, %s, %d goroutines: %w", lab, alg, g, err)
+				}
+				procs[lab] = p
+			}
+			c.Load.add(loadAvg())
+			for r := range o.Rounds {
+				for i := range contenders {
+					lab := contenders[(i+r)%len(contenders)]
+					if _, err := procs[lab].slice(slice); err != nil {
+						killAll()
+						return nil, fmt.Errorf("%s, %s, %d goroutines, slice %d: %w", lab, alg, g, r+1, err)
+					}
+				}
+			}
+			for _, lab := range contenders {
+				res, err := procs[lab].done()
+				delete(procs, lab)
+				if err != nil {
+					killAll()
+					return nil, fmt.Errorf("%s, %s, %d goroutines: %w", lab, alg, g, err)
+				}
+				c.Results[lab] = res
+				c.Load.add(res.LoadEnd)
+				progress("  %-12s %d gor  %-20s %8s ops/s  p50 %-7s p99 %-7s cpu/op %s usr + %s sys  errors %d  load %.2f",
+					alg, g, lab, fmtRate(res.OpsPerSec()), fmtDur(res.P50), fmtDur(res.P99),
+					fmtDur(res.UserPerOp), fmtDur(res.SysPerOp), res.Errors, res.LoadEnd)
+				if res.Errors > 0 {
+					progress("    first error: %s", res.FirstErr)
+				}
+				if o.Verbose {
+					var b strings.Builder
+					for _, sl := range res.Slices {
+						fmt.Fprintf(&b, " %s", fmtRate(sl.OpsPerSec()))
+					}
+					progress("    slices (ops/s):%s", b.String())
+				}
+			}
+		}
+	}
+	return cells, nil
+}
+
+func slug(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r - 'A' + 'a'
+		}
+		return '-'
+	}, s)
+}
+
+// writeHAConfig writes a pkcs11ha configuration with the given in-process devices, all local, the
+// benchmark partition and the default policy.
+func writeHAConfig(path string, devs []*softhsmtest.Device) error {
+	var b strings.Builder
+	b.WriteString("local_region: eastus\ndevices:\n")
+	for _, d := range devs {
+		fmt.Fprintf(&b, "  - name: %s\n    region: %s\n    module: %s\n    module_env:\n", strconv.Quote(d.Name), strconv.Quote(d.Region), strconv.Quote(d.ModulePath))
+		for k, v := range d.ModuleEnv {
+			fmt.Fprintf(&b, "      %s: %s\n", strconv.Quote(k), strconv.Quote(v))
+		}
+	}
+	fmt.Fprintf(&b, "partitions:\n  - name: %s\n    token_label: %s\n    pin: %s\n",
+		strconv.Quote(benchPartition.Name), strconv.Quote(benchPartition.TokenLabel), strconv.Quote(benchPartition.PIN))
+	return os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// ratio returns the median over rounds of a's ops/s over b's in the same round (adjacent slices).
+func (c *InprocCell) ratio(a, b string) float64 {
+	ra, rb := c.Results[a].Slices, c.Results[b].Slices
+	var xs []float64
+	for i := range min(len(ra), len(rb)) {
+		xs = append(xs, ra[i].OpsPerSec()/rb[i].OpsPerSec())
+	}
+	return median(xs)
+}

@@ -318,7 +318,8 @@ func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 	c.tried |= 1 << mi
 	c.ran |= 1 << mi
 	c.out.Attempts++
-	go a.run(c.fn, c.ctx)
+	fn, ctx := c.fn, c.ctx
+	r.spawn(func() { a.run(fn, ctx) })
 	return a, nil
 }
 

@@ -89,6 +89,8 @@ type Router struct {
 	// lastStall is the mono() time at which the stall watchdog last woke up late (0 = never).
 	lastStall atomic.Int64
 
+	work chan func() // unbuffered: a send succeeds only when an idle worker takes it
+
 	mu        sync.Mutex // serialises view rebuilds
 	closed    atomic.Bool
 	closeCh   chan struct{}
@@ -112,6 +114,7 @@ func New(cfg Config, members []MemberConfig) (*Router, error) {
 		budget:     int64(cfg.Hedge.Budget * tokenUnit),
 		epoch:      time.Now(),
 		closeCh:    make(chan struct{}),
+		work:       make(chan func()),
 	}
 	r.forgiveAfter = min(cfg.Breaker.OpenMax, 10*cfg.Breaker.Window)
 	ch := make(chan struct{})
@@ -136,6 +139,38 @@ func New(cfg Config, members []MemberConfig) (*Router, error) {
 		go r.watchStalls(cfg.StallThreshold)
 	}
 	return r, nil
+}
+
+// workerIdle is how long an idle attempt worker waits for work before it exits.
+const workerIdle = 10 * time.Second
+
+// spawn runs f on an idle attempt worker, or on a new one. Attempts run off the caller's goroutine so a
+// call stuck in cgo never holds the caller; reusing workers keeps their grown stacks (a fresh goroutine
+// per attempt grew its stack again on every call: ~8 µs of an in-process signature). A worker stuck in a
+// hung call is simply not idle: new work gets a new worker.
+func (r *Router) spawn(f func()) {
+	select {
+	case r.work <- f:
+	default:
+		go r.worker(f)
+	}
+}
+
+func (r *Router) worker(f func()) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		f()
+		f = nil
+		idle.Reset(workerIdle)
+		select {
+		case f = <-r.work:
+		case <-idle.C:
+			return
+		case <-r.closeCh:
+			return
+		}
+	}
 }
 
 // stallTick is how often the stall watchdog wakes up.

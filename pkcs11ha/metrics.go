@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,11 @@ type metrics struct {
 	abandoned       *prometheus.GaugeVec     // device
 	reinits         *prometheus.CounterVec   // device
 	keyInconsistent *prometheus.CounterVec   // device, partition, key
+
+	attemptsC       childCache[prometheus.Counter]
+	attemptLatencyC childCache[prometheus.Observer]
+	operationsC     childCache[prometheus.Counter]
+	opLatencyC      childCache[prometheus.Observer]
 }
 
 func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
@@ -60,6 +66,10 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 		keyInconsistent: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "key_consistency_failures_total",
 			Help: "Times a device was excluded for a key it lacks or holds differently."}, []string{"device", "partition", "key"}),
 	}
+	m.attemptsC.get = func(l ...string) prometheus.Counter { return m.attempts.WithLabelValues(l...) }
+	m.attemptLatencyC.get = func(l ...string) prometheus.Observer { return m.attemptLatency.WithLabelValues(l...) }
+	m.operationsC.get = func(l ...string) prometheus.Counter { return m.operations.WithLabelValues(l...) }
+	m.opLatencyC.get = func(l ...string) prometheus.Observer { return m.opLatency.WithLabelValues(l...) }
 	for _, d := range cfg.Devices {
 		m.breaker.WithLabelValues(d.Name).Set(0)
 		m.abandoned.WithLabelValues(d.Name).Set(0)
@@ -80,13 +90,38 @@ func (m *metrics) collectors() []prometheus.Collector {
 		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent}
 }
 
+// childCache keeps the per-label-set children of a metric vector: WithLabelValues hashes its labels on
+// every call (~0.5 µs, four times per signature), a sync.Map hit is a tenth of that.
+type childCache[V any] struct {
+	m   sync.Map // [3]string -> V
+	get func(labels ...string) V
+}
+
+func (c *childCache[V]) with(a, b, d string) V {
+	k := [3]string{a, b, d}
+	if v, ok := c.m.Load(k); ok {
+		return v.(V)
+	}
+	var v V
+	switch {
+	case d != "":
+		v = c.get(a, b, d)
+	case b != "":
+		v = c.get(a, b)
+	default:
+		v = c.get(a)
+	}
+	c.m.Store(k, v)
+	return v
+}
+
 func (m *metrics) deviceState(device string, s health.State) {
 	m.state.WithLabelValues(device).Set(float64(s))
 }
 
 func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d time.Duration) {
-	m.operations.WithLabelValues(op, dev, failover.ClassOf(err).String()).Inc()
-	m.opLatency.WithLabelValues(op).Observe(d.Seconds())
+	m.operationsC.with(op, dev, failover.ClassOf(err).String()).Inc()
+	m.opLatencyC.with(op, "", "").Observe(d.Seconds())
 	if res.Attempts > 1 {
 		m.retries.WithLabelValues(op).Inc()
 	}
@@ -99,8 +134,8 @@ func (o *observer) name(i int) string { return o.cl.cfg.Devices[i].Name }
 
 func (o *observer) AttemptDone(member int, op string, class failover.Class, latency time.Duration, hedge bool) {
 	dev := o.name(member)
-	o.cl.metrics.attempts.WithLabelValues(dev, op, class.String()).Inc()
-	o.cl.metrics.attemptLatency.WithLabelValues(dev, op).Observe(latency.Seconds())
+	o.cl.metrics.attemptsC.with(dev, op, class.String()).Inc()
+	o.cl.metrics.attemptLatencyC.with(dev, op, "").Observe(latency.Seconds())
 	if class == failover.ClassDeviceDown && member < len(o.cl.monitors) {
 		// Timeouts and device errors: have the probe look now rather than in 5 s.
 		o.cl.monitors[member].ProbeNow()

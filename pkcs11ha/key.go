@@ -140,7 +140,7 @@ func (k *Key) DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.
 	var oaep *rsa.OAEPOptions
 	switch o := opts.(type) {
 	case nil, *rsa.PKCS1v15DecryptOptions:
-		mech = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)}
+		mech = mechRSAPKCS
 	case *rsa.OAEPOptions:
 		m, err := oaepMechanism(o, pub)
 		if err != nil {
@@ -267,6 +267,13 @@ func oaepMechanism(o *rsa.OAEPOptions, pub *rsa.PublicKey) ([]*pkcs11.Mechanism,
 		pkcs11.NewOAEPParams(hm.mech, mm.mgf, src, o.Label))}, nil
 }
 
+// Mechanisms without parameters are shared: miekg/pkcs11 only reads them.
+var (
+	mechRSAPKCS = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)}
+	mechECDSA   = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}
+	mechEdDSA   = []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmEdDSA, nil)}
+)
+
 // DigestInfo prefixes for PKCS#1 v1.5 signatures (RFC 8017 §9.2 note 1).
 var digestInfo = map[crypto.Hash][]byte{
 	crypto.SHA224: {0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04, 0x05, 0x00, 0x04, 0x1c},
@@ -336,7 +343,7 @@ func planSign(pub crypto.PublicKey, digest []byte, opts crypto.SignerOpts) (*sig
 			}
 			in = append(append(make([]byte, 0, len(prefix)+len(digest)), prefix...), digest...)
 		}
-		return &signPlan{mech: []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)}, input: in}, nil
+		return &signPlan{mech: mechRSAPKCS, input: in}, nil
 	case *ecdsa.PublicKey:
 		if _, ok := opts.(*rsa.PSSOptions); ok {
 			return nil, inputErr("sign: RSA-PSS options for an ECDSA key")
@@ -348,7 +355,7 @@ func planSign(pub crypto.PublicKey, digest []byte, opts crypto.SignerOpts) (*sig
 		} else if err := checkDigest(); err != nil {
 			return nil, err
 		}
-		return &signPlan{mech: []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, input: digest,
+		return &signPlan{mech: mechECDSA, input: digest,
 			ecdsa: (pk.Curve.Params().BitSize + 7) / 8}, nil
 	case ed25519.PublicKey:
 		if eo, ok := opts.(*ed25519.Options); ok && (eo.Hash != 0 || eo.Context != "") {
@@ -357,7 +364,7 @@ func planSign(pub crypto.PublicKey, digest []byte, opts crypto.SignerOpts) (*sig
 		if h != 0 {
 			return nil, inputErr("sign: Ed25519 signs the message itself: use crypto.Hash(0)")
 		}
-		return &signPlan{mech: []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmEdDSA, nil)}, input: digest}, nil
+		return &signPlan{mech: mechEdDSA, input: digest}, nil
 	}
 	return nil, inputErr("sign: unsupported public key type %T", pub)
 }

@@ -1,7 +1,7 @@
 # pkcs11-ha — see README.md. `make run` and `make test` install what they need (Debian packages) first.
 SHELL := /bin/bash
 GO ?= go
-DEB_PACKAGES := softhsm2 p11-kit p11-kit-modules opensc
+DEB_PACKAGES := softhsm2 p11-kit p11-kit-modules opensc openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps test run bench chaos lint fmt build clean
@@ -15,6 +15,7 @@ deps:
 	command -v p11-kit >/dev/null || missing="$$missing p11-kit"; \
 	ls /usr/lib/*/pkcs11/p11-kit-client.so >/dev/null 2>&1 || missing="$$missing p11-kit-modules"; \
 	command -v pkcs11-tool >/dev/null || missing="$$missing opensc"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \

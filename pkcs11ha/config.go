@@ -73,7 +73,7 @@ type PartitionConfig struct {
 	PINEnv      string `yaml:"pin_env"`
 	PINFile     string `yaml:"pin_file"`
 
-	pin string // resolved at load; never printed
+	secret string // the resolved PIN; never printed
 }
 
 // Policy holds every routing knob; zero fields take the defaults of DefaultPolicy.
@@ -420,13 +420,13 @@ func (p *PartitionConfig) resolvePIN(f string) error {
 	}
 	switch {
 	case p.PIN != "":
-		p.pin = p.PIN
+		p.secret = p.PIN
 	case p.PINEnv != "":
 		v, ok := os.LookupEnv(p.PINEnv)
 		if !ok || v == "" {
 			return &ConfigError{Field: f + ".pin_env", Msg: fmt.Sprintf("environment variable %s is not set", p.PINEnv)}
 		}
-		p.pin = v
+		p.secret = v
 	default:
 		b, err := os.ReadFile(p.PINFile)
 		if err != nil {
@@ -436,7 +436,7 @@ func (p *PartitionConfig) resolvePIN(f string) error {
 		if v == "" {
 			return &ConfigError{Field: f + ".pin_file", Msg: fmt.Sprintf("%q is empty", p.PINFile)}
 		}
-		p.pin = v
+		p.secret = v
 	}
 	return nil
 }

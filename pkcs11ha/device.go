@@ -214,7 +214,7 @@ func (p *devPartition) login(st *partState) error {
 		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
 	}
 	p.logins.Add(1)
-	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.cfg.pin)
+	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.cfg.secret)
 	if err == nil {
 		return nil
 	}

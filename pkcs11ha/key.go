@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/rsa"
 	"encoding/asn1"
 	"errors"
@@ -16,6 +15,8 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sessionkey"
 )
 
 // Key is one key of one partition, cloned on every device. It implements crypto.Signer and
@@ -58,18 +59,7 @@ func (k *Key) Decrypt(rnd io.Reader, ciphertext []byte, opts crypto.DecrypterOpt
 	ctx, cancel := context.WithTimeout(context.Background(), k.cl.cfg.Policy.OperationTimeout.D())
 	defer cancel()
 	pt, err := k.DecryptContext(ctx, ciphertext, opts)
-	if o, ok := opts.(*rsa.PKCS1v15DecryptOptions); ok && o.SessionKeyLen > 0 && (errors.Is(err, rsa.ErrDecryption) || (err == nil && len(pt) != o.SessionKeyLen)) {
-		// As crypto/rsa does: a random key instead of an error, so the padding check leaks nothing.
-		if rnd == nil {
-			rnd = rand.Reader
-		}
-		key := make([]byte, o.SessionKeyLen)
-		if _, rerr := io.ReadFull(rnd, key); rerr != nil {
-			return nil, rerr
-		}
-		return key, nil
-	}
-	return pt, err
+	return sessionkey.Apply(rnd, opts, pt, err)
 }
 
 // signPlan is a validated signing request: mechanism, input bytes and how to post-process the output.

@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
@@ -14,6 +13,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sessionkey"
 )
 
 // Key is a key of a partition served by the sidecar. It implements crypto.Signer and crypto.Decrypter;
@@ -89,18 +90,7 @@ func (k *Key) Decrypt(rnd io.Reader, ciphertext []byte, opts crypto.DecrypterOpt
 	ctx, cancel := context.WithTimeout(context.Background(), k.c.timeout())
 	defer cancel()
 	pt, err := k.DecryptContext(ctx, ciphertext, opts)
-	if o, ok := opts.(*rsa.PKCS1v15DecryptOptions); ok && o.SessionKeyLen > 0 &&
-		(errors.Is(err, rsa.ErrDecryption) || (err == nil && len(pt) != o.SessionKeyLen)) {
-		if rnd == nil {
-			rnd = rand.Reader
-		}
-		key := make([]byte, o.SessionKeyLen)
-		if _, rerr := io.ReadFull(rnd, key); rerr != nil {
-			return nil, rerr
-		}
-		return key, nil
-	}
-	return pt, err
+	return sessionkey.Apply(rnd, opts, pt, err)
 }
 
 // DecryptContext decrypts under the caller's deadline. A refused decryption returns an *APIError that

@@ -28,7 +28,7 @@ type device struct {
 
 	recoverMu sync.Mutex // one recovery at a time
 	needInit  atomic.Bool
-	lastErr   atomic.Pointer[string]
+	lastErr   atomic.Pointer[lastError]
 	onKeys    func(d *device)     // re-checks key consistency after a (re)open
 	onDown    func(reason string) // traffic proved the device down: tell its health monitor
 }
@@ -54,12 +54,17 @@ type partState struct {
 	keys   map[string]*keyObject
 }
 
+// lastError is the device's last failure as Status shows it.
+type lastError struct {
+	msg   string
+	class failover.Class
+}
+
 func (d *device) setErr(err error) {
 	if err == nil {
 		return
 	}
-	s := err.Error()
-	d.lastErr.Store(&s)
+	d.lastErr.Store(&lastError{msg: err.Error(), class: failover.ClassOf(err)})
 }
 
 // open brings the device up on its current (or a fresh) instance: resolve tokens, log in, list keys.

@@ -53,8 +53,8 @@ func (cl *Cluster) Status() []DeviceStatus {
 			ds.Breaker, ds.EWMA, ds.InFlight, ds.Abandoned = rs[i].Breaker, rs[i].EWMA, rs[i].InFlight, rs[i].Abandoned
 		}
 		if e := d.lastErr.Load(); e != nil {
-			ds.LastError = *e
-			ds.LastErrorClass = lastClass(*e)
+			ds.LastError = e.msg
+			ds.LastErrorClass = e.class.String()
 		}
 		for _, p := range d.parts {
 			ps := PartitionStatus{Name: p.cfg.Name, Open: p.st.Load() != nil}
@@ -93,18 +93,6 @@ func (cl *Cluster) Status() []DeviceStatus {
 		out[i] = ds
 	}
 	return out
-}
-
-// lastClass extracts the "[class]" suffix DeviceError.Error writes.
-func lastClass(s string) string {
-	if n := len(s); n > 2 && s[n-1] == ']' {
-		for i := n - 2; i >= 0; i-- {
-			if s[i] == '[' {
-				return s[i+1 : n-1]
-			}
-		}
-	}
-	return ""
 }
 
 // Ready reports whether every partition has at least one up device that holds all its keys.

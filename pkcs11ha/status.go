@@ -1,7 +1,6 @@
 package pkcs11ha
 
 import (
-	"sort"
 	"time"
 
 	"github.com/pkcs11-ha/pkcs11-ha/health"
@@ -105,7 +104,6 @@ func (cl *Cluster) Ready() bool {
 			labels = append(labels, l)
 		}
 		cp.mu.RUnlock()
-		sort.Strings(labels)
 		ok := false
 		for i, d := range cl.devices {
 			if st[i].State == "down" || d.parts[pi].st.Load() == nil {

@@ -148,6 +148,12 @@ func (d *Device) Kill() error {
 }
 
 func (d *Device) killLocked() error {
+	return d.endLocked(func(p *proc) error { return p.kill(10 * time.Second) })
+}
+
+// endLocked ends the running server with end (after the relay stops listening) and forgets it. A device
+// that is not running is left alone.
+func (d *Device) endLocked(end func(*proc) error) error {
 	d.mu.Lock()
 	p := d.proc
 	d.mu.Unlock()
@@ -157,7 +163,7 @@ func (d *Device) killLocked() error {
 	if d.relay != nil {
 		d.relay.unlisten()
 	}
-	err := p.kill(10 * time.Second)
+	err := end(p)
 	d.mu.Lock()
 	d.proc, d.paused = nil, false
 	d.mu.Unlock()
@@ -175,23 +181,7 @@ func (d *Device) Stop() error {
 	}
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
-	d.mu.Lock()
-	p := d.proc
-	d.mu.Unlock()
-	if p == nil {
-		return nil
-	}
-	if d.relay != nil {
-		d.relay.unlisten()
-	}
-	err := p.terminate(2 * time.Second)
-	d.mu.Lock()
-	d.proc, d.paused = nil, false
-	d.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("softhsmtest: device %s: %w", d.Name, err)
-	}
-	return nil
+	return d.endLocked(func(p *proc) error { return p.terminate(2 * time.Second) })
 }
 
 // Restart kills the device if it is running, starts it again on the same ServerSocket and waits until

@@ -24,15 +24,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
+// TestMain fails the binary on leaked goroutines, tolerating only the calls the library reports stuck for
+// good in retired module instances (a p11-kit bug; see package leakcheck).
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // openCluster writes the topology's config and opens a cluster on it; the cluster is closed at cleanup.
 func openCluster(t *testing.T, topo *softhsmtest.Topology, policy string, opts ...pkcs11ha.Option) (*pkcs11ha.Cluster, *pkcs11ha.Config) {
@@ -46,6 +46,13 @@ func openCluster(t *testing.T, topo *softhsmtest.Topology, policy string, opts .
 	cl, err := pkcs11ha.Open(ctx, cfg, opts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, cl.Close()) })
+	// Before Close: count the calls stuck for good after a device was killed under load.
+	t.Cleanup(func() {
+		if n := leakcheck.Settle(func() (int, int) { return leakcheck.Stuck(cl.Status()) }, 10*time.Second); n > 0 {
+			t.Logf("%d calls stuck for good in retired module instances (p11-kit bug, reported by the library)", n)
+			leakcheck.Allow(n)
+		}
+	})
 	return cl, cfg
 }
 

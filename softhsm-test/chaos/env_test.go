@@ -22,6 +22,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
 // timing is the shape of a run: the short form (default) or the long one (CHAOS_LONG=1).
@@ -220,10 +221,10 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
 	// Registered first, so it runs last: after the load, the faults, the cluster and the topology are gone,
 	// no goroutine of this scenario may be left (see leaks_test.go for the one documented exception).
 	ignore := goleak.IgnoreCurrent()
-	blockedBefore, _ := cgoBlocked()
+	blockedBefore, _ := leakcheck.CgoBlocked()
 	var stuck int
 	t.Cleanup(func() {
-		if err := verifyNoLeaks(blockedBefore+stuck, ignore); err != nil {
+		if err := leakcheck.Verify(blockedBefore+stuck, ignore); err != nil {
 			t.Errorf("INVARIANT goroutine leak: %v", err)
 		}
 	})
@@ -274,7 +275,7 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
 	// Before Close: how many calls the library abandoned on module instances it retired (the p11-kit bug).
 	t.Cleanup(func() {
 		stuck = e.settleAbandoned()
-		stuckAllowance.Add(int64(stuck))
+		leakcheck.Allow(stuck)
 	})
 	// Runs first: calls stuck in cgo on a paused or hung device are released.
 	t.Cleanup(func() { releaseFaults(t, topo) })
@@ -604,24 +605,11 @@ func (e *env) metricsSummary() string {
 // settleAbandoned waits (up to 3 s) for abandoned calls to return once the faults are released, and returns
 // how many are left on devices whose module instance was retired: calls the library reports as stuck for good.
 func (e *env) settleAbandoned() int {
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		stuck, other := 0, 0
-		for _, st := range e.cl.Status() {
-			if st.RetiredInstances > 0 {
-				stuck += st.Abandoned
-			} else {
-				other += st.Abandoned
-			}
-		}
-		if other == 0 || time.Now().After(deadline) {
-			if stuck > 0 {
-				e.t.Logf("%d calls stuck for good in retired module instances (p11-kit bug, reported by the library):\n%s", stuck, e.statusTable())
-			}
-			return stuck
-		}
-		time.Sleep(20 * time.Millisecond)
+	stuck := leakcheck.Settle(func() (int, int) { return leakcheck.Stuck(e.cl.Status()) }, 3*time.Second)
+	if stuck > 0 {
+		e.t.Logf("%d calls stuck for good in retired module instances (p11-kit bug, reported by the library):\n%s", stuck, e.statusTable())
 	}
+	return stuck
 }
 
 // logsAround returns the library's log lines from window before at to window after it (recorder clock).

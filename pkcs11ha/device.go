@@ -196,6 +196,7 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 			st.keys[k.label] = k
 		}
 	}
+	st.pool.warm()
 	p.st.Store(st)
 	return nil
 }

@@ -2,6 +2,7 @@ package pkcs11ha
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -103,4 +104,26 @@ func TestSameLibraryTwiceRefused(t *testing.T) {
 	_, err = hb.load(context.Background(), 8)
 	hb.mu.Unlock()
 	require.ErrorContains(t, err, "one instance per file path")
+}
+
+// TestOpenWarmsOneSession: every open partition holds one idle session before any call, so a device's first
+// call (DR's, when the local region is lost) costs no C_OpenSession round trip.
+func TestOpenWarmsOneSession(t *testing.T) {
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+		{Name: "eastus-1", Region: "eastus"}, {Name: "westus-1", Region: "westus"}}})
+	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
+	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{}))
+	cfg, err := LoadConfig(path)
+	require.NoError(t, err)
+	cl, err := Open(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, cl.Close()) })
+	for _, d := range cl.devices {
+		for _, p := range d.parts {
+			st := p.st.Load()
+			require.NotNil(t, st, "%s/%s open", d.name, p.cfg.Name)
+			require.Len(t, st.pool.idle, 1, "%s/%s: one warm session", d.name, p.cfg.Name)
+			require.Len(t, st.pool.slots, 1, "%s/%s: the warm session counts against the pool size", d.name, p.cfg.Name)
+		}
+	}
 }

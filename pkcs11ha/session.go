@@ -20,6 +20,23 @@ func newSessionPool(in *instance, slot uint, size int) *sessionPool {
 	return &sessionPool{in: in, slot: slot, idle: make(chan pkcs11.SessionHandle, size), slots: make(chan struct{}, size)}
 }
 
+// warm opens one session ahead of need, so that the first call after a failover (DR's first call when the
+// local region is lost) does not pay a C_OpenSession round trip on top of its own. A failure is not a
+// verdict on the device: the session is then opened on demand, where errors are classified.
+func (p *sessionPool) warm() {
+	select {
+	case p.slots <- struct{}{}:
+	default:
+		return
+	}
+	s, err := p.in.ctx.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION)
+	if err != nil {
+		<-p.slots
+		return
+	}
+	p.idle <- s
+}
+
 // get borrows an idle session or opens a new one while under the size.
 func (p *sessionPool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
 	select {

@@ -38,8 +38,9 @@ type HedgeConfig struct {
 	Enabled bool          // off by default
 	Budget  float64       // extra attempts as a fraction of calls (token bucket, cap 10 tokens); default 0.05
 	Floor   time.Duration // never hedge earlier than this; default 2 ms
-	// Quantile of the primary member's recent latency after which the backup starts; default 0.95.
-	// No hedge until that member has enough samples (health.MinQuantileSamples).
+	// Quantile of recent latency after which the backup starts, taken on the fastest tier-0 member that
+	// may serve the call (the primary included); default 0.95. No hedge until one of them has enough
+	// samples (health.MinQuantileSamples).
 	Quantile float64
 }
 

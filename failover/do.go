@@ -521,7 +521,7 @@ func (c *call[T]) armHedge(a *attempt[T]) {
 	if !h.Enabled || c.hedgeUsed || c.hedgeTimer != nil || a.m.tier != 0 || c.out.Attempts >= r.cfg.MaxAttempts {
 		return
 	}
-	q, ok := a.m.hist.Quantile(h.Quantile)
+	q, ok := r.hedgeQuantile(c.mask, a.m)
 	if !ok {
 		return
 	}
@@ -530,6 +530,28 @@ func (c *call[T]) armHedge(a *attempt[T]) {
 		return // the deadline would fire first and retry anyway
 	}
 	c.hedgeTimer, c.hedgePrimary = r.clock.NewTimer(d), a
+}
+
+// hedgeQuantile is the Hedge.Quantile latency of the fastest tier-0 member that may serve the call and
+// has enough samples: what a healthy device of the tier takes. The primary's own quantile would be wrong
+// once the primary has been slow for a while (its histogram full of slow calls): its calls would be hedged
+// only after they had finished anyway.
+func (r *Router) hedgeQuantile(mask Mask, primary *member) (time.Duration, bool) {
+	best, found := time.Duration(0), false
+	consider := func(m *member) {
+		if q, ok := m.hist.Quantile(r.cfg.Hedge.Quantile); ok && (!found || q < best) {
+			best, found = q, true
+		}
+	}
+	consider(primary)
+	if v := r.view.Load(); len(v.tiers) > 0 && v.tiers[0].tier == 0 {
+		for _, i := range v.tiers[0].members {
+			if m := r.members[i]; m != primary && mask&(1<<i) != 0 {
+				consider(m)
+			}
+		}
+	}
+	return best, found
 }
 
 func (c *call[T]) startHedge() {

@@ -163,3 +163,40 @@ func TestHedgeBudget(t *testing.T) {
 	require.Len(t, e.obs.snapshot().hedges, hedges)
 	require.Equal(t, int32(hedges), e.fakes[1].calls.Load())
 }
+
+// A primary that has been slow long enough to fill its own histogram is hedged after what a healthy
+// tier-0 member takes, not after its own (slow) p95.
+func TestHedgeDelayFromFastestTierMember(t *testing.T) {
+	e := newEnv(t, hedgeCfg(1), members(0, 0, 1))
+	for i := 1; i < len(e.r.members); i++ {
+		e.r.Latency(i).Reset(time.Second) // member 0 stays the preferred one
+	}
+	for range 100 {
+		e.r.members[0].hist.Observe(30 * time.Millisecond)
+		e.r.members[1].hist.Observe(3 * time.Millisecond)
+		e.r.members[2].hist.Observe(100 * time.Microsecond) // DR: never a reference for tier 0
+	}
+	own, ok := e.r.members[0].hist.Quantile(0.95)
+	require.True(t, ok)
+	fast, ok := e.r.members[1].hist.Quantile(0.95)
+	require.True(t, ok)
+	require.Less(t, fast, own)
+	require.Less(t, own, 50*time.Millisecond, "the primary's own p95 would also arm a hedge (before the deadline)")
+	e.fakes[0].hold.Store(true)
+
+	res := e.goDo(context.Background(), AllMembers)
+	e.entered(0)
+	e.blockUntil(2)
+	e.clk.Advance(fast - time.Nanosecond)
+	notYet(t, res)
+	e.clk.Advance(time.Nanosecond)
+	r := recv(t, res)
+	require.NoError(t, r.err)
+	require.Equal(t, Outcome{Member: 1, Attempts: 2, Hedged: true}, r.out)
+	require.Equal(t, []time.Time{ft0.Add(fast)}, e.obs.snapshot().hedgeAt)
+	require.Zero(t, e.fakes[2].calls.Load())
+
+	e.fakes[0].release <- struct{}{}
+	e.waitIdle(0)
+	e.blockUntil(0)
+}

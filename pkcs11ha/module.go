@@ -52,22 +52,50 @@ func newModuleKey(path string, env map[string]string) (moduleKey, error) {
 type instance struct {
 	ctx      *pkcs11.Ctx
 	gen      uint64
+	h        *moduleHandle
 	inflight atomic.Int64
 	broken   atomic.Bool // a device-down error was seen: no new calls
 	retired  atomic.Bool
+	// counted: retired with stuck calls and counted in h.retired, until those calls return.
+	counted atomic.Bool
 }
 
 // enter registers a call on the instance; it fails once the instance is broken or retired.
 func (in *instance) enter() bool {
 	in.inflight.Add(1)
 	if in.broken.Load() || in.retired.Load() {
-		in.inflight.Add(-1)
+		in.exit()
 		return false
 	}
 	return true
 }
 
-func (in *instance) exit() { in.inflight.Add(-1) }
+func (in *instance) exit() {
+	if in.inflight.Add(-1) == 0 && in.counted.Load() {
+		in.reclaim()
+	}
+}
+
+// reclaim runs once the stuck calls of a retired instance have all returned (a paused server resumed, a
+// partition healed): the instance no longer holds threads, so it stops counting against
+// max_retired_instances (or a device that hung a few times would stay down until a process restart), and
+// it is finalised where that cannot touch a live instance: only for modules whose every load is its own
+// instance (p11-kit-client.so), never for one that shares its state across loads (libsofthsm2.so).
+func (in *instance) reclaim() {
+	if !in.counted.CompareAndSwap(true, false) {
+		return
+	}
+	h := in.h
+	h.retired.Add(-1)
+	h.reclaimed.Add(1)
+	if h.sharedState.Load() {
+		return
+	}
+	go func() {
+		_ = in.ctx.Finalize()
+		in.ctx.Destroy()
+	}()
+}
 
 // moduleHandle is the registry entry for one (path, env): the current instance plus the retired ones.
 type moduleHandle struct {
@@ -76,14 +104,19 @@ type moduleHandle struct {
 	env  map[string]string
 	refs int // guarded by registry.mu
 
-	mu       sync.Mutex // serialises re-init
-	cur      atomic.Pointer[instance]
-	gen      atomic.Uint64
-	retired  atomic.Int64 // instances retired with calls stuck in them
-	reinits  atomic.Int64
-	pending  *initJob // an initialisation that timed out and may still finish
-	loaded   atomic.Bool
-	initWait time.Duration
+	mu      sync.Mutex // serialises re-init
+	cur     atomic.Pointer[instance]
+	gen     atomic.Uint64
+	retired atomic.Int64 // instances retired with calls stuck in them (until those calls return)
+	// reclaimed counts retired instances whose stuck calls all returned.
+	reclaimed atomic.Int64
+	// sharedState: a load answered CKR_CRYPTOKI_ALREADY_INITIALIZED, so loads of this module share one
+	// library state and a retired instance must never be finalised.
+	sharedState atomic.Bool
+	reinits     atomic.Int64
+	pending     *initJob // an initialisation that timed out and may still finish
+	loaded      atomic.Bool
+	initWait    time.Duration
 }
 
 type initJob struct {
@@ -221,8 +254,11 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 			j.err = fmt.Errorf("module %s: %w", filepath.Base(h.path), err)
 			return
 		}
+		if err != nil {
+			h.sharedState.Store(true)
+		}
 		h.loaded.Store(true)
-		j.in = &instance{ctx: c, gen: h.gen.Add(1)}
+		j.in = &instance{ctx: c, gen: h.gen.Add(1), h: h}
 	}()
 	select {
 	case <-j.done:
@@ -250,6 +286,10 @@ func (h *moduleHandle) reinit(ctx context.Context, grace time.Duration, maxRetir
 		} else {
 			old.retired.Store(true)
 			h.retired.Add(1)
+			old.counted.Store(true)
+			if old.inflight.Load() == 0 { // the last stuck call returned in between
+				old.reclaim()
+			}
 		}
 		h.cur.Store(nil)
 	}

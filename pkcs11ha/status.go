@@ -8,21 +8,22 @@ import (
 
 // DeviceStatus is one row of Cluster.Status. It never contains a PIN.
 type DeviceStatus struct {
-	Name             string            `json:"name"`
-	Region           string            `json:"region"`
-	Tier             int               `json:"tier"`
-	State            string            `json:"state"` // "up" | "degraded" | "down"
-	Reason           string            `json:"reason,omitempty"`
-	Since            time.Time         `json:"since"`
-	Breaker          string            `json:"breaker"` // "closed" | "half-open" | "open"
-	EWMA             time.Duration     `json:"ewma_ns"`
-	InFlight         int               `json:"in_flight"`
-	Abandoned        int               `json:"abandoned"`
-	LastError        string            `json:"last_error,omitempty"`
-	LastErrorClass   string            `json:"last_error_class,omitempty"`
-	Reinits          int64             `json:"reinits"`
-	RetiredInstances int64             `json:"retired_instances"`
-	Partitions       []PartitionStatus `json:"partitions"`
+	Name             string        `json:"name"`
+	Region           string        `json:"region"`
+	Tier             int           `json:"tier"`
+	State            string        `json:"state"` // "up" | "degraded" | "down"
+	Reason           string        `json:"reason,omitempty"`
+	Since            time.Time     `json:"since"`
+	Breaker          string        `json:"breaker"` // "closed" | "half-open" | "open"
+	EWMA             time.Duration `json:"ewma_ns"`
+	InFlight         int           `json:"in_flight"`
+	Abandoned        int           `json:"abandoned"`
+	LastError        string        `json:"last_error,omitempty"`
+	LastErrorClass   string        `json:"last_error_class,omitempty"`
+	Reinits          int64         `json:"reinits"`
+	RetiredInstances int64         `json:"retired_instances"` // with calls still stuck in them
+
+	Partitions []PartitionStatus `json:"partitions"`
 	// ExcludedKeys maps "partition/label" to why this device does not serve that key.
 	ExcludedKeys map[string]string `json:"excluded_keys,omitempty"`
 }

@@ -47,7 +47,9 @@ bench: deps
 
 # The long chaos run (>= 100,000 operations, minutes of flapping). Results table in chaos-results.txt.
 chaos: deps
-	CHAOS_LONG=1 $(GO) test -count=1 -timeout 60m -run 'TestChaos' -v ./softhsm-test/chaos/ | tee chaos.log
+	# Live output and a log; the test's own exit status decides (sh has no pipefail).
+	{ CHAOS_LONG=1 $(GO) test -count=1 -timeout 60m -run 'TestChaos' -v ./softhsm-test/chaos/; \
+		echo $$? > chaos.status; } 2>&1 | tee chaos.log; status=$$(cat chaos.status); rm -f chaos.status; exit $$status
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)

@@ -108,6 +108,9 @@ type call[T any] struct {
 	refusal    error // why a breaker refused, for NoMemberError when nothing ran
 	lastFailed int   // member of the last failed attempt, for Failover events
 	spilled    bool
+	// stalled: tried members whose attempt timed out only because this process stood still. They are
+	// tried once more before the call leaves their tier: a host hiccup must not send a call to DR.
+	stalled Mask
 
 	hedgeTimer   health.Timer
 	hedgePrimary *attempt[T]
@@ -207,6 +210,9 @@ func (c *call[T]) startNext() error {
 		if err != nil {
 			return err
 		}
+		if c.stalled != 0 {
+			mi = c.secondChance(mi)
+		}
 		bypass := false
 		if mi < 0 {
 			// Panic mode (as Envoy's panic threshold): when breakers have closed off every member that
@@ -240,6 +246,18 @@ func (c *call[T]) startNext() error {
 		c.armHedge(a)
 		return nil
 	}
+}
+
+// secondChance returns a stalled member instead of mi when mi is in a worse tier (or none was found),
+// so that a timeout caused by this process's own stall does not push the call out of its tier.
+func (c *call[T]) secondChance(mi int) int {
+	r := c.r
+	mj, ok, _ := r.pick(c.mask&c.stalled, c.tried&^c.stalled, false, false)
+	if !ok || (mi >= 0 && r.members[mj].tier >= r.members[mi].tier) {
+		return mi
+	}
+	c.stalled &^= 1 << mj
+	return mj
 }
 
 // pickWait picks a member, waiting up to SpillWait for a slot on a saturated tier before spilling to the
@@ -478,6 +496,9 @@ func (c *call[T]) expired(i int) (v T, err error, done bool) {
 	c.detach(i)
 	c.out.Member = a.m.idx
 	c.lastErr, c.lastFailed = terr, a.m.idx
+	if terr.Stalled {
+		c.stalled |= 1 << a.m.idx
+	}
 	return v, nil, false
 }
 

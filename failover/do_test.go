@@ -543,6 +543,48 @@ func TestDoStalledTimeoutNotCounted(t *testing.T) {
 	e.waitIdle(0)
 }
 
+// TestDoStalledTimeoutStaysInTier: when the only other member of the tier is down, an attempt that timed
+// out only because the process stalled is tried once more on the same member rather than sent to DR.
+func TestDoStalledTimeoutStaysInTier(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		stalled bool
+		want    Outcome
+	}{
+		{name: "stall: second chance in tier", stalled: true, want: Outcome{Member: 0, Attempts: 2}},
+		{name: "device timeout: on to DR", stalled: false, want: Outcome{Member: 2, Attempts: 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, Config{StallThreshold: time.Hour}, members(0, 0, 1))
+			e.r.SetUp(1, false)
+			e.fakes[0].hold.Store(true)
+
+			res := e.goDo(context.Background(), AllMembers)
+			e.entered(0)
+			e.blockUntil(1)
+			if tc.stalled {
+				e.r.lastStall.Store(e.r.mono())
+			}
+			e.clk.Advance(50 * time.Millisecond)
+			if tc.stalled {
+				e.entered(0) // the second attempt, same member
+				e.fakes[0].hold.Store(false)
+				e.fakes[0].release <- struct{}{}
+				e.fakes[0].release <- struct{}{}
+			}
+			r := recv(t, res)
+			require.NoError(t, r.err)
+			require.Equal(t, tc.want, r.out)
+			if tc.stalled {
+				require.Zero(t, e.fakes[2].calls.Load(), "a host stall never sends a call to DR")
+			} else {
+				e.fakes[0].release <- struct{}{}
+			}
+			e.waitIdle(0)
+		})
+	}
+}
+
 // TestStalledSince: a stall counts for attempts that began before it, not after.
 func TestStalledSince(t *testing.T) {
 	e := newEnv(t, Config{StallThreshold: 20 * time.Millisecond}, members(0))

@@ -79,8 +79,9 @@ func (in *instance) exit() {
 // reclaim runs once the stuck calls of a retired instance have all returned (a paused server resumed, a
 // partition healed): the instance no longer holds threads, so it stops counting against
 // max_retired_instances (or a device that hung a few times would stay down until a process restart), and
-// it is finalised where that cannot touch a live instance: only for modules whose every load is its own
-// instance (p11-kit-client.so), never for one that shares its state across loads (libsofthsm2.so).
+// it is finalised where that cannot touch a live instance: only once a load has shown that every load of
+// this module is its own instance (p11-kit-client.so), never for one that may share its state across loads
+// (libsofthsm2.so); without that evidence it is left loaded.
 func (in *instance) reclaim() {
 	if !in.counted.CompareAndSwap(true, false) {
 		return
@@ -88,7 +89,7 @@ func (in *instance) reclaim() {
 	h := in.h
 	h.retired.Add(-1)
 	h.reclaimed.Add(1)
-	if h.sharedState.Load() {
+	if !h.separate.Load() {
 		return
 	}
 	go func() {
@@ -110,13 +111,13 @@ type moduleHandle struct {
 	retired atomic.Int64 // instances retired with calls stuck in them (until those calls return)
 	// reclaimed counts retired instances whose stuck calls all returned.
 	reclaimed atomic.Int64
-	// sharedState: a load answered CKR_CRYPTOKI_ALREADY_INITIALIZED, so loads of this module share one
-	// library state and a retired instance must never be finalised.
-	sharedState atomic.Bool
-	reinits     atomic.Int64
-	pending     *initJob // an initialisation that timed out and may still finish
-	loaded      atomic.Bool
-	initWait    time.Duration
+	// separate: C_Initialize answered CKR_OK while a retired instance was still initialised, so every load
+	// of this module is its own instance and finalising a drained retired one touches no other.
+	separate atomic.Bool
+	reinits  atomic.Int64
+	pending  *initJob // an initialisation that timed out and may still finish
+	loaded   atomic.Bool
+	initWait time.Duration
 }
 
 type initJob struct {
@@ -254,8 +255,8 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 			j.err = fmt.Errorf("module %s: %w", filepath.Base(h.path), err)
 			return
 		}
-		if err != nil {
-			h.sharedState.Store(true)
+		if err == nil && h.retired.Load() > 0 {
+			h.separate.Store(true)
 		}
 		h.loaded.Store(true)
 		j.in = &instance{ctx: c, gen: h.gen.Add(1), h: h}

@@ -12,7 +12,8 @@
 // mutual TLS). SIGTERM or SIGINT stops accepting, lets in-flight requests finish within
 // server.shutdown_grace (default 10s), closes the cluster (bounded by policy.close_timeout), removes the
 // socket and exits 0; a second signal exits at once. SIGHUP re-reads the config file and replaces the
-// clients: section (nothing else is reloaded).
+// clients: section and, on a tcp:// listener, the server.tls certificate, key and client CA (new
+// connections use them; nothing else is reloaded).
 //
 // status prints the device table (device, region, tier, state, breaker, EWMA latency, in-flight) from
 // GET /v1/status; the caller must be a configured client.

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -114,7 +115,7 @@ func runServe(args []string, stderr io.Writer) int {
 				stop()
 				return
 			case <-hup:
-				reloadClients(srv, *configPath, logger)
+				reload(srv, ln, *configPath, logger)
 			}
 		}
 	}()
@@ -131,17 +132,26 @@ func runServe(args []string, stderr io.Writer) int {
 	return 0
 }
 
-// reloadClients re-reads the config file and replaces the clients: section; everything else in the file
-// is ignored until a restart.
-func reloadClients(srv *proxy.Server, path string, logger *slog.Logger) {
+// reload re-reads the config file and replaces the clients: section and, on a tcp:// listener, the TLS
+// certificate, key and client CA (the files named by server.tls, read again: rotated certificates are
+// picked up). Everything else in the file is ignored until a restart.
+func reload(srv *proxy.Server, ln net.Listener, path string, logger *slog.Logger) {
 	cfg, err := pkcs11ha.LoadConfig(path)
 	if err != nil {
-		logger.Error("SIGHUP: config not reloaded; keeping the current clients", "path", path, "err", err)
+		logger.Error("SIGHUP: config not reloaded; keeping the current clients and certificates", "path", path, "err", err)
 		return
 	}
 	if err := srv.ReloadClients(cfg.Clients); err != nil {
 		logger.Error("SIGHUP: clients not reloaded; keeping the current clients", "err", err)
 	}
+	if ln.Addr().Network() == "unix" {
+		return // protected by its mode and peer credentials: no certificates
+	}
+	if err := proxy.ReloadTLS(ln, cfg.Server.TLS); err != nil {
+		logger.Error("SIGHUP: TLS not reloaded; keeping the current certificates", "err", err)
+		return
+	}
+	logger.Info("SIGHUP: TLS certificates reloaded", "cert", cfg.Server.TLS.Cert, "client_ca", cfg.Server.TLS.ClientCA)
 }
 
 // closeCluster closes the cluster, waiting at most a little longer than the library's own bound.

@@ -19,5 +19,6 @@
 //
 // Listen creates the listener (unix socket with mode 0600 and stale-socket handling, or TLS requiring
 // client certificates); Server.Serve serves until its context ends, then drains in-flight requests within
-// server.shutdown_grace. ReloadClients swaps the client table (the sidecar calls it on SIGHUP).
+// server.shutdown_grace. ReloadClients swaps the client table and ReloadTLS the listener's certificates
+// (the sidecar calls both on SIGHUP).
 package proxy

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -67,9 +68,38 @@ func Listen(sc pkcs11ha.ServerConfig) (net.Listener, error) {
 		if err != nil {
 			return nil, fmt.Errorf("proxy: listen %s: %w", addr, err)
 		}
-		return tls.NewListener(ln, tc), nil
+		tl := &tlsListener{}
+		tl.cur.Store(tc)
+		// Every handshake takes the current configuration, so ReloadTLS affects new connections only.
+		tl.Listener = tls.NewListener(ln, &tls.Config{
+			MinVersion:         tls.VersionTLS12,
+			GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return tl.cur.Load(), nil },
+		})
+		return tl, nil
 	}
 	return nil, &pkcs11ha.ConfigError{Field: "server.listen", Msg: fmt.Sprintf("%q: want unix://PATH or tcp://HOST:PORT", addr)}
+}
+
+// tlsListener is the tcp:// listener: TLS with a configuration that ReloadTLS can replace.
+type tlsListener struct {
+	net.Listener
+	cur atomic.Pointer[tls.Config]
+}
+
+// ReloadTLS loads server.tls again (certificate, key, client CA) for the listener Listen returned, so that
+// certificates can be rotated without a restart: new connections use the new files, established ones
+// keep theirs. On any error the current configuration stays. A unix listener has nothing to reload.
+func ReloadTLS(ln net.Listener, c pkcs11ha.TLSConfig) error {
+	tl, ok := ln.(*tlsListener)
+	if !ok {
+		return errors.New("proxy: not a tcp:// listener; nothing to reload")
+	}
+	tc, err := serverTLS(c)
+	if err != nil {
+		return err
+	}
+	tl.cur.Store(tc)
+	return nil
 }
 
 // serverTLS loads the sidecar's certificate and the CA its clients' certificates must chain to.

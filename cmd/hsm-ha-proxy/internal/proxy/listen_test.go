@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"net"
 	"os"
 	"path/filepath"
@@ -171,4 +174,80 @@ func TestAuthTable(t *testing.T) {
 			assert.ElementsMatch(t, tt.parts, got)
 		})
 	}
+}
+
+// TestReloadTLS: certificates rotated on disk are picked up by ReloadTLS for new connections (server
+// certificate and client CA both); a reload that fails keeps the current configuration.
+func TestReloadTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca1, ca2 := newCA(t, dir, "ca1"), newCA(t, dir, "ca2")
+	srv1, srv1Key := ca1.serverCert(t)
+	app1, app1Key := ca1.issue(t, "app", nil)
+	srv2, srv2Key := ca2.serverCert(t)
+	app2, app2Key := ca2.issue(t, "app", nil)
+
+	ln, err := Listen(pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0",
+		TLS: pkcs11ha.TLSConfig{Cert: srv1, Key: srv1Key, ClientCA: ca1.pemPath}})
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() { // completes each handshake and answers one byte
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if c.(*tls.Conn).Handshake() == nil {
+				_, _ = c.Write([]byte{'k'})
+			}
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+
+	// call connects as a client presenting (cert, key) and trusting roots; it returns the server's leaf.
+	call := func(roots *testCA, cert, key string) (*x509.Certificate, error) {
+		tc := clientTLS(t, roots, cert, key)
+		tc.ServerName = "localhost"
+		c, err := tls.Dial("tcp", ln.Addr().String(), tc)
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		// With TLS 1.3 a rejected client certificate shows on the first read, not in the handshake.
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			return nil, err
+		}
+		return c.ConnectionState().PeerCertificates[0], nil
+	}
+	serialOf := func(path string) string {
+		b, err := os.ReadFile(path)
+		require.NoError(t, err)
+		blk, _ := pem.Decode(b)
+		c, err := x509.ParseCertificate(blk.Bytes)
+		require.NoError(t, err)
+		return c.SerialNumber.String()
+	}
+
+	leaf, err := call(ca1, app1, app1Key)
+	require.NoError(t, err)
+	assert.Equal(t, serialOf(srv1), leaf.SerialNumber.String())
+
+	require.NoError(t, ReloadTLS(ln, pkcs11ha.TLSConfig{Cert: srv2, Key: srv2Key, ClientCA: ca2.pemPath}))
+	leaf, err = call(ca2, app2, app2Key)
+	require.NoError(t, err, "a client of the new CA is accepted")
+	assert.Equal(t, serialOf(srv2), leaf.SerialNumber.String(), "new connections get the new server certificate")
+	_, err = call(ca2, app1, app1Key)
+	require.Error(t, err, "a client certificate from the old CA is refused after the reload")
+
+	err = ReloadTLS(ln, pkcs11ha.TLSConfig{Cert: filepath.Join(dir, "missing.pem"), Key: srv2Key, ClientCA: ca2.pemPath})
+	var ce *pkcs11ha.ConfigError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, "server.tls.cert", ce.Field)
+	_, err = call(ca2, app2, app2Key)
+	require.NoError(t, err, "a failed reload keeps the current configuration")
+
+	unix, err := listenUnixT(t, filepath.Join(shortTempDir(t), "s.sock"))
+	require.NoError(t, err)
+	require.Error(t, ReloadTLS(unix, pkcs11ha.TLSConfig{Cert: srv2, Key: srv2Key, ClientCA: ca2.pemPath}))
 }

@@ -545,16 +545,6 @@ func (c *Config) tierOf(i int) int {
 	return 1
 }
 
-// partition returns the partition config by name.
-func (c *Config) partition(name string) (*PartitionConfig, bool) {
-	for i := range c.Partitions {
-		if c.Partitions[i].Name == name {
-			return &c.Partitions[i], true
-		}
-	}
-	return nil, false
-}
-
 // PartitionNames lists the configured partitions, sorted.
 func (c *Config) PartitionNames() []string {
 	out := make([]string, 0, len(c.Partitions))

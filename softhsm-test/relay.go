@@ -29,12 +29,6 @@ func (m relayMode) String() string {
 	return "unknown"
 }
 
-// Directions of a relayed connection.
-const (
-	toServer = 0
-	toClient = 1
-)
-
 // relay accepts connections on a listener, dials the target for each and copies bytes both ways
 // through the fault logic. Mode and delays are read by every copy loop at every chunk, so changes
 // affect existing and new connections. The listener can be closed and opened again (unlisten, listen)
@@ -143,12 +137,6 @@ func (r *relay) state(dir int) (relayMode, time.Duration, chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.mode, r.delay[dir], r.changed
-}
-
-func (r *relay) currentMode() relayMode {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.mode
 }
 
 // reset closes every current connection once.
@@ -288,7 +276,7 @@ func (p *pair) close() {
 type pipe struct {
 	r        *relay
 	p        *pair
-	dir      int
+	dir      int // 0: client to server, 1: server to client (index of relay.delay)
 	src, dst net.Conn
 	mu       sync.Mutex
 	queue    []chunk

@@ -118,7 +118,7 @@ func serialRecord(data []byte) (offset, length int, err error) {
 	binary.BigEndian.PutUint64(hdr[0:], attrTokenSerial)
 	binary.BigEndian.PutUint64(hdr[8:], 3)
 	i := bytes.Index(data, hdr[:])
-	if i < 0 || bytes.Index(data[i+1:], hdr[:]) >= 0 {
+	if i < 0 || bytes.Contains(data[i+1:], hdr[:]) {
 		return 0, 0, errors.New("token serial record not found exactly once")
 	}
 	if i+24 > len(data) {

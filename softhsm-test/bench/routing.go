@@ -1,7 +1,7 @@
 package bench
 
 import (
-	"fmt"
+	"errors"
 	"testing"
 	"time"
 
@@ -40,7 +40,7 @@ func benchPick(rounds int) (RoutingResult, error) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, ok := r.Pick(failover.AllMembers, 0); !ok {
-					fail = fmt.Errorf("Pick found no member")
+					fail = errors.New("failover.Router.Pick found no member")
 					b.FailNow()
 				}
 			}

@@ -494,16 +494,16 @@ func TestE2EDeadline(t *testing.T) {
 func mtlsSidecar(t *testing.T, topo *softhsmtest.Topology) (*testServer, map[string]*sidecarclient.Client) {
 	dir := t.TempDir()
 	ca := newCA(t, dir, "clients")
-	srvCert, srvKey := ca.serverCert(t)
-	aCert, aKey := ca.issue(t, "a", uriSAN("spiffe://example.org/app-a"))
-	bCert, bKey := ca.issue(t, "b", dnsSAN("app-b.example.org"))
-	xCert, xKey := ca.issue(t, "intruder", nil)
+	srvCert, srvKey := ca.ServerCert(t)
+	aCert, aKey := ca.Issue(t, "a", uriSAN("spiffe://example.org/app-a"))
+	bCert, bKey := ca.Issue(t, "b", dnsSAN("app-b.example.org"))
+	xCert, xKey := ca.Issue(t, "intruder", nil)
 	ts := startSidecar(t, topo, e2eOptions{
 		policy: "oaep_fallback: true",
 		clients: `
 - {name: app-a, cert_name: "spiffe://example.org/app-a", partitions: [payments]}
 - {name: app-b, cert_name: app-b.example.org, partitions: [ledger]}`,
-		server: pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.pemPath}},
+		server: pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}},
 	})
 	clients := map[string]*sidecarclient.Client{
 		"app-a":    sidecarclient.DialTLS(ts.addr, clientTLS(t, ca, aCert, aKey)),

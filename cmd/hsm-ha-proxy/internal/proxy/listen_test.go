@@ -3,7 +3,6 @@ package proxy
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/testcerts"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
@@ -118,7 +118,7 @@ func TestListenConfigErrors(t *testing.T) {
 	t.Run("a client CA file without certificates", func(t *testing.T) {
 		dir := t.TempDir()
 		ca := newCA(t, dir, "ca")
-		cert, key := ca.serverCert(t)
+		cert, key := ca.ServerCert(t)
 		empty := filepath.Join(dir, "empty.pem")
 		require.NoError(t, os.WriteFile(empty, []byte("nothing\n"), 0o600))
 		_, err := Listen(pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: cert, Key: key, ClientCA: empty}})
@@ -181,13 +181,13 @@ func TestAuthTable(t *testing.T) {
 func TestReloadTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca1, ca2 := newCA(t, dir, "ca1"), newCA(t, dir, "ca2")
-	srv1, srv1Key := ca1.serverCert(t)
-	app1, app1Key := ca1.issue(t, "app", nil)
-	srv2, srv2Key := ca2.serverCert(t)
-	app2, app2Key := ca2.issue(t, "app", nil)
+	srv1, srv1Key := ca1.ServerCert(t)
+	app1, app1Key := ca1.Issue(t, "app", nil)
+	srv2, srv2Key := ca2.ServerCert(t)
+	app2, app2Key := ca2.Issue(t, "app", nil)
 
 	ln, err := Listen(pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0",
-		TLS: pkcs11ha.TLSConfig{Cert: srv1, Key: srv1Key, ClientCA: ca1.pemPath}})
+		TLS: pkcs11ha.TLSConfig{Cert: srv1, Key: srv1Key, ClientCA: ca1.PEMPath}})
 	require.NoError(t, err)
 	done := make(chan struct{})
 	go func() { // completes each handshake and answers one byte
@@ -220,27 +220,20 @@ func TestReloadTLS(t *testing.T) {
 		}
 		return c.ConnectionState().PeerCertificates[0], nil
 	}
-	serialOf := func(path string) string {
-		b, err := os.ReadFile(path)
-		require.NoError(t, err)
-		blk, _ := pem.Decode(b)
-		c, err := x509.ParseCertificate(blk.Bytes)
-		require.NoError(t, err)
-		return c.SerialNumber.String()
-	}
+	serialOf := func(path string) string { return testcerts.SerialOf(t, path).String() }
 
 	leaf, err := call(ca1, app1, app1Key)
 	require.NoError(t, err)
 	assert.Equal(t, serialOf(srv1), leaf.SerialNumber.String())
 
-	require.NoError(t, ReloadTLS(ln, pkcs11ha.TLSConfig{Cert: srv2, Key: srv2Key, ClientCA: ca2.pemPath}))
+	require.NoError(t, ReloadTLS(ln, pkcs11ha.TLSConfig{Cert: srv2, Key: srv2Key, ClientCA: ca2.PEMPath}))
 	leaf, err = call(ca2, app2, app2Key)
 	require.NoError(t, err, "a client of the new CA is accepted")
 	assert.Equal(t, serialOf(srv2), leaf.SerialNumber.String(), "new connections get the new server certificate")
 	_, err = call(ca2, app1, app1Key)
 	require.Error(t, err, "a client certificate from the old CA is refused after the reload")
 
-	err = ReloadTLS(ln, pkcs11ha.TLSConfig{Cert: filepath.Join(dir, "missing.pem"), Key: srv2Key, ClientCA: ca2.pemPath})
+	err = ReloadTLS(ln, pkcs11ha.TLSConfig{Cert: filepath.Join(dir, "missing.pem"), Key: srv2Key, ClientCA: ca2.PEMPath})
 	var ce *pkcs11ha.ConfigError
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, "server.tls.cert", ce.Field)
@@ -249,5 +242,5 @@ func TestReloadTLS(t *testing.T) {
 
 	unix, err := listenUnixT(t, filepath.Join(shortTempDir(t), "s.sock"))
 	require.NoError(t, err)
-	require.Error(t, ReloadTLS(unix, pkcs11ha.TLSConfig{Cert: srv2, Key: srv2Key, ClientCA: ca2.pemPath}))
+	require.Error(t, ReloadTLS(unix, pkcs11ha.TLSConfig{Cert: srv2, Key: srv2Key, ClientCA: ca2.PEMPath}))
 }

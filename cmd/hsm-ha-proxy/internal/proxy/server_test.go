@@ -362,23 +362,23 @@ func TestShutdownGraceExpires(t *testing.T) {
 func TestTLSIdentities(t *testing.T) {
 	dir := t.TempDir()
 	ca := newCA(t, dir, "clients")
-	srvCert, srvKey := ca.serverCert(t)
-	uriCert, uriKey := ca.issue(t, "uri", uriSAN("spiffe://test/app-a"))
-	dnsCert, dnsKey := ca.issue(t, "dns", dnsSAN("app-b.test"))
-	cnCert, cnKey := ca.issue(t, "app-c", nil)
-	cnWithSANCert, cnWithSANKey := ca.issue(t, "app-c", dnsSAN("something-else.test")) // the CN is ignored when SANs exist
-	serverOnlyCert, serverOnlyKey := ca.issue(t, "app-c", func(c *x509.Certificate) {
+	srvCert, srvKey := ca.ServerCert(t)
+	uriCert, uriKey := ca.Issue(t, "uri", uriSAN("spiffe://test/app-a"))
+	dnsCert, dnsKey := ca.Issue(t, "dns", dnsSAN("app-b.test"))
+	cnCert, cnKey := ca.Issue(t, "app-c", nil)
+	cnWithSANCert, cnWithSANKey := ca.Issue(t, "app-c", dnsSAN("something-else.test")) // the CN is ignored when SANs exist
+	serverOnlyCert, serverOnlyKey := ca.Issue(t, "app-c", func(c *x509.Certificate) {
 		c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	})
 	rogue := newCA(t, t.TempDir(), "rogue")
-	rogueCert, rogueKey := rogue.issue(t, "app-c", nil)
+	rogueCert, rogueKey := rogue.Issue(t, "app-c", nil)
 
 	cfg := fakeConfig(
 		pkcs11ha.ClientConfig{Name: "a", CertName: "spiffe://test/app-a", Partitions: []string{"payments"}},
 		pkcs11ha.ClientConfig{Name: "b", CertName: "app-b.test", Partitions: []string{"ledger"}},
 		pkcs11ha.ClientConfig{Name: "c", CertName: "app-c", Partitions: []string{"payments", "ledger"}},
 	)
-	cfg.Server = pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.pemPath}}
+	cfg.Server = pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}}
 	ln, err := Listen(cfg.Server)
 	require.NoError(t, err)
 	srv := newServer(cfg, newFakeBackend(t), nil, nil)

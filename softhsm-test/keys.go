@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"testing"
 )
 
 // Key kinds for KeySpec.Kind.
@@ -93,6 +94,26 @@ func testKey(kind, label, variant string) (crypto.Signer, error) {
 	keyCache.mu.Unlock()
 	e.once.Do(func() { e.key, e.err = generateKey(kind) })
 	return e.key, e.err
+}
+
+// SoftKeys are software keys for tests that need keys but no HSM.
+type SoftKeys struct {
+	RSA *rsa.PrivateKey   // 2048 bits
+	EC  *ecdsa.PrivateKey // P-256
+	Ed  ed25519.PrivateKey
+}
+
+// NewSoftKeys returns the process-wide SoftKeys (generated once, like the keys imported into tokens).
+func NewSoftKeys(t testing.TB) SoftKeys {
+	t.Helper()
+	get := func(kind string) crypto.Signer {
+		k, err := testKey(kind, "soft", "")
+		if err != nil {
+			t.Fatalf("softhsmtest: %s key: %v", kind, err)
+		}
+		return k
+	}
+	return SoftKeys{RSA: get(KindRSA2048).(*rsa.PrivateKey), EC: get(KindECP256).(*ecdsa.PrivateKey), Ed: get(KindEd25519).(ed25519.PrivateKey)}
 }
 
 // writeKeyPEM writes key as an unencrypted PKCS#8 PEM file, readable by the owner only.

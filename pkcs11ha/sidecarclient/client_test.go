@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -26,39 +25,18 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
 
-type keys struct {
-	rsa *rsa.PrivateKey
-	ec  *ecdsa.PrivateKey
-	ed  ed25519.PrivateKey
-}
+type keys = softhsmtest.SoftKeys
 
-var (
-	keysOnce sync.Once
-	testKeys keys
-)
-
-func getKeys(t testing.TB) keys {
-	t.Helper()
-	keysOnce.Do(func() {
-		var err error
-		if testKeys.rsa, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-		if testKeys.ec, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-			panic(err)
-		}
-		if _, testKeys.ed, err = ed25519.GenerateKey(rand.Reader); err != nil {
-			panic(err)
-		}
-	})
-	return testKeys
-}
+// getKeys returns software keys for tests that need no HSM (generated once per process).
+func getKeys(t testing.TB) keys { return softhsmtest.NewSoftKeys(t) }
 
 func TestSignAlgorithm(t *testing.T) {
 	k := getKeys(t)
-	rsaPub, ecPub, edPub := k.rsa.Public(), k.ec.Public(), k.ed.Public()
+	rsaPub, ecPub, edPub := k.RSA.Public(), k.EC.Public(), k.Ed.Public()
 	tests := []struct {
 		name    string
 		pub     crypto.PublicKey
@@ -112,16 +90,16 @@ func TestDecryptAlgorithm(t *testing.T) {
 		want    string
 		wantErr string
 	}{
-		{"nil is PKCS#1 v1.5", k.rsa.Public(), nil, AlgRSAPKCS1, ""},
-		{"PKCS#1 v1.5", k.rsa.Public(), &rsa.PKCS1v15DecryptOptions{}, AlgRSAPKCS1, ""},
-		{"PKCS#1 v1.5 session key", k.rsa.Public(), &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 16}, AlgRSAPKCS1, ""},
-		{"OAEP SHA-1", k.rsa.Public(), &rsa.OAEPOptions{Hash: crypto.SHA1}, AlgRSAOAEPSHA1, ""},
-		{"OAEP SHA-256", k.rsa.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256}, AlgRSAOAEPSHA256, ""},
-		{"OAEP SHA-256 explicit MGF", k.rsa.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256, MGFHash: crypto.SHA256}, AlgRSAOAEPSHA256, ""},
-		{"OAEP mixed MGF", k.rsa.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256, MGFHash: crypto.SHA1}, "", "MGF1"},
-		{"OAEP label", k.rsa.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256, Label: []byte("l")}, "", "label"},
-		{"OAEP SHA-512", k.rsa.Public(), &rsa.OAEPOptions{Hash: crypto.SHA512}, "", "not supported"},
-		{"EC key", k.ec.Public(), nil, "", "not RSA"},
+		{"nil is PKCS#1 v1.5", k.RSA.Public(), nil, AlgRSAPKCS1, ""},
+		{"PKCS#1 v1.5", k.RSA.Public(), &rsa.PKCS1v15DecryptOptions{}, AlgRSAPKCS1, ""},
+		{"PKCS#1 v1.5 session key", k.RSA.Public(), &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 16}, AlgRSAPKCS1, ""},
+		{"OAEP SHA-1", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA1}, AlgRSAOAEPSHA1, ""},
+		{"OAEP SHA-256", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256}, AlgRSAOAEPSHA256, ""},
+		{"OAEP SHA-256 explicit MGF", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256, MGFHash: crypto.SHA256}, AlgRSAOAEPSHA256, ""},
+		{"OAEP mixed MGF", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256, MGFHash: crypto.SHA1}, "", "MGF1"},
+		{"OAEP label", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256, Label: []byte("l")}, "", "label"},
+		{"OAEP SHA-512", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA512}, "", "not supported"},
+		{"EC key", k.EC.Public(), nil, "", "not RSA"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -161,11 +139,11 @@ func (f *fakeSidecar) handler() http.Handler {
 	signer := func(label string) crypto.Signer {
 		switch label {
 		case "ec-key", "weird/label key":
-			return f.keys.ec
+			return f.keys.EC
 		case "ed-key":
-			return f.keys.ed
+			return f.keys.Ed
 		}
-		return f.keys.rsa
+		return f.keys.RSA
 	}
 	record := func(r *http.Request) map[string]string {
 		f.mu.Lock()
@@ -223,7 +201,7 @@ func (f *fakeSidecar) handler() http.Handler {
 		if m["algorithm"] == AlgRSAOAEPSHA256 {
 			opts = &rsa.OAEPOptions{Hash: crypto.SHA256}
 		}
-		pt, err := f.keys.rsa.Decrypt(rand.Reader, ct, opts)
+		pt, err := f.keys.RSA.Decrypt(rand.Reader, ct, opts)
 		if err != nil {
 			w.WriteHeader(http.StatusBadRequest)
 			write(w, map[string]any{"error": map[string]string{"code": CodeDecryptionFailed, "message": "decryption failed"}})
@@ -259,7 +237,7 @@ func TestKeySignAndDecryptWire(t *testing.T) {
 
 	ec, err := c.Key(ctx, "payments", "ec-key")
 	require.NoError(t, err)
-	assert.True(t, k.ec.PublicKey.Equal(ec.Public()))
+	assert.True(t, k.EC.PublicKey.Equal(ec.Public()))
 	assert.Equal(t, "ec-key", ec.Label())
 	assert.Equal(t, "payments", ec.Partition())
 	assert.Equal(t, []string{"d1"}, ec.Info().Devices)
@@ -267,7 +245,7 @@ func TestKeySignAndDecryptWire(t *testing.T) {
 	sig, dev, err := ec.SignDevice(ctx, d[:], crypto.SHA256)
 	require.NoError(t, err)
 	assert.Equal(t, "d1", dev)
-	assert.True(t, ecdsa.VerifyASN1(&k.ec.PublicKey, d[:], sig))
+	assert.True(t, ecdsa.VerifyASN1(&k.EC.PublicKey, d[:], sig))
 	_, err = ec.Sign(rand.Reader, d[:20], crypto.SHA256)
 	require.ErrorContains(t, err, "digest has 20 bytes")
 
@@ -275,14 +253,14 @@ func TestKeySignAndDecryptWire(t *testing.T) {
 	require.NoError(t, err)
 	sig, err = ed.Sign(nil, []byte("the message"), crypto.Hash(0))
 	require.NoError(t, err)
-	assert.True(t, ed25519.Verify(k.ed.Public().(ed25519.PublicKey), []byte("the message"), sig))
+	assert.True(t, ed25519.Verify(k.Ed.Public().(ed25519.PublicKey), []byte("the message"), sig))
 
 	rk, err := c.Key(ctx, "ledger", "rsa-key")
 	require.NoError(t, err)
 	sig, err = rk.SignContext(ctx, d[:], &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256})
 	require.NoError(t, err)
-	require.NoError(t, rsa.VerifyPSS(&k.rsa.PublicKey, crypto.SHA256, d[:], sig, &rsa.PSSOptions{SaltLength: 32}))
-	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, &k.rsa.PublicKey, []byte("pt"), nil)
+	require.NoError(t, rsa.VerifyPSS(&k.RSA.PublicKey, crypto.SHA256, d[:], sig, &rsa.PSSOptions{SaltLength: 32}))
+	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, &k.RSA.PublicKey, []byte("pt"), nil)
 	require.NoError(t, err)
 	pt, err := rk.Decrypt(rand.Reader, ct, &rsa.OAEPOptions{Hash: crypto.SHA256})
 	require.NoError(t, err)

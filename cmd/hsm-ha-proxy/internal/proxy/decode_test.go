@@ -162,14 +162,14 @@ func TestCheckKey(t *testing.T) {
 		pub      crypto.PublicKey
 		wantCode string
 	}{
-		{api.AlgECDSASHA256, k.ec.Public(), ""},
-		{api.AlgECDSASHA512, k.ec.Public(), ""},
-		{api.AlgECDSASHA256, k.rsa.Public(), api.CodeAlgorithmKeyMismatch},
-		{api.AlgRSAPSSSHA256, k.rsa.Public(), ""},
-		{api.AlgRSAPSSSHA256, k.ec.Public(), api.CodeAlgorithmKeyMismatch},
-		{api.AlgRSAPKCS1SHA256, k.ed.Public(), api.CodeAlgorithmKeyMismatch},
-		{api.AlgEd25519, k.ed.Public(), ""},
-		{api.AlgEd25519, k.ec.Public(), api.CodeAlgorithmKeyMismatch},
+		{api.AlgECDSASHA256, k.EC.Public(), ""},
+		{api.AlgECDSASHA512, k.EC.Public(), ""},
+		{api.AlgECDSASHA256, k.RSA.Public(), api.CodeAlgorithmKeyMismatch},
+		{api.AlgRSAPSSSHA256, k.RSA.Public(), ""},
+		{api.AlgRSAPSSSHA256, k.EC.Public(), api.CodeAlgorithmKeyMismatch},
+		{api.AlgRSAPKCS1SHA256, k.Ed.Public(), api.CodeAlgorithmKeyMismatch},
+		{api.AlgEd25519, k.Ed.Public(), ""},
+		{api.AlgEd25519, k.EC.Public(), api.CodeAlgorithmKeyMismatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.alg+"/"+kindOf(tt.pub).String(), func(t *testing.T) {
@@ -184,10 +184,10 @@ func TestCheckKey(t *testing.T) {
 		})
 	}
 	d := &decryptRequest{alg: decryptAlgs[api.AlgRSAPKCS1], ciphertext: make([]byte, 256)}
-	assert.Nil(t, d.checkKey(k.rsa.Public()))
-	assert.Equal(t, api.CodeAlgorithmKeyMismatch, d.checkKey(k.ec.Public()).code)
+	assert.Nil(t, d.checkKey(k.RSA.Public()))
+	assert.Equal(t, api.CodeAlgorithmKeyMismatch, d.checkKey(k.EC.Public()).code)
 	d.ciphertext = d.ciphertext[:255]
-	assert.Equal(t, api.CodeBadCiphertextLength, d.checkKey(k.rsa.Public()).code)
+	assert.Equal(t, api.CodeBadCiphertextLength, d.checkKey(k.RSA.Public()).code)
 }
 
 // FuzzDecodeSignRequest checks that decoding never panics, that every body is either accepted with a

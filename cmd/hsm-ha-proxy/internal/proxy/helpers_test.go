@@ -3,11 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,34 +26,8 @@ import (
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
 
-// Software keys for the tests that do not need an HSM (generated once per process).
-type softKeys struct {
-	rsa *rsa.PrivateKey
-	ec  *ecdsa.PrivateKey
-	ed  ed25519.PrivateKey
-}
-
-var (
-	softOnce sync.Once
-	soft     softKeys
-)
-
-func testKeys(t testing.TB) softKeys {
-	t.Helper()
-	softOnce.Do(func() {
-		var err error
-		if soft.rsa, err = rsa.GenerateKey(rand.Reader, 2048); err != nil {
-			panic(err)
-		}
-		if soft.ec, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
-			panic(err)
-		}
-		if _, soft.ed, err = ed25519.GenerateKey(rand.Reader); err != nil {
-			panic(err)
-		}
-	})
-	return soft
-}
+// testKeys are software keys for the tests that do not need an HSM (generated once per process).
+func testKeys(t testing.TB) softhsmtest.SoftKeys { return softhsmtest.NewSoftKeys(t) }
 
 // fakeKey is a keyHandle backed by a software key. hook, if set, runs before every operation (to block,
 // fail or observe).
@@ -135,8 +105,8 @@ func newFakeBackend(t testing.TB) *fakeBackend {
 	b := &fakeBackend{ready: true, keys: map[string]map[string]*fakeKey{}}
 	for _, p := range []string{"payments", "ledger"} {
 		b.keys[p] = map[string]*fakeKey{
-			"rsa-key": mk("rsa-key", "01", "RSA_2048", k.rsa),
-			"ec-key":  mk("ec-key", "02", "EC_P256", k.ec),
+			"rsa-key": mk("rsa-key", "01", "RSA_2048", k.RSA),
+			"ec-key":  mk("ec-key", "02", "EC_P256", k.EC),
 		}
 	}
 	return b

@@ -120,11 +120,11 @@ func TestAPIWithoutHSM(t *testing.T) {
 		m := fields(t, body, "signature", "device")
 		sig, err := base64.StdEncoding.DecodeString(str(t, m["signature"]))
 		require.NoError(t, err)
-		assert.True(t, ecdsa.VerifyASN1(&k.ec.PublicKey, digest[:], sig))
+		assert.True(t, ecdsa.VerifyASN1(&k.EC.PublicKey, digest[:], sig))
 		assert.Equal(t, "fake-1", str(t, m["device"]))
 	})
 	t.Run("decrypt", func(t *testing.T) {
-		ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, &k.rsa.PublicKey, []byte("secret"), nil)
+		ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, &k.RSA.PublicKey, []byte("secret"), nil)
 		require.NoError(t, err)
 		status, body := ts.call(t, "POST", "/v1/partitions/payments/keys/rsa-key/decrypt",
 			fmt.Sprintf(`{"ciphertext":%q,"algorithm":"RSA_OAEP_SHA256"}`, base64.StdEncoding.EncodeToString(ct)))

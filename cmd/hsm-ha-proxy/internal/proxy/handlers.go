@@ -215,12 +215,25 @@ func (s *Server) getKey(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	return nil
 }
 
-func (s *Server) sign(ctx context.Context, w http.ResponseWriter, r *http.Request, ri *reqInfo) error {
+// keyAndBody is the common start of sign and decrypt: the key (404 before the body is read) and the body.
+func (s *Server) keyAndBody(ctx context.Context, w http.ResponseWriter, r *http.Request, ri *reqInfo) (keyHandle, []byte, error) {
 	k, err := s.be.Key(ctx, ri.partition, ri.key)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	body, err := readBody(w, r)
+	return k, body, err
+}
+
+// served records the device that served (or last failed) the operation for the access log.
+func (ri *reqInfo) served(dev string) {
+	if dev != "none" {
+		ri.device = dev
+	}
+}
+
+func (s *Server) sign(ctx context.Context, w http.ResponseWriter, r *http.Request, ri *reqInfo) error {
+	k, body, err := s.keyAndBody(ctx, w, r, ri)
 	if err != nil {
 		return err
 	}
@@ -233,9 +246,7 @@ func (s *Server) sign(ctx context.Context, w http.ResponseWriter, r *http.Reques
 		return aerr
 	}
 	sig, dev, err := k.SignDevice(ctx, req.input, req.alg.opts())
-	if dev != "none" {
-		ri.device = dev
-	}
+	ri.served(dev)
 	if err != nil {
 		return err
 	}
@@ -244,11 +255,7 @@ func (s *Server) sign(ctx context.Context, w http.ResponseWriter, r *http.Reques
 }
 
 func (s *Server) decrypt(ctx context.Context, w http.ResponseWriter, r *http.Request, ri *reqInfo) error {
-	k, err := s.be.Key(ctx, ri.partition, ri.key)
-	if err != nil {
-		return err
-	}
-	body, err := readBody(w, r)
+	k, body, err := s.keyAndBody(ctx, w, r, ri)
 	if err != nil {
 		return err
 	}
@@ -261,9 +268,7 @@ func (s *Server) decrypt(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return aerr
 	}
 	pt, dev, err := k.DecryptDevice(ctx, req.ciphertext, req.alg.opts())
-	if dev != "none" {
-		ri.device = dev
-	}
+	ri.served(dev)
 	if err != nil {
 		return err
 	}

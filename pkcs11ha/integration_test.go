@@ -45,14 +45,7 @@ func openCluster(t *testing.T, topo *softhsmtest.Topology, policy string, opts .
 	defer cancel()
 	cl, err := pkcs11ha.Open(ctx, cfg, opts...)
 	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, cl.Close()) })
-	// Before Close: count the calls stuck for good after a device was killed under load.
-	t.Cleanup(func() {
-		if n := leakcheck.Settle(func() (int, int) { return leakcheck.Stuck(cl.Status()) }, 10*time.Second); n > 0 {
-			t.Logf("%d calls stuck for good in retired module instances (p11-kit bug, reported by the library)", n)
-			leakcheck.Allow(n)
-		}
-	})
+	leakcheck.CloseCluster(t, cl) // and allows the calls the library reports stuck for good
 	return cl, cfg
 }
 

@@ -112,6 +112,23 @@ func Settle(split func() (stuck, other int), wait time.Duration) int {
 	}
 }
 
+// CloseCluster closes cl at the end of the test, and just before that counts (Settle, up to 10 s) and
+// allows the calls the library reports stuck for good in retired module instances.
+func CloseCluster(t testing.TB, cl *pkcs11ha.Cluster) {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := cl.Close(); err != nil {
+			t.Errorf("Cluster.Close: %v", err)
+		}
+	})
+	t.Cleanup(func() { // registered last, so it runs first
+		if n := Settle(func() (int, int) { return Stuck(cl.Status()) }, 10*time.Second); n > 0 {
+			t.Logf("%d calls stuck for good in retired module instances (p11-kit bug, reported by the library)", n)
+			Allow(n)
+		}
+	})
+}
+
 func goroutines() []string {
 	buf := make([]byte, 1<<20)
 	for {

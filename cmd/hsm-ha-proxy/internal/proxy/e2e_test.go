@@ -88,14 +88,7 @@ func startSidecar(t *testing.T, topo *softhsmtest.Topology, o e2eOptions) *testS
 	defer cancel()
 	cl, err := pkcs11ha.Open(ctx, cfg, pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
 	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, cl.Close()) })
-	// Before Close: count the calls stuck for good after a device was killed under load (see leakcheck).
-	t.Cleanup(func() {
-		if n := leakcheck.Settle(func() (int, int) { return leakcheck.Stuck(cl.Status()) }, 10*time.Second); n > 0 {
-			t.Logf("%d calls stuck for good in retired module instances (p11-kit bug, reported by the library)", n)
-			leakcheck.Allow(n)
-		}
-	})
+	leakcheck.CloseCluster(t, cl) // and allows the calls the library reports stuck for good
 
 	ts := &testServer{logs: logs, reg: reg}
 	if o.server.Listen == "" {

@@ -153,14 +153,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // sleepUntil waits until the load has run for at, or ctx ends (false).
 func (d *demo) sleepUntil(ctx context.Context, at time.Duration) bool {
-	t := time.NewTimer(time.Until(d.t0.Add(at)))
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	return sleepCtx(ctx, time.Until(d.t0.Add(at)))
 }
 
 func drOps(w map[string]int64) int64 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -63,14 +64,8 @@ type abandonEvent struct{ member, per, total int }
 type recObserver struct {
 	clock health.Clock
 
-	mu         sync.Mutex
-	attempts   []attemptEvent
-	breakers   []breakerEvent
-	failovers  [][2]int
-	spills     []int
-	hedges     [][2]int
-	hedgeAt    []time.Time
-	abandons   []abandonEvent
+	mu sync.Mutex
+	events
 	perMember  map[int]int
 	classCount map[Class]int
 }
@@ -131,15 +126,10 @@ type events struct {
 func (o *recObserver) snapshot() events {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return events{
-		attempts:  append([]attemptEvent(nil), o.attempts...),
-		breakers:  append([]breakerEvent(nil), o.breakers...),
-		failovers: append([][2]int(nil), o.failovers...),
-		spills:    append([]int(nil), o.spills...),
-		hedges:    append([][2]int(nil), o.hedges...),
-		hedgeAt:   append([]time.Time(nil), o.hedgeAt...),
-		abandons:  append([]abandonEvent(nil), o.abandons...),
-	}
+	e := o.events
+	e.attempts, e.breakers, e.failovers = slices.Clone(e.attempts), slices.Clone(e.breakers), slices.Clone(e.failovers)
+	e.spills, e.hedges, e.hedgeAt, e.abandons = slices.Clone(e.spills), slices.Clone(e.hedges), slices.Clone(e.hedgeAt), slices.Clone(e.abandons)
+	return e
 }
 
 func (o *recObserver) attemptsOf(member int) []attemptEvent {

@@ -33,20 +33,24 @@ var serial atomic.Int64
 
 func nextSerial() *big.Int { return big.NewInt(serial.Add(1)) }
 
-// NewCA makes a CA named name and writes its certificate to dir.
-func NewCA(t testing.TB, dir, name string) *CA {
+// newKey is a fresh P-256 key and a template for CN name, valid for an hour either side of now.
+func newKey(t testing.TB, name string) (*ecdsa.PrivateKey, *x509.Certificate) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          nextSerial(),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
+	return key, &x509.Certificate{
+		SerialNumber: nextSerial(),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
 	}
+}
+
+// NewCA makes a CA named name and writes its certificate to dir.
+func NewCA(t testing.TB, dir, name string) *CA {
+	t.Helper()
+	key, tmpl := newKey(t, name)
+	tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage = true, true, x509.KeyUsageCertSign
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	require.NoError(t, err)
 	cert, err := x509.ParseCertificate(der)
@@ -60,16 +64,8 @@ func NewCA(t testing.TB, dir, name string) *CA {
 // adjusts the template (names, usages).
 func (ca *CA) Issue(t testing.TB, name string, edit func(*x509.Certificate)) (certPath, keyPath string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: nextSerial(),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
+	key, tmpl := newKey(t, name)
+	tmpl.KeyUsage, tmpl.ExtKeyUsage = x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	if edit != nil {
 		edit(tmpl)
 	}

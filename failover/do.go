@@ -82,6 +82,8 @@ type attempt[T any] struct {
 
 	mu    sync.Mutex
 	state attemptState
+	// disownPending: Disown came while running; the attempt is disowned when it is abandoned.
+	disownPending bool
 }
 
 // attemptContext carries the attempt deadline for fn's benefit; cancellation itself is driven by the
@@ -89,6 +91,7 @@ type attempt[T any] struct {
 type attemptContext struct {
 	context.Context
 	deadline time.Time
+	owner    Attempt // for AttemptOf
 }
 
 func (c *attemptContext) Deadline() (time.Time, bool) { return c.deadline, true }
@@ -330,7 +333,7 @@ func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 		deadline = d
 	}
 	cctx, cancel := context.WithCancelCause(c.ctx)
-	a.actx, a.cancel = attemptContext{cctx, deadline}, cancel
+	a.actx, a.cancel = attemptContext{cctx, deadline, a}, cancel
 	a.ctx = &a.actx // no separate allocation for the interface value
 	a.timer = r.clock.NewTimer(m.timeout)
 	c.tried |= 1 << mi
@@ -369,11 +372,15 @@ func (a *attempt[T]) run(fn func(context.Context, int) (T, error), caller contex
 		a.ch <- res
 		return
 	}
-	// Abandoned: the outcome was reported at the deadline; only the accounting is left.
-	per, tot := a.m.abandoned.Add(-1), a.r.abandonedTotal.Add(-1)
-	a.r.obs.Abandoned(a.m.idx, int(per), int(tot))
+	// Abandoned: the outcome was reported at the deadline; only the accounting is left (none if disowned).
+	owned := a.state == attemptAbandoned
+	if owned {
+		a.unabandonLocked()
+	}
 	a.mu.Unlock()
-	a.r.release(a.m)
+	if owned {
+		a.r.release(a.m)
+	}
 	if res.panicked {
 		panic(res.pval) // nobody is left to take it; swallowing it would hide the bug
 	}
@@ -414,9 +421,17 @@ func (a *attempt[T]) abandon(class Class, cause error) bool {
 		return false
 	}
 	a.state = attemptAbandoned
-	per, tot := a.m.abandoned.Add(1), a.r.abandonedTotal.Add(1)
-	a.r.obs.Abandoned(a.m.idx, int(per), int(tot))
+	disowned := a.disownPending
+	if disowned {
+		a.state = attemptDisowned
+	} else {
+		per, tot := a.m.abandoned.Add(1), a.r.abandonedTotal.Add(1)
+		a.r.obs.Abandoned(a.m.idx, int(per), int(tot))
+	}
 	a.mu.Unlock()
+	if disowned {
+		a.r.release(a.m)
+	}
 	a.cancel(cause)
 	a.report(class, a.r.clock.Now().Sub(a.start))
 	if class == ClassDeviceDown {

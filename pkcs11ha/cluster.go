@@ -128,13 +128,15 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 			router.Close()
 			return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 		}
-		d := &device{idx: i, name: dc.Name, cfg: dc, policy: pol, mod: h}
+		d := &device{idx: i, name: dc.Name, cfg: dc, policy: pol, mod: h, log: cl.log}
 		for pi := range cfg.Partitions {
 			d.parts = append(d.parts, &devPartition{dev: d, cfg: &cfg.Partitions[pi]})
 		}
 		d.onDown = func(reason string) { cl.monitors[d.idx].MarkDown(reason) }
 		cl.devices = append(cl.devices, d)
 	}
+
+	m.stuck.cl.Store(cl) // the devices exist: the collector may read them
 
 	// Open devices concurrently, each bounded by init_timeout: a hung device must not stall Open.
 	openErrs := make([]error, len(cl.devices))

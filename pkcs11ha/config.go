@@ -102,6 +102,9 @@ type Policy struct {
 	// StallThreshold: attempt timeouts spanning a stall of this process longer than this are not counted
 	// on breakers; negative turns the watchdog off.
 	StallThreshold Duration `yaml:"stall_threshold"`
+	// MaxStuckCalls caps the calls stuck in retired module instances, process-wide (each holds an OS
+	// thread): past it no more instances are retired, and their devices stay down.
+	MaxStuckCalls int `yaml:"max_stuck_calls"`
 }
 
 // TierDurations is a duration per tier.
@@ -187,6 +190,7 @@ func DefaultPolicy() Policy {
 		InitTimeout:    Duration(5 * time.Second),
 		CloseTimeout:   Duration(2 * time.Second),
 		MaxRetired:     8,
+		MaxStuckCalls:  1000, // Go stops the process at 10,000 threads
 		RequestTimeout: Duration(5 * time.Second),
 		StallThreshold: Duration(20 * time.Millisecond),
 	}
@@ -491,6 +495,7 @@ func (p *Policy) fill() error {
 		{"health.fall", &p.Health.Fall, def.Health.Fall},
 		{"health.rise", &p.Health.Rise, def.Health.Rise},
 		{"max_retired_instances", &p.MaxRetired, def.MaxRetired},
+		{"max_stuck_calls", &p.MaxStuckCalls, def.MaxStuckCalls},
 	}
 	for _, d := range ints {
 		if *d.v < 0 {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +32,12 @@ type device struct {
 	lastErr   atomic.Pointer[lastError]
 	onKeys    func(d *device)     // re-checks key consistency after a (re)open
 	onDown    func(reason string) // traffic proved the device down: tell its health monitor
+	log       *slog.Logger
+	// Stuck calls (stuck.go): calls stuck in instances this device's re-inits retired, the probe call
+	// still blocked (if any), and why the last re-init was refused (the stuck-call cap), if it was.
+	stuck        atomic.Int64
+	probeBlocked atomic.Pointer[probeCall]
+	capRefusal   atomic.Pointer[string]
 }
 
 // devPartition is one partition (token) on one device.
@@ -90,7 +97,7 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 	switch {
 	case in == nil:
 		if d.mod.cur.Load() != nil {
-			in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
+			in, err = d.mod.reinit(ctx, d.policy, d.log)
 		} else {
 			again := d.mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
 			in, err = d.mod.load(ctx, d.policy.MaxRetired)
@@ -102,9 +109,10 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 			}
 		}
 	case reinit && d.needInit.Load():
-		in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
+		in, err = d.mod.reinit(ctx, d.policy, d.log)
 	}
 	d.mod.mu.Unlock()
+	d.noteRecovery(err)
 	if err != nil {
 		err = downErr(d.name, "", OpInitialize, err.Error())
 		d.setErr(err)
@@ -142,10 +150,11 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 		// Same instance: a soft recovery. Drop pooled sessions and re-login below on the same slot.
 		p.st.Store(nil)
 	}
-	if !in.enter() {
+	rec, ok := in.begin(ctx, p.dev)
+	if !ok {
 		return downErr(p.dev.name, p.cfg.Name, OpSlotList, "module instance is re-initialising")
 	}
-	defer in.exit()
+	defer in.end(rec)
 	c := in.ctx
 	slots, err := c.GetSlotList(true)
 	if err != nil {
@@ -272,10 +281,11 @@ func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op 
 	if st == nil {
 		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "partition not open")
 	}
-	if !st.in.enter() {
+	rec, ok := st.in.begin(ctx, p.dev)
+	if !ok {
 		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "module instance is re-initialising")
 	}
-	defer st.in.exit()
+	defer st.in.end(rec)
 	retried := false
 	for {
 		out, err := p.runOnce(ctx, st, label, pubDER, op)
@@ -376,12 +386,7 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 		if st == nil {
 			continue
 		}
-		if !st.in.enter() {
-			return downErr(d.name, "", OpTokenInfo, "module instance is re-initialising")
-		}
-		_, err := st.in.ctx.GetTokenInfo(st.slot)
-		st.in.exit()
-		if err != nil {
+		if err := d.probeToken(ctx, st); err != nil {
 			e := p11err(d.name, p.cfg.Name, OpTokenInfo, err)
 			if failover.ClassOf(e) == failover.ClassDeviceDown {
 				d.markInstanceDown(st.in)

@@ -29,6 +29,7 @@ type metrics struct {
 	abandoned       *prometheus.GaugeVec     // device
 	reinits         *prometheus.CounterVec   // device
 	keyInconsistent *prometheus.CounterVec   // device, partition, key
+	stuck           *stuckCollector          // stuck calls in retired instances (stuck.go)
 
 	attemptsC       childCache[prometheus.Counter]
 	attemptLatencyC childCache[prometheus.Observer]
@@ -66,6 +67,7 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 		keyInconsistent: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "key_consistency_failures_total",
 			Help: "Times a device was excluded for a key it lacks or holds differently."}, []string{"device", "partition", "key"}),
 	}
+	m.stuck = newStuckCollector()
 	m.attemptsC.get = func(l ...string) prometheus.Counter { return m.attempts.WithLabelValues(l...) }
 	m.attemptLatencyC.get = func(l ...string) prometheus.Observer { return m.attemptLatency.WithLabelValues(l...) }
 	m.operationsC.get = func(l ...string) prometheus.Counter { return m.operations.WithLabelValues(l...) }
@@ -87,7 +89,7 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.attempts, m.attemptLatency, m.operations, m.opLatency, m.breaker, m.state,
-		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent}
+		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent, m.stuck}
 }
 
 // childCache keeps the per-label-set children of a metric vector: WithLabelValues hashes its labels on

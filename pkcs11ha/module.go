@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -58,16 +59,7 @@ type instance struct {
 	retired  atomic.Bool
 	// counted: retired with stuck calls and counted in h.retired, until those calls return.
 	counted atomic.Bool
-}
-
-// enter registers a call on the instance; it fails once the instance is broken or retired.
-func (in *instance) enter() bool {
-	in.inflight.Add(1)
-	if in.broken.Load() || in.retired.Load() {
-		in.exit()
-		return false
-	}
-	return true
+	calls   callSet // the calls in flight (begin/end in stuck.go)
 }
 
 func (in *instance) exit() {
@@ -273,8 +265,10 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 }
 
 // reinit replaces the current instance: finalise + initialise when nothing is in flight on it, otherwise,
-// after grace, retire it (never finalised, never used again) and load a fresh one. Caller holds h.mu.
-func (h *moduleHandle) reinit(ctx context.Context, grace time.Duration, maxRetired int) (*instance, error) {
+// after policy.reinit_grace, retire it (never finalised, never used again; its calls move to the stuck-call
+// account, within policy.max_stuck_calls) and load a fresh one. Caller holds h.mu.
+func (h *moduleHandle) reinit(ctx context.Context, pol *Policy, log *slog.Logger) (*instance, error) {
+	grace, maxRetired := pol.ReinitGrace.D(), pol.MaxRetired
 	old := h.cur.Load()
 	if old != nil {
 		old.broken.Store(true)
@@ -285,7 +279,9 @@ func (h *moduleHandle) reinit(ctx context.Context, grace time.Duration, maxRetir
 		if old.inflight.Load() == 0 {
 			finalizeBounded(old, grace)
 		} else {
-			old.retired.Store(true)
+			if err := h.retire(old, pol.MaxStuckCalls, log); err != nil {
+				return nil, err // old stays current, broken: the device stays down; a later re-init tries again
+			}
 			h.retired.Add(1)
 			old.counted.Store(true)
 			if old.inflight.Load() == 0 { // the last stuck call returned in between

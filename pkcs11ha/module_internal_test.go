@@ -35,9 +35,12 @@ func TestReinitRetiresStuckInstance(t *testing.T) {
 	// A call that cannot return while the relay holds the bytes.
 	require.NoError(t, dev.Hang())
 	stuck := make(chan error, 1)
-	require.True(t, in.enter())
+	d := &device{name: "d1"}
+	rec, ok := in.begin(ctx, d)
+	require.True(t, ok)
+	stuckBefore := stuckTotal.Load()
 	go func() {
-		defer in.exit()
+		defer in.end(rec)
 		_, err := in.ctx.GetTokenInfo(slots[0])
 		stuck <- err
 	}()
@@ -48,13 +51,18 @@ func TestReinitRetiresStuckInstance(t *testing.T) {
 	// on the hung device and gives up at the context's deadline.
 	h.mu.Lock()
 	rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	_, err = h.reinit(rctx, 100*time.Millisecond, 8)
+	pol := DefaultPolicy()
+	pol.ReinitGrace = Duration(100 * time.Millisecond)
+	_, err = h.reinit(rctx, &pol, nil)
 	cancel()
 	h.mu.Unlock()
 	require.Error(t, err)
 	require.True(t, in.retired.Load(), "an instance with a stuck call is retired")
-	require.False(t, in.enter(), "a retired instance takes no new call")
+	_, ok = in.begin(ctx, d)
+	require.False(t, ok, "a retired instance takes no new call")
 	require.EqualValues(t, 1, h.retired.Load())
+	require.EqualValues(t, 1, d.stuck.Load(), "the stuck call is accounted to its device")
+	require.EqualValues(t, stuckBefore+1, stuckTotal.Load(), "and in the total")
 	require.Nil(t, h.current())
 	require.NotNil(t, h.pending, "the blocked C_Initialize is remembered, not repeated")
 
@@ -68,6 +76,8 @@ func TestReinitRetiresStuckInstance(t *testing.T) {
 	// Its last stuck call returned: the retired instance is reclaimed and no longer counts against the cap.
 	require.Eventually(t, func() bool { return h.retired.Load() == 0 }, 5*time.Second, time.Millisecond)
 	require.EqualValues(t, 1, h.reclaimed.Load())
+	require.Zero(t, d.stuck.Load(), "a stuck call that returns stops counting")
+	require.Equal(t, stuckBefore, stuckTotal.Load())
 	h.mu.Lock()
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	fresh, err := h.load(lctx, 8)

@@ -22,6 +22,10 @@ type DeviceStatus struct {
 	LastErrorClass   string        `json:"last_error_class,omitempty"`
 	Reinits          int64         `json:"reinits"`
 	RetiredInstances int64         `json:"retired_instances"` // with calls still stuck in them
+	// StuckCalls are calls stuck in module instances this device's re-inits retired, each holding an OS
+	// thread. They no longer count against the device (not in Abandoned, InFlight or State); see
+	// Cluster.StuckCalls for the total and its cap.
+	StuckCalls int64 `json:"stuck_calls"`
 
 	Partitions []PartitionStatus `json:"partitions"`
 	// ExcludedKeys maps "partition/label" to why this device does not serve that key.
@@ -47,7 +51,7 @@ func (cl *Cluster) Status() []DeviceStatus {
 		ds := DeviceStatus{
 			Name: d.name, Region: d.cfg.Region, Tier: cl.cfg.tierOf(i),
 			Reason: hs.Reason, Since: hs.Since,
-			Reinits: d.mod.reinits.Load(), RetiredInstances: d.mod.retired.Load(),
+			Reinits: d.mod.reinits.Load(), RetiredInstances: d.mod.retired.Load(), StuckCalls: d.stuck.Load(),
 		}
 		if i < len(rs) {
 			ds.Breaker, ds.EWMA, ds.InFlight, ds.Abandoned = rs[i].Breaker, rs[i].EWMA, rs[i].InFlight, rs[i].Abandoned
@@ -84,6 +88,9 @@ func (cl *Cluster) Status() []DeviceStatus {
 			ds.State = "degraded"
 		default:
 			ds.State = "up"
+		}
+		if why := d.capRefusal.Load(); why != nil && ds.State == "down" {
+			ds.Reason = *why // the probes only see their own symptom (a timeout); this is the cause
 		}
 		for _, ps := range ds.Partitions {
 			if !ps.Open && ds.State == "up" {

@@ -306,6 +306,18 @@ func (d *Device) Hang() error {
 	return nil
 }
 
+// HoldConnections makes the relay hold the bytes of every connection open now, as Hang does, while new
+// connections pass: calls in flight on a client's current module instance block (a connection the network
+// black-holed), while a fresh instance of the module reaches the device. Pass (or any other mode change)
+// releases them.
+func (d *Device) HoldConnections() error {
+	if d.relay == nil {
+		return d.errInProcess("HoldConnections")
+	}
+	d.relay.holdCurrent()
+	return nil
+}
+
 // Down closes every relayed connection and closes new connections as soon as they are accepted, until
 // Pass. Calls fail at once (p11-kit-client reports CKR_DEVICE_ERROR).
 func (d *Device) Down() error {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -115,6 +116,9 @@ func (r *relay) notifyLocked() {
 func (r *relay) setMode(m relayMode) {
 	r.mu.Lock()
 	r.mode = m
+	for p := range r.pairs {
+		p.held.Store(false) // any change of mode ends holdCurrent
+	}
 	r.notifyLocked()
 	var victims []*pair
 	if m == modeDown {
@@ -137,6 +141,17 @@ func (r *relay) state(dir int) (relayMode, time.Duration, chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.mode, r.delay[dir], r.changed
+}
+
+// holdCurrent holds the bytes of every current connection, as a hang does, while new connections pass;
+// the next setMode releases them.
+func (r *relay) holdCurrent() {
+	r.mu.Lock()
+	for p := range r.pairs {
+		p.held.Store(true)
+	}
+	r.notifyLocked()
+	r.mu.Unlock()
 }
 
 // reset closes every current connection once.
@@ -260,6 +275,7 @@ type pair struct {
 	client, server net.Conn
 	once           sync.Once
 	done           chan struct{}
+	held           atomic.Bool // holdCurrent: behave as in modeHang until the next mode change
 }
 
 func (p *pair) close() {
@@ -351,6 +367,9 @@ func (pp *pipe) writeLoop() {
 func (pp *pipe) waitDeliver(at time.Time) bool {
 	for {
 		mode, delay, changed := pp.r.state(pp.dir)
+		if mode == modePass && pp.p.held.Load() {
+			mode = modeHang
+		}
 		switch mode {
 		case modeDown:
 			return false

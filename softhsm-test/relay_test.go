@@ -218,3 +218,34 @@ func TestRelayHoldsEOFWhileHanging(t *testing.T) {
 	r.setMode(modePass)
 	requireClosed(t, c)
 }
+
+func TestRelayHoldCurrent(t *testing.T) {
+	dir := t.TempDir()
+	echo := echoServer(t, "unix", filepath.Join(dir, "echo.sock"))
+	r, err := newRelay("unix", filepath.Join(dir, "relay.sock"), "unix", echo.Addr().String(), 0)
+	require.NoError(t, err)
+	defer r.close()
+	c, err := net.Dial("unix", r.addr())
+	require.NoError(t, err)
+	defer c.Close()
+	roundTrip(t, c, "before")
+
+	r.holdCurrent()
+	_, err = c.Write([]byte("held"))
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(100*time.Millisecond)))
+	_, err = c.Read(make([]byte, 4))
+	var ne net.Error
+	require.True(t, errors.As(err, &ne) && ne.Timeout(), "a current connection is held: %v", err)
+	c2, err := net.Dial("unix", r.addr())
+	require.NoError(t, err)
+	defer c2.Close()
+	roundTrip(t, c2, "a new connection passes")
+
+	r.setMode(modePass)
+	buf := make([]byte, 4)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	_, err = io.ReadFull(c, buf)
+	require.NoError(t, err)
+	assert.Equal(t, "held", string(buf), "released by the next mode change")
+}

@@ -558,8 +558,8 @@ func fmtCounts(m map[string]int) string {
 func (e *env) statusTable() string {
 	var b strings.Builder
 	for _, st := range e.cl.Status() {
-		fmt.Fprintf(&b, "  %-9s %-8s breaker=%-9s ewma=%-10v inflight=%d abandoned=%d reinits=%d retired=%d", st.Name, st.State,
-			st.Breaker, st.EWMA.Round(time.Microsecond), st.InFlight, st.Abandoned, st.Reinits, st.RetiredInstances)
+		fmt.Fprintf(&b, "  %-9s %-8s breaker=%-9s ewma=%-10v inflight=%d abandoned=%d reinits=%d retired=%d stuck=%d", st.Name, st.State,
+			st.Breaker, st.EWMA.Round(time.Microsecond), st.InFlight, st.Abandoned, st.Reinits, st.RetiredInstances, st.StuckCalls)
 		if st.Reason != "" {
 			fmt.Fprintf(&b, " reason=%q", st.Reason)
 		}

@@ -5,7 +5,7 @@
 // process is gone"): p11-kit-client 0.24 can leave calls blocked for good when its server is SIGKILLed with
 // several calls in flight on one module instance, even after the connection is closed. The library cannot
 // release such a call; it abandons it at its deadline, retires the module instance and reports it (Status:
-// Abandoned on a device whose RetiredInstances > 0). A test that may cause this closes its cluster with
+// StuckCalls). A test that may cause this closes its cluster with
 // CloseCluster (or calls Allow(Settle(...)) before closing it), and exactly that many goroutines blocked in
 // a miekg/pkcs11 cgo call are then tolerated at the end of the binary; anything else still running is a leak.
 package leakcheck

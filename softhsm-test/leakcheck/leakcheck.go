@@ -86,15 +86,12 @@ func Summary() string {
 	return strings.Join(out, "; ")
 }
 
-// Stuck splits the abandoned calls of a cluster's status into those on devices whose module instance was
-// retired (stuck for good) and the others (still expected to return).
+// Stuck splits the calls of a cluster's status that have not returned into those stuck in retired module
+// instances (stuck for good, as the library reports them) and the abandoned ones (still expected to return).
 func Stuck(sts []pkcs11ha.DeviceStatus) (stuck, other int) {
 	for _, st := range sts {
-		if st.RetiredInstances > 0 {
-			stuck += st.Abandoned
-		} else {
-			other += st.Abandoned
-		}
+		stuck += int(st.StuckCalls)
+		other += st.Abandoned
 	}
 	return stuck, other
 }

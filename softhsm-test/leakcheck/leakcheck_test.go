@@ -37,7 +37,8 @@ func TestStuck(t *testing.T) {
 		stuck, other int
 	}{
 		{name: "none", sts: []pkcs11ha.DeviceStatus{{Name: "a"}}, stuck: 0, other: 0},
-		{name: "retired instance", sts: []pkcs11ha.DeviceStatus{{Name: "a", Abandoned: 3, RetiredInstances: 1}, {Name: "b", Abandoned: 1}}, stuck: 3, other: 1},
+		{name: "retired instance", sts: []pkcs11ha.DeviceStatus{{Name: "a", StuckCalls: 3, RetiredInstances: 1}, {Name: "b", Abandoned: 1}}, stuck: 3, other: 1},
+		{name: "both", sts: []pkcs11ha.DeviceStatus{{Name: "a", StuckCalls: 2, Abandoned: 1, RetiredInstances: 1}}, stuck: 2, other: 1},
 		{name: "not retired", sts: []pkcs11ha.DeviceStatus{{Name: "a", Abandoned: 2}}, stuck: 0, other: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,264 @@
+package pkcs11ha
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pkcs11-ha/pkcs11-ha/failover"
+)
+
+// Calls stuck in retired module instances (docs/ARCHITECTURE.md, "calls that never return").
+//
+// Every PKCS#11 call is registered on its instance while it runs. When a re-init retires an instance with
+// calls still in it, those calls stop counting against their device: the router's attempts among them are
+// disowned (no longer abandoned, no longer holding capacity, so a device that serves again is not kept out
+// of rotation by calls it will never see again), and they are accounted here instead, per device and in
+// total, until they return, if ever. Each holds an OS thread (a goroutine blocked in cgo keeps its
+// thread), so the total is capped by policy.max_stuck_calls: past it an instance is not retired, and its
+// device stays down, saying why, rather than the process growing threads without limit.
+
+// stuckTotal is the number of calls stuck in retired instances, process-wide: threads are a process
+// resource, whichever cluster's devices hold them.
+var stuckTotal atomic.Int64
+
+// callRec is one call in flight on a module instance.
+type callRec struct {
+	dev     *device          // the device the call is for; nil for module-level calls
+	attempt failover.Attempt // the router's attempt the call runs under; nil for probes and opens
+	stuck   bool             // its instance was retired while it ran; guarded by callSet.mu
+	prev    *callRec
+	next    *callRec
+}
+
+// callSet is the calls in flight on one instance: an intrusive list, so registering a call costs one
+// small allocation and no map operation.
+type callSet struct {
+	mu   sync.Mutex
+	head callRec // sentinel; the list is circular once initialised
+}
+
+// begin registers a call on the instance for device d (nil for module-level calls); it fails once the
+// instance is broken or retired. ctx is the call's context: when it is a router attempt's, the attempt can
+// be disowned if the call gets stuck in a retired instance. Every successful begin needs its end.
+func (in *instance) begin(ctx context.Context, d *device) (*callRec, bool) {
+	// In-flight first, then the check: re-init sets broken, then reads in-flight, so one of them sees the
+	// other and an instance is never finalised under a call.
+	in.inflight.Add(1)
+	rec := &callRec{dev: d, attempt: failover.AttemptOf(ctx)}
+	s := &in.calls
+	s.mu.Lock()
+	if in.broken.Load() || in.retired.Load() {
+		s.mu.Unlock()
+		in.exit()
+		return nil, false
+	}
+	if s.head.next == nil {
+		s.head.next, s.head.prev = &s.head, &s.head
+	}
+	rec.prev, rec.next = s.head.prev, &s.head
+	s.head.prev.next = rec
+	s.head.prev = rec
+	s.mu.Unlock()
+	return rec, true
+}
+
+// end unregisters a call; a stuck call that returns after all stops counting.
+func (in *instance) end(rec *callRec) {
+	s := &in.calls
+	s.mu.Lock()
+	rec.prev.next, rec.next.prev = rec.next, rec.prev
+	rec.prev, rec.next = nil, nil
+	stuck := rec.stuck
+	s.mu.Unlock()
+	if stuck {
+		stuckTotal.Add(-1)
+		if rec.dev != nil {
+			rec.dev.stuck.Add(-1)
+		}
+	}
+	in.exit()
+}
+
+// errStuckCap refuses a retirement that would take the process past policy.max_stuck_calls.
+type errStuckCap struct {
+	module         string
+	inflight, have int64
+	limit          int
+}
+
+func (e *errStuckCap) Error() string {
+	return fmt.Sprintf("module %s: not retiring an instance with %d calls stuck in it: %d calls are already stuck in retired instances "+
+		"(policy.max_stuck_calls %d, each holds an OS thread); the device stays down until they return or the process restarts",
+		e.module, e.inflight, e.have, e.limit)
+}
+
+// retire retires in, whose calls outlived the re-init grace: it takes no call any more and is never
+// finalised. Its calls are moved from their devices' books to the stuck-call account, unless that would
+// exceed limit: then nothing changes and an error says why. Caller holds h.mu.
+func (h *moduleHandle) retire(in *instance, limit int, log *slog.Logger) error {
+	s := &in.calls
+	s.mu.Lock()
+	n := int64(0)
+	for r := s.head.next; r != nil && r != &s.head; r = r.next {
+		n++
+	}
+	if have := stuckTotal.Load(); have+n > int64(limit) {
+		s.mu.Unlock()
+		return &errStuckCap{module: baseName(h.path), inflight: n, have: have, limit: limit}
+	}
+	in.retired.Store(true)
+	perDev := map[*device]int{}
+	for r := s.head.next; r != nil && r != &s.head; r = r.next {
+		r.stuck = true
+		stuckTotal.Add(1)
+		if r.dev != nil {
+			r.dev.stuck.Add(1)
+			perDev[r.dev]++
+		}
+		if r.attempt != nil {
+			r.attempt.Disown()
+		}
+	}
+	s.mu.Unlock()
+	if log != nil {
+		for d, k := range perDev {
+			log.Warn("module instance retired with calls stuck in it; they no longer count against the device",
+				"device", d.name, "stuck_calls", k, "device_stuck_calls", d.stuck.Load(), "total_stuck_calls", stuckTotal.Load(), "max_stuck_calls", limit)
+		}
+	}
+	return nil
+}
+
+func baseName(path string) string {
+	if i := strings.LastIndexByte(path, '/'); i >= 0 {
+		return path[i+1:]
+	}
+	return path
+}
+
+// StuckCalls is the process-wide account of calls stuck in retired module instances.
+type StuckCalls struct {
+	Calls int64 `json:"calls"` // stuck calls, each holding an OS thread
+	Limit int   `json:"limit"` // policy.max_stuck_calls of this cluster
+	// OSThreads is the number of OS threads of the process (Linux: /proc/self/status; elsewhere the
+	// threads the Go runtime has created), for comparison.
+	OSThreads int `json:"os_threads"`
+}
+
+// StuckCalls reports the calls stuck in retired module instances over the whole process, with this
+// cluster's cap; DeviceStatus.StuckCalls has them per device.
+func (cl *Cluster) StuckCalls() StuckCalls {
+	return StuckCalls{Calls: stuckTotal.Load(), Limit: cl.cfg.Policy.MaxStuckCalls, OSThreads: osThreads()}
+}
+
+// osThreads reads Threads: from /proc/self/status, or falls back to the runtime's thread-creation count.
+func osThreads() int {
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+				if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+					return n
+				}
+			}
+		}
+	}
+	return pprof.Lookup("threadcreate").Count()
+}
+
+// stuckCollector exports the stuck-call account: pkcs11ha_stuck_calls{device}, pkcs11ha_stuck_calls_limit
+// and pkcs11ha_os_threads, read at scrape time.
+type stuckCollector struct {
+	cl                      atomic.Pointer[Cluster] // set once the devices exist
+	perDevice, limit, thrds *prometheus.Desc
+}
+
+func newStuckCollector() *stuckCollector {
+	return &stuckCollector{
+		perDevice: prometheus.NewDesc("pkcs11ha_stuck_calls", "Calls stuck in module instances retired by this device's re-inits (each holds an OS thread); they no longer count against the device.", []string{"device"}, nil),
+		limit:     prometheus.NewDesc("pkcs11ha_stuck_calls_limit", "policy.max_stuck_calls: past it, no more instances are retired and their devices stay down.", nil, nil),
+		thrds:     prometheus.NewDesc("pkcs11ha_os_threads", "OS threads of this process.", nil, nil),
+	}
+}
+
+func (c *stuckCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.perDevice
+	ch <- c.limit
+	ch <- c.thrds
+}
+
+func (c *stuckCollector) Collect(ch chan<- prometheus.Metric) {
+	cl := c.cl.Load()
+	if cl == nil {
+		return
+	}
+	for _, d := range cl.devices {
+		ch <- prometheus.MustNewConstMetric(c.perDevice, prometheus.GaugeValue, float64(d.stuck.Load()), d.name)
+	}
+	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(cl.cfg.Policy.MaxStuckCalls))
+	ch <- prometheus.MustNewConstMetric(c.thrds, prometheus.GaugeValue, float64(osThreads()))
+}
+
+// probeCall is a probe's C_GetTokenInfo that may still be blocked.
+type probeCall struct {
+	in       *instance
+	returned atomic.Bool
+}
+
+// probeToken runs a probe's C_GetTokenInfo without holding the probe past its deadline: a call that
+// blocks (a paused server, a black-holed connection) is left running and the probe fails at its deadline.
+// While it is blocked, later probes of the same instance fail at once instead of piling up threads; once
+// that instance is broken or retired they go ahead, so a probe call stranded in a dead instance never
+// keeps its device down (the monitor admits one probe at a time).
+func (d *device) probeToken(ctx context.Context, st *partState) error {
+	in := st.in
+	if pc := d.probeBlocked.Load(); pc != nil && pc.in == in && !pc.returned.Load() && !in.broken.Load() && !in.retired.Load() {
+		return &DeviceError{Device: d.name, Op: OpTokenInfo, Class: failover.ClassBusy,
+			Err: errors.New("an earlier probe call is still blocked on this module instance")}
+	}
+	rec, ok := in.begin(ctx, d)
+	if !ok {
+		return downErr(d.name, "", OpTokenInfo, "module instance is re-initialising")
+	}
+	pc := &probeCall{in: in}
+	done := make(chan error, 1)
+	go func() {
+		_, err := in.ctx.GetTokenInfo(st.slot)
+		in.end(rec)
+		pc.returned.Store(true)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		d.probeBlocked.Store(pc)
+		return ctx.Err()
+	}
+}
+
+// noteRecovery remembers whether the device's last (re)open was refused for the stuck-call cap, for Status,
+// and logs the refusal once.
+func (d *device) noteRecovery(err error) {
+	var ce *errStuckCap
+	if !errors.As(err, &ce) {
+		if err == nil {
+			d.capRefusal.Store(nil)
+		}
+		return
+	}
+	msg := ce.Error()
+	if old := d.capRefusal.Swap(&msg); old == nil && d.log != nil {
+		d.log.Error("device stays down: retiring its module instance would exceed policy.max_stuck_calls",
+			"device", d.name, "calls_in_instance", ce.inflight, "total_stuck_calls", ce.have, "max_stuck_calls", ce.limit)
+	}
+}

@@ -189,7 +189,7 @@ func DefaultPolicy() Policy {
 		ReinitGrace:    Duration(2 * time.Second),
 		InitTimeout:    Duration(5 * time.Second),
 		CloseTimeout:   Duration(2 * time.Second),
-		MaxRetired:     8,
+		MaxRetired:     0,    // no cap of its own: max_stuck_calls bounds what retired instances hold
 		MaxStuckCalls:  1000, // Go stops the process at 10,000 threads
 		RequestTimeout: Duration(5 * time.Second),
 		StallThreshold: Duration(20 * time.Millisecond),

@@ -213,7 +213,7 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 			return nil, fmt.Errorf("module %s: an earlier C_Initialize is still blocked: %w", filepath.Base(h.path), ctx.Err())
 		}
 	}
-	if int(h.retired.Load()) >= maxRetired {
+	if maxRetired > 0 && int(h.retired.Load()) >= maxRetired {
 		return nil, fmt.Errorf("module %s: %d instances retired with stuck calls (cap %d); restart the process to reclaim them",
 			filepath.Base(h.path), h.retired.Load(), maxRetired)
 	}

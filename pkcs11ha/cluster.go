@@ -91,7 +91,7 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 
 	members := make([]failover.MemberConfig, len(cfg.Devices))
 	for i, dc := range cfg.Devices {
-		members[i] = failover.MemberConfig{Name: dc.Name, Tier: cfg.tierOf(i), Capacity: pol.SessionPoolSize * len(cfg.Partitions)}
+		members[i] = failover.MemberConfig{Name: dc.Name, Tier: cfg.tierOf(i), Capacity: cfg.capacityOf(i)}
 	}
 	rc := failover.DefaultConfig()
 	rc.AttemptTimeout = []time.Duration{pol.AttemptTimeout.Local.D(), pol.AttemptTimeout.DR.D()}
@@ -122,7 +122,7 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 		cl.parts = append(cl.parts, &clusterPartition{name: cfg.Partitions[i].Name, keys: map[string]*keyEntry{}})
 	}
 	for i, dc := range cfg.Devices {
-		h, err := modules.acquire(dc.Module, dc.ModuleEnv, pol.InitTimeout.D())
+		h, err := modules.acquire(dc.Module, dc.ModuleEnv, 0, pol.InitTimeout.D())
 		if err != nil {
 			cl.releaseDevices()
 			router.Close()
@@ -134,6 +134,11 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 		}
 		d.onDown = func(reason string) { cl.monitors[d.idx].MarkDown(reason) }
 		cl.devices = append(cl.devices, d)
+		if err := d.addLanes(cfg.lanesOf(i), pol.InitTimeout.D()); err != nil {
+			cl.releaseDevices()
+			router.Close()
+			return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
+		}
 	}
 
 	m.stuck.cl.Store(cl) // the devices exist: the collector may read them

@@ -105,6 +105,10 @@ type Policy struct {
 	// MaxStuckCalls caps the calls stuck in retired module instances, process-wide (each holds an OS
 	// thread): past it no more instances are retired, and their devices stay down.
 	MaxStuckCalls int `yaml:"max_stuck_calls"`
+	// P11KitInstances is how many instances of p11-kit-client.so each device using it gets: one that
+	// carries any number of calls and the others one call at a time (several calls on one instance can be
+	// stranded when its server dies). 1 (the default): one instance carries every call.
+	P11KitInstances int `yaml:"p11kit_client_instances"`
 }
 
 // TierDurations is a duration per tier.
@@ -193,6 +197,8 @@ func DefaultPolicy() Policy {
 		MaxStuckCalls:  1000, // Go stops the process at 10,000 threads
 		RequestTimeout: Duration(5 * time.Second),
 		StallThreshold: Duration(20 * time.Millisecond),
+
+		P11KitInstances: 1, // lanes.go: opt-in
 	}
 }
 
@@ -496,6 +502,7 @@ func (p *Policy) fill() error {
 		{"health.rise", &p.Health.Rise, def.Health.Rise},
 		{"max_retired_instances", &p.MaxRetired, def.MaxRetired},
 		{"max_stuck_calls", &p.MaxStuckCalls, def.MaxStuckCalls},
+		{"p11kit_client_instances", &p.P11KitInstances, def.P11KitInstances},
 	}
 	for _, d := range ints {
 		if *d.v < 0 {

@@ -38,6 +38,15 @@ type device struct {
 	stuck        atomic.Int64
 	probeBlocked atomic.Pointer[probeCall]
 	capRefusal   atomic.Pointer[string]
+
+	// Lanes (lanes.go): a device whose module gets several instances has its lanes here (lane 0 = itself);
+	// a lane has its owning device in home.
+	home       *device
+	lanes      []*device
+	laneFree   chan struct{}
+	laneNext   atomic.Uint32
+	laneBusy   atomic.Pointer[instance] // the instance a call holds this lane on
+	recovering atomic.Bool              // the background recovery of lanes 1.. is running
 }
 
 // devPartition is one partition (token) on one device.
@@ -47,6 +56,7 @@ type devPartition struct {
 	st        atomic.Pointer[partState]
 	credFatal atomic.Pointer[string] // set once a PIN was rejected: never logged in again
 	logins    atomic.Int64           // C_Login attempts, for tests and metrics
+	home      *devPartition          // a lane's partition: the owning device's, which holds the two above
 }
 
 // partState is everything that belongs to one module instance for one partition.
@@ -71,7 +81,7 @@ func (d *device) setErr(err error) {
 	if err == nil {
 		return
 	}
-	d.lastErr.Store(&lastError{msg: err.Error(), class: failover.ClassOf(err)})
+	d.owner().lastErr.Store(&lastError{msg: err.Error(), class: failover.ClassOf(err)})
 }
 
 // open brings the device up on its current (or a fresh) instance: resolve tokens, log in, list keys.
@@ -143,7 +153,7 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 
 // open resolves the token by label or serial on instance in, logs in once and lists its keys.
 func (p *devPartition) open(ctx context.Context, in *instance) error {
-	if why := p.credFatal.Load(); why != nil {
+	if why := p.owner().credFatal.Load(); why != nil {
 		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
 	}
 	if old := p.st.Load(); old != nil && old.in == in && ctx.Err() == nil {
@@ -225,10 +235,10 @@ func (p *devPartition) tokenName() string {
 func (p *devPartition) login(st *partState) error {
 	st.loginMu.Lock()
 	defer st.loginMu.Unlock()
-	if why := p.credFatal.Load(); why != nil {
+	if why := p.owner().credFatal.Load(); why != nil {
 		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
 	}
-	p.logins.Add(1)
+	p.owner().logins.Add(1)
 	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.cfg.secret)
 	if err == nil {
 		return nil
@@ -239,7 +249,7 @@ func (p *devPartition) login(st *partState) error {
 		return nil
 	case failover.ClassCredential:
 		why := fmt.Sprintf("C_Login: %s: PIN not retried", CKRName(de.Code))
-		p.credFatal.Store(&why)
+		p.owner().credFatal.Store(&why)
 	}
 	return de
 }
@@ -273,16 +283,20 @@ func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label s
 // opFunc is one PKCS#11 operation on a borrowed session with a key handle.
 type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, Op, error)
 
-// run executes op for the key (label, pubDER) of partition p, with the session-level recovery of the error
-// table: a broken session is dropped and the call retried once on a fresh one; a stale handle is looked up
-// again; a lost login is restored. Device-down errors mark the device for re-init.
-func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op opFunc) ([]byte, error) {
+// runHere executes op for the key (label, pubDER) of partition p on this (lane's) instance, with the
+// session-level recovery of the error table: a broken session is dropped and the call retried once on a
+// fresh one; a stale handle is looked up again; a lost login is restored. Device-down errors mark the
+// device for re-init.
+func (p *devPartition) runHere(ctx context.Context, label string, pubDER []byte, op opFunc) ([]byte, error) {
 	st := p.st.Load()
 	if st == nil {
 		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "partition not open")
 	}
 	rec, ok := st.in.begin(ctx, p.dev)
 	if !ok {
+		if err := ctx.Err(); err != nil {
+			return nil, err // waited for the instance past the call's deadline
+		}
 		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "module instance is re-initialising")
 	}
 	defer st.in.end(rec)
@@ -375,10 +389,8 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, label string,
 
 // probe checks the device: re-initialise when it was seen down, then C_GetTokenInfo for each open partition.
 func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(ctx context.Context) error) error {
-	if d.needInit.Load() || d.anyPartitionClosed() {
-		if err := d.recoverDevice(ctx, othersServing); err != nil {
-			return err
-		}
+	if err := d.recoverIfNeeded(ctx, othersServing); err != nil {
+		return err
 	}
 	served := 0
 	for _, p := range d.parts {
@@ -415,12 +427,15 @@ func (d *device) markInstanceDown(in *instance) {
 	if !d.mod.shared() {
 		in.broken.Store(true)
 	}
+	if d.owner().lanes != nil {
+		d.lanesDown()
+	}
 }
 
 // anyPartitionClosed reports whether a partition that could work (PIN accepted) is not open.
 func (d *device) anyPartitionClosed() bool {
 	for _, p := range d.parts {
-		if p.st.Load() == nil && p.credFatal.Load() == nil {
+		if p.st.Load() == nil && p.owner().credFatal.Load() == nil {
 			return true
 		}
 	}
@@ -429,5 +444,6 @@ func (d *device) anyPartitionClosed() bool {
 
 // close releases the device's module reference (the module is finalised by the last user when idle).
 func (d *device) close(timeout time.Duration) {
+	d.closeLanes(timeout)
 	modules.release(d.mod, timeout)
 }

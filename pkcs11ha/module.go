@@ -26,6 +26,7 @@ var envLock = make(chan struct{}, 1)
 type moduleKey struct {
 	path string
 	env  string // sorted "K=V\x00" pairs
+	lane int    // which of a device's instances (lanes.go); 0 unless the module is loaded several times
 }
 
 func newModuleKey(path string, env map[string]string) (moduleKey, error) {
@@ -60,6 +61,8 @@ type instance struct {
 	// counted: retired with stuck calls and counted in h.retired, until those calls return.
 	counted atomic.Bool
 	calls   callSet // the calls in flight (begin/end in stuck.go)
+	// solo, when not nil, admits one call at a time (a token; lanes.go says why).
+	solo chan struct{}
 }
 
 func (in *instance) exit() {
@@ -110,6 +113,7 @@ type moduleHandle struct {
 	pending  *initJob // an initialisation that timed out and may still finish
 	loaded   atomic.Bool
 	initWait time.Duration
+	solo     bool // its instances carry one call at a time (lanes.go)
 }
 
 type initJob struct {
@@ -125,12 +129,13 @@ type registry struct {
 
 var modules = &registry{mods: map[moduleKey]*moduleHandle{}}
 
-// acquire returns the shared handle for (path, env), creating it (without loading) on first use.
-func (r *registry) acquire(path string, env map[string]string, initTimeout time.Duration) (*moduleHandle, error) {
+// acquire returns the shared handle for (path, env, lane), creating it (without loading) on first use.
+func (r *registry) acquire(path string, env map[string]string, lane int, initTimeout time.Duration) (*moduleHandle, error) {
 	k, err := newModuleKey(path, env)
 	if err != nil {
 		return nil, err
 	}
+	k.lane = lane
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	h := r.mods[k]
@@ -228,11 +233,17 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 	go func() {
 		defer close(j.done)
 		restore := setEnv(h.env)
-		defer func() { restore(); unlock() }()
+		release := sync.OnceFunc(func() { restore(); unlock() })
+		defer release()
 		c := pkcs11.New(h.path)
 		if c == nil {
 			j.err = fmt.Errorf("module %s: cannot load (dlopen or C_GetFunctionList failed)", h.path)
 			return
+		}
+		if h.solo {
+			// p11-kit-client (the only module with lanes) reads its environment in C_GetFunctionList only:
+			// other loads need not wait for this one's C_Initialize (a round trip to its server).
+			release()
 		}
 		err := c.Initialize()
 		if errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) && !h.loaded.Load() {
@@ -252,6 +263,9 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 		}
 		h.loaded.Store(true)
 		j.in = &instance{ctx: c, gen: h.gen.Add(1), h: h}
+		if h.solo {
+			j.in.solo = make(chan struct{}, 1)
+		}
 	}()
 	select {
 	case <-j.done:

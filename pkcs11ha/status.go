@@ -51,7 +51,7 @@ func (cl *Cluster) Status() []DeviceStatus {
 		ds := DeviceStatus{
 			Name: d.name, Region: d.cfg.Region, Tier: cl.cfg.tierOf(i),
 			Reason: hs.Reason, Since: hs.Since,
-			Reinits: d.mod.reinits.Load(), RetiredInstances: d.mod.retired.Load(), StuckCalls: d.stuck.Load(),
+			Reinits: d.reinitCount(), RetiredInstances: d.retiredCount(), StuckCalls: d.stuck.Load(),
 		}
 		if i < len(rs) {
 			ds.Breaker, ds.EWMA, ds.InFlight, ds.Abandoned = rs[i].Breaker, rs[i].EWMA, rs[i].InFlight, rs[i].Abandoned

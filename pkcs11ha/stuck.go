@@ -51,15 +51,23 @@ type callSet struct {
 // instance is broken or retired. ctx is the call's context: when it is a router attempt's, the attempt can
 // be disowned if the call gets stuck in a retired instance. Every successful begin needs its end.
 func (in *instance) begin(ctx context.Context, d *device) (*callRec, bool) {
+	if in.solo != nil {
+		select {
+		case in.solo <- struct{}{}:
+		case <-ctx.Done():
+			return nil, false
+		}
+	}
 	// In-flight first, then the check: re-init sets broken, then reads in-flight, so one of them sees the
 	// other and an instance is never finalised under a call.
 	in.inflight.Add(1)
-	rec := &callRec{dev: d, attempt: failover.AttemptOf(ctx)}
+	rec := &callRec{dev: d.owner(), attempt: failover.AttemptOf(ctx)}
 	s := &in.calls
 	s.mu.Lock()
 	if in.broken.Load() || in.retired.Load() {
 		s.mu.Unlock()
 		in.exit()
+		in.unsolo()
 		return nil, false
 	}
 	if s.head.next == nil {
@@ -87,6 +95,14 @@ func (in *instance) end(rec *callRec) {
 		}
 	}
 	in.exit()
+	in.unsolo()
+}
+
+// unsolo gives back the one-call token of a solo instance.
+func (in *instance) unsolo() {
+	if in.solo != nil {
+		<-in.solo
+	}
 }
 
 // errStuckCap refuses a retirement that would take the process past policy.max_stuck_calls.
@@ -112,15 +128,20 @@ func (h *moduleHandle) retire(in *instance, limit int, log *slog.Logger) error {
 	for r := s.head.next; r != nil && r != &s.head; r = r.next {
 		n++
 	}
-	if have := stuckTotal.Load(); have+n > int64(limit) {
-		s.mu.Unlock()
-		return &errStuckCap{module: baseName(h.path), inflight: n, have: have, limit: limit}
+	for { // reserve n under the cap: several lanes may retire at once
+		have := stuckTotal.Load()
+		if have+n > int64(limit) {
+			s.mu.Unlock()
+			return &errStuckCap{module: baseName(h.path), inflight: n, have: have, limit: limit}
+		}
+		if stuckTotal.CompareAndSwap(have, have+n) {
+			break
+		}
 	}
 	in.retired.Store(true)
 	perDev := map[*device]int{}
 	for r := s.head.next; r != nil && r != &s.head; r = r.next {
 		r.stuck = true
-		stuckTotal.Add(1)
 		if r.dev != nil {
 			r.dev.stuck.Add(1)
 			perDev[r.dev]++

@@ -41,6 +41,7 @@ func strandCalls(t *testing.T, policy string, n int) (*Cluster, *softhsmtest.Dev
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, cl.Close()) })
 	t.Cleanup(func() { _ = dev.Pass() }) // runs first: the held calls return before Close
+	waitLanesOpen(t, cl)
 
 	k, err := cl.Key(ctx, "payments", "ec-key")
 	require.NoError(t, err)
@@ -65,15 +66,19 @@ func strandCalls(t *testing.T, policy string, n int) (*Cluster, *softhsmtest.Dev
 	return cl, dev, reg
 }
 
-// retire has the device's module re-initialised, as a device error would: after the grace, the instance
-// with the held calls in it is retired.
+// retire has the device's module instances re-initialised, as a device error would: after the grace, the
+// instances with held calls in them are retired.
 func retire(t *testing.T, cl *Cluster) error {
 	t.Helper()
 	d := cl.devices[0]
 	d.markInstanceDown(d.mod.cur.Load())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return d.recoverDevice(ctx, false)
+	err := d.recoverIfNeeded(ctx, false)
+	// Lanes 1.. recover in the background, one at a time.
+	require.Eventually(t, func() bool { return !d.recovering.Load() && d.retiredCount() > 0 || err != nil },
+		10*time.Second, 10*time.Millisecond)
+	return err
 }
 
 func signOK(cl *Cluster) bool {
@@ -97,7 +102,7 @@ func TestStuckCallsLeaveTheDevice(t *testing.T) {
 	st := cl.Status()[0]
 	require.Zero(t, st.Abandoned, "calls in a retired instance are not the device's abandoned calls")
 	require.Zero(t, st.InFlight, "nor do they hold its capacity")
-	require.EqualValues(t, 1, st.RetiredInstances)
+	require.Positive(t, st.RetiredInstances)
 	require.GreaterOrEqual(t, st.StuckCalls, int64(3), "the held signatures (and any probe held with them) are stuck calls")
 	total := cl.StuckCalls()
 	require.Equal(t, st.StuckCalls, total.Calls)
@@ -118,9 +123,10 @@ func TestStuckCallsLeaveTheDevice(t *testing.T) {
 }
 
 // TestStuckCallsCap: a retirement that would take the stuck calls past policy.max_stuck_calls is refused;
-// the device stays down with a reason that says so, and comes back once the calls return.
+// the device (one module instance here) stays down with a reason that says so, and comes back once the
+// calls return.
 func TestStuckCallsCap(t *testing.T) {
-	cl, dev, _ := strandCalls(t, stuckPolicy+"max_stuck_calls: 2\n", 3)
+	cl, dev, _ := strandCalls(t, stuckPolicy+"max_stuck_calls: 2\np11kit_client_instances: 1\n", 3)
 	err := retire(t, cl)
 	require.ErrorContains(t, err, "max_stuck_calls 2")
 	st := cl.Status()[0]

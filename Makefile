@@ -47,10 +47,11 @@ bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./failover/
 	$(GO) run ./softhsm-test/cmd/hsm-bench
 
-# The long chaos run (>= 100,000 operations, minutes of flapping). Results table in chaos-results.txt.
+# The long chaos run (>= 100,000 operations, minutes of flapping) and the soak (>= 100 kill cycles). Results
+# table in chaos-results.txt.
 chaos: deps
 	# Live output and a log; the test's own exit status decides (sh has no pipefail).
-	{ CHAOS_LONG=1 $(GO) test -count=1 -timeout 60m -run 'TestChaos' -v ./softhsm-test/chaos/; \
+	{ CHAOS_LONG=1 $(GO) test -count=1 -timeout 90m -run 'TestChaos|TestSoak' -v ./softhsm-test/chaos/; \
 		echo $$? > chaos.status; } 2>&1 | tee chaos.log; status=$$(cat chaos.status); rm -f chaos.status; exit $$status
 
 lint:

@@ -16,6 +16,9 @@ func (r *Router) breakerSettings(i int, name string) gobreaker.Settings {
 		BucketPeriod: b.Window / 10,
 		Timeout:      b.OpenBase,
 		ReadyToTrip: func(c gobreaker.Counts) bool {
+			if r.members[i].tripNow.Swap(false) {
+				return true // a failure no count needs to confirm (ClassBadSignature)
+			}
 			if c.ConsecutiveFailures >= b.ConsecutiveFailures {
 				return true
 			}

@@ -23,6 +23,7 @@ const (
 	ClassDecryptRefused              // return at once, never retry elsewhere (padding oracle), excluded
 	ClassCredential                  // PIN errors: return at once, never retry, excluded from the breaker
 	ClassStalled                     // our deadline passed while this process was stalled: retry, but it says nothing about the device
+	ClassBadSignature                // the device answered with a signature that does not verify: a device fault; retry elsewhere, trip its breaker at once
 	numClasses
 )
 
@@ -37,6 +38,7 @@ var classNames = [numClasses]string{
 	ClassDecryptRefused: "decrypt_refused",
 	ClassCredential:     "credential",
 	ClassStalled:        "stalled",
+	ClassBadSignature:   "bad_signature",
 }
 
 // String returns the snake_case name used in metrics and logs ("device_down", "caller", ...).
@@ -50,7 +52,7 @@ func (c Class) String() string {
 // Retryable reports whether another member may be tried after this error.
 func (c Class) Retryable() bool {
 	switch c {
-	case ClassSessionBroken, ClassHandleStale, ClassLoginLost, ClassDeviceDown, ClassBusy, ClassStalled:
+	case ClassSessionBroken, ClassHandleStale, ClassLoginLost, ClassDeviceDown, ClassBusy, ClassStalled, ClassBadSignature:
 		return true
 	}
 	return false

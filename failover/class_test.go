@@ -26,6 +26,7 @@ func TestClassProperties(t *testing.T) {
 		{ClassCaller, "caller", false, true},
 		{ClassDecryptRefused, "decrypt_refused", false, true},
 		{ClassCredential, "credential", false, true},
+		{ClassBadSignature, "bad_signature", true, false},
 		{Class(42), "class_42", false, false},
 	}
 	for _, tc := range tests {

@@ -269,11 +269,14 @@ func (cl *Cluster) healthKeySign(ctx context.Context, d *device) error {
 		if e == nil || e.mask.Load()&(1<<uint(d.idx)) == 0 {
 			continue
 		}
-		plan, err := planSign(e.pub, make([]byte, 32), healthHash{})
+		digest := make([]byte, 32)
+		plan, err := planSign(e.pub, digest, healthHash{})
 		if err != nil {
 			return err
 		}
-		_, err = d.parts[pi].run(ctx, label, e.pubDER, plan.op())
+		k := &Key{cl: cl, pidx: pi, part: cp.name, entry: e}
+		_, err = d.parts[pi].run(ctx, label, e.pubDER, k.checkedOp(plan, digest, healthHash{}))
+		cl.noteBadSignature(d.idx, err)
 		return err
 	}
 	return fmt.Errorf("health key %q not on this device", label)
@@ -438,7 +441,9 @@ func (cl *Cluster) do(ctx context.Context, op string, k *Key, fn opFunc) ([]byte
 	}
 	start := time.Now()
 	out, res, err := failover.Do(ctx, cl.router, op, failover.Mask(mask), func(ctx context.Context, m int) ([]byte, error) {
-		return cl.devices[m].parts[k.pidx].run(ctx, k.entry.label, k.entry.pubDER, fn)
+		out, err := cl.devices[m].parts[k.pidx].run(ctx, k.entry.label, k.entry.pubDER, fn)
+		cl.noteBadSignature(m, err)
+		return out, err
 	})
 	dev := "none"
 	if err == nil && res.Member >= 0 && res.Member < len(cl.devices) {

@@ -109,6 +109,9 @@ type Policy struct {
 	// carries any number of calls and the others one call at a time (several calls on one instance can be
 	// stranded when its server dies). 1 (the default): one instance carries every call.
 	P11KitInstances int `yaml:"p11kit_client_instances"`
+	// VerifySignatures: check signatures with the key's public key before returning them (verify.go):
+	// "rsa" (default), "all" (RSA, ECDSA, Ed25519) or "off".
+	VerifySignatures string `yaml:"verify_signatures"`
 }
 
 // TierDurations is a duration per tier.
@@ -198,7 +201,8 @@ func DefaultPolicy() Policy {
 		RequestTimeout: Duration(5 * time.Second),
 		StallThreshold: Duration(20 * time.Millisecond),
 
-		P11KitInstances: 1, // lanes.go: opt-in
+		P11KitInstances:  1, // lanes.go: opt-in
+		VerifySignatures: VerifyRSA,
 	}
 }
 
@@ -538,6 +542,13 @@ func (p *Policy) fill() error {
 		if *r.v == 0 {
 			*r.v = r.def
 		}
+	}
+	switch p.VerifySignatures {
+	case "":
+		p.VerifySignatures = def.VerifySignatures
+	case VerifyRSA, VerifyAll, VerifyOff:
+	default:
+		return &ConfigError{Field: "policy.verify_signatures", Msg: fmt.Sprintf("want rsa, all or off, got %q", p.VerifySignatures)}
 	}
 	if p.Breaker.OpenMax < p.Breaker.OpenBase {
 		return &ConfigError{Field: "policy.breaker.open_max", Msg: "must not be shorter than breaker.open_base"}

@@ -65,6 +65,9 @@ func TestLoadConfig(t *testing.T) {
 		{name: "bad duration", yaml: base(twoDevs, onePart, "policy:\n  spill_wait: soon\n"), wantErr: "spill_wait"},
 		{name: "ratio out of range", yaml: base(twoDevs, onePart, "policy:\n  hedge: {budget: 1.5}\n"), field: "policy.hedge.budget"},
 		{name: "negative pool", yaml: base(twoDevs, onePart, "policy:\n  session_pool_size: -1\n"), field: "policy.session_pool_size"},
+		{name: "verify_signatures all", yaml: base(twoDevs, onePart, "policy:\n  verify_signatures: all\n")},
+		{name: "verify_signatures bad", yaml: base(twoDevs, onePart, "policy:\n  verify_signatures: ecdsa\n"), field: "policy.verify_signatures"},
+		{name: "negative max_stuck_calls", yaml: base(twoDevs, onePart, "policy:\n  max_stuck_calls: -1\n"), field: "policy.max_stuck_calls"},
 		{name: "client with unknown partition", yaml: base(twoDevs, onePart, "clients:\n  - {name: app, unix_uid: 1000, partitions: [ledger]}\n"), field: "clients[app].partitions"},
 		{name: "client without identity", yaml: base(twoDevs, onePart, "clients:\n  - {name: app, partitions: [payments]}\n"), field: "clients[app]"},
 		{name: "bad tier", yaml: base("devices:\n  - {name: a, region: eastus, module: "+mod+", tier: 9}\n", onePart, ""), field: "devices[a].tier"},
@@ -117,6 +120,10 @@ func TestConfigDefaultsAndTiers(t *testing.T) {
 	require.Equal(t, 20*time.Millisecond, cfg.Policy.AttemptTimeout.Local.D(), "explicit value kept")
 	require.Equal(t, 250*time.Millisecond, cfg.Policy.AttemptTimeout.DR.D(), "default filled")
 	require.Equal(t, uint32(3), cfg.Policy.Breaker.ConsecutiveFailures)
+	require.Equal(t, VerifyRSA, cfg.Policy.VerifySignatures, "RSA signatures are verified by default")
+	require.Equal(t, 1000, cfg.Policy.MaxStuckCalls)
+	require.Zero(t, cfg.Policy.MaxRetired, "no cap of its own: max_stuck_calls bounds retired instances")
+	require.Equal(t, 1, cfg.Policy.P11KitInstances, "lanes are opt-in")
 	require.Equal(t, 0, cfg.tierOf(0))
 	require.Equal(t, 1, cfg.tierOf(1))
 	require.Equal(t, 0, cfg.tierOf(2), "tier override wins over region")

@@ -67,6 +67,7 @@ type signPlan struct {
 	mech  []*pkcs11.Mechanism
 	input []byte
 	ecdsa int // >0: convert raw r||s of this coordinate length to DER
+	salt  int // RSA-PSS: the salt length asked of the token (verify.go checks with it)
 }
 
 // SignContext signs under the caller's deadline (each attempt also has its own, shorter one).
@@ -84,7 +85,7 @@ func (k *Key) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerO
 	if err != nil {
 		return nil, "", err
 	}
-	sig, dev, err := k.cl.do(ctx, "sign", k, plan.op())
+	sig, dev, err := k.cl.do(ctx, "sign", k, k.checkedOp(plan, digest, opts))
 	if err != nil {
 		return nil, dev, err
 	}
@@ -315,7 +316,7 @@ func planSign(pub crypto.PublicKey, digest []byte, opts crypto.SignerOpts) (*sig
 				return nil, inputErr("sign: PSS salt length %d too large for this key (max %d)", salt, maxSalt)
 			}
 			return &signPlan{mech: []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_PSS,
-				pkcs11.NewPSSParams(hm.mech, hm.mgf, uint(salt)))}, input: digest}, nil
+				pkcs11.NewPSSParams(hm.mech, hm.mgf, uint(salt)))}, input: digest, salt: salt}, nil
 		}
 		var in []byte
 		if h == 0 {

@@ -30,6 +30,7 @@ type metrics struct {
 	reinits         *prometheus.CounterVec   // device
 	keyInconsistent *prometheus.CounterVec   // device, partition, key
 	stuck           *stuckCollector          // stuck calls in retired instances (stuck.go)
+	badSignatures   *prometheus.CounterVec   // device (verify.go)
 
 	attemptsC       childCache[prometheus.Counter]
 	attemptLatencyC childCache[prometheus.Observer]
@@ -68,6 +69,8 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 			Help: "Times a device was excluded for a key it lacks or holds differently."}, []string{"device", "partition", "key"}),
 	}
 	m.stuck = newStuckCollector()
+	m.badSignatures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "bad_signatures_total",
+		Help: "Signatures a device returned that did not verify (never returned to the caller; the device is taken out)."}, []string{"device"})
 	m.attemptsC.get = func(l ...string) prometheus.Counter { return m.attempts.WithLabelValues(l...) }
 	m.attemptLatencyC.get = func(l ...string) prometheus.Observer { return m.attemptLatency.WithLabelValues(l...) }
 	m.operationsC.get = func(l ...string) prometheus.Counter { return m.operations.WithLabelValues(l...) }
@@ -76,6 +79,7 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 		m.breaker.WithLabelValues(d.Name).Set(0)
 		m.abandoned.WithLabelValues(d.Name).Set(0)
 		m.reinits.WithLabelValues(d.Name)
+		m.badSignatures.WithLabelValues(d.Name)
 	}
 	if reg != nil {
 		for _, c := range m.collectors() {
@@ -89,7 +93,7 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.attempts, m.attemptLatency, m.operations, m.opLatency, m.breaker, m.state,
-		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent, m.stuck}
+		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent, m.stuck, m.badSignatures}
 }
 
 // childCache keeps the per-label-set children of a metric vector: WithLabelValues hashes its labels on

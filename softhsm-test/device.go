@@ -318,6 +318,17 @@ func (d *Device) HoldConnections() error {
 	return nil
 }
 
+// CorruptSignatures makes the relay flip one bit in the signature of every C_Sign reply from the device
+// (on) or pass them untouched again (off): a device that returns wrong signatures, as a faulty RSA-CRT
+// computation would. Other replies are not touched.
+func (d *Device) CorruptSignatures(on bool) error {
+	if d.relay == nil {
+		return d.errInProcess("CorruptSignatures")
+	}
+	d.relay.corrupt.Store(on)
+	return nil
+}
+
 // Down closes every relayed connection and closes new connections as soon as they are accepted, until
 // Pass. Calls fail at once (p11-kit-client reports CKR_DEVICE_ERROR).
 func (d *Device) Down() error {

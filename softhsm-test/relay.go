@@ -47,6 +47,7 @@ type relay struct {
 	changed           chan struct{} // closed and replaced at every change of mode or delay
 	pairs             map[*pair]struct{}
 	closed            bool
+	corrupt           atomic.Bool // flip a bit in every C_Sign reply's signature (rpcframe.go)
 }
 
 // newRelay listens on (network, addr) and relays to (dialNet, dialAddr).
@@ -259,6 +260,9 @@ func (r *relay) serve(client net.Conn) {
 	var wg sync.WaitGroup
 	for dir, ends := range [2][2]net.Conn{{client, server}, {server, client}} {
 		pp := &pipe{r: r, p: p, dir: dir, src: ends[0], dst: ends[1], notify: make(chan struct{}, 1)}
+		if dir == 1 {
+			pp.scan = &replyScanner{}
+		}
 		wg.Add(2)
 		go func() { defer wg.Done(); pp.readLoop() }()
 		go func() { defer wg.Done(); pp.writeLoop() }()
@@ -297,6 +301,7 @@ type pipe struct {
 	mu       sync.Mutex
 	queue    []chunk
 	notify   chan struct{} // capacity 1: "queue changed"
+	scan     *replyScanner // server to client: follows the RPC frames, for CorruptSignatures
 }
 
 type chunk struct {
@@ -355,6 +360,9 @@ func (pp *pipe) writeLoop() {
 		c, ok := pp.next()
 		if !ok || !pp.waitDeliver(c.at) || c.eof {
 			return
+		}
+		if pp.scan != nil {
+			pp.scan.feed(c.data, pp.r.corrupt.Load())
 		}
 		if _, err := pp.dst.Write(c.data); err != nil {
 			return

@@ -7,7 +7,9 @@
 //   - [in-process] on one in-process SoftHSM token (a private copy of libsofthsm2.so with its own
 //     SOFTHSM2_CONF): direct miekg/pkcs11 with one session per goroutine, a crypto11 v1.6.2 Signer,
 //     pkcs11ha with that one device and pkcs11ha with a second local device (a second copy of the library),
-//     for ECDSA P-256 and RSA-2048 at 1 and 8 goroutines: ops/s, p50, p99 in a closed loop.
+//     for ECDSA P-256 and RSA-2048 at 1 and 8 goroutines: ops/s, p50, p99 in a closed loop. One more
+//     pkcs11ha row per cell measures verify-after-sign (policy.verify_signatures): RSA with it off (the
+//     default verifies RSA), ECDSA with "all" (the default does not verify ECDSA).
 //     Every contender runs in a child process of its own (this program again, with its Spec in the
 //     environment variable ChildEnv), on the same library copy, configuration and token directory: a
 //     module such as libsofthsm2.so is one instance per file path in a process, so three libraries

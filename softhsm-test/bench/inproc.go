@@ -26,9 +26,22 @@ const (
 	labC11    = "crypto11 v1.6.2"
 	labHA1    = "pkcs11ha, 1 device"
 	labHA2    = "pkcs11ha, 2 devices"
+	// What verify-after-sign costs: pkcs11ha with one device and the other setting of
+	// policy.verify_signatures for the algorithm (the default "rsa" verifies RSA, not ECDSA).
+	labHA1Off = "pkcs11ha, 1 device, verify off"
+	labHA1All = "pkcs11ha, 1 device, verify all"
 )
 
-var contenderOrder = []string{labDirect, labC11, labHA1, labHA2}
+var contenderOrder = []string{labDirect, labC11, labHA1, labHA2, labHA1Off, labHA1All}
+
+// defaultContenders are the contenders of a cell when none are named: the four, and the verification
+// counterpart of the default pkcs11ha row (RSA: verify off; ECDSA: verify all).
+func defaultContenders(alg string) []string {
+	if alg == RSA2048 {
+		return []string{labDirect, labC11, labHA1, labHA2, labHA1Off}
+	}
+	return []string{labDirect, labC11, labHA1, labHA2, labHA1All}
+}
 
 type childRunner func(Spec, time.Duration) (Result, error)
 
@@ -65,11 +78,15 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 	d1 := topo.Device("local-1")
 	ha1 := filepath.Join(dir, "hsm-ha-1.yaml")
 	ha2 := filepath.Join(dir, "hsm-ha-2.yaml")
-	if err := writeHAConfig(ha1, topo.Devices[:1]); err != nil {
-		return nil, err
-	}
-	if err := writeHAConfig(ha2, topo.Devices); err != nil {
-		return nil, err
+	ha1Off := filepath.Join(dir, "hsm-ha-1-verify-off.yaml")
+	ha1All := filepath.Join(dir, "hsm-ha-1-verify-all.yaml")
+	for _, c := range []struct {
+		path, policy string
+		devs         []*softhsmtest.Device
+	}{{ha1, "", topo.Devices[:1]}, {ha2, "", topo.Devices}, {ha1Off, "off", topo.Devices[:1]}, {ha1All, "all", topo.Devices[:1]}} {
+		if err := writeHAConfig(c.path, c.devs, c.policy); err != nil {
+			return nil, err
+		}
 	}
 
 	specs := map[string]Spec{
@@ -77,14 +94,16 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 		labC11:    {Contender: Crypto11, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
 		labHA1:    {Contender: HA, ConfigPath: ha1, Partition: benchPartition.Name},
 		labHA2:    {Contender: HA, ConfigPath: ha2, Partition: benchPartition.Name},
-	}
-	contenders := o.Contenders
-	if len(contenders) == 0 {
-		contenders = contenderOrder
+		labHA1Off: {Contender: HA, ConfigPath: ha1Off, Partition: benchPartition.Name},
+		labHA1All: {Contender: HA, ConfigPath: ha1All, Partition: benchPartition.Name},
 	}
 	slice := o.Cell / time.Duration(o.Rounds)
 	var cells []*InprocCell
 	for _, alg := range o.Algs {
+		contenders := o.Contenders
+		if len(contenders) == 0 {
+			contenders = defaultContenders(alg)
+		}
 		for _, g := range o.Goroutines {
 			c := &InprocCell{Alg: alg, Goroutines: g, Results: map[string]Result{}}
 			cells = append(cells, c)
@@ -167,8 +186,8 @@ func slug(s string) string {
 }
 
 // writeHAConfig writes a pkcs11ha configuration with the given in-process devices, all local, the
-// benchmark partition and the default policy.
-func writeHAConfig(path string, devs []*softhsmtest.Device) error {
+// benchmark partition and the default policy, with policy.verify_signatures set to verify unless empty.
+func writeHAConfig(path string, devs []*softhsmtest.Device, verify string) error {
 	var b strings.Builder
 	b.WriteString("local_region: eastus\ndevices:\n")
 	for _, d := range devs {
@@ -179,6 +198,9 @@ func writeHAConfig(path string, devs []*softhsmtest.Device) error {
 	}
 	fmt.Fprintf(&b, "partitions:\n  - name: %s\n    token_label: %s\n    pin: %s\n",
 		strconv.Quote(benchPartition.Name), strconv.Quote(benchPartition.TokenLabel), strconv.Quote(benchPartition.PIN))
+	if verify != "" {
+		fmt.Fprintf(&b, "policy:\n  verify_signatures: %s\n", verify)
+	}
 	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
 

@@ -82,7 +82,9 @@ func (rep *Report) write(w io.Writer) {
 		}
 		tw.Flush()
 		fmt.Fprintf(w, "  (direct = C_SignInit + C_Sign only, raw r||s for ECDSA; crypto11 and pkcs11ha return DER. pkcs11ha calls Key.SignDevice\n")
-		fmt.Fprintf(w, "   under a %v caller deadline, exactly what Key.Sign does. 2 devices: two copies of libsofthsm2.so, share of ops in brackets)\n", 2*time.Second)
+		fmt.Fprintf(w, "   under a %v caller deadline, exactly what Key.Sign does. 2 devices: two copies of libsofthsm2.so, share of ops in brackets.\n", 2*time.Second)
+		fmt.Fprintf(w, "   pkcs11ha rows verify RSA signatures (policy.verify_signatures: rsa, the default) and not ECDSA ones; the verify rows flip that)\n")
+		rep.writeVerifyCost(w)
 	}
 
 	if len(rep.Healthy) > 0 {
@@ -206,5 +208,25 @@ func (rep *Report) write(w io.Writer) {
 	}
 	if ec8 != nil {
 		fmt.Fprintf(w, "BENCH ha_vs_direct=%.3f ha_vs_crypto11=%.3f\n", vsDirect, vsC11)
+	}
+}
+
+// writeVerifyCost sums up what verify-after-sign costs per cell: the 1-device pkcs11ha row with
+// verification against the same without (RSA: the default row against "verify off"; ECDSA: "verify all"
+// against the default row, which does not verify ECDSA).
+func (rep *Report) writeVerifyCost(w io.Writer) {
+	for _, c := range rep.Inproc {
+		on, off := labHA1All, labHA1
+		if c.Alg == RSA2048 {
+			on, off = labHA1, labHA1Off
+		}
+		ron, okOn := c.Results[on]
+		roff, okOff := c.Results[off]
+		if !okOn || !okOff {
+			continue
+		}
+		fmt.Fprintf(w, "  verify-after-sign, %s, %d gor: ops/s with/without %.3f (median per-turn ratio); CPU/signature %s vs %s (%+.1f µs); p50 %s vs %s\n",
+			c.Alg, c.Goroutines, c.ratio(on, off), fmtDur(ron.UserPerOp+ron.SysPerOp), fmtDur(roff.UserPerOp+roff.SysPerOp),
+			float64(ron.UserPerOp+ron.SysPerOp-roff.UserPerOp-roff.SysPerOp)/1e3, fmtDur(ron.P50), fmtDur(roff.P50))
 	}
 }

@@ -259,6 +259,7 @@ func baseScenarios() []scenario {
 				e.hold(e.tm.tail)
 			},
 		},
+		badSignatureScenario(),
 		keyFaultScenario("key-missing", "missing", func(d *softhsmtest.DeviceSpec) { d.MissingKeys = []string{"ec-key"} }),
 		withOddDeviceFirst(keyFaultScenario("key-different", "different public key", func(d *softhsmtest.DeviceSpec) { d.DifferentKeys = []string{"ec-key"} })),
 		{

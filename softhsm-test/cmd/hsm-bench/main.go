@@ -38,7 +38,7 @@ func main() {
 	flag.StringVar(&sections, "sections", "", "comma-separated subset of routing,inproc,p11kit (default all)")
 	flag.StringVar(&gors, "goroutines", "", "in-process concurrencies, comma-separated (default 1,8)")
 	flag.StringVar(&algs, "algs", "", `in-process algorithms, comma-separated: "ECDSA P-256", "RSA-2048" (default both)`)
-	flag.StringVar(&contenders, "contenders", "", "in-process contenders, comma-separated labels (default all four)")
+	flag.StringVar(&contenders, "contenders", "", "in-process contenders, comma-separated labels (default the four and the verify row of each algorithm)")
 	flag.StringVar(&slowModes, "slow-modes", "", "slow-device patterns, comma-separated: onset,steady,spells,flicker (default all)")
 	flag.StringVar(&skip, "skip", "", "p11-kit parts to skip, comma-separated: healthy,loss")
 	flag.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "write a CPU profile of every in-process child here")

@@ -1,0 +1,126 @@
+package pkcs11ha
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"math/big"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/failover"
+)
+
+// Verify-after-sign (policy.verify_signatures). A fault during an RSA-CRT signature (a flipped bit in one
+// of the two half-exponentiations) yields a signature from which the private key can be factored out of
+// the modulus (Boneh–DeMillo–Lipton; Lenstra): Go's crypto/rsa and OpenSSL check every CRT signature before
+// releasing it, and so does this library with what a device returns. A signature that does not verify is
+// never returned: it is a device fault (class bad_signature), the device is taken out at once (its breaker
+// opens, its monitor marks it down with the reason), and the call is retried on another device.
+
+// Values of policy.verify_signatures.
+const (
+	VerifyRSA = "rsa" // RSA PKCS#1 v1.5 and RSA-PSS signatures (the default)
+	VerifyAll = "all" // RSA, ECDSA and Ed25519
+	VerifyOff = "off"
+)
+
+// ErrBadSignature is matched (errors.Is) by every *SignatureError.
+var ErrBadSignature = errors.New("pkcs11ha: a device returned a signature that does not verify")
+
+// SignatureError says that a device returned a signature that does not verify with the key's public key.
+// It names the device, partition and key, never the data or the signature.
+type SignatureError struct {
+	Device    string
+	Partition string
+	Key       string
+	Scheme    string // "RSA PKCS#1 v1.5", "RSA-PSS", "ECDSA" or "Ed25519"
+}
+
+func (e *SignatureError) Error() string {
+	return fmt.Sprintf("pkcs11ha: device %s partition %s: %s signature with key %q does not verify (device fault; not returned)",
+		e.Device, e.Partition, e.Scheme, e.Key)
+}
+
+// FailoverClass: a device fault, retried elsewhere, and one is enough to open the device's breaker.
+func (e *SignatureError) FailoverClass() failover.Class { return failover.ClassBadSignature }
+
+// Is lets errors.Is(err, ErrBadSignature) match.
+func (e *SignatureError) Is(target error) bool { return target == ErrBadSignature }
+
+// verifies reports whether policy mode checks signatures of public key pub.
+func verifies(mode string, pub crypto.PublicKey) bool {
+	switch mode {
+	case VerifyAll:
+		return true
+	case VerifyRSA:
+		_, ok := pub.(*rsa.PublicKey)
+		return ok
+	}
+	return false
+}
+
+// checkedOp is plan's PKCS#11 operation, followed, when the policy covers the key, by a check of the
+// signature with the key's public key, inside the attempt: a bad one fails the attempt (and the call moves
+// on) instead of reaching the caller.
+func (k *Key) checkedOp(plan *signPlan, digest []byte, opts crypto.SignerOpts) opFunc {
+	op := plan.op()
+	pub := k.entry.pub
+	if !verifies(k.cl.cfg.Policy.VerifySignatures, pub) {
+		return op
+	}
+	return func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, Op, error) {
+		sig, step, err := op(c, s, h)
+		if err != nil {
+			return sig, step, err
+		}
+		if scheme, ok := verifySignature(pub, digest, opts, plan, sig); !ok {
+			return nil, step, &SignatureError{Partition: k.part, Key: k.entry.label, Scheme: scheme}
+		}
+		return sig, step, nil
+	}
+}
+
+// verifySignature checks sig (as the token returned it: raw r||s for ECDSA) over digest.
+func verifySignature(pub crypto.PublicKey, digest []byte, opts crypto.SignerOpts, plan *signPlan, sig []byte) (string, bool) {
+	switch pk := pub.(type) {
+	case *rsa.PublicKey:
+		if _, ok := opts.(*rsa.PSSOptions); ok {
+			h := opts.HashFunc()
+			return "RSA-PSS", rsa.VerifyPSS(pk, h, digest, sig, &rsa.PSSOptions{SaltLength: plan.salt, Hash: h}) == nil
+		}
+		return "RSA PKCS#1 v1.5", rsa.VerifyPKCS1v15(pk, opts.HashFunc(), digest, sig) == nil
+	case *ecdsa.PublicKey:
+		n := plan.ecdsa
+		if n == 0 || len(sig) != 2*n {
+			return "ECDSA", false
+		}
+		r, s := new(big.Int).SetBytes(sig[:n]), new(big.Int).SetBytes(sig[n:])
+		return "ECDSA", ecdsa.Verify(pk, digest, r, s)
+	case ed25519.PublicKey:
+		return "Ed25519", len(sig) == ed25519.SignatureSize && ed25519.Verify(pk, digest, sig)
+	}
+	return fmt.Sprintf("%T", pub), false
+}
+
+// noteBadSignature takes device m out at once when err says it returned a bad signature: it names the
+// device in the error, counts it, logs it (device, partition, key; never the data) and marks the device
+// down with the reason. Its breaker was opened by the failed attempt itself.
+func (cl *Cluster) noteBadSignature(m int, err error) {
+	var se *SignatureError
+	if err == nil || !errors.As(err, &se) || se.Device != "" {
+		return
+	}
+	d := cl.devices[m]
+	se.Device = d.name
+	cl.metrics.badSignatures.WithLabelValues(d.name).Inc()
+	cl.log.Error("device returned a signature that does not verify: not returned, device taken out",
+		"device", d.name, "partition", se.Partition, "key", se.Key, "scheme", se.Scheme)
+	d.setErr(se)
+	if m < len(cl.monitors) {
+		cl.monitors[m].MarkDown(se.Error())
+	}
+}

@@ -30,6 +30,7 @@ type Cluster struct {
 	closed   atomic.Bool
 	keysMu   sync.Mutex // serialises key-consistency checks
 	closeOne sync.Once
+	pins     pinState // PINs reloaded after a wrong one (pinreload.go)
 }
 
 // clusterPartition is the key catalogue of one partition across devices.
@@ -222,6 +223,7 @@ func (cl *Cluster) newMonitor(i int, d *device, initial health.State) *health.Mo
 				"from", old.State.String(), "to", cur.State.String(), "reason", cur.Reason)
 		},
 	}, func(ctx context.Context) error {
+		cl.watchPINFiles()
 		start := time.Now()
 		reinits := d.mod.reinits.Load()
 		err := d.probe(ctx, cl.othersServing(d), hk)

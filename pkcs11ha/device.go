@@ -57,6 +57,11 @@ type devPartition struct {
 	credFatal atomic.Pointer[string] // set once a PIN was rejected: never logged in again
 	logins    atomic.Int64           // C_Login attempts, for tests and metrics
 	home      *devPartition          // a lane's partition: the owning device's, which holds the two above
+
+	// pinreload.go: a reloaded PIN (nil: the configuration's), and a hash of the PIN the token refused,
+	// never tried again.
+	pin      atomic.Pointer[string]
+	rejected atomic.Pointer[[32]byte]
 }
 
 // partState is everything that belongs to one module instance for one partition.
@@ -239,7 +244,8 @@ func (p *devPartition) login(st *partState) error {
 		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
 	}
 	p.owner().logins.Add(1)
-	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.cfg.secret)
+	secret := p.secret()
+	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, secret)
 	if err == nil {
 		return nil
 	}
@@ -248,7 +254,8 @@ func (p *devPartition) login(st *partState) error {
 	case failover.ClassNone: // CKR_USER_ALREADY_LOGGED_IN
 		return nil
 	case failover.ClassCredential:
-		why := fmt.Sprintf("C_Login: %s: PIN not retried", CKRName(de.Code))
+		why := fmt.Sprintf("C_Login: %s: PIN not retried until it changes", CKRName(de.Code))
+		p.rejectPIN(secret)
 		p.owner().credFatal.Store(&why)
 	}
 	return de

@@ -13,7 +13,8 @@
 // server.shutdown_grace (default 10s), closes the cluster (bounded by policy.close_timeout), removes the
 // socket and exits 0; a second signal exits at once. SIGHUP re-reads the config file and replaces the
 // clients: section and, on a tcp:// listener, the server.tls certificate, key and client CA (new
-// connections use them; nothing else is reloaded).
+// connections use them), and reads the partitions' PINs again: a partition whose login failed on a device
+// tries a changed PIN there once (nothing else is reloaded).
 //
 // status prints the device table (device, region, tier, state, breaker, EWMA latency, in-flight) from
 // GET /v1/status; the caller must be a configured client.

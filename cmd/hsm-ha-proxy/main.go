@@ -115,7 +115,7 @@ func runServe(args []string, stderr io.Writer) int {
 				stop()
 				return
 			case <-hup:
-				reload(srv, ln, *configPath, logger)
+				reload(srv, cl, ln, *configPath, logger)
 			}
 		}
 	}()
@@ -134,12 +134,20 @@ func runServe(args []string, stderr io.Writer) int {
 
 // reload re-reads the config file and replaces the clients: section and, on a tcp:// listener, the TLS
 // certificate, key and client CA (the files named by server.tls, read again: rotated certificates are
-// picked up). Everything else in the file is ignored until a restart.
-func reload(srv *proxy.Server, ln net.Listener, path string, logger *slog.Logger) {
+// picked up), and reads the partitions' PINs again (a partition whose login failed tries a new PIN once).
+// Everything else in the file is ignored until a restart.
+func reload(srv *proxy.Server, cl *pkcs11ha.Cluster, ln net.Listener, path string, logger *slog.Logger) {
 	cfg, err := pkcs11ha.LoadConfig(path)
 	if err != nil {
 		logger.Error("SIGHUP: config not reloaded; keeping the current clients and certificates", "path", path, "err", err)
 		return
+	}
+	if cl != nil {
+		if n, err := cl.ReloadPINs(cfg); err != nil {
+			logger.Error("SIGHUP: PINs not all reloaded", "err", err)
+		} else if n > 0 {
+			logger.Info("SIGHUP: new PINs; partitions that refused the old one log in once with the new one", "retries", n)
+		}
 	}
 	if err := srv.ReloadClients(cfg.Clients); err != nil {
 		logger.Error("SIGHUP: clients not reloaded; keeping the current clients", "err", err)

@@ -60,6 +60,6 @@ func TestReloadRotatesCertificates(t *testing.T) {
 	}
 	rotated := testcerts.SerialOf(t, srvCert).String()
 	require.NotEqual(t, rotated, serverSerial(), "nothing changes before the reload")
-	reload(srv, ln, cfgPath, slog.New(slog.DiscardHandler))
+	reload(srv, nil, ln, cfgPath, slog.New(slog.DiscardHandler))
 	require.Equal(t, rotated, serverSerial(), "the rotated certificate after the reload")
 }

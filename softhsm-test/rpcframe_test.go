@@ -32,7 +32,7 @@ func replyBody(call uint32, present byte, data []byte) []byte {
 func TestReplyScanner(t *testing.T) {
 	sig := bytes.Repeat([]byte{0xAA}, 256)
 	var stream []byte
-	stream = append(stream, 1) // protocol version
+	stream = append(stream, 1)                                                                     // protocol version
 	stream = append(stream, frame(0x10, nil, replyBody(34, 1, bytes.Repeat([]byte{0xBB}, 32)))...) // C_Decrypt: untouched
 	stream = append(stream, frame(0x11, []byte("opt"), replyBody(rpcCallSign, 0, nil))...)         // C_Sign length query: untouched
 	signAt := len(stream)

@@ -9,9 +9,10 @@ import (
 // Lanes: a small pool of module instances per device, each carrying one call at a time.
 //
 // p11-kit-client 0.24 strands calls for good when its server dies with several calls in flight on one
-// instance (README, "Facts about SoftHSM and p11-kit"): a thread whose reply is not the next one on the
-// socket waits in select() on a descriptor that the thread owning the pending reply closed. With one call
-// in flight per instance that race cannot happen (measured: TestStrandingPerKill in softhsm-test/chaos).
+// instance (README, "Facts about SoftHSM and p11-kit"): the threads sharing its socket wait for a pending
+// reply header to change, and one whose connection dies between a header and its body leaves that header
+// pending for ever. With one call in flight per instance nobody waits on another's reply (measured:
+// TestStrandingPerKill in softhsm-test/chaos).
 // Every load of p11-kit-client.so is an instance of its own (its own connection, and on the server side its
 // own p11-kit-remote process), so a device whose module is p11-kit-client.so gets
 // policy.p11kit_client_instances of them: its lanes. Lane 0 is the device itself and carries any number of
@@ -110,14 +111,15 @@ func (d *device) recoverIfNeeded(ctx context.Context, othersServing bool) error 
 	if need(d) {
 		err = d.recoverDevice(ctx, othersServing)
 	}
-	lanes := d.laneList()[1:]
 	if err != nil {
 		return err // lane 0 first
 	}
+	lanes := d.laneList()[1:]
+	pending := false
 	for _, l := range lanes {
-		if !need(l) || !d.recovering.CompareAndSwap(false, true) {
-			continue
-		}
+		pending = pending || need(l)
+	}
+	if pending && d.recovering.CompareAndSwap(false, true) {
 		go func() {
 			defer d.recovering.Store(false)
 			for _, l := range lanes {
@@ -128,7 +130,6 @@ func (d *device) recoverIfNeeded(ctx context.Context, othersServing bool) error 
 				}
 			}
 		}()
-		break
 	}
 	return nil
 }

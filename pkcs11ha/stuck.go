@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -132,7 +133,7 @@ func (h *moduleHandle) retire(in *instance, limit int, log *slog.Logger) error {
 		have := stuckTotal.Load()
 		if have+n > int64(limit) {
 			s.mu.Unlock()
-			return &errStuckCap{module: baseName(h.path), inflight: n, have: have, limit: limit}
+			return &errStuckCap{module: filepath.Base(h.path), inflight: n, have: have, limit: limit}
 		}
 		if stuckTotal.CompareAndSwap(have, have+n) {
 			break
@@ -158,13 +159,6 @@ func (h *moduleHandle) retire(in *instance, limit int, log *slog.Logger) error {
 		}
 	}
 	return nil
-}
-
-func baseName(path string) string {
-	if i := strings.LastIndexByte(path, '/'); i >= 0 {
-		return path[i+1:]
-	}
-	return path
 }
 
 // StuckCalls is the process-wide account of calls stuck in retired module instances.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -84,10 +85,19 @@ func strandOnce(t *testing.T, dev *softhsmtest.Device, pin string, instances, wo
 			return 0, err
 		}
 		slots, err := c.GetSlotList(true)
-		if err != nil || len(slots) == 0 {
-			return 0, fmt.Errorf("slots: %v (%d)", err, len(slots))
+		if err != nil {
+			return 0, fmt.Errorf("slots: %w", err)
 		}
-		s, err := c.OpenSession(slots[0], pkcs11.CKF_SERIAL_SESSION)
+		slot, found := uint(0), false
+		for _, sl := range slots {
+			if ti, err := c.GetTokenInfo(sl); err == nil && strings.TrimSpace(ti.Label) == "payments" {
+				slot, found = sl, true
+			}
+		}
+		if !found {
+			return 0, fmt.Errorf("no payments token among %d slots", len(slots))
+		}
+		s, err := c.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
 		if err != nil {
 			return 0, err
 		}
@@ -103,7 +113,7 @@ func strandOnce(t *testing.T, dev *softhsmtest.Device, pin string, instances, wo
 		if err != nil || len(hs) == 0 {
 			return 0, fmt.Errorf("key: %v", err)
 		}
-		ins = append(ins, inst{c: c, slot: slots[0], key: hs[0]})
+		ins = append(ins, inst{c: c, slot: slot, key: hs[0]})
 	}
 	var inCall atomic.Int32
 	var stop atomic.Bool

@@ -406,9 +406,11 @@ func classify[T any](res result[T], caller context.Context) Class {
 func (a *attempt[T]) report(class Class, latency time.Duration) {
 	if class == ClassBadSignature {
 		a.m.tripNow.Store(true) // read by ReadyToTrip during done
+		a.done(errorOfClass(class))
+		a.m.tripNow.Store(false) // unread if the breaker was not closed (or bypassed): never trip a later failure
+	} else {
+		a.done(errorOfClass(class))
 	}
-	a.done(errorOfClass(class))
-	a.m.tripNow.Store(false) // unread if the breaker was not closed (or bypassed): never trip a later failure
 	a.r.obs.AttemptDone(a.m.idx, a.op, class, latency, a.hedge)
 	if class == ClassNone {
 		a.m.ewma.Observe(latency)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 func TestRunUsage(t *testing.T) {
@@ -110,7 +111,7 @@ func TestBinarySignals(t *testing.T) {
 		t.Skip("builds the binary and runs SoftHSM devices")
 	}
 	bin := buildBinary(t)
-	topo := softhsmtest.StartT(t, softhsmtest.Options{})
+	topo := harnesstest.Start(t, softhsmtest.Options{})
 	sockDir, err := os.MkdirTemp("", "hp")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(sockDir) })

@@ -27,12 +27,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 type keys = softhsmtest.SoftKeys
 
 // getKeys returns software keys for tests that need no HSM (generated once per process).
-func getKeys(t testing.TB) keys { return softhsmtest.NewSoftKeys(t) }
+func getKeys(t testing.TB) keys { return harnesstest.SoftKeys(t) }
 
 func TestSignAlgorithm(t *testing.T) {
 	k := getKeys(t)

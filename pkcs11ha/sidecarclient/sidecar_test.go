@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // startRealSidecar builds cmd/hsm-ha-proxy, runs it on four SoftHSM devices and returns its socket; the
@@ -79,7 +80,7 @@ func TestAgainstRealSidecar(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the sidecar and runs SoftHSM devices")
 	}
-	topo := softhsmtest.StartT(t, softhsmtest.Options{})
+	topo := harnesstest.Start(t, softhsmtest.Options{})
 	c := Dial(startRealSidecar(t, topo))
 	t.Cleanup(func() { c.Close() })
 	ctx := context.Background()

@@ -22,6 +22,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
@@ -235,7 +236,7 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
 	if sc.devices != nil {
 		opts.Devices = sc.devices()
 	}
-	topo := softhsmtest.StartT(t, opts)
+	topo := harnesstest.Start(t, opts)
 	e := &env{t: t, sc: sc, tm: tm, ctx: ctx, topo: topo, reg: prometheus.NewRegistry(), logs: newLogBuffer(4000),
 		faultAt: -1, removedAt: -1, recovery: -1, rotation: -1, allowFrom: -1, allowTo: -1, faulted: map[string]time.Duration{}}
 

@@ -34,6 +34,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
@@ -67,7 +68,7 @@ func startTopology(t *testing.T, opts softhsmtest.Options) *softhsmtest.Topology
 			{Name: "ledger", PIN: fmt.Sprintf("led-%d-%d", os.Getpid(), n), SOPIN: fmt.Sprintf("so-led-%d", n)},
 		}
 	}
-	return softhsmtest.StartT(t, opts)
+	return harnesstest.Start(t, opts)
 }
 
 // startSidecar opens a cluster of the topology and serves it (on a fresh unix socket unless

@@ -29,7 +29,6 @@ import (
 const usage = `usage:
   hsm-ha-proxy serve --config FILE [--log-level debug|info|warn|error] [--log-format json|text]
   hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
-  hsm-ha-proxy demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--plain] [--keep]
 `
 
 func main() {
@@ -47,8 +46,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(args[1:], stderr)
 	case "status":
 		return runStatus(args[1:], stdout, stderr)
-	case "demo":
-		return runDemo(args[1:])
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -37,6 +37,7 @@ func TestRunUsage(t *testing.T) {
 		{"no command", nil, 2, "usage:"},
 		{"help", []string{"help"}, 0, "hsm-ha-proxy serve --config FILE"},
 		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"the demo is its own command", []string{"demo"}, 2, `unknown command "demo"`},
 		{"serve without config", []string{"serve"}, 2, "--config FILE is required"},
 		{"serve with a bad flag", []string{"serve", "--nope"}, 2, "flag provided but not defined"},
 		{"serve with a missing config", []string{"serve", "--config", "/nonexistent/hsm-ha.yaml"}, 1, "loading the config"},

@@ -195,3 +195,25 @@ func deviceNote(dev *softhsmtest.Device, reason string) string {
 	}
 	return what + " " + reason
 }
+
+// fmtLatency formats an EWMA as `hsm-ha-proxy status` does: "-" when unknown, µs, ms with one decimal, or s.
+func fmtLatency(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "-"
+	case d < time.Millisecond:
+		return fmt.Sprintf("%dus", d.Microseconds())
+	case d < time.Second:
+		return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000)
+	}
+	return d.Round(10 * time.Millisecond).String()
+}
+
+// oneLine folds whitespace and cuts s to n bytes, for a table cell or an event line.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return s[:n-3] + "..."
+	}
+	return s
+}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/proxy"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
 )
 
@@ -216,7 +217,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "hsm-ha-proxy status: %v\n", err)
 		var ae *sidecarclient.APIError
-		if errors.As(err, &ae) && ae.Code == sidecarclient.CodeUnauthenticated {
+		if errors.As(err, &ae) && ae.Code == sidecarapi.CodeUnauthenticated {
 			fmt.Fprintln(stderr, "hint: add your uid (or certificate name) to the clients: section of the sidecar's config")
 		}
 		return 1
@@ -234,7 +235,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 }
 
 // printStatus writes the device table.
-func printStatus(w io.Writer, st *sidecarclient.Status) {
+func printStatus(w io.Writer, st *sidecarapi.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tREGION\tTIER\tSTATE\tBREAKER\tEWMA\tIN-FLIGHT\tABANDONED\tREASON")
 	for _, d := range st.Devices {

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
@@ -57,7 +58,7 @@ func TestRunUsage(t *testing.T) {
 
 func TestPrintStatus(t *testing.T) {
 	var b bytes.Buffer
-	printStatus(&b, &sidecarclient.Status{Ready: false, Devices: []sidecarclient.DeviceStatus{
+	printStatus(&b, &sidecarapi.Status{Ready: false, Devices: []sidecarapi.DeviceStatus{
 		{Name: "eastus-1", Region: "eastus", Tier: 0, State: "up", Breaker: "closed", EWMA: 57 * time.Microsecond, InFlight: 3},
 		{Name: "westus-1", Region: "westus", Tier: 1, State: "down", Breaker: "open", EWMA: 12500 * time.Microsecond,
 			LastError: "pkcs11ha: device westus-1: C_Sign: CKR_DEVICE_ERROR (0x30) [device-down]"},

@@ -12,7 +12,8 @@
 //	GET  /v1/status                               {"ready":bool,"devices":[...]}
 //	GET  /healthz, /readyz, /metrics
 //
-// Errors are {"error":{"code":...,"message":...}} with the codes of package sidecarclient (Code*).
+// The bodies are the types of package sidecarapi, which the Go client (pkcs11ha/sidecarclient) decodes;
+// errors are {"error":{"code":...,"message":...}} with its Code* constants.
 // Every /v1 request runs under policy.request_timeout; bodies are capped at 1 MiB. Each request is
 // written to the access log (client, partition, key, operation, algorithm, device, outcome, latency) —
 // never a payload, a signature or a PIN.

@@ -69,7 +69,7 @@ type Config struct {
 	StallThreshold time.Duration
 }
 
-// DefaultConfig returns the defaults from the design notes.
+// DefaultConfig returns the routing defaults (docs/ARCHITECTURE.md, "Routing defaults", says why).
 func DefaultConfig() Config {
 	return Config{
 		AttemptTimeout:        []time.Duration{50 * time.Millisecond, 250 * time.Millisecond},

@@ -162,7 +162,7 @@ type ClientConfig struct {
 	Partitions []string `yaml:"partitions"`
 }
 
-// DefaultPolicy returns the DESIGN.md defaults.
+// DefaultPolicy returns the defaults (docs/ARCHITECTURE.md, "Routing defaults", says why).
 func DefaultPolicy() Policy {
 	return Policy{
 		AttemptTimeout:   TierDurations{Local: Duration(50 * time.Millisecond), DR: Duration(250 * time.Millisecond)},

@@ -26,7 +26,8 @@
 // softhsm2-util, then copied into every device that holds it. Every copy gets a serial number of its
 // own, as partitions on different HSMs have; the key material is identical.
 //
-// Topology.ConfigYAML writes the pkcs11ha configuration (the schema of DESIGN.md) for the topology.
+// Topology.ConfigYAML writes the pkcs11ha configuration for the topology (the schema: docs/ARCHITECTURE.md,
+// "Configuration").
 //
 // Processes are always reaped: Topology.Close (registered with t.Cleanup by harnesstest.Start, which also
 // runs when a test fails or panics) kills every process group and waits until no member is left; servers are

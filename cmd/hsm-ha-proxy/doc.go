@@ -1,5 +1,5 @@
 // Command hsm-ha-proxy is the pkcs11-ha sidecar: it gives applications in any language the library's
-// high-availability signing and decryption over HTTP/JSON (API v1, see DESIGN.md).
+// high-availability signing and decryption over HTTP/JSON (API v1; docs/ARCHITECTURE.md, "The sidecar").
 //
 // Usage:
 //

@@ -100,7 +100,7 @@ func formatTable(rows []*row, tm timing, took time.Duration) string {
 	}
 	fmt.Fprintf(&b, "pkcs11-ha chaos suite, %s form, %s, %d workers at %.0f ops/s, caller deadline %v (1 in %d: %v)\n",
 		form, time.Now().UTC().Format(time.RFC3339), tm.workers, tm.rate, tm.deadline, tm.shortEvery, tm.shortDeadline)
-	fmt.Fprintf(&b, "policies: default = DESIGN.md defaults; fast = defaults + %s\n", strings.ReplaceAll(fastPolicy.yaml, "\n", "; "))
+	fmt.Fprintf(&b, "policies: default = the library's defaults; fast = defaults + %s\n", strings.ReplaceAll(fastPolicy.yaml, "\n", "; "))
 	b.WriteString("failed = failed calls (allowed: short-deadline callers, or all devices down); DR share over healthy phases;\n")
 	b.WriteString("failover = fault injected -> first op served elsewhere; recovery = fault removed -> first op served again by the device;\n")
 	b.WriteString("rotation = fault removed -> the device serves >= 20% of the local calls it can serve over 1 s (bound: the recovery bound)\n\n")

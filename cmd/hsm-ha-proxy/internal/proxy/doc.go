@@ -1,7 +1,7 @@
-// Package proxy is the HTTP/JSON server of the hsm-ha-proxy sidecar (API v1 of DESIGN.md): it exposes the
-// keys of a pkcs11ha.Cluster to clients on a unix socket (identified by SO_PEERCRED uid/gid) or on TCP
-// with mutual TLS (identified by the client certificate's URI/DNS SAN, else its CN), and authorises each
-// request against the partitions granted in the config's clients: section.
+// Package proxy is the HTTP/JSON server of the hsm-ha-proxy sidecar (API v1; docs/ARCHITECTURE.md, "The
+// sidecar"): it exposes the keys of a pkcs11ha.Cluster to clients on a unix socket (identified by SO_PEERCRED
+// uid/gid) or on TCP with mutual TLS (identified by the client certificate's URI/DNS SAN, else its CN), and
+// authorises each request against the partitions granted in the config's clients: section.
 //
 // Endpoints:
 //

@@ -228,7 +228,7 @@ func TestE2EUnixSocket(t *testing.T) {
 		})
 	}
 	t.Run("ED25519 over p11-kit answers a clear 400", func(t *testing.T) {
-		// p11-kit 0.24 cannot carry CKM_EDDSA over its RPC (DESIGN.md): the token refuses the mechanism,
+		// p11-kit 0.24 cannot carry CKM_EDDSA over its RPC (docs/ARCHITECTURE.md, "Facts about SoftHSM and p11-kit"): the token refuses the mechanism,
 		// a caller-class error. TestE2EEd25519 signs with in-process devices.
 		status, body := ts.sign(t, "payments", "ed-key", "message", msg, "ED25519")
 		require.Equal(t, 400, status, "%s", body)

@@ -36,7 +36,7 @@ func topPlot(pr *prepared, run *Run) *plot.Plot {
 	p.Add(dotLayer{pr})
 	p.Add(newMarkerLayer(run, pr, true))
 	p.X.Min, p.X.Max = pr.x0, pr.x1
-	p.X.Tick.Marker = unlabelled{plot.DefaultTicks{}}
+	p.X.Tick.Marker = unlabelled{secondsTicks{}}
 	p.Y.Min, p.Y.Max = pr.lat0, pr.lat1
 	p.Y.Tick.Marker = logMsTicks{}
 	p.Y.Label.Text = "latency of each call (log scale)"
@@ -78,12 +78,13 @@ func bottomPlot(pr *prepared, run *Run) *plot.Plot {
 	}
 	p.Add(newMarkerLayer(run, pr, false))
 	p.X.Min, p.X.Max = pr.x0, pr.x1
+	p.X.Tick.Marker = secondsTicks{}
 	p.X.Label.Text = "seconds since the start"
 	if !pr.origin.IsZero() {
 		p.X.Label.Text += pr.origin.Format(" (15:04:05 MST)")
 	}
 	p.Y.Min, p.Y.Max = 0, max(top*1.08, 1)
-	p.Y.Tick.Marker = rateTicks{}
+	p.Y.Tick.Marker = plainTicks{}
 	p.Y.Label.Text = fmt.Sprintf("calls/s, stacked (%v buckets)", pr.bucket)
 	return p
 }

@@ -113,3 +113,25 @@ func TestPrepareRates(t *testing.T) {
 	assert.Equal(t, len(run.Samples), pr.shown)
 	assert.Equal(t, 0.0, pr.x0)
 }
+
+func TestSecondsTicks(t *testing.T) {
+	tests := []struct {
+		lo, hi float64
+		want   []string
+	}{
+		{0, 1, []string{"0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1"}},
+		{0, 5.6, []string{"0", "0.5", "1", "1.5", "2", "2.5", "3", "3.5", "4", "4.5", "5", "5.5"}},
+		{0, 12, []string{"0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"}},
+		{0, 100, []string{"0", "10", "20", "30", "40", "50", "60", "70", "80", "90", "100"}},
+		{-2, 20, []string{"-2", "0", "2", "4", "6", "8", "10", "12", "14", "16", "18", "20"}},
+	}
+	for _, tc := range tests {
+		var got []string
+		for _, tk := range (secondsTicks{}).Ticks(tc.lo, tc.hi) {
+			if tk.Label != "" {
+				got = append(got, tk.Label)
+			}
+		}
+		assert.Equal(t, tc.want, got, "%v..%v", tc.lo, tc.hi)
+	}
+}

@@ -2,6 +2,7 @@ package timeline
 
 import (
 	"math"
+	"slices"
 	"strconv"
 
 	"gonum.org/v1/plot"
@@ -81,20 +82,54 @@ func (ninesTicks) Ticks(lo, hi float64) []plot.Tick {
 // nines is the position of quantile q on a nines scale.
 func nines(q float64) float64 { return -math.Log10(1 - q) }
 
-// rateTicks are plot.DefaultTicks labelled without trailing zeros, with thousands separators.
-type rateTicks struct{}
+// plainTicks are plot.DefaultTicks labelled without trailing zeros, with thousands separators.
+type plainTicks struct{}
 
-func (rateTicks) Ticks(lo, hi float64) []plot.Tick {
+func (plainTicks) Ticks(lo, hi float64) []plot.Tick {
 	ts := plot.DefaultTicks{}.Ticks(lo, hi)
 	for i := range ts {
-		if ts[i].Label == "" {
-			continue
-		}
-		if v := ts[i].Value; v == math.Trunc(v) && math.Abs(v) < 1e15 {
-			ts[i].Label = count(int(v))
-		} else {
-			ts[i].Label = strconv.FormatFloat(v, 'f', -1, 64)
+		if ts[i].Label != "" {
+			ts[i].Label = plain(ts[i].Value)
 		}
 	}
 	return ts
+}
+
+func plain(v float64) string {
+	if v == math.Trunc(v) && math.Abs(v) < 1e15 {
+		if v < 0 {
+			return "-" + count(int(-v))
+		}
+		return count(int(v))
+	}
+	return strconv.FormatFloat(v, 'f', -1, 64)
+}
+
+// secondsTicks marks a time axis in seconds with round steps (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30 s, then
+// minutes), about a dozen labelled ones whatever the run's length, and four or five unlabelled between.
+type secondsTicks struct{}
+
+// secondSteps are the labelled steps and the unlabelled ones between them.
+var secondSteps = []struct{ major, minor float64 }{
+	{0.01, 0.002}, {0.02, 0.005}, {0.05, 0.01}, {0.1, 0.02}, {0.2, 0.05}, {0.5, 0.1}, {1, 0.2}, {2, 0.5}, {5, 1},
+	{10, 2}, {15, 5}, {30, 5}, {60, 10}, {120, 30}, {300, 60}, {600, 120}, {900, 300}, {1800, 300}, {3600, 600},
+}
+
+func (secondsTicks) Ticks(lo, hi float64) []plot.Tick {
+	step := secondSteps[len(secondSteps)-1]
+	for _, s := range slices.Backward(secondSteps) {
+		if (hi-lo)/s.major <= 12 {
+			step = s
+		}
+	}
+	var ticks []plot.Tick
+	for k := math.Ceil(lo/step.minor - 1e-9); k*step.minor <= hi+1e-9; k++ {
+		v := math.Round(k*step.minor*1e6) / 1e6
+		t := plot.Tick{Value: v}
+		if r := v / step.major; math.Abs(r-math.Round(r)) < 1e-6 {
+			t.Label = plain(v)
+		}
+		ticks = append(ticks, t)
+	}
+	return ticks
 }

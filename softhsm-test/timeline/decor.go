@@ -18,8 +18,8 @@ type markerLine struct {
 }
 
 // markerLayer draws a dashed vertical line per step across the panel and, in the top panel, its label
-// along the line, reading upwards from the bottom and hanging from the top. Labels of steps too close to
-// each other are pushed right so that they never overlap.
+// along the line, reading upwards from the bottom and hanging from the top, over every line. Labels of
+// steps too close to each other are pushed right so that they never overlap.
 type markerLayer struct {
 	lines      []markerLine
 	showLabels bool
@@ -40,14 +40,16 @@ func (m markerLayer) Plot(c draw.Canvas, p *plot.Plot) {
 	trX, _ := p.Transforms(&c)
 	sty := text.Style{Color: markerColor, Font: sans(8.5), Rotation: math.Pi / 2, XAlign: draw.XRight, YAlign: draw.YTop,
 		Handler: p.TextHandler}
+	inside := func(x vg.Length) bool { return x >= c.Min.X-0.5 && x <= c.Max.X+0.5 }
+	for _, l := range m.lines {
+		if x := trX(l.x); inside(x) {
+			c.StrokeLine2(markerStyle, x, c.Min.Y, x, c.Max.Y)
+		}
+	}
 	right := vg.Length(math.Inf(-1)) // right edge of the last label drawn
 	for _, l := range m.lines {
 		x := trX(l.x)
-		if x < c.Min.X-0.5 || x > c.Max.X+0.5 {
-			continue
-		}
-		c.StrokeLine2(markerStyle, x, c.Min.Y, x, c.Max.Y)
-		if !m.showLabels || l.label == "" {
+		if !inside(x) || !m.showLabels || l.label == "" {
 			continue
 		}
 		label := fit(sty, l.label, c.Max.Y-c.Min.Y-vg.Points(8))

@@ -24,7 +24,8 @@ func (e *p11kitEnv) plotLoss(tr LossTrial, ops []op, injected, gone time.Time, p
 	e.plotted[tr.Mode] = true
 	what := map[string]string{"kill": "both local p11-kit servers SIGKILLed", "partition": "both local relays hang"}[tr.Mode]
 	run := timeline.Run{
-		Title:   fmt.Sprintf("bench: the local region lost (%s) under %d goroutines: first success after %s on %s", tr.Mode, tr.goroutines, fmtDur(tr.FirstSuccess), tr.FirstDev),
+		Title: fmt.Sprintf("bench: the local region lost (%s) under %d goroutines: first success after %s on %s",
+			tr.Mode, tr.goroutines, fmtDur(tr.FirstSuccess), tr.FirstDev),
 		Local:   map[string]bool{},
 		Markers: []timeline.Marker{{At: injected, Label: what}, {At: gone.Add(tr.FirstSuccess), Label: "first success, on " + tr.FirstDev}},
 	}

@@ -50,9 +50,17 @@ func legend(c draw.Canvas, pr *prepared, run *Run) {
 	l.Draw(draw.Crop(c, 0, 0, 0, -(c.Max.Y - y)))
 
 	gs := text.Style{Color: subtleText, Font: sans(8.5), XAlign: draw.XLeft, YAlign: draw.YBottom, Handler: hdlr}
-	c.FillText(gs, vg.Point{X: c.Min.X, Y: c.Min.Y + vg.Points(4)},
-		"Top: one dot per call, at its start\n(x) and latency (y); blues and greens\nare the local tier, reds and oranges\nDR, crosses failed calls.\nBottom: calls served per second.\nDashed lines: scripted steps.\nShaded: the labelled fault window.")
+	c.FillText(gs, vg.Point{X: c.Min.X, Y: c.Min.Y + vg.Points(4)}, readingGuide)
 }
+
+// readingGuide ends the legend column, one line at a time.
+const readingGuide = "Top: one dot per call, at its start\n" +
+	"(x) and latency (y); blues and greens\n" +
+	"are the local tier, reds and oranges\n" +
+	"DR, crosses failed calls.\n" +
+	"Bottom: calls served per second.\n" +
+	"Dashed lines: scripted steps.\n" +
+	"Shaded: the labelled fault window."
 
 // opaque is a band colour made strong enough to read as a legend swatch.
 func opaque(c color.Color) color.Color {

@@ -121,5 +121,7 @@
 // ByteBuffer and UlongBuffer return (n, null, err) rather than (n, err). Added: Request.Version,
 // Request.MechanismV2, Request.Next, Request.SpaceString (C_InitToken2), CallID.String, Attribute.Len,
 // Attribute.Template, Attribute.CLen, AttrUlong, AttrBool, AttrBytes, AttrTemplate, AttrInvalid, AttrSize,
-// ValueKind and KindOf, Carried, PadString, ProtocolError's fields Call, Offset and Msg.
+// ValueKind and KindOf, Carried, Parameterless, PadString, ProtocolError's fields Call, Offset and Msg.
+// Package p11rpctest is the client side (request encoder, reply decoder, a Client over a connection) for
+// the front end's tests.
 package p11rpc

@@ -44,10 +44,17 @@ var requestElems = func() (out [callMax][]string) {
 	return out
 }()
 
+// maxAllocFactor bounds what ParseRequest allocates, in bytes per body byte: the densest element (an
+// invalid attribute, 5 bytes on the wire) becomes an Attribute of 80 bytes, and a request is read at most
+// twice (see dialects).
+const maxAllocFactor = 2 * 80 / 5
+
 // ParseRequest decodes body: the uint32 call id, the signature (a byte array that must equal the call's
 // request signature in the table), then every argument, which must end exactly at the end of the body.
 // version is the negotiated protocol version. Errors are *ProtocolError; when the call id was read, the
-// error's Call says which call it was.
+// error's Call says which call it was. Counts are checked against the bytes left before anything is
+// allocated, so what a body costs is proportional to its size (at most maxAllocFactor bytes per byte),
+// never to the counts it announces.
 func ParseRequest(body []byte, version byte) (*Request, error) {
 	d := &decoder{b: body}
 	id, err := d.u32("call id")

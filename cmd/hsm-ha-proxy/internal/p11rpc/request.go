@@ -1,8 +1,8 @@
 package p11rpc
 
 import (
-	"bytes"
 	"fmt"
+	"strings"
 )
 
 // Request is a decoded request body. ParseRequest decodes and checks all of it against the call's signature;
@@ -95,8 +95,8 @@ func ParseRequest(body []byte, version byte) (*Request, error) {
 // exactly, the other is tried, and the first that does wins (see the package documentation).
 func dialects(call CallID, version byte) []dialect {
 	sig := calls[call].Request
-	hasM := bytes.IndexByte([]byte(sig), 'M') >= 0
-	hasFA := bytes.Contains([]byte(sig), []byte("fA"))
+	hasM := strings.Contains(sig, "M")
+	hasFA := strings.Contains(sig, "fA")
 	pref := dialect{mechV2: version >= 2, nestedFA: version >= 2}
 	switch {
 	case hasM:

@@ -88,6 +88,7 @@ func TestGolden(t *testing.T) {
 		t.Fatalf("no golden files (%v)", err)
 	}
 	seenReplies := map[byte]map[CallID]bool{0: {}, 2: {}}
+	seenV2Mech := map[byte]bool{}
 	for _, path := range files {
 		t.Run(strings.TrimSuffix(filepath.Base(filepath.Dir(path))+"/"+filepath.Base(path), ".txt"), func(t *testing.T) {
 			frames := loadGolden(t, path)
@@ -98,15 +99,18 @@ func TestGolden(t *testing.T) {
 				case fr.handshake && fr.fromQuery:
 					version = Negotiate(fr.version)
 				case fr.handshake:
-					if fr.version != version {
+					// The 0.24.1 server of golden-issue733 supports only version 0; the others as much as we do.
+					if fr.version != version && !strings.Contains(path, "issue733") {
 						t.Fatalf("line %d: server answered version %d, Negotiate says %d", fr.line, fr.version, version)
 					}
+					version = fr.version
 				case fr.fromQuery:
 					checkFrameIO(t, fr)
 					req, err := ParseRequest(fr.body, version)
 					if err != nil {
 						t.Fatalf("line %d: ParseRequest: %v", fr.line, err)
 					}
+					seenV2Mech[version] = seenV2Mech[version] || req.MechanismV2
 					if err := walkRequest(req); err != nil {
 						t.Fatalf("line %d: %s: %v", fr.line, req.Call, err)
 					}
@@ -137,6 +141,10 @@ func TestGolden(t *testing.T) {
 				}
 			}
 		})
+	}
+	// p11-kit issue #733, for real: the 0.26.4 client sends the version 2 encoding on a version 0 connection.
+	if !seenV2Mech[0] || !seenV2Mech[2] {
+		t.Errorf("version 2 mechanism encodings seen on version 0/2 connections: %v", seenV2Mech)
 	}
 	for _, c := range []CallID{CallInitialize, CallFinalize, CallGetInfo, CallGetSlotList, CallGetSlotInfo, CallGetTokenInfo,
 		CallGetMechanismList, CallGetMechanismInfo, CallOpenSession, CallCloseSession, CallLogin, CallFindObjectsInit,

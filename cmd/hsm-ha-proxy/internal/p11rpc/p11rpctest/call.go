@@ -19,7 +19,9 @@ type Call struct {
 	err     error
 }
 
-// NewCall starts a request to id for a connection speaking version.
+// NewCall starts a request to id written as a client of protocol version writes it. That is normally the
+// connection's version; a p11-kit 0.25.6+ client on a version 0 connection (p11-kit issue #733) writes as
+// version 2.
 func NewCall(id p11rpc.CallID, version byte) *Call {
 	c := &Call{ID: id, version: version}
 	spec, ok := p11rpc.Spec(id)

@@ -39,13 +39,8 @@ import (
 //	P11RPC_CAPTURE=1 go test -run TestCaptureGolden -count=1 ./cmd/hsm-ha-proxy/internal/p11rpc/
 //
 // With P11RPC_CAPTURE_V2=DIR it also writes testdata/golden-v2/*.txt from a p11-kit 0.26.4 client and
-// server (protocol version 2), taken from a p11-kit build tree DIR:
-//
-//	git -C p11-kit checkout 0.26.4 && git -C p11-kit submodule update --init   # subprojects/pkcs11-json
-//	meson setup DIR p11-kit -Dtrust_module=disabled -Dsystemd=disabled -Dlibffi=disabled -Dnls=false \
-//		-Dman=false -Dgtk_doc=false -Dtest=false -Dbash_completion=disabled -Dzsh_completion=disabled
-//	ninja -C DIR p11-kit/p11-kit-client.so p11-kit/p11-kit-remote
-//
+// server (protocol version 2): DIR is a directory holding a p11-kit 0.26.4 p11-kit-client.so and
+// p11-kit-remote, built by whoever regenerates the vectors; nothing in this repository builds them
 // (the relay runs DIR/p11-kit/p11-kit-remote per connection, as `p11-kit server` would).
 //
 // Keys are generated afresh, so every run produces different signatures; the golden tests only need the

@@ -121,16 +121,12 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	for i := range cfg.Partitions {
 		cl.parts = append(cl.parts, &clusterPartition{name: cfg.Partitions[i].Name, keys: map[string]*keyEntry{}})
 	}
-	for i, dc := range cfg.Devices {
-		h, err := modules.acquire(dc.Module, dc.ModuleEnv, pol.InitTimeout.D())
+	for i := range cfg.Devices {
+		d, err := newDevice(cfg, i)
 		if err != nil {
 			cl.releaseDevices()
 			router.Close()
-			return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
-		}
-		d := &device{idx: i, name: dc.Name, cfg: dc, policy: pol, mod: h}
-		for pi := range cfg.Partitions {
-			d.parts = append(d.parts, &devPartition{dev: d, cfg: &cfg.Partitions[pi]})
+			return nil, err
 		}
 		d.onDown = func(reason string) { cl.monitors[d.idx].MarkDown(reason) }
 		cl.devices = append(cl.devices, d)

@@ -1,0 +1,78 @@
+package pkcs11ha
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+)
+
+// TestInspectRetriesAfterLockWait: devices whose init_timeout ran out while another device's C_Initialize
+// held the module-load lock are opened once more rather than reported down (here the test holds the lock
+// past every device's init_timeout).
+func TestInspectRetriesAfterLockWait(t *testing.T) {
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+		{Name: "a", Region: "eastus", InProcess: true}, {Name: "b", Region: "eastus", InProcess: true}}})
+	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
+	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: "init_timeout: 300ms"}))
+	cfg, err := LoadConfig(path)
+	require.NoError(t, err)
+
+	envLock <- struct{}{}
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		time.Sleep(500 * time.Millisecond)
+		<-envLock
+	}()
+	rep, err := Inspect(context.Background(), cfg)
+	<-released
+	require.NoError(t, err)
+	for _, d := range rep.Devices {
+		assert.True(t, d.Reachable, "%s: %s", d.Name, d.Error)
+		assert.Less(t, d.OpenTime, time.Second, "the report times the open that counted")
+	}
+}
+
+// TestCallBoundedAbandons: a call stuck in the module (the relay holds its bytes) is left running at its
+// deadline and reported as a device-down error; it stays counted on the instance until it returns, so the
+// instance is never finalised under it.
+func TestCallBoundedAbandons(t *testing.T) {
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "eastus"}}})
+	dev := topo.Devices[0]
+	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
+	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{}))
+	cfg, err := LoadConfig(path)
+	require.NoError(t, err)
+	d, err := newDevice(cfg, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { d.close(time.Second) })
+	require.NoError(t, d.open(context.Background()))
+	in := d.mod.current()
+	require.NotNil(t, in)
+	ctx := context.Background()
+	slots, err := callBounded(ctx, d, in, OpSlotList, time.Second, func(c *pkcs11.Ctx) ([]uint, error) { return c.GetSlotList(true) })
+	require.NoError(t, err)
+	require.NotEmpty(t, slots)
+
+	require.NoError(t, dev.Hang())
+	start := time.Now()
+	_, err = callBounded(ctx, d, in, OpTokenInfo, 200*time.Millisecond, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(slots[0]) })
+	took := time.Since(start)
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, errCallStuck), "%v", err)
+	assert.True(t, errors.Is(err, ErrDeviceDown), "%v", err)
+	assert.Less(t, took, 2*time.Second)
+	assert.EqualValues(t, 1, in.inflight.Load(), "the abandoned call still counts on the instance")
+
+	require.NoError(t, dev.Pass())
+	require.Eventually(t, func() bool { return in.inflight.Load() == 0 }, 10*time.Second, 5*time.Millisecond,
+		"the call leaves the instance once the device answers")
+}

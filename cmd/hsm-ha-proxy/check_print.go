@@ -67,15 +67,15 @@ func printDevices(w io.Writer, rep *pkcs11ha.Report) {
 			}
 		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "    PARTITION\tTOKEN\tSERIAL\tMANUFACTURER / MODEL\tFIRMWARE\tSESSIONS OPEN\tMAX\tLOGIN\tKEYS")
+		fmt.Fprintln(tw, "    PARTITION\tTOKEN\tSERIAL\tMANUFACTURER / MODEL\tFIRMWARE\tSESSIONS OPEN/MAX\tLOGIN\tKEYS")
 		for _, p := range d.Partitions {
 			if p.Token == nil {
-				fmt.Fprintf(tw, "    %s\t(no token)\t\t\t\t\t\t%s\t\n", p.Name, loginText(p))
+				fmt.Fprintf(tw, "    %s\t(no token)\t\t\t\t\t%s\t\n", p.Name, loginText(p))
 				continue
 			}
 			t := p.Token
-			fmt.Fprintf(tw, "    %s\t%s\t%s\t%s / %s\t%s\t%s\t%s\t%s\t%s\n", p.Name, t.Label, t.Serial, t.Manufacturer, t.Model,
-				t.Firmware, countText(t.Sessions), countText(t.MaxSessions), loginText(p), keysText(p))
+			fmt.Fprintf(tw, "    %s\t%s\t%s\t%s / %s\t%s\t%s\t%s\t%s\n", p.Name, t.Label, t.Serial, t.Manufacturer, t.Model,
+				t.Firmware, sessionsText(t), loginText(p), keysText(p))
 		}
 		_ = tw.Flush()
 		for _, p := range d.Partitions {
@@ -94,6 +94,15 @@ func anyToken(d pkcs11ha.DeviceReport) bool {
 		}
 	}
 	return false
+}
+
+// sessionsText is "open/max", with the free count when both are known.
+func sessionsText(t *pkcs11ha.TokenInfo) string {
+	s := countText(t.Sessions) + "/" + countText(t.MaxSessions)
+	if t.Sessions.Kind == pkcs11ha.SessionsCount && t.MaxSessions.Kind == pkcs11ha.SessionsCount && t.MaxSessions.Value >= t.Sessions.Value {
+		s += fmt.Sprintf(" (%d free)", t.MaxSessions.Value-t.Sessions.Value)
+	}
+	return s
 }
 
 func loginText(p pkcs11ha.DevicePartition) string {

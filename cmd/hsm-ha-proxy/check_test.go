@@ -424,3 +424,21 @@ func TestJudge(t *testing.T) {
 		})
 	}
 }
+
+func TestSessionsText(t *testing.T) {
+	n := func(v uint64) pkcs11ha.SessionCount {
+		return pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsCount, Value: v}
+	}
+	tests := []struct {
+		open, max pkcs11ha.SessionCount
+		want      string
+	}{
+		{pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsUnknown}, pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsNoLimit}, "unknown/no limit"},
+		{n(3), n(1024), "3/1024 (1021 free)"},
+		{n(3), pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsNoLimit}, "3/no limit"},
+		{pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsUnknown}, n(64), "unknown/64"},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, sessionsText(&pkcs11ha.TokenInfo{Sessions: tt.open, MaxSessions: tt.max}))
+	}
+}

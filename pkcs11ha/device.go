@@ -100,30 +100,8 @@ func (d *device) recoverDevice(ctx context.Context, othersServing bool) error {
 }
 
 func (d *device) openLocked(ctx context.Context, reinit bool) error {
-	d.mod.mu.Lock()
-	in := d.mod.current()
-	var err error
-	switch {
-	case in == nil:
-		if d.mod.cur.Load() != nil {
-			in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
-		} else {
-			again := d.mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
-			in, err = d.mod.load(ctx, d.policy.MaxRetired)
-			if err == nil {
-				d.mod.cur.Store(in)
-				if again {
-					d.mod.reinits.Add(1)
-				}
-			}
-		}
-	case reinit && d.needInit.Load():
-		in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
-	}
-	d.mod.mu.Unlock()
+	in, err := d.instanceFor(ctx, reinit)
 	if err != nil {
-		err = downErr(d.name, "", OpInitialize, err.Error())
-		d.setErr(err)
 		return err
 	}
 	d.needInit.Store(false)
@@ -149,6 +127,38 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 	}
 	// Some partitions may be unusable (wrong PIN); the device still serves the others.
 	return nil
+}
+
+// instanceFor returns the module instance to open the device on: the current one, or a freshly loaded
+// one, or (reinit, when the device needs it) a re-initialised one. Its errors are device-down, and recorded.
+func (d *device) instanceFor(ctx context.Context, reinit bool) (*instance, error) {
+	d.mod.mu.Lock()
+	in := d.mod.current()
+	var err error
+	switch {
+	case in == nil:
+		if d.mod.cur.Load() != nil {
+			in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
+		} else {
+			again := d.mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
+			in, err = d.mod.load(ctx, d.policy.MaxRetired)
+			if err == nil {
+				d.mod.cur.Store(in)
+				if again {
+					d.mod.reinits.Add(1)
+				}
+			}
+		}
+	case reinit && d.needInit.Load():
+		in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
+	}
+	d.mod.mu.Unlock()
+	if err != nil {
+		err = downErr(d.name, "", OpInitialize, err.Error())
+		d.setErr(err)
+		return nil, err
+	}
+	return in, nil
 }
 
 // open resolves the token by label or serial on instance in, logs in once and lists its keys.

@@ -61,9 +61,11 @@ const (
 // times a few C_GetTokenInfo calls per device, compares every key across devices with Open's majority
 // vote, releases everything and returns the report. It starts no probes and routes nothing.
 //
-// A device that does not answer is reported, never waited on: its open is bounded by policy.init_timeout
-// and every later call by policy.health.timeout; a call stuck in a module is left running there (its
-// module instance is never finalised under it). The error is non-nil only for an invalid config
+// A device that does not answer is reported, never waited on: its module load is bounded by
+// policy.init_timeout (modules are loaded one device at a time, so that a hung C_Initialize does not eat
+// the next device's deadline), the rest of its open by WithOpenTimeout, and every later call by
+// policy.health.timeout; a call stuck in a module is left running there (its module instance is never
+// finalised under it). The error is non-nil only for an invalid config
 // (*ConfigError) or when ctx ends first.
 func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, error) {
 	if cfg == nil {
@@ -86,6 +88,13 @@ func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, 
 		devs = append(devs, d)
 	}
 
+	// Load the modules one device at a time, each with its own init_timeout: loads share a process-wide
+	// lock, and a device queued behind another's hung C_Initialize would spend its own deadline waiting.
+	// Healthy loads take a round trip or two; the rest of each open runs concurrently below.
+	loads := make([]loadResult, len(devs))
+	for i, d := range devs {
+		loads[i] = loadBounded(ctx, d, cfg.Policy.InitTimeout.D())
+	}
 	rep := &Report{LocalRegion: cfg.LocalRegion, SessionPoolSize: cfg.Policy.SessionPoolSize, Devices: make([]DeviceReport, len(devs))}
 	held := make([][]map[string]*keyObject, len(devs)) // [device][partition] -> label -> key; nil: not open
 	var wg sync.WaitGroup
@@ -93,7 +102,7 @@ func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rep.Devices[i], held[i] = inspectDevice(ctx, cfg, d, o)
+			rep.Devices[i], held[i] = inspectDevice(ctx, cfg, d, o, loads[i])
 		}()
 	}
 	wg.Wait() // bounded: inspectDevice waits on no call past its deadline
@@ -119,21 +128,19 @@ func releaseAll(devs []*device, timeout time.Duration) {
 
 // inspectDevice opens d, reads its module and token information, times it, and returns its report and,
 // per partition, the keys the token holds (nil where the partition did not open).
-func inspectDevice(ctx context.Context, cfg *Config, d *device, o inspectOptions) (DeviceReport, []map[string]*keyObject) {
+func inspectDevice(ctx context.Context, cfg *Config, d *device, o inspectOptions, load loadResult) (DeviceReport, []map[string]*keyObject) {
 	pol := &cfg.Policy
 	dr := DeviceReport{
 		Name: d.name, Region: d.cfg.Region, Local: d.cfg.Region == cfg.LocalRegion,
 		Tier: cfg.tierOf(d.idx), TierOverride: d.cfg.Tier != nil, Module: d.cfg.Module,
 	}
-	start := time.Now()
-	openErr := openBounded(ctx, d, pol.InitTimeout.D(), o.openTimeout)
-	if openErr != nil && !errors.Is(openErr, errCallStuck) && ctx.Err() == nil && neverInitialised(d.mod) {
-		// Its init_timeout ran out while it waited for the module-load lock, which another device's hung
-		// C_Initialize held until its own deadline: that says nothing about this device, so try once more.
-		start = time.Now()
+	openErr := load.err
+	if openErr == nil {
+		start := time.Now()
 		openErr = openBounded(ctx, d, pol.InitTimeout.D(), o.openTimeout)
+		dr.OpenTime = time.Since(start)
 	}
-	dr.OpenTime = time.Since(start)
+	dr.OpenTime += load.took
 	if errors.Is(openErr, errCallStuck) {
 		dr.Abandoned = append(dr.Abandoned, string(opOpen))
 		setErr(&dr.Error, &dr.ErrorClass, openErr)
@@ -256,9 +263,9 @@ func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.
 	return found, nil
 }
 
-// openBounded runs d.open in a goroutine of its own with Open's deadline on the module load
-// (policy.init_timeout), and waits at most limit for the whole open; past it the open is abandoned, never
-// waited on.
+// openBounded runs d.open in a goroutine of its own with Open's deadline on a module load
+// (policy.init_timeout; Inspect has loaded the module already), and waits at most limit for the whole
+// open; past it the open is abandoned, never waited on.
 func openBounded(ctx context.Context, d *device, initTimeout, limit time.Duration) error {
 	octx, cancel := context.WithTimeout(ctx, initTimeout)
 	defer cancel()
@@ -277,12 +284,20 @@ func openBounded(ctx context.Context, d *device, initTimeout, limit time.Duratio
 	}
 }
 
-// neverInitialised reports whether no C_Initialize of h's module has started (none succeeded, none is
-// still blocked).
-func neverInitialised(h *moduleHandle) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return !h.loaded.Load() && h.pending == nil
+// loadResult is the outcome of loading a device's module.
+type loadResult struct {
+	err  error
+	took time.Duration
+}
+
+// loadBounded loads d's module (or finds it loaded, for a device sharing another's instance) as Open
+// does, bounded by initTimeout: a C_Initialize that does not return by then is left running.
+func loadBounded(ctx context.Context, d *device, initTimeout time.Duration) loadResult {
+	start := time.Now()
+	lctx, cancel := context.WithTimeout(ctx, initTimeout)
+	defer cancel()
+	_, err := d.instanceFor(lctx, false)
+	return loadResult{err: err, took: time.Since(start)}
 }
 
 // callBounded makes one PKCS#11 call on instance in, in a goroutine of its own, and waits at most timeout:

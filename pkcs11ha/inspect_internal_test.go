@@ -14,33 +14,6 @@ import (
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
 
-// TestInspectRetriesAfterLockWait: devices whose init_timeout ran out while another device's C_Initialize
-// held the module-load lock are opened once more rather than reported down (here the test holds the lock
-// past every device's init_timeout).
-func TestInspectRetriesAfterLockWait(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
-		{Name: "a", Region: "eastus", InProcess: true}, {Name: "b", Region: "eastus", InProcess: true}}})
-	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
-	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: "init_timeout: 300ms"}))
-	cfg, err := LoadConfig(path)
-	require.NoError(t, err)
-
-	envLock <- struct{}{}
-	released := make(chan struct{})
-	go func() {
-		defer close(released)
-		time.Sleep(500 * time.Millisecond)
-		<-envLock
-	}()
-	rep, err := Inspect(context.Background(), cfg)
-	<-released
-	require.NoError(t, err)
-	for _, d := range rep.Devices {
-		assert.True(t, d.Reachable, "%s: %s", d.Name, d.Error)
-		assert.Less(t, d.OpenTime, time.Second, "the report times the open that counted")
-	}
-}
-
 // TestCallBoundedAbandons: a call stuck in the module (the relay holds its bytes) is left running at its
 // deadline and reported as a device-down error; it stays counted on the instance until it returns, so the
 // instance is never finalised under it.

@@ -21,13 +21,13 @@ type inspectOptions struct {
 	openTimeout time.Duration
 }
 
-// defaultOpenBudget is how long Inspect lets a device take, after policy.init_timeout, to find its tokens,
-// log in and list its keys before abandoning it: tens of round trips, which over a long DR link add up
-// to seconds.
+// defaultOpenBudget is how long Inspect lets a device take, once its module is loaded, to find its
+// tokens, log in and list its keys before abandoning it: tens of round trips, which over a long DR link
+// add up to seconds.
 const defaultOpenBudget = 30 * time.Second
 
-// WithOpenTimeout bounds each device's whole open (module load, token lookup, login, key listing); past
-// it the device is reported stuck. Default: policy.init_timeout plus 30s.
+// WithOpenTimeout bounds the rest of each device's open once its module is loaded (token lookup, login,
+// key listing); past it the device is reported stuck. Default 30s.
 func WithOpenTimeout(d time.Duration) InspectOption {
 	return func(o *inspectOptions) {
 		if d > 0 {
@@ -74,7 +74,7 @@ func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	o := inspectOptions{samples: 5, openTimeout: cfg.Policy.InitTimeout.D() + defaultOpenBudget}
+	o := inspectOptions{samples: 5, openTimeout: defaultOpenBudget}
 	for _, f := range opts {
 		f(&o)
 	}

@@ -14,10 +14,10 @@ import (
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
 
-// TestCallBoundedAbandons: a call stuck in the module (the relay holds its bytes) is left running at its
+// TestInspectCallBoundedAbandons: a call stuck in the module (the relay holds its bytes) is left running at its
 // deadline and reported as a device-down error; it stays counted on the instance until it returns, so the
 // instance is never finalised under it.
-func TestCallBoundedAbandons(t *testing.T) {
+func TestInspectCallBoundedAbandons(t *testing.T) {
 	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "eastus"}}})
 	dev := topo.Devices[0]
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
@@ -48,4 +48,35 @@ func TestCallBoundedAbandons(t *testing.T) {
 	require.NoError(t, dev.Pass())
 	require.Eventually(t, func() bool { return in.inflight.Load() == 0 }, 10*time.Second, 5*time.Millisecond,
 		"the call leaves the instance once the device answers")
+}
+
+// TestInspectOpenBoundedAbandons: a device that stops answering after its module loaded (the relay holds the
+// bytes of the token lookup) is abandoned at the open deadline, reported as down, and not waited on.
+func TestInspectOpenBoundedAbandons(t *testing.T) {
+	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "eastus"}}})
+	dev := topo.Devices[0]
+	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
+	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{}))
+	cfg, err := LoadConfig(path)
+	require.NoError(t, err)
+	d, err := newDevice(cfg, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { d.close(time.Second) })
+	ctx := context.Background()
+	require.NoError(t, loadBounded(ctx, d, time.Second).err)
+
+	require.NoError(t, dev.Hang())
+	start := time.Now()
+	err = openBounded(ctx, d, time.Second, 300*time.Millisecond)
+	took := time.Since(start)
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, errCallStuck), "%v", err)
+	assert.True(t, errors.Is(err, ErrDeviceDown), "%v", err)
+	assert.Less(t, took, 2*time.Second)
+	in := d.mod.current()
+	require.NotNil(t, in)
+	assert.EqualValues(t, 1, in.inflight.Load(), "the token lookup is still in the module")
+
+	require.NoError(t, dev.Pass())
+	require.Eventually(t, func() bool { return in.inflight.Load() == 0 }, 10*time.Second, 5*time.Millisecond)
 }

@@ -83,6 +83,7 @@ func keyStatus(k pkcs11ha.KeyReport) map[string]string {
 func TestInspect(t *testing.T) {
 	tests := []struct {
 		name  string
+		opts  []pkcs11ha.InspectOption
 		edit  func(devs []softhsmtest.DeviceSpec)
 		fault func(t *testing.T, topo *softhsmtest.Topology)
 		check func(t *testing.T, topo *softhsmtest.Topology, rep *pkcs11ha.Report)
@@ -120,7 +121,7 @@ func TestInspect(t *testing.T) {
 			assert.Equal(t, 2048, r.Bits)
 			assert.Equal(t, map[string]string{"eastus-1": "match", "eastus-2": "match", "westus-1": "match", "westus-2": "match"}, keyStatus(r))
 		}},
-		{name: "killed device", fault: func(t *testing.T, topo *softhsmtest.Topology) {
+		{name: "killed device", opts: []pkcs11ha.InspectOption{pkcs11ha.WithLatencySamples(3)}, fault: func(t *testing.T, topo *softhsmtest.Topology) {
 			require.NoError(t, topo.Device("eastus-2").Kill())
 		}, check: func(t *testing.T, topo *softhsmtest.Topology, rep *pkcs11ha.Report) {
 			d := deviceReport(t, rep, "eastus-2")
@@ -130,6 +131,7 @@ func TestInspect(t *testing.T) {
 			assert.Equal(t, "unchecked", keyStatus(keyReport(t, rep, "payments", "ec-key"))["eastus-2"])
 			assert.True(t, keyReport(t, rep, "payments", "ec-key").Consistent)
 			assert.True(t, deviceReport(t, rep, "eastus-1").Reachable)
+			assert.Equal(t, 3, deviceReport(t, rep, "eastus-1").Latency.Samples)
 		}},
 		{name: "different and missing keys", edit: func(devs []softhsmtest.DeviceSpec) {
 			devs[0].DifferentKeys = []string{"ec-key"}
@@ -187,7 +189,7 @@ func TestInspect(t *testing.T) {
 				tt.fault(t, topo)
 			}
 			start := time.Now()
-			rep, err := pkcs11ha.Inspect(context.Background(), cfg)
+			rep, err := pkcs11ha.Inspect(context.Background(), cfg, tt.opts...)
 			took := time.Since(start)
 			require.NoError(t, err)
 			b, _ := json.MarshalIndent(rep, "", "  ")

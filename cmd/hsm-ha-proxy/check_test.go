@@ -260,9 +260,9 @@ func TestCheckBinaryExitCode(t *testing.T) {
 	}
 }
 
-// TestTokenFit is the session arithmetic: replicas × (pool + login session) against the token's max less
+// TestCheckTokenFit is the session arithmetic: replicas × (pool + login session) against the token's max less
 // what others hold.
-func TestTokenFit(t *testing.T) {
+func TestCheckTokenFit(t *testing.T) {
 	n := func(v uint64) pkcs11ha.SessionCount {
 		return pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsCount, Value: v}
 	}
@@ -331,8 +331,8 @@ func healthyReport() *pkcs11ha.Report {
 	return rep
 }
 
-// TestJudge: every problem and every piece of advice, from reports built by hand.
-func TestJudge(t *testing.T) {
+// TestCheckJudge: every problem and every piece of advice, from reports built by hand.
+func TestCheckJudge(t *testing.T) {
 	tests := []struct {
 		name     string
 		edit     func(r *pkcs11ha.Report)
@@ -425,7 +425,8 @@ func TestJudge(t *testing.T) {
 	}
 }
 
-func TestSessionsText(t *testing.T) {
+// TestCheckSessionsText: a token's sessions as the device table shows them.
+func TestCheckSessionsText(t *testing.T) {
 	n := func(v uint64) pkcs11ha.SessionCount {
 		return pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsCount, Value: v}
 	}

@@ -121,16 +121,12 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	for i := range cfg.Partitions {
 		cl.parts = append(cl.parts, &clusterPartition{name: cfg.Partitions[i].Name, keys: map[string]*keyEntry{}})
 	}
-	for i, dc := range cfg.Devices {
-		h, err := modules.acquire(dc.Module, dc.ModuleEnv, pol.InitTimeout.D())
+	for i := range cfg.Devices {
+		d, err := newDevice(cfg, i)
 		if err != nil {
 			cl.releaseDevices()
 			router.Close()
-			return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
-		}
-		d := &device{idx: i, name: dc.Name, cfg: dc, policy: pol, mod: h}
-		for pi := range cfg.Partitions {
-			d.parts = append(d.parts, &devPartition{dev: d, cfg: &cfg.Partitions[pi]})
+			return nil, err
 		}
 		d.onDown = func(reason string) { cl.monitors[d.idx].MarkDown(reason) }
 		cl.devices = append(cl.devices, d)
@@ -303,24 +299,11 @@ func (cl *Cluster) checkKeys(_ *device) {
 		for label := range labels {
 			e := cp.keys[label]
 			if e == nil {
-				// Majority vote on the public key among the devices that have the label.
-				var best *keyObject
-				bestN := 0
-				for _, dk := range open {
-					k := dk.keys[label]
-					if k == nil {
-						continue
-					}
-					n := 0
-					for _, o := range open {
-						if ok := o.keys[label]; ok != nil && bytes.Equal(ok.pubDER, k.pubDER) {
-							n++
-						}
-					}
-					if n > bestN {
-						best, bestN = k, n
-					}
+				held := make([]*keyObject, len(open))
+				for i, dk := range open {
+					held[i] = dk.keys[label]
 				}
+				best := majorityKey(held)
 				e = &keyEntry{label: label, id: best.id, alg: best.alg, pub: best.pub, pubDER: best.pubDER}
 				cp.keys[label] = e
 			}
@@ -358,6 +341,28 @@ func (cl *Cluster) checkKeys(_ *device) {
 		}
 		cp.mu.Unlock()
 	}
+}
+
+// majorityKey returns the key whose public key most of held share, the earliest in held on a tie (config
+// order breaks ties); nil entries are devices without the label. It is nil only if every entry is.
+func majorityKey(held []*keyObject) *keyObject {
+	var best *keyObject
+	bestN := 0
+	for _, k := range held {
+		if k == nil {
+			continue
+		}
+		n := 0
+		for _, o := range held {
+			if o != nil && bytes.Equal(o.pubDER, k.pubDER) {
+				n++
+			}
+		}
+		if n > bestN {
+			best, bestN = k, n
+		}
+	}
+	return best
 }
 
 // Key returns the key with the given label in the named partition.

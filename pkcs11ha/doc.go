@@ -4,6 +4,7 @@
 //
 // The package holds the config schema (LoadConfig), the cluster (Open, Cluster.Key, Status, Close), the
 // device backend over github.com/miekg/pkcs11 (module registry, token resolution, sessions, login, key
-// lookup, re-initialisation) and the one table that classifies PKCS#11 errors (Classify). Routing policy
+// lookup, re-initialisation), a one-shot inspection of every device that routes nothing (Inspect, behind
+// `hsm-ha-proxy check`) and the one table that classifies PKCS#11 errors (Classify). Routing policy
 // lives in package failover and health tracking in package health; neither knows PKCS#11.
 package pkcs11ha

@@ -30,6 +30,7 @@ import (
 const usage = `usage:
   hsm-ha-proxy serve --config FILE [--log-level debug|info|warn|error] [--log-format json|text]
   hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
+  hsm-ha-proxy check --config FILE [--json] [--replicas N]
 `
 
 func main() {
@@ -47,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(args[1:], stderr)
 	case "status":
 		return runStatus(args[1:], stdout, stderr)
+	case "check":
+		return runCheck(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

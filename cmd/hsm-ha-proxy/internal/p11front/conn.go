@@ -148,7 +148,11 @@ func (c *conn) handle(f p11rpc.Frame) {
 	}()
 	start := time.Now()
 	call, result, body := c.dispatch(f.Body)
-	c.s.m.call(c.clientName(), call, result, time.Since(start))
+	lat := time.Since(start)
+	c.s.m.call(c.clientName(), call, result)
+	if c.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.log.Debug("PKCS#11 call", "call", callName(call), "result", rvName(result), "latency_ms", float64(lat.Microseconds())/1000)
+	}
 	c.wmu.Lock()
 	err := p11rpc.WriteFrame(c.nc, p11rpc.Frame{Code: f.Code, Body: body})
 	c.wmu.Unlock()

@@ -1,6 +1,7 @@
 package p11front
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/rsa"
 
@@ -18,6 +19,9 @@ type cryptPlan struct {
 	oaep  *rsa.OAEPOptions // nil: PKCS#1 v1.5
 	buf   []byte           // the input gathered by Update calls, at most one block
 	multi bool
+	// pending is the part of an Update call that asked only for its output's size (see update).
+	pending    []byte
+	hasPending bool
 }
 
 // newCryptPlan checks the mechanism (CKF_ENCRYPT or CKF_DECRYPT in flag) and its parameters against the
@@ -69,8 +73,29 @@ func (p *cryptPlan) decrypterOpts() crypto.DecrypterOpts {
 }
 
 // update adds a part of the input; an RSA operation takes one block, so more is CKR_*_LEN_RANGE.
-func (p *cryptPlan) update(part []byte, tooLong rv) error {
+//
+// query says the caller's output buffer was NULL (a size query, which must not consume the part) — or,
+// with p11-kit 0.24, which sends a zero-length buffer the same way, a real buffer of length 0. An Update
+// never has output here, so applications do pass one, right after the query (miekg/pkcs11 does). So a
+// queried part is held back: the next Update with the same part consumes it once, anything else consumes
+// it first. Only two identical consecutive parts, the first sent with no buffer, are taken for one.
+func (p *cryptPlan) update(part []byte, query bool, tooLong rv) error {
 	p.multi = true
+	if p.hasPending {
+		same := bytes.Equal(p.pending, part)
+		p.hasPending = false
+		if err := p.add(p.pending, tooLong); err != nil || same {
+			return err
+		}
+	}
+	if query {
+		p.pending, p.hasPending = bytes.Clone(part), true
+		return nil
+	}
+	return p.add(part, tooLong)
+}
+
+func (p *cryptPlan) add(part []byte, tooLong rv) error {
 	if len(p.buf)+len(part) > p.pub.Size() {
 		return rvErr(tooLong, "input longer than one RSA block")
 	}
@@ -79,9 +104,15 @@ func (p *cryptPlan) update(part []byte, tooLong rv) error {
 }
 
 // input is the whole input: data for a single-part call, the gathered parts for a Final call.
-func (p *cryptPlan) input(data []byte, final bool) []byte {
-	if final {
-		return p.buf
+func (p *cryptPlan) input(data []byte, final bool) ([]byte, error) {
+	if !final {
+		return data, nil
 	}
-	return data
+	if p.hasPending {
+		p.hasPending = false
+		if err := p.add(p.pending, pkcs11.CKR_DATA_LEN_RANGE); err != nil {
+			return nil, err
+		}
+	}
+	return p.buf, nil
 }

@@ -65,13 +65,13 @@ func (c *conn) cDecryptUpdate(req *p11rpc.Request, w *p11rpc.Reply) error {
 	if op == nil {
 		return rvErr(pkcs11.CKR_OPERATION_NOT_INITIALIZED, "no decryption")
 	}
-	if err := op.update(a.data, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE); err != nil {
+	if err := op.update(a.data, a.null, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE); err != nil {
 		a.s.decrypt = nil
 		return err
 	}
-	if !a.sized(w, 0) {
-		w.ByteArray([]byte{}) // the plaintext comes with C_DecryptFinal
-	}
+	// No output: the plaintext comes with C_DecryptFinal. An empty array rather than a length (even for a size
+	// query) so that a caller's zero-length buffer is not answered CKR_BUFFER_TOO_SMALL.
+	w.ByteArray([]byte{})
 	return nil
 }
 
@@ -97,7 +97,11 @@ func (c *conn) decryptOut(a outputArgs, w *p11rpc.Reply, final bool) error {
 		a.s.decrypt = nil
 		return rvErr(pkcs11.CKR_OPERATION_ACTIVE, "C_Decrypt after C_DecryptUpdate")
 	}
-	in := op.input(a.data, final)
+	in, err := op.input(a.data, final)
+	if err != nil {
+		a.s.decrypt = nil
+		return err
+	}
 	if op.done == nil || !bytes.Equal(op.doneFor, in) {
 		if a.null {
 			w.ByteArrayLen(uint64(op.pub.Size()))

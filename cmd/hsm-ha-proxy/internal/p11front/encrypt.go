@@ -54,13 +54,13 @@ func (c *conn) cEncryptUpdate(req *p11rpc.Request, w *p11rpc.Reply) error {
 	if op == nil {
 		return rvErr(pkcs11.CKR_OPERATION_NOT_INITIALIZED, "no encryption")
 	}
-	if err := op.update(a.data, pkcs11.CKR_DATA_LEN_RANGE); err != nil {
+	if err := op.update(a.data, a.null, pkcs11.CKR_DATA_LEN_RANGE); err != nil {
 		a.s.encrypt = nil
 		return err
 	}
-	if !a.sized(w, 0) {
-		w.ByteArray([]byte{}) // the ciphertext comes with C_EncryptFinal
-	}
+	// No output: the ciphertext comes with C_EncryptFinal. An empty array rather than a length (even for a size
+	// query) so that a caller's zero-length buffer is not answered CKR_BUFFER_TOO_SMALL.
+	w.ByteArray([]byte{})
 	return nil
 }
 
@@ -87,9 +87,11 @@ func (c *conn) encryptOut(a outputArgs, w *p11rpc.Reply, final bool) error {
 		return nil
 	}
 	a.s.encrypt = nil
-	in := op.input(a.data, final)
+	in, err := op.input(a.data, final)
+	if err != nil {
+		return err
+	}
 	var ct []byte
-	var err error
 	if op.oaep != nil {
 		ct, err = rsa.EncryptOAEPWithOptions(rand.Reader, op.pub, in, op.oaep)
 	} else {

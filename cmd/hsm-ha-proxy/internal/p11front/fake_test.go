@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/p11rpc"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
@@ -110,4 +111,9 @@ func (a fakeAuth) UnixClient(uid, _ int) (string, map[string]bool, bool) {
 		m[p] = true
 	}
 	return fmt.Sprintf("client-%d", uid), m, true
+}
+
+// reqOf is one entry of a C_GetAttributeValue template.
+func reqOf(typ, n uint64, null bool) p11rpc.AttributeRequest {
+	return p11rpc.AttributeRequest{Type: typ, Len: n, Null: null}
 }

@@ -70,28 +70,27 @@ func (c *conn) cFindObjectsInit(req *p11rpc.Request, _ *p11rpc.Reply) error {
 func (o *object) matches(tmpl []p11rpc.Attribute) bool {
 	for _, t := range tmpl {
 		a, ok := o.attrs[t.Type]
-		if !ok || !t.Valid || !sameValue(a, t) {
+		if !ok || !t.Valid || !sameValue(o.kinds[t.Type], a, t) {
 			return false
 		}
 	}
 	return true
 }
 
-// sameValue compares an object's attribute with a template's: bytes, or as CK_ULONG or CK_BBOOL values
-// (a client's CK_BBOOL true may be any non-zero byte).
-func sameValue(a, t p11rpc.Attribute) bool {
-	if bytes.Equal(a.Value, t.Value) {
-		return true
+// sameValue compares an object's attribute with a template's, by the attribute's kind: CK_ULONG and
+// CK_BBOOL by value (a client's CK_BBOOL true may be any non-zero byte), the others byte for byte.
+func sameValue(kind attrKind, a, t p11rpc.Attribute) bool {
+	switch kind {
+	case kindUlong:
+		av, err1 := a.Ulong()
+		tv, err2 := t.Ulong()
+		return err1 == nil && err2 == nil && av == tv
+	case kindBool:
+		av, err1 := a.Bool()
+		tv, err2 := t.Bool()
+		return err1 == nil && err2 == nil && av == tv
 	}
-	if av, err := a.Ulong(); err == nil {
-		tv, err := t.Ulong()
-		return err == nil && av == tv
-	}
-	if av, err := a.Bool(); err == nil {
-		tv, err := t.Bool()
-		return err == nil && av == tv
-	}
-	return false
+	return bytes.Equal(a.Value, t.Value)
 }
 
 func (c *conn) cFindObjects(req *p11rpc.Request, w *p11rpc.Reply) error {

@@ -84,7 +84,7 @@ func (c *conn) readUpdate(req *p11rpc.Request) (*session, []byte, error) {
 // the length alone (the client reports CKR_BUFFER_TOO_SMALL for a real buffer). It returns false when the
 // output fits and must be produced; the operation stays active when it returns true.
 func (a outputArgs) sized(w *p11rpc.Reply, n int) bool {
-	if a.null || a.n < uint64(n) {
+	if n > 0 && (a.null || a.n < uint64(n)) {
 		w.ByteArrayLen(uint64(n))
 		return true
 	}

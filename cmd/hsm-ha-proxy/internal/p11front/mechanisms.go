@@ -31,9 +31,11 @@ type mech struct {
 	maxBits uint64
 }
 
+// CKF_HW marks the mechanisms whose private-key half runs on the HSMs (tools such as pkcs11-tool --test
+// look for it); verify, encrypt and digest are done in software.
 const (
-	fSignVerify = pkcs11.CKF_SIGN | pkcs11.CKF_VERIFY
-	fCrypt      = pkcs11.CKF_ENCRYPT | pkcs11.CKF_DECRYPT
+	fSignVerify = pkcs11.CKF_HW | pkcs11.CKF_SIGN | pkcs11.CKF_VERIFY
+	fCrypt      = pkcs11.CKF_HW | pkcs11.CKF_ENCRYPT | pkcs11.CKF_DECRYPT
 	fEC         = pkcs11.CKF_EC_F_P | pkcs11.CKF_EC_NAMEDCURVE | pkcs11.CKF_EC_UNCOMPRESS
 )
 

@@ -72,7 +72,7 @@ func register[T prometheus.Collector](reg prometheus.Registerer, c T) T {
 }
 
 // call counts one call.
-func (m *metrics) call(client string, call p11rpc.CallID, result rv, _ time.Duration) {
+func (m *metrics) call(client string, call p11rpc.CallID, result rv) {
 	m.calls.WithLabelValues(client, callName(call), rvName(result)).Inc()
 }
 

@@ -29,7 +29,8 @@ type object struct {
 	pub       crypto.PublicKey
 	attrs     map[uint64]p11rpc.Attribute
 	sensitive map[uint64]bool // attributes the object has but never reveals (CKA_PRIVATE_EXPONENT, ...)
-	size      uint64          // for C_GetObjectSize: the sum of the attribute lengths
+	kinds     map[uint64]attrKind
+	size      uint64 // for C_GetObjectSize: the sum of the attribute lengths
 }
 
 // objKey names an object independently of its handle.
@@ -115,7 +116,7 @@ var curveOIDs = map[elliptic.Curve]asn1.ObjectIdentifier{
 // buildObject builds the attributes of one half of a key.
 func buildObject(h uint64, partition string, ki pkcs11ha.KeyInfo, class uint64, spki []byte) *object {
 	o := &object{handle: h, partition: partition, label: ki.Label, class: class, pub: ki.Public,
-		attrs: map[uint64]p11rpc.Attribute{}, sensitive: map[uint64]bool{}}
+		attrs: map[uint64]p11rpc.Attribute{}, sensitive: map[uint64]bool{}, kinds: map[uint64]attrKind{}}
 	id, err := hex.DecodeString(ki.ID)
 	if err != nil {
 		id = []byte(ki.ID)
@@ -192,9 +193,26 @@ func (o *object) ecAttrs(pk *ecdsa.PublicKey, private bool) {
 	o.setBool(pkcs11.CKA_ENCRYPT, false)
 }
 
-func (o *object) setUlong(t, v uint64)        { o.attrs[t] = p11rpc.AttrUlong(t, v) }
-func (o *object) setBool(t uint64, v bool)    { o.attrs[t] = p11rpc.AttrBool(t, v) }
-func (o *object) setBytes(t uint64, v []byte) { o.attrs[t] = p11rpc.AttrBytes(t, v) }
+// attrKind is how an attribute's value compares with a template's (C_FindObjectsInit).
+type attrKind int
+
+const (
+	kindBytes attrKind = iota
+	kindUlong
+	kindBool
+)
+
+func (o *object) setUlong(t, v uint64) {
+	o.attrs[t], o.kinds[t] = p11rpc.AttrUlong(t, v), kindUlong
+}
+
+func (o *object) setBool(t uint64, v bool) {
+	o.attrs[t], o.kinds[t] = p11rpc.AttrBool(t, v), kindBool
+}
+
+func (o *object) setBytes(t uint64, v []byte) {
+	o.attrs[t], o.kinds[t] = p11rpc.AttrBytes(t, v), kindBytes
+}
 
 func (o *object) setBools(m map[uint64]bool) {
 	for t, v := range m {

@@ -101,13 +101,15 @@ func (c *conn) cGetSlotList(req *p11rpc.Request, w *p11rpc.Reply) error {
 }
 
 // writeUlongs answers an 'fu' buffer of n entries (null: a size query) with v, or with its length alone
-// when the buffer is too small (which the client turns into CKR_BUFFER_TOO_SMALL).
+// when the buffer is too small (which the client turns into CKR_BUFFER_TOO_SMALL). An empty list is
+// always an empty array: p11-kit 0.24 sends a real zero-length buffer as NULL, and a length alone would
+// be CKR_BUFFER_TOO_SMALL for it.
 func writeUlongs(w *p11rpc.Reply, v []uint64, n uint64, null bool) {
-	if null || n < uint64(len(v)) {
+	if len(v) > 0 && (null || n < uint64(len(v))) {
 		w.UlongArrayLen(uint64(len(v)))
 		return
 	}
-	w.UlongArray(v)
+	w.UlongArray(append([]uint64{}, v...))
 }
 
 // slotArg reads a slot id argument and checks that the peer may see it: CKR_SLOT_ID_INVALID otherwise

@@ -121,7 +121,9 @@ func TestHashAndSignPlans(t *testing.T) {
 				return rsa.VerifyPSS(rsaKey.Public().(*rsa.PublicKey), crypto.SHA384, d, sig, &rsa.PSSOptions{SaltLength: 48})
 			}},
 		{pkcs11.CKM_SHA512_RSA_PKCS, objs[0], &p11rpc.Mechanism{},
-			func(d, sig []byte) error { return rsa.VerifyPKCS1v15(rsaKey.Public().(*rsa.PublicKey), crypto.SHA512, d, sig) }},
+			func(d, sig []byte) error {
+				return rsa.VerifyPKCS1v15(rsaKey.Public().(*rsa.PublicKey), crypto.SHA512, d, sig)
+			}},
 		{pkcs11.CKM_ECDSA_SHA384, objs[2], &p11rpc.Mechanism{},
 			func(d, sig []byte) error { return verifyRaw(ecKey.Public().(*ecdsa.PublicKey), d, sig) }},
 	}
@@ -224,7 +226,9 @@ func TestDecryptAndEncrypt(t *testing.T) {
 	c, _, be := newClientT(t)
 	pub := &c.rsaKey.PublicKey
 	secret := []byte("a session key, say")
-	oaep := func(h, mgf uint, label []byte) any { return pkcs11.NewOAEPParams(h, mgf, pkcs11.CKZ_DATA_SPECIFIED, label) }
+	oaep := func(h, mgf uint, label []byte) any {
+		return pkcs11.NewOAEPParams(h, mgf, pkcs11.CKZ_DATA_SPECIFIED, label)
+	}
 	tests := []struct {
 		name string
 		mech []*pkcs11.Mechanism
@@ -234,7 +238,9 @@ func TestDecryptAndEncrypt(t *testing.T) {
 		{"OAEP SHA-1", mechOf(pkcs11.CKM_RSA_PKCS_OAEP, oaep(pkcs11.CKM_SHA_1, pkcs11.CKG_MGF1_SHA1, nil)),
 			func() ([]byte, error) { return rsa.EncryptOAEP(crypto.SHA1.New(), rand.Reader, pub, secret, nil) }},
 		{"OAEP SHA-256 with a label", mechOf(pkcs11.CKM_RSA_PKCS_OAEP, oaep(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, []byte("label"))),
-			func() ([]byte, error) { return rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, secret, []byte("label")) }},
+			func() ([]byte, error) {
+				return rsa.EncryptOAEP(sha256.New(), rand.Reader, pub, secret, []byte("label"))
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -20,6 +20,8 @@ type frontT struct {
 	socket string
 	logs   *syncBuffer
 	reg    *prometheus.Registry
+	// stop ends Serve (as a signal would) and returns its result; the test's cleanup calls it too.
+	stop func() error
 }
 
 // syncBuffer is a log sink safe for concurrent writers.
@@ -52,18 +54,31 @@ func shortDir(t testing.TB) string {
 // startFront serves be to the peers auth grants, on a fresh socket, until the test ends.
 func startFront(t testing.TB, be Backend, auth Authorizer, partitions []string) *frontT {
 	t.Helper()
+	return startFrontWith(t, be, auth, Options{Partitions: partitions}, "")
+}
+
+// startFrontWith is startFront with options and a socket group ("": mode 0600).
+func startFrontWith(t testing.TB, be Backend, auth Authorizer, opts Options, group string) *frontT {
+	t.Helper()
 	f := &frontT{socket: filepath.Join(shortDir(t), "p11.sock"), logs: &syncBuffer{}, reg: prometheus.NewRegistry()}
-	ln, err := Listen("unix://"+f.socket, "")
+	ln, err := Listen("unix://"+f.socket, group)
 	require.NoError(t, err)
-	f.srv = New(be, auth, Options{Partitions: partitions, Registerer: f.reg,
-		Logger: slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	opts.Registerer = f.reg
+	opts.Logger = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	f.srv = New(be, auth, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-	})
+	var once sync.Once
+	var serveErr error
+	f.stop = func() error {
+		once.Do(func() {
+			cancel()
+			serveErr = <-done
+		})
+		return serveErr
+	}
+	t.Cleanup(func() { require.NoError(t, f.stop()) })
 	return f
 }
 

@@ -28,7 +28,10 @@ type fakeKey struct {
 	priv  crypto.Signer
 	// fail, when set, is returned by every operation (a cluster that cannot serve).
 	fail error
-	be   *fakeBackend
+	// block, when set, holds every signature until it is closed or the call's context ends.
+	block   chan struct{}
+	started chan struct{} // receives when a held signature starts
+	be      *fakeBackend
 }
 
 func newFakeBackend() *fakeBackend { return &fakeBackend{parts: map[string]map[string]*fakeKey{}} }
@@ -74,6 +77,14 @@ func (k *fakeKey) Public() crypto.PublicKey { return k.priv.Public() }
 func (k *fakeKey) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
 	if k.fail != nil {
 		return nil, "none", k.fail
+	}
+	if k.block != nil {
+		k.started <- struct{}{}
+		select {
+		case <-k.block:
+		case <-ctx.Done():
+			return nil, "none", ctx.Err()
+		}
 	}
 	k.be.signs.Add(1)
 	sig, err := k.priv.Sign(rand.Reader, digest, opts)

@@ -101,7 +101,6 @@ func (c *conn) serve() {
 		}
 		c.sem <- struct{}{}
 		c.calls.Add(1)
-		c.s.calls.Add(1)
 		c.s.inFlight.Add(1)
 		go c.handle(f)
 	}
@@ -143,7 +142,6 @@ func (c *conn) handle(f p11rpc.Frame) {
 	defer func() {
 		<-c.sem
 		c.s.inFlight.Add(-1)
-		c.s.calls.Done()
 		c.calls.Done()
 	}()
 	start := time.Now()

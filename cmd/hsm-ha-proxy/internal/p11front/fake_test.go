@@ -26,6 +26,7 @@ type fakeKey struct {
 	label string
 	id    []byte
 	priv  crypto.Signer
+	mu sync.Mutex
 	// fail, when set, is returned by every operation (a cluster that cannot serve).
 	fail error
 	// block, when set, holds every signature until it is closed or the call's context ends.
@@ -74,9 +75,21 @@ func (b *fakeBackend) Key(ctx context.Context, partition, label string) (KeyHand
 
 func (k *fakeKey) Public() crypto.PublicKey { return k.priv.Public() }
 
+func (k *fakeKey) setFail(err error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.fail = err
+}
+
+func (k *fakeKey) failure() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.fail
+}
+
 func (k *fakeKey) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
-	if k.fail != nil {
-		return nil, "none", k.fail
+	if err := k.failure(); err != nil {
+		return nil, "none", err
 	}
 	if k.block != nil {
 		k.started <- struct{}{}
@@ -95,8 +108,8 @@ func (k *fakeKey) SignDevice(ctx context.Context, digest []byte, opts crypto.Sig
 }
 
 func (k *fakeKey) DecryptDevice(ctx context.Context, ct []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
-	if k.fail != nil {
-		return nil, "none", k.fail
+	if err := k.failure(); err != nil {
+		return nil, "none", err
 	}
 	d, ok := k.priv.(crypto.Decrypter)
 	if !ok {

@@ -206,11 +206,11 @@ func TestSignErrors(t *testing.T) {
 	})
 	t.Run("the cluster cannot serve: CKR_FUNCTION_FAILED, and the session goes on", func(t *testing.T) {
 		k := be.parts["payments"]["ec-key"]
-		k.fail = pkcs11ha.ErrNoDevice
+		k.setFail(pkcs11ha.ErrNoDevice)
 		require.NoError(t, c.p.SignInit(c.s, mechOf(pkcs11.CKM_ECDSA, nil), c.ecPriv))
 		_, err := c.p.Sign(c.s, d[:])
 		assert.Equal(t, pkcs11.Error(pkcs11.CKR_FUNCTION_FAILED), err)
-		k.fail = nil
+		k.setFail(nil)
 		require.NoError(t, c.p.SignInit(c.s, mechOf(pkcs11.CKM_ECDSA, nil), c.ecPriv))
 		_, err = c.p.Sign(c.s, d[:])
 		require.NoError(t, err)

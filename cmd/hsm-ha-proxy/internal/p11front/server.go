@@ -60,8 +60,7 @@ type Server struct {
 	serving  atomic.Bool
 	draining atomic.Bool
 	base     context.Context // parent of every call's context; cancelled when the grace period runs out
-	calls    sync.WaitGroup  // calls being served
-	inFlight atomic.Int64
+	inFlight atomic.Int64    // calls being served
 	connWG   sync.WaitGroup
 	nextConn atomic.Uint64
 
@@ -171,28 +170,31 @@ func isTemporary(err error) bool {
 }
 
 // drain waits for the calls in flight, at most the grace period; then it cancels them and waits a little
-// more.
+// more. (A counter polled, not a WaitGroup: connections still start calls while it waits.)
 func (s *Server) drain(cancel context.CancelFunc) {
-	done := make(chan struct{})
-	go func() {
-		s.calls.Wait()
-		close(done)
-	}()
 	if n := s.inFlight.Load(); n > 0 {
 		s.log.Info("PKCS#11 front end: draining calls in flight", "in_flight", n, "grace", s.opts.ShutdownGrace.String())
 	}
-	select {
-	case <-done:
+	if s.waitIdle(s.opts.ShutdownGrace) {
 		return
-	case <-time.After(s.opts.ShutdownGrace):
 	}
 	s.log.Warn("PKCS#11 front end: grace period over: cancelling the calls still in flight", "in_flight", s.inFlight.Load())
 	cancel()
-	select {
-	case <-done:
-	case <-time.After(forcedDrain):
+	if !s.waitIdle(forcedDrain) {
 		s.log.Error("PKCS#11 front end: calls still running after cancellation; closing anyway", "in_flight", s.inFlight.Load())
 	}
+}
+
+// waitIdle waits up to d for no call to be in flight.
+func (s *Server) waitIdle(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for s.inFlight.Load() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return true
 }
 
 // closeConns closes every connection (at shutdown only).

@@ -26,7 +26,7 @@ type fakeKey struct {
 	label string
 	id    []byte
 	priv  crypto.Signer
-	mu sync.Mutex
+	mu    sync.Mutex
 	// fail, when set, is returned by every operation (a cluster that cannot serve).
 	fail error
 	// block, when set, holds every signature until it is closed or the call's context ends.

@@ -44,7 +44,7 @@ type devices struct {
 
 // startDevices starts the topology and opens the cluster (closed, with the leak check's allowance for
 // calls stuck in killed devices, when the test ends).
-func startDevices(t *testing.T) *devices {
+func startDevices(t testing.TB) *devices {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("runs SoftHSM devices")
@@ -68,3 +68,17 @@ func startDevices(t *testing.T) *devices {
 func (d *devices) kill(t testing.TB, name string) { require.NoError(t, d.topo.Device(name).Kill()) }
 func (d *devices) hang(t testing.TB, name string) { require.NoError(t, d.topo.Device(name).Hang()) }
 func (d *devices) heal(t testing.TB, name string) { require.NoError(t, d.topo.Device(name).Pass()) }
+
+// directSocket is the socket of eastus-1's own `p11-kit server` (no relay, no sidecar): what a stock
+// p11-kit server in front of one device gives, for comparison.
+func (d *devices) directSocket() string { return d.topo.Device("eastus-1").ServerSocket }
+
+// pin is a partition's user PIN on the devices (a client of the front end needs none).
+func (d *devices) pin(partition string) string {
+	for _, p := range d.topo.Partitions {
+		if p.Name == partition {
+			return p.PIN
+		}
+	}
+	return ""
+}

@@ -46,7 +46,13 @@ func (d *pkcs11Door) start(ctx context.Context, cfg *pkcs11ha.Config, cl *pkcs11
 		Logger:         logger,
 		Registerer:     reg,
 	})
-	go func() { d.done <- fe.Serve(ctx, d.ln) }()
+	go func() {
+		err := fe.Serve(ctx, d.ln)
+		if err != nil {
+			logger.Error("the PKCS#11 front end stopped serving", "pkcs11", cfg.Server.PKCS11, "err", err)
+		}
+		d.done <- err
+	}()
 }
 
 // wait returns once the door has stopped (after ctx ended), with its Serve's error.

@@ -21,7 +21,12 @@ func (c *conn) objectsIn(partition string) []*object {
 		c.log.Warn("PKCS#11: listing the keys of a partition failed", "partition", partition, "err", err)
 		return nil
 	}
-	return c.s.objs.objectsOf(partition, infos)
+	objs, skipped := c.s.objs.objectsOf(partition, infos)
+	for _, label := range skipped {
+		c.log.Info("PKCS#11: key not presented (Ed25519 cannot travel over p11-kit's RPC; use the library or the HTTP API)",
+			"partition", partition, "key", label)
+	}
+	return objs
 }
 
 // objectArg reads an object handle and returns the object, which must belong to the session's partition:

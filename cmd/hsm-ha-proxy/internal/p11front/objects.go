@@ -47,10 +47,12 @@ type registry struct {
 	handles map[objKey]uint64
 	objects map[uint64]*object
 	spki    map[uint64][]byte // the public key each object was built from
+	skipped map[objKey]bool   // keys not presented, already reported
 }
 
 func newRegistry() *registry {
-	return &registry{next: 1, handles: map[objKey]uint64{}, objects: map[uint64]*object{}, spki: map[uint64][]byte{}}
+	return &registry{next: 1, handles: map[objKey]uint64{}, objects: map[uint64]*object{}, spki: map[uint64][]byte{},
+		skipped: map[objKey]bool{}}
 }
 
 // get returns the object with handle h, or nil.
@@ -62,13 +64,17 @@ func (r *registry) get(h uint64) *object {
 
 // objectsOf returns the objects of the keys in infos (one partition's keys), building those not seen yet
 // and rebuilding those whose public key changed. Keys the front end does not present (Ed25519, unknown
-// types) are skipped.
-func (r *registry) objectsOf(partition string, infos []pkcs11ha.KeyInfo) []*object {
-	out := make([]*object, 0, 2*len(infos))
+// types) are skipped; newlySkipped names those not reported before.
+func (r *registry) objectsOf(partition string, infos []pkcs11ha.KeyInfo) (out []*object, newlySkipped []string) {
+	out = make([]*object, 0, 2*len(infos))
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ki := range infos {
 		if !presentable(ki.Public) {
+			if k := (objKey{partition: partition, label: ki.Label}); !r.skipped[k] {
+				r.skipped[k] = true
+				newlySkipped = append(newlySkipped, ki.Label)
+			}
 			continue
 		}
 		spki, err := x509.MarshalPKIXPublicKey(ki.Public)
@@ -90,7 +96,7 @@ func (r *registry) objectsOf(partition string, infos []pkcs11ha.KeyInfo) []*obje
 			out = append(out, r.objects[h])
 		}
 	}
-	return out
+	return out, newlySkipped
 }
 
 // presentable tells whether the front end presents a key of this type: RSA and ECDSA on the NIST curves.

@@ -107,7 +107,7 @@ func TestSignMechanisms(t *testing.T) {
 // the front end hashes, the cluster signs the digest, the signature verifies.
 func TestHashAndSignPlans(t *testing.T) {
 	rsaKey, ecKey, _ := softSigners(t)
-	objs := newRegistry().objectsOf("p", []pkcs11ha.KeyInfo{
+	objs, _ := newRegistry().objectsOf("p", []pkcs11ha.KeyInfo{
 		{Label: "r", ID: "01", Public: rsaKey.Public()}, {Label: "e", ID: "02", Public: ecKey.Public()}})
 	msg := []byte("hash me in the sidecar")
 	tests := []struct {
@@ -305,7 +305,7 @@ func TestDigestAndRandom(t *testing.T) {
 }
 
 func TestObjectsAndAttributes(t *testing.T) {
-	c, _, _ := newClientT(t)
+	c, f, _ := newClientT(t)
 	find := func(tmpl ...*pkcs11.Attribute) []pkcs11.ObjectHandle {
 		require.NoError(t, c.p.FindObjectsInit(c.s, tmpl))
 		defer func() { require.NoError(t, c.p.FindObjectsFinal(c.s)) }()
@@ -319,6 +319,7 @@ func TestObjectsAndAttributes(t *testing.T) {
 	assert.Equal(t, []pkcs11.ObjectHandle{c.ecPub}, find(pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
 		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, true)))
 	assert.Empty(t, find(pkcs11.NewAttribute(pkcs11.CKA_LABEL, "ed-key")))
+	assert.Contains(t, f.logs.String(), "key not presented")
 	assert.Empty(t, find(pkcs11.NewAttribute(pkcs11.CKA_SIGN, false), pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)))
 
 	attrs, err := c.p.GetAttributeValue(c.s, c.rsaPriv, []*pkcs11.Attribute{
@@ -348,7 +349,7 @@ func TestObjectsAndAttributes(t *testing.T) {
 // of each answer is the codec's, golden-tested there).
 func TestAttributeAnswers(t *testing.T) {
 	rsaKey, _, _ := softSigners(t)
-	objs := newRegistry().objectsOf("p", []pkcs11ha.KeyInfo{{Label: "k", ID: "01", Public: rsaKey.Public()}})
+	objs, _ := newRegistry().objectsOf("p", []pkcs11ha.KeyInfo{{Label: "k", ID: "01", Public: rsaKey.Public()}})
 	require.Len(t, objs, 2)
 	priv := objs[0]
 	tests := []struct {

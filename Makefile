@@ -37,6 +37,8 @@ test: deps
 	# A count, not a duration: a duration -fuzztime can fail a clean run with "context deadline exceeded"
 	# (a race in Go's fuzz coordinator, go.dev/issue/75804, fixed in Go 1.27). ~10 s here.
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSignRequest$$' -fuzztime 30000x ./cmd/hsm-ha-proxy/internal/proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 20000x ./cmd/hsm-ha-proxy/internal/p11rpc/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 20000x ./cmd/hsm-ha-proxy/internal/p11rpc/
 
 # The demo: four SoftHSM2 devices in two regions behind the sidecar, with a scripted failover.
 # Built, not `go run`, so that Ctrl-C reaches the demo itself; DEMO_ARGS adds flags (`--duration 30s`, `--no-failover`).

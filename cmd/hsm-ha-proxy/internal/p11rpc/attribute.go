@@ -24,8 +24,9 @@ type Attribute struct {
 	// (the answer for an invalid, sensitive or too-small attribute in C_GetAttributeValue).
 	Valid bool
 	// Len is the ulValueLen on the wire. Decoded from a request: what the client sent (8 for a CK_ULONG from a
-	// 64-bit client; 0 means an empty value and then Value and Template are nil). Encoding: 0 means "CLen()";
-	// a valid attribute with nil Value and nil Template announces Len alone, the answer to a size query.
+	// 64-bit client; 0 is an empty value: Value is then empty, or nil when the client sent a NULL array).
+	// Encoding: 0 means CLen(); a valid attribute with nil Value and nil Template announces Len alone, the
+	// answer to a size query.
 	Len      uint64
 	Value    []byte
 	Template []Attribute
@@ -264,10 +265,13 @@ func (d *decoder) attribute(version byte, depth int) (Attribute, error) {
 	if err := d.attributeValue(&a, version, depth); err != nil {
 		return Attribute{}, err
 	}
-	// p11-kit refuses a value longer than the length announced; a length of 0 means "no value", whatever
-	// followed.
+	// p11-kit refuses a value longer than the length announced, except that a length of 0 is an empty value
+	// (pValue NULL, ulValueLen 0), whatever followed: Value is then empty, or nil for a NULL array.
 	if a.Len == 0 {
-		a.Value, a.Template = nil, nil
+		if a.Value != nil || a.Template != nil {
+			a.Value = []byte{}
+		}
+		a.Template = nil
 	} else if a.CLen() > a.Len {
 		d.off = start
 		return Attribute{}, d.fail("attribute %#x: value of %d bytes over its length %d", t, a.CLen(), a.Len)

@@ -24,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -37,6 +38,16 @@ import (
 //
 //	P11RPC_CAPTURE=1 go test -run TestCaptureGolden -count=1 ./cmd/hsm-ha-proxy/internal/p11rpc/
 //
+// With P11RPC_CAPTURE_V2=DIR it also writes testdata/golden-v2/*.txt from a p11-kit 0.26.4 client and
+// server (protocol version 2), taken from a p11-kit build tree DIR:
+//
+//	git -C p11-kit checkout 0.26.4 && git -C p11-kit submodule update --init   # subprojects/pkcs11-json
+//	meson setup DIR p11-kit -Dtrust_module=disabled -Dsystemd=disabled -Dlibffi=disabled -Dnls=false \
+//		-Dman=false -Dgtk_doc=false -Dtest=false -Dbash_completion=disabled -Dzsh_completion=disabled
+//	ninja -C DIR p11-kit/p11-kit-client.so p11-kit/p11-kit-remote
+//
+// (the relay runs DIR/p11-kit/p11-kit-remote per connection, as `p11-kit server` would).
+//
 // Keys are generated afresh, so every run produces different signatures; the golden tests only need the
 // bytes to be real. Every signature and plaintext is checked here with the Go standard library before the
 // files are written.
@@ -45,6 +56,26 @@ func TestCaptureGolden(t *testing.T) {
 		t.Skip("set P11RPC_CAPTURE=1 to regenerate testdata/golden from the real p11-kit client and server")
 	}
 	env := newCaptureEnv(t)
+	env.capture(t, "golden", "p11-kit 0.24.1 p11-kit-client.so <-> p11-kit server", env.client, env.dialServer, nil)
+	if dir := os.Getenv("P11RPC_CAPTURE_V2"); dir != "" {
+		client := filepath.Join(dir, "p11-kit", "p11-kit-client.so")
+		env.capture(t, "golden-v2", "p11-kit 0.26.4 p11-kit-client.so <-> p11-kit-remote 0.26.4",
+			client, env.spawnRemote(filepath.Join(dir, "p11-kit", "p11-kit-remote")), nil)
+		// p11-kit issue #733: the 0.24.1 server answers version 0, the 0.26.4 client still sends its
+		// mechanisms in the version 2 encoding, and the server cannot parse them: the signs fail.
+		env.capture(t, "golden-issue733", "p11-kit 0.26.4 p11-kit-client.so <-> p11-kit server 0.24.1",
+			client, env.dialServer, []string{"sign-ecdsa", "sign-rsa-pss"})
+	}
+}
+
+// capture runs the pkcs11-tool steps through client, each connection relayed to a server that connect
+// opens, and writes testdata/<outDir>. failing names steps that are expected to fail (and only those run);
+// nil runs all, expecting them to succeed.
+func (env *captureEnv) capture(t *testing.T, outDir, what, client string, connect func() (io.ReadWriteCloser, error), failing []string) {
+	if err := os.MkdirAll(filepath.Join("testdata", outDir), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	env.relay.connect = connect
 	dir := t.TempDir()
 	digest := sha256.Sum256([]byte("pkcs11-ha golden vectors"))
 	digestFile := filepath.Join(dir, "digest.bin")
@@ -103,14 +134,21 @@ func TestCaptureGolden(t *testing.T) {
 		{"wrong-pin", []string{"--login", "--pin", "0000", "-O"}, nil},
 	}
 	for _, st := range steps {
+		if failing != nil && !slices.Contains(failing, st.name) {
+			continue
+		}
 		_ = os.Remove(out)
 		rec := env.relay.start()
-		toolErr := env.runTool(st.args...)
+		toolErr := env.runTool(client, st.args...)
 		conns := env.relay.finish(t)
-		if st.name != "wrong-pin" && toolErr != nil {
+		if failing != nil {
+			if toolErr == nil {
+				t.Fatalf("%s/%s: pkcs11-tool succeeded", outDir, st.name)
+			}
+		} else if st.name != "wrong-pin" && toolErr != nil {
 			t.Fatalf("%s: pkcs11-tool: %v", st.name, toolErr)
 		}
-		if st.check != nil {
+		if st.check != nil && failing == nil {
 			got, err := os.ReadFile(out)
 			if err != nil {
 				t.Fatalf("%s: %v", st.name, err)
@@ -122,9 +160,8 @@ func TestCaptureGolden(t *testing.T) {
 		if conns != 1 {
 			t.Fatalf("%s: %d connections, want 1", st.name, conns)
 		}
-		header := fmt.Sprintf("# pkcs11-tool %s\n# p11-kit 0.24.1 p11-kit-client.so <-> p11-kit server over SoftHSM, recorded by TestCaptureGolden.\n",
-			redactPIN(st.args))
-		writeFile(t, filepath.Join("testdata", "golden", st.name+".txt"), []byte(header+strings.Join(rec.lines(), "\n")+"\n"))
+		header := fmt.Sprintf("# pkcs11-tool %s\n# %s over SoftHSM, recorded by TestCaptureGolden.\n", redactPIN(st.args), what)
+		writeFile(t, filepath.Join("testdata", outDir, st.name+".txt"), []byte(header+strings.Join(rec.lines(), "\n")+"\n"))
 	}
 }
 
@@ -159,7 +196,10 @@ func writeFile(t *testing.T, path string, b []byte) {
 // `p11-kit server`, and a recording relay in front of it.
 type captureEnv struct {
 	t              *testing.T
-	client         string // p11-kit-client.so
+	client         string // the system's p11-kit-client.so
+	softhsm        string // libsofthsm2.so
+	conf           string // SOFTHSM2_CONF
+	serverSock     string
 	relayPath      string
 	relay          *recorder
 	ecKey          *ecdsa.PrivateKey
@@ -203,7 +243,7 @@ func newCaptureEnv(t *testing.T) *captureEnv {
 		}
 	}
 	util("--init-token", "--free", "--label", captureToken, "--pin", captureUserPIN, "--so-pin", captureSOPIN)
-	e := &captureEnv{t: t, client: client, pkcs11ToolPath: tool}
+	e := &captureEnv{t: t, client: client, softhsm: softhsm, conf: conf, pkcs11ToolPath: tool}
 	if e.ecKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
 		t.Fatal(err)
 	}
@@ -248,15 +288,60 @@ func newCaptureEnv(t *testing.T) *captureEnv {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	e.serverSock = serverSock
 	e.relayPath = filepath.Join(dir, "relay.sock")
-	e.relay = newRecorder(t, e.relayPath, serverSock)
+	e.relay = newRecorder(t, e.relayPath)
 	return e
 }
 
-func (e *captureEnv) runTool(args ...string) error {
+func (e *captureEnv) dialServer() (io.ReadWriteCloser, error) { return net.Dial("unix", e.serverSock) }
+
+// spawnRemote returns a connect function that runs remote (p11-kit-remote) on the token, speaking the
+// protocol on its stdin and stdout.
+func (e *captureEnv) spawnRemote(remote string) func() (io.ReadWriteCloser, error) {
+	return func() (io.ReadWriteCloser, error) {
+		cmd := exec.Command(remote, "-p", e.softhsm, "pkcs11:token="+captureToken)
+		cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+e.conf)
+		cmd.Stderr = os.Stderr
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, err
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		return &procConn{cmd: cmd, in: in, out: out}, nil
+	}
+}
+
+// procConn is a child process's stdin and stdout as one connection.
+type procConn struct {
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  io.Reader
+	once sync.Once
+}
+
+func (p *procConn) Read(b []byte) (int, error)  { return p.out.Read(b) }
+func (p *procConn) Write(b []byte) (int, error) { return p.in.Write(b) }
+
+// Close ends the child: EOF on its stdin makes p11-kit-remote exit.
+func (p *procConn) Close() error {
+	p.once.Do(func() {
+		_ = p.in.Close()
+		_ = p.cmd.Wait()
+	})
+	return nil
+}
+
+func (e *captureEnv) runTool(client string, args ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, e.pkcs11ToolPath, append([]string{"--module", e.client}, args...)...)
+	cmd := exec.CommandContext(ctx, e.pkcs11ToolPath, append([]string{"--module", client}, args...)...)
 	cmd.Env = append(os.Environ(), "P11_KIT_SERVER_ADDRESS=unix:path="+e.relayPath)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -269,21 +354,21 @@ func (e *captureEnv) runTool(args ...string) error {
 // handshake byte and frame, in order, as text lines: "hs c|s HEX", "c|s CODE OPTIONS BODY" (hex, "-" for
 // empty).
 type recorder struct {
-	t      *testing.T
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	log    []string
-	conns  int
-	wg     sync.WaitGroup
+	t       *testing.T
+	ln      net.Listener
+	connect func() (io.ReadWriteCloser, error) // opens the server side of a relayed connection
+	mu      sync.Mutex
+	log     []string
+	conns   int
+	wg      sync.WaitGroup
 }
 
-func newRecorder(t *testing.T, path, target string) *recorder {
+func newRecorder(t *testing.T, path string) *recorder {
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &recorder{t: t, ln: ln, target: target}
+	r := &recorder{t: t, ln: ln}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -337,7 +422,7 @@ func (r *recorder) add(line string) {
 }
 
 func (r *recorder) serve(c net.Conn) {
-	s, err := net.Dial("unix", r.target)
+	s, err := r.connect()
 	if err != nil {
 		r.t.Errorf("relay: %v", err)
 		_ = c.Close()
@@ -352,7 +437,7 @@ func (r *recorder) serve(c net.Conn) {
 }
 
 // pipe copies one direction: the handshake byte, then whole frames, logging each before forwarding it.
-func (r *recorder) pipe(from, to net.Conn, dir string) {
+func (r *recorder) pipe(from io.Reader, to io.Writer, dir string) {
 	var hs [1]byte
 	if _, err := io.ReadFull(from, hs[:]); err != nil {
 		return

@@ -186,6 +186,14 @@ var noParamMechs = map[uint64]bool{
 	0x80010028: true,  // IBM_SHA3_512_HMAC
 }
 
+// Parameterless reports whether p11-kit carries mech without a parameter (rpc-message.c
+// mechanism_has_no_parameters, the 0.25+ list; 0.24's is a subset): in the version 2 encoding nothing follows
+// its type.
+func Parameterless(mech uint64) bool {
+	_, ok := noParamMechs[mech]
+	return ok
+}
+
 // Carried reports whether the stock p11-kit client of a connection speaking version passes mechanism
 // mech through at all. It drops every other mechanism from C_GetMechanismList answers and refuses it in
 // C_*Init with CKR_MECHANISM_INVALID before anything is sent (rpc-client.c mechanism_list_purge), so

@@ -1,8 +1,8 @@
 package p11rpc
 
 import (
-	"bytes"
 	"fmt"
+	"strings"
 )
 
 // Request is a decoded request body. ParseRequest decodes and checks all of it against the call's signature;
@@ -44,10 +44,17 @@ var requestElems = func() (out [callMax][]string) {
 	return out
 }()
 
+// maxAllocFactor bounds what ParseRequest allocates, in bytes per body byte: the densest element (an
+// invalid attribute, 5 bytes on the wire) becomes an Attribute of 80 bytes, and a request is read at most
+// twice (see dialects).
+const maxAllocFactor = 2 * 80 / 5
+
 // ParseRequest decodes body: the uint32 call id, the signature (a byte array that must equal the call's
 // request signature in the table), then every argument, which must end exactly at the end of the body.
 // version is the negotiated protocol version. Errors are *ProtocolError; when the call id was read, the
-// error's Call says which call it was.
+// error's Call says which call it was. Counts are checked against the bytes left before anything is
+// allocated, so what a body costs is proportional to its size (at most maxAllocFactor bytes per byte),
+// never to the counts it announces.
 func ParseRequest(body []byte, version byte) (*Request, error) {
 	d := &decoder{b: body}
 	id, err := d.u32("call id")
@@ -88,8 +95,8 @@ func ParseRequest(body []byte, version byte) (*Request, error) {
 // exactly, the other is tried, and the first that does wins (see the package documentation).
 func dialects(call CallID, version byte) []dialect {
 	sig := calls[call].Request
-	hasM := bytes.IndexByte([]byte(sig), 'M') >= 0
-	hasFA := bytes.Contains([]byte(sig), []byte("fA"))
+	hasM := strings.Contains(sig, "M")
+	hasFA := strings.Contains(sig, "fA")
 	pref := dialect{mechV2: version >= 2, nestedFA: version >= 2}
 	switch {
 	case hasM:

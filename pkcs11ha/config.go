@@ -144,6 +144,10 @@ type ServerConfig struct {
 	Listen        string    `yaml:"listen"`
 	TLS           TLSConfig `yaml:"tls"`
 	ShutdownGrace Duration  `yaml:"shutdown_grace"`
+	// PKCS11 is the PKCS#11 front end's socket, unix:///PATH (p11-kit RPC for p11-kit-client.so); empty:
+	// off. PKCS11Group (a group name or numeric gid) makes it mode 0660 owned by that group; else 0600.
+	PKCS11      string `yaml:"pkcs11"`
+	PKCS11Group string `yaml:"pkcs11_group"`
 }
 
 // TLSConfig is the sidecar's mutual-TLS material.
@@ -388,6 +392,9 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if err := c.Server.validatePKCS11(); err != nil {
+		return err
+	}
 	for i, cl := range c.Clients {
 		f := fmt.Sprintf("clients[%d]", i)
 		if cl.Name != "" {
@@ -403,6 +410,28 @@ func (c *Config) Validate() error {
 		}
 	}
 	return c.Policy.fill()
+}
+
+// validatePKCS11 checks server.pkcs11 and server.pkcs11_group (the PKCS#11 front end's socket).
+func (s *ServerConfig) validatePKCS11() error {
+	if s.PKCS11 == "" {
+		if s.PKCS11Group != "" {
+			return &ConfigError{Field: "server.pkcs11_group", Msg: "only used with server.pkcs11"}
+		}
+		return nil
+	}
+	path, ok := strings.CutPrefix(s.PKCS11, "unix://")
+	if !ok || !strings.HasPrefix(path, "/") {
+		return &ConfigError{Field: "server.pkcs11", Msg: fmt.Sprintf("%q: want unix:///PATH (an absolute socket path)", s.PKCS11)}
+	}
+	listen := s.Listen
+	if listen == "" {
+		listen = "unix:///run/hsm-ha-proxy.sock" // the HTTP API's default
+	}
+	if listen == s.PKCS11 {
+		return &ConfigError{Field: "server.pkcs11", Msg: "must differ from server.listen"}
+	}
+	return nil
 }
 
 func (p *PartitionConfig) resolvePIN(f string) error {

@@ -91,11 +91,18 @@ func runServe(args []string, stderr io.Writer) int {
 		logger.Error("listening", "listen", cfg.Server.Listen, "err", err)
 		return 1
 	}
+	p11, err := openPKCS11(cfg.Server)
+	if err != nil {
+		ln.Close()
+		logger.Error("listening", "pkcs11", cfg.Server.PKCS11, "err", err)
+		return 1
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cl, err := pkcs11ha.Open(ctx, cfg, pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
 	if err != nil {
 		ln.Close()
+		p11.close()
 		if ctx.Err() != nil {
 			logger.Info("stopped by a signal while opening the cluster")
 			return 0
@@ -121,9 +128,14 @@ func runServe(args []string, stderr io.Writer) int {
 		}
 	}()
 
-	logger.Info("hsm-ha-proxy started", "listen", ln.Addr().String(), "devices", len(cfg.Devices),
+	logger.Info("hsm-ha-proxy started", "listen", ln.Addr().String(), "pkcs11", cfg.Server.PKCS11, "devices", len(cfg.Devices),
 		"partitions", cfg.PartitionNames(), "clients", len(cfg.Clients))
+	p11.start(ctx, cfg, cl, srv, logger, reg)
 	serveErr := srv.Serve(ctx, ln)
+	stop() // the HTTP server has stopped (or failed): stop the PKCS#11 door too
+	if err := p11.wait(); err != nil && serveErr == nil {
+		serveErr = err
+	}
 	closeCluster(cl, cfg.Policy.CloseTimeout.D(), logger)
 	if serveErr != nil {
 		logger.Error("serving", "err", serveErr)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/unixsock"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
@@ -61,8 +62,8 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 	if !ok {
 		return ctx
 	}
-	uid, gid, pid, err := peerCred(uc)
-	return context.WithValue(ctx, peerKey{}, &peerCreds{uid: uid, gid: gid, pid: pid, err: err})
+	cr, err := unixsock.PeerCred(uc)
+	return context.WithValue(ctx, peerKey{}, &peerCreds{uid: cr.UID, gid: cr.GID, pid: cr.PID, err: err})
 }
 
 // identityOf extracts the caller's identity from the connection context (unix) or the verified TLS
@@ -174,4 +175,16 @@ func (t *authTable) lookup(id identity) *principal {
 		}
 	}
 	return p
+}
+
+// UnixClient looks a unix peer (SO_PEERCRED uid and gid) up in the current client table — the one
+// ReloadClients replaces on SIGHUP — exactly as the HTTP API does: the client's name and the partitions
+// it is granted (do not modify the map), or ok false for an unknown peer. The PKCS#11 front end
+// (package p11front) asks it, so one clients: section governs both doors.
+func (s *Server) UnixClient(uid, gid int) (name string, partitions map[string]bool, ok bool) {
+	p := s.auth.Load().lookup(identity{unix: true, uid: uid, gid: gid})
+	if p == nil {
+		return "", nil, false
+	}
+	return p.name, p.parts, true
 }

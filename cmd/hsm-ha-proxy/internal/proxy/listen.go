@@ -5,16 +5,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
-	"syscall"
-	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/unixsock"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
@@ -130,79 +126,11 @@ func serverTLS(c pkcs11ha.TLSConfig) (*tls.Config, error) {
 	}, nil
 }
 
-// listenUnix creates the socket with mode 0600 from the first moment: it is bound inside a fresh private
-// directory (mode 0700) next to path, chmodded, then renamed onto path — which also replaces a stale
-// socket atomically.
+// listenUnix creates the socket with mode 0600 from the first moment (see unixsock.Listen).
 func listenUnix(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&fs.ModeSocket == 0 {
-			return nil, fmt.Errorf("proxy: %s exists and is not a socket; not replacing it", path)
-		}
-		if err := checkStale(path); err != nil {
-			return nil, err
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	ln, err := unixsock.Listen(path, unixsock.Options{Mode: 0o600, GID: unixsock.NoGroup})
+	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
-	tmpDir, err := os.MkdirTemp(filepath.Dir(path), ".hp")
-	if err != nil {
-		return nil, fmt.Errorf("proxy: creating the socket: %w", err)
-	}
-	defer os.RemoveAll(tmpDir)
-	tmp := filepath.Join(tmpDir, "s")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("proxy: listen unix %s: %w", path, err)
-	}
-	ln.SetUnlinkOnClose(false)
-	if err := os.Chmod(tmp, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("proxy: chmod socket: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("proxy: placing the socket at %s: %w", path, err)
-	}
-	fi, err := os.Lstat(path)
-	if err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("proxy: %w", err)
-	}
-	return &unixListener{UnixListener: ln, path: path, fi: fi}, nil
-}
-
-// checkStale returns nil when nothing answers on the socket at path (connection refused), and an error
-// when something does or when it cannot tell.
-func checkStale(path string) error {
-	c, err := net.DialTimeout("unix", path, time.Second)
-	if err == nil {
-		c.Close()
-		return fmt.Errorf("proxy: another process is serving on %s", path)
-	}
-	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
-		return nil
-	}
-	return fmt.Errorf("proxy: %s exists and cannot be probed (%w); not replacing it", path, err)
-}
-
-// unixListener removes its socket file on Close, if the file is still the one it created.
-type unixListener struct {
-	*net.UnixListener
-	path string
-	fi   os.FileInfo
-	once sync.Once
-}
-
-// Addr returns the socket's path (the name it was bound under is a temporary one).
-func (l *unixListener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "unix"} }
-
-// Close stops listening and removes the socket file.
-func (l *unixListener) Close() error {
-	err := l.UnixListener.Close()
-	l.once.Do(func() {
-		if fi, serr := os.Lstat(l.path); serr == nil && os.SameFile(fi, l.fi) {
-			_ = os.Remove(l.path)
-		}
-	})
-	return err
+	return ln, nil
 }

@@ -25,10 +25,10 @@ type dashboard struct {
 		} `json:"list"`
 	} `json:"templating"`
 	Panels []struct {
-		ID         int            `json:"id"`
-		Type       string         `json:"type"`
-		Title      string         `json:"title"`
-		Datasource *datasourceRef `json:"datasource"`
+		ID         int                      `json:"id"`
+		Type       string                   `json:"type"`
+		Title      string                   `json:"title"`
+		Datasource *datasourceRef           `json:"datasource"`
 		GridPos    struct{ H, W, X, Y int } `json:"gridPos"`
 		Targets    []struct {
 			RefID      string         `json:"refId"`

@@ -53,8 +53,8 @@ func fakeSidecar(t *testing.T, readyz, healthz int) string {
 func TestStatusProbes(t *testing.T) {
 	tests := []struct {
 		name            string
-		readyz, healthz int    // what the sidecar answers
-		noSidecar       bool   // nothing listens on the socket
+		readyz, healthz int  // what the sidecar answers
+		noSidecar       bool // nothing listens on the socket
 		flags           []string
 		code            int
 		stderr          string // "" means nothing at all on stderr

@@ -172,6 +172,7 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 		}
 		cl.monitors = append(cl.monitors, cl.newMonitor(i, d, initial))
 		router.SetUp(i, initial != health.StateDown)
+		cl.metrics.deviceState(d.name, initial) // OnChange reports changes only
 	}
 	for _, m := range cl.monitors {
 		m.Start()
@@ -214,6 +215,7 @@ func (cl *Cluster) newMonitor(i int, d *device, initial health.State) *health.Mo
 		start := time.Now()
 		reinits := d.mod.reinits.Load()
 		err := d.probe(ctx, cl.othersServing(d), hk)
+		cl.metrics.retired.WithLabelValues(d.name).Set(float64(d.mod.retired.Load()))
 		if err == nil {
 			if d.mod.reinits.Load() != reinits {
 				// A fresh instance: what we knew about its latency is stale.

@@ -3,8 +3,8 @@
 //
 // Usage:
 //
-//	hsm-ha-proxy serve --config FILE [--log-level info] [--log-format json]
-//	hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
+//	hsm-ha-proxy serve --config FILE [--log-level info] [--log-format json] [--metrics-addr HOST:PORT]
+//	hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json | --ready | --live]
 //	hsm-ha-proxy check --config FILE [--json] [--replicas N]
 //
 // serve reads the library's YAML config plus its server: and clients: sections, opens the cluster and
@@ -15,8 +15,11 @@
 // clients: section and, on a tcp:// listener, the server.tls certificate, key and client CA (new
 // connections use them; nothing else is reloaded).
 //
+// serve --metrics-addr also serves /metrics (only) over plain HTTP on HOST:PORT, for Prometheus.
+//
 // status prints the device table (device, region, tier, state, breaker, EWMA latency, in-flight) from
-// GET /v1/status; the caller must be a configured client.
+// GET /v1/status; the caller must be a configured client. status --ready and --live are for exec probes:
+// exit 0 when /readyz says ready (or /healthz answers), 1 otherwise, nothing printed on success.
 //
 // check is a preflight: it connects to every device of the config as serve would (pkcs11ha.Inspect), does
 // nothing else, and reports devices, tokens, logins, probe latency, keys compared across devices, the

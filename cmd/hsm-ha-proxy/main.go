@@ -28,8 +28,8 @@ import (
 )
 
 const usage = `usage:
-  hsm-ha-proxy serve --config FILE [--log-level debug|info|warn|error] [--log-format json|text]
-  hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
+  hsm-ha-proxy serve --config FILE [--log-level debug|info|warn|error] [--log-format json|text] [--metrics-addr HOST:PORT]
+  hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json | --ready | --live]
   hsm-ha-proxy check --config FILE [--json] [--replicas N]
 `
 
@@ -65,6 +65,7 @@ func runServe(args []string, stderr io.Writer) int {
 	configPath := fs.String("config", "", "config file (the library's YAML plus server: and clients:)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	format := fs.String("log-format", "json", "log format: json or text")
+	metricsAddr := fs.String("metrics-addr", "", "also serve /metrics over plain HTTP on HOST:PORT (for Prometheus, which cannot scrape a unix socket)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -91,6 +92,15 @@ func runServe(args []string, stderr io.Writer) int {
 		logger.Error("listening", "listen", cfg.Server.Listen, "err", err)
 		return 1
 	}
+	var mln net.Listener
+	if *metricsAddr != "" {
+		if mln, err = net.Listen("tcp", *metricsAddr); err != nil {
+			ln.Close()
+			logger.Error("listening for metrics", "metrics_addr", *metricsAddr, "err", err)
+			return 1
+		}
+		defer mln.Close()
+	}
 	p11, err := openPKCS11(cfg.Server)
 	if err != nil {
 		ln.Close()
@@ -111,6 +121,10 @@ func runServe(args []string, stderr io.Writer) int {
 		return 1
 	}
 	srv := proxy.New(cfg, cl, logger, reg)
+	registerReady(reg, cl.Ready)
+	if mln != nil {
+		defer serveMetrics(mln, reg, logger)()
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -206,11 +220,13 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	keyFile := fs.String("key", "", "client key (with --addr)")
 	caFile := fs.String("ca", "", "CA of the sidecar's certificate (with --addr)")
 	asJSON := fs.Bool("json", false, "print the raw JSON of /v1/status")
+	ready := fs.Bool("ready", false, "probe: exit 0 when /readyz says ready, 1 otherwise (prints nothing when ready)")
+	live := fs.Bool("live", false, "probe: exit 0 when /healthz answers, 1 otherwise (prints nothing when live)")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the answer")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if fs.NArg() > 0 {
+	if fs.NArg() > 0 || btoi(*asJSON)+btoi(*ready)+btoi(*live) > 1 {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
@@ -228,6 +244,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
+	if *ready || *live {
+		return probe(ctx, c, *live, stderr)
+	}
 	st, err := c.Status(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "hsm-ha-proxy status: %v\n", err)
@@ -246,6 +265,36 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	printStatus(stdout, st)
+	return 0
+}
+
+// probe is `status --ready` and `status --live`, for exec probes (a kubelet cannot send HTTP over a unix
+// socket): the exit code is the answer. Nothing is printed when the answer is yes; otherwise one line on
+// stderr says why, which `kubectl describe pod` shows in the probe's event.
+func probe(ctx context.Context, c *sidecarclient.Client, live bool, stderr io.Writer) int {
+	if live {
+		if err := c.Live(ctx); err != nil {
+			fmt.Fprintf(stderr, "hsm-ha-proxy status --live: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	ok, err := c.Ready(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "hsm-ha-proxy status --ready: %v\n", err)
+		return 1
+	}
+	if !ok {
+		fmt.Fprintln(stderr, "hsm-ha-proxy status --ready: not ready (a partition has no up device holding all its keys, or the sidecar is shutting down)")
+		return 1
+	}
+	return 0
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
 	return 0
 }
 

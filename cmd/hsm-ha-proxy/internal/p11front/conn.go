@@ -103,6 +103,13 @@ func (c *conn) serve() {
 	}
 	for {
 		f, err := p11rpc.ReadFrame(br, c.s.opts.MaxFrame)
+		var tooLarge *p11rpc.FrameTooLargeError
+		if errors.As(err, &tooLarge) {
+			err = c.oversize(br, tooLarge)
+			if err == nil {
+				continue
+			}
+		}
 		if err != nil {
 			c.readFailed(err)
 			break

@@ -45,7 +45,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "sessions",
 			Help: "Open PKCS#11 sessions over every connection."}),
 		protocolErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "protocol_errors_total",
-			Help: "Malformed input from clients, by kind (frame, truncated, message, arguments, unknown_call)."},
+			Help: "Malformed input from clients, by kind (frame, truncated, oversize, message, arguments, unknown_call)."},
 			[]string{"kind"}),
 	}
 	if reg != nil {

@@ -35,7 +35,7 @@ func (c *conn) cSignInit(req *p11rpc.Request, _ *p11rpc.Reply) error {
 	if err != nil {
 		return err
 	}
-	plan, err := newSigPlan(m, a.mech, a.obj)
+	plan, err := c.planSig("C_SignInit", m, a.mech, a.obj)
 	if err != nil {
 		return err
 	}

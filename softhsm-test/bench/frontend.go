@@ -35,7 +35,10 @@ type FrontendRun struct {
 	// SidecarCPU is the sidecar's user+system CPU time per successful front-end signature, per goroutine
 	// count, over the front end's turns only.
 	SidecarCPU map[int]time.Duration
-	Profile    string // the sidecar's CPU profile, when one was written
+	// DeviceCPU is the devices' CPU time (their `p11-kit server` process groups: both for (a), eastus-1 for
+	// (b)) per successful signature, per contender and goroutine count, over that contender's turns.
+	DeviceCPU map[string]map[int]time.Duration
+	Profile   string // the sidecar's CPU profile, when one was written
 }
 
 // frontend measures a Go client (miekg/pkcs11 through the stock p11-kit-client.so, in a child process) at
@@ -65,7 +68,7 @@ func frontend(ctx context.Context, o Options, dir, self string, progress func(st
 	if err != nil {
 		return nil, err
 	}
-	run := &FrontendRun{SidecarCPU: map[int]time.Duration{}}
+	run := &FrontendRun{SidecarCPU: map[int]time.Duration{}, DeviceCPU: map[string]map[int]time.Duration{labFront: {}, labP11Kit: {}}}
 	if o.ProfileDir != "" {
 		run.Profile = filepath.Join(o.ProfileDir, "sidecar-frontend.pprof")
 	}
@@ -87,14 +90,26 @@ func frontend(ctx context.Context, o Options, dir, self string, progress func(st
 	if err != nil {
 		return nil, err
 	}
-	cpu := map[int]time.Duration{}
+	// CPU time over each contender's turns: the sidecar's, and the devices' it uses.
+	sideCPU := map[int]time.Duration{}
+	devCPU := map[string]map[int]time.Duration{labFront: {}, labP11Kit: {}}
+	devs := map[string][]*softhsmtest.Device{labFront: topo.Devices, labP11Kit: {e1}}
+	devTime := func(lab string) time.Duration {
+		var t time.Duration
+		for _, d := range devs[lab] {
+			t += groupCPU(d.PID())
+		}
+		return t
+	}
 	ir := inprocRun{o: o, self: self, specs: specs, contenders: []string{labFront, labP11Kit}, progress: progress,
 		turn: func(lab string, c *InprocCell) func() {
-			if lab != labFront {
-				return func() {}
+			s0, d0 := sc.cpu(), devTime(lab)
+			return func() {
+				if lab == labFront {
+					sideCPU[c.Goroutines] += sc.cpu() - s0
+				}
+				devCPU[lab][c.Goroutines] += devTime(lab) - d0
 			}
-			t0 := sc.cpu()
-			return func() { cpu[c.Goroutines] += sc.cpu() - t0 }
 		}}
 	for _, g := range o.Goroutines {
 		c := &InprocCell{Alg: ECP256, Goroutines: g, Results: map[string]Result{}}
@@ -103,9 +118,15 @@ func frontend(ctx context.Context, o Options, dir, self string, progress func(st
 		}
 		run.Cells = append(run.Cells, c)
 		if n := c.Results[labFront].Ops; n > 0 {
-			run.SidecarCPU[g] = cpu[g] / time.Duration(n)
+			run.SidecarCPU[g] = sideCPU[g] / time.Duration(n)
 		}
-		progress("    (a)/(b) %.3f; sidecar CPU per front-end signature %s", c.ratio(labFront, labP11Kit), fmtDur(run.SidecarCPU[g]))
+		for _, lab := range []string{labFront, labP11Kit} {
+			if n := c.Results[lab].Ops; n > 0 {
+				run.DeviceCPU[lab][g] = devCPU[lab][g] / time.Duration(n)
+			}
+		}
+		progress("    (a)/(b) %.3f; CPU per signature: sidecar %s, devices (a) %s (b) %s", c.ratio(labFront, labP11Kit),
+			fmtDur(run.SidecarCPU[g]), fmtDur(run.DeviceCPU[labFront][g]), fmtDur(run.DeviceCPU[labP11Kit][g]))
 	}
 	return run, nil
 }
@@ -196,22 +217,8 @@ func startSidecar(ctx context.Context, topo *softhsmtest.Topology, bin, profile 
 	}
 }
 
-// cpu is the sidecar process's user+system CPU time so far (/proc/PID/stat, in clock ticks of 10 ms).
-func (sc *sidecar) cpu() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", sc.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	// The command name (field 2) is in parentheses and may hold spaces: count fields after the last ')'.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64) // field 14: utime
-	st, _ := strconv.ParseInt(f[12], 10, 64) // field 15: stime
-	return time.Duration(ut+st) * (time.Second / 100)
-}
+// cpu is the sidecar process's user+system CPU time so far.
+func (sc *sidecar) cpu() time.Duration { return processCPU(sc.cmd.Process.Pid) }
 
 // stop ends the sidecar with SIGTERM (so that its CPU profile is written), SIGKILL after 15 s.
 func (sc *sidecar) stop(progress func(string, ...any)) {

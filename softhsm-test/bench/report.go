@@ -254,10 +254,11 @@ func (rep *Report) writeFrontend(w io.Writer) {
 	fmt.Fprintf(w, "  p11-kit-client.so, in a child process, against (a) `hsm-ha-proxy serve` (server.pkcs11, log level info: an access log line\n")
 	fmt.Fprintf(w, "  per signature, to a file) with a cluster over the local pair eastus-1/-2, and (b) eastus-1's own `p11-kit server`. Both\n")
 	fmt.Fprintf(w, "  reach the devices on their servers' own sockets (no test relay). %v per cell and contender after %v warm-up, in %d slices\n", o.Cell, o.Warmup, o.Rounds)
-	fmt.Fprintf(w, "  taken in turn (order rotating); (a)/(b) = median of the per-turn ratios of ops/s; client CPU/op = the client process's;\n")
-	fmt.Fprintf(w, "  sidecar CPU/op = the sidecar process's over (a)'s turns (health checks included)\n")
+	fmt.Fprintf(w, "  taken in turn (order rotating); (a)/(b) = median of the per-turn ratios of ops/s. CPU per signature (user+system) over\n")
+	fmt.Fprintf(w, "  the contender's own turns: of the client process, of the sidecar (health checks included), of the devices' `p11-kit\n")
+	fmt.Fprintf(w, "  server` process groups (the p11-kit-remote serving each connection, SoftHSM in it), and their sum\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "  gor\tcontender\tops/s\tspread\tp50\tp99\tclient CPU/op\tsidecar CPU/op\terrors\t(a)/(b)\tload\t\n")
+	fmt.Fprintf(tw, "  gor\tcontender\tops/s\tspread\tp50\tp99\tclient CPU\tsidecar CPU\tdevice CPU\ttotal CPU\terrors\t(a)/(b)\tload\t\n")
 	for _, c := range rep.Frontend.Cells {
 		for i, lab := range []string{labFront, labP11Kit} {
 			res, ok := c.Results[lab]
@@ -265,13 +266,16 @@ func (rep *Report) writeFrontend(w io.Writer) {
 				continue
 			}
 			gor, load, ratio, side := "", "", "", ""
+			client, dev := res.UserPerOp+res.SysPerOp, rep.Frontend.DeviceCPU[lab][c.Goroutines]
+			total := client + dev
 			if i == 0 {
 				gor, load = fmt.Sprint(c.Goroutines), c.Load.String()
 				ratio = fmt.Sprintf("%.3f", c.ratio(labFront, labP11Kit))
 				side = fmtDur(rep.Frontend.SidecarCPU[c.Goroutines])
+				total += rep.Frontend.SidecarCPU[c.Goroutines]
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%.0f%%\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t\n", gor, lab, fmtRate(res.OpsPerSec()), 100*res.spread(),
-				fmtDur(res.P50), fmtDur(res.P99), fmtDur(res.UserPerOp+res.SysPerOp), side, res.Errors, ratio, load)
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%.0f%%\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t\n", gor, lab, fmtRate(res.OpsPerSec()), 100*res.spread(),
+				fmtDur(res.P50), fmtDur(res.P99), fmtDur(client), side, fmtDur(dev), fmtDur(total), res.Errors, ratio, load)
 		}
 	}
 	tw.Flush()

@@ -49,6 +49,8 @@ func sampleReport() *Report {
 			{Alg: ECP256, Goroutines: 8, Load: loadRange{3, 4}, Results: map[string]Result{labFront: res(900, 1000, 950), labP11Kit: res(1000, 1000, 1000)}},
 		},
 		SidecarCPU: map[int]time.Duration{1: 310 * time.Microsecond, 8: 250 * time.Microsecond},
+		DeviceCPU: map[string]map[int]time.Duration{labFront: {1: 200 * time.Microsecond, 8: 180 * time.Microsecond},
+			labP11Kit: {1: 190 * time.Microsecond, 8: 170 * time.Microsecond}},
 	}
 	for _, mode := range slowModes {
 		for _, hedge := range []bool{false, true} {
@@ -84,6 +86,7 @@ func TestReportWrite(t *testing.T) {
 		"[front end] ECDSA P-256",
 		"(a) front end, local pair",
 		"250µs",
+		"557µs", // total CPU of (a) at 8 goroutines: client 127 + sidecar 250 + devices 180
 		"frontend_vs_p11kit >= 0.90  (ECDSA P-256, 8 goroutines, through p11-kit-client.so): 0.950  met",
 	} {
 		assert.Contains(t, out, want)

@@ -70,5 +70,11 @@ func rvOf(err error) rv {
 	return pkcs11.CKR_GENERAL_ERROR
 }
 
-// rvName is the symbolic name for logs and metrics ("CKR_OK", "CKR_FUNCTION_FAILED").
-func rvName(code rv) string { return pkcs11ha.CKRName(uint(code)) }
+// rvName is the symbolic name for logs and metrics ("CKR_OK", "CKR_FUNCTION_FAILED"); CKR_OK, every
+// successful call's, without the formatting of the general case.
+func rvName(code rv) string {
+	if code == ckrOK {
+		return "CKR_OK"
+	}
+	return pkcs11ha.CKRName(uint(code))
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/timeline"
 )
 
 // demoPolicy makes health probes frequent enough for the table to follow the script; routing (attempt
@@ -34,8 +35,9 @@ type demo struct {
 	sidecar *childProc
 	client  *sidecarclient.Client
 	load    *loadGen
-	t0      time.Time    // start of the load, set before the goroutines that read it start
-	t0ns    atomic.Int64 // the same for event, which the sidecar's log filter calls at any time
+	rec     *timeline.Recorder // every call of the load and every step, for the pictures; nil before the load
+	t0      time.Time          // start of the load, set before the goroutines that read it start
+	t0ns    atomic.Int64       // the same for event, which the sidecar's log filter calls at any time
 
 	scriptMu     sync.Mutex
 	scriptFailed string // why the script failed, if it did
@@ -65,9 +67,10 @@ func (d *demo) run(ctx context.Context) int {
 	}
 	d.printHeader(setupTook, sample)
 
-	d.t0 = time.Now()
+	d.rec = newRecorder(d.topo, d.opts)
+	d.t0 = d.rec.Run().Origin // the pictures' time axis and the event lines' times agree
 	d.t0ns.Store(d.t0.UnixNano())
-	d.load = startLoad(keys, deviceNames(d.topo), d.opts.workers, d.opts.rate, d.t0, d.onLoadError)
+	d.load = startLoad(keys, deviceNames(d.topo), d.opts.workers, d.opts.rate, d.t0, d.onLoadError, d.rec.Add)
 
 	runCtx := ctx
 	if d.opts.duration > 0 {
@@ -89,6 +92,9 @@ func (d *demo) run(ctx context.Context) int {
 		}()
 	}
 	<-runCtx.Done()
+	if ctx.Err() != nil {
+		d.mark("stopped (" + d.interrupted.Load() + ")")
+	}
 	wg.Wait()
 	switch {
 	case ctx.Err() != nil:
@@ -103,6 +109,11 @@ func (d *demo) run(ctx context.Context) int {
 func (d *demo) setup(ctx context.Context) error {
 	if _, err := softhsmtest.LookupTools(); err != nil {
 		return fmt.Errorf("%w\n(`make run` installs them: apt-get install softhsm2 p11-kit p11-kit-modules)", err)
+	}
+	if d.opts.report != "" {
+		if err := checkReportDir(d.opts.report); err != nil {
+			return err
+		}
 	}
 	proxyBin, err := findProxy(d.opts.proxyBin)
 	if err != nil {
@@ -231,8 +242,9 @@ func (d *demo) onLoadError(n int64, keyName string, err error) {
 }
 
 // cleanup stops the load, resumes a paused device, stops the sidecar (SIGTERM, SIGKILL after 10 s or at a
-// second Ctrl-C), stops every device and removes the temporary directory. It returns 1 when an operation
-// or the script failed or something could not be stopped.
+// second Ctrl-C), stops every device, removes the temporary directory and, once the load has started,
+// writes the pictures. It returns 1 when an operation or the script failed, something could not be
+// stopped or the pictures could not be written.
 func (d *demo) cleanup() int {
 	code := 0
 	if d.topo != nil {
@@ -240,6 +252,7 @@ func (d *demo) cleanup() int {
 		for _, dev := range d.topo.Devices {
 			if dev.Paused() {
 				_ = dev.Resume()
+				d.bandEnd(regionOutBand) // the pictures end the outage here, not when they are drawn
 			}
 		}
 	}
@@ -298,6 +311,10 @@ func (d *demo) cleanup() int {
 		if failed > 0 {
 			code = 1
 		}
+	}
+	// Also after a Ctrl-C: the pictures of an interrupted run are still worth having.
+	if c := d.writePictures(); c > code {
+		code = c
 	}
 	d.scriptMu.Lock()
 	why := d.scriptFailed

@@ -30,7 +30,8 @@ import (
 // TestDemo builds hsm-ha-demo and hsm-ha-proxy into one directory, as `make run` does, and runs the demo
 // non-interactively with a compressed script (one step a second): it finds the sidecar beside itself,
 // exits 0 with no failed operation, the curl command it prints signs (checked with crypto/ecdsa while the
-// demo is up) and so does its openssl line, and no process it started nor its temporary directory is left.
+// demo is up) and so does its openssl line, no process it started nor its temporary directory is left,
+// and it draws the run into --report (a directory it creates).
 func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binaries and runs SoftHSM devices")
@@ -38,7 +39,9 @@ func TestDemo(t *testing.T) {
 	if _, err := softhsmtest.LookupTools(); err != nil {
 		t.Skip(err)
 	}
-	run := startDemo(t, buildBinaries(t), "--step", "1s", "--duration", "18s", "--workers", "4", "--rate", "150")
+	report := filepath.Join(t.TempDir(), "report")
+	run := startDemo(t, buildBinaries(t), "--step", "1s", "--duration", "18s", "--workers", "4", "--rate", "150",
+		"--report", report)
 
 	// The header: the curl command, the public key and the openssl line, all usable while the demo runs.
 	curlLine, verifyLine, pubPath := readHeader(t, run.lines)
@@ -58,6 +61,8 @@ func TestDemo(t *testing.T) {
 	out := run.stdout.String()
 	checkScript(t, out)
 	checkNothingLeft(t, out)
+	checkPictures(t, out, report, "1: kill eastus-1", "2: pause eastus-2 (hung)", "3: resume eastus-2, restart eastus-1",
+		"4: back on the local pair", regionOutBand)
 }
 
 // demoRun is the demo process of a test.
@@ -66,6 +71,7 @@ type demoRun struct {
 	stdout, stderr softhsmtest.LogBuffer
 	exited         chan error
 	finished       bool // the test saw the exit: the cleanup need not stop the demo
+	proc           *os.Process
 }
 
 // startDemo starts the demo binary; the cleanup stops it (SIGINT, then SIGKILL) if the test did not see
@@ -77,6 +83,7 @@ func startDemo(t *testing.T, bin string, args ...string) *demoRun {
 	pipe, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
+	run.proc = cmd.Process
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
@@ -291,6 +298,7 @@ func TestDemoFlags(t *testing.T) {
 	assert.Equal(t, 0, demoMain([]string{"-h"}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "--no-failover")
 	assert.Contains(t, errOut.String(), "--proxy-bin")
+	assert.Contains(t, errOut.String(), "--report")
 }
 
 // TestFindProxy: --proxy-bin names the sidecar executable (relative paths become absolute); a missing or

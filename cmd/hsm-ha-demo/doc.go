@@ -5,10 +5,13 @@
 //
 // Usage:
 //
-//	hsm-ha-demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--plain] [--keep] [--proxy-bin PATH]
+//	hsm-ha-demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--report DIR] [--plain] [--keep] [--proxy-bin PATH]
 //
 // The sidecar binary is --proxy-bin, else hsm-ha-proxy in the directory of this program (`make run`
 // builds both there), else hsm-ha-proxy on PATH.
+//
+// At the end (also after a Ctrl-C, once the load has started) the demo draws the run with package
+// timeline into --report DIR (default: the current directory): failover-timeline.svg and .png.
 //
 // The demo is a command of its own, not a subcommand of hsm-ha-proxy, so that the binary operators deploy
 // links neither the harness nor the testing package (cmd/hsm-ha-proxy's deps_test.go checks that).

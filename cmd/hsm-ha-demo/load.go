@@ -47,6 +47,7 @@ type loadGen struct {
 	stopCh  chan struct{}
 	wg      sync.WaitGroup
 	onError func(n int64, keyName string, err error)
+	onCall  func(start time.Time, latency time.Duration, device string, err error)
 
 	mu      sync.Mutex
 	samples []loadSample // every sampleEvery, the last sampleKeep
@@ -65,14 +66,16 @@ const (
 )
 
 // startLoad starts workers signers that together make at most rate signatures per second (0: no limit).
+// onError is called with every failed call and its running count, onCall (if not nil) with every call.
 func startLoad(keys []loadKey, devices []string, workers int, rate float64, t0 time.Time,
-	onError func(int64, string, error)) *loadGen {
+	onError func(int64, string, error), onCall func(time.Time, time.Duration, string, error)) *loadGen {
 	g := &loadGen{
 		devices: devices,
 		index:   make(map[string]int, len(devices)),
 		perDev:  make([]atomic.Int64, len(devices)+1),
 		stopCh:  make(chan struct{}),
 		onError: onError,
+		onCall:  onCall,
 	}
 	for i, d := range devices {
 		g.index[d] = i
@@ -119,10 +122,15 @@ func (g *loadGen) worker(keys []loadKey, w int, interval time.Duration) {
 		digest := sha256.Sum256(msg[:])
 		// The operation is never cancelled by the demo's end: a cancelled call would count as a failure.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		start := time.Now()
 		sig, dev, err := k.key.SignDevice(ctx, digest[:], k.opts)
+		latency := time.Since(start)
 		cancel()
 		if err == nil && !k.verify(digest[:], sig) {
 			err = errors.New("the signature does not verify with crypto/" + k.what)
+		}
+		if g.onCall != nil {
+			g.onCall(start, latency, dev, err)
 		}
 		if err != nil {
 			n := g.failed.Add(1)

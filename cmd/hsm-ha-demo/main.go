@@ -15,14 +15,18 @@ import (
 )
 
 const usage = `usage: hsm-ha-demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D]
-                   [--plain] [--keep] [--proxy-bin PATH]
+                   [--report DIR] [--plain] [--keep] [--proxy-bin PATH]
 
 Runs four SoftHSM2 devices in two regions (eastus local pair, westus DR pair behind a relay with a
 one-way delay) and the real sidecar ("hsm-ha-proxy serve", found beside this program, else on PATH, or
 given with --proxy-bin) on a unix socket in a temporary directory, signs and verifies in the background,
 shows the device table every second and, unless --no-failover, kills eastus-1, hangs eastus-2, lets DR
-take over and brings both back. Ctrl-C stops everything and removes the temporary directory. The exit
-code is 1 if any operation failed.
+take over and brings both back. Ctrl-C stops everything and removes the temporary directory.
+
+At the end, and after a Ctrl-C once the load has started, it draws the run into --report DIR (default:
+the current directory) as failover-timeline.svg and failover-timeline.png: every call's latency coloured
+by the device that served it, the calls per second per device, a line at every scripted step and the
+time the local region was out shaded. The exit code is 1 if any operation failed.
 
 `
 
@@ -39,6 +43,7 @@ type demoOptions struct {
 	drDelay    time.Duration // one-way delay of the westus relay
 	plain      bool          // plain lines even on a terminal
 	keep       bool          // keep the temporary directory (logs, config, keys)
+	report     string        // where the pictures go (absolute); "": none
 	proxyBin   string        // the hsm-ha-proxy executable; "": beside this program, else on PATH
 }
 
@@ -100,6 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (demoOptions, int) {
 	fs.DurationVar(&o.drDelay, "dr-delay", 20*time.Millisecond, "one-way delay of the DR (westus) devices' relay")
 	fs.BoolVar(&o.plain, "plain", false, "print the table as plain lines even on a terminal")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (sidecar and device logs, config) instead of removing it")
+	fs.StringVar(&o.report, "report", ".", "directory for the pictures of the run, "+pictureBase+".svg and .png (\"\": none)")
 	fs.StringVar(&o.proxyBin, "proxy-bin", "", "the hsm-ha-proxy executable to run as the sidecar (default: the one beside this program, else on PATH)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -117,6 +123,14 @@ func parseFlags(args []string, stderr io.Writer) (demoOptions, int) {
 	case o.rate < 0 || o.duration < 0 || o.step <= 0 || o.drDelay < 0:
 		fmt.Fprintln(stderr, "hsm-ha-demo: --rate, --duration and --dr-delay must not be negative, --step must be positive")
 		return o, 2
+	}
+	if o.report != "" {
+		abs, err := filepath.Abs(o.report) // the printed paths then work from anywhere
+		if err != nil {
+			fmt.Fprintf(stderr, "hsm-ha-demo: --report: %v\n", err)
+			return o, 2
+		}
+		o.report = abs
 	}
 	return o, -1
 }

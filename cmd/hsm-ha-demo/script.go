@@ -25,6 +25,7 @@ func (d *demo) script(ctx context.Context) {
 		return
 	}
 	d.stepEvent("step 1/4: kill eastus-1 (SIGKILL to its p11-kit server, pid %d): eastus-2 should carry the load, DR stay idle", e1.PID())
+	d.mark("1: kill eastus-1")
 	at := time.Now()
 	if err := e1.Kill(); err != nil {
 		d.failScript(err.Error())
@@ -39,12 +40,14 @@ func (d *demo) script(ctx context.Context) {
 		return
 	}
 	d.stepEvent("step 2/4: pause eastus-2 (SIGSTOP to pid %d: a hung HSM, its calls never return): DR (westus) should take over", e2.PID())
+	d.mark("2: pause eastus-2 (hung)")
 	at = time.Now()
 	if err := e2.Pause(); err != nil {
 		d.failScript(err.Error())
 		d.stepEvent("  pausing eastus-2 failed: %v", err)
 		return
 	}
+	d.bandStart(regionOutBand)
 	d.observe(ctx, at, d.t0.Add(3*step), 500*time.Millisecond, "DR (westus) serves all the traffic", func(w map[string]int64) bool {
 		return w["eastus-1"] == 0 && w["eastus-2"] == 0 && drOps(w) > 0
 	})
@@ -53,12 +56,14 @@ func (d *demo) script(ctx context.Context) {
 		return
 	}
 	d.stepEvent("step 3/4: resume eastus-2 (SIGCONT) and restart eastus-1: traffic should return to the local pair")
+	d.mark("3: resume eastus-2, restart eastus-1")
 	at = time.Now()
 	if err := e2.Resume(); err != nil {
 		d.failScript(err.Error())
 		d.stepEvent("  resuming eastus-2 failed: %v", err)
 		return
 	}
+	d.bandEnd(regionOutBand)
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err := e1.Restart(rctx)
 	cancel()
@@ -92,6 +97,7 @@ func (d *demo) awaitFailback(ctx context.Context, at time.Time) bool {
 		if w, _, span := d.load.window(time.Second); time.Since(at) >= time.Second && span >= 900*time.Millisecond &&
 			drOps(w) == 0 && w["eastus-1"]+w["eastus-2"] > 0 {
 			both = w["eastus-1"] > 0 && w["eastus-2"] > 0
+			d.mark("4: back on the local pair")
 			d.stepEvent("step 4/4: traffic is back on the local pair, DR idle (last second: %s), %.1fs after step 3",
 				windowText(w), time.Since(at).Seconds())
 			break

@@ -217,25 +217,13 @@ func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int,
 			return tr, err
 		}
 	}
-	// Keep the load on until there has been a success after t0 and the DR steady state is visible.
-	deadline := time.Now().Add(10 * time.Second)
-	time.Sleep(1500 * time.Millisecond)
-	for time.Now().Before(deadline) {
-		l.mu.Lock()
-		seen := false
-		for _, ops := range l.ops {
-			for _, o := range ops {
-				if o.err == nil && o.end.After(t0) && isDR(o.dev) {
-					seen = true
-					break
-				}
-			}
-		}
-		l.mu.Unlock()
-		if seen {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
+	// Keep the load on until DR has served a call after t0 and its steady state is visible (and the
+	// picture's window, timeline.go, is full); 10 s at most. The workers flush their operations only at
+	// stop, so the load's atomic says when DR has served.
+	deadline := t0.Add(10 * time.Second)
+	time.Sleep(max(1500*time.Millisecond, lossWindow))
+	for !l.drSuccessAfter(t0) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
 	}
 	ops := l.stop()
 	first := time.Time{}

@@ -31,7 +31,7 @@ func (e *env) transitions(m int) []string {
 
 func TestBreakerOpensAfterThreeDeviceDownErrors(t *testing.T) {
 	e := newEnv(t, Config{DisablePanic: true}, members(0, 0))
-	e.fakes[0].setErr(errClass(ClassDeviceDown))
+	e.fakes[0].setErr(errClass(ClassDown))
 	for i := range 3 {
 		require.Equal(t, gobreaker.StateClosed, e.breakerState(0), "before failure %d", i+1)
 		_, out, err := e.do(1 << 0)
@@ -61,7 +61,7 @@ func TestBreakerOpensAfterThreeDeviceDownErrors(t *testing.T) {
 func TestPanicMode(t *testing.T) {
 	e := newEnv(t, Config{}, members(0, 0))
 	for _, f := range e.fakes {
-		f.setErr(errClass(ClassDeviceDown))
+		f.setErr(errClass(ClassDown))
 	}
 	for range 3 {
 		_, _, err := e.do(AllMembers)
@@ -92,7 +92,7 @@ func TestPanicMode(t *testing.T) {
 }
 
 func TestBreakerNeverOpensOnCallerErrors(t *testing.T) {
-	for _, c := range []Class{ClassCaller, ClassDecryptRefused, ClassCredential} {
+	for _, c := range []Class{ClassCaller, ClassRefused, ClassFatal} {
 		t.Run(c.String(), func(t *testing.T) {
 			e := newEnv(t, Config{}, members(0, 0))
 			e.r.Latency(1).Reset(time.Second)
@@ -133,7 +133,7 @@ func TestBreakerHalfOpenHungTrialDoesNotJam(t *testing.T) {
 	cfg := Config{Breaker: BreakerConfig{OpenBase: 10 * time.Millisecond, OpenMax: 10 * time.Second}, Rand: fixedRand(0.5)}
 	e := newEnv(t, cfg, members(0))
 	f := e.fakes[0]
-	f.setErr(errClass(ClassDeviceDown))
+	f.setErr(errClass(ClassDown))
 	for range 3 {
 		_, _, _ = e.do(AllMembers)
 	}
@@ -177,7 +177,7 @@ func TestBreakerRepeatOffenderBackoff(t *testing.T) {
 	e := newEnv(t, cfg, members(0))
 	f := e.fakes[0]
 	trip := func() {
-		f.setErr(errClass(ClassDeviceDown))
+		f.setErr(errClass(ClassDown))
 		for range 3 {
 			_, _, _ = e.do(AllMembers)
 		}

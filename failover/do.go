@@ -363,7 +363,7 @@ func (a *attempt[T]) run(fn func(context.Context, int) (T, error), caller contex
 		a.state = attemptFinished
 		a.mu.Unlock()
 		a.class = classify(res, caller)
-		a.report(a.class, end.Sub(a.start))
+		a.report(a.class, res.err, end.Sub(a.start))
 		a.r.release(a.m) // before handing over, so the slot is free when Do returns
 		a.cancel(nil)
 		a.ch <- res
@@ -396,9 +396,9 @@ func classify[T any](res result[T], caller context.Context) Class {
 	return c
 }
 
-func (a *attempt[T]) report(class Class, latency time.Duration) {
+func (a *attempt[T]) report(class Class, err error, latency time.Duration) {
 	a.done(errorOfClass(class))
-	a.r.obs.AttemptDone(a.m.idx, a.op, class, latency, a.hedge)
+	a.r.obs.AttemptDone(a.m.idx, a.op, class, err, latency, a.hedge)
 	if class == ClassNone {
 		a.m.ewma.Observe(latency)
 		a.m.hist.Observe(latency)
@@ -418,8 +418,8 @@ func (a *attempt[T]) abandon(class Class, cause error) bool {
 	a.r.obs.Abandoned(a.m.idx, int(per), int(tot))
 	a.mu.Unlock()
 	a.cancel(cause)
-	a.report(class, a.r.clock.Now().Sub(a.start))
-	if class == ClassDeviceDown {
+	a.report(class, cause, a.r.clock.Now().Sub(a.start))
+	if class == ClassDown {
 		a.m.ewma.Observe(a.m.timeout) // a hung device must look slow, not stay at its last good latency
 	}
 	return true

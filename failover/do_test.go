@@ -169,16 +169,14 @@ func TestDoRetriesOnlyRetryableClasses(t *testing.T) {
 		err   error
 		retry bool
 	}{
-		{"session broken", errClass(ClassSessionBroken), true},
-		{"handle stale", errClass(ClassHandleStale), true},
-		{"login lost", errClass(ClassLoginLost), true},
-		{"device down", errClass(ClassDeviceDown), true},
+		{"down", errClass(ClassDown), true},
+		{"stalled", errClass(ClassStalled), true},
 		{"busy", errClass(ClassBusy), true},
 		{"unclassified", errors.New("boom"), true},
 		{"context error not from the caller", context.DeadlineExceeded, true},
 		{"caller", errClass(ClassCaller), false},
-		{"decrypt refused", errClass(ClassDecryptRefused), false},
-		{"credential", errClass(ClassCredential), false},
+		{"refused", errClass(ClassRefused), false},
+		{"fatal", errClass(ClassFatal), false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -224,7 +222,7 @@ func TestDoAllMembersFail(t *testing.T) {
 func TestDoMaxAttempts(t *testing.T) {
 	e := newEnv(t, Config{MaxAttempts: 1}, members(0, 0))
 	e.r.Latency(1).Reset(time.Second)
-	e.fakes[0].setErr(errClass(ClassDeviceDown))
+	e.fakes[0].setErr(errClass(ClassDown))
 	_, out, err := e.do(AllMembers)
 	require.ErrorIs(t, err, ErrNoMember)
 	require.Equal(t, 1, out.Attempts)
@@ -249,7 +247,7 @@ func TestDoHungMemberCostsOneAttemptDeadline(t *testing.T) {
 
 	a0 := e.obs.attemptsOf(0)
 	require.Len(t, a0, 1)
-	require.Equal(t, ClassDeviceDown, a0[0].class)
+	require.Equal(t, ClassDown, a0[0].class)
 	require.Equal(t, 50*time.Millisecond, a0[0].latency)
 	require.Equal(t, 50*time.Millisecond, e.r.Latency(0).Value(), "a hung member looks slow")
 	require.Equal(t, 1, e.r.Abandoned())
@@ -288,7 +286,7 @@ func TestDoAttemptContext(t *testing.T) {
 	require.ErrorIs(t, err, ErrNoMember)
 	require.ErrorAs(t, err, &te)
 	require.Equal(t, "m0", te.Member)
-	require.Equal(t, ClassDeviceDown, ClassOf(err))
+	require.Equal(t, ClassDown, ClassOf(err))
 }
 
 func TestDoAbandonedCap(t *testing.T) {
@@ -462,7 +460,7 @@ func TestExactlyOnceReporting(t *testing.T) {
 			return m, nil
 		default:
 			time.Sleep(15 * time.Millisecond) // past every attempt deadline, ignoring ctx
-			return m, errClass(ClassDeviceDown)
+			return m, errClass(ClassDown)
 		}
 	}
 	var wg sync.WaitGroup

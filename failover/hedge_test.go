@@ -79,7 +79,7 @@ func TestHedgeLoserHungPastItsDeadline(t *testing.T) {
 	require.Eventually(t, func() bool { return len(e.obs.attemptsOf(0)) == 1 }, waitLong, time.Millisecond)
 	require.Equal(t, 1, e.r.Abandoned())
 	a0 := e.obs.attemptsOf(0)
-	require.Equal(t, ClassDeviceDown, a0[0].class)
+	require.Equal(t, ClassDown, a0[0].class)
 	require.Equal(t, uint32(1), e.r.members[0].breaker.Counts().TotalFailures)
 
 	e.fakes[0].release <- struct{}{}

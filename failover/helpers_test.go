@@ -70,7 +70,7 @@ type recObserver struct {
 	classCount map[Class]int
 }
 
-func (o *recObserver) AttemptDone(member int, op string, class Class, latency time.Duration, hedge bool) {
+func (o *recObserver) AttemptDone(member int, op string, class Class, _ error, latency time.Duration, hedge bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.attempts = append(o.attempts, attemptEvent{member, op, class, latency, hedge})

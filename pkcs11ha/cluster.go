@@ -433,6 +433,7 @@ func (cl *Cluster) do(ctx context.Context, op string, k *Key, fn opFunc) ([]byte
 	out, res, err := failover.Do(ctx, cl.router, op, failover.Mask(mask), func(ctx context.Context, m int) ([]byte, error) {
 		return cl.devices[m].parts[k.pidx].run(ctx, k.entry.label, k.entry.pubDER, fn)
 	})
+	err = fromRouter(err)
 	dev := "none"
 	if err == nil && res.Member >= 0 && res.Member < len(cl.devices) {
 		dev = cl.devices[res.Member].name

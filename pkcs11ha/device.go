@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
-
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
 // device is the PKCS#11 backend of one configured HSM: its module instance, and per partition a token, a
@@ -57,14 +55,14 @@ type partState struct {
 // lastError is the device's last failure as Status shows it.
 type lastError struct {
 	msg   string
-	class failover.Class
+	class Class
 }
 
 func (d *device) setErr(err error) {
 	if err == nil {
 		return
 	}
-	d.lastErr.Store(&lastError{msg: err.Error(), class: failover.ClassOf(err)})
+	d.lastErr.Store(&lastError{msg: err.Error(), class: classOf(err)})
 }
 
 // open brings the device up on its current (or a fresh) instance: resolve tokens, log in, list keys.
@@ -114,7 +112,7 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 	var errs []error
 	for _, p := range d.parts {
 		if err := p.open(ctx, in); err != nil {
-			if failover.ClassOf(err) == failover.ClassDeviceDown {
+			if classOf(err) == ClassDeviceDown {
 				// e.g. the token is missing after C_Initialize against a dead server: only a re-init helps.
 				d.needInit.Store(true)
 			}
@@ -136,7 +134,7 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 // open resolves the token by label or serial on instance in, logs in once and lists its keys.
 func (p *devPartition) open(ctx context.Context, in *instance) error {
 	if why := p.credFatal.Load(); why != nil {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
+		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: ClassCredential, Err: errors.New(*why)}
 	}
 	if old := p.st.Load(); old != nil && old.in == in && ctx.Err() == nil {
 		// Same instance: a soft recovery. Drop pooled sessions and re-login below on the same slot.
@@ -217,7 +215,7 @@ func (p *devPartition) login(st *partState) error {
 	st.loginMu.Lock()
 	defer st.loginMu.Unlock()
 	if why := p.credFatal.Load(); why != nil {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
+		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: ClassCredential, Err: errors.New(*why)}
 	}
 	p.logins.Add(1)
 	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.cfg.secret)
@@ -226,9 +224,9 @@ func (p *devPartition) login(st *partState) error {
 	}
 	de := p11err(p.dev.name, p.cfg.Name, OpLogin, err).(*DeviceError)
 	switch de.Class {
-	case failover.ClassNone: // CKR_USER_ALREADY_LOGGED_IN
+	case ClassNone: // CKR_USER_ALREADY_LOGGED_IN
 		return nil
-	case failover.ClassCredential:
+	case ClassCredential:
 		why := fmt.Sprintf("C_Login: %s: PIN not retried", CKRName(de.Code))
 		p.credFatal.Store(&why)
 	}
@@ -250,10 +248,10 @@ func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label s
 		return nil, p11err(p.dev.name, p.cfg.Name, OpFindObjects, err)
 	}
 	if len(ks) == 0 {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
 	}
 	if !bytes.Equal(ks[0].pubDER, want) {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
 	}
 	st.keysMu.Lock()
 	st.keys[label] = ks[0]
@@ -287,7 +285,7 @@ func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op 
 			return nil, err
 		}
 		switch de.Class {
-		case failover.ClassDeviceDown:
+		case ClassDeviceDown:
 			if de.Code != 0 {
 				// A real device error code (not our own verdict): stop using this instance now.
 				p.dev.markInstanceDown(st.in)
@@ -297,11 +295,11 @@ func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op 
 			}
 			p.dev.setErr(err)
 			return nil, err
-		case failover.ClassSessionBroken, failover.ClassHandleStale:
+		case ClassSessionBroken, ClassHandleStale:
 			if retried || ctx.Err() != nil {
 				return nil, err
 			}
-		case failover.ClassLoginLost:
+		case ClassLoginLost:
 			if retried || ctx.Err() != nil {
 				return nil, err
 			}
@@ -318,7 +316,7 @@ func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op 
 func (p *devPartition) runOnce(ctx context.Context, st *partState, label string, pubDER []byte, op opFunc) ([]byte, error) {
 	k := st.key(label)
 	if k == nil {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
 	}
 	s, err := st.pool.get(ctx)
 	if err != nil {
@@ -340,9 +338,9 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, label string,
 			return nil, e
 		}
 		switch de.Class {
-		case failover.ClassSessionBroken, failover.ClassDeviceDown, failover.ClassBusy:
+		case ClassSessionBroken, ClassDeviceDown, ClassBusy:
 			st.pool.discard(s)
-		case failover.ClassHandleStale:
+		case ClassHandleStale:
 			if _, rerr := p.refreshKey(st, s, label, pubDER); rerr != nil {
 				st.pool.discard(s)
 				return nil, rerr
@@ -383,7 +381,7 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 		st.in.exit()
 		if err != nil {
 			e := p11err(d.name, p.cfg.Name, OpTokenInfo, err)
-			if failover.ClassOf(e) == failover.ClassDeviceDown {
+			if classOf(e) == ClassDeviceDown {
 				d.markInstanceDown(st.in)
 			}
 			d.setErr(e)

@@ -4,6 +4,7 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/miekg/pkcs11"
@@ -29,54 +30,170 @@ const (
 	OpDecrypt     Op = "C_Decrypt"
 )
 
+// Class is what a PKCS#11 failure means for recovery: what the device backend does about it (a fresh
+// session, a new key lookup, a new login, a module re-init) and, through route, what the router does.
+type Class uint8
+
+const (
+	ClassNone           Class = iota // success
+	ClassSessionBroken               // the session is gone: retried once on a fresh one; if it escapes, like Busy
+	ClassHandleStale                 // the key handle is stale: looked up again and retried once; then like Busy
+	ClassLoginLost                   // the token forgot the login: logged in again and retried once; then like Busy
+	ClassDeviceDown                  // the device is down: its module is re-initialised; the call moves on at once
+	ClassBusy                        // the device failed this call: counted on its breaker; the call moves on
+	ClassCaller                      // the caller's mistake: returned at once, never retried, not counted
+	ClassDecryptRefused              // the token refused a ciphertext: returned at once, never tried elsewhere (padding oracle)
+	ClassCredential                  // fatal: the PIN was rejected; never retried anywhere, not counted
+	numClasses
+)
+
+var classNames = [numClasses]string{
+	ClassNone:           "none",
+	ClassSessionBroken:  "session_broken",
+	ClassHandleStale:    "handle_stale",
+	ClassLoginLost:      "login_lost",
+	ClassDeviceDown:     "device_down",
+	ClassBusy:           "busy",
+	ClassCaller:         "caller",
+	ClassDecryptRefused: "decrypt_refused",
+	ClassCredential:     "credential",
+}
+
+// String returns the snake_case name used in metrics, logs and status ("device_down", "caller", ...).
+func (c Class) String() string {
+	if c < numClasses {
+		return classNames[c]
+	}
+	return "class_" + strconv.Itoa(int(c))
+}
+
+// route is the class's meaning for the router. The session-level classes are recovered on the same device
+// first (see devPartition.run); one that still escapes is an ordinary failure of that device.
+func (c Class) route() failover.Class {
+	switch c {
+	case ClassNone:
+		return failover.ClassNone
+	case ClassDeviceDown:
+		return failover.ClassDown
+	case ClassCaller:
+		return failover.ClassCaller
+	case ClassDecryptRefused:
+		return failover.ClassRefused
+	case ClassCredential:
+		return failover.ClassFatal
+	}
+	return failover.ClassBusy
+}
+
+// fromRoute names a router-side outcome (our attempt deadline, the caller leaving, an unclassified error)
+// in this package's classes.
+func fromRoute(c failover.Class) Class {
+	switch c {
+	case failover.ClassNone:
+		return ClassNone
+	case failover.ClassDown:
+		return ClassDeviceDown
+	case failover.ClassCaller:
+		return ClassCaller
+	case failover.ClassRefused:
+		return ClassDecryptRefused
+	case failover.ClassFatal:
+		return ClassCredential
+	}
+	return ClassBusy
+}
+
+// classed is implemented by this package's errors.
+type classed interface{ class() Class }
+
+// ownClass returns the class of the first of this package's errors in err's chain.
+func ownClass(err error) (Class, bool) {
+	if c, ok := err.(classed); ok { // fast path without errors.As, which allocates
+		return c.class(), true
+	}
+	var c classed
+	if errors.As(err, &c) {
+		return c.class(), true
+	}
+	return ClassNone, false
+}
+
+// classOf returns the class of err: its own for this package's errors, else the router's verdict in this
+// package's terms.
+func classOf(err error) Class {
+	if err == nil {
+		return ClassNone
+	}
+	if c, ok := ownClass(err); ok {
+		return c
+	}
+	return fromRoute(failover.ClassOf(err))
+}
+
+// outcomeLabel is the metric label of an outcome: err's own class, else the router's verdict rc in this
+// package's terms, except that a timeout during a stall of this process is "stalled" (it says nothing
+// about the device).
+func outcomeLabel(err error, rc failover.Class) string {
+	if err == nil {
+		return ClassNone.String()
+	}
+	if c, ok := ownClass(err); ok {
+		return c.String()
+	}
+	if rc == failover.ClassStalled {
+		return rc.String()
+	}
+	return fromRoute(rc).String()
+}
+
 // Classify is the project's one error-classification table (DESIGN.md "Error classes"): a pure function of
 // the operation and the PKCS#11 return value.
-func Classify(op Op, rv uint) failover.Class {
+func Classify(op Op, rv uint) Class {
 	switch rv {
 	case pkcs11.CKR_OK:
-		return failover.ClassNone
+		return ClassNone
 	case pkcs11.CKR_USER_ALREADY_LOGGED_IN:
 		if op == OpLogin {
-			return failover.ClassNone
+			return ClassNone
 		}
-		return failover.ClassBusy
+		return ClassBusy
 	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED:
-		return failover.ClassSessionBroken
+		return ClassSessionBroken
 	case pkcs11.CKR_OPERATION_ACTIVE:
 		// Only a pooled session can carry a dangling operation; a fresh one cannot.
-		return failover.ClassSessionBroken
+		return ClassSessionBroken
 	case pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID:
-		return failover.ClassHandleStale
+		return ClassHandleStale
 	case pkcs11.CKR_USER_NOT_LOGGED_IN:
-		return failover.ClassLoginLost
+		return ClassLoginLost
 	case pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_DEVICE_MEMORY, pkcs11.CKR_DEVICE_REMOVED,
 		pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_TOKEN_NOT_RECOGNIZED,
 		pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED, pkcs11.CKR_SLOT_ID_INVALID:
-		return failover.ClassDeviceDown
+		return ClassDeviceDown
 	case pkcs11.CKR_FUNCTION_FAILED, pkcs11.CKR_GENERAL_ERROR:
 		if op == OpDecrypt {
 			// SoftHSM answers a bad OAEP padding with CKR_GENERAL_ERROR. A ciphertext is attacker-controlled:
 			// letting it trip breakers or fail over would hand out a DoS lever and a padding oracle.
-			return failover.ClassDecryptRefused
+			return ClassDecryptRefused
 		}
-		return failover.ClassBusy
+		return ClassBusy
 	case pkcs11.CKR_HOST_MEMORY, pkcs11.CKR_SESSION_COUNT:
-		return failover.ClassBusy
+		return ClassBusy
 	case pkcs11.CKR_ARGUMENTS_BAD, pkcs11.CKR_DATA_INVALID, pkcs11.CKR_DATA_LEN_RANGE,
 		pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_MECHANISM_PARAM_INVALID, pkcs11.CKR_KEY_SIZE_RANGE,
 		pkcs11.CKR_KEY_TYPE_INCONSISTENT, pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED,
 		pkcs11.CKR_TEMPLATE_INCOMPLETE, pkcs11.CKR_TEMPLATE_INCONSISTENT:
-		return failover.ClassCaller
+		return ClassCaller
 	case pkcs11.CKR_ENCRYPTED_DATA_INVALID, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE:
 		if op == OpDecrypt || op == OpDecryptInit {
-			return failover.ClassDecryptRefused
+			return ClassDecryptRefused
 		}
-		return failover.ClassCaller
+		return ClassCaller
 	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_EXPIRED, pkcs11.CKR_PIN_LOCKED,
 		pkcs11.CKR_PIN_INVALID, pkcs11.CKR_PIN_LEN_RANGE:
-		return failover.ClassCredential
+		return ClassCredential
 	}
-	return failover.ClassBusy
+	return ClassBusy
 }
 
 // CKRName returns the symbolic name of a PKCS#11 return value, e.g. "CKR_DEVICE_ERROR".
@@ -95,7 +212,7 @@ type DeviceError struct {
 	Partition string
 	Op        Op
 	Code      uint // CKR_* value; 0 for our own failures (timeouts, token not found)
-	Class     failover.Class
+	Class     Class
 	Err       error // underlying error, if any
 }
 
@@ -121,7 +238,9 @@ func (e *DeviceError) Error() string {
 }
 
 // FailoverClass lets the router act on the error.
-func (e *DeviceError) FailoverClass() failover.Class { return e.Class }
+func (e *DeviceError) FailoverClass() failover.Class { return e.Class.route() }
+
+func (e *DeviceError) class() Class { return e.Class }
 
 // Unwrap returns the underlying error.
 func (e *DeviceError) Unwrap() error { return e.Err }
@@ -130,11 +249,11 @@ func (e *DeviceError) Unwrap() error { return e.Err }
 func (e *DeviceError) Is(target error) bool {
 	switch target {
 	case ErrPIN:
-		return e.Class == failover.ClassCredential
+		return e.Class == ClassCredential
 	case ErrDeviceDown:
-		return e.Class == failover.ClassDeviceDown
+		return e.Class == ClassDeviceDown
 	case rsa.ErrDecryption:
-		return e.Class == failover.ClassDecryptRefused
+		return e.Class == ClassDecryptRefused
 	}
 	return false
 }
@@ -143,7 +262,7 @@ func (e *DeviceError) Is(target error) bool {
 var (
 	ErrUnknownPartition = errors.New("pkcs11ha: unknown partition")
 	ErrUnknownKey       = errors.New("pkcs11ha: unknown key")
-	ErrNoDevice         = failover.ErrNoMember
+	ErrNoDevice         = errors.New("pkcs11ha: no device can serve")
 	ErrPIN              = errors.New("pkcs11ha: PIN rejected by the token (not retried)")
 	ErrDeviceDown       = errors.New("pkcs11ha: device down")
 	ErrClosed           = errors.New("pkcs11ha: cluster closed")
@@ -158,6 +277,8 @@ func (e *InputError) Error() string { return "pkcs11ha: " + e.Msg }
 // FailoverClass marks input errors as caller errors: never retried, never counted on a breaker.
 func (e *InputError) FailoverClass() failover.Class { return failover.ClassCaller }
 
+func (e *InputError) class() Class { return ClassCaller }
+
 // MechanismError says the token cannot do what was asked (e.g. RSA-OAEP with SHA-256 on SoftHSM 2.6.1).
 type MechanismError struct {
 	Device    string
@@ -171,6 +292,8 @@ func (e *MechanismError) Error() string {
 // FailoverClass: a refused mechanism is the caller's to handle, never a device fault.
 func (e *MechanismError) FailoverClass() failover.Class { return failover.ClassCaller }
 
+func (e *MechanismError) class() Class { return ClassCaller }
+
 // Is lets errors.Is(err, ErrUnsupported) match.
 func (e *MechanismError) Is(target error) bool { return target == ErrUnsupported }
 
@@ -183,7 +306,7 @@ func p11err(device, partition string, op Op, err error) error {
 	if err == nil {
 		return nil
 	}
-	var cl failover.Classified
+	var cl classed
 	if errors.As(err, &cl) {
 		return err // already carries its class (mechanism refusals, our own checks)
 	}
@@ -191,10 +314,36 @@ func p11err(device, partition string, op Op, err error) error {
 	if errors.As(err, &rv) {
 		return &DeviceError{Device: device, Partition: partition, Op: op, Code: uint(rv), Class: Classify(op, uint(rv)), Err: err}
 	}
-	return &DeviceError{Device: device, Partition: partition, Op: op, Class: failover.ClassBusy, Err: err}
+	return &DeviceError{Device: device, Partition: partition, Op: op, Class: ClassBusy, Err: err}
 }
 
 // downErr is our own device-down verdict (token missing, module re-initialising, instance retired).
 func downErr(device, partition string, op Op, msg string) error {
-	return &DeviceError{Device: device, Partition: partition, Op: op, Class: failover.ClassDeviceDown, Err: errors.New(msg)}
+	return &DeviceError{Device: device, Partition: partition, Op: op, Class: ClassDeviceDown, Err: errors.New(msg)}
+}
+
+// noDeviceError says that no device could serve a call: the router's verdict in this package's words.
+type noDeviceError struct {
+	tried int
+	last  error
+}
+
+func (e *noDeviceError) Error() string {
+	if e.last == nil {
+		return fmt.Sprintf("%v (tried %d)", ErrNoDevice, e.tried)
+	}
+	return fmt.Sprintf("%v (tried %d): %v", ErrNoDevice, e.tried, e.last)
+}
+
+func (e *noDeviceError) Unwrap() error { return e.last }
+
+func (e *noDeviceError) Is(target error) bool { return target == ErrNoDevice }
+
+// fromRouter turns the router's *failover.NoMemberError into a *noDeviceError; other errors pass.
+func fromRouter(err error) error {
+	var nm *failover.NoMemberError
+	if err == nil || !errors.As(err, &nm) {
+		return err
+	}
+	return &noDeviceError{tried: nm.Tried, last: nm.Last}
 }

@@ -14,8 +14,6 @@ import (
 
 	"github.com/miekg/pkcs11"
 
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
-
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sessionkey"
 )
 
@@ -146,7 +144,7 @@ func (k *Key) DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.
 	})
 	if err != nil {
 		var de *DeviceError
-		if errors.As(err, &de) && de.Class == failover.ClassDecryptRefused {
+		if errors.As(err, &de) && de.Class == ClassDecryptRefused {
 			return nil, de.Device, fmt.Errorf("%w (device %s)", rsa.ErrDecryption, de.Device)
 		}
 		return nil, dev, err

@@ -120,7 +120,7 @@ func (m *metrics) deviceState(device string, s health.State) {
 }
 
 func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d time.Duration) {
-	m.operationsC.with(op, dev, failover.ClassOf(err).String()).Inc()
+	m.operationsC.with(op, dev, outcomeLabel(err, failover.ClassOf(err))).Inc()
 	m.opLatencyC.with(op, "", "").Observe(d.Seconds())
 	if res.Attempts > 1 {
 		m.retries.WithLabelValues(op).Inc()
@@ -132,11 +132,11 @@ type observer struct{ cl *Cluster }
 
 func (o *observer) name(i int) string { return o.cl.cfg.Devices[i].Name }
 
-func (o *observer) AttemptDone(member int, op string, class failover.Class, latency time.Duration, hedge bool) {
+func (o *observer) AttemptDone(member int, op string, class failover.Class, err error, latency time.Duration, hedge bool) {
 	dev := o.name(member)
-	o.cl.metrics.attemptsC.with(dev, op, class.String()).Inc()
+	o.cl.metrics.attemptsC.with(dev, op, outcomeLabel(err, class)).Inc()
 	o.cl.metrics.attemptLatencyC.with(dev, op, "").Observe(latency.Seconds())
-	if class == failover.ClassDeviceDown && member < len(o.cl.monitors) {
+	if class == failover.ClassDown && member < len(o.cl.monitors) {
 		// Timeouts and device errors: have the probe look now rather than in 5 s.
 		o.cl.monitors[member].ProbeNow()
 	}

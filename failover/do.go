@@ -317,7 +317,9 @@ func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 	done := noReport
 	if !bypass {
 		var err error
-		if done, err = m.breaker.Allow(); err != nil {
+		done, err = m.breaker.Allow()
+		r.deliverBreakerEvents()
+		if err != nil {
 			r.release(m)
 			return nil, err
 		}
@@ -398,6 +400,7 @@ func classify[T any](res result[T], caller context.Context) Class {
 
 func (a *attempt[T]) report(class Class, err error, latency time.Duration) {
 	a.done(errorOfClass(class))
+	a.r.deliverBreakerEvents()
 	a.r.obs.AttemptDone(a.m.idx, a.op, class, err, latency, a.hedge)
 	if class == ClassNone {
 		a.m.ewma.Observe(latency)

@@ -52,7 +52,7 @@ type attemptEvent struct {
 	hedge   bool
 }
 
-type breakerEvent struct {
+type breakerSeen struct {
 	member   int
 	from, to string
 	at       time.Time // real time: breakers run on the real clock
@@ -84,7 +84,7 @@ func (o *recObserver) AttemptDone(member int, op string, class Class, _ error, l
 func (o *recObserver) BreakerChanged(member int, from, to string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.breakers = append(o.breakers, breakerEvent{member, from, to, time.Now()})
+	o.breakers = append(o.breakers, breakerSeen{member, from, to, time.Now()})
 }
 
 func (o *recObserver) Failover(op string, from, to int) {
@@ -115,7 +115,7 @@ func (o *recObserver) Abandoned(member int, per, total int) {
 // events is a copy of what the observer saw so far.
 type events struct {
 	attempts  []attemptEvent
-	breakers  []breakerEvent
+	breakers  []breakerSeen
 	failovers [][2]int
 	spills    []int
 	hedges    [][2]int

@@ -3,8 +3,9 @@ package failover
 import "time"
 
 // Observer gets every event exactly once; pkcs11ha turns them into Prometheus metrics and slog lines.
-// Methods are called synchronously (some under a breaker's lock) and must be cheap and must not call
-// back into the Router.
+// Methods are called synchronously on the goroutine of the call (or attempt) that caused the event, never
+// under a breaker's lock; they should be cheap, as that call waits for them, and must not call back into
+// the Router. BreakerChanged calls come in the order of the changes and never concurrently.
 type Observer interface {
 	// AttemptDone: one per attempt, when its outcome is known: fn's error (nil on success), or at its
 	// deadline an *AttemptTimeoutError (class Down, or Stalled), or when the caller gave up the cause of

@@ -46,6 +46,9 @@ type member struct {
 	ewma     *health.PeakEWMA
 	hist     *health.LatencyHistogram
 	breaker  *gobreaker.TwoStepCircuitBreaker[struct{}]
+	// brState is the breaker's state as of its last change. gobreaker's own State() would move an expired
+	// open breaker to half-open: reading status must not change routing.
+	brState atomic.Int32
 
 	// Backoff bookkeeping, only touched from onBreakerChange, which gobreaker calls under its own lock.
 	offenses int
@@ -78,6 +81,7 @@ type Router struct {
 	epoch        time.Time // real-clock origin of mono(), for breaker gates
 
 	view           atomic.Pointer[view]
+	brEvents       breakerEvents
 	abandonedTotal atomic.Int32
 	tokens         atomic.Int64
 
@@ -451,8 +455,9 @@ type MemberStatus struct {
 // Status returns every member's state, in member order.
 func (r *Router) Status() []MemberStatus {
 	out := make([]MemberStatus, len(r.members))
+	now := r.mono()
 	for i, m := range r.members {
-		st := m.breaker.State() // may move an expired open breaker to half-open, as a request would
+		st := gobreaker.State(m.brState.Load())
 		s := MemberStatus{
 			Name:      m.name,
 			Tier:      m.tier,
@@ -462,10 +467,16 @@ func (r *Router) Status() []MemberStatus {
 			InFlight:  int(m.inFlight.Load()),
 			Abandoned: int(m.abandoned.Load()),
 		}
-		// Our backoff may outlast gobreaker's own (fixed) open timeout: what routing sees is what counts.
-		if g := m.gate.Load(); g != 0 && (st == gobreaker.StateOpen || r.mono() < g) {
-			s.Breaker = gobreaker.StateOpen.String()
-			s.OpenUntil = r.epoch.Add(time.Duration(g - 1))
+		// What routing sees is what counts: our backoff (the gate) outlasts gobreaker's own open timeout,
+		// and once it has passed, the next call the member gets is a half-open trial.
+		if g := m.gate.Load(); g != 0 {
+			switch {
+			case now < g:
+				s.Breaker = gobreaker.StateOpen.String()
+				s.OpenUntil = r.epoch.Add(time.Duration(g - 1))
+			case st == gobreaker.StateOpen:
+				s.Breaker = gobreaker.StateHalfOpen.String()
+			}
 		}
 		out[i] = s
 	}

@@ -268,23 +268,40 @@ func (m *Monitor) deliver() {
 		return
 	}
 	m.delivering = true
+	m.mu.Unlock()
+	ended := false
 	defer func() {
-		// Also on a panic in OnChange, so later changes are still delivered.
-		m.mu.Lock()
-		m.delivering = false
-		m.mu.Unlock()
+		if !ended { // OnChange panicked: later changes must still be delivered
+			m.mu.Lock()
+			m.delivering = false
+			m.mu.Unlock()
+		}
 	}()
-	for len(m.queue) > 0 {
-		c := m.queue[0]
-		m.queue[0] = change{}
-		m.queue = m.queue[1:]
-		m.mu.Unlock()
+	for {
+		c, ok := m.nextChange()
+		if !ok {
+			ended = true
+			return
+		}
 		if m.cfg.OnChange != nil {
 			m.cfg.OnChange(c.old, c.new)
 		}
-		m.mu.Lock()
 	}
-	m.mu.Unlock()
+}
+
+// nextChange takes the oldest undelivered change; when there is none it ends the delivery in the same
+// critical section, so a change queued just after is never left behind.
+func (m *Monitor) nextChange() (change, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.queue) == 0 {
+		m.delivering = false
+		return change{}, false
+	}
+	c := m.queue[0]
+	m.queue[0] = change{}
+	m.queue = m.queue[1:]
+	return c, true
 }
 
 // wait returns the jittered delay before the next probe for the current state.

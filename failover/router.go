@@ -42,7 +42,8 @@ type member struct {
 	tier     int
 	capacity int32
 	timeout  time.Duration
-	upFlag   atomic.Bool // for Status; routing reads the view
+	initial  time.Duration // the tier's InitialLatency
+	upFlag   atomic.Bool   // for Status; routing reads the view
 	ewma     *health.PeakEWMA
 	hist     *health.LatencyHistogram
 	breaker  *gobreaker.TwoStepCircuitBreaker[struct{}]
@@ -104,7 +105,7 @@ type Router struct {
 // New builds a Router. Every member starts up (health not yet known is treated as up; feed SetUp) with
 // a closed breaker and its tier's InitialLatency. Validation errors name the field.
 func New(cfg Config, members []MemberConfig) (*Router, error) {
-	cfg, err := normalize(cfg, members)
+	cfg, err := cfg.Resolve(members)
 	if err != nil {
 		return nil, err
 	}
@@ -130,10 +131,11 @@ func New(cfg Config, members []MemberConfig) (*Router, error) {
 			tier:     mc.Tier,
 			capacity: int32(min(mc.Capacity, math.MaxInt32)),
 			timeout:  perTier(cfg.AttemptTimeout, mc.Tier),
-			ewma:     health.NewPeakEWMA(cfg.Clock, cfg.EWMADecay, perTier(cfg.InitialLatency, mc.Tier)),
+			initial:  perTier(cfg.InitialLatency, mc.Tier),
 			hist:     health.NewLatencyHistogram(cfg.Clock, histWindow),
 			closedAt: r.mono(),
 		}
+		m.ewma = health.NewPeakEWMA(cfg.Clock, cfg.EWMADecay, m.initial)
 		m.upFlag.Store(true)
 		m.breaker = gobreaker.NewTwoStepCircuitBreaker[struct{}](r.breakerSettings(i, mc.Name))
 		r.members = append(r.members, m)
@@ -255,9 +257,15 @@ func (r *Router) rebuildLocked() {
 	r.view.Store(v)
 }
 
-// Latency is the member's latency tracker; pkcs11ha feeds probe latencies into it too and resets it
-// after a re-init.
+// Latency is the member's latency tracker; pkcs11ha feeds probe latencies into it too.
 func (r *Router) Latency(member int) *health.PeakEWMA { return r.members[member].ewma }
+
+// ResetLatency forgets what was measured on member (a re-initialised or recovered device is a new one):
+// its latency is its tier's InitialLatency again.
+func (r *Router) ResetLatency(member int) {
+	m := r.members[member]
+	m.ewma.Reset(m.initial)
+}
 
 // Pick is the routing decision alone: the lowest tier with an eligible member in mask and not in tried,
 // then power-of-two-choices on cost = peak-EWMA × (in-flight + 1) (with two candidates, both compared;

@@ -20,7 +20,7 @@ import (
 // Cluster is a set of devices holding the same partitions, with routing, breakers, health probes and
 // recovery. It is safe for concurrent use.
 type Cluster struct {
-	cfg      *Config
+	s        *settings
 	devices  []*device
 	router   *failover.Router
 	monitors []*health.Monitor
@@ -71,7 +71,8 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	if cfg == nil {
 		return nil, errors.New("pkcs11ha: nil config")
 	}
-	if err := cfg.Validate(); err != nil {
+	s, err := compile(cfg)
+	if err != nil {
 		return nil, err
 	}
 	o := openOptions{}
@@ -81,56 +82,34 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	if o.logger == nil {
 		o.logger = slog.New(slog.DiscardHandler)
 	}
-	cl := &Cluster{cfg: cfg, log: o.logger}
-	m, err := newMetrics(cfg, o.reg)
+	cl := &Cluster{s: s, log: o.logger}
+	m, err := newMetrics(s.cfg.Devices, o.reg)
 	if err != nil {
 		return nil, err
 	}
 	cl.metrics = m
-	pol := &cfg.Policy
-
-	members := make([]failover.MemberConfig, len(cfg.Devices))
-	for i, dc := range cfg.Devices {
-		members[i] = failover.MemberConfig{Name: dc.Name, Tier: cfg.tierOf(i), Capacity: pol.SessionPoolSize * len(cfg.Partitions)}
-	}
-	rc := failover.DefaultConfig()
-	rc.AttemptTimeout = []time.Duration{pol.AttemptTimeout.Local.D(), pol.AttemptTimeout.DR.D()}
-	rc.InitialLatency = []time.Duration{pol.InitialLatency.Local.D(), pol.InitialLatency.DR.D()}
-	if pol.MaxAttempts > 0 {
-		rc.MaxAttempts = pol.MaxAttempts
-	}
-	rc.SpillWait = pol.SpillWait.D()
-	rc.MaxAbandonedPerMember = pol.MaxAbandoned
-	rc.MaxAbandonedTotal = pol.MaxAbandonedAll
-	rc.EWMADecay = pol.EWMADecay.D()
-	rc.Breaker = failover.BreakerConfig{
-		ConsecutiveFailures: pol.Breaker.ConsecutiveFailures, FailureRatio: pol.Breaker.FailureRatio,
-		MinRequests: pol.Breaker.MinRequests, Window: pol.Breaker.Window.D(), OpenBase: pol.Breaker.OpenBase.D(),
-		OpenMax: pol.Breaker.OpenMax.D(), HalfOpenMax: pol.Breaker.HalfOpenMax,
-	}
-	rc.Hedge = failover.HedgeConfig{Enabled: pol.Hedge.Enabled, Budget: pol.Hedge.Budget, Floor: pol.Hedge.Floor.D(), Quantile: pol.Hedge.Quantile}
+	rc := s.router
 	rc.Observer = &observer{cl: cl}
-	rc.DisablePanic = pol.DisablePanic
-	rc.StallThreshold = pol.StallThreshold.D()
-	router, err := failover.New(rc, members)
+	router, err := failover.New(rc, s.members)
 	if err != nil {
 		return nil, fmt.Errorf("pkcs11ha: %w", err)
 	}
 	cl.router = router
+	cfg = &s.cfg
 
 	for i := range cfg.Partitions {
 		cl.parts = append(cl.parts, &clusterPartition{name: cfg.Partitions[i].Name, keys: map[string]*keyEntry{}})
 	}
 	for i, dc := range cfg.Devices {
-		h, err := modules.acquire(dc.Module, dc.ModuleEnv, pol.InitTimeout.D())
+		h, err := modules.acquire(dc.Module, dc.ModuleEnv, s.own.InitTimeout)
 		if err != nil {
 			cl.releaseDevices()
 			router.Close()
 			return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 		}
-		d := &device{idx: i, name: dc.Name, cfg: dc, policy: pol, mod: h}
+		d := &device{idx: i, name: dc.Name, cfg: dc, set: &s.own, mod: h}
 		for pi := range cfg.Partitions {
-			d.parts = append(d.parts, &devPartition{dev: d, cfg: &cfg.Partitions[pi]})
+			d.parts = append(d.parts, &devPartition{dev: d, cfg: &cfg.Partitions[pi], pin: s.pins[pi]})
 		}
 		d.onDown = func(reason string) { cl.monitors[d.idx].MarkDown(reason) }
 		cl.devices = append(cl.devices, d)
@@ -143,7 +122,7 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			octx, cancel := context.WithTimeout(ctx, pol.InitTimeout.D())
+			octx, cancel := context.WithTimeout(ctx, s.own.InitTimeout)
 			defer cancel()
 			openErrs[i] = d.open(octx)
 		}()
@@ -174,7 +153,13 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 		if openErrs[i] != nil {
 			initial = health.StateDown
 		}
-		cl.monitors = append(cl.monitors, cl.newMonitor(i, d, initial))
+		m, err := cl.newMonitor(i, d, initial)
+		if err != nil { // compile resolved the monitor settings: cannot happen
+			cl.releaseDevices()
+			router.Close()
+			return nil, fmt.Errorf("pkcs11ha: %w", err)
+		}
+		cl.monitors = append(cl.monitors, m)
 		router.SetUp(i, initial != health.StateDown)
 	}
 	for _, m := range cl.monitors {
@@ -184,47 +169,39 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	return cl, nil
 }
 
-func (cl *Cluster) newMonitor(i int, d *device, initial health.State) *health.Monitor {
-	pol := &cl.cfg.Policy
+func (cl *Cluster) newMonitor(i int, d *device, initial health.State) (*health.Monitor, error) {
 	var hk func(ctx context.Context) error
-	if pol.HealthKey != "" {
+	if cl.s.own.HealthKey != "" {
 		hk = func(ctx context.Context) error { return cl.healthKeySign(ctx, d) }
 	}
-	return health.NewMonitor(health.MonitorConfig{
-		Name:          d.name,
-		Interval:      pol.Health.Interval.D(),
-		DownInterval:  pol.Health.DownInterval.D(),
-		Jitter:        pol.Health.Jitter,
-		Timeout:       pol.Health.Timeout.D(), // a recovery running past it finishes on its own; the next probe sees it
-		FallThreshold: pol.Health.Fall,
-		RiseThreshold: pol.Health.Rise,
-		InitialState:  initial,
-		Clock:         health.RealClock(),
-		OnChange: func(old, cur health.Status) {
-			if old.State == health.StateDown && cur.State != health.StateDown {
-				// What was measured before the outage says nothing about the device now.
-				cl.router.Latency(i).Reset(cl.initialLatency(i))
-			}
-			cl.router.SetUp(i, cur.State != health.StateDown)
-			cl.metrics.deviceState(d.name, cur.State)
-			lvl := slog.LevelInfo
-			if cur.State != health.StateUp {
-				lvl = slog.LevelWarn
-			}
-			cl.log.Log(context.Background(), lvl, "device state changed", "device", d.name,
-				"from", old.State.String(), "to", cur.State.String(), "reason", cur.Reason)
-		},
-	}, func(ctx context.Context) error {
+	mc := cl.s.monitor
+	mc.Name, mc.InitialState = d.name, initial
+	// A recovery running past the probe timeout finishes on its own; the next probe sees it.
+	mc.OnChange = func(old, cur health.Status) {
+		if old.State == health.StateDown && cur.State != health.StateDown {
+			// What was measured before the outage says nothing about the device now.
+			cl.router.ResetLatency(i)
+		}
+		cl.router.SetUp(i, cur.State != health.StateDown)
+		cl.metrics.deviceState(d.name, cur.State)
+		lvl := slog.LevelInfo
+		if cur.State != health.StateUp {
+			lvl = slog.LevelWarn
+		}
+		cl.log.Log(context.Background(), lvl, "device state changed", "device", d.name,
+			"from", old.State.String(), "to", cur.State.String(), "reason", cur.Reason)
+	}
+	return health.NewMonitor(mc, func(ctx context.Context) error {
 		start := time.Now()
 		reinits := d.mod.reinits.Load()
 		err := d.probe(ctx, cl.othersServing(d), hk)
 		if err == nil {
 			if d.mod.reinits.Load() != reinits {
 				// A fresh instance: what we knew about its latency is stale.
-				cl.router.Latency(i).Reset(cl.initialLatency(i))
+				cl.router.ResetLatency(i)
 				cl.metrics.reinits.WithLabelValues(d.name).Inc()
 				cl.log.Info("device re-initialised", "device", d.name)
-			} else if el := time.Since(start); el <= pol.Health.Timeout.D() {
+			} else if el := time.Since(start); el <= cl.s.monitor.Timeout {
 				// A probe that outlived its deadline (blocked on a paused server) is not a latency sample:
 				// seconds of it would keep a resumed device out of rotation for a minute.
 				cl.router.Latency(i).Observe(el)
@@ -232,13 +209,6 @@ func (cl *Cluster) newMonitor(i int, d *device, initial health.State) *health.Mo
 		}
 		return err
 	})
-}
-
-func (cl *Cluster) initialLatency(i int) time.Duration {
-	if cl.cfg.tierOf(i) == 0 {
-		return cl.cfg.Policy.InitialLatency.Local.D()
-	}
-	return cl.cfg.Policy.InitialLatency.DR.D()
 }
 
 // othersServing reports whether another device on d's module instance is up: then a full re-init of the
@@ -254,7 +224,7 @@ func (cl *Cluster) othersServing(d *device) bool {
 
 // healthKeySign signs a fixed digest with policy.health_key on device d, in the first partition holding it.
 func (cl *Cluster) healthKeySign(ctx context.Context, d *device) error {
-	label := cl.cfg.Policy.HealthKey
+	label := cl.s.own.HealthKey
 	for pi, cp := range cl.parts {
 		cp.mu.RLock()
 		e := cp.keys[label]
@@ -473,8 +443,8 @@ func (cl *Cluster) Close() error {
 		}()
 		select {
 		case <-done:
-		case <-time.After(cl.cfg.Policy.CloseTimeout.D()):
-			cl.log.Warn("close timed out; abandoning hung calls", "timeout", cl.cfg.Policy.CloseTimeout.D())
+		case <-time.After(cl.s.own.CloseTimeout):
+			cl.log.Warn("close timed out; abandoning hung calls", "timeout", cl.s.own.CloseTimeout)
 		}
 	})
 	return nil
@@ -482,9 +452,13 @@ func (cl *Cluster) Close() error {
 
 func (cl *Cluster) releaseDevices() {
 	for _, d := range cl.devices {
-		d.close(cl.cfg.Policy.CloseTimeout.D())
+		d.close(cl.s.own.CloseTimeout)
 	}
 }
 
-// Config returns the validated configuration the cluster runs with.
-func (cl *Cluster) Config() *Config { return cl.cfg }
+// Config returns a copy of the configuration the cluster runs with, its policy holding the values in
+// effect (defaults included).
+func (cl *Cluster) Config() *Config {
+	c := cl.s.cfg.clone()
+	return &c
+}

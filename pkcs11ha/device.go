@@ -17,12 +17,12 @@ import (
 // logged-in session, a session pool and a key-handle cache. Everything that belongs to one module instance
 // lives in a devState and is replaced whole on re-init, so no handle from before is ever used again.
 type device struct {
-	idx    int
-	name   string
-	cfg    DeviceConfig
-	policy *Policy
-	mod    *moduleHandle
-	parts  []*devPartition // same order as Config.Partitions
+	idx   int
+	name  string
+	cfg   DeviceConfig
+	set   *ownSettings
+	mod   *moduleHandle
+	parts []*devPartition // same order as Config.Partitions
 
 	recoverMu sync.Mutex // one recovery at a time
 	needInit  atomic.Bool
@@ -35,6 +35,7 @@ type device struct {
 type devPartition struct {
 	dev       *device
 	cfg       *PartitionConfig
+	pin       string // resolved once by Open; never printed
 	st        atomic.Pointer[partState]
 	credFatal atomic.Pointer[string] // set once a PIN was rejected: never logged in again
 	logins    atomic.Int64           // C_Login attempts, for tests and metrics
@@ -88,10 +89,10 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 	switch {
 	case in == nil:
 		if d.mod.cur.Load() != nil {
-			in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
+			in, err = d.mod.reinit(ctx, d.set.ReinitGrace, d.set.MaxRetired)
 		} else {
 			again := d.mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
-			in, err = d.mod.load(ctx, d.policy.MaxRetired)
+			in, err = d.mod.load(ctx, d.set.MaxRetired)
 			if err == nil {
 				d.mod.cur.Store(in)
 				if again {
@@ -100,7 +101,7 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 			}
 		}
 	case reinit && d.needInit.Load():
-		in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
+		in, err = d.mod.reinit(ctx, d.set.ReinitGrace, d.set.MaxRetired)
 	}
 	d.mod.mu.Unlock()
 	if err != nil {
@@ -171,7 +172,7 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 		// After a server dies C_Initialize still succeeds with no slots: the device is not up.
 		return downErr(p.dev.name, p.cfg.Name, OpTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
 	}
-	size := p.dev.policy.SessionPoolSize
+	size := p.dev.set.SessionPoolSize
 	if m := int(info.MaxSessionCount); m > 1 && m < 1<<20 && m-1 < size {
 		size = m - 1 // one for the login session
 	}
@@ -218,7 +219,7 @@ func (p *devPartition) login(st *partState) error {
 		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: ClassCredential, Err: errors.New(*why)}
 	}
 	p.logins.Add(1)
-	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.cfg.secret)
+	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.pin)
 	if err == nil {
 		return nil
 	}

@@ -46,7 +46,7 @@ func (k *Key) Algorithm() string { return k.entry.alg }
 // Sign implements crypto.Signer with the policy's operation timeout as the deadline. rand is unused: the
 // HSM supplies its own randomness.
 func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), k.cl.cfg.Policy.OperationTimeout.D())
+	ctx, cancel := context.WithTimeout(context.Background(), k.cl.s.own.OperationTimeout)
 	defer cancel()
 	return k.SignContext(ctx, digest, opts)
 }
@@ -54,7 +54,7 @@ func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 // Decrypt implements crypto.Decrypter. opts may be nil (PKCS#1 v1.5), *rsa.OAEPOptions or
 // *rsa.PKCS1v15DecryptOptions.
 func (k *Key) Decrypt(rnd io.Reader, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), k.cl.cfg.Policy.OperationTimeout.D())
+	ctx, cancel := context.WithTimeout(context.Background(), k.cl.s.own.OperationTimeout)
 	defer cancel()
 	pt, err := k.DecryptContext(ctx, ciphertext, opts)
 	return sessionkey.Apply(rnd, opts, pt, err)
@@ -138,7 +138,7 @@ func (k *Key) DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.
 	default:
 		return nil, "", inputErr("decrypt: options %T not supported (want nil, *rsa.OAEPOptions or *rsa.PKCS1v15DecryptOptions)", opts)
 	}
-	fallback := k.cl.cfg.Policy.OAEPFallback
+	fallback := k.cl.s.own.OAEPFallback
 	pt, dev, err := k.cl.do(ctx, "decrypt", k, func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, Op, error) {
 		return decryptOn(c, s, h, mech, ciphertext, oaep, pub, fallback)
 	})

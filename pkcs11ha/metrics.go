@@ -36,7 +36,7 @@ type metrics struct {
 	opLatencyC      childCache[prometheus.Observer]
 }
 
-func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(devices []DeviceConfig, reg prometheus.Registerer) (*metrics, error) {
 	buckets := []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 	m := &metrics{
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "attempts_total",
@@ -70,7 +70,7 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 	m.attemptLatencyC.get = func(l ...string) prometheus.Observer { return m.attemptLatency.WithLabelValues(l...) }
 	m.operationsC.get = func(l ...string) prometheus.Counter { return m.operations.WithLabelValues(l...) }
 	m.opLatencyC.get = func(l ...string) prometheus.Observer { return m.opLatency.WithLabelValues(l...) }
-	for _, d := range cfg.Devices {
+	for _, d := range devices {
 		m.breaker.WithLabelValues(d.Name).Set(0)
 		m.abandoned.WithLabelValues(d.Name).Set(0)
 		m.reinits.WithLabelValues(d.Name)
@@ -130,7 +130,7 @@ func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d t
 // observer turns router events into metrics and log lines.
 type observer struct{ cl *Cluster }
 
-func (o *observer) name(i int) string { return o.cl.cfg.Devices[i].Name }
+func (o *observer) name(i int) string { return o.cl.s.cfg.Devices[i].Name }
 
 func (o *observer) AttemptDone(member int, op string, class failover.Class, err error, latency time.Duration, hedge bool) {
 	dev := o.name(member)

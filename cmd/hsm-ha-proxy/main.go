@@ -76,7 +76,7 @@ func runServe(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hsm-ha-proxy serve: %v\n", err)
 		return 2
 	}
-	cfg, err := pkcs11ha.LoadConfig(*configPath)
+	cfg, err := proxy.LoadConfig(*configPath)
 	if err != nil {
 		logger.Error("loading the config", "path", *configPath, "err", err)
 		return 1
@@ -92,7 +92,7 @@ func runServe(args []string, stderr io.Writer) int {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	cl, err := pkcs11ha.Open(ctx, cfg, pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
+	cl, err := pkcs11ha.Open(ctx, cfg.Library(), pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
 	if err != nil {
 		ln.Close()
 		if ctx.Err() != nil {
@@ -123,7 +123,7 @@ func runServe(args []string, stderr io.Writer) int {
 	logger.Info("hsm-ha-proxy started", "listen", ln.Addr().String(), "devices", len(cfg.Devices),
 		"partitions", cfg.PartitionNames(), "clients", len(cfg.Clients))
 	serveErr := srv.Serve(ctx, ln)
-	closeCluster(cl, cfg.Policy.CloseTimeout.D(), logger)
+	closeCluster(cl, cl.Config().Policy.CloseTimeout.D(), logger)
 	if serveErr != nil {
 		logger.Error("serving", "err", serveErr)
 		return 1
@@ -136,7 +136,7 @@ func runServe(args []string, stderr io.Writer) int {
 // certificate, key and client CA (the files named by server.tls, read again: rotated certificates are
 // picked up). Everything else in the file is ignored until a restart.
 func reload(srv *proxy.Server, ln net.Listener, path string, logger *slog.Logger) {
-	cfg, err := pkcs11ha.LoadConfig(path)
+	cfg, err := proxy.LoadConfig(path)
 	if err != nil {
 		logger.Error("SIGHUP: config not reloaded; keeping the current clients and certificates", "path", path, "err", err)
 		return

@@ -248,10 +248,6 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
 		t.Fatal(err)
 	}
 	e.cfg = cfg
-	if sc.recovery != nil {
-		e.recBound = sc.recovery(&cfg.Policy, tm)
-		r.recBound = e.recBound
-	}
 	r.p99Bound = sc.p99
 	var undo func()
 	if sc.beforeOpen != nil {
@@ -267,6 +263,11 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
 		t.Fatal(err)
 	}
 	e.cl = cl
+	e.cfg = cl.Config() // the policy in effect, defaults included
+	if sc.recovery != nil {
+		e.recBound = sc.recovery(&e.cfg.Policy, tm)
+		r.recBound = e.recBound
+	}
 	t.Cleanup(func() {
 		if err := cl.Close(); err != nil {
 			t.Errorf("Cluster.Close: %v", err)

@@ -93,7 +93,7 @@ type authClient struct {
 }
 
 // newAuthTable builds the table, checking every entry against the configured partitions.
-func newAuthTable(clients []pkcs11ha.ClientConfig, partitions []string) (*authTable, error) {
+func newAuthTable(clients []ClientConfig, partitions []string) (*authTable, error) {
 	known := make(map[string]bool, len(partitions))
 	for _, p := range partitions {
 		known[p] = true

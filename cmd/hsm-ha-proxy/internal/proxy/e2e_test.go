@@ -41,7 +41,7 @@ import (
 type e2eOptions struct {
 	policy  string // YAML under policy:
 	clients string // YAML under clients:; default: this process's uid may use payments and ledger
-	server  pkcs11ha.ServerConfig
+	server  ServerConfig
 }
 
 func meClients(partitions ...string) string {
@@ -79,14 +79,14 @@ func startSidecar(t *testing.T, topo *softhsmtest.Topology, o e2eOptions) *testS
 	}
 	path := filepath.Join(topo.Dir, fmt.Sprintf("sidecar-%d.yaml", configSeq.Add(1)))
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: o.policy, ClientsYAML: o.clients}))
-	cfg, err := pkcs11ha.LoadConfig(path)
+	cfg, err := LoadConfig(path)
 	require.NoError(t, err)
 	logs := &softhsmtest.LogBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cl, err := pkcs11ha.Open(ctx, cfg, pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
+	cl, err := pkcs11ha.Open(ctx, cfg.Library(), pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
 	require.NoError(t, err)
 	leakcheck.CloseCluster(t, cl) // and allows the calls the library reports stuck for good
 
@@ -434,12 +434,12 @@ func TestE2EErrorCodes(t *testing.T) {
 		}
 	})
 	t.Run("unknown client", func(t *testing.T) {
-		require.NoError(t, ts.srv.ReloadClients([]pkcs11ha.ClientConfig{{Name: "x", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}}))
+		require.NoError(t, ts.srv.ReloadClients([]ClientConfig{{Name: "x", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}}))
 		status, body := ts.call(t, "GET", "/v1/partitions/payments/keys", "")
 		require.Equal(t, 401, status)
 		code, _ := apiErr(t, body)
 		assert.Equal(t, sidecarclient.CodeUnauthenticated, code)
-		require.NoError(t, ts.srv.ReloadClients([]pkcs11ha.ClientConfig{{Name: "me", UnixUID: intp(os.Getuid()), Partitions: []string{"payments"}}}))
+		require.NoError(t, ts.srv.ReloadClients([]ClientConfig{{Name: "me", UnixUID: intp(os.Getuid()), Partitions: []string{"payments"}}}))
 	})
 	// Last: take every device off the network.
 	t.Run("no device", func(t *testing.T) {
@@ -496,7 +496,7 @@ func mtlsSidecar(t *testing.T, topo *softhsmtest.Topology) (*testServer, map[str
 		clients: `
 - {name: app-a, cert_name: "spiffe://example.org/app-a", partitions: [payments]}
 - {name: app-b, cert_name: app-b.example.org, partitions: [ledger]}`,
-		server: pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}},
+		server: ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}},
 	})
 	clients := map[string]*sidecarclient.Client{
 		"app-a":    sidecarclient.DialTLS(ts.addr, clientTLS(t, ca, aCert, aKey)),

@@ -115,10 +115,10 @@ func newFakeBackend(t testing.TB) *fakeBackend {
 func intp(v int) *int { return &v }
 
 // fakeConfig is a config with partitions payments and ledger and the given clients.
-func fakeConfig(clients ...pkcs11ha.ClientConfig) *pkcs11ha.Config {
-	return &pkcs11ha.Config{
-		Partitions: []pkcs11ha.PartitionConfig{{Name: "payments"}, {Name: "ledger"}},
-		Clients:    clients,
+func fakeConfig(clients ...ClientConfig) *Config {
+	return &Config{
+		Topology: pkcs11ha.Topology{Partitions: []pkcs11ha.PartitionConfig{{Name: "payments"}, {Name: "ledger"}}},
+		Clients:  clients,
 	}
 }
 
@@ -166,10 +166,10 @@ func serveOn(t testing.TB, srv *Server, ln net.Listener) func() error {
 }
 
 // startUnix runs a server of backend be on a fresh unix socket.
-func startUnix(t testing.TB, cfg *pkcs11ha.Config, be backend) *testServer {
+func startUnix(t testing.TB, cfg *Config, be backend) *testServer {
 	t.Helper()
 	sock := filepath.Join(shortTempDir(t), "s.sock")
-	ln, err := Listen(pkcs11ha.ServerConfig{Listen: "unix://" + sock})
+	ln, err := Listen(ServerConfig{Listen: "unix://" + sock})
 	require.NoError(t, err)
 	logs := &softhsmtest.LogBuffer{}
 	reg := prometheus.NewRegistry()

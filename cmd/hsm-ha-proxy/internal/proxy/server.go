@@ -24,9 +24,6 @@ const (
 	// DefaultShutdownGrace is how long in-flight requests may run after a shutdown starts when
 	// server.shutdown_grace is not set.
 	DefaultShutdownGrace = 10 * time.Second
-	// defaultRequestTimeout applies when policy.request_timeout is zero (LoadConfig fills it with the same
-	// value).
-	defaultRequestTimeout = 5 * time.Second
 	// handlerDrain bounds the wait for handlers still running after the grace period forced connections
 	// closed (their contexts are cancelled by then).
 	handlerDrain = 5 * time.Second
@@ -84,14 +81,14 @@ type Server struct {
 	inFlight atomic.Int64
 }
 
-// New returns a server of cluster cl with the policy, server and clients sections of cfg. The library's
+// New returns a server of cluster cl with the request timeout, server and clients sections of cfg. The library's
 // collectors are expected on reg (pkcs11ha.WithRegisterer); the server adds its HTTP metrics there and
 // serves reg on /metrics. A nil logger discards, a nil reg gets a fresh registry.
-func New(cfg *pkcs11ha.Config, cl *pkcs11ha.Cluster, logger *slog.Logger, reg *prometheus.Registry) *Server {
+func New(cfg *Config, cl *pkcs11ha.Cluster, logger *slog.Logger, reg *prometheus.Registry) *Server {
 	return newServer(cfg, clusterBackend{cl: cl}, logger, reg)
 }
 
-func newServer(cfg *pkcs11ha.Config, be backend, logger *slog.Logger, reg *prometheus.Registry) *Server {
+func newServer(cfg *Config, be backend, logger *slog.Logger, reg *prometheus.Registry) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -104,11 +101,8 @@ func newServer(cfg *pkcs11ha.Config, be backend, logger *slog.Logger, reg *prome
 		partNames:  cfg.PartitionNames(),
 		log:        logger,
 		m:          newHTTPMetrics(reg),
-		reqTimeout: cfg.Policy.RequestTimeout.D(),
+		reqTimeout: cfg.Policy.requestTimeout(),
 		grace:      cfg.Server.ShutdownGrace.D(),
-	}
-	if s.reqTimeout <= 0 {
-		s.reqTimeout = defaultRequestTimeout
 	}
 	if s.grace <= 0 {
 		s.grace = DefaultShutdownGrace
@@ -118,7 +112,7 @@ func newServer(cfg *pkcs11ha.Config, be backend, logger *slog.Logger, reg *prome
 	}
 	t, err := newAuthTable(cfg.Clients, s.partNames)
 	if err != nil {
-		// LoadConfig has validated the same rules; a config built by hand may not have been.
+		// Config.Validate has checked the same rules; a config built by hand may not have been.
 		logger.Error("clients: section rejected: every request will be refused (401)", "err", err)
 		t = &authTable{}
 	}
@@ -133,7 +127,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 
 // ReloadClients replaces the client table (the clients: section) atomically; requests already authorised
 // finish under the old one. On error the table is left unchanged.
-func (s *Server) ReloadClients(clients []pkcs11ha.ClientConfig) error {
+func (s *Server) ReloadClients(clients []ClientConfig) error {
 	t, err := newAuthTable(clients, s.partNames)
 	if err != nil {
 		s.m.reloads.WithLabelValues("error").Inc()

@@ -213,7 +213,7 @@ func newEnv(t *testing.T, cfg Config, ms []MemberConfig) *env {
 		}
 		for i, f := range e.fakes {
 			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-			for r.InFlight(i) > 0 {
+			for e.inFlight(i) > 0 {
 				select {
 				case f.release <- struct{}{}:
 				case <-time.After(time.Millisecond):
@@ -272,11 +272,33 @@ func (e *env) entered(m int) {
 	}
 }
 
+// abandoned is the number of abandoned attempts (given up on, fn not yet returned) over all members.
+func (e *env) abandoned() int { return int(e.r.abandonedTotal.Load()) }
+
+// inFlight is the number of attempts running on member m, abandoned ones included.
+func (e *env) inFlight(m int) int { return int(e.r.members[m].inFlight.Load()) }
+
+// waitIdle waits until no attempt (abandoned ones included) runs on member m: every release notifies
+// slot waiters, so it registers as one.
 func (e *env) waitIdle(m int) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	require.NoError(e.t, e.r.WaitIdle(ctx, m))
+	r := e.r
+	deadline := time.After(waitLong)
+	for {
+		r.waiters.Add(1)
+		ch := *r.slotCh.Load()
+		if e.inFlight(m) == 0 {
+			r.waiters.Add(-1)
+			return
+		}
+		select {
+		case <-ch:
+			r.waiters.Add(-1)
+		case <-deadline:
+			r.waiters.Add(-1)
+			e.t.Fatalf("member %d never went idle", m)
+		}
+	}
 }
 
 func recv[T any](t *testing.T, ch <-chan T) T {

@@ -35,12 +35,15 @@ test: deps
 	# A count, not a duration: a duration -fuzztime can fail a clean run with "context deadline exceeded"
 	# (a race in Go's fuzz coordinator, go.dev/issue/75804, fixed in Go 1.27). ~10 s here.
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSignRequest$$' -fuzztime 30000x ./cmd/hsm-ha-proxy/internal/proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 20000x ./cmd/hsm-ha-proxy/internal/p11rpc/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 20000x ./cmd/hsm-ha-proxy/internal/p11rpc/
 
-# The demo: four SoftHSM2 devices in two regions behind the sidecar, with a scripted failover.
+# The demo (cmd/hsm-ha-demo): four SoftHSM2 devices in two regions behind the sidecar, with a scripted failover.
+# Both binaries are built into one directory: the demo runs the hsm-ha-proxy beside it as its sidecar.
 # Built, not `go run`, so that Ctrl-C reaches the demo itself; DEMO_ARGS adds flags (`--duration 30s`, `--no-failover`).
 run: deps
 	@bindir=$$(mktemp -d) && trap 'rm -rf "$$bindir"' EXIT && \
-		$(GO) build -o "$$bindir/hsm-ha-proxy" ./cmd/hsm-ha-proxy && "$$bindir/hsm-ha-proxy" demo $(DEMO_ARGS)
+		$(GO) build -o "$$bindir/" ./cmd/hsm-ha-proxy ./cmd/hsm-ha-demo && "$$bindir/hsm-ha-demo" $(DEMO_ARGS)
 
 # Side-by-side figures against direct miekg/pkcs11 and crypto11; the last line is the BENCH summary.
 bench: deps

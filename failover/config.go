@@ -74,7 +74,7 @@ type Config struct {
 	StallThreshold time.Duration
 }
 
-// DefaultConfig returns the router's defaults (docs/ARCHITECTURE.md gives the reasons).
+// DefaultConfig returns the routing defaults (docs/ARCHITECTURE.md, "Routing defaults", says why).
 func DefaultConfig() Config {
 	return Config{
 		AttemptTimeout:        []time.Duration{50 * time.Millisecond, 250 * time.Millisecond},

@@ -143,8 +143,8 @@ func outcomeLabel(err error, rc failover.Class) string {
 	return fromRoute(rc).String()
 }
 
-// Classify is the project's one error-classification table (DESIGN.md "Error classes"): a pure function of
-// the operation and the PKCS#11 return value.
+// Classify is the project's one error-classification table (docs/ARCHITECTURE.md, "Error classes"): a
+// pure function of the operation and the PKCS#11 return value.
 func Classify(op Op, rv uint) Class {
 	switch rv {
 	case pkcs11.CKR_OK:

@@ -14,7 +14,8 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
-// TestClassify covers every code DESIGN.md's error table lists, plus the operation-dependent rows.
+// TestClassify covers every code the error table lists (docs/ARCHITECTURE.md, "Error classes"), plus the
+// operation-dependent rows.
 func TestClassify(t *testing.T) {
 	tests := []struct {
 		op   Op

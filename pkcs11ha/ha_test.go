@@ -20,6 +20,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // haPolicy makes probes fast enough for tests; routing defaults (deadlines, breakers) are untouched.
@@ -124,7 +125,7 @@ func haCluster(t *testing.T) (*softhsmtest.Topology, *pkcs11ha.Cluster, *pkcs11h
 
 func haClusterReg(t *testing.T) (*softhsmtest.Topology, *pkcs11ha.Cluster, *pkcs11ha.Key, *prometheus.Registry) {
 	t.Helper()
-	topo := softhsmtest.StartT(t, softhsmtest.Options{})
+	topo := harnesstest.Start(t, softhsmtest.Options{})
 	var logBuf softhsmtest.LogBuffer
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
@@ -66,7 +67,7 @@ func digest(h crypto.Hash, msg string) []byte {
 // TestSignAllAlgorithms signs with every supported mechanism on in-process SoftHSM devices (Ed25519 cannot
 // cross p11-kit 0.24's RPC) and verifies each signature with the Go standard library.
 func TestSignAllAlgorithms(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a", "dev-b")})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a", "dev-b")})
 	cl, _ := openCluster(t, topo, "")
 	ctx := context.Background()
 
@@ -140,7 +141,7 @@ func TestSignAllAlgorithms(t *testing.T) {
 }
 
 func TestDecrypt(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a")})
 	ctx := context.Background()
 
 	t.Run("native", func(t *testing.T) {
@@ -219,7 +220,7 @@ func TestDecrypt(t *testing.T) {
 
 // TestBadInputs: caller mistakes are refused before any HSM call and never retried.
 func TestBadInputs(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a")})
 	reg := prometheus.NewRegistry()
 	cl, _ := openCluster(t, topo, "", pkcs11ha.WithRegisterer(reg))
 	ctx := context.Background()
@@ -267,7 +268,7 @@ func TestBadInputs(t *testing.T) {
 func TestWrongPIN(t *testing.T) {
 	devs := inProcess("dev-a", "dev-b")
 	devs[0].PINOverride = map[string]string{"payments": "99999"}
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: devs})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: devs})
 	cl, _ := openCluster(t, topo, "health: {interval: 50ms, down_interval: 50ms}")
 	ctx := context.Background()
 
@@ -298,7 +299,7 @@ func TestKeyConsistency(t *testing.T) {
 	devs := inProcess("dev-a", "dev-b", "dev-c")
 	devs[1].DifferentKeys = []string{"ec-key"}
 	devs[2].MissingKeys = []string{"ec-key"}
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: devs})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: devs})
 	cl, _ := openCluster(t, topo, "")
 	ctx := context.Background()
 
@@ -332,7 +333,7 @@ func TestIndependentVerification(t *testing.T) {
 			t.Fatalf("%s not installed (make deps installs opensc and openssl): %v", tool, err)
 		}
 	}
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a")})
 	cl, _ := openCluster(t, topo, "")
 	dev := topo.Devices[0]
 	dir := t.TempDir()
@@ -404,7 +405,7 @@ func TestIndependentVerification(t *testing.T) {
 // TestKillRestart: a device whose p11-kit server is killed and started again serves again after re-init,
 // without restarting this process.
 func TestKillRestart(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
 	cl, _ := openCluster(t, topo, "health: {interval: 200ms, down_interval: 100ms}\nbreaker: {open_base: 200ms}")
 	ctx := context.Background()
 	k, err := cl.Key(ctx, "payments", "ec-key")
@@ -442,7 +443,7 @@ func TestKillRestart(t *testing.T) {
 func TestSharedModuleInstance(t *testing.T) {
 	parts := softhsmtest.DefaultPartitions()
 	parts[1].PIN = parts[0].PIN // the second token stands for the same partition on another appliance
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("hsm"), Partitions: parts})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("hsm"), Partitions: parts})
 	dev := topo.Devices[0]
 	env := fmt.Sprintf("{SOFTHSM2_CONF: %q}", dev.ModuleEnv["SOFTHSM2_CONF"])
 	cfgYAML := fmt.Sprintf(`local_region: eastus

@@ -48,7 +48,8 @@ func newModuleKey(path string, env map[string]string) (moduleKey, error) {
 }
 
 // instance is one loaded, initialised copy of a module. It is never finalised while a call is in flight
-// on it; once retired it is never used again (calls that never return).
+// on it; once retired it is never used again (docs/ARCHITECTURE.md, "Facts about SoftHSM and p11-kit":
+// calls that never return).
 type instance struct {
 	ctx      *pkcs11.Ctx
 	gen      uint64

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // TestReinitRetiresStuckInstance drives the module registry against a real p11-kit device whose bytes are
@@ -16,7 +17,7 @@ import (
 // period it is retired (never finalised, never used again); the fresh instance's C_Initialize blocks too and
 // is adopted once the device answers again, instead of piling up blocked loads.
 func TestReinitRetiresStuckInstance(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "r"}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "r"}}})
 	dev := topo.Devices[0]
 	h, err := modules.acquire(dev.ModulePath, dev.ModuleEnv, time.Second)
 	require.NoError(t, err)
@@ -88,7 +89,7 @@ func TestReinitRetiresStuckInstance(t *testing.T) {
 // TestSameLibraryTwiceRefused: one libsofthsm2.so path is one module; a second device with another
 // SOFTHSM2_CONF on the same path would silently share the first one's tokens, so it is refused.
 func TestSameLibraryTwiceRefused(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
 		{Name: "a", Region: "r", InProcess: true}, {Name: "b", Region: "r", InProcess: true}}})
 	a, b := topo.Devices[0], topo.Devices[1]
 	ha, err := modules.acquire(a.ModulePath, a.ModuleEnv, time.Second)
@@ -112,7 +113,7 @@ func TestSameLibraryTwiceRefused(t *testing.T) {
 // TestOpenWarmsOneSession: every open partition holds one idle session before any call, so a device's first
 // call (DR's, when the local region is lost) costs no C_OpenSession round trip.
 func TestOpenWarmsOneSession(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
 		{Name: "eastus-1", Region: "eastus"}, {Name: "westus-1", Region: "westus"}}})
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{}))

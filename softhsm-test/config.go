@@ -27,10 +27,10 @@ type ConfigOptions struct {
 	PINStyle    string // PINInline (default), PINFile or PINEnv
 }
 
-// ConfigYAML returns the pkcs11ha configuration (schema in DESIGN.md) for this topology: local_region,
-// every device with its module and module_env, every partition by token label with its PIN, and the
-// raw sections of opts. Devices with a PINOverride still get the partition's normal PIN, as a config
-// that is wrong for one device would. The result is checked to be valid YAML.
+// ConfigYAML returns the pkcs11ha configuration (docs/ARCHITECTURE.md, "Configuration") for this topology:
+// local_region, every device with its module and module_env, every partition by token label with its PIN, and
+// the raw sections of opts. Devices with a PINOverride still get the partition's normal PIN, as a config that
+// is wrong for one device would. The result is checked to be valid YAML.
 func (t *Topology) ConfigYAML(opts ConfigOptions) ([]byte, error) {
 	style := opts.PINStyle
 	if style == "" {

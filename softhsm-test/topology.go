@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -36,7 +35,7 @@ func DefaultPartitions() []PartitionSpec {
 // Options configure Start. Every field is optional.
 type Options struct {
 	// Dir is the root directory of the topology; tests pass t.TempDir(). Empty: a new temporary directory,
-	// removed by Close (StartT uses t.TempDir()).
+	// removed by Close.
 	Dir         string
 	Devices     []DeviceSpec    // default DefaultTopology(10 * time.Millisecond)
 	Partitions  []PartitionSpec // default DefaultPartitions()
@@ -45,7 +44,7 @@ type Options struct {
 	Logf        func(format string, args ...any)
 }
 
-// Topology is a running set of devices. Close it (StartT does, with t.Cleanup).
+// Topology is a running set of devices. Close it (harnesstest.Start does, with t.Cleanup).
 type Topology struct {
 	Dir         string
 	Devices     []*Device
@@ -230,34 +229,6 @@ func Start(ctx context.Context, opts Options) (*Topology, error) {
 	return t, nil
 }
 
-// StartT is Start for tests: Dir defaults to t.TempDir(), Logf to t.Logf, Close is registered with
-// t.Cleanup (which also runs when the test fails or panics), and an error is fatal. When the test has
-// failed, Close first logs the tail of every server log.
-func StartT(tb testing.TB, opts Options) *Topology {
-	tb.Helper()
-	if opts.Dir == "" {
-		opts.Dir = tb.TempDir()
-	}
-	if opts.Logf == nil {
-		opts.Logf = tb.Logf
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	topo, err := Start(ctx, opts)
-	if err != nil {
-		tb.Fatalf("softhsmtest.StartT: %v", err)
-	}
-	tb.Cleanup(func() {
-		if tb.Failed() {
-			topo.logServerLogs()
-		}
-		if err := topo.Close(); err != nil {
-			tb.Errorf("softhsmtest: Close: %v", err)
-		}
-	})
-	return topo
-}
-
 // Device returns the device with that name, or nil.
 func (t *Topology) Device(name string) *Device {
 	for _, d := range t.Devices {
@@ -304,7 +275,9 @@ func (t *Topology) Close() error {
 	return t.closeErr
 }
 
-func (t *Topology) logServerLogs() {
+// LogServerLogs writes the tail of every device server's log through Options.Logf: what a failed test
+// shows before Close removes the logs.
+func (t *Topology) LogServerLogs() {
 	for _, d := range t.Devices {
 		if tail := logTail(d.LogPath, 4096); tail != "" {
 			t.logf("softhsmtest: device %s: server log %s:\n%s", d.Name, d.LogPath, tail)

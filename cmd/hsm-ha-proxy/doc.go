@@ -1,11 +1,10 @@
 // Command hsm-ha-proxy is the pkcs11-ha sidecar: it gives applications in any language the library's
-// high-availability signing and decryption over HTTP/JSON (API v1, see DESIGN.md).
+// high-availability signing and decryption over HTTP/JSON (API v1; docs/ARCHITECTURE.md, "The sidecar").
 //
 // Usage:
 //
 //	hsm-ha-proxy serve --config FILE [--log-level info] [--log-format json]
 //	hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
-//	hsm-ha-proxy demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--plain] [--keep]
 //
 // serve reads the library's YAML config plus its server: and clients: sections, opens the cluster and
 // serves on server.listen (default unix:///run/hsm-ha-proxy.sock, mode 0600; tcp://HOST:PORT requires
@@ -18,5 +17,6 @@
 // status prints the device table (device, region, tier, state, breaker, EWMA latency, in-flight) from
 // GET /v1/status; the caller must be a configured client.
 //
-// demo runs four SoftHSM2 devices in two regions behind the sidecar with a scripted failover.
+// The demo (four SoftHSM2 devices behind this sidecar, with a scripted failover) is its own command,
+// cmd/hsm-ha-demo: this binary links neither the test harness nor package testing (deps_test.go).
 package main

@@ -23,13 +23,13 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/proxy"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
 )
 
 const usage = `usage:
   hsm-ha-proxy serve --config FILE [--log-level debug|info|warn|error] [--log-format json|text]
   hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
-  hsm-ha-proxy demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--plain] [--keep]
 `
 
 func main() {
@@ -47,8 +47,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(args[1:], stderr)
 	case "status":
 		return runStatus(args[1:], stdout, stderr)
-	case "demo":
-		return runDemo(args[1:])
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -219,7 +217,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "hsm-ha-proxy status: %v\n", err)
 		var ae *sidecarclient.APIError
-		if errors.As(err, &ae) && ae.Code == sidecarclient.CodeUnauthenticated {
+		if errors.As(err, &ae) && ae.Code == sidecarapi.CodeUnauthenticated {
 			fmt.Fprintln(stderr, "hint: add your uid (or certificate name) to the clients: section of the sidecar's config")
 		}
 		return 1
@@ -237,7 +235,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 }
 
 // printStatus writes the device table.
-func printStatus(w io.Writer, st *sidecarclient.Status) {
+func printStatus(w io.Writer, st *sidecarapi.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tREGION\tTIER\tSTATE\tBREAKER\tEWMA\tIN-FLIGHT\tABANDONED\tREASON")
 	for _, d := range st.Devices {

@@ -14,12 +14,13 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/proxy"
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/testcerts"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // TestReloadRotatesCertificates: what SIGHUP runs re-reads the config file and the server.tls files it
 // names; a certificate replaced on disk is what the next client sees.
 func TestReloadRotatesCertificates(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus", InProcess: true}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus", InProcess: true}}})
 	dir := t.TempDir()
 	ca := testcerts.NewCA(t, dir, "ca")
 	srvCert, srvKey := ca.ServerCert(t)

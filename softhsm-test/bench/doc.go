@@ -24,6 +24,10 @@
 //     slow local device — slow from the window's start, slow for 10 s before it, or slow in spells — with
 //     and without hedging, with the extra attempts hedging cost (pkcs11ha's own counters).
 //
+// With Options.PlotDir (hsm-bench -plots, default bench-plots/) it also draws, with package timeline,
+// the first region-loss trial of each mode (every call's latency and serving device, the region shaded
+// while out) and the slow-device latency percentiles with and without hedging, as SVG and PNG.
+//
 // The table ends with the line `BENCH ha_vs_direct=<ratio> ha_vs_crypto11=<ratio>` for ECDSA P-256 at 8
 // goroutines on one device. The 1-minute load average is printed next to every figure: the machines this
 // runs on are shared.

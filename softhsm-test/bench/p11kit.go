@@ -29,9 +29,10 @@ const (
 )
 
 type p11kitEnv struct {
-	o    Options
-	topo *softhsmtest.Topology
-	n    int // config files written
+	o       Options
+	topo    *softhsmtest.Topology
+	n       int             // config files written
+	plotted map[string]bool // region-loss modes drawn (timeline.go)
 }
 
 func startP11Kit(ctx context.Context, o Options, dir string) (*p11kitEnv, error) {
@@ -44,7 +45,7 @@ func startP11Kit(ctx context.Context, o Options, dir string) (*p11kitEnv, error)
 	if err != nil {
 		return nil, err
 	}
-	return &p11kitEnv{o: o, topo: topo}, nil
+	return &p11kitEnv{o: o, topo: topo, plotted: map[string]bool{}}, nil
 }
 
 func (e *p11kitEnv) close() { _ = e.topo.Close() }
@@ -162,10 +163,11 @@ type LossTrial struct {
 	Slowest      time.Duration // slowest successful operation in flight at the loss or started in the next second
 	DRp50        time.Duration // p50 of DR-served operations started from 0.5 s after the loss
 	Load         float64
+	goroutines   int
 }
 
-func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int) (LossTrial, error) {
-	tr := LossTrial{Mode: mode, Load: loadAvg()}
+func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int, progress func(string, ...any)) (LossTrial, error) {
+	tr := LossTrial{Mode: mode, Load: loadAvg(), goroutines: goroutines}
 	cl, k, _, err := e.open(ctx, "")
 	if err != nil {
 		return tr, err
@@ -179,6 +181,7 @@ func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int)
 	l := startLoad(k, goroutines, callTimeout)
 	time.Sleep(e.o.Warmup)
 
+	injected := time.Now()
 	var wg sync.WaitGroup
 	errs := make([]error, len(locals))
 	for i, d := range locals {
@@ -257,6 +260,7 @@ func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int)
 	}
 	tr.FirstSuccess = first.Sub(t0)
 	tr.DRp50 = dr.Quantile(0.5)
+	e.plotLoss(tr, ops, injected, t0, progress)
 	return tr, nil
 }
 
@@ -272,6 +276,7 @@ type SlowCell struct {
 	Hedges  float64 // hedged operations, as a fraction of operations
 	E1Share float64 // share of operations served by the slow device
 	Load    loadRange
+	lat     Latencies // of the successful operations (timeline.go)
 }
 
 func (e *p11kitEnv) slow(ctx context.Context, mode string, hedge bool, goroutines int) (SlowCell, error) {
@@ -344,6 +349,7 @@ func (e *p11kitEnv) slow(ctx context.Context, mode string, hedge bool, goroutine
 		}
 	}
 	c.P999 = lat.Quantile(0.999)
+	c.lat = lat
 	if n := ops1 - ops0; n > 0 {
 		c.Extra = (att1-att0)/n - 1
 		c.Hedges = (h1 - h0) / n

@@ -29,6 +29,7 @@ type Options struct {
 	SlowModes  []string      // slow-device patterns; default all (see slowModes)
 	SkipP11    []string      // p11-kit parts to skip: "healthy", "loss" (for focused runs)
 	ProfileDir string        // when set, in-process children write CPU profiles here
+	PlotDir    string        // when set, pictures of the p11-kit region loss and slow device go here
 	Verbose    bool          // progress shows every slice
 	Dir        string        // working directory for the topologies; default a temporary one, removed
 	Out        io.Writer     // the table; default os.Stdout
@@ -176,7 +177,7 @@ func runP11Kit(ctx context.Context, o Options, rep *Report, dir string, runChild
 			break
 		}
 		for _, mode := range []string{"kill", "partition"} {
-			tr, err := e.regionLoss(ctx, mode, g)
+			tr, err := e.regionLoss(ctx, mode, g, progress)
 			if err != nil {
 				return err
 			}
@@ -207,6 +208,9 @@ func runP11Kit(ctx context.Context, o Options, rep *Report, dir string, runChild
 					mode, hedge, fmtDur(c.Sum.P50), fmtDur(c.Sum.P99), fmtDur(c.P999), fmtDur(c.Sum.Max), 100*c.E1Share, 100*c.Hedges, 100*c.Extra)
 			}
 		}
+	}
+	if o.PlotDir != "" {
+		plotHedging(o.PlotDir, rep.Slow, g, progress)
 	}
 	return nil
 }

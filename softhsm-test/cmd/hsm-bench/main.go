@@ -42,6 +42,7 @@ func main() {
 	flag.StringVar(&slowModes, "slow-modes", "", "slow-device patterns, comma-separated: onset,steady,spells,flicker (default all)")
 	flag.StringVar(&skip, "skip", "", "p11-kit parts to skip, comma-separated: healthy,loss")
 	flag.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "write a CPU profile of every in-process child here")
+	flag.StringVar(&o.PlotDir, "plots", "bench-plots", `pictures of the region loss and the slow device with and without hedging go here ("": none)`)
 	flag.BoolVar(&o.Verbose, "v", false, "show every in-process slice in the progress output")
 	flag.StringVar(&o.Dir, "dir", "", "working directory (default a temporary one, removed at the end)")
 	flag.Parse()

@@ -24,10 +24,11 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // testKeys are software keys for the tests that do not need an HSM (generated once per process).
-func testKeys(t testing.TB) softhsmtest.SoftKeys { return softhsmtest.NewSoftKeys(t) }
+func testKeys(t testing.TB) softhsmtest.SoftKeys { return harnesstest.SoftKeys(t) }
 
 // fakeKey is a keyHandle backed by a software key. hook, if set, runs before every operation (to block,
 // fail or observe).

@@ -11,7 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
 
@@ -117,7 +117,7 @@ func (d *demo) tableLoop(ctx context.Context) {
 
 // renderTable formats the device table: the sidecar's view (state, breaker, EWMA) next to the load's own
 // count of signatures per device and second.
-func (d *demo) renderTable(st *sidecarclient.Status, stErr error) []string {
+func (d *demo) renderTable(st *sidecarapi.Status, stErr error) []string {
 	rates, total := d.load.rates()
 	okN, failed, _ := d.load.totals()
 	elapsed := time.Since(d.t0)
@@ -125,12 +125,12 @@ func (d *demo) renderTable(st *sidecarclient.Status, stErr error) []string {
 	var b bytes.Buffer
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tREGION\tTIER\tSTATE\tBREAKER\tEWMA\tOPS/S\tIN-FLIGHT\tABANDONED\tNOTE")
-	var devices []sidecarclient.DeviceStatus
+	var devices []sidecarapi.DeviceStatus
 	if st != nil {
 		devices = st.Devices
 	}
 	for _, name := range d.load.devices {
-		i := slices.IndexFunc(devices, func(ds sidecarclient.DeviceStatus) bool { return ds.Name == name })
+		i := slices.IndexFunc(devices, func(ds sidecarapi.DeviceStatus) bool { return ds.Name == name })
 		dev := d.topo.Device(name)
 		if i < 0 {
 			fmt.Fprintf(tw, "%s\t?\t?\t?\t?\t?\t%.0f\t?\t?\t%s\n", name, rates[name], deviceNote(dev, ""))
@@ -194,4 +194,26 @@ func deviceNote(dev *softhsmtest.Device, reason string) string {
 		return what
 	}
 	return what + " " + reason
+}
+
+// fmtLatency formats an EWMA as `hsm-ha-proxy status` does: "-" when unknown, µs, ms with one decimal, or s.
+func fmtLatency(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "-"
+	case d < time.Millisecond:
+		return fmt.Sprintf("%dus", d.Microseconds())
+	case d < time.Second:
+		return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000)
+	}
+	return d.Round(10 * time.Millisecond).String()
+}
+
+// oneLine folds whitespace and cuts s to n bytes, for a table cell or an event line.
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return s[:n-3] + "..."
+	}
+	return s
 }

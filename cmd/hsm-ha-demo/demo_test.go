@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,65 +27,94 @@ import (
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
 
-// TestDemo runs `hsm-ha-proxy demo` non-interactively with a compressed script (one step a second): it
+// TestDemo builds hsm-ha-demo and hsm-ha-proxy into one directory, as `make run` does, and runs the demo
+// non-interactively with a compressed script (one step a second): it finds the sidecar beside itself,
 // exits 0 with no failed operation, the curl command it prints signs (checked with crypto/ecdsa while the
 // demo is up) and so does its openssl line, and no process it started nor its temporary directory is left.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds the binary and runs SoftHSM devices")
+		t.Skip("builds the binaries and runs SoftHSM devices")
 	}
 	if _, err := softhsmtest.LookupTools(); err != nil {
 		t.Skip(err)
 	}
-	bin := buildBinary(t)
+	run := startDemo(t, buildBinaries(t), "--step", "1s", "--duration", "18s", "--workers", "4", "--rate", "150")
 
-	cmd := exec.Command(bin, "demo", "--step", "1s", "--duration", "18s", "--workers", "4", "--rate", "150")
-	var stderr softhsmtest.LogBuffer
-	cmd.Stderr = &stderr
+	// The header: the curl command, the public key and the openssl line, all usable while the demo runs.
+	curlLine, verifyLine, pubPath := readHeader(t, run.lines)
+	go func() { // keep draining
+		for range run.lines {
+		}
+	}()
+	checkPrintedCommands(t, curlLine, verifyLine, pubPath)
+
+	select {
+	case err := <-run.exited:
+		run.finished = true
+		require.NoError(t, err, "the demo exits 0")
+	case <-time.After(90 * time.Second):
+		t.Fatal("the demo did not stop after its --duration")
+	}
+	out := run.stdout.String()
+	checkScript(t, out)
+	checkNothingLeft(t, out)
+}
+
+// demoRun is the demo process of a test.
+type demoRun struct {
+	lines          chan string // stdout lines, as long as the reader keeps up
+	stdout, stderr softhsmtest.LogBuffer
+	exited         chan error
+	finished       bool // the test saw the exit: the cleanup need not stop the demo
+}
+
+// startDemo starts the demo binary; the cleanup stops it (SIGINT, then SIGKILL) if the test did not see
+// it exit, and shows its output when the test failed.
+func startDemo(t *testing.T, bin string, args ...string) *demoRun {
+	run := &demoRun{lines: make(chan string, 1024), exited: make(chan error, 1)}
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = &run.stderr
 	pipe, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-
-	var stdout softhsmtest.LogBuffer
-	lines := make(chan string, 1024)
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
-		defer close(lines)
+		defer close(run.lines)
 		sc := bufio.NewScanner(pipe)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
-			_, _ = stdout.Write([]byte(sc.Text() + "\n"))
+			_, _ = run.stdout.Write([]byte(sc.Text() + "\n"))
 			select {
-			case lines <- sc.Text():
+			case run.lines <- sc.Text():
 			default:
 			}
 		}
 		_, _ = io.Copy(io.Discard, pipe)
 	}()
-	exited := make(chan error, 1)
 	go func() {
 		<-readDone
-		exited <- cmd.Wait()
+		run.exited <- cmd.Wait()
 	}()
-	finished := false
 	t.Cleanup(func() {
-		if !finished {
+		if !run.finished {
 			_ = cmd.Process.Signal(syscall.SIGINT)
 			select {
-			case <-exited:
+			case <-run.exited:
 			case <-time.After(30 * time.Second):
 				_ = cmd.Process.Kill()
-				<-exited
+				<-run.exited
 			}
 		}
 		if t.Failed() {
-			t.Logf("demo stdout:\n%s\ndemo stderr:\n%s", stdout.String(), stderr.String())
+			t.Logf("demo stdout:\n%s\ndemo stderr:\n%s", run.stdout.String(), run.stderr.String())
 		}
 	})
+	return run
+}
 
-	// The header: the curl command, the public key and the openssl line, all usable while the demo runs.
-	var curlLine, verifyLine, pubPath string
+// readHeader reads the demo's header up to the curl command, the openssl line and the public key's path.
+func readHeader(t *testing.T, lines <-chan string) (curlLine, verifyLine, pubPath string) {
 	pubRE := regexp.MustCompile(`^Public key: (\S+)\. `)
 	timeout := time.After(90 * time.Second)
 	for curlLine == "" || verifyLine == "" || pubPath == "" {
@@ -104,10 +134,12 @@ func TestDemo(t *testing.T) {
 			t.Fatal("no curl command printed within 90 s")
 		}
 	}
-	go func() { // keep draining
-		for range lines {
-		}
-	}()
+	return curlLine, verifyLine, pubPath
+}
+
+// checkPrintedCommands runs the printed curl command and openssl line while the demo is up: the
+// signature verifies with crypto/ecdsa against the printed public key, and openssl says so too.
+func checkPrintedCommands(t *testing.T, curlLine, verifyLine, pubPath string) {
 	assert.Contains(t, curlLine, "--unix-socket ")
 	assert.Contains(t, curlLine, `"algorithm":"ECDSA_SHA256"`)
 
@@ -120,37 +152,32 @@ func TestDemo(t *testing.T) {
 	pub, ok := pubAny.(*ecdsa.PublicKey)
 	require.True(t, ok, "the demo key is ECDSA, got %T", pubAny)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Log("no curl: the printed command is not run")
-	} else {
-		out, err := exec.CommandContext(ctx, "sh", "-c", curlLine).Output()
-		require.NoError(t, err, "running the printed curl command")
-		var resp struct{ Signature, Device string }
-		require.NoError(t, json.Unmarshal(out, &resp), "curl answered %s", out)
-		sig, err := base64.StdEncoding.DecodeString(resp.Signature)
-		require.NoError(t, err)
-		digest := sha256.Sum256([]byte(demoMessage))
-		assert.True(t, ecdsa.VerifyASN1(pub, digest[:], sig), "the signature of the printed curl command verifies")
-		assert.NotEmpty(t, resp.Device)
-
-		if _, err := exec.LookPath("openssl"); err == nil {
-			out, err := exec.CommandContext(ctx, "sh", "-c", verifyLine).CombinedOutput()
-			require.NoError(t, err, "the printed openssl line: %s", out)
-			assert.Contains(t, string(out), "Verified OK")
-		}
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "sh", "-c", curlLine).Output()
+	require.NoError(t, err, "running the printed curl command")
+	var resp struct{ Signature, Device string }
+	require.NoError(t, json.Unmarshal(out, &resp), "curl answered %s", out)
+	sig, err := base64.StdEncoding.DecodeString(resp.Signature)
+	require.NoError(t, err)
+	digest := sha256.Sum256([]byte(demoMessage))
+	assert.True(t, ecdsa.VerifyASN1(pub, digest[:], sig), "the signature of the printed curl command verifies")
+	assert.NotEmpty(t, resp.Device)
 
-	select {
-	case err := <-exited:
-		finished = true
-		require.NoError(t, err, "the demo exits 0")
-	case <-time.After(90 * time.Second):
-		t.Fatal("the demo did not stop after its --duration")
+	if _, err := exec.LookPath("openssl"); err == nil {
+		out, err := exec.CommandContext(ctx, "sh", "-c", verifyLine).CombinedOutput()
+		require.NoError(t, err, "the printed openssl line: %s", out)
+		assert.Contains(t, string(out), "Verified OK")
 	}
-	out := stdout.String()
+}
 
+// checkScript checks the demo's output: every step and its effect, no failed operation at any step nor
+// in the final count, no terminal escapes.
+func checkScript(t *testing.T, out string) {
 	for _, want := range []string{
 		"step 1/4: kill eastus-1",
 		"step 2/4: pause eastus-2",
@@ -175,12 +202,14 @@ func TestDemo(t *testing.T) {
 	n, _ := strconv.Atoi(done[1])
 	assert.Positive(t, n)
 	assert.Equal(t, "0", done[2], "no operation failed")
+}
 
-	// Nothing is left: not the sidecar, not a device server (nor a member of its process group), not the
-	// temporary directory.
+// checkNothingLeft: no process of the demo survives it (not the sidecar, not a device server nor a
+// member of its process group), and its temporary directory is removed.
+func checkNothingLeft(t *testing.T, out string) {
 	tmp := regexp.MustCompile(`temp dir:\s+(\S+)`).FindStringSubmatch(out)
 	require.NotNil(t, tmp)
-	_, err = os.Stat(tmp[1])
+	_, err := os.Stat(tmp[1])
 	assert.True(t, errors.Is(err, os.ErrNotExist), "the temporary directory %s is removed", tmp[1])
 	var pids []int
 	for _, m := range regexp.MustCompile(`pid (\d+)`).FindAllStringSubmatch(out, -1) {
@@ -234,6 +263,25 @@ func survivors(pids []int, dir string) []string {
 	return left
 }
 
+// buildBinaries builds hsm-ha-demo and hsm-ha-proxy into one temporary directory and returns the demo's path.
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		goCmd = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+		if _, err := os.Stat(goCmd); err != nil {
+			t.Skip("no go command to build the binaries with")
+		}
+	}
+	dir := t.TempDir()
+	for _, pkg := range []string{".", "../hsm-ha-proxy"} {
+		out, err := exec.Command(goCmd, "build", "-o", dir+string(os.PathSeparator), pkg).CombinedOutput()
+		require.NoError(t, err, "go build %s: %s", pkg, out)
+	}
+	require.FileExists(t, filepath.Join(dir, proxyName))
+	return filepath.Join(dir, "hsm-ha-demo")
+}
+
 func TestDemoFlags(t *testing.T) {
 	for _, args := range [][]string{{"--workers", "0"}, {"--step", "0s"}, {"--rate", "-1"}, {"extra"}, {"--nope"}} {
 		var out, errOut softhsmtest.LogBuffer
@@ -242,6 +290,39 @@ func TestDemoFlags(t *testing.T) {
 	var out, errOut softhsmtest.LogBuffer
 	assert.Equal(t, 0, demoMain([]string{"-h"}, &out, &errOut))
 	assert.Contains(t, errOut.String(), "--no-failover")
+	assert.Contains(t, errOut.String(), "--proxy-bin")
+}
+
+// TestFindProxy: --proxy-bin names the sidecar executable (relative paths become absolute); a missing or
+// non-executable file is refused with the flag's name in the message.
+func TestFindProxy(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "my-proxy")
+	require.NoError(t, os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755))
+	plain := filepath.Join(dir, "not-executable")
+	require.NoError(t, os.WriteFile(plain, nil, 0o644))
+	t.Chdir(dir)
+
+	for _, tt := range []struct {
+		name, flag, want, err string
+	}{
+		{"absolute", exe, exe, ""},
+		{"relative", "./my-proxy", exe, ""},
+		{"missing", filepath.Join(dir, "nope"), "", "--proxy-bin"},
+		{"not executable", plain, "", "not an executable"},
+		{"a directory", dir, "", "not an executable"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := findProxy(tt.flag)
+			if tt.err != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
 }
 
 // TestDemoScreen: on a terminal the table is redrawn in place under the events; elsewhere it is plain lines.

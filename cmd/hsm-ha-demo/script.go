@@ -71,7 +71,21 @@ func (d *demo) script(ctx context.Context) {
 	}
 	d.stepEvent("  eastus-2 resumed; eastus-1 restarted in %.1fs, new p11-kit server pid %d", time.Since(at).Seconds(), e1.PID())
 
-	// Step 4 is the effect itself: the local pair serves all traffic again and DR is idle.
+	if !d.awaitFailback(ctx, at) {
+		return
+	}
+	total, failed, _ := d.load.totals()
+	end := "Ctrl-C to stop"
+	if d.opts.duration > 0 {
+		end = fmt.Sprintf("it stops at %v", d.opts.duration)
+	}
+	d.event("failover script done: %d failed of %d operations so far. The load goes on; %s.", failed, total, end)
+}
+
+// awaitFailback is step 4, the effect of the restore at time at: it waits until the local pair serves
+// all traffic again and DR is idle, then until both local devices serve. It returns false when the script
+// must stop (the failback did not happen in time, or the demo ends).
+func (d *demo) awaitFailback(ctx context.Context, at time.Time) bool {
 	deadline := time.Now().Add(failbackTimeout)
 	both := false
 	for {
@@ -87,12 +101,12 @@ func (d *demo) script(ctx context.Context) {
 			why := fmt.Sprintf("traffic did not return to the local pair within %v (last second: %s)", failbackTimeout, windowText(w))
 			d.failScript(why)
 			d.stepEvent("step 4/4: %s", why)
-			return
+			return false
 		}
 		if !sleepCtx(ctx, sampleEvery) {
 			w, _, _ := d.load.window(time.Second)
 			d.event("the demo ends before traffic is back on the local pair (last second: %s)", windowText(w))
-			return
+			return false
 		}
 	}
 	// Both local devices in rotation again (P2C on latency may keep one aside for a while).
@@ -109,15 +123,10 @@ func (d *demo) script(ctx context.Context) {
 		}
 		if !sleepCtx(ctx, sampleEvery) {
 			d.event("the demo ends before both local devices serve again (last second: %s)", windowText(w))
-			return
+			return false
 		}
 	}
-	total, failed, _ := d.load.totals()
-	end := "Ctrl-C to stop"
-	if d.opts.duration > 0 {
-		end = fmt.Sprintf("it stops at %v", d.opts.duration)
-	}
-	d.event("failover script done: %d failed of %d operations so far. The load goes on; %s.", failed, total, end)
+	return true
 }
 
 // observe waits (until the deadline) for pred to hold on the operations of the last window, counted

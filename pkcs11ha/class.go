@@ -9,22 +9,18 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
-// Op names the PKCS#11 step an error came from; the error table depends on it.
-type Op string
-
-// The operations the backend performs.
+// The PKCS#11 functions the backend calls, as DeviceError.Op names them; the error table depends on them.
 const (
-	OpInitialize  Op = "C_Initialize"
-	OpSlotList    Op = "C_GetSlotList"
-	OpTokenInfo   Op = "C_GetTokenInfo"
-	OpOpenSession Op = "C_OpenSession"
-	OpLogin       Op = "C_Login"
-	OpFindObjects Op = "C_FindObjects"
-	OpGetAttr     Op = "C_GetAttributeValue"
-	OpSignInit    Op = "C_SignInit"
-	OpSign        Op = "C_Sign"
-	OpDecryptInit Op = "C_DecryptInit"
-	OpDecrypt     Op = "C_Decrypt"
+	opInitialize  = "C_Initialize"
+	opSlotList    = "C_GetSlotList"
+	opTokenInfo   = "C_GetTokenInfo"
+	opOpenSession = "C_OpenSession"
+	opLogin       = "C_Login"
+	opFindObjects = "C_FindObjects"
+	opSignInit    = "C_SignInit"
+	opSign        = "C_Sign"
+	opDecryptInit = "C_DecryptInit"
+	opDecrypt     = "C_Decrypt"
 )
 
 // Class is what a PKCS#11 failure means for recovery: what the device backend does about it (a fresh
@@ -143,14 +139,14 @@ func outcomeLabel(err error, rc failover.Class) string {
 	return fromRoute(rc).String()
 }
 
-// Classify is the project's one error-classification table (docs/ARCHITECTURE.md, "Error classes"): a
+// classify is the project's one error-classification table (docs/ARCHITECTURE.md, "Error classes"): a
 // pure function of the operation and the PKCS#11 return value.
-func Classify(op Op, rv uint) Class {
+func classify(op string, rv uint) Class {
 	switch rv {
 	case pkcs11.CKR_OK:
 		return ClassNone
 	case pkcs11.CKR_USER_ALREADY_LOGGED_IN:
-		if op == OpLogin {
+		if op == opLogin {
 			return ClassNone
 		}
 		return ClassBusy
@@ -168,7 +164,7 @@ func Classify(op Op, rv uint) Class {
 		pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED, pkcs11.CKR_SLOT_ID_INVALID:
 		return ClassDeviceDown
 	case pkcs11.CKR_FUNCTION_FAILED, pkcs11.CKR_GENERAL_ERROR:
-		if op == OpDecrypt {
+		if op == opDecrypt {
 			// SoftHSM answers a bad OAEP padding with CKR_GENERAL_ERROR. A ciphertext is attacker-controlled:
 			// letting it trip breakers or fail over would hand out a DoS lever and a padding oracle.
 			return ClassDecryptRefused
@@ -182,7 +178,7 @@ func Classify(op Op, rv uint) Class {
 		pkcs11.CKR_TEMPLATE_INCOMPLETE, pkcs11.CKR_TEMPLATE_INCONSISTENT:
 		return ClassCaller
 	case pkcs11.CKR_ENCRYPTED_DATA_INVALID, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE:
-		if op == OpDecrypt || op == OpDecryptInit {
+		if op == opDecrypt || op == opDecryptInit {
 			return ClassDecryptRefused
 		}
 		return ClassCaller

@@ -27,26 +27,29 @@ type Cluster struct {
 	closeOne sync.Once
 }
 
-// do routes one operation for key k through the failover layer and names the device that served it.
-func (cl *Cluster) do(ctx context.Context, op string, k *Key, fn opFunc) ([]byte, string, error) {
+// do routes one operation for key k through the failover layer; out, when not nil, learns how it went.
+func (cl *Cluster) do(ctx context.Context, op string, k *Key, fn opFunc, out *Outcome) ([]byte, error) {
 	if cl.closed.Load() {
-		return nil, "", ErrClosed
+		return nil, ErrClosed
 	}
 	mask := k.entry.mask.Load()
 	if mask == 0 {
-		return nil, "", fmt.Errorf("%w: no device holds key %q of partition %q", ErrNoDevice, k.entry.label, k.part)
+		return nil, fmt.Errorf("%w: no device holds key %q of partition %q", ErrNoDevice, k.entry.label, k.part)
 	}
 	start := time.Now()
-	out, res, err := failover.Do(ctx, cl.router, op, failover.Mask(mask), func(ctx context.Context, m int) ([]byte, error) {
+	v, res, err := failover.Do(ctx, cl.router, op, failover.Mask(mask), func(ctx context.Context, m int) ([]byte, error) {
 		return cl.devices[m].parts[k.pidx].run(ctx, k.entry.label, k.entry.pubDER, fn)
 	})
 	err = fromRouter(err)
-	dev := "none"
+	dev := ""
 	if err == nil && res.Member >= 0 && res.Member < len(cl.devices) {
 		dev = cl.devices[res.Member].name
 	}
 	cl.metrics.operation(op, dev, res, err, time.Since(start))
-	return out, dev, err
+	if out != nil {
+		out.Device, out.Attempts, out.Hedged = dev, res.Attempts, res.Hedged
+	}
+	return v, err
 }
 
 // LoginAttempts returns how many times C_Login was called for partition on device (for tests and audits).

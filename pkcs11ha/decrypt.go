@@ -13,7 +13,7 @@ import (
 // only) is refused with a *MechanismError, or — when policy.oaep_fallback is on — done as raw RSA on the
 // token with the OAEP decoding in Go.
 func decryptOn(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, mech []*pkcs11.Mechanism,
-	ct []byte, oaep *rsa.OAEPOptions, pub *rsa.PublicKey, fallback bool) ([]byte, Op, error) {
+	ct []byte, oaep *rsa.OAEPOptions, pub *rsa.PublicKey, fallback bool) ([]byte, string, error) {
 	if oaep != nil && !oaepNativeOK(oaep) && fallback {
 		return rawOAEP(c, s, h, ct, oaep, pub)
 	}
@@ -22,18 +22,18 @@ func decryptOn(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, mec
 			if fallback {
 				return rawOAEP(c, s, h, ct, oaep, pub)
 			}
-			return nil, OpDecryptInit, &MechanismError{Mechanism: oaepName(oaep)}
+			return nil, opDecryptInit, &MechanismError{Mechanism: oaepName(oaep)}
 		}
-		return nil, OpDecryptInit, err
+		return nil, opDecryptInit, err
 	}
 	out, err := c.Decrypt(s, ct)
 	if err != nil && oaep != nil && isParamRefusal(err) {
 		if fallback {
 			return rawOAEP(c, s, h, ct, oaep, pub)
 		}
-		return nil, OpDecrypt, &MechanismError{Mechanism: oaepName(oaep)}
+		return nil, opDecrypt, &MechanismError{Mechanism: oaepName(oaep)}
 	}
-	return out, OpDecrypt, err
+	return out, opDecrypt, err
 }
 
 // oaepNativeOK is true for the OAEP parameters every token does natively.
@@ -53,19 +53,19 @@ func isParamRefusal(err error) bool {
 	return false
 }
 
-func rawOAEP(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, ct []byte, o *rsa.OAEPOptions, pub *rsa.PublicKey) ([]byte, Op, error) {
+func rawOAEP(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, ct []byte, o *rsa.OAEPOptions, pub *rsa.PublicKey) ([]byte, string, error) {
 	if err := c.DecryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil)}, h); err != nil {
-		return nil, OpDecryptInit, err
+		return nil, opDecryptInit, err
 	}
 	em, err := c.Decrypt(s, ct)
 	if err != nil {
-		return nil, OpDecrypt, err
+		return nil, opDecrypt, err
 	}
 	pt, err := oaepDecode(o, pub.Size(), em)
 	if err != nil {
-		return nil, OpDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID)
+		return nil, opDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID)
 	}
-	return pt, OpDecrypt, nil
+	return pt, opDecrypt, nil
 }
 
 func oaepName(o *rsa.OAEPOptions) string {

@@ -105,7 +105,7 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 	}
 	d.mod.mu.Unlock()
 	if err != nil {
-		err = downErr(d.name, "", OpInitialize, err.Error())
+		err = downErr(d.name, "", opInitialize, err.Error())
 		d.setErr(err)
 		return err
 	}
@@ -135,20 +135,20 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 // open resolves the token by label or serial on instance in, logs in once and lists its keys.
 func (p *devPartition) open(ctx context.Context, in *instance) error {
 	if why := p.credFatal.Load(); why != nil {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: ClassCredential, Err: errors.New(*why)}
+		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opLogin, Class: ClassCredential, Err: errors.New(*why)}
 	}
 	if old := p.st.Load(); old != nil && old.in == in && ctx.Err() == nil {
 		// Same instance: a soft recovery. Drop pooled sessions and re-login below on the same slot.
 		p.st.Store(nil)
 	}
 	if !in.enter() {
-		return downErr(p.dev.name, p.cfg.Name, OpSlotList, "module instance is re-initialising")
+		return downErr(p.dev.name, p.cfg.Name, opSlotList, "module instance is re-initialising")
 	}
 	defer in.exit()
 	c := in.ctx
 	slots, err := c.GetSlotList(true)
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, OpSlotList, err)
+		return p11err(p.dev.name, p.cfg.Name, opSlotList, err)
 	}
 	var slot uint
 	var info pkcs11.TokenInfo
@@ -170,7 +170,7 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	}
 	if !found {
 		// After a server dies C_Initialize still succeeds with no slots: the device is not up.
-		return downErr(p.dev.name, p.cfg.Name, OpTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
+		return downErr(p.dev.name, p.cfg.Name, opTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
 	}
 	size := p.dev.set.SessionPoolSize
 	if m := int(info.MaxSessionCount); m > 1 && m < 1<<20 && m-1 < size {
@@ -178,7 +178,7 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	}
 	ls, err := c.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, OpOpenSession, err)
+		return p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
 	}
 	st := &partState{in: in, slot: slot, loginS: ls, pool: newSessionPool(in, slot, size)}
 	if err := p.login(st); err != nil {
@@ -187,7 +187,7 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	}
 	keys, err := listPrivateKeys(c, ls, "")
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, OpFindObjects, err)
+		return p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
 	}
 	st.keys = make(map[string]*keyObject, len(keys))
 	for _, k := range keys {
@@ -216,19 +216,19 @@ func (p *devPartition) login(st *partState) error {
 	st.loginMu.Lock()
 	defer st.loginMu.Unlock()
 	if why := p.credFatal.Load(); why != nil {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: ClassCredential, Err: errors.New(*why)}
+		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opLogin, Class: ClassCredential, Err: errors.New(*why)}
 	}
 	p.logins.Add(1)
 	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.pin)
 	if err == nil {
 		return nil
 	}
-	de := p11err(p.dev.name, p.cfg.Name, OpLogin, err).(*DeviceError)
+	de := p11err(p.dev.name, p.cfg.Name, opLogin, err).(*DeviceError)
 	switch de.Class {
 	case ClassNone: // CKR_USER_ALREADY_LOGGED_IN
 		return nil
 	case ClassCredential:
-		why := fmt.Sprintf("C_Login: %s: PIN not retried", CKRName(de.Code))
+		why := fmt.Sprintf("C_Login: %s: PIN not retried", ckrName(de.Code))
 		p.credFatal.Store(&why)
 	}
 	return de
@@ -246,13 +246,13 @@ func (st *partState) key(label string) *keyObject {
 func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label string, want []byte) (*keyObject, error) {
 	ks, err := listPrivateKeys(st.in.ctx, s, label)
 	if err != nil {
-		return nil, p11err(p.dev.name, p.cfg.Name, OpFindObjects, err)
+		return nil, p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
 	}
 	if len(ks) == 0 {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
 	}
 	if !bytes.Equal(ks[0].pubDER, want) {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
 	}
 	st.keysMu.Lock()
 	st.keys[label] = ks[0]
@@ -261,7 +261,7 @@ func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label s
 }
 
 // opFunc is one PKCS#11 operation on a borrowed session with a key handle.
-type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, Op, error)
+type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error)
 
 // run executes op for the key (label, pubDER) of partition p, with the session-level recovery of the error
 // table: a broken session is dropped and the call retried once on a fresh one; a stale handle is looked up
@@ -269,10 +269,10 @@ type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (
 func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op opFunc) ([]byte, error) {
 	st := p.st.Load()
 	if st == nil {
-		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "partition not open")
+		return nil, downErr(p.dev.name, p.cfg.Name, opOpenSession, "partition not open")
 	}
 	if !st.in.enter() {
-		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "module instance is re-initialising")
+		return nil, downErr(p.dev.name, p.cfg.Name, opOpenSession, "module instance is re-initialising")
 	}
 	defer st.in.exit()
 	retried := false
@@ -317,14 +317,14 @@ func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op 
 func (p *devPartition) runOnce(ctx context.Context, st *partState, label string, pubDER []byte, op opFunc) ([]byte, error) {
 	k := st.key(label)
 	if k == nil {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
 	}
 	s, err := st.pool.get(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, p11err(p.dev.name, p.cfg.Name, OpOpenSession, err)
+		return nil, p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
 	}
 	out, step, err := op(st.in.ctx, s, k.priv)
 	if err != nil {
@@ -376,12 +376,12 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 			continue
 		}
 		if !st.in.enter() {
-			return downErr(d.name, "", OpTokenInfo, "module instance is re-initialising")
+			return downErr(d.name, "", opTokenInfo, "module instance is re-initialising")
 		}
 		_, err := st.in.ctx.GetTokenInfo(st.slot)
 		st.in.exit()
 		if err != nil {
-			e := p11err(d.name, p.cfg.Name, OpTokenInfo, err)
+			e := p11err(d.name, p.cfg.Name, opTokenInfo, err)
 			if classOf(e) == ClassDeviceDown {
 				d.markInstanceDown(st.in)
 			}
@@ -391,7 +391,7 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 		served++
 	}
 	if served == 0 {
-		return downErr(d.name, "", OpTokenInfo, "no partition is open")
+		return downErr(d.name, "", opTokenInfo, "no partition is open")
 	}
 	if healthKey != nil {
 		if err := healthKey(ctx); err != nil {

@@ -11,8 +11,8 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
-// CKRName returns the symbolic name of a PKCS#11 return value, e.g. "CKR_DEVICE_ERROR".
-func CKRName(rv uint) string {
+// ckrName returns the symbolic name of a PKCS#11 return value, e.g. "CKR_DEVICE_ERROR".
+func ckrName(rv uint) string {
 	s := pkcs11.Error(rv).Error() // "pkcs11: 0x30: CKR_DEVICE_ERROR"
 	if i := strings.LastIndex(s, ": "); i >= 0 && strings.HasPrefix(s[i+2:], "CKR_") {
 		return s[i+2:]
@@ -25,8 +25,8 @@ func CKRName(rv uint) string {
 type DeviceError struct {
 	Device    string
 	Partition string
-	Op        Op
-	Code      uint // CKR_* value; 0 for our own failures (timeouts, token not found)
+	Op        string // the PKCS#11 function, e.g. "C_Sign"
+	Code      uint   // CKR_* value; 0 for our own failures (timeouts, token not found)
 	Class     Class
 	Err       error // underlying error, if any
 }
@@ -40,9 +40,9 @@ func (e *DeviceError) Error() string {
 		b.WriteString(e.Partition)
 	}
 	b.WriteString(": ")
-	b.WriteString(string(e.Op))
+	b.WriteString(e.Op)
 	if e.Code != 0 {
-		fmt.Fprintf(&b, ": %s (0x%X)", CKRName(e.Code), e.Code)
+		fmt.Fprintf(&b, ": %s (0x%X)", ckrName(e.Code), e.Code)
 	}
 	if e.Err != nil && e.Code == 0 {
 		b.WriteString(": ")
@@ -117,7 +117,7 @@ func inputErr(format string, args ...any) error {
 }
 
 // p11err turns a miekg/pkcs11 error into a *DeviceError with its class.
-func p11err(device, partition string, op Op, err error) error {
+func p11err(device, partition string, op string, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -127,13 +127,13 @@ func p11err(device, partition string, op Op, err error) error {
 	}
 	var rv pkcs11.Error
 	if errors.As(err, &rv) {
-		return &DeviceError{Device: device, Partition: partition, Op: op, Code: uint(rv), Class: Classify(op, uint(rv)), Err: err}
+		return &DeviceError{Device: device, Partition: partition, Op: op, Code: uint(rv), Class: classify(op, uint(rv)), Err: err}
 	}
 	return &DeviceError{Device: device, Partition: partition, Op: op, Class: ClassBusy, Err: err}
 }
 
 // downErr is our own device-down verdict (token missing, module re-initialising, instance retired).
-func downErr(device, partition string, op Op, msg string) error {
+func downErr(device, partition string, op string, msg string) error {
 	return &DeviceError{Device: device, Partition: partition, Op: op, Class: ClassDeviceDown, Err: errors.New(msg)}
 }
 

@@ -185,6 +185,24 @@ func TestDecrypt(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, got, 32)
 		require.NotEqual(t, msg, got)
+		// DecryptContext applies the same rule, and reports the device that refused.
+		var out pkcs11ha.Outcome
+		octx := pkcs11ha.WithOutcome(ctx, &out)
+		got, err = k.DecryptContext(octx, bad, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 32})
+		require.NoError(t, err)
+		require.Len(t, got, 32)
+		require.NotEqual(t, msg, got)
+		require.Equal(t, pkcs11ha.Outcome{Device: "dev-a", Attempts: 1}, out)
+		_, err = k.DecryptContext(octx, bad, nil)
+		require.ErrorIs(t, err, rsa.ErrDecryption)
+		require.Equal(t, "dev-a", out.Device, "the device that refused")
+		got, err = k.DecryptContext(octx, ct2, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: len(msg)})
+		require.NoError(t, err)
+		require.Equal(t, msg, got, "a good ciphertext of the right length decrypts as usual")
+		require.Equal(t, pkcs11ha.Outcome{Device: "dev-a", Attempts: 1}, out)
+		_, err = k.DecryptContext(octx, ct1[:100], nil)
+		require.Error(t, err)
+		require.Zero(t, out, "refused before any attempt: nothing to report, the last call's report is gone")
 		// Wrong length.
 		_, err = k.Decrypt(rand.Reader, ct1[:100], &rsa.OAEPOptions{Hash: crypto.SHA1})
 		var ie *pkcs11ha.InputError
@@ -310,11 +328,13 @@ func TestKeyConsistency(t *testing.T) {
 	require.Equal(t, []string{"dev-a"}, info.Devices)
 	require.Contains(t, info.Excluded["dev-b"], "different public key")
 	require.Contains(t, info.Excluded["dev-c"], "missing")
+	var out pkcs11ha.Outcome
+	octx := pkcs11ha.WithOutcome(ctx, &out)
 	for range 50 {
 		d := digest(crypto.SHA256, "consistency")
-		sig, dev, err := k.SignDevice(ctx, d, crypto.SHA256)
+		sig, err := k.SignContext(octx, d, crypto.SHA256)
 		require.NoError(t, err)
-		require.Equal(t, "dev-a", dev)
+		require.Equal(t, "dev-a", out.Device)
 		require.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig))
 	}
 	st := cl.Status()
@@ -476,9 +496,12 @@ partitions:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var out pkcs11ha.Outcome
+			octx := pkcs11ha.WithOutcome(context.Background(), &out)
 			for range 100 {
 				d := digest(crypto.SHA256, "shared")
-				sig, dev, err := k.SignDevice(context.Background(), d, crypto.SHA256)
+				sig, err := k.SignContext(octx, d, crypto.SHA256)
+				dev := out.Device
 				if !assert.NoError(t, err) || !assert.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig)) {
 					return
 				}

@@ -47,55 +47,55 @@ func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 	return k.SignContext(ctx, digest, opts)
 }
 
-// Decrypt implements crypto.Decrypter. opts may be nil (PKCS#1 v1.5), *rsa.OAEPOptions or
-// *rsa.PKCS1v15DecryptOptions.
-func (k *Key) Decrypt(rnd io.Reader, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), k.cl.s.own.OperationTimeout)
-	defer cancel()
-	pt, err := k.DecryptContext(ctx, ciphertext, opts)
-	return sessionkey.Apply(rnd, opts, pt, err)
-}
-
-// SignContext signs under the caller's deadline (each attempt also has its own, shorter one).
+// SignContext signs under the caller's deadline (each attempt also has its own, shorter one). Under a
+// context from WithOutcome it reports the device that signed.
 func (k *Key) SignContext(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
-	sig, _, err := k.SignDevice(ctx, digest, opts)
-	return sig, err
-}
-
-// SignDevice is SignContext that also names the device that made the signature.
-func (k *Key) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
+	out := startOutcome(ctx)
 	if opts == nil {
-		return nil, "", inputErr("sign: nil SignerOpts")
+		return nil, inputErr("sign: nil SignerOpts")
 	}
 	plan, err := planSign(k.entry.pub, digest, opts)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	sig, dev, err := k.cl.do(ctx, "sign", k, plan.op())
+	sig, err := k.cl.do(ctx, "sign", k, plan.op(), out)
 	if err != nil {
-		return nil, dev, err
+		return nil, err
 	}
 	if plan.ecdsa > 0 {
-		sig, err = ecdsaDER(sig, plan.ecdsa)
+		return ecdsaDER(sig, plan.ecdsa)
 	}
-	return sig, dev, err
+	return sig, nil
 }
 
-// DecryptContext decrypts under the caller's deadline. A refused decrypt returns an error matching
-// rsa.ErrDecryption and is never retried on another device.
+// Decrypt implements crypto.Decrypter with the policy's operation timeout as the deadline. opts may be nil
+// (PKCS#1 v1.5), *rsa.OAEPOptions or *rsa.PKCS1v15DecryptOptions. With SessionKeyLen set in the latter, a
+// refused decryption (or a plaintext of another length) yields SessionKeyLen random bytes from rnd
+// (crypto/rand when nil) instead of an error, as crypto/rsa does.
+func (k *Key) Decrypt(rnd io.Reader, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), k.cl.s.own.OperationTimeout)
+	defer cancel()
+	pt, err := k.decrypt(ctx, ciphertext, opts)
+	return sessionkey.Apply(rnd, opts, pt, err)
+}
+
+// DecryptContext decrypts under the caller's deadline, with Decrypt's options and its session-key rule
+// (the random bytes come from crypto/rand). A refused decrypt returns an error matching rsa.ErrDecryption
+// and is never retried on another device. Under a context from WithOutcome it reports the device that
+// decrypted, or refused to.
 func (k *Key) DecryptContext(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
-	pt, _, err := k.DecryptDevice(ctx, ciphertext, opts)
-	return pt, err
+	pt, err := k.decrypt(ctx, ciphertext, opts)
+	return sessionkey.Apply(nil, opts, pt, err)
 }
 
-// DecryptDevice is DecryptContext that also names the device that decrypted.
-func (k *Key) DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
+func (k *Key) decrypt(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	out := startOutcome(ctx)
 	pub, ok := k.entry.pub.(*rsa.PublicKey)
 	if !ok {
-		return nil, "", inputErr("decrypt: key %q is %s, not RSA", k.entry.label, k.entry.alg)
+		return nil, inputErr("decrypt: key %q is %s, not RSA", k.entry.label, k.entry.alg)
 	}
 	if len(ciphertext) != pub.Size() {
-		return nil, "", inputErr("decrypt: ciphertext has %d bytes, the key needs %d", len(ciphertext), pub.Size())
+		return nil, inputErr("decrypt: ciphertext has %d bytes, the key needs %d", len(ciphertext), pub.Size())
 	}
 	var mech []*pkcs11.Mechanism
 	var oaep *rsa.OAEPOptions
@@ -105,22 +105,52 @@ func (k *Key) DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.
 	case *rsa.OAEPOptions:
 		m, err := oaepMechanism(o, pub)
 		if err != nil {
-			return nil, "", err
+			return nil, err
 		}
 		mech, oaep = m, o
 	default:
-		return nil, "", inputErr("decrypt: options %T not supported (want nil, *rsa.OAEPOptions or *rsa.PKCS1v15DecryptOptions)", opts)
+		return nil, inputErr("decrypt: options %T not supported (want nil, *rsa.OAEPOptions or *rsa.PKCS1v15DecryptOptions)", opts)
 	}
 	fallback := k.cl.s.own.OAEPFallback
-	pt, dev, err := k.cl.do(ctx, "decrypt", k, func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, Op, error) {
+	pt, err := k.cl.do(ctx, "decrypt", k, func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
 		return decryptOn(c, s, h, mech, ciphertext, oaep, pub, fallback)
-	})
+	}, out)
 	if err != nil {
 		var de *DeviceError
 		if errors.As(err, &de) && de.Class == ClassDecryptRefused {
-			return nil, de.Device, fmt.Errorf("%w (device %s)", rsa.ErrDecryption, de.Device)
+			if out != nil {
+				out.Device = de.Device
+			}
+			return nil, fmt.Errorf("%w (device %s)", rsa.ErrDecryption, de.Device)
 		}
-		return nil, dev, err
+		return nil, err
 	}
-	return pt, dev, nil
+	return pt, nil
+}
+
+// Outcome is how one Sign or Decrypt call was served, reported through WithOutcome.
+type Outcome struct {
+	// Device is the device that served the call, or that refused to decrypt (rsa.ErrDecryption); "" when
+	// no device answered.
+	Device   string
+	Attempts int  // attempts made, on any device, a hedge included
+	Hedged   bool // a backup attempt was started
+}
+
+type outcomeKey struct{}
+
+// WithOutcome returns a context under which every SignContext and DecryptContext call of a Key writes how
+// it was served into *out, overwriting it (a call refused before any attempt leaves it zero). A worker can make this context once and derive each call's deadline from it: the calls then
+// allocate nothing for the report. One Outcome must not serve concurrent calls.
+func WithOutcome(ctx context.Context, out *Outcome) context.Context {
+	return context.WithValue(ctx, outcomeKey{}, out)
+}
+
+// startOutcome returns the Outcome the caller asked for with WithOutcome, reset, or nil.
+func startOutcome(ctx context.Context) *Outcome {
+	out, _ := ctx.Value(outcomeKey{}).(*Outcome)
+	if out != nil {
+		*out = Outcome{}
+	}
+	return out
 }

@@ -119,7 +119,11 @@ func (m *metrics) deviceState(device string, s health.State) {
 	m.state.WithLabelValues(device).Set(float64(s))
 }
 
+// operation counts a call as its caller saw it; dev is "" when no device served it (the label says "none").
 func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d time.Duration) {
+	if dev == "" {
+		dev = "none"
+	}
 	m.operationsC.with(op, dev, outcomeLabel(err, failover.ClassOf(err))).Inc()
 	m.opLatencyC.with(op, "", "").Observe(d.Seconds())
 	if res.Attempts > 1 {

@@ -21,12 +21,12 @@ type signPlan struct {
 
 // op is the PKCS#11 part of the plan: C_SignInit then C_Sign.
 func (p *signPlan) op() opFunc {
-	return func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, Op, error) {
+	return func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
 		if err := c.SignInit(s, p.mech, h); err != nil {
-			return nil, OpSignInit, err
+			return nil, opSignInit, err
 		}
 		out, err := c.Sign(s, p.input)
-		return out, OpSign, err
+		return out, opSign, err
 	}
 }
 

@@ -41,20 +41,20 @@ type fakeKey struct {
 func (k *fakeKey) Info() pkcs11ha.KeyInfo   { return k.info }
 func (k *fakeKey) Public() crypto.PublicKey { return k.signer.Public() }
 
-func (k *fakeKey) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
+func (k *fakeKey) sign(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
 	if k.hook != nil {
 		if err := k.hook(ctx); err != nil {
-			return nil, "none", err
+			return nil, "", err
 		}
 	}
 	sig, err := k.signer.Sign(rand.Reader, digest, opts)
 	return sig, "fake-1", err
 }
 
-func (k *fakeKey) DecryptDevice(ctx context.Context, ct []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
+func (k *fakeKey) decrypt(ctx context.Context, ct []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
 	if k.hook != nil {
 		if err := k.hook(ctx); err != nil {
-			return nil, "none", err
+			return nil, "", err
 		}
 	}
 	pt, err := k.signer.(crypto.Decrypter).Decrypt(rand.Reader, ct, opts)

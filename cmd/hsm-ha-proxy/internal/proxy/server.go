@@ -38,12 +38,28 @@ type backend interface {
 	Ready() bool
 }
 
-// keyHandle is what the server needs of a *pkcs11ha.Key.
+// keyHandle is what the server needs of a *pkcs11ha.Key: its operations, each naming the device that
+// served it ("" when none did).
 type keyHandle interface {
 	Info() pkcs11ha.KeyInfo
 	Public() crypto.PublicKey
-	SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error)
-	DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error)
+	sign(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error)
+	decrypt(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error)
+}
+
+// clusterKey adapts *pkcs11ha.Key to keyHandle: the device comes from the call's pkcs11ha.Outcome.
+type clusterKey struct{ *pkcs11ha.Key }
+
+func (k clusterKey) sign(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	sig, err := k.SignContext(pkcs11ha.WithOutcome(ctx, &out), digest, opts)
+	return sig, out.Device, err
+}
+
+func (k clusterKey) decrypt(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	pt, err := k.DecryptContext(pkcs11ha.WithOutcome(ctx, &out), ciphertext, opts)
+	return pt, out.Device, err
 }
 
 // clusterBackend adapts *pkcs11ha.Cluster to backend.
@@ -54,7 +70,7 @@ func (b clusterBackend) Key(ctx context.Context, partition, label string) (keyHa
 	if err != nil {
 		return nil, err
 	}
-	return k, nil
+	return clusterKey{k}, nil
 }
 
 func (b clusterBackend) Keys(partition string) ([]pkcs11ha.KeyInfo, error) {

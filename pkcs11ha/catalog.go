@@ -46,7 +46,11 @@ func (cl *Cluster) checkKeys(_ *device) {
 		for label := range labels { // a label no open device holds keeps its devices until one reports
 			e := cp.keys[label]
 			if e == nil {
-				best := majorityKey(held, label)
+				votes := make([]*keyObject, len(held))
+				for i, keys := range held {
+					votes[i] = keys[label]
+				}
+				best := majorityKey(votes)
 				e = &keyEntry{label: label, id: best.id, alg: best.alg, pub: best.pub, pubDER: best.pubDER}
 				cp.keys[label] = e
 			}
@@ -72,19 +76,18 @@ func (cl *Cluster) keysHeld(pi int) []map[string]*keyObject {
 	return held
 }
 
-// majorityKey returns the key that most of held (one map per device, in config order) hold under label,
-// comparing public keys; a tie goes to the device first in config order. nil if none holds the label.
-func majorityKey(held []map[string]*keyObject, label string) *keyObject {
+// majorityKey returns the key whose public key most of held share, the earliest in held on a tie (config
+// order breaks ties); nil entries are devices without the label. It is nil only if every entry is.
+func majorityKey(held []*keyObject) *keyObject {
 	var best *keyObject
 	bestN := 0
-	for _, keys := range held {
-		k := keys[label]
+	for _, k := range held {
 		if k == nil {
 			continue
 		}
 		n := 0
-		for _, other := range held {
-			if o := other[label]; o != nil && bytes.Equal(o.pubDER, k.pubDER) {
+		for _, o := range held {
+			if o != nil && bytes.Equal(o.pubDER, k.pubDER) {
 				n++
 			}
 		}

@@ -39,6 +39,7 @@ type devPartition struct {
 	st        atomic.Pointer[partState]
 	credFatal atomic.Pointer[string] // set once a PIN was rejected: never logged in again
 	logins    atomic.Int64           // C_Login attempts, for tests and metrics
+	openErr   atomic.Pointer[error]  // outcome of the last open (nil error: opened), for Inspect
 }
 
 // partState is everything that belongs to one module instance for one partition.
@@ -66,6 +67,21 @@ func (d *device) setErr(err error) {
 	d.lastErr.Store(&lastError{msg: err.Error(), class: classOf(err)})
 }
 
+// newDevice makes device i of settings s on the module registry's handle for its module and module_env;
+// nothing is loaded yet.
+func newDevice(s *settings, i int) (*device, error) {
+	dc := s.cfg.Devices[i]
+	h, err := modules.acquire(dc.Module, dc.ModuleEnv, s.own.InitTimeout)
+	if err != nil {
+		return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
+	}
+	d := &device{idx: i, name: dc.Name, cfg: dc, set: &s.own, mod: h}
+	for pi := range s.cfg.Partitions {
+		d.parts = append(d.parts, &devPartition{dev: d, cfg: &s.cfg.Partitions[pi], pin: s.pins[pi]})
+	}
+	return d, nil
+}
+
 // open brings the device up on its current (or a fresh) instance: resolve tokens, log in, list keys.
 func (d *device) open(ctx context.Context) error {
 	d.recoverMu.Lock()
@@ -83,6 +99,38 @@ func (d *device) recoverDevice(ctx context.Context, othersServing bool) error {
 }
 
 func (d *device) openLocked(ctx context.Context, reinit bool) error {
+	in, err := d.instanceFor(ctx, reinit)
+	if err != nil {
+		return err
+	}
+	d.needInit.Store(false)
+	var errs []error
+	for _, p := range d.parts {
+		err := p.open(ctx, in)
+		p.openErr.Store(&err)
+		if err != nil {
+			if classOf(err) == ClassDeviceDown {
+				// e.g. the token is missing after C_Initialize against a dead server: only a re-init helps.
+				d.needInit.Store(true)
+			}
+			errs = append(errs, err)
+		}
+	}
+	if d.onKeys != nil {
+		d.onKeys(d)
+	}
+	if len(errs) == len(d.parts) {
+		err := errs[0]
+		d.setErr(err)
+		return err
+	}
+	// Some partitions may be unusable (wrong PIN); the device still serves the others.
+	return nil
+}
+
+// instanceFor returns the module instance to open the device on: the current one, or a freshly loaded
+// one, or (reinit, when the device needs it) a re-initialised one. Its errors are device-down, and recorded.
+func (d *device) instanceFor(ctx context.Context, reinit bool) (*instance, error) {
 	d.mod.mu.Lock()
 	in := d.mod.current()
 	var err error
@@ -107,29 +155,9 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 	if err != nil {
 		err = downErr(d.name, "", opInitialize, err.Error())
 		d.setErr(err)
-		return err
+		return nil, err
 	}
-	d.needInit.Store(false)
-	var errs []error
-	for _, p := range d.parts {
-		if err := p.open(ctx, in); err != nil {
-			if classOf(err) == ClassDeviceDown {
-				// e.g. the token is missing after C_Initialize against a dead server: only a re-init helps.
-				d.needInit.Store(true)
-			}
-			errs = append(errs, err)
-		}
-	}
-	if d.onKeys != nil {
-		d.onKeys(d)
-	}
-	if len(errs) == len(d.parts) {
-		err := errs[0]
-		d.setErr(err)
-		return err
-	}
-	// Some partitions may be unusable (wrong PIN); the device still serves the others.
-	return nil
+	return in, nil
 }
 
 // open resolves the token by label or serial on instance in, logs in once and lists its keys.
@@ -153,17 +181,12 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	var slot uint
 	var info pkcs11.TokenInfo
 	found := false
-	serial, label := p.cfg.TokenSerial, p.cfg.TokenLabel
-	if s := p.dev.cfg.TokenSerials[p.cfg.Name]; s != "" {
-		serial = s
-	}
 	for _, s := range slots {
 		ti, err := c.GetTokenInfo(s)
 		if err != nil {
 			continue
 		}
-		if (serial != "" && strings.TrimSpace(ti.SerialNumber) == serial) ||
-			(serial == "" && strings.TrimSpace(ti.Label) == label) {
+		if p.isToken(ti) {
 			slot, info, found = s, ti, true
 			break
 		}
@@ -172,10 +195,7 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 		// After a server dies C_Initialize still succeeds with no slots: the device is not up.
 		return downErr(p.dev.name, p.cfg.Name, opTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
 	}
-	size := p.dev.set.SessionPoolSize
-	if m := int(info.MaxSessionCount); m > 1 && m < 1<<20 && m-1 < size {
-		size = m - 1 // one for the login session
-	}
+	size := poolSize(p.dev.set.SessionPoolSize, info.MaxSessionCount)
 	ls, err := c.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
 		return p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
@@ -198,6 +218,29 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	st.pool.warm()
 	p.st.Store(st)
 	return nil
+}
+
+// isToken reports whether ti is this partition's token on this device: by serial when one is configured
+// (the device's token_serials, else the partition's token_serial), else by label.
+func (p *devPartition) isToken(ti pkcs11.TokenInfo) bool {
+	serial := p.cfg.TokenSerial
+	if s := p.dev.cfg.TokenSerials[p.cfg.Name]; s != "" {
+		serial = s
+	}
+	if serial != "" {
+		return strings.TrimSpace(ti.SerialNumber) == serial
+	}
+	return strings.TrimSpace(ti.Label) == p.cfg.TokenLabel
+}
+
+// poolSize is the session pool of one partition: policy.session_pool_size, capped so that the pool and the
+// login session fit in the token's max session count (0 is "effectively infinite"; absurd values, such as
+// "unavailable information", are no cap either).
+func poolSize(want int, maxSessions uint) int {
+	if m := int(maxSessions); m > 1 && m < 1<<20 && m-1 < want {
+		return m - 1 // one for the login session
+	}
+	return want
 }
 
 func (p *devPartition) tokenName() string {

@@ -192,14 +192,16 @@ func TestDecrypt(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, got, 32)
 		require.NotEqual(t, msg, got)
-		require.Equal(t, pkcs11ha.Outcome{Device: "dev-a", Attempts: 1}, out)
+		require.Equal(t, "dev-a", out.Device, "the device that refused")
+		require.Positive(t, out.Attempts)
 		_, err = k.DecryptContext(octx, bad, nil)
 		require.ErrorIs(t, err, rsa.ErrDecryption)
 		require.Equal(t, "dev-a", out.Device, "the device that refused")
 		got, err = k.DecryptContext(octx, ct2, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: len(msg)})
 		require.NoError(t, err)
 		require.Equal(t, msg, got, "a good ciphertext of the right length decrypts as usual")
-		require.Equal(t, pkcs11ha.Outcome{Device: "dev-a", Attempts: 1}, out)
+		require.Equal(t, "dev-a", out.Device)
+		require.Positive(t, out.Attempts) // more than one only if this process stalled past a deadline
 		_, err = k.DecryptContext(octx, ct1[:100], nil)
 		require.Error(t, err)
 		require.Zero(t, out, "refused before any attempt: nothing to report, the last call's report is gone")
@@ -275,10 +277,8 @@ func TestBadInputs(t *testing.T) {
 			require.ErrorAs(t, err, &ie)
 		})
 	}
-	// None of them reached a device.
-	n, err := testutil.GatherAndCount(reg, "pkcs11ha_attempts_total")
-	require.NoError(t, err)
-	require.Zero(t, n, "no attempt was made for bad input")
+	// None of them reached a device (the series exist from the start, at zero).
+	require.Zero(t, testutil.ToFloat64(counterSum(t, reg, "pkcs11ha_attempts_total")), "no attempt was made for bad input")
 }
 
 // TestWrongPIN: a device whose token rejects the PIN gets exactly one C_Login attempt, is excluded for that

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -29,6 +30,9 @@ type metrics struct {
 	abandoned       *prometheus.GaugeVec     // device
 	reinits         *prometheus.CounterVec   // device
 	keyInconsistent *prometheus.CounterVec   // device, partition, key
+	info            *prometheus.GaugeVec     // device, region, tier (always 1): joins per-device series to tiers
+	retired         *prometheus.GaugeVec     // device
+	retiredMax      prometheus.Gauge
 
 	attemptsC       childCache[prometheus.Counter]
 	attemptLatencyC childCache[prometheus.Observer]
@@ -36,7 +40,7 @@ type metrics struct {
 	opLatencyC      childCache[prometheus.Observer]
 }
 
-func newMetrics(devices []DeviceConfig, reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(s *settings, reg prometheus.Registerer) (*metrics, error) {
 	buckets := []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 	m := &metrics{
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "attempts_total",
@@ -65,15 +69,41 @@ func newMetrics(devices []DeviceConfig, reg prometheus.Registerer) (*metrics, er
 			Help: "Module re-initialisations (or fresh instances) per device."}, []string{"device"}),
 		keyInconsistent: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "key_consistency_failures_total",
 			Help: "Times a device was excluded for a key it lacks or holds differently."}, []string{"device", "partition", "key"}),
+		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pkcs11ha", Name: "device_info",
+			Help: "Always 1: each device's region and routing tier (0 local, 1 DR)."}, []string{"device", "region", "tier"}),
+		retired: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pkcs11ha", Name: "retired_instances",
+			Help: "Module instances of a device retired with calls still stuck in them (updated at each probe)."}, []string{"device"}),
+		retiredMax: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pkcs11ha", Name: "max_retired_instances",
+			Help: "policy.max_retired_instances: past it a device stays down."}),
 	}
 	m.attemptsC.get = func(l ...string) prometheus.Counter { return m.attempts.WithLabelValues(l...) }
 	m.attemptLatencyC.get = func(l ...string) prometheus.Observer { return m.attemptLatency.WithLabelValues(l...) }
 	m.operationsC.get = func(l ...string) prometheus.Counter { return m.operations.WithLabelValues(l...) }
 	m.opLatencyC.get = func(l ...string) prometheus.Observer { return m.opLatency.WithLabelValues(l...) }
-	for _, d := range devices {
+	// Every series dashboards and alerts read exists from the first scrape, so that rate() and absence
+	// alerts work on a fresh process (device_state is set by Open, which knows each device's first state).
+	m.retiredMax.Set(float64(s.own.MaxRetired))
+	for _, op := range []string{"sign", "decrypt"} { // the operations Cluster.do reports (key.go)
+		m.opLatency.WithLabelValues(op)
+		m.failovers.WithLabelValues(op)
+		m.spills.WithLabelValues(op)
+		m.retries.WithLabelValues(op)
+		m.hedges.WithLabelValues(op)
+		for _, c := range []Class{ClassDeviceDown, ClassBusy} {
+			m.operations.WithLabelValues(op, "none", c.String())
+		}
+		for _, d := range s.cfg.Devices {
+			m.operations.WithLabelValues(op, d.Name, ClassNone.String())
+			m.attempts.WithLabelValues(d.Name, op, ClassNone.String())
+			m.attemptLatency.WithLabelValues(d.Name, op)
+		}
+	}
+	for i, d := range s.cfg.Devices {
 		m.breaker.WithLabelValues(d.Name).Set(0)
 		m.abandoned.WithLabelValues(d.Name).Set(0)
 		m.reinits.WithLabelValues(d.Name)
+		m.info.WithLabelValues(d.Name, d.Region, strconv.Itoa(s.cfg.tierOf(i))).Set(1)
+		m.retired.WithLabelValues(d.Name).Set(0)
 	}
 	if reg != nil {
 		for _, c := range m.collectors() {
@@ -87,7 +117,7 @@ func newMetrics(devices []DeviceConfig, reg prometheus.Registerer) (*metrics, er
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.attempts, m.attemptLatency, m.operations, m.opLatency, m.breaker, m.state,
-		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent}
+		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent, m.info, m.retired, m.retiredMax}
 }
 
 // childCache keeps the per-label-set children of a metric vector: WithLabelValues hashes its labels on

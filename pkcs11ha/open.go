@@ -72,7 +72,7 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 // configured device, holding its module (not loaded yet).
 func newCluster(s *settings, o openOptions) (*Cluster, error) {
 	cl := &Cluster{s: s, log: o.logger}
-	m, err := newMetrics(s.cfg.Devices, o.reg)
+	m, err := newMetrics(s, o.reg)
 	if err != nil {
 		return nil, err
 	}
@@ -85,15 +85,11 @@ func newCluster(s *settings, o openOptions) (*Cluster, error) {
 	for _, p := range s.cfg.Partitions {
 		cl.parts = append(cl.parts, &clusterPartition{name: p.Name, keys: map[string]*keyEntry{}})
 	}
-	for i, dc := range s.cfg.Devices {
-		h, err := modules.acquire(dc.Module, dc.ModuleEnv, s.own.InitTimeout)
+	for i := range s.cfg.Devices {
+		d, err := newDevice(s, i)
 		if err != nil {
 			cl.abort()
-			return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
-		}
-		d := &device{idx: i, name: dc.Name, cfg: dc, set: &s.own, mod: h}
-		for pi := range s.cfg.Partitions {
-			d.parts = append(d.parts, &devPartition{dev: d, cfg: &s.cfg.Partitions[pi], pin: s.pins[pi]})
+			return nil, err
 		}
 		d.onDown = func(reason string) { cl.monitors[d.idx].MarkDown(reason) }
 		cl.devices = append(cl.devices, d)
@@ -143,6 +139,7 @@ func (cl *Cluster) startMonitors(up []bool) error {
 		}
 		cl.monitors = append(cl.monitors, m)
 		cl.router.SetUp(i, up[i])
+		cl.metrics.deviceState(d.name, initial) // OnChange reports changes only
 	}
 	for _, m := range cl.monitors {
 		m.Start()
@@ -183,6 +180,7 @@ func (cl *Cluster) newMonitor(i int, d *device, initial health.State) (*health.M
 		start := time.Now()
 		reinits := d.mod.reinits.Load()
 		err := d.probe(ctx, cl.othersServing(d), hk)
+		cl.metrics.retired.WithLabelValues(d.name).Set(float64(d.mod.retired.Load()))
 		if err == nil {
 			if d.mod.reinits.Load() != reinits {
 				// A fresh instance: what we knew about its latency is stale.

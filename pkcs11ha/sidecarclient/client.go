@@ -140,6 +140,11 @@ func (c *Client) Ready(ctx context.Context) (bool, error) {
 	return false, err
 }
 
+// Live reports whether the sidecar process answers (GET /healthz), whatever the state of its devices.
+func (c *Client) Live(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/healthz", nil, nil)
+}
+
 func keyPath(partition, label string) string {
 	return "/v1/partitions/" + url.PathEscape(partition) + "/keys/" + url.PathEscape(label)
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
@@ -116,8 +117,8 @@ func newFakeBackend(t testing.TB) *fakeBackend {
 func intp(v int) *int { return &v }
 
 // fakeConfig is a config with partitions payments and ledger and the given clients.
-func fakeConfig(clients ...ClientConfig) *Config {
-	return &Config{
+func fakeConfig(clients ...sidecarconfig.ClientConfig) *sidecarconfig.Config {
+	return &sidecarconfig.Config{
 		Topology: pkcs11ha.Topology{Partitions: []pkcs11ha.PartitionConfig{{Name: "payments"}, {Name: "ledger"}}},
 		Clients:  clients,
 	}
@@ -167,10 +168,10 @@ func serveOn(t testing.TB, srv *Server, ln net.Listener) func() error {
 }
 
 // startUnix runs a server of backend be on a fresh unix socket.
-func startUnix(t testing.TB, cfg *Config, be backend) *testServer {
+func startUnix(t testing.TB, cfg *sidecarconfig.Config, be backend) *testServer {
 	t.Helper()
 	sock := filepath.Join(shortTempDir(t), "s.sock")
-	ln, err := Listen(ServerConfig{Listen: "unix://" + sock})
+	ln, err := Listen(sidecarconfig.ServerConfig{Listen: "unix://" + sock})
 	require.NoError(t, err)
 	logs := &softhsmtest.LogBuffer{}
 	reg := prometheus.NewRegistry()

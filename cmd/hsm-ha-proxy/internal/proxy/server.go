@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 const (
@@ -100,11 +101,11 @@ type Server struct {
 // New returns a server of cluster cl with the request timeout, server and clients sections of cfg. The library's
 // collectors are expected on reg (pkcs11ha.WithRegisterer); the server adds its HTTP metrics there and
 // serves reg on /metrics. A nil logger discards, a nil reg gets a fresh registry.
-func New(cfg *Config, cl *pkcs11ha.Cluster, logger *slog.Logger, reg *prometheus.Registry) *Server {
+func New(cfg *sidecarconfig.Config, cl *pkcs11ha.Cluster, logger *slog.Logger, reg *prometheus.Registry) *Server {
 	return newServer(cfg, clusterBackend{cl: cl}, logger, reg)
 }
 
-func newServer(cfg *Config, be backend, logger *slog.Logger, reg *prometheus.Registry) *Server {
+func newServer(cfg *sidecarconfig.Config, be backend, logger *slog.Logger, reg *prometheus.Registry) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -117,7 +118,7 @@ func newServer(cfg *Config, be backend, logger *slog.Logger, reg *prometheus.Reg
 		partNames:  cfg.PartitionNames(),
 		log:        logger,
 		m:          newHTTPMetrics(reg),
-		reqTimeout: cfg.Policy.requestTimeout(),
+		reqTimeout: cfg.Policy.RequestDeadline(),
 		grace:      cfg.Server.ShutdownGrace.D(),
 	}
 	if s.grace <= 0 {
@@ -143,7 +144,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 
 // ReloadClients replaces the client table (the clients: section) atomically; requests already authorised
 // finish under the old one. On error the table is left unchanged.
-func (s *Server) ReloadClients(clients []ClientConfig) error {
+func (s *Server) ReloadClients(clients []sidecarconfig.ClientConfig) error {
 	t, err := newAuthTable(clients, s.partNames)
 	if err != nil {
 		s.m.reloads.WithLabelValues("error").Inc()

@@ -26,10 +26,11 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
-func me(partitions ...string) ClientConfig {
-	return ClientConfig{Name: "me", UnixUID: intp(os.Getuid()), Partitions: partitions}
+func me(partitions ...string) sidecarconfig.ClientConfig {
+	return sidecarconfig.ClientConfig{Name: "me", UnixUID: intp(os.Getuid()), Partitions: partitions}
 }
 
 func signBody(digest []byte, alg string) string {
@@ -179,7 +180,7 @@ func TestLibraryErrorsOverHTTP(t *testing.T) {
 // TestUnknownClient: a unix peer that is in no clients: entry gets 401 on every API endpoint; probes and
 // metrics stay open.
 func TestUnknownClient(t *testing.T) {
-	other := ClientConfig{Name: "other", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}
+	other := sidecarconfig.ClientConfig{Name: "other", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}
 	ts := startUnix(t, fakeConfig(other), newFakeBackend(t))
 	for _, p := range []struct{ method, path string }{
 		{"GET", "/v1/partitions/payments/keys"},
@@ -211,17 +212,17 @@ func TestReloadClients(t *testing.T) {
 	require.Equal(t, 200, get("payments"))
 	require.Equal(t, 403, get("ledger"))
 
-	byGID := ClientConfig{Name: "group", UnixGID: intp(os.Getgid()), Partitions: []string{"ledger"}}
-	require.NoError(t, ts.srv.ReloadClients([]ClientConfig{byGID}))
+	byGID := sidecarconfig.ClientConfig{Name: "group", UnixGID: intp(os.Getgid()), Partitions: []string{"ledger"}}
+	require.NoError(t, ts.srv.ReloadClients([]sidecarconfig.ClientConfig{byGID}))
 	assert.Equal(t, 403, get("payments"))
 	assert.Equal(t, 200, get("ledger"))
 
-	bad := []ClientConfig{me("payments", "nope")}
+	bad := []sidecarconfig.ClientConfig{me("payments", "nope")}
 	err := ts.srv.ReloadClients(bad)
 	var ce *pkcs11ha.ConfigError
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, "clients[me].partitions", ce.Field)
-	require.Error(t, ts.srv.ReloadClients([]ClientConfig{{Name: "nobody", Partitions: []string{"payments"}}}))
+	require.Error(t, ts.srv.ReloadClients([]sidecarconfig.ClientConfig{{Name: "nobody", Partitions: []string{"payments"}}}))
 	assert.Equal(t, 200, get("ledger"), "a refused reload keeps the table")
 
 	require.NoError(t, ts.srv.ReloadClients(nil))
@@ -374,11 +375,11 @@ func TestTLSIdentities(t *testing.T) {
 	rogueCert, rogueKey := rogue.Issue(t, "app-c", nil)
 
 	cfg := fakeConfig(
-		ClientConfig{Name: "a", CertName: "spiffe://test/app-a", Partitions: []string{"payments"}},
-		ClientConfig{Name: "b", CertName: "app-b.test", Partitions: []string{"ledger"}},
-		ClientConfig{Name: "c", CertName: "app-c", Partitions: []string{"payments", "ledger"}},
+		sidecarconfig.ClientConfig{Name: "a", CertName: "spiffe://test/app-a", Partitions: []string{"payments"}},
+		sidecarconfig.ClientConfig{Name: "b", CertName: "app-b.test", Partitions: []string{"ledger"}},
+		sidecarconfig.ClientConfig{Name: "c", CertName: "app-c", Partitions: []string{"payments", "ledger"}},
 	)
-	cfg.Server = ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}}
+	cfg.Server = sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: sidecarconfig.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}}
 	ln, err := Listen(cfg.Server)
 	require.NoError(t, err)
 	srv := newServer(cfg, newFakeBackend(t), nil, nil)

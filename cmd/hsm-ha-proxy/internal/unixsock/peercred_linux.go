@@ -1,27 +1,27 @@
 //go:build linux
 
-package proxy
+package unixsock
 
 import (
 	"net"
 	"syscall"
 )
 
-// peerCred reads SO_PEERCRED of a unix connection: the uid, gid and pid of the process that connected.
-func peerCred(c *net.UnixConn) (uid, gid, pid int, err error) {
+// PeerCred reads SO_PEERCRED of a unix connection: the uid, gid and pid of the process that connected.
+func PeerCred(c *net.UnixConn) (Cred, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return 0, 0, 0, err
+		return Cred{}, err
 	}
 	var cred *syscall.Ucred
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, serr = syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED)
 	}); err != nil {
-		return 0, 0, 0, err
+		return Cred{}, err
 	}
 	if serr != nil {
-		return 0, 0, 0, serr
+		return Cred{}, serr
 	}
-	return int(cred.Uid), int(cred.Gid), int(cred.Pid), nil
+	return Cred{UID: int(cred.Uid), GID: int(cred.Gid), PID: int(cred.Pid)}, nil
 }

@@ -1,4 +1,4 @@
-package proxy
+package sidecarconfig
 
 import (
 	"os"
@@ -56,14 +56,14 @@ func writeSidecarConfig(t *testing.T, body string) string {
 func TestLoadConfigSameYAML(t *testing.T) {
 	path := writeSidecarConfig(t, sidecarYAML)
 	dir := filepath.Dir(path)
-	cfg, err := LoadConfig(path)
+	cfg, err := Load(path)
 	require.NoError(t, err)
 
 	require.Equal(t, "eastus", cfg.LocalRegion)
 	require.Len(t, cfg.Devices, 2)
 	require.Equal(t, "unix:path=/run/hsm/westus-1.sock", cfg.Devices[1].ModuleEnv["P11_KIT_SERVER_ADDRESS"])
 	require.Equal(t, filepath.Join(dir, "pins", "payments.pin"), cfg.Partitions[0].PINFile, "relative to the file")
-	require.Equal(t, 3*time.Second, cfg.Policy.requestTimeout())
+	require.Equal(t, 3*time.Second, cfg.Policy.RequestDeadline())
 	require.Equal(t, -time.Millisecond, cfg.Policy.SpillWait.D())
 	require.Equal(t, ServerConfig{Listen: "tcp://127.0.0.1:8443", ShutdownGrace: pkcs11ha.Duration(7 * time.Second),
 		TLS: TLSConfig{Cert: filepath.Join(dir, "tls/cert.pem"), Key: filepath.Join(dir, "tls/key.pem"), ClientCA: "/etc/ca.pem"}}, cfg.Server)
@@ -123,7 +123,7 @@ func TestLoadConfigErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := LoadConfig(writeSidecarConfig(t, tc.edit(sidecarYAML)))
+			_, err := Load(writeSidecarConfig(t, tc.edit(sidecarYAML)))
 			var ce *pkcs11ha.ConfigError
 			require.ErrorAs(t, err, &ce)
 			require.Equal(t, tc.field, ce.Field, "error: %v", err)
@@ -137,9 +137,9 @@ func TestLoadConfigErrors(t *testing.T) {
 func TestValidateChangesNothing(t *testing.T) {
 	body := strings.ReplaceAll(sidecarYAML, "pin_file: pins/payments.pin", "pin: x")
 	body = strings.ReplaceAll(body, "%s", os.Args[0]) // any existing file as the module
-	cfg, err := ParseConfig([]byte(body))
+	cfg, err := Parse([]byte(body))
 	require.NoError(t, err)
-	before, err := ParseConfig([]byte(body)) // a deep copy
+	before, err := Parse([]byte(body)) // a deep copy
 	require.NoError(t, err)
 	require.NoError(t, cfg.Validate())
 	require.Equal(t, before, cfg)

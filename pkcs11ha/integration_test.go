@@ -514,3 +514,25 @@ partitions:
 	wg.Wait()
 	require.Len(t, served, 2, "both appliances serve: %v", served)
 }
+
+// TestClusterOwnsItsConfig: Open runs on its own copy: changing the caller's config afterwards changes
+// nothing, and Config returns a fresh copy each time, with the policy in effect.
+func TestClusterOwnsItsConfig(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	cl, cfg := openCluster(t, topo, "spill_wait: -1ms")
+	require.Zero(t, cfg.Policy.OperationTimeout, "Open wrote no default into the caller's config")
+
+	cfg.Policy.OperationTimeout = pkcs11ha.Duration(time.Hour)
+	cfg.Devices[0].Name = "renamed"
+	got := cl.Config()
+	require.Equal(t, 2*time.Second, got.Policy.OperationTimeout.D(), "the default in effect, not the caller's later change")
+	require.Equal(t, -time.Millisecond, got.Policy.SpillWait.D(), "negative: never wait")
+	require.Equal(t, "dev-a", got.Devices[0].Name)
+
+	got.Devices[0].ModuleEnv["X"] = "y"
+	got.Policy.CloseTimeout = 0
+	again := cl.Config()
+	require.NotContains(t, again.Devices[0].ModuleEnv, "X", "each Config is a copy")
+	require.Equal(t, 2*time.Second, again.Policy.CloseTimeout.D())
+	require.Equal(t, "dev-a", cl.Status()[0].Name)
+}

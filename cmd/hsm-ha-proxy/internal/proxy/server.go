@@ -129,7 +129,7 @@ func newServer(cfg *sidecarconfig.Config, be backend, logger *slog.Logger, reg *
 	}
 	t, err := newAuthTable(cfg.Clients, s.partNames)
 	if err != nil {
-		// Config.Validate has checked the same rules; a config built by hand may not have been.
+		// sidecarconfig.Config.Validate has checked the same rules; a config built by hand may not have.
 		logger.Error("clients: section rejected: every request will be refused (401)", "err", err)
 		t = &authTable{}
 	}

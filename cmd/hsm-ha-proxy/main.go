@@ -59,8 +59,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+// stopCPUProfile ends the CPU profile of a binary built with -tags cpuprofile (cpuprofile.go); a no-op
+// otherwise.
+var stopCPUProfile = func() {}
+
 // runServe is `hsm-ha-proxy serve`.
 func runServe(args []string, stderr io.Writer) int {
+	defer stopCPUProfile()
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "config file (the library's YAML plus server: and clients:)")

@@ -111,6 +111,9 @@ type inprocRun struct {
 	specs      map[string]Spec // contender label -> child spec, without the cell's algorithm and key
 	contenders []string
 	progress   func(string, ...any)
+	// turn, when set, is called before each measured slice with the contender's label and the cell; the
+	// function it returns is called after the slice (the front-end section reads the sidecar's CPU time).
+	turn func(lab string, c *InprocCell) func()
 }
 
 // cell measures one cell: a child per contender, started and warmed up one after the other, then
@@ -142,7 +145,13 @@ func (run inprocRun) cell(ctx context.Context, c *InprocCell, key softhsmtest.Ke
 	for r := range o.Rounds {
 		for i := range run.contenders {
 			lab := run.contenders[(i+r)%len(run.contenders)]
-			if _, err := procs[lab].slice(slice); err != nil {
+			after := func() {}
+			if run.turn != nil {
+				after = run.turn(lab, c)
+			}
+			_, err := procs[lab].slice(slice)
+			after()
+			if err != nil {
 				killAll()
 				return fmt.Errorf("%s, %s, %d goroutines, slice %d: %w", lab, alg, g, r+1, err)
 			}

@@ -39,6 +39,9 @@ func (rep *Report) write(w io.Writer) {
 	if len(rep.Slow) > 0 {
 		hedgeOK = rep.writeSlow(w)
 	}
+	if rep.Frontend != nil {
+		rep.writeFrontend(w)
+	}
 	rep.writeTargets(w, hedgeOK)
 }
 
@@ -68,15 +71,6 @@ func (rep *Report) writeInproc(w io.Writer) {
 // goroutines and the load.
 func (c *InprocCell) writeRow(tw io.Writer, lab string, first bool) {
 	res := c.Results[lab]
-	var ops []float64
-	for _, sl := range res.Slices {
-		ops = append(ops, sl.OpsPerSec())
-	}
-	lo, hi := ops[0], ops[0]
-	for _, x := range ops {
-		lo, hi = min(lo, x), max(hi, x)
-	}
-	med := median(ops)
 	alg, gor, load := "", "", ""
 	if first {
 		alg, gor, load = c.Alg, fmt.Sprint(c.Goroutines), c.Load.String()
@@ -96,7 +90,7 @@ func (c *InprocCell) writeRow(tw io.Writer, lab string, first bool) {
 		}
 		name += fmt.Sprintf(" (%.0f/%.0f)", 100*float64(devs["local-1"])/float64(tot), 100*float64(devs["local-2"])/float64(tot))
 	}
-	fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%.0f%%\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", alg, gor, name, fmtRate(res.OpsPerSec()), 100*(hi-lo)/med,
+	fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%.0f%%\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", alg, gor, name, fmtRate(res.OpsPerSec()), 100*res.spread(),
 		fmtDur(res.P50), fmtDur(res.P99), fmtDur(res.UserPerOp+res.SysPerOp), res.Errors, vsD, vsC, load)
 }
 
@@ -239,7 +233,69 @@ func (rep *Report) writeTargets(w io.Writer, hedgeOK []string) {
 	if len(hedgeOK) > 0 {
 		fmt.Fprintf(w, "  hedging cuts p99 under one slow local device >= 5x for <= 5%% extra attempts: %s\n", strings.Join(hedgeOK, ", "))
 	}
+	var bench []string
 	if ec8 != nil {
-		fmt.Fprintf(w, "BENCH ha_vs_direct=%.3f ha_vs_crypto11=%.3f\n", vsDirect, vsC11)
+		bench = append(bench, fmt.Sprintf("ha_vs_direct=%.3f ha_vs_crypto11=%.3f", vsDirect, vsC11))
 	}
+	if fc := rep.Frontend.cell(8); fc != nil {
+		x := fc.ratio(labFront, labP11Kit)
+		fmt.Fprintf(w, "  frontend_vs_p11kit >= 0.90  (ECDSA P-256, 8 goroutines, through p11-kit-client.so): %.3f  %s\n", x, okStr(x >= 0.9))
+		bench = append(bench, fmt.Sprintf("frontend_vs_p11kit=%.3f", x))
+	}
+	if len(bench) > 0 {
+		fmt.Fprintf(w, "BENCH %s\n", strings.Join(bench, " "))
+	}
+}
+
+// writeFrontend writes the front-end table: (a) and (b) at each concurrency, with (a)/(b).
+func (rep *Report) writeFrontend(w io.Writer) {
+	o := rep.Options
+	fmt.Fprintf(w, "\n[front end] ECDSA P-256: a Go client (miekg/pkcs11, a session per goroutine, C_SignInit + C_Sign) through the stock\n")
+	fmt.Fprintf(w, "  p11-kit-client.so, in a child process, against (a) `hsm-ha-proxy serve` (server.pkcs11, log level info: an access log line\n")
+	fmt.Fprintf(w, "  per signature, to a file) with a cluster over the local pair eastus-1/-2, and (b) eastus-1's own `p11-kit server`. Both\n")
+	fmt.Fprintf(w, "  reach the devices on their servers' own sockets (no test relay). %v per cell and contender after %v warm-up, in %d slices\n", o.Cell, o.Warmup, o.Rounds)
+	fmt.Fprintf(w, "  taken in turn (order rotating); (a)/(b) = median of the per-turn ratios of ops/s. CPU per signature (user+system) over\n")
+	fmt.Fprintf(w, "  the contender's own turns: of the client process, of the sidecar (health checks included), of the devices' `p11-kit\n")
+	fmt.Fprintf(w, "  server` process groups (the p11-kit-remote serving each connection, SoftHSM in it), and their sum\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "  gor\tcontender\tops/s\tspread\tp50\tp99\tclient CPU\tsidecar CPU\tdevice CPU\ttotal CPU\terrors\t(a)/(b)\tload\t\n")
+	for _, c := range rep.Frontend.Cells {
+		for i, lab := range []string{labFront, labP11Kit} {
+			res, ok := c.Results[lab]
+			if !ok {
+				continue
+			}
+			gor, load, ratio, side := "", "", "", ""
+			client, dev := res.UserPerOp+res.SysPerOp, rep.Frontend.DeviceCPU[lab][c.Goroutines]
+			total := client + dev
+			if i == 0 {
+				gor, load = fmt.Sprint(c.Goroutines), c.Load.String()
+				ratio = fmt.Sprintf("%.3f", c.ratio(labFront, labP11Kit))
+				side = fmtDur(rep.Frontend.SidecarCPU[c.Goroutines])
+				total += rep.Frontend.SidecarCPU[c.Goroutines]
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%.0f%%\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t\n", gor, lab, fmtRate(res.OpsPerSec()), 100*res.spread(),
+				fmtDur(res.P50), fmtDur(res.P99), fmtDur(client), side, fmtDur(dev), fmtDur(total), res.Errors, ratio, load)
+		}
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "  (a signature is 3 client round trips (C_SignInit, C_Sign for the length, C_Sign) in both; through the front end each\n")
+	fmt.Fprintf(w, "   C_Sign with a buffer adds the cluster's device round trips (C_SignInit + C_Sign twice, miekg/pkcs11 in the sidecar)\n")
+	fmt.Fprintf(w, "   over the same p11-kit RPC)\n")
+	if rep.Frontend.Profile != "" {
+		fmt.Fprintf(w, "  sidecar CPU profile: %s\n", rep.Frontend.Profile)
+	}
+}
+
+// cell returns the front-end cell at goroutines g, or nil (also on a nil run).
+func (fr *FrontendRun) cell(g int) *InprocCell {
+	if fr == nil {
+		return nil
+	}
+	for _, c := range fr.Cells {
+		if c.Goroutines == g {
+			return c
+		}
+	}
+	return nil
 }

@@ -43,6 +43,15 @@ func sampleReport() *Report {
 			{Mode: "partition", FirstSuccess: 225 * time.Millisecond, FirstDev: "westus-2", Slowest: 230 * time.Millisecond, DRp50: 127 * time.Millisecond, Load: 1.6},
 		},
 	}
+	rep.Frontend = &FrontendRun{
+		Cells: []*InprocCell{
+			{Alg: ECP256, Goroutines: 1, Load: loadRange{3, 4}, Results: map[string]Result{labFront: res(400, 420), labP11Kit: res(500, 500)}},
+			{Alg: ECP256, Goroutines: 8, Load: loadRange{3, 4}, Results: map[string]Result{labFront: res(900, 1000, 950), labP11Kit: res(1000, 1000, 1000)}},
+		},
+		SidecarCPU: map[int]time.Duration{1: 310 * time.Microsecond, 8: 250 * time.Microsecond},
+		DeviceCPU: map[string]map[int]time.Duration{labFront: {1: 200 * time.Microsecond, 8: 180 * time.Microsecond},
+			labP11Kit: {1: 190 * time.Microsecond, 8: 170 * time.Microsecond}},
+	}
 	for _, mode := range slowModes {
 		for _, hedge := range []bool{false, true} {
 			c := SlowCell{Mode: mode, Hedge: hedge, Sum: latencySummary{OpsPerSec: 2000, P50: time.Millisecond, P99: 15 * time.Millisecond, Max: 34 * time.Millisecond},
@@ -74,9 +83,22 @@ func TestReportWrite(t *testing.T) {
 		"healthy local pair: DR share 0%: met",
 		"onset 5.00x met",
 		"spells 5.00x met",
+		"[front end] ECDSA P-256",
+		"(a) front end, local pair",
+		"250µs",
+		"557µs", // total CPU of (a) at 8 goroutines: client 127 + sidecar 250 + devices 180
+		"frontend_vs_p11kit >= 0.90  (ECDSA P-256, 8 goroutines, through p11-kit-client.so): 0.950  met",
 	} {
 		assert.Contains(t, out, want)
 	}
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	assert.Equal(t, "BENCH ha_vs_direct=0.760 ha_vs_crypto11=0.881", lines[len(lines)-1])
+	assert.Equal(t, "BENCH ha_vs_direct=0.760 ha_vs_crypto11=0.881 frontend_vs_p11kit=0.950", lines[len(lines)-1])
+
+	// the front-end section alone still ends with its BENCH figure
+	rep := sampleReport()
+	rep.Inproc = nil
+	b.Reset()
+	rep.write(&b)
+	lines = strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
+	assert.Equal(t, "BENCH frontend_vs_p11kit=0.950", lines[len(lines)-1])
 }

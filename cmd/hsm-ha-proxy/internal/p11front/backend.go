@@ -8,7 +8,8 @@ import (
 )
 
 // Backend is what the front end needs of a *pkcs11ha.Cluster (an interface so that the protocol layer can
-// be tested without HSMs).
+// be tested without HSMs). Keys and Key answer from memory (the cluster's key table): the front end calls
+// them on a connection's reader goroutine (see inline), with no deadline of their own.
 type Backend interface {
 	Keys(partition string) ([]pkcs11ha.KeyInfo, error)
 	Key(ctx context.Context, partition, label string) (KeyHandle, error)

@@ -18,6 +18,9 @@ import (
 // `p11-kit server` in front of one device. Each goroutine has its own session and signs with
 // C_SignInit + C_Sign (miekg's Sign: a length query, then the signature). Reports p50/p99 per signature.
 // Not part of make test: go test -run '^$' -bench SignECDSA ./cmd/hsm-ha-proxy/internal/p11front/
+// A quick look only: the cluster reaches its devices through the harness's relays while (b) does not, and
+// the client runs in this process. The fair comparison is `make bench`'s front-end section
+// (hsm-bench -sections frontend: the real binary, relay-free, the clients in child processes, in turns).
 func BenchmarkSignECDSA(b *testing.B) {
 	d := startDevices(b)
 	f := startFront(b, ClusterBackend(d.cl), fakeAuth{os.Getuid(): {"payments"}}, d.cl.Config().PartitionNames())

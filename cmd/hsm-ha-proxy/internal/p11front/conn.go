@@ -3,6 +3,7 @@ package p11front
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -28,14 +29,20 @@ type conn struct {
 	initialized atomic.Bool
 	sess        *sessionTable
 
-	wmu   sync.Mutex // one frame at a time on the socket
-	calls sync.WaitGroup
-	sem   chan struct{}
+	wmu sync.Mutex // one frame at a time on the socket
+
+	// Calls that may wait for the cluster run on workers, long-lived goroutines of the connection (their
+	// stacks stay grown; a goroutine per call paid for growing one every time). sem holds a slot per such
+	// call in flight; work hands a frame to an idle worker. Only the reader goroutine touches nworkers.
+	sem      chan struct{}
+	work     chan p11rpc.Frame
+	nworkers int
+	workers  sync.WaitGroup
 }
 
 // newConn identifies the peer and registers the connection; nil when the server is shutting down.
 func (s *Server) newConn(nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc, sess: newSessionTable(), sem: make(chan struct{}, maxConcurrent)}
+	c := &conn{s: s, nc: nc, sess: newSessionTable(), sem: make(chan struct{}, maxConcurrent), work: make(chan p11rpc.Frame)}
 	if uc, ok := nc.(*net.UnixConn); ok {
 		c.cred, c.credErr = unixsock.PeerCred(uc)
 	} else {
@@ -84,7 +91,8 @@ func (c *conn) clientName() string {
 }
 
 // serve runs the connection: the version handshake, then frames until the peer goes away, the framing
-// breaks, or the server shuts down. Calls are served concurrently; serve returns once they are done.
+// breaks, or the server shuts down. Calls that may wait for the cluster are served concurrently by
+// workers, the others at once by this goroutine (see inline); serve returns once they are all done.
 func (c *conn) serve() {
 	defer c.s.untrack(c)
 	defer c.nc.Close()
@@ -95,17 +103,78 @@ func (c *conn) serve() {
 	}
 	for {
 		f, err := p11rpc.ReadFrame(br, c.s.opts.MaxFrame)
+		var tooLarge *p11rpc.FrameTooLargeError
+		if errors.As(err, &tooLarge) {
+			err = c.oversize(br, tooLarge)
+			if err == nil {
+				continue
+			}
+		}
 		if err != nil {
 			c.readFailed(err)
 			break
 		}
-		c.sem <- struct{}{}
-		c.calls.Add(1)
 		c.s.inFlight.Add(1)
-		go c.handle(f)
+		if inline(f) {
+			c.handle(f)
+			continue
+		}
+		c.sem <- struct{}{}
+		c.toWorker(f)
 	}
-	c.calls.Wait()
+	close(c.work)
+	c.workers.Wait()
 	c.s.m.sessions.Sub(float64(c.sess.removeSlot(allSlots)))
+}
+
+// inline tells whether a call is served by the reader goroutine itself, before the next frame is read:
+// every call that cannot wait for the cluster (nor for a long time on anything else). Going through a
+// worker costs two goroutine hand-offs; a signature is three calls (C_SignInit, the C_Sign size query,
+// C_Sign), of which only the last needs a device. Waiting is left to workers: C_Sign, C_SignFinal,
+// C_Decrypt and C_DecryptFinal with an output buffer (their size queries, a NULL buffer — the last
+// element "fy" reads 0 —, are answered from the plan), and any large message (a big C_Digest input is
+// hashed on a worker, so that other threads' calls on this connection do not queue behind it). A call
+// that a misbehaving application makes on a session busy with a signature waits for that signature's
+// session lock (at most the request timeout), delaying this connection's later calls only.
+func inline(f p11rpc.Frame) bool {
+	if len(f.Body) > inlineMaxBody {
+		return false
+	}
+	switch callIDOf(f.Body) {
+	case p11rpc.CallSign, p11rpc.CallSignFinal, p11rpc.CallDecrypt, p11rpc.CallDecryptFinal:
+		b := f.Body
+		return len(b) >= 4 && binary.BigEndian.Uint32(b[len(b)-4:]) == 0
+	}
+	return true
+}
+
+// inlineMaxBody is the largest message served inline.
+const inlineMaxBody = 16 << 10
+
+// toWorker hands a call to an idle worker, or to a new one while there are fewer than maxConcurrent
+// (the caller holds a slot of sem, so with maxConcurrent workers one of them is about to be idle).
+func (c *conn) toWorker(f p11rpc.Frame) {
+	select {
+	case c.work <- f:
+		return
+	default:
+	}
+	if c.nworkers < maxConcurrent {
+		c.nworkers++
+		c.workers.Add(1)
+		go c.worker(f)
+		return
+	}
+	c.work <- f
+}
+
+// worker serves f, then every frame it is handed, until the connection ends.
+func (c *conn) worker(f p11rpc.Frame) {
+	defer c.workers.Done()
+	for ok := true; ok; f, ok = <-c.work {
+		c.handle(f)
+		<-c.sem
+	}
 }
 
 // handshake answers the client's version byte with the version both speak.
@@ -137,13 +206,9 @@ func (c *conn) readFailed(err error) {
 	}
 }
 
-// handle serves one call and writes its reply under the same code.
+// handle serves one call and writes its reply under the same code (one write: header and body).
 func (c *conn) handle(f p11rpc.Frame) {
-	defer func() {
-		<-c.sem
-		c.s.inFlight.Add(-1)
-		c.calls.Done()
-	}()
+	defer c.s.inFlight.Add(-1)
 	start := time.Now()
 	call, result, body := c.dispatch(f.Body)
 	lat := time.Since(start)

@@ -36,11 +36,9 @@ func (c *conn) cDecryptInit(req *p11rpc.Request, _ *p11rpc.Reply) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := c.callCtx()
-	defer cancel()
-	key, err := c.s.be.Key(ctx, a.obj.partition, a.obj.label)
+	key, err := c.s.be.Key(c.s.base, a.obj.partition, a.obj.label)
 	if err != nil {
-		return rvErr(clusterRV(ctx, err), err.Error())
+		return rvErr(clusterRV(c.s.base, err), err.Error())
 	}
 	a.s.decrypt = &decryptOp{cryptPlan: plan, key: key}
 	return nil

@@ -23,8 +23,10 @@
 //     CKR_FUNCTION_NOT_SUPPORTED.
 //
 // A connection is never dropped while the sidecar runs (p11-kit-client never reconnects), except when its
-// framing is broken beyond repair (a truncated or oversized frame): a malformed call is answered with a
-// PKCS#11 error and costs nothing else. Requests on one connection are served concurrently (the client
-// pipelines them), up to a bound. On shutdown the listener closes (removing the socket), calls in flight
-// finish within the grace period, then connections close.
+// framing is broken beyond repair (a truncated frame, frame code 0): a malformed call is answered with a
+// PKCS#11 error and costs nothing else, and so is a message over the size limit (skipped unread: data too
+// long for the token). Calls that may wait for the cluster are served concurrently (the client pipelines
+// them), up to a bound, on the connection's workers; the others are answered at once by the goroutine
+// that reads the connection, which spares most calls two goroutine hand-offs. On shutdown the listener
+// closes (removing the socket), calls in flight finish within the grace period, then connections close.
 package p11front

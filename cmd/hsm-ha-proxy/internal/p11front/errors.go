@@ -71,8 +71,12 @@ func rvOf(err error) rv {
 	return pkcs11.CKR_GENERAL_ERROR
 }
 
-// rvName is the symbolic name for logs and metrics ("CKR_OK", "CKR_FUNCTION_FAILED").
+// rvName is the symbolic name for logs and metrics ("CKR_OK", "CKR_FUNCTION_FAILED"); CKR_OK, every
+// successful call's, without the formatting of the general case.
 func rvName(code rv) string {
+	if code == ckrOK {
+		return "CKR_OK"
+	}
 	s := pkcs11.Error(code).Error() // "pkcs11: 0x30: CKR_DEVICE_ERROR"
 	if i := strings.LastIndex(s, ": "); i >= 0 && strings.HasPrefix(s[i+2:], "CKR_") {
 		return s[i+2:]

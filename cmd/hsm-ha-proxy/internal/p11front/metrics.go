@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +22,9 @@ type metrics struct {
 	connections    prometheus.Gauge
 	sessions       prometheus.Gauge
 	protocolErrors *prometheus.CounterVec // kind
+
+	callCache sync.Map // callKey -> prometheus.Counter
+	opCache   sync.Map // opKey -> opChildren
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,7 +45,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "sessions",
 			Help: "Open PKCS#11 sessions over every connection."}),
 		protocolErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "protocol_errors_total",
-			Help: "Malformed input from clients, by kind (frame, truncated, message, arguments, unknown_call)."},
+			Help: "Malformed input from clients, by kind (frame, truncated, oversize, message, arguments, unknown_call)."},
 			[]string{"kind"}),
 	}
 	if reg != nil {
@@ -73,20 +77,65 @@ func register[T prometheus.Collector](reg prometheus.Registerer, c T) T {
 
 // call counts one call.
 func (m *metrics) call(client string, call p11rpc.CallID, result rv) {
-	m.calls.WithLabelValues(client, callName(call), rvName(result)).Inc()
+	k := callKey{client, call, result}
+	if c, ok := m.callCache.Load(k); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
+	c := m.calls.WithLabelValues(client, callName(call), rvName(result))
+	m.callCache.Store(k, c)
+	c.Inc()
+}
+
+// callKey and opKey name the children of calls and of operations/opDuration in the caches: a child found by
+// its label values hashes every value each time, which a signature paid five times.
+type callKey struct {
+	client string
+	call   p11rpc.CallID
+	result rv
+}
+
+type opKey struct {
+	client, partition, op, mech string
+	result                      rv
+}
+
+// opChildren are the collectors of one (client, partition, operation, mechanism, result).
+type opChildren struct {
+	count    prometheus.Counter
+	duration prometheus.Observer
+}
+
+func (m *metrics) operation(k opKey) opChildren {
+	if c, ok := m.opCache.Load(k); ok {
+		return c.(opChildren)
+	}
+	c := opChildren{
+		count:    m.operations.WithLabelValues(k.client, k.partition, k.op, k.mech, rvName(k.result)),
+		duration: m.opDuration.WithLabelValues(k.partition, k.op, k.mech),
+	}
+	m.opCache.Store(k, c)
+	return c
 }
 
 // access records one signature or decryption through the cluster: the metrics and the access log line
 // (client, peer, partition, key, mechanism, device, result, latency — never a payload or a PIN).
 func (c *conn) access(op string, s *session, o *object, mechName, device string, code rv, err error, lat time.Duration) {
 	client := c.clientName()
-	result := rvName(code)
-	c.s.m.operations.WithLabelValues(client, s.partition, op, mechName, result).Inc()
-	c.s.m.opDuration.WithLabelValues(s.partition, op, mechName).Observe(lat.Seconds())
+	m := c.s.m.operation(opKey{client, s.partition, op, mechName, code})
+	m.count.Inc()
+	m.duration.Observe(lat.Seconds())
+	// The handler directly, with no caller PC: Logger.LogAttrs would unwind the stack for a source
+	// location the access log does not print.
+	h := c.s.log.Handler()
+	if !h.Enabled(c.s.base, slog.LevelInfo) {
+		return
+	}
 	if device == "" || device == "none" {
 		device = "-"
 	}
-	attrs := []slog.Attr{
+	r := slog.NewRecord(time.Now(), slog.LevelInfo, "access", 0)
+	r.AddAttrs(
 		slog.String("door", "pkcs11"),
 		slog.String("client", client),
 		slog.Int("uid", c.cred.UID),
@@ -96,11 +145,11 @@ func (c *conn) access(op string, s *session, o *object, mechName, device string,
 		slog.String("operation", op),
 		slog.String("mechanism", mechName),
 		slog.String("device", device),
-		slog.String("result", result),
+		slog.String("result", rvName(code)),
 		slog.Float64("latency_ms", float64(lat.Microseconds())/1000),
-	}
+	)
 	if err != nil {
-		attrs = append(attrs, slog.String("error", err.Error()))
+		r.AddAttrs(slog.String("error", err.Error()))
 	}
-	c.s.log.LogAttrs(c.s.base, slog.LevelInfo, "access", attrs...)
+	_ = h.Handle(c.s.base, r)
 }

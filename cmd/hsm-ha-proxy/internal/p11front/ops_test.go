@@ -10,6 +10,7 @@ import (
 	"errors"
 	"math/big"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 
@@ -174,7 +175,7 @@ func verifyRaw(pub *ecdsa.PublicKey, digest, sig []byte) error {
 }
 
 func TestSignErrors(t *testing.T) {
-	c, _, be := newClientT(t)
+	c, f, be := newClientT(t)
 	d := sha256.Sum256([]byte("x"))
 	t.Run("operation not initialized", func(t *testing.T) {
 		_, err := c.p.Sign(c.s, d[:])
@@ -189,14 +190,26 @@ func TestSignErrors(t *testing.T) {
 	t.Run("an unknown mechanism", func(t *testing.T) {
 		assert.Equal(t, pkcs11.Error(pkcs11.CKR_MECHANISM_INVALID), c.p.SignInit(c.s, mechOf(pkcs11.CKM_SHA1_RSA_PKCS, nil), c.rsaPriv))
 	})
-	t.Run("PSS with a zero salt or another MGF hash", func(t *testing.T) {
+	t.Run("PSS with a zero salt, a salt too long or another MGF hash", func(t *testing.T) {
 		for _, p := range [][]byte{
 			pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, 0),
+			pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, 256-32-1),
 			pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA1, 32),
 		} {
 			assert.Equal(t, pkcs11.Error(pkcs11.CKR_MECHANISM_PARAM_INVALID),
 				c.p.SignInit(c.s, mechOf(pkcs11.CKM_RSA_PKCS_PSS, p), c.rsaPriv))
 		}
+		zero := pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, 0)
+		assert.Equal(t, pkcs11.Error(pkcs11.CKR_MECHANISM_PARAM_INVALID), c.p.VerifyInit(c.s, mechOf(pkcs11.CKM_RSA_PKCS_PSS, zero), c.rsaPub))
+		logs := f.logs.String()
+		assert.Equal(t, 2, strings.Count(logs, "RSA-PSS with a salt length of 0 is not supported"), logs)
+		assert.Contains(t, logs, "C_SignInit refused")
+		assert.Contains(t, logs, "C_VerifyInit refused")
+		// The largest salt the key allows is accepted (the error above is the zero, not the range).
+		require.NoError(t, c.p.SignInit(c.s, mechOf(pkcs11.CKM_RSA_PKCS_PSS, pkcs11.NewPSSParams(pkcs11.CKM_SHA256, pkcs11.CKG_MGF1_SHA256, 256-32-2)), c.rsaPriv))
+		sig, err := c.p.Sign(c.s, d[:])
+		require.NoError(t, err)
+		require.NoError(t, rsa.VerifyPSS(&c.rsaKey.PublicKey, crypto.SHA256, d[:], sig, &rsa.PSSOptions{SaltLength: 256 - 32 - 2}))
 	})
 	t.Run("second init while active", func(t *testing.T) {
 		require.NoError(t, c.p.SignInit(c.s, mechOf(pkcs11.CKM_ECDSA, nil), c.ecPriv))

@@ -2,14 +2,19 @@ package p11front
 
 import (
 	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/miekg/pkcs11"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -121,15 +126,18 @@ func TestMalformedInput(t *testing.T) {
 	assert.Contains(t, f.logs.String(), "malformed message")
 
 	t.Run("broken framing costs only that connection", func(t *testing.T) {
-		for _, junk := range [][]byte{
-			{0, 0, 0, 9, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}, // a body of 4 GiB announced
-			{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},             // frame code 0
-			{0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 50, 1, 2},      // cut short
+		for _, junk := range []struct {
+			b      []byte
+			hangUp bool // the peer stops writing after b
+		}{
+			{[]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, false},                  // frame code 0
+			{[]byte{0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 50, 1, 2}, true},            // cut short
+			{[]byte{0, 0, 0, 9, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1, 2}, true}, // 4 GiB announced, 2 bytes sent
 		} {
 			bad := dialRaw(t, f.socket)
-			_, err := bad.nc.Write(junk)
+			_, err := bad.nc.Write(junk.b)
 			require.NoError(t, err)
-			if junk[11] == 50 {
+			if junk.hangUp {
 				bad.nc.(*net.UnixConn).CloseWrite()
 			}
 			_, err = bad.br.ReadByte()
@@ -141,4 +149,46 @@ func TestMalformedInput(t *testing.T) {
 		assert.Equal(t, int64(-1), errorRV(r.call(t, slotList)), "and so is this one")
 		assert.Contains(t, f.logs.String(), "closing this connection")
 	})
+}
+
+// TestOversizeMessage: a message over the size limit is skipped and answered with a PKCS#11 error — data too
+// long for a call that carries data, whose operation then ends as PKCS#11 has it, CKR_ARGUMENTS_BAD for
+// any other — and the application keeps its connection (p11-kit-client never reconnects).
+func TestOversizeMessage(t *testing.T) {
+	_, ecKey, _ := softSigners(t)
+	be := newFakeBackend()
+	be.add("payments", "ec-key", []byte{2}, ecKey)
+	f := startFrontWith(t, be, fakeAuth{os.Getuid(): {"payments"}}, Options{Partitions: []string{"payments"}, MaxFrame: 4096}, "")
+	p := openClient(t, f.socket)
+	s := openSession(t, p, "payments")
+
+	big := bytes.Repeat([]byte{7}, 5000)
+	require.NoError(t, p.DigestInit(s, mechOf(pkcs11.CKM_SHA256, nil)))
+	_, err := p.Digest(s, big)
+	assert.Equal(t, pkcs11.Error(pkcs11.CKR_DATA_LEN_RANGE), err, "C_Digest of more than the limit")
+	require.NoError(t, p.DigestInit(s, mechOf(pkcs11.CKM_SHA256, nil)), "the failed C_Digest ended its operation")
+	require.NoError(t, p.DigestUpdate(s, big[:2500]))
+	require.NoError(t, p.DigestUpdate(s, big[2500:]))
+	got, err := p.DigestFinal(s)
+	require.NoError(t, err, "multi-part input is not bounded by the message limit")
+	want := sha256.Sum256(big)
+	assert.Equal(t, want[:], got)
+
+	key := findKey(t, p, s, pkcs11.CKO_PRIVATE_KEY, "ec-key")
+	require.NoError(t, p.SignInit(s, mechOf(pkcs11.CKM_ECDSA, nil), key))
+	_, err = p.Sign(s, big)
+	assert.Equal(t, pkcs11.Error(pkcs11.CKR_DATA_LEN_RANGE), err)
+	require.NoError(t, p.SignInit(s, mechOf(pkcs11.CKM_ECDSA, nil), key), "the failed C_Sign ended its operation")
+	d := sha256.Sum256([]byte("after"))
+	sig, err := p.Sign(s, d[:])
+	require.NoError(t, err, "the connection still serves")
+	require.NoError(t, verifyRaw(ecKey.Public().(*ecdsa.PublicKey), d[:], sig))
+
+	r := dialRaw(t, f.socket)
+	require.Equal(t, []byte{0, 0, 0, 1, 0, 0, 0, 0}, r.call(t, initialize))
+	template := request(p11rpc.CallFindObjectsInit, "uaA", u64(1), bytes.Repeat([]byte{0}, 5000))
+	assert.Equal(t, int64(pkcs11.CKR_ARGUMENTS_BAD), errorRV(r.call(t, template)), "a call without data")
+	assert.Equal(t, int64(-1), errorRV(r.call(t, request(p11rpc.CallGetSlotList, "yfu", []byte{1}, []byte{0, 0, 0, 8}))))
+	assert.Contains(t, f.logs.String(), "over the size limit")
+	assert.Equal(t, 3.0, testutil.ToFloat64(f.srv.m.protocolErrors.WithLabelValues("oversize")))
 }

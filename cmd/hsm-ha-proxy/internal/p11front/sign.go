@@ -2,8 +2,7 @@ package p11front
 
 import (
 	"crypto/ecdsa"
-	"encoding/asn1"
-	"fmt"
+	"errors"
 	"math/big"
 	"time"
 
@@ -36,15 +35,13 @@ func (c *conn) cSignInit(req *p11rpc.Request, _ *p11rpc.Reply) error {
 	if err != nil {
 		return err
 	}
-	plan, err := newSigPlan(m, a.mech, a.obj)
+	plan, err := c.planSig("C_SignInit", m, a.mech, a.obj)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := c.callCtx()
-	defer cancel()
-	key, err := c.s.be.Key(ctx, a.obj.partition, a.obj.label)
+	key, err := c.s.be.Key(c.s.base, a.obj.partition, a.obj.label)
 	if err != nil {
-		return rvErr(clusterRV(ctx, err), err.Error())
+		return rvErr(clusterRV(c.s.base, err), err.Error())
 	}
 	a.s.sign = &signOp{sigPlan: plan, key: key}
 	return nil
@@ -124,18 +121,61 @@ func (c *conn) sign(s *session, op *signOp, digest []byte) ([]byte, error) {
 	return sig, nil
 }
 
-// rawECDSA converts the cluster's ASN.1 DER ECDSA signature into PKCS#11's r||s, each coord bytes.
+// rawECDSA converts the cluster's ASN.1 DER ECDSA signature, SEQUENCE { r INTEGER, s INTEGER }, into
+// PKCS#11's r||s, each coord bytes. Strict DER (minimal lengths and integers), r and s positive and at
+// most coord bytes. Parsed by hand: encoding/asn1 and two big.Ints cost more than the rest of C_Sign's
+// own work in the sidecar.
 func rawECDSA(der []byte, coord int) ([]byte, error) {
-	var rs struct{ R, S *big.Int }
-	rest, err := asn1.Unmarshal(der, &rs)
-	if err != nil || len(rest) > 0 || rs.R.Sign() <= 0 || rs.S.Sign() <= 0 ||
-		rs.R.BitLen() > 8*coord || rs.S.BitLen() > 8*coord {
-		return nil, fmt.Errorf("p11front: malformed ECDSA signature from the cluster")
+	bad := errors.New("p11front: malformed ECDSA signature from the cluster")
+	body, rest, ok := derElement(der, 0x30)
+	if !ok || len(rest) > 0 {
+		return nil, bad
 	}
 	out := make([]byte, 2*coord)
-	rs.R.FillBytes(out[:coord])
-	rs.S.FillBytes(out[coord:])
+	for i := range 2 {
+		var v []byte
+		if v, body, ok = derElement(body, 0x02); !ok {
+			return nil, bad
+		}
+		switch {
+		case len(v) == 0 || v[0]&0x80 != 0: // empty or negative
+			return nil, bad
+		case v[0] == 0 && (len(v) == 1 || v[1]&0x80 == 0): // zero, or a leading zero DER forbids
+			return nil, bad
+		case v[0] == 0:
+			v = v[1:]
+		}
+		if len(v) > coord {
+			return nil, bad
+		}
+		copy(out[(i+1)*coord-len(v):(i+1)*coord], v)
+	}
+	if len(body) > 0 {
+		return nil, bad
+	}
 	return out, nil
+}
+
+// derElement reads one DER element with the given tag (lengths up to 255 bytes, in their minimal form):
+// its contents and what follows it.
+func derElement(b []byte, tag byte) (contents, rest []byte, ok bool) {
+	if len(b) < 2 || b[0] != tag {
+		return nil, nil, false
+	}
+	n, off := int(b[1]), 2
+	switch {
+	case n == 0x81:
+		if len(b) < 3 || b[2] < 0x80 {
+			return nil, nil, false
+		}
+		n, off = int(b[2]), 3
+	case n >= 0x80:
+		return nil, nil, false
+	}
+	if len(b)-off < n {
+		return nil, nil, false
+	}
+	return b[off : off+n], b[off+n:], true
 }
 
 // verifyECDSA checks a raw r||s signature (used by C_Verify).

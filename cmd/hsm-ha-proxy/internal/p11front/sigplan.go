@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rsa"
+	"errors"
 	"hash"
 
 	"github.com/miekg/pkcs11"
@@ -57,9 +58,26 @@ func newSigPlan(m *mech, p *p11rpc.Mechanism, o *object) (*sigPlan, error) {
 	return plan, nil
 }
 
+// errPSSSaltZero refuses RSA-PSS with a salt length of 0 (deterministic PSS): the cluster signs through
+// crypto.Signer, whose rsa.PSSOptions reads SaltLength 0 as "auto" (the largest salt when signing), so what
+// was asked cannot be expressed; and verifying with 0 would accept any salt length. The caller logs it.
+var errPSSSaltZero = &rvError{rv: pkcs11.CKR_MECHANISM_PARAM_INVALID, msg: "RSA-PSS with a salt length of 0"}
+
+// planSig is newSigPlan for C_SignInit and C_VerifyInit (named by call), with a log line for a zero PSS
+// salt: the application gets only CKR_MECHANISM_PARAM_INVALID, the operator should learn why.
+func (c *conn) planSig(call string, m *mech, p *p11rpc.Mechanism, o *object) (*sigPlan, error) {
+	plan, err := newSigPlan(m, p, o)
+	if errors.Is(err, errPSSSaltZero) {
+		c.log.Warn("PKCS#11 "+call+" refused with CKR_MECHANISM_PARAM_INVALID: RSA-PSS with a salt length of 0 is not supported "+
+			"(the cluster signs through Go's crypto/rsa, which reads 0 as \"auto\"); use a salt length of at least 1, usually the hash length",
+			"client", c.clientName(), "key", o.label, "mechanism", m.name)
+	}
+	return plan, err
+}
+
 // setPSS reads CK_RSA_PKCS_PSS_PARAMS: the digest's hash (for the hash-and-sign forms, the mechanism's
 // own), MGF1 with that same hash (what the cluster's tokens are asked for) and a salt length from 1 to the
-// largest the key allows.
+// largest the key allows (0: errPSSSaltZero).
 func (p *sigPlan) setPSS(mp *p11rpc.Mechanism, pk *rsa.PublicKey) error {
 	if mp.PSS == nil {
 		return rvErr(pkcs11.CKR_MECHANISM_PARAM_INVALID, "RSA-PSS needs CK_RSA_PKCS_PSS_PARAMS")
@@ -72,8 +90,10 @@ func (p *sigPlan) setPSS(mp *p11rpc.Mechanism, pk *rsa.PublicKey) error {
 		return rvErr(pkcs11.CKR_MECHANISM_PARAM_INVALID, "RSA-PSS MGF must be MGF1 with the same hash")
 	}
 	maxSalt := (pk.N.BitLen()-1+7)/8 - h.Size() - 2
-	if mp.PSS.SaltLen == 0 || mp.PSS.SaltLen > uint64(max(maxSalt, 0)) {
-		// A zero salt cannot be asked of the cluster (rsa.PSSOptions reads 0 as "auto").
+	if mp.PSS.SaltLen == 0 {
+		return errPSSSaltZero
+	}
+	if mp.PSS.SaltLen > uint64(max(maxSalt, 0)) {
 		return rvErr(pkcs11.CKR_MECHANISM_PARAM_INVALID, "RSA-PSS salt length")
 	}
 	p.hash = h

@@ -30,7 +30,7 @@ func (c *conn) cVerifyInit(req *p11rpc.Request, _ *p11rpc.Reply) error {
 	if err != nil {
 		return err
 	}
-	plan, err := newSigPlan(m, a.mech, a.obj)
+	plan, err := c.planSig("C_VerifyInit", m, a.mech, a.obj)
 	if err != nil {
 		return err
 	}

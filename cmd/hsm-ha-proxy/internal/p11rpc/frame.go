@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"strings"
 )
 
 // MaxVersion is the highest protocol version this codec speaks: 2, p11-kit 0.25.6+ (C_InitToken2,
@@ -31,8 +32,10 @@ type Frame struct {
 }
 
 // ReadFrame reads one frame. maxLen caps options length + body length: a header announcing more is rejected
-// before anything is allocated, so a hostile length costs nothing. A clean EOF before the first header byte
-// returns io.EOF; a frame cut short returns io.ErrUnexpectedEOF; a bad header returns a *ProtocolError.
+// before anything is allocated, so a hostile length costs nothing, with a *FrameTooLargeError: only the
+// header has been read then, and the caller may skip the rest (SkipFrame) and answer the frame's code. A
+// clean EOF before the first header byte returns io.EOF; a frame cut short returns io.ErrUnexpectedEOF; a
+// bad header returns a *ProtocolError.
 func ReadFrame(r io.Reader, maxLen uint32) (Frame, error) {
 	var h [HeaderLen]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
@@ -46,7 +49,7 @@ func ReadFrame(r io.Reader, maxLen uint32) (Frame, error) {
 		return Frame{}, &ProtocolError{Offset: 0, Msg: "frame code 0"}
 	}
 	if uint64(olen)+uint64(blen) > uint64(maxLen) {
-		return Frame{}, &ProtocolError{Offset: 4, Msg: fmt.Sprintf("frame of %d+%d bytes over the limit of %d", olen, blen, maxLen)}
+		return Frame{}, &FrameTooLargeError{Code: code, OptionsLen: olen, BodyLen: blen, Max: maxLen}
 	}
 	buf := make([]byte, int(olen)+int(blen))
 	if _, err := io.ReadFull(r, buf); err != nil {
@@ -56,6 +59,67 @@ func ReadFrame(r io.Reader, maxLen uint32) (Frame, error) {
 		return Frame{}, err
 	}
 	return Frame{Code: code, Options: buf[:olen:olen], Body: buf[olen:]}, nil
+}
+
+// FrameTooLargeError is ReadFrame's answer to a header announcing more than its limit. The stream is left
+// just after the header, so that the frame can be skipped and its request answered (the client pairs the
+// answer with Code) instead of the connection being lost.
+type FrameTooLargeError struct {
+	Code                uint32
+	OptionsLen, BodyLen uint32
+	Max                 uint32 // the limit it is over
+}
+
+// Len is what the frame announces after its header.
+func (e *FrameTooLargeError) Len() uint64 { return uint64(e.OptionsLen) + uint64(e.BodyLen) }
+
+func (e *FrameTooLargeError) Error() string {
+	return fmt.Sprintf("p11rpc: frame of %d+%d bytes over the limit of %d", e.OptionsLen, e.BodyLen, e.Max)
+}
+
+// SkipFrame reads and discards the options and body of the frame whose header ReadFrame refused with e,
+// allocating nothing for them but the first head bytes of the body (or the whole body when shorter), which
+// it returns: the call id and the first arguments (ParseRequestHead). A stream that ends first gives
+// io.ErrUnexpectedEOF.
+func SkipFrame(r io.Reader, e *FrameTooLargeError, head int) ([]byte, error) {
+	unexpected := func(err error) error {
+		if err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if _, err := io.CopyN(io.Discard, r, int64(e.OptionsLen)); err != nil {
+		return nil, unexpected(err)
+	}
+	h := make([]byte, min(uint64(max(head, 0)), uint64(e.BodyLen)))
+	if _, err := io.ReadFull(r, h); err != nil {
+		return nil, unexpected(err)
+	}
+	if _, err := io.CopyN(io.Discard, r, int64(e.BodyLen)-int64(len(h))); err != nil {
+		return nil, unexpected(err)
+	}
+	return h, nil
+}
+
+// ParseRequestHead reads what the start of a request body says: the call id (CallError when there is no
+// known one) and, when the call's request signature (which must be the table's) starts with a 'u', that
+// first argument — the session handle of every call that has one; hasFirst is false when the head is too
+// short or wrong to tell.
+func ParseRequestHead(head []byte) (call CallID, first uint64, hasFirst bool) {
+	d := &decoder{b: head}
+	id, err := d.u32("call id")
+	if err != nil || id >= uint32(callMax) {
+		return CallError, 0, false
+	}
+	call = CallID(id)
+	sig, err := d.bytes("signature")
+	if err != nil || call == CallError || string(sig) != calls[call].Request || !strings.HasPrefix(string(sig), "u") {
+		return call, 0, false
+	}
+	if first, err = d.u64("ulong"); err != nil {
+		return call, 0, false
+	}
+	return call, first, true
 }
 
 // WriteFrame writes f as one Write call (header, options, body), so concurrent writers that serialise their

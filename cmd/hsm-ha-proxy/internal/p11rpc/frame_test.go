@@ -33,12 +33,13 @@ func (h headerOnly) Read(p []byte) (int, error) {
 func TestReadFrame(t *testing.T) {
 	frame := msg(nil).u32(0x10).u32(6).u32(3).y([]byte("client")...).y(1, 2, 3)
 	tests := []struct {
-		name    string
-		in      []byte
-		max     uint32
-		want    Frame
-		wantErr string
-		is      error
+		name     string
+		in       []byte
+		max      uint32
+		want     Frame
+		wantErr  string
+		is       error
+		tooLarge *FrameTooLargeError // the error ReadFrame gives for a frame over the limit
 	}{
 		{name: "frame", in: frame, max: 9, want: Frame{Code: 0x10, Options: []byte("client"), Body: []byte{1, 2, 3}}},
 		{name: "no options", in: msg(nil).u32(1).u32(0).u32(1).y(9), max: 1, want: Frame{Code: 1, Options: []byte{}, Body: []byte{9}}},
@@ -46,9 +47,10 @@ func TestReadFrame(t *testing.T) {
 		{name: "header cut", in: frame[:5], max: 9, is: io.ErrUnexpectedEOF},
 		{name: "body cut", in: frame[:len(frame)-1], max: 9, is: io.ErrUnexpectedEOF},
 		{name: "body missing", in: frame[:HeaderLen], max: 9, is: io.ErrUnexpectedEOF},
-		{name: "over the limit", in: frame, max: 8, wantErr: "over the limit"},
+		{name: "over the limit", in: frame, max: 8, wantErr: "over the limit", tooLarge: &FrameTooLargeError{0x10, 6, 3, 8}},
 		{name: "code 0", in: msg(nil).u32(0).u32(0).u32(0), max: 9, wantErr: "code 0"},
-		{name: "absurd lengths", in: msg(nil).u32(1).u32(0xffffffff).u32(0xffffffff), max: 1 << 20, wantErr: "over the limit"},
+		{name: "absurd lengths", in: msg(nil).u32(1).u32(0xffffffff).u32(0xffffffff), max: 1 << 20, wantErr: "over the limit",
+			tooLarge: &FrameTooLargeError{1, 0xffffffff, 0xffffffff, 1 << 20}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -61,6 +63,11 @@ func TestReadFrame(t *testing.T) {
 			case tc.is != nil:
 				if !errors.Is(err, tc.is) {
 					t.Fatalf("ReadFrame = %v, want %v", err, tc.is)
+				}
+			case tc.tooLarge != nil:
+				var tl *FrameTooLargeError
+				if !errors.As(err, &tl) || *tl != *tc.tooLarge || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("ReadFrame = %#v, want %#v", err, tc.tooLarge)
 				}
 			case tc.wantErr != "":
 				var pe *ProtocolError
@@ -76,6 +83,59 @@ func TestReadFrame(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSkipFrame: a frame over the limit is skipped whole, its head kept, and the next frame reads as usual;
+// the head tells the call and its session.
+func TestSkipFrame(t *testing.T) {
+	sign := msg(nil).u32(uint32(CallSign)).array([]byte("uayfy")).u64(7).y(1).u32(300).y(make([]byte, 300)...).u32(64)
+	next := msg(nil).u32(0x12).u32(0).u32(2).y(5, 6)
+	stream := append(msg(nil).u32(0x11).u32(6).u32(uint32(len(sign))).y([]byte("client")...).y(sign...), next...)
+	for _, head := range []int{0, 8, 64, 1 << 20} {
+		r := bytes.NewReader(stream)
+		_, err := ReadFrame(r, 100)
+		var tl *FrameTooLargeError
+		if !errors.As(err, &tl) || tl.Code != 0x11 || tl.Len() != uint64(6+len(sign)) {
+			t.Fatalf("ReadFrame = %v", err)
+		}
+		h, err := SkipFrame(r, tl, head)
+		if err != nil || !bytes.Equal(h, sign[:min(head, len(sign))]) {
+			t.Fatalf("SkipFrame(%d) = %d bytes, %v", head, len(h), err)
+		}
+		f, err := ReadFrame(r, 100)
+		if err != nil || f.Code != 0x12 || !bytes.Equal(f.Body, []byte{5, 6}) {
+			t.Fatalf("the frame after a skipped one: %+v, %v", f, err)
+		}
+	}
+	r := bytes.NewReader(stream[:HeaderLen+20])
+	_, err := ReadFrame(r, 100)
+	var tl *FrameTooLargeError
+	if !errors.As(err, &tl) {
+		t.Fatal(err)
+	}
+	if _, err := SkipFrame(r, tl, 64); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("SkipFrame of a frame cut short: %v", err)
+	}
+
+	for _, tc := range []struct {
+		name     string
+		head     []byte
+		call     CallID
+		first    uint64
+		hasFirst bool
+	}{
+		{"C_Sign", sign[:64], CallSign, 7, true},
+		{"cut in the session", sign[:20], CallSign, 0, false},
+		{"no session", msg(nil).u32(uint32(CallGetSlotList)).array([]byte("yfu")).y(1), CallGetSlotList, 0, false},
+		{"wrong signature", msg(nil).u32(uint32(CallSign)).array([]byte("u")).u64(7), CallSign, 0, false},
+		{"unknown call", msg(nil).u32(500).array([]byte("u")).u64(7), CallError, 0, false},
+		{"empty", nil, CallError, 0, false},
+	} {
+		call, first, has := ParseRequestHead(tc.head)
+		if call != tc.call || first != tc.first || has != tc.hasFirst {
+			t.Errorf("%s: ParseRequestHead = %v, %d, %v", tc.name, call, first, has)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 // sidecarConfig is what the deployment tests need to know about a sidecar config.
@@ -27,8 +28,8 @@ type sidecarConfig struct {
 
 // parseSidecarConfig reads a sidecar config as `hsm-ha-proxy serve` does, then validates it with its
 // deployment's files (modules, PIN files) replaced by temporary ones. It is the only function here that
-// knows the config's Go types: today pkcs11ha.Config, whose server: and clients: sections are expected
-// to move into a type of the sidecar's own.
+// knows the config's Go types: sidecarconfig.Config (the library's Topology and Policy plus the sidecar's
+// server: and clients:).
 func parseSidecarConfig(t *testing.T, data []byte) sidecarConfig {
 	t.Helper()
 	var raw struct {
@@ -37,12 +38,12 @@ func parseSidecarConfig(t *testing.T, data []byte) sidecarConfig {
 		} `yaml:"server"`
 	}
 	require.NoError(t, yaml.Unmarshal(data, &raw))
-	cfg, err := pkcs11ha.ParseConfig(data)
+	cfg, err := sidecarconfig.Parse(data)
 	var ce *pkcs11ha.ConfigError
 	if errors.As(err, &ce) && ce.Field == "server.pkcs11" {
 		// A build without the PKCS#11 front end: check everything else.
 		t.Logf("this build's config has no server.pkcs11 (the PKCS#11 front end); checking the rest")
-		cfg, err = pkcs11ha.ParseConfig(withoutServerKey(t, data, "pkcs11"))
+		cfg, err = sidecarconfig.Parse(withoutServerKey(t, data, "pkcs11"))
 	}
 	require.NoError(t, err)
 

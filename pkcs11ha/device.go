@@ -11,20 +11,18 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
-
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
 // device is the PKCS#11 backend of one configured HSM: its module instance, and per partition a token, a
 // logged-in session, a session pool and a key-handle cache. Everything that belongs to one module instance
 // lives in a devState and is replaced whole on re-init, so no handle from before is ever used again.
 type device struct {
-	idx    int
-	name   string
-	cfg    DeviceConfig
-	policy *Policy
-	mod    *moduleHandle
-	parts  []*devPartition // same order as Config.Partitions
+	idx   int
+	name  string
+	cfg   DeviceConfig
+	set   *ownSettings
+	mod   *moduleHandle
+	parts []*devPartition // same order as Config.Partitions
 
 	recoverMu sync.Mutex // one recovery at a time
 	needInit  atomic.Bool
@@ -37,6 +35,7 @@ type device struct {
 type devPartition struct {
 	dev       *device
 	cfg       *PartitionConfig
+	pin       string // resolved once by Open; never printed
 	st        atomic.Pointer[partState]
 	credFatal atomic.Pointer[string] // set once a PIN was rejected: never logged in again
 	logins    atomic.Int64           // C_Login attempts, for tests and metrics
@@ -58,27 +57,27 @@ type partState struct {
 // lastError is the device's last failure as Status shows it.
 type lastError struct {
 	msg   string
-	class failover.Class
+	class Class
 }
 
 func (d *device) setErr(err error) {
 	if err == nil {
 		return
 	}
-	d.lastErr.Store(&lastError{msg: err.Error(), class: failover.ClassOf(err)})
+	d.lastErr.Store(&lastError{msg: err.Error(), class: classOf(err)})
 }
 
-// newDevice makes device i of cfg on the module registry's handle for its module and module_env; nothing
-// is loaded yet.
-func newDevice(cfg *Config, i int) (*device, error) {
-	dc := cfg.Devices[i]
-	h, err := modules.acquire(dc.Module, dc.ModuleEnv, cfg.Policy.InitTimeout.D())
+// newDevice makes device i of settings s on the module registry's handle for its module and module_env;
+// nothing is loaded yet.
+func newDevice(s *settings, i int) (*device, error) {
+	dc := s.cfg.Devices[i]
+	h, err := modules.acquire(dc.Module, dc.ModuleEnv, s.own.InitTimeout)
 	if err != nil {
 		return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 	}
-	d := &device{idx: i, name: dc.Name, cfg: dc, policy: &cfg.Policy, mod: h}
-	for pi := range cfg.Partitions {
-		d.parts = append(d.parts, &devPartition{dev: d, cfg: &cfg.Partitions[pi]})
+	d := &device{idx: i, name: dc.Name, cfg: dc, set: &s.own, mod: h}
+	for pi := range s.cfg.Partitions {
+		d.parts = append(d.parts, &devPartition{dev: d, cfg: &s.cfg.Partitions[pi], pin: s.pins[pi]})
 	}
 	return d, nil
 }
@@ -110,7 +109,7 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 		err := p.open(ctx, in)
 		p.openErr.Store(&err)
 		if err != nil {
-			if failover.ClassOf(err) == failover.ClassDeviceDown {
+			if classOf(err) == ClassDeviceDown {
 				// e.g. the token is missing after C_Initialize against a dead server: only a re-init helps.
 				d.needInit.Store(true)
 			}
@@ -138,10 +137,10 @@ func (d *device) instanceFor(ctx context.Context, reinit bool) (*instance, error
 	switch {
 	case in == nil:
 		if d.mod.cur.Load() != nil {
-			in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
+			in, err = d.mod.reinit(ctx, d.set.ReinitGrace, d.set.MaxRetired)
 		} else {
 			again := d.mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
-			in, err = d.mod.load(ctx, d.policy.MaxRetired)
+			in, err = d.mod.load(ctx, d.set.MaxRetired)
 			if err == nil {
 				d.mod.cur.Store(in)
 				if again {
@@ -150,11 +149,11 @@ func (d *device) instanceFor(ctx context.Context, reinit bool) (*instance, error
 			}
 		}
 	case reinit && d.needInit.Load():
-		in, err = d.mod.reinit(ctx, d.policy.ReinitGrace.D(), d.policy.MaxRetired)
+		in, err = d.mod.reinit(ctx, d.set.ReinitGrace, d.set.MaxRetired)
 	}
 	d.mod.mu.Unlock()
 	if err != nil {
-		err = downErr(d.name, "", OpInitialize, err.Error())
+		err = downErr(d.name, "", opInitialize, err.Error())
 		d.setErr(err)
 		return nil, err
 	}
@@ -164,20 +163,20 @@ func (d *device) instanceFor(ctx context.Context, reinit bool) (*instance, error
 // open resolves the token by label or serial on instance in, logs in once and lists its keys.
 func (p *devPartition) open(ctx context.Context, in *instance) error {
 	if why := p.credFatal.Load(); why != nil {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
+		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opLogin, Class: ClassCredential, Err: errors.New(*why)}
 	}
 	if old := p.st.Load(); old != nil && old.in == in && ctx.Err() == nil {
 		// Same instance: a soft recovery. Drop pooled sessions and re-login below on the same slot.
 		p.st.Store(nil)
 	}
 	if !in.enter() {
-		return downErr(p.dev.name, p.cfg.Name, OpSlotList, "module instance is re-initialising")
+		return downErr(p.dev.name, p.cfg.Name, opSlotList, "module instance is re-initialising")
 	}
 	defer in.exit()
 	c := in.ctx
 	slots, err := c.GetSlotList(true)
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, OpSlotList, err)
+		return p11err(p.dev.name, p.cfg.Name, opSlotList, err)
 	}
 	var slot uint
 	var info pkcs11.TokenInfo
@@ -194,12 +193,12 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	}
 	if !found {
 		// After a server dies C_Initialize still succeeds with no slots: the device is not up.
-		return downErr(p.dev.name, p.cfg.Name, OpTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
+		return downErr(p.dev.name, p.cfg.Name, opTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
 	}
-	size := poolSize(p.dev.policy.SessionPoolSize, info.MaxSessionCount)
+	size := poolSize(p.dev.set.SessionPoolSize, info.MaxSessionCount)
 	ls, err := c.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, OpOpenSession, err)
+		return p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
 	}
 	st := &partState{in: in, slot: slot, loginS: ls, pool: newSessionPool(in, slot, size)}
 	if err := p.login(st); err != nil {
@@ -208,7 +207,7 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	}
 	keys, err := listPrivateKeys(c, ls, "")
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, OpFindObjects, err)
+		return p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
 	}
 	st.keys = make(map[string]*keyObject, len(keys))
 	for _, k := range keys {
@@ -260,19 +259,19 @@ func (p *devPartition) login(st *partState) error {
 	st.loginMu.Lock()
 	defer st.loginMu.Unlock()
 	if why := p.credFatal.Load(); why != nil {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
+		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opLogin, Class: ClassCredential, Err: errors.New(*why)}
 	}
 	p.logins.Add(1)
-	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.cfg.secret)
+	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, p.pin)
 	if err == nil {
 		return nil
 	}
-	de := p11err(p.dev.name, p.cfg.Name, OpLogin, err).(*DeviceError)
+	de := p11err(p.dev.name, p.cfg.Name, opLogin, err).(*DeviceError)
 	switch de.Class {
-	case failover.ClassNone: // CKR_USER_ALREADY_LOGGED_IN
+	case ClassNone: // CKR_USER_ALREADY_LOGGED_IN
 		return nil
-	case failover.ClassCredential:
-		why := fmt.Sprintf("C_Login: %s: PIN not retried", CKRName(de.Code))
+	case ClassCredential:
+		why := fmt.Sprintf("C_Login: %s: PIN not retried", ckrName(de.Code))
 		p.credFatal.Store(&why)
 	}
 	return de
@@ -290,13 +289,13 @@ func (st *partState) key(label string) *keyObject {
 func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label string, want []byte) (*keyObject, error) {
 	ks, err := listPrivateKeys(st.in.ctx, s, label)
 	if err != nil {
-		return nil, p11err(p.dev.name, p.cfg.Name, OpFindObjects, err)
+		return nil, p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
 	}
 	if len(ks) == 0 {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
 	}
 	if !bytes.Equal(ks[0].pubDER, want) {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
 	}
 	st.keysMu.Lock()
 	st.keys[label] = ks[0]
@@ -305,7 +304,7 @@ func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label s
 }
 
 // opFunc is one PKCS#11 operation on a borrowed session with a key handle.
-type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, Op, error)
+type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error)
 
 // run executes op for the key (label, pubDER) of partition p, with the session-level recovery of the error
 // table: a broken session is dropped and the call retried once on a fresh one; a stale handle is looked up
@@ -313,10 +312,10 @@ type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (
 func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op opFunc) ([]byte, error) {
 	st := p.st.Load()
 	if st == nil {
-		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "partition not open")
+		return nil, downErr(p.dev.name, p.cfg.Name, opOpenSession, "partition not open")
 	}
 	if !st.in.enter() {
-		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "module instance is re-initialising")
+		return nil, downErr(p.dev.name, p.cfg.Name, opOpenSession, "module instance is re-initialising")
 	}
 	defer st.in.exit()
 	retried := false
@@ -330,7 +329,7 @@ func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op 
 			return nil, err
 		}
 		switch de.Class {
-		case failover.ClassDeviceDown:
+		case ClassDeviceDown:
 			if de.Code != 0 {
 				// A real device error code (not our own verdict): stop using this instance now.
 				p.dev.markInstanceDown(st.in)
@@ -340,11 +339,11 @@ func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op 
 			}
 			p.dev.setErr(err)
 			return nil, err
-		case failover.ClassSessionBroken, failover.ClassHandleStale:
+		case ClassSessionBroken, ClassHandleStale:
 			if retried || ctx.Err() != nil {
 				return nil, err
 			}
-		case failover.ClassLoginLost:
+		case ClassLoginLost:
 			if retried || ctx.Err() != nil {
 				return nil, err
 			}
@@ -361,14 +360,14 @@ func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op 
 func (p *devPartition) runOnce(ctx context.Context, st *partState, label string, pubDER []byte, op opFunc) ([]byte, error) {
 	k := st.key(label)
 	if k == nil {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
 	}
 	s, err := st.pool.get(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, p11err(p.dev.name, p.cfg.Name, OpOpenSession, err)
+		return nil, p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
 	}
 	out, step, err := op(st.in.ctx, s, k.priv)
 	if err != nil {
@@ -383,9 +382,9 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, label string,
 			return nil, e
 		}
 		switch de.Class {
-		case failover.ClassSessionBroken, failover.ClassDeviceDown, failover.ClassBusy:
+		case ClassSessionBroken, ClassDeviceDown, ClassBusy:
 			st.pool.discard(s)
-		case failover.ClassHandleStale:
+		case ClassHandleStale:
 			if _, rerr := p.refreshKey(st, s, label, pubDER); rerr != nil {
 				st.pool.discard(s)
 				return nil, rerr
@@ -420,13 +419,13 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 			continue
 		}
 		if !st.in.enter() {
-			return downErr(d.name, "", OpTokenInfo, "module instance is re-initialising")
+			return downErr(d.name, "", opTokenInfo, "module instance is re-initialising")
 		}
 		_, err := st.in.ctx.GetTokenInfo(st.slot)
 		st.in.exit()
 		if err != nil {
-			e := p11err(d.name, p.cfg.Name, OpTokenInfo, err)
-			if failover.ClassOf(e) == failover.ClassDeviceDown {
+			e := p11err(d.name, p.cfg.Name, opTokenInfo, err)
+			if classOf(e) == ClassDeviceDown {
 				d.markInstanceDown(st.in)
 			}
 			d.setErr(e)
@@ -435,7 +434,7 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 		served++
 	}
 	if served == 0 {
-		return downErr(d.name, "", OpTokenInfo, "no partition is open")
+		return downErr(d.name, "", opTokenInfo, "no partition is open")
 	}
 	if healthKey != nil {
 		if err := healthKey(ctx); err != nil {

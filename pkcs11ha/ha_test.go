@@ -68,6 +68,8 @@ func runLoad(k *pkcs11ha.Key, workers int, deadline time.Duration, stop <-chan s
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var out pkcs11ha.Outcome
+			octx := pkcs11ha.WithOutcome(context.Background(), &out)
 			for i := 0; ; i++ {
 				select {
 				case <-stop:
@@ -75,9 +77,10 @@ func runLoad(k *pkcs11ha.Key, workers int, deadline time.Duration, stop <-chan s
 				default:
 				}
 				d := sha256.Sum256(fmt.Appendf(nil, "w%d-%d", w, i))
-				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				ctx, cancel := context.WithTimeout(octx, deadline)
 				start := time.Now()
-				sig, dev, err := k.SignDevice(ctx, d[:], crypto.SHA256)
+				sig, err := k.SignContext(ctx, d[:], crypto.SHA256)
+				dev := out.Device
 				el := time.Since(start)
 				cancel()
 				if err == nil && !ecdsa.VerifyASN1(pub, d[:], sig) {

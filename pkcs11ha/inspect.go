@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
-
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
 // InspectOption configures Inspect.
@@ -51,8 +49,8 @@ var errCallStuck = errors.New("did not return")
 // opOpen names the whole of a device's open (C_Initialize to the key listing) in an error; opGetInfo is
 // the module's C_GetInfo, which only Inspect calls.
 const (
-	opOpen    Op = "open"
-	opGetInfo Op = "C_GetInfo"
+	opOpen    = "open"
+	opGetInfo = "C_GetInfo"
 )
 
 // Inspect connects to every device of cfg as Open does — the same module registry and environment lock,
@@ -71,7 +69,8 @@ func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, 
 	if cfg == nil {
 		return nil, errors.New("pkcs11ha: nil config")
 	}
-	if err := cfg.Validate(); err != nil {
+	s, err := compile(cfg)
+	if err != nil {
 		return nil, err
 	}
 	o := inspectOptions{samples: 5, openTimeout: defaultOpenBudget}
@@ -79,9 +78,9 @@ func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, 
 		f(&o)
 	}
 	var devs []*device
-	defer func() { releaseAll(devs, cfg.Policy.CloseTimeout.D()) }()
-	for i := range cfg.Devices {
-		d, err := newDevice(cfg, i)
+	defer func() { releaseAll(devs, s.own.CloseTimeout) }()
+	for i := range s.cfg.Devices {
+		d, err := newDevice(s, i)
 		if err != nil {
 			return nil, err
 		}
@@ -93,23 +92,23 @@ func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, 
 	// Healthy loads take a round trip or two; the rest of each open runs concurrently below.
 	loads := make([]loadResult, len(devs))
 	for i, d := range devs {
-		loads[i] = loadBounded(ctx, d, cfg.Policy.InitTimeout.D())
+		loads[i] = loadBounded(ctx, d, s.own.InitTimeout)
 	}
-	rep := &Report{LocalRegion: cfg.LocalRegion, SessionPoolSize: cfg.Policy.SessionPoolSize, Devices: make([]DeviceReport, len(devs))}
+	rep := &Report{LocalRegion: s.cfg.LocalRegion, SessionPoolSize: s.own.SessionPoolSize, Devices: make([]DeviceReport, len(devs))}
 	held := make([][]map[string]*keyObject, len(devs)) // [device][partition] -> label -> key; nil: not open
 	var wg sync.WaitGroup
 	for i, d := range devs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			rep.Devices[i], held[i] = inspectDevice(ctx, cfg, d, o, loads[i])
+			rep.Devices[i], held[i] = inspectDevice(ctx, s, d, o, loads[i])
 		}()
 	}
 	wg.Wait() // bounded: inspectDevice waits on no call past its deadline
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("pkcs11ha: inspect: %w", err)
 	}
-	rep.Partitions = compareKeys(cfg, rep.Devices, held)
+	rep.Partitions = compareKeys(&s.cfg, rep.Devices, held)
 	return rep, nil
 }
 
@@ -128,16 +127,15 @@ func releaseAll(devs []*device, timeout time.Duration) {
 
 // inspectDevice opens d, reads its module and token information, times it, and returns its report and,
 // per partition, the keys the token holds (nil where the partition did not open).
-func inspectDevice(ctx context.Context, cfg *Config, d *device, o inspectOptions, load loadResult) (DeviceReport, []map[string]*keyObject) {
-	pol := &cfg.Policy
+func inspectDevice(ctx context.Context, s *settings, d *device, o inspectOptions, load loadResult) (DeviceReport, []map[string]*keyObject) {
 	dr := DeviceReport{
-		Name: d.name, Region: d.cfg.Region, Local: d.cfg.Region == cfg.LocalRegion,
-		Tier: cfg.tierOf(d.idx), TierOverride: d.cfg.Tier != nil, Module: d.cfg.Module,
+		Name: d.name, Region: d.cfg.Region, Local: d.cfg.Region == s.cfg.LocalRegion,
+		Tier: s.cfg.tierOf(d.idx), TierOverride: d.cfg.Tier != nil, Module: d.cfg.Module,
 	}
 	openErr := load.err
 	if openErr == nil {
 		start := time.Now()
-		openErr = openBounded(ctx, d, pol.InitTimeout.D(), o.openTimeout)
+		openErr = openBounded(ctx, d, s.own.InitTimeout, o.openTimeout)
 		dr.OpenTime = time.Since(start)
 	}
 	dr.OpenTime += load.took
@@ -153,7 +151,7 @@ func inspectDevice(ctx context.Context, cfg *Config, d *device, o inspectOptions
 	var found []tokenAt
 	var stuck error
 	if in := d.mod.current(); in != nil {
-		found, stuck = inspectInstance(ctx, d, in, pol.Health.Timeout.D(), o.samples, &dr)
+		found, stuck = inspectInstance(ctx, d, in, s.monitor.Timeout, o.samples, &dr)
 	}
 	keys := make([]map[string]*keyObject, len(d.parts))
 	for pi, p := range d.parts {
@@ -165,7 +163,7 @@ func inspectDevice(ctx context.Context, cfg *Config, d *device, o inspectOptions
 				own = 1 + len(st.pool.slots) // the login session and the pool's warm one
 			}
 			dp.TokenFound, dp.Token = true, tokenInfo(found[i].info, own)
-			dp.SessionsPerClient = poolSize(pol.SessionPoolSize, found[i].info.MaxSessionCount) + 1
+			dp.SessionsPerClient = poolSize(s.own.SessionPoolSize, found[i].info.MaxSessionCount) + 1
 		}
 		if st := p.st.Load(); st != nil {
 			dp.TokenFound, dp.LoggedIn, dp.Keys = true, true, len(st.keys)
@@ -185,7 +183,7 @@ func inspectDevice(ctx context.Context, cfg *Config, d *device, o inspectOptions
 	case !dr.Reachable && openErr != nil:
 		setErr(&dr.Error, &dr.ErrorClass, openErr)
 	case !dr.Reachable:
-		setErr(&dr.Error, &dr.ErrorClass, downErr(d.name, "", OpTokenInfo, "no configured partition's token is on the device"))
+		setErr(&dr.Error, &dr.ErrorClass, downErr(d.name, "", opTokenInfo, "no configured partition's token is on the device"))
 	}
 	if !dr.Reachable {
 		return dr, nil
@@ -203,7 +201,7 @@ type tokenAt struct {
 // samples C_GetTokenInfo calls on the first partition's token. It returns the tokens found and the first
 // call that did not return within timeout (then it stops there).
 func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.Duration, samples int, dr *DeviceReport) ([]tokenAt, error) {
-	abandon := func(op Op, err error) error {
+	abandon := func(op string, err error) error {
 		if errors.Is(err, errCallStuck) {
 			dr.Abandoned = append(dr.Abandoned, string(op))
 			return err
@@ -218,15 +216,15 @@ func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.
 		Manufacturer: info.ManufacturerID, Description: info.LibraryDescription,
 		Version: version(info.LibraryVersion), Cryptoki: version(info.CryptokiVersion),
 	}
-	slots, err := callBounded(ctx, d, in, OpSlotList, timeout, func(c *pkcs11.Ctx) ([]uint, error) { return c.GetSlotList(true) })
+	slots, err := callBounded(ctx, d, in, opSlotList, timeout, func(c *pkcs11.Ctx) ([]uint, error) { return c.GetSlotList(true) })
 	if err != nil {
-		return nil, abandon(OpSlotList, err)
+		return nil, abandon(opSlotList, err)
 	}
 	var found []tokenAt
 	for _, s := range slots {
-		ti, err := callBounded(ctx, d, in, OpTokenInfo, timeout, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(s) })
+		ti, err := callBounded(ctx, d, in, opTokenInfo, timeout, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(s) })
 		if err != nil {
-			if stuck := abandon(OpTokenInfo, err); stuck != nil {
+			if stuck := abandon(opTokenInfo, err); stuck != nil {
 				return found, stuck
 			}
 			continue
@@ -247,9 +245,9 @@ func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.
 	var took []time.Duration
 	for range samples {
 		t0 := time.Now()
-		_, err := callBounded(ctx, d, in, OpTokenInfo, timeout, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(found[probe].slot) })
+		_, err := callBounded(ctx, d, in, opTokenInfo, timeout, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(found[probe].slot) })
 		if err != nil {
-			if stuck := abandon(OpTokenInfo, err); stuck != nil {
+			if stuck := abandon(opTokenInfo, err); stuck != nil {
 				return found, stuck
 			}
 			break
@@ -279,7 +277,7 @@ func openBounded(ctx context.Context, d *device, initTimeout, limit time.Duratio
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-t.C:
-		return &DeviceError{Device: d.name, Op: opOpen, Class: failover.ClassDeviceDown,
+		return &DeviceError{Device: d.name, Op: opOpen, Class: ClassDeviceDown,
 			Err: fmt.Errorf("%w within %v; left running in the module", errCallStuck, limit)}
 	}
 }
@@ -303,7 +301,7 @@ func loadBounded(ctx context.Context, d *device, initTimeout time.Duration) load
 // callBounded makes one PKCS#11 call on instance in, in a goroutine of its own, and waits at most timeout:
 // a call stuck in the module is left there (it leaves the instance when it returns, so the instance is
 // never finalised under it) and reported as a device-down error wrapping errCallStuck.
-func callBounded[T any](ctx context.Context, d *device, in *instance, op Op, timeout time.Duration, f func(c *pkcs11.Ctx) (T, error)) (T, error) {
+func callBounded[T any](ctx context.Context, d *device, in *instance, op string, timeout time.Duration, f func(c *pkcs11.Ctx) (T, error)) (T, error) {
 	var zero T
 	if !in.enter() {
 		return zero, downErr(d.name, "", op, "module instance is not usable")
@@ -327,7 +325,7 @@ func callBounded[T any](ctx context.Context, d *device, in *instance, op Op, tim
 		}
 		return r.v, nil
 	case <-t.C:
-		return zero, &DeviceError{Device: d.name, Op: op, Class: failover.ClassDeviceDown,
+		return zero, &DeviceError{Device: d.name, Op: op, Class: ClassDeviceDown,
 			Err: fmt.Errorf("%w within policy.health.timeout (%v); left running in the module", errCallStuck, timeout)}
 	case <-ctx.Done():
 		return zero, ctx.Err()
@@ -335,7 +333,7 @@ func callBounded[T any](ctx context.Context, d *device, in *instance, op Op, tim
 }
 
 func setErr(msg, class *string, err error) {
-	*msg, *class = err.Error(), failover.ClassOf(err).String()
+	*msg, *class = err.Error(), classOf(err).String()
 }
 
 func tokenInfo(ti pkcs11.TokenInfo, own int) *TokenInfo {

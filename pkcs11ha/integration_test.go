@@ -185,6 +185,26 @@ func TestDecrypt(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, got, 32)
 		require.NotEqual(t, msg, got)
+		// DecryptContext applies the same rule, and reports the device that refused.
+		var out pkcs11ha.Outcome
+		octx := pkcs11ha.WithOutcome(ctx, &out)
+		got, err = k.DecryptContext(octx, bad, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 32})
+		require.NoError(t, err)
+		require.Len(t, got, 32)
+		require.NotEqual(t, msg, got)
+		require.Equal(t, "dev-a", out.Device, "the device that refused")
+		require.Positive(t, out.Attempts)
+		_, err = k.DecryptContext(octx, bad, nil)
+		require.ErrorIs(t, err, rsa.ErrDecryption)
+		require.Equal(t, "dev-a", out.Device, "the device that refused")
+		got, err = k.DecryptContext(octx, ct2, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: len(msg)})
+		require.NoError(t, err)
+		require.Equal(t, msg, got, "a good ciphertext of the right length decrypts as usual")
+		require.Equal(t, "dev-a", out.Device)
+		require.Positive(t, out.Attempts) // more than one only if this process stalled past a deadline
+		_, err = k.DecryptContext(octx, ct1[:100], nil)
+		require.Error(t, err)
+		require.Zero(t, out, "refused before any attempt: nothing to report, the last call's report is gone")
 		// Wrong length.
 		_, err = k.Decrypt(rand.Reader, ct1[:100], &rsa.OAEPOptions{Hash: crypto.SHA1})
 		var ie *pkcs11ha.InputError
@@ -308,11 +328,13 @@ func TestKeyConsistency(t *testing.T) {
 	require.Equal(t, []string{"dev-a"}, info.Devices)
 	require.Contains(t, info.Excluded["dev-b"], "different public key")
 	require.Contains(t, info.Excluded["dev-c"], "missing")
+	var out pkcs11ha.Outcome
+	octx := pkcs11ha.WithOutcome(ctx, &out)
 	for range 50 {
 		d := digest(crypto.SHA256, "consistency")
-		sig, dev, err := k.SignDevice(ctx, d, crypto.SHA256)
+		sig, err := k.SignContext(octx, d, crypto.SHA256)
 		require.NoError(t, err)
-		require.Equal(t, "dev-a", dev)
+		require.Equal(t, "dev-a", out.Device)
 		require.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig))
 	}
 	st := cl.Status()
@@ -474,9 +496,12 @@ partitions:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var out pkcs11ha.Outcome
+			octx := pkcs11ha.WithOutcome(context.Background(), &out)
 			for range 100 {
 				d := digest(crypto.SHA256, "shared")
-				sig, dev, err := k.SignDevice(context.Background(), d, crypto.SHA256)
+				sig, err := k.SignContext(octx, d, crypto.SHA256)
+				dev := out.Device
 				if !assert.NoError(t, err) || !assert.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig)) {
 					return
 				}
@@ -488,4 +513,26 @@ partitions:
 	}
 	wg.Wait()
 	require.Len(t, served, 2, "both appliances serve: %v", served)
+}
+
+// TestClusterOwnsItsConfig: Open runs on its own copy: changing the caller's config afterwards changes
+// nothing, and Config returns a fresh copy each time, with the policy in effect.
+func TestClusterOwnsItsConfig(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	cl, cfg := openCluster(t, topo, "spill_wait: -1ms")
+	require.Zero(t, cfg.Policy.OperationTimeout, "Open wrote no default into the caller's config")
+
+	cfg.Policy.OperationTimeout = pkcs11ha.Duration(time.Hour)
+	cfg.Devices[0].Name = "renamed"
+	got := cl.Config()
+	require.Equal(t, 2*time.Second, got.Policy.OperationTimeout.D(), "the default in effect, not the caller's later change")
+	require.Equal(t, -time.Millisecond, got.Policy.SpillWait.D(), "negative: never wait")
+	require.Equal(t, "dev-a", got.Devices[0].Name)
+
+	got.Devices[0].ModuleEnv["X"] = "y"
+	got.Policy.CloseTimeout = 0
+	again := cl.Config()
+	require.NotContains(t, again.Devices[0].ModuleEnv, "X", "each Config is a copy")
+	require.Equal(t, 2*time.Second, again.Policy.CloseTimeout.D())
+	require.Equal(t, "dev-a", cl.Status()[0].Name)
 }

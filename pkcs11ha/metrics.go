@@ -40,7 +40,7 @@ type metrics struct {
 	opLatencyC      childCache[prometheus.Observer]
 }
 
-func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(s *settings, reg prometheus.Registerer) (*metrics, error) {
 	buckets := []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 	m := &metrics{
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "attempts_total",
@@ -82,27 +82,27 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 	m.opLatencyC.get = func(l ...string) prometheus.Observer { return m.opLatency.WithLabelValues(l...) }
 	// Every series dashboards and alerts read exists from the first scrape, so that rate() and absence
 	// alerts work on a fresh process (device_state is set by Open, which knows each device's first state).
-	m.retiredMax.Set(float64(cfg.Policy.MaxRetired))
+	m.retiredMax.Set(float64(s.own.MaxRetired))
 	for _, op := range []string{"sign", "decrypt"} { // the operations Cluster.do reports (key.go)
 		m.opLatency.WithLabelValues(op)
 		m.failovers.WithLabelValues(op)
 		m.spills.WithLabelValues(op)
 		m.retries.WithLabelValues(op)
 		m.hedges.WithLabelValues(op)
-		for _, c := range []failover.Class{failover.ClassDeviceDown, failover.ClassBusy} {
+		for _, c := range []Class{ClassDeviceDown, ClassBusy} {
 			m.operations.WithLabelValues(op, "none", c.String())
 		}
-		for _, d := range cfg.Devices {
-			m.operations.WithLabelValues(op, d.Name, failover.ClassNone.String())
-			m.attempts.WithLabelValues(d.Name, op, failover.ClassNone.String())
+		for _, d := range s.cfg.Devices {
+			m.operations.WithLabelValues(op, d.Name, ClassNone.String())
+			m.attempts.WithLabelValues(d.Name, op, ClassNone.String())
 			m.attemptLatency.WithLabelValues(d.Name, op)
 		}
 	}
-	for i, d := range cfg.Devices {
+	for i, d := range s.cfg.Devices {
 		m.breaker.WithLabelValues(d.Name).Set(0)
 		m.abandoned.WithLabelValues(d.Name).Set(0)
 		m.reinits.WithLabelValues(d.Name)
-		m.info.WithLabelValues(d.Name, d.Region, strconv.Itoa(cfg.tierOf(i))).Set(1)
+		m.info.WithLabelValues(d.Name, d.Region, strconv.Itoa(s.cfg.tierOf(i))).Set(1)
 		m.retired.WithLabelValues(d.Name).Set(0)
 	}
 	if reg != nil {
@@ -149,8 +149,12 @@ func (m *metrics) deviceState(device string, s health.State) {
 	m.state.WithLabelValues(device).Set(float64(s))
 }
 
+// operation counts a call as its caller saw it; dev is "" when no device served it (the label says "none").
 func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d time.Duration) {
-	m.operationsC.with(op, dev, failover.ClassOf(err).String()).Inc()
+	if dev == "" {
+		dev = "none"
+	}
+	m.operationsC.with(op, dev, outcomeLabel(err, failover.ClassOf(err))).Inc()
 	m.opLatencyC.with(op, "", "").Observe(d.Seconds())
 	if res.Attempts > 1 {
 		m.retries.WithLabelValues(op).Inc()
@@ -160,13 +164,13 @@ func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d t
 // observer turns router events into metrics and log lines.
 type observer struct{ cl *Cluster }
 
-func (o *observer) name(i int) string { return o.cl.cfg.Devices[i].Name }
+func (o *observer) name(i int) string { return o.cl.s.cfg.Devices[i].Name }
 
-func (o *observer) AttemptDone(member int, op string, class failover.Class, latency time.Duration, hedge bool) {
+func (o *observer) AttemptDone(member int, op string, class failover.Class, err error, latency time.Duration, hedge bool) {
 	dev := o.name(member)
-	o.cl.metrics.attemptsC.with(dev, op, class.String()).Inc()
+	o.cl.metrics.attemptsC.with(dev, op, outcomeLabel(err, class)).Inc()
 	o.cl.metrics.attemptLatencyC.with(dev, op, "").Observe(latency.Seconds())
-	if class == failover.ClassDeviceDown && member < len(o.cl.monitors) {
+	if class == failover.ClassDown && member < len(o.cl.monitors) {
 		// Timeouts and device errors: have the probe look now rather than in 5 s.
 		o.cl.monitors[member].ProbeNow()
 	}

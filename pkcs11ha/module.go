@@ -59,6 +59,14 @@ type instance struct {
 	retired  atomic.Bool
 	// counted: retired with stuck calls and counted in h.retired, until those calls return.
 	counted atomic.Bool
+	// drained is closed once the instance is broken and its last call has returned: what a re-init
+	// waits for.
+	drained   chan struct{}
+	drainOnce sync.Once
+}
+
+func newInstance(c *pkcs11.Ctx, gen uint64, h *moduleHandle) *instance {
+	return &instance{ctx: c, gen: gen, h: h, drained: make(chan struct{})}
 }
 
 // enter registers a call on the instance; it fails once the instance is broken or retired.
@@ -72,8 +80,30 @@ func (in *instance) enter() bool {
 }
 
 func (in *instance) exit() {
-	if in.inflight.Add(-1) == 0 && in.counted.Load() {
+	if in.inflight.Add(-1) != 0 {
+		return
+	}
+	// The atomics order this against waitDrained: it sets broken, then reads inflight.
+	if in.broken.Load() {
+		in.drainOnce.Do(func() { close(in.drained) })
+	}
+	if in.counted.Load() {
 		in.reclaim()
+	}
+}
+
+// waitDrained waits until the last call in the broken instance has returned, for at most grace or until
+// ctx ends.
+func (in *instance) waitDrained(ctx context.Context, grace time.Duration) {
+	if in.inflight.Load() == 0 {
+		return
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-in.drained:
+	case <-t.C:
+	case <-ctx.Done():
 	}
 }
 
@@ -260,7 +290,7 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 			h.separate.Store(true)
 		}
 		h.loaded.Store(true)
-		j.in = &instance{ctx: c, gen: h.gen.Add(1), h: h}
+		j.in = newInstance(c, h.gen.Add(1), h)
 	}()
 	select {
 	case <-j.done:
@@ -279,10 +309,7 @@ func (h *moduleHandle) reinit(ctx context.Context, grace time.Duration, maxRetir
 	old := h.cur.Load()
 	if old != nil {
 		old.broken.Store(true)
-		deadline := time.Now().Add(grace)
-		for old.inflight.Load() != 0 && time.Now().Before(deadline) && ctx.Err() == nil {
-			time.Sleep(2 * time.Millisecond)
-		}
+		old.waitDrained(ctx, grace)
 		if old.inflight.Load() == 0 {
 			finalizeBounded(old, grace)
 		} else {

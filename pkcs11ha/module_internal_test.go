@@ -131,3 +131,39 @@ func TestOpenWarmsOneSession(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitDrained: a re-init waiting for the calls of a broken instance is woken by the last one to return,
+// not by its grace period; the context still bounds the wait.
+func TestWaitDrained(t *testing.T) {
+	in := newInstance(nil, 1, nil)
+	require.True(t, in.enter())
+	require.True(t, in.enter())
+	in.broken.Store(true)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		in.waitDrained(context.Background(), time.Hour)
+	}()
+	in.exit()
+	select {
+	case <-done:
+		t.Fatal("returned with a call still in the instance")
+	case <-time.After(20 * time.Millisecond):
+	}
+	in.exit()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the last call's return did not end the wait")
+	}
+	in.waitDrained(context.Background(), time.Hour) // already drained: at once
+
+	busy := newInstance(nil, 2, nil)
+	require.True(t, busy.enter())
+	busy.broken.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	busy.waitDrained(ctx, time.Hour) // the context ends the wait
+	require.False(t, busy.enter(), "a broken instance takes no new call")
+	require.EqualValues(t, 1, busy.inflight.Load())
+}

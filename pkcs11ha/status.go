@@ -45,7 +45,7 @@ func (cl *Cluster) Status() []DeviceStatus {
 			hs = cl.monitors[i].Status()
 		}
 		ds := DeviceStatus{
-			Name: d.name, Region: d.cfg.Region, Tier: cl.cfg.tierOf(i),
+			Name: d.name, Region: d.cfg.Region, Tier: cl.s.cfg.tierOf(i),
 			Reason: hs.Reason, Since: hs.Since,
 			Reinits: d.mod.reinits.Load(), RetiredInstances: d.mod.retired.Load(),
 		}

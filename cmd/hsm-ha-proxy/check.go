@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 const checkUsage = `usage: hsm-ha-proxy check --config FILE [--json] [--replicas N]
@@ -60,14 +61,14 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "hsm-ha-proxy check: --replicas must be at least 1")
 		return 2
 	}
-	cfg, err := pkcs11ha.LoadConfig(*configPath)
+	cfg, err := sidecarconfig.Load(*configPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "hsm-ha-proxy check: %v\n", err)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	rep, err := pkcs11ha.Inspect(ctx, cfg)
+	rep, err := pkcs11ha.Inspect(ctx, cfg.Library())
 	if err != nil {
 		fmt.Fprintf(stderr, "hsm-ha-proxy check: %v\n", err)
 		var ce *pkcs11ha.ConfigError

@@ -25,6 +25,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 const usage = `usage:
@@ -83,7 +84,7 @@ func runServe(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hsm-ha-proxy serve: %v\n", err)
 		return 2
 	}
-	cfg, err := pkcs11ha.LoadConfig(*configPath)
+	cfg, err := sidecarconfig.Load(*configPath)
 	if err != nil {
 		logger.Error("loading the config", "path", *configPath, "err", err)
 		return 1
@@ -114,7 +115,7 @@ func runServe(args []string, stderr io.Writer) int {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	cl, err := pkcs11ha.Open(ctx, cfg, pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
+	cl, err := pkcs11ha.Open(ctx, cfg.Library(), pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
 	if err != nil {
 		ln.Close()
 		p11.close()
@@ -155,7 +156,7 @@ func runServe(args []string, stderr io.Writer) int {
 	if err := p11.wait(); err != nil && serveErr == nil {
 		serveErr = err
 	}
-	closeCluster(cl, cfg.Policy.CloseTimeout.D(), logger)
+	closeCluster(cl, cl.Config().Policy.CloseTimeout.D(), logger)
 	if serveErr != nil {
 		logger.Error("serving", "err", serveErr)
 		return 1
@@ -168,7 +169,7 @@ func runServe(args []string, stderr io.Writer) int {
 // certificate, key and client CA (the files named by server.tls, read again: rotated certificates are
 // picked up). Everything else in the file is ignored until a restart.
 func reload(srv *proxy.Server, ln net.Listener, path string, logger *slog.Logger) {
-	cfg, err := pkcs11ha.LoadConfig(path)
+	cfg, err := sidecarconfig.Load(path)
 	if err != nil {
 		logger.Error("SIGHUP: config not reloaded; keeping the current clients and certificates", "path", path, "err", err)
 		return

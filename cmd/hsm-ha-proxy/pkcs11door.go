@@ -10,6 +10,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/p11front"
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/proxy"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 // pkcs11Door is the PKCS#11 front end (server.pkcs11): its listener, opened before the cluster so that a
@@ -21,7 +22,7 @@ type pkcs11Door struct {
 }
 
 // openPKCS11 listens on server.pkcs11 (0600, or 0660 for server.pkcs11_group); nil when it is not set.
-func openPKCS11(sc pkcs11ha.ServerConfig) (*pkcs11Door, error) {
+func openPKCS11(sc sidecarconfig.ServerConfig) (*pkcs11Door, error) {
 	if sc.PKCS11 == "" {
 		return nil, nil
 	}
@@ -34,14 +35,14 @@ func openPKCS11(sc pkcs11ha.ServerConfig) (*pkcs11Door, error) {
 
 // start serves the door until ctx ends. Who sees which partition is the HTTP API's client table
 // (srv.UnixClient), so a SIGHUP reload of clients: applies to both doors.
-func (d *pkcs11Door) start(ctx context.Context, cfg *pkcs11ha.Config, cl *pkcs11ha.Cluster, srv *proxy.Server,
+func (d *pkcs11Door) start(ctx context.Context, cfg *sidecarconfig.Config, cl *pkcs11ha.Cluster, srv *proxy.Server,
 	logger *slog.Logger, reg prometheus.Registerer) {
 	if d == nil {
 		return
 	}
 	fe := p11front.New(p11front.ClusterBackend(cl), srv, p11front.Options{
 		Partitions:     cfg.PartitionNames(),
-		RequestTimeout: cfg.Policy.RequestTimeout.D(),
+		RequestTimeout: cfg.Policy.RequestDeadline(),
 		ShutdownGrace:  cfg.Server.ShutdownGrace.D(),
 		Logger:         logger,
 		Registerer:     reg,

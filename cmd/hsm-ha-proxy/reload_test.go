@@ -13,7 +13,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/proxy"
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/testcerts"
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
@@ -32,7 +32,7 @@ func TestReloadRotatesCertificates(t *testing.T) {
 			srvCert, srvKey, ca.PEMPath),
 		ClientsYAML: "- {name: app, cert_name: app, partitions: [payments]}",
 	}))
-	cfg, err := pkcs11ha.LoadConfig(cfgPath)
+	cfg, err := sidecarconfig.Load(cfgPath)
 	require.NoError(t, err)
 	ln, err := proxy.Listen(cfg.Server)
 	require.NoError(t, err)

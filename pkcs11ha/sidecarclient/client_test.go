@@ -305,6 +305,9 @@ func TestErrors(t *testing.T) {
 		key, err := rk.Decrypt(rand.Reader, make([]byte, 256), &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 16})
 		require.NoError(t, err)
 		assert.Len(t, key, 16)
+		key, err = rk.DecryptContext(ctx, make([]byte, 256), &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 16})
+		require.NoError(t, err, "DecryptContext applies the same rule")
+		assert.Len(t, key, 16)
 	})
 	tests := []struct {
 		name, body string

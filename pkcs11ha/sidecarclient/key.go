@@ -90,13 +90,19 @@ func (k *Key) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerO
 func (k *Key) Decrypt(rnd io.Reader, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), k.c.timeout())
 	defer cancel()
-	pt, err := k.DecryptContext(ctx, ciphertext, opts)
+	pt, err := k.decrypt(ctx, ciphertext, opts)
 	return sessionkey.Apply(rnd, opts, pt, err)
 }
 
-// DecryptContext decrypts under the caller's deadline. A refused decryption returns an *APIError that
-// matches rsa.ErrDecryption.
+// DecryptContext decrypts under the caller's deadline, with Decrypt's options and its session-key rule
+// (the random key comes from crypto/rand). A refused decryption returns an *APIError that matches
+// rsa.ErrDecryption.
 func (k *Key) DecryptContext(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	pt, err := k.decrypt(ctx, ciphertext, opts)
+	return sessionkey.Apply(nil, opts, pt, err)
+}
+
+func (k *Key) decrypt(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
 	alg, err := DecryptAlgorithm(k.pub, opts)
 	if err != nil {
 		return nil, err

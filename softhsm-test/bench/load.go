@@ -7,11 +7,22 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
-// deviceSigner is a *pkcs11ha.Key as the p11-kit scenarios use it.
+// deviceSigner signs and names the device that served: a *pkcs11ha.Key through keySigner, a fake in tests.
 type deviceSigner interface {
 	SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error)
+}
+
+// keySigner is a *pkcs11ha.Key as a deviceSigner: the device comes from the call's pkcs11ha.Outcome.
+type keySigner struct{ k *pkcs11ha.Key }
+
+func (s keySigner) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	sig, err := s.k.SignContext(pkcs11ha.WithOutcome(ctx, &out), digest, opts)
+	return sig, out.Device, err
 }
 
 // op is one operation of a closed-loop load.

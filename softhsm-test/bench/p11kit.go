@@ -119,7 +119,7 @@ func (e *p11kitEnv) healthy(ctx context.Context, gs []int, rounds int, runChild 
 		}
 		for _, c := range cells {
 			c.Load.add(loadAvg())
-			l := startLoad(k, c.Goroutines, callTimeout)
+			l := startLoad(keySigner{k}, c.Goroutines, callTimeout)
 			time.Sleep(e.o.Warmup)
 			from := time.Now()
 			time.Sleep(e.o.Cell)
@@ -178,7 +178,7 @@ func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int,
 		_ = restore()
 		cl.Close()
 	}()
-	l := startLoad(k, goroutines, callTimeout)
+	l := startLoad(keySigner{k}, goroutines, callTimeout)
 	time.Sleep(e.o.Warmup)
 
 	injected := time.Now()
@@ -281,7 +281,7 @@ func (e *p11kitEnv) slow(ctx context.Context, mode string, hedge bool, goroutine
 	defer cl.Close()
 	e1 := e.topo.Device("eastus-1")
 	defer e1.SetDelay(0, 0)
-	l := startLoad(k, goroutines, callTimeout)
+	l := startLoad(keySigner{k}, goroutines, callTimeout)
 	time.Sleep(e.o.Warmup)
 
 	stopSlow := make(chan struct{})

@@ -63,8 +63,8 @@ func (rep *Report) writeInproc(w io.Writer) {
 		}
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "  (direct = C_SignInit + C_Sign only, raw r||s for ECDSA; crypto11 and pkcs11ha return DER. pkcs11ha calls Key.SignDevice\n")
-	fmt.Fprintf(w, "   under a %v caller deadline, exactly what Key.Sign does. 2 devices: two copies of libsofthsm2.so, share of ops in brackets)\n", 2*time.Second)
+	fmt.Fprintf(w, "  (direct = C_SignInit + C_Sign only, raw r||s for ECDSA; crypto11 and pkcs11ha return DER. pkcs11ha calls Key.SignContext (WithOutcome names the device)\n")
+	fmt.Fprintf(w, "   with a %v caller deadline, exactly what Key.Sign does. 2 devices: two copies of libsofthsm2.so, share of ops in brackets)\n", 2*time.Second)
 }
 
 // writeRow writes contender lab's row of the cell; the first row of a cell also names the algorithm, the

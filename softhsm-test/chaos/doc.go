@@ -5,7 +5,8 @@
 //
 // The non-test part of the package is the load generator and result recorder (load.go), reusable by the
 // benchmarks and the demo: Load runs N workers, each operation with its own caller deadline, against
-// anything with SignDevice/DecryptDevice (a *pkcs11ha.Key or a sidecar client key); Recorder keeps every
+// anything with SignDevice/DecryptDevice (a sidecar client key, or a *pkcs11ha.Key reporting through
+// pkcs11ha.WithOutcome); Recorder keeps every
 // operation (latency, error, serving device, verification result) tagged with the phase of the fault
 // script it started in, Summarize turns them into the figures of the results table, and
 // Recorder.Timeline (timeline.go) into a timeline picture's input.

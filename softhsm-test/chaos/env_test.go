@@ -249,10 +249,6 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row, pictures string) 
 		t.Fatal(err)
 	}
 	e.cfg = cfg
-	if sc.recovery != nil {
-		e.recBound = sc.recovery(&cfg.Policy, tm)
-		r.recBound = e.recBound
-	}
 	r.p99Bound = sc.p99
 	var undo func()
 	if sc.beforeOpen != nil {
@@ -268,6 +264,11 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row, pictures string) 
 		t.Fatal(err)
 	}
 	e.cl = cl
+	e.cfg = cl.Config() // the policy in effect, defaults included
+	if sc.recovery != nil {
+		e.recBound = sc.recovery(&e.cfg.Policy, tm)
+		r.recBound = e.recBound
+	}
 	t.Cleanup(func() {
 		if err := cl.Close(); err != nil {
 			t.Errorf("Cluster.Close: %v", err)
@@ -323,12 +324,28 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row, pictures string) 
 	e.report(ops, s)
 }
 
+// libKey is a *pkcs11ha.Key as the load generator uses it: each call names the device that served it
+// (the Outcome of WithOutcome).
+type libKey struct{ *pkcs11ha.Key }
+
+func (k libKey) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	sig, err := k.SignContext(pkcs11ha.WithOutcome(ctx, &out), digest, opts)
+	return sig, out.Device, err
+}
+
+func (k libKey) DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	pt, err := k.DecryptContext(pkcs11ha.WithOutcome(ctx, &out), ciphertext, opts)
+	return pt, out.Device, err
+}
+
 // tasks is the load mix: mixed RSA and ECDSA signs and OAEP decrypts on partition payments, and ECDSA signs
 // on partition ledger. Results are verified with the keys the harness imported, not with the public keys
 // the cluster reports.
 func (e *env) tasks() []Task {
 	t := e.t
-	key := func(part, label string) *pkcs11ha.Key {
+	key := func(part, label string) libKey {
 		k, err := e.cl.Key(context.Background(), part, label)
 		if err != nil {
 			t.Fatalf("Key(%s, %s): %v", part, label, err)
@@ -337,7 +354,7 @@ func (e *env) tasks() []Task {
 		if !k.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(want) {
 			t.Errorf("INVARIANT key %s/%s: the cluster's reference public key is not the key the devices were cloned with (info %+v)", part, label, k.Info())
 		}
-		return k
+		return libKey{k}
 	}
 	pec, prsa, lec := key("payments", "ec-key"), key("payments", "rsa-key"), key("ledger", "ec-key")
 	ecPub := e.topo.Keys["ec-key"].Public()

@@ -15,7 +15,8 @@ type Backend interface {
 	Key(ctx context.Context, partition, label string) (KeyHandle, error)
 }
 
-// KeyHandle is what the front end needs of a *pkcs11ha.Key.
+// KeyHandle is what the front end needs of a *pkcs11ha.Key: its operations, each naming the device that
+// served it ("" when none did).
 type KeyHandle interface {
 	Public() crypto.PublicKey
 	SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error)
@@ -43,5 +44,20 @@ func (b clusterBackend) Key(ctx context.Context, partition, label string) (KeyHa
 	if err != nil {
 		return nil, err
 	}
-	return k, nil
+	return clusterKey{k}, nil
+}
+
+// clusterKey adapts *pkcs11ha.Key to KeyHandle: the device comes from the call's pkcs11ha.Outcome.
+type clusterKey struct{ *pkcs11ha.Key }
+
+func (k clusterKey) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	sig, err := k.SignContext(pkcs11ha.WithOutcome(ctx, &out), digest, opts)
+	return sig, out.Device, err
+}
+
+func (k clusterKey) DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	pt, err := k.DecryptContext(pkcs11ha.WithOutcome(ctx, &out), ciphertext, opts)
+	return pt, out.Device, err
 }

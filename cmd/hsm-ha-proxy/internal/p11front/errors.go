@@ -4,10 +4,11 @@ import (
 	"context"
 	"crypto/rsa"
 	"errors"
+	"fmt"
+	"strings"
 
 	"github.com/miekg/pkcs11"
 
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
@@ -22,7 +23,7 @@ type rvError struct {
 	msg string // for the log only
 }
 
-func (e *rvError) Error() string { return pkcs11ha.CKRName(uint(e.rv)) + ": " + e.msg }
+func (e *rvError) Error() string { return rvName(e.rv) + ": " + e.msg }
 
 func rvErr(code rv, msg string) error { return &rvError{rv: code, msg: msg} }
 
@@ -54,7 +55,7 @@ func clusterRV(ctx context.Context, err error) rv {
 		return pkcs11.CKR_DATA_LEN_RANGE
 	}
 	var de *pkcs11ha.DeviceError
-	if errors.As(err, &de) && de.Class == failover.ClassCaller && de.Code != 0 {
+	if errors.As(err, &de) && de.Class == pkcs11ha.ClassCaller && de.Code != 0 {
 		return rv(de.Code) // the token's own answer to the caller's input, e.g. CKR_DATA_LEN_RANGE
 	}
 	// ErrNoDevice, ErrClosed, ErrPIN (the sidecar's PIN, not the application's), devices down or busy.
@@ -76,5 +77,9 @@ func rvName(code rv) string {
 	if code == ckrOK {
 		return "CKR_OK"
 	}
-	return pkcs11ha.CKRName(uint(code))
+	s := pkcs11.Error(code).Error() // "pkcs11: 0x30: CKR_DEVICE_ERROR"
+	if i := strings.LastIndex(s, ": "); i >= 0 && strings.HasPrefix(s[i+2:], "CKR_") {
+		return s[i+2:]
+	}
+	return fmt.Sprintf("CKR_0x%X", code)
 }

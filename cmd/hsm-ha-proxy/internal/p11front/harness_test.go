@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
@@ -55,11 +56,11 @@ func startDevices(t testing.TB) *devices {
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{
 		PolicyYAML: "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true",
 	}))
-	cfg, err := pkcs11ha.LoadConfig(path)
+	cfg, err := sidecarconfig.Load(path) // policy.request_timeout is the sidecar's
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cl, err := pkcs11ha.Open(ctx, cfg)
+	cl, err := pkcs11ha.Open(ctx, cfg.Library())
 	require.NoError(t, err)
 	t.Cleanup(func() { leakcheck.CloseCluster(t, cl) })
 	return &devices{topo: topo, cl: cl, keys: topo.Keys}

@@ -6,11 +6,10 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/unixsock"
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 // identity is who is calling: a unix peer (SO_PEERCRED) or the holder of a verified client certificate.
@@ -93,24 +92,17 @@ type authClient struct {
 	parts    map[string]bool
 }
 
-// newAuthTable builds the table, checking every entry against the configured partitions.
-func newAuthTable(clients []pkcs11ha.ClientConfig, partitions []string) (*authTable, error) {
-	known := make(map[string]bool, len(partitions))
-	for _, p := range partitions {
-		known[p] = true
+// newAuthTable builds the table, checking every entry against the configured partitions
+// (sidecarconfig.CheckClients).
+func newAuthTable(clients []sidecarconfig.ClientConfig, partitions []string) (*authTable, error) {
+	if err := sidecarconfig.CheckClients(clients, partitions); err != nil {
+		return nil, err
 	}
 	t := &authTable{}
 	for i, c := range clients {
-		field := "clients[" + strconv.Itoa(i) + "]"
-		if c.Name != "" {
-			field = "clients[" + c.Name + "]"
-		}
-		if c.UnixUID == nil && c.UnixGID == nil && c.CertName == "" {
-			return nil, &pkcs11ha.ConfigError{Field: field, Msg: "needs unix_uid, unix_gid or cert_name"}
-		}
 		ac := authClient{name: c.Name, certName: c.CertName, parts: map[string]bool{}}
 		if ac.name == "" {
-			ac.name = field
+			ac.name = c.Field(i)
 		}
 		if c.UnixUID != nil {
 			v := *c.UnixUID
@@ -121,9 +113,6 @@ func newAuthTable(clients []pkcs11ha.ClientConfig, partitions []string) (*authTa
 			ac.gid = &v
 		}
 		for _, p := range c.Partitions {
-			if !known[p] {
-				return nil, &pkcs11ha.ConfigError{Field: field + ".partitions", Msg: fmt.Sprintf("unknown partition %q", p)}
-			}
 			ac.parts[p] = true
 		}
 		t.clients = append(t.clients, ac)

@@ -34,6 +34,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
@@ -43,7 +44,7 @@ import (
 type e2eOptions struct {
 	policy  string // YAML under policy:
 	clients string // YAML under clients:; default: this process's uid may use payments and ledger
-	server  pkcs11ha.ServerConfig
+	server  sidecarconfig.ServerConfig
 }
 
 func meClients(partitions ...string) string {
@@ -81,14 +82,14 @@ func startSidecar(t *testing.T, topo *softhsmtest.Topology, o e2eOptions) *testS
 	}
 	path := filepath.Join(topo.Dir, fmt.Sprintf("sidecar-%d.yaml", configSeq.Add(1)))
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: o.policy, ClientsYAML: o.clients}))
-	cfg, err := pkcs11ha.LoadConfig(path)
+	cfg, err := sidecarconfig.Load(path)
 	require.NoError(t, err)
 	logs := &softhsmtest.LogBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cl, err := pkcs11ha.Open(ctx, cfg, pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
+	cl, err := pkcs11ha.Open(ctx, cfg.Library(), pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
 	require.NoError(t, err)
 	leakcheck.CloseCluster(t, cl) // and allows the calls the library reports stuck for good
 
@@ -436,12 +437,12 @@ func TestE2EErrorCodes(t *testing.T) {
 		}
 	})
 	t.Run("unknown client", func(t *testing.T) {
-		require.NoError(t, ts.srv.ReloadClients([]pkcs11ha.ClientConfig{{Name: "x", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}}))
+		require.NoError(t, ts.srv.ReloadClients([]sidecarconfig.ClientConfig{{Name: "x", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}}))
 		status, body := ts.call(t, "GET", "/v1/partitions/payments/keys", "")
 		require.Equal(t, 401, status)
 		code, _ := apiErr(t, body)
 		assert.Equal(t, sidecarapi.CodeUnauthenticated, code)
-		require.NoError(t, ts.srv.ReloadClients([]pkcs11ha.ClientConfig{{Name: "me", UnixUID: intp(os.Getuid()), Partitions: []string{"payments"}}}))
+		require.NoError(t, ts.srv.ReloadClients([]sidecarconfig.ClientConfig{{Name: "me", UnixUID: intp(os.Getuid()), Partitions: []string{"payments"}}}))
 	})
 	// Last: take every device off the network.
 	t.Run("no device", func(t *testing.T) {
@@ -498,7 +499,7 @@ func mtlsSidecar(t *testing.T, topo *softhsmtest.Topology) (*testServer, map[str
 		clients: `
 - {name: app-a, cert_name: "spiffe://example.org/app-a", partitions: [payments]}
 - {name: app-b, cert_name: app-b.example.org, partitions: [ledger]}`,
-		server: pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}},
+		server: sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: sidecarconfig.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}},
 	})
 	clients := map[string]*sidecarclient.Client{
 		"app-a":    sidecarclient.DialTLS(ts.addr, clientTLS(t, ca, aCert, aKey)),

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net/http"
 
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
@@ -60,14 +59,17 @@ func classify(ctx context.Context, err error) *apiError {
 	if errors.As(err, &ie) {
 		return errorf(http.StatusBadRequest, sidecarapi.CodeInvalidInput, "%s", ie.Error())
 	}
-	switch failover.ClassOf(err) {
-	case failover.ClassCaller:
+	if errors.Is(err, context.Canceled) {
 		return errorf(http.StatusBadRequest, sidecarapi.CodeInvalidInput, "%s", err.Error())
-	case failover.ClassDecryptRefused:
-		return errorf(http.StatusBadRequest, sidecarapi.CodeDecryptionFailed, "decryption failed")
 	}
 	var de *pkcs11ha.DeviceError
 	if errors.As(err, &de) {
+		switch de.Class {
+		case pkcs11ha.ClassCaller:
+			return errorf(http.StatusBadRequest, sidecarapi.CodeInvalidInput, "%s", err.Error())
+		case pkcs11ha.ClassDecryptRefused:
+			return errorf(http.StatusBadRequest, sidecarapi.CodeDecryptionFailed, "decryption failed")
+		}
 		// Every device that could serve failed (down, busy, PIN rejected): nothing can serve now.
 		return errorf(http.StatusServiceUnavailable, sidecarapi.CodeNoDevice, "no device could serve the request: %s", de.Error())
 	}

@@ -12,10 +12,11 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/unixsock"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 // DefaultListen is where the sidecar listens when server.listen is empty.
-const DefaultListen = "unix:///run/hsm-ha-proxy.sock"
+const DefaultListen = sidecarconfig.DefaultListen
 
 // SocketPath returns the unix socket path of a server.listen value ("" means DefaultListen), or "" when
 // it is not a unix address.
@@ -36,7 +37,7 @@ func SocketPath(listen string) string {
 //     when the listener is closed (unless another server has replaced it meanwhile).
 //   - tcp://HOST:PORT: TLS with server.tls (cert, key and client_ca are all required), requiring and
 //     verifying a client certificate signed by client_ca.
-func Listen(sc pkcs11ha.ServerConfig) (net.Listener, error) {
+func Listen(sc sidecarconfig.ServerConfig) (net.Listener, error) {
 	addr := sc.Listen
 	if addr == "" {
 		addr = DefaultListen
@@ -47,7 +48,7 @@ func Listen(sc pkcs11ha.ServerConfig) (net.Listener, error) {
 		if path == "" {
 			return nil, &pkcs11ha.ConfigError{Field: "server.listen", Msg: "unix:// needs a socket path"}
 		}
-		if sc.TLS != (pkcs11ha.TLSConfig{}) {
+		if sc.TLS != (sidecarconfig.TLSConfig{}) {
 			return nil, &pkcs11ha.ConfigError{Field: "server.tls", Msg: "TLS is only used with a tcp:// listener; a unix socket is protected by its mode (0600) and peer credentials"}
 		}
 		return listenUnix(path)
@@ -85,7 +86,7 @@ type tlsListener struct {
 // ReloadTLS loads server.tls again (certificate, key, client CA) for the listener Listen returned, so that
 // certificates can be rotated without a restart: new connections use the new files, established ones
 // keep theirs. On any error the current configuration stays. A unix listener has nothing to reload.
-func ReloadTLS(ln net.Listener, c pkcs11ha.TLSConfig) error {
+func ReloadTLS(ln net.Listener, c sidecarconfig.TLSConfig) error {
 	tl, ok := ln.(*tlsListener)
 	if !ok {
 		return errors.New("proxy: not a tcp:// listener; nothing to reload")
@@ -99,7 +100,7 @@ func ReloadTLS(ln net.Listener, c pkcs11ha.TLSConfig) error {
 }
 
 // serverTLS loads the sidecar's certificate and the CA its clients' certificates must chain to.
-func serverTLS(c pkcs11ha.TLSConfig) (*tls.Config, error) {
+func serverTLS(c sidecarconfig.TLSConfig) (*tls.Config, error) {
 	for _, f := range []struct{ name, v string }{{"cert", c.Cert}, {"key", c.Key}, {"client_ca", c.ClientCA}} {
 		if f.v == "" {
 			return nil, &pkcs11ha.ConfigError{Field: "server.tls." + f.name, Msg: "required with a tcp:// listener (clients must present certificates)"}

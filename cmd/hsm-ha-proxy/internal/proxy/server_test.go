@@ -26,10 +26,11 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
-func me(partitions ...string) pkcs11ha.ClientConfig {
-	return pkcs11ha.ClientConfig{Name: "me", UnixUID: intp(os.Getuid()), Partitions: partitions}
+func me(partitions ...string) sidecarconfig.ClientConfig {
+	return sidecarconfig.ClientConfig{Name: "me", UnixUID: intp(os.Getuid()), Partitions: partitions}
 }
 
 func signBody(digest []byte, alg string) string {
@@ -179,7 +180,7 @@ func TestLibraryErrorsOverHTTP(t *testing.T) {
 // TestUnknownClient: a unix peer that is in no clients: entry gets 401 on every API endpoint; probes and
 // metrics stay open.
 func TestUnknownClient(t *testing.T) {
-	other := pkcs11ha.ClientConfig{Name: "other", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}
+	other := sidecarconfig.ClientConfig{Name: "other", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}
 	ts := startUnix(t, fakeConfig(other), newFakeBackend(t))
 	for _, p := range []struct{ method, path string }{
 		{"GET", "/v1/partitions/payments/keys"},
@@ -211,17 +212,17 @@ func TestReloadClients(t *testing.T) {
 	require.Equal(t, 200, get("payments"))
 	require.Equal(t, 403, get("ledger"))
 
-	byGID := pkcs11ha.ClientConfig{Name: "group", UnixGID: intp(os.Getgid()), Partitions: []string{"ledger"}}
-	require.NoError(t, ts.srv.ReloadClients([]pkcs11ha.ClientConfig{byGID}))
+	byGID := sidecarconfig.ClientConfig{Name: "group", UnixGID: intp(os.Getgid()), Partitions: []string{"ledger"}}
+	require.NoError(t, ts.srv.ReloadClients([]sidecarconfig.ClientConfig{byGID}))
 	assert.Equal(t, 403, get("payments"))
 	assert.Equal(t, 200, get("ledger"))
 
-	bad := []pkcs11ha.ClientConfig{me("payments", "nope")}
+	bad := []sidecarconfig.ClientConfig{me("payments", "nope")}
 	err := ts.srv.ReloadClients(bad)
 	var ce *pkcs11ha.ConfigError
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, "clients[me].partitions", ce.Field)
-	require.Error(t, ts.srv.ReloadClients([]pkcs11ha.ClientConfig{{Name: "nobody", Partitions: []string{"payments"}}}))
+	require.Error(t, ts.srv.ReloadClients([]sidecarconfig.ClientConfig{{Name: "nobody", Partitions: []string{"payments"}}}))
 	assert.Equal(t, 200, get("ledger"), "a refused reload keeps the table")
 
 	require.NoError(t, ts.srv.ReloadClients(nil))
@@ -374,11 +375,11 @@ func TestTLSIdentities(t *testing.T) {
 	rogueCert, rogueKey := rogue.Issue(t, "app-c", nil)
 
 	cfg := fakeConfig(
-		pkcs11ha.ClientConfig{Name: "a", CertName: "spiffe://test/app-a", Partitions: []string{"payments"}},
-		pkcs11ha.ClientConfig{Name: "b", CertName: "app-b.test", Partitions: []string{"ledger"}},
-		pkcs11ha.ClientConfig{Name: "c", CertName: "app-c", Partitions: []string{"payments", "ledger"}},
+		sidecarconfig.ClientConfig{Name: "a", CertName: "spiffe://test/app-a", Partitions: []string{"payments"}},
+		sidecarconfig.ClientConfig{Name: "b", CertName: "app-b.test", Partitions: []string{"ledger"}},
+		sidecarconfig.ClientConfig{Name: "c", CertName: "app-c", Partitions: []string{"payments", "ledger"}},
 	)
-	cfg.Server = pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}}
+	cfg.Server = sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: sidecarconfig.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}}
 	ln, err := Listen(cfg.Server)
 	require.NoError(t, err)
 	srv := newServer(cfg, newFakeBackend(t), nil, nil)
@@ -445,10 +446,10 @@ func TestClassify(t *testing.T) {
 		{"closed", live, pkcs11ha.ErrClosed, 503, sidecarapi.CodeShuttingDown},
 		{"no device", live, fmt.Errorf("op: %w", pkcs11ha.ErrNoDevice), 503, sidecarapi.CodeNoDevice},
 		{"input", live, &pkcs11ha.InputError{Msg: "sign: digest has 3 bytes"}, 400, sidecarapi.CodeInvalidInput},
-		{"device down", live, &pkcs11ha.DeviceError{Device: "d", Op: pkcs11ha.OpSign, Code: 0x30, Class: pkcs11ha.Classify(pkcs11ha.OpSign, 0x30)}, 503, sidecarapi.CodeNoDevice},
-		{"token caller error", live, &pkcs11ha.DeviceError{Device: "d", Op: pkcs11ha.OpSignInit, Code: 0x70, Class: pkcs11ha.Classify(pkcs11ha.OpSignInit, 0x70)}, 400, sidecarapi.CodeInvalidInput},
-		{"token refused decrypt", live, &pkcs11ha.DeviceError{Device: "d", Op: pkcs11ha.OpDecrypt, Code: 0x40, Class: pkcs11ha.Classify(pkcs11ha.OpDecrypt, 0x40)}, 400, sidecarapi.CodeDecryptionFailed},
-		{"PIN rejected everywhere", live, &pkcs11ha.DeviceError{Device: "d", Op: pkcs11ha.OpLogin, Code: 0xA0, Class: pkcs11ha.Classify(pkcs11ha.OpLogin, 0xA0)}, 503, sidecarapi.CodeNoDevice},
+		{"device down", live, &pkcs11ha.DeviceError{Device: "d", Op: "C_Sign", Code: 0x30, Class: pkcs11ha.ClassDeviceDown}, 503, sidecarapi.CodeNoDevice},
+		{"token caller error", live, &pkcs11ha.DeviceError{Device: "d", Op: "C_SignInit", Code: 0x70, Class: pkcs11ha.ClassCaller}, 400, sidecarapi.CodeInvalidInput},
+		{"token refused decrypt", live, &pkcs11ha.DeviceError{Device: "d", Op: "C_Decrypt", Code: 0x40, Class: pkcs11ha.ClassDecryptRefused}, 400, sidecarapi.CodeDecryptionFailed},
+		{"PIN rejected everywhere", live, &pkcs11ha.DeviceError{Device: "d", Op: "C_Login", Code: 0xA0, Class: pkcs11ha.ClassCredential}, 503, sidecarapi.CodeNoDevice},
 		{"unexpected", live, errors.New("boom"), 500, sidecarapi.CodeInternal},
 		{"api error passes through", live, errorf(413, sidecarapi.CodeBodyTooLarge, "x"), 413, sidecarapi.CodeBodyTooLarge},
 	}

@@ -1,10 +1,12 @@
-package pkcs11ha
+package sidecarconfig
 
 import (
 	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
 // TestServerPKCS11Config: server.pkcs11 is unix:///ABSOLUTE-PATH, differs from server.listen, and
@@ -31,7 +33,7 @@ func TestServerPKCS11Config(t *testing.T) {
 				assert.NoError(t, err)
 				return
 			}
-			var ce *ConfigError
+			var ce *pkcs11ha.ConfigError
 			if assert.True(t, errors.As(err, &ce), "%v", err) {
 				assert.Equal(t, tt.field, ce.Field)
 			}

@@ -30,14 +30,15 @@ type demo struct {
 	interrupted atomicString  // the signal that stopped the demo, if any
 	forced      chan struct{} // closed by a second signal
 
-	tmp     string // the temporary directory, removed by cleanup
-	topo    *softhsmtest.Topology
-	sidecar *childProc
-	client  *sidecarclient.Client
-	load    *loadGen
-	rec     *timeline.Recorder // every call of the load and every step, for the pictures; nil before the load
-	t0      time.Time          // start of the load, set before the goroutines that read it start
-	t0ns    atomic.Int64       // the same for event, which the sidecar's log filter calls at any time
+	tmp       string // the temporary directory, removed by cleanup
+	p11Client string // the distribution's p11-kit-client.so, which the printed pkcs11-tool commands load
+	topo      *softhsmtest.Topology
+	sidecar   *childProc
+	client    *sidecarclient.Client
+	load      *loadGen
+	rec       *timeline.Recorder // every call of the load and every step, for the pictures; nil before the load
+	t0        time.Time          // start of the load, set before the goroutines that read it start
+	t0ns      atomic.Int64       // the same for event, which the sidecar's log filter calls at any time
 
 	scriptMu     sync.Mutex
 	scriptFailed string // why the script failed, if it did
@@ -107,9 +108,11 @@ func (d *demo) run(ctx context.Context) int {
 
 // setup creates the temporary directory, starts the devices and the sidecar, and waits until it is ready.
 func (d *demo) setup(ctx context.Context) error {
-	if _, err := softhsmtest.LookupTools(); err != nil {
+	tools, err := softhsmtest.LookupTools()
+	if err != nil {
 		return fmt.Errorf("%w\n(`make run` installs them: apt-get install softhsm2 p11-kit p11-kit-modules)", err)
 	}
+	d.p11Client = tools.P11KitClient
 	if d.opts.report != "" {
 		if err := checkReportDir(d.opts.report); err != nil {
 			return err
@@ -124,8 +127,10 @@ func (d *demo) setup(ctx context.Context) error {
 		return err
 	}
 	d.tmp = tmp
-	if len(d.sidecarSocket()) > 100 {
-		return fmt.Errorf("socket path %s is too long for a unix socket: set TMPDIR to a short directory", d.sidecarSocket())
+	for _, sock := range []string{d.sidecarSocket(), d.pkcs11Socket()} {
+		if len(sock) > 100 {
+			return fmt.Errorf("socket path %s is too long for a unix socket: set TMPDIR to a short directory", sock)
+		}
 	}
 	if err := d.startDevices(ctx); err != nil {
 		return err
@@ -167,8 +172,8 @@ func (d *demo) startDevices(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// writeConfig writes the sidecar's config: the topology, the demo's policy, the socket, and this user
-// as the one client, granted every partition.
+// writeConfig writes the sidecar's config: the topology, the demo's policy, the HTTP socket and the
+// PKCS#11 front end's socket, and this user as the one client, granted every partition (on both doors).
 func (d *demo) writeConfig(path string) error {
 	partitions := make([]string, 0, len(d.topo.Partitions))
 	for _, p := range d.topo.Partitions {
@@ -176,7 +181,7 @@ func (d *demo) writeConfig(path string) error {
 	}
 	return d.topo.WriteConfig(path, softhsmtest.ConfigOptions{
 		PolicyYAML: demoPolicy,
-		ServerYAML: fmt.Sprintf("listen: %q", "unix://"+d.sidecarSocket()),
+		ServerYAML: fmt.Sprintf("listen: %q\npkcs11: %q", "unix://"+d.sidecarSocket(), "unix://"+d.pkcs11Socket()),
 		ClientsYAML: fmt.Sprintf("- {name: demo-user, unix_uid: %d, partitions: [%s]}",
 			os.Getuid(), strings.Join(partitions, ", ")),
 	})

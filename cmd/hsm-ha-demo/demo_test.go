@@ -30,7 +30,8 @@ import (
 // TestDemo builds hsm-ha-demo and hsm-ha-proxy into one directory, as `make run` does, and runs the demo
 // non-interactively with a compressed script (one step a second): it finds the sidecar beside itself,
 // exits 0 with no failed operation, the curl command it prints signs (checked with crypto/ecdsa while the
-// demo is up) and so does its openssl line, no process it started nor its temporary directory is left,
+// demo is up) and so does its openssl line, its pkcs11-tool -L lists its partitions and its pkcs11-tool
+// signature verifies (crypto/ecdsa, then openssl), no process it started nor its temporary directory is left,
 // and it draws the run into --report (a directory it creates).
 func TestDemo(t *testing.T) {
 	if testing.Short() {
@@ -43,13 +44,16 @@ func TestDemo(t *testing.T) {
 	run := startDemo(t, buildBinaries(t), "--step", "1s", "--duration", "18s", "--workers", "4", "--rate", "150",
 		"--report", report)
 
-	// The header: the curl command, the public key and the openssl line, all usable while the demo runs.
-	curlLine, verifyLine, pubPath := readHeader(t, run.lines)
+	// The header: the curl command, the public key, the openssl line and the pkcs11-tool commands, all
+	// usable while the demo runs.
+	p := readHeader(t, run.lines)
 	go func() { // keep draining
 		for range run.lines {
 		}
 	}()
-	checkPrintedCommands(t, curlLine, verifyLine, pubPath)
+	pub := demoPublicKey(t, p.pubPath)
+	checkPrintedCommands(t, p, pub)
+	checkPkcs11Commands(t, p, pub)
 
 	select {
 	case err := <-run.exited:
@@ -120,37 +124,50 @@ func startDemo(t *testing.T, bin string, args ...string) *demoRun {
 	return run
 }
 
-// readHeader reads the demo's header up to the curl command, the openssl line and the public key's path.
-func readHeader(t *testing.T, lines <-chan string) (curlLine, verifyLine, pubPath string) {
-	pubRE := regexp.MustCompile(`^Public key: (\S+)\. `)
-	timeout := time.After(90 * time.Second)
-	for curlLine == "" || verifyLine == "" || pubPath == "" {
-		select {
-		case l, ok := <-lines:
-			require.True(t, ok, "the demo ended before printing its curl command")
-			switch s := strings.TrimSpace(l); {
-			case strings.HasPrefix(s, "curl ") && strings.Contains(s, "openssl dgst"):
-				verifyLine = s
-			case strings.HasPrefix(s, "curl "):
-				curlLine = s
-			}
-			if m := pubRE.FindStringSubmatch(l); m != nil {
-				pubPath = m[1]
-			}
-		case <-timeout:
-			t.Fatal("no curl command printed within 90 s")
-		}
-	}
-	return curlLine, verifyLine, pubPath
+// printed is what the demo's header offers to run while it is up.
+type printed struct {
+	curlLine, verifyLine, pubPath string   // the HTTP API: curl, and curl piped into openssl
+	p11List, p11Sign              string   // the PKCS#11 front end: pkcs11-tool -L, and pkcs11-tool --sign && openssl
+	partitions                    []string // the partitions the header names
 }
 
-// checkPrintedCommands runs the printed curl command and openssl line while the demo is up: the
-// signature verifies with crypto/ecdsa against the printed public key, and openssl says so too.
-func checkPrintedCommands(t *testing.T, curlLine, verifyLine, pubPath string) {
-	assert.Contains(t, curlLine, "--unix-socket ")
-	assert.Contains(t, curlLine, `"algorithm":"ECDSA_SHA256"`)
+// readHeader reads the demo's header up to the curl commands, the public key's path and the pkcs11-tool
+// commands.
+func readHeader(t *testing.T, lines <-chan string) printed {
+	pubRE := regexp.MustCompile(`^Public key: (\S+)\. `)
+	partsRE := regexp.MustCompile(`^\s*partitions: (.+), each with `)
+	var p printed
+	timeout := time.After(90 * time.Second)
+	for p.curlLine == "" || p.verifyLine == "" || p.pubPath == "" || p.p11List == "" || p.p11Sign == "" {
+		select {
+		case l, ok := <-lines:
+			require.True(t, ok, "the demo ended before printing its commands")
+			switch s := strings.TrimSpace(l); {
+			case strings.HasPrefix(s, "curl ") && strings.Contains(s, "openssl dgst"):
+				p.verifyLine = s
+			case strings.HasPrefix(s, "curl "):
+				p.curlLine = s
+			case strings.HasPrefix(s, "P11_KIT_SERVER_ADDRESS=") && strings.HasSuffix(s, " -L"):
+				p.p11List = s
+			case strings.HasPrefix(s, "P11_KIT_SERVER_ADDRESS=") && strings.Contains(s, " --sign "):
+				p.p11Sign = s
+			}
+			if m := pubRE.FindStringSubmatch(l); m != nil {
+				p.pubPath = m[1]
+			}
+			if m := partsRE.FindStringSubmatch(l); m != nil {
+				p.partitions = strings.Split(m[1], ", ")
+			}
+		case <-timeout:
+			t.Fatal("the demo's commands were not all printed within 90 s")
+		}
+	}
+	return p
+}
 
-	pemBytes, err := os.ReadFile(pubPath)
+// demoPublicKey reads the public key the header points to.
+func demoPublicKey(t *testing.T, path string) *ecdsa.PublicKey {
+	pemBytes, err := os.ReadFile(path)
 	require.NoError(t, err)
 	blk, _ := pem.Decode(pemBytes)
 	require.NotNil(t, blk)
@@ -158,14 +175,21 @@ func checkPrintedCommands(t *testing.T, curlLine, verifyLine, pubPath string) {
 	require.NoError(t, err)
 	pub, ok := pubAny.(*ecdsa.PublicKey)
 	require.True(t, ok, "the demo key is ECDSA, got %T", pubAny)
+	return pub
+}
 
+// checkPrintedCommands runs the printed curl command and openssl line while the demo is up: the
+// signature verifies with crypto/ecdsa against the printed public key, and openssl says so too.
+func checkPrintedCommands(t *testing.T, p printed, pub *ecdsa.PublicKey) {
+	assert.Contains(t, p.curlLine, "--unix-socket ")
+	assert.Contains(t, p.curlLine, `"algorithm":"ECDSA_SHA256"`)
 	if _, err := exec.LookPath("curl"); err != nil {
 		t.Log("no curl: the printed command is not run")
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "sh", "-c", curlLine).Output()
+	out, err := exec.CommandContext(ctx, "sh", "-c", p.curlLine).Output()
 	require.NoError(t, err, "running the printed curl command")
 	var resp struct{ Signature, Device string }
 	require.NoError(t, json.Unmarshal(out, &resp), "curl answered %s", out)
@@ -176,8 +200,46 @@ func checkPrintedCommands(t *testing.T, curlLine, verifyLine, pubPath string) {
 	assert.NotEmpty(t, resp.Device)
 
 	if _, err := exec.LookPath("openssl"); err == nil {
-		out, err := exec.CommandContext(ctx, "sh", "-c", verifyLine).CombinedOutput()
+		out, err := exec.CommandContext(ctx, "sh", "-c", p.verifyLine).CombinedOutput()
 		require.NoError(t, err, "the printed openssl line: %s", out)
+		assert.Contains(t, string(out), "Verified OK")
+	}
+}
+
+// checkPkcs11Commands runs the printed pkcs11-tool commands while the demo is up, through the stock
+// p11-kit-client.so and the sidecar's PKCS#11 front end: -L lists exactly the demo's partitions, and
+// the signature (-o, DER) verifies with crypto/ecdsa against the demo key; then the printed openssl
+// check after it says so too.
+func checkPkcs11Commands(t *testing.T, p printed, pub *ecdsa.PublicKey) {
+	require.NotEmpty(t, p.partitions, "the header names the partitions")
+	if _, err := exec.LookPath("pkcs11-tool"); err != nil {
+		t.Log("no pkcs11-tool (Debian package opensc): the printed commands are not run")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "sh", "-c", p.p11List).CombinedOutput()
+	require.NoError(t, err, "the printed pkcs11-tool -L: %s", out)
+	var labels []string
+	for _, m := range regexp.MustCompile(`token label\s*:\s*(\S+)`).FindAllStringSubmatch(string(out), -1) {
+		labels = append(labels, m[1])
+	}
+	assert.ElementsMatch(t, p.partitions, labels, "pkcs11-tool -L lists the demo's partitions: %s", out)
+
+	signCmd, opensslCmd, ok := strings.Cut(p.p11Sign, " && ")
+	require.True(t, ok, "the signing line is pkcs11-tool ... && openssl ...: %s", p.p11Sign)
+	sigPath := regexp.MustCompile(` -o (\S+)`).FindStringSubmatch(signCmd)
+	require.NotNil(t, sigPath, "the signing command names its output: %s", signCmd)
+	out, err = exec.CommandContext(ctx, "sh", "-c", signCmd).CombinedOutput()
+	require.NoError(t, err, "the printed pkcs11-tool --sign: %s", out)
+	sig, err := os.ReadFile(sigPath[1])
+	require.NoError(t, err)
+	digest := sha256.Sum256([]byte(demoMessage))
+	assert.True(t, ecdsa.VerifyASN1(pub, digest[:], sig), "the signature pkcs11-tool made through the front end verifies")
+
+	if _, err := exec.LookPath("openssl"); err == nil {
+		out, err := exec.CommandContext(ctx, "sh", "-c", opensslCmd).CombinedOutput()
+		require.NoError(t, err, "the printed openssl check: %s", out)
 		assert.Contains(t, string(out), "Verified OK")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -15,7 +16,7 @@ import (
 	"time"
 )
 
-// The demo's message and key: what the printed curl command signs.
+// The demo's message and key: what the printed curl and pkcs11-tool commands sign.
 const (
 	demoMessage   = "hello from pkcs11-ha\n"
 	demoPartition = "payments"
@@ -57,6 +58,8 @@ func (d *demo) prepareKeys(ctx context.Context) ([]loadKey, sampleSig, error) {
 	sample.msgPath = filepath.Join(d.tmp, "message.txt")
 	sample.pubPath = filepath.Join(d.tmp, demoKeyLabel+".pub.pem")
 	sample.sigPath = filepath.Join(d.tmp, "signature.der")
+	sample.digestPath = filepath.Join(d.tmp, "message.sha256")
+	sample.p11SigPath = filepath.Join(d.tmp, "pkcs11-signature.der")
 	der, err := x509.MarshalPKIXPublicKey(keys[0].pub)
 	if err != nil {
 		return nil, sample, err
@@ -65,6 +68,9 @@ func (d *demo) prepareKeys(ctx context.Context) ([]loadKey, sampleSig, error) {
 		return nil, sample, err
 	}
 	if err := os.WriteFile(sample.msgPath, []byte(demoMessage), 0o644); err != nil {
+		return nil, sample, err
+	}
+	if err := os.WriteFile(sample.digestPath, digest[:], 0o644); err != nil { // CKM_ECDSA signs a digest
 		return nil, sample, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -80,10 +86,12 @@ func (d *demo) prepareKeys(ctx context.Context) ([]loadKey, sampleSig, error) {
 	return keys, sample, nil
 }
 
-// sampleSig is the signature of demoMessage the header shows, and the files to verify it with openssl.
+// sampleSig is the signature of demoMessage the header shows, and the files to verify it with openssl
+// and to sign it with pkcs11-tool.
 type sampleSig struct {
 	digestB64, sigB64, device string
 	msgPath, pubPath, sigPath string
+	digestPath, p11SigPath    string // the raw SHA-256 digest of the message; pkcs11-tool's signature
 }
 
 func (d *demo) printHeader(setupTook time.Duration, s sampleSig) {
@@ -119,6 +127,9 @@ func (d *demo) printHeader(setupTook time.Duration, s sampleSig) {
 	fmt.Fprintf(&b, "Public key: %s. Sign and verify with openssl:\n", s.pubPath)
 	fmt.Fprintf(&b, "  %s | sed -E 's/.*\"signature\":\"([^\"]*)\".*/\\1/' | base64 -d > %s && openssl dgst -sha256 -verify %s -signature %s %s\n",
 		d.curlCommand(s), s.sigPath, s.pubPath, s.sigPath, s.msgPath)
+	b.WriteString("Or as a PKCS#11 token (the stock p11-kit-client.so, no PIN): list the partitions; sign with pkcs11-tool, verify with openssl:\n")
+	list, sign := d.pkcs11ToolCommands(s)
+	fmt.Fprintf(&b, "  %s\n  %s\n", list, sign)
 	if d.opts.noFailover {
 		b.WriteString("\nNo failover script (--no-failover). Ctrl-C to stop.\n")
 	} else {
@@ -141,11 +152,37 @@ func rateText(rate float64) string {
 
 func (d *demo) sidecarSocket() string { return filepath.Join(d.tmp, "proxy.sock") }
 
+// pkcs11Socket is the sidecar's PKCS#11 front end (server.pkcs11).
+func (d *demo) pkcs11Socket() string { return filepath.Join(d.tmp, "pkcs11.sock") }
+
+// pkcs11ToolCommands are two one-line commands through the PKCS#11 front end: pkcs11-tool -L, and a
+// CKM_ECDSA signature of the sample digest in DER (--signature-format openssl) checked by openssl. The key
+// is chosen by --id: opensc 0.23's --sign ignores --label.
+func (d *demo) pkcs11ToolCommands(s sampleSig) (list, sign string) {
+	tool := fmt.Sprintf("P11_KIT_SERVER_ADDRESS=%s pkcs11-tool --module %s",
+		shellQuote("unix:path="+d.pkcs11Socket()), shellQuote(d.p11Client))
+	list = tool + " -L"
+	sign = fmt.Sprintf("%s --token-label %s --sign -m ECDSA --id %s -i %s -o %s --signature-format openssl && openssl dgst -sha256 -verify %s -signature %s %s",
+		tool, demoPartition, d.keyIDHex(demoKeyLabel), shellQuote(s.digestPath), shellQuote(s.p11SigPath),
+		shellQuote(s.pubPath), shellQuote(s.p11SigPath), shellQuote(s.msgPath))
+	return list, sign
+}
+
 // curlCommand is the one-line curl command that signs the sample digest through the sidecar.
 func (d *demo) curlCommand(s sampleSig) string {
 	body := fmt.Sprintf(`{"digest":"%s","algorithm":"ECDSA_SHA256"}`, s.digestB64)
 	return fmt.Sprintf("curl -s --unix-socket %s -H 'Content-Type: application/json' -d '%s' http://localhost/v1/partitions/%s/keys/%s/sign",
 		shellQuote(d.sidecarSocket()), body, demoPartition, demoKeyLabel)
+}
+
+// keyIDHex is the CKA_ID the harness gave the key with this label, in hex as pkcs11-tool's --id wants it.
+func (d *demo) keyIDHex(label string) string {
+	for _, k := range d.topo.KeySpecs {
+		if k.Label == label {
+			return hex.EncodeToString(k.ID)
+		}
+	}
+	return ""
 }
 
 // shellQuote quotes s for a POSIX shell when it needs it.

@@ -19,7 +19,8 @@ const usage = `usage: hsm-ha-demo [--duration D] [--no-failover] [--workers N] [
 
 Runs four SoftHSM2 devices in two regions (eastus local pair, westus DR pair behind a relay with a
 one-way delay) and the real sidecar ("hsm-ha-proxy serve", found beside this program, else on PATH, or
-given with --proxy-bin) on a unix socket in a temporary directory, signs and verifies in the background,
+given with --proxy-bin) on unix sockets in a temporary directory (its HTTP API and its PKCS#11 front end;
+the header prints curl and pkcs11-tool commands to try), signs and verifies in the background,
 shows the device table every second and, unless --no-failover, kills eastus-1, hangs eastus-2, lets DR
 take over and brings both back. Ctrl-C stops everything and removes the temporary directory.
 

@@ -26,6 +26,9 @@ type keyEntry struct {
 	pubDER   []byte
 	mask     atomic.Uint64                     // devices that hold exactly this key
 	excluded atomic.Pointer[map[string]string] // device -> reason
+	cert     atomic.Pointer[[]byte]            // the key's certificate (certs.go); nil: none
+	// certLogged is what was logged about the key's certificates (pickCertificate), under Cluster.keysMu.
+	certLogged map[string]bool
 }
 
 // checkKeys rebuilds the key catalogue after device d (re)opened: the first devices to report a label fix
@@ -55,6 +58,7 @@ func (cl *Cluster) checkKeys(_ *device) {
 				cp.keys[label] = e
 			}
 			cl.assignKey(pi, cp, e)
+			cl.pickCertificate(pi, cp, e)
 		}
 		cp.mu.Unlock()
 	}
@@ -177,6 +181,9 @@ func (cl *Cluster) Keys(partition string) ([]KeyInfo, error) {
 
 func (cl *Cluster) keyInfo(e *keyEntry) KeyInfo {
 	ki := KeyInfo{Label: e.label, ID: hexID(e.id), Algorithm: e.alg, Public: e.pub, Excluded: map[string]string{}}
+	if c := e.cert.Load(); c != nil {
+		ki.Certificate = *c
+	}
 	mask := e.mask.Load()
 	for _, d := range cl.devices {
 		if mask&(1<<uint(d.idx)) != 0 {

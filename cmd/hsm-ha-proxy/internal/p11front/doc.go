@@ -13,7 +13,9 @@
 //   - Per key the cluster serves, a private-key and a public-key object with the key's CKA_LABEL and CKA_ID,
 //     its public attributes, CKA_SENSITIVE true and CKA_EXTRACTABLE false. Ed25519 keys are not presented:
 //     no p11-kit client carries CKM_EDDSA, and libp11 0.4.12 (Debian 12's OpenSSL engine) cannot enumerate
-//     a token holding one.
+//     a token holding one. A key whose devices hold an X.509 certificate for it (same CKA_ID or label, same
+//     public key; see pkcs11ha.KeyInfo.Certificate) also gets a CKO_CERTIFICATE object with its CKA_LABEL
+//     and CKA_ID: Java's SunPKCS11 KeyStore lists a private key only with its certificate.
 //   - Login is not required (the sidecar holds the partition PIN and access is decided by identity);
 //     C_Login succeeds whatever PIN it carries, which is never looked at, logged or kept.
 //   - Sign (RSA PKCS#1 v1.5, PSS, ECDSA, raw and hash-and-sign, single- and multi-part) and decrypt (RSA

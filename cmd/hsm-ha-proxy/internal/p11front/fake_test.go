@@ -26,6 +26,7 @@ type fakeKey struct {
 	label string
 	id    []byte
 	priv  crypto.Signer
+	cert  []byte // the key's certificate (DER) or nil; under fakeBackend.mu
 	mu    sync.Mutex
 	// fail, when set, is returned by every operation (a cluster that cannot serve).
 	fail error
@@ -57,10 +58,18 @@ func (b *fakeBackend) Keys(partition string) ([]pkcs11ha.KeyInfo, error) {
 	}
 	var out []pkcs11ha.KeyInfo
 	for _, k := range keys {
-		out = append(out, pkcs11ha.KeyInfo{Label: k.label, ID: hex.EncodeToString(k.id), Public: k.priv.Public(), Devices: []string{"soft-1"}})
+		out = append(out, pkcs11ha.KeyInfo{Label: k.label, ID: hex.EncodeToString(k.id), Public: k.priv.Public(), Devices: []string{"soft-1"},
+			Certificate: k.cert})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Label < out[j].Label })
 	return out, nil
+}
+
+// setCert gives a key a certificate (nil: none), as the cluster does when the devices hold one.
+func (b *fakeBackend) setCert(partition, label string, der []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.parts[partition][label].cert = der
 }
 
 func (b *fakeBackend) Key(ctx context.Context, partition, label string) (KeyHandle, error) {

@@ -42,16 +42,25 @@ type devices struct {
 	topo *softhsmtest.Topology
 	cl   *pkcs11ha.Cluster
 	keys map[string]crypto.Signer // label -> the software original of every device's key
+	// certs are the certificates beside the keys (label -> DER) with startDevicesWith(t, true), else empty.
+	certs map[string][]byte
 }
 
 // startDevices starts the topology and opens the cluster (closed, with the leak check's allowance for
 // calls stuck in killed devices, when the test ends).
 func startDevices(t testing.TB) *devices {
 	t.Helper()
+	return startDevicesWith(t, false)
+}
+
+// startDevicesWith is startDevices; with certificates, every token also holds a self-signed certificate
+// (CN = label) beside each key, with the key's label and id (the harness's Options.Certificates).
+func startDevicesWith(t testing.TB, certificates bool) *devices {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs SoftHSM devices")
 	}
-	topo := harnesstest.Start(t, softhsmtest.Options{})
+	topo := harnesstest.Start(t, softhsmtest.Options{Certificates: certificates})
 	path := filepath.Join(topo.Dir, "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{
 		PolicyYAML: "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true",
@@ -63,7 +72,7 @@ func startDevices(t testing.TB) *devices {
 	cl, err := pkcs11ha.Open(ctx, cfg.Library())
 	require.NoError(t, err)
 	t.Cleanup(func() { leakcheck.CloseCluster(t, cl) })
-	return &devices{topo: topo, cl: cl, keys: topo.Keys}
+	return &devices{topo: topo, cl: cl, keys: topo.Keys, certs: topo.Certificates}
 }
 
 // kill SIGKILLs a device's server; hang makes its relay stop forwarding; heal ends a hang.

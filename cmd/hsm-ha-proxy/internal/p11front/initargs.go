@@ -15,8 +15,8 @@ type initArgs struct {
 }
 
 // readKeyInit reads "uMu". The key must be an object of the session's token whose class is class
-// (CKO_PRIVATE_KEY to sign and decrypt, CKO_PUBLIC_KEY to verify and encrypt): CKR_KEY_HANDLE_INVALID or
-// CKR_KEY_FUNCTION_NOT_PERMITTED otherwise.
+// (CKO_PRIVATE_KEY to sign and decrypt, CKO_PUBLIC_KEY to verify and encrypt): CKR_KEY_HANDLE_INVALID (also
+// for a certificate) or CKR_KEY_FUNCTION_NOT_PERMITTED otherwise.
 func (c *conn) readKeyInit(req *p11rpc.Request, class uint64) (initArgs, error) {
 	var a initArgs
 	var err error
@@ -32,6 +32,9 @@ func (c *conn) readKeyInit(req *p11rpc.Request, class uint64) (initArgs, error) 
 	}
 	if err := req.Finish(); err != nil {
 		return a, err
+	}
+	if o.class == pkcs11.CKO_CERTIFICATE {
+		return a, rvErr(pkcs11.CKR_KEY_HANDLE_INVALID, "a certificate is not a key")
 	}
 	if a.mech != nil && o.class != class {
 		return a, rvErr(pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED, "wrong key class for this operation")

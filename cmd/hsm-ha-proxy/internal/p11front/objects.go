@@ -19,14 +19,15 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
-// object is one PKCS#11 object the front end presents: the private or the public half of a cluster key.
-// It is immutable once built; a key whose public key changes gets a new object under the same handle.
+// object is one PKCS#11 object the front end presents: the private or the public half of a cluster key, or
+// its certificate (certobject.go). It is immutable once built; a key whose public key (or certificate)
+// changes gets a new object under the same handle.
 type object struct {
 	handle    uint64
 	partition string
 	label     string
-	class     uint64 // CKO_PRIVATE_KEY or CKO_PUBLIC_KEY
-	pub       crypto.PublicKey
+	class     uint64           // CKO_PRIVATE_KEY, CKO_PUBLIC_KEY or CKO_CERTIFICATE
+	pub       crypto.PublicKey // nil for a certificate
 	attrs     map[uint64]p11rpc.Attribute
 	sensitive map[uint64]bool // attributes the object has but never reveals (CKA_PRIVATE_EXPONENT, ...)
 	kinds     map[uint64]attrKind
@@ -46,7 +47,7 @@ type registry struct {
 	next    uint64
 	handles map[objKey]uint64
 	objects map[uint64]*object
-	spki    map[uint64][]byte // the public key each object was built from
+	spki    map[uint64][]byte // the public key (a certificate object: the certificate) each object was built from
 	skipped map[objKey]bool   // keys not presented, already reported
 }
 
@@ -62,11 +63,11 @@ func (r *registry) get(h uint64) *object {
 	return r.objects[h]
 }
 
-// objectsOf returns the objects of the keys in infos (one partition's keys), building those not seen yet
-// and rebuilding those whose public key changed. Keys the front end does not present (Ed25519, unknown
+// objectsOf returns the objects of the keys in infos (one partition's keys) and of their certificates,
+// building those not seen yet and rebuilding those whose public key or certificate changed. Keys the front end does not present (Ed25519, unknown
 // types) are skipped; newlySkipped names those not reported before.
 func (r *registry) objectsOf(partition string, infos []pkcs11ha.KeyInfo) (out []*object, newlySkipped []string) {
-	out = make([]*object, 0, 2*len(infos))
+	out = make([]*object, 0, 3*len(infos))
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, ki := range infos {
@@ -94,6 +95,9 @@ func (r *registry) objectsOf(partition string, infos []pkcs11ha.KeyInfo) (out []
 				r.spki[h] = spki
 			}
 			out = append(out, r.objects[h])
+		}
+		if o := r.certObjectOf(partition, ki); o != nil {
+			out = append(out, o)
 		}
 	}
 	return out, newlySkipped
@@ -229,8 +233,11 @@ func (o *object) setBools(m map[uint64]bool) {
 // String names the object for logs.
 func (o *object) String() string {
 	kind := "public"
-	if o.class == pkcs11.CKO_PRIVATE_KEY {
+	switch o.class {
+	case pkcs11.CKO_PRIVATE_KEY:
 		kind = "private"
+	case pkcs11.CKO_CERTIFICATE:
+		kind = "certificate"
 	}
 	return fmt.Sprintf("%s/%s (%s)", o.partition, o.label, kind)
 }

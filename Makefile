@@ -1,7 +1,7 @@
 # pkcs11-ha — see README.md. `make run` and `make test` install what they need (Debian packages) first.
 SHELL := /bin/bash
 GO ?= go
-DEB_PACKAGES := softhsm2 p11-kit p11-kit-modules opensc openssl
+DEB_PACKAGES := softhsm2 p11-kit p11-kit-modules opensc openssl libengine-pkcs11-openssl gnutls-bin prometheus openjdk-17-jdk-headless systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps test run bench chaos lint fmt build clean
@@ -16,6 +16,11 @@ deps:
 	ls /usr/lib/*/pkcs11/p11-kit-client.so >/dev/null 2>&1 || missing="$$missing p11-kit-modules"; \
 	command -v pkcs11-tool >/dev/null || missing="$$missing opensc"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	ls /usr/lib/*/engines-3/pkcs11.so >/dev/null 2>&1 || missing="$$missing libengine-pkcs11-openssl"; \
+	command -v p11tool >/dev/null || missing="$$missing gnutls-bin"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jdk-headless"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
@@ -26,21 +31,25 @@ build: deps
 	$(GO) build ./...
 
 # Unit tests (race detector on the pure-Go routing packages), integration tests on real SoftHSM2 devices,
-# and the short chaos suite. Well under 10 minutes on 2 cores.
+# the short chaos suite, and the checks of deploy/ (promtool, systemd-analyze, a real sidecar's metrics).
+# Well under 10 minutes on 2 cores.
 # The device suites run one package at a time (-p 1): their latency assertions need the 2 cores.
 test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 5m ./failover/... ./health/...
-	$(GO) test -p 1 -count=1 -timeout 9m ./pkcs11ha/... ./softhsm-test/... ./cmd/...
+	$(GO) test -p 1 -count=1 -timeout 9m ./pkcs11ha/... ./softhsm-test/... ./cmd/... ./deploy/...
 	# A count, not a duration: a duration -fuzztime can fail a clean run with "context deadline exceeded"
 	# (a race in Go's fuzz coordinator, go.dev/issue/75804, fixed in Go 1.27). ~10 s here.
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSignRequest$$' -fuzztime 30000x ./cmd/hsm-ha-proxy/internal/proxy/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 20000x ./cmd/hsm-ha-proxy/internal/p11rpc/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 20000x ./cmd/hsm-ha-proxy/internal/p11rpc/
 
-# The demo: four SoftHSM2 devices in two regions behind the sidecar, with a scripted failover.
+# The demo (cmd/hsm-ha-demo): four SoftHSM2 devices in two regions behind the sidecar, with a scripted failover.
+# Both binaries are built into one directory: the demo runs the hsm-ha-proxy beside it as its sidecar.
 # Built, not `go run`, so that Ctrl-C reaches the demo itself; DEMO_ARGS adds flags (`--duration 30s`, `--no-failover`).
 run: deps
 	@bindir=$$(mktemp -d) && trap 'rm -rf "$$bindir"' EXIT && \
-		$(GO) build -o "$$bindir/hsm-ha-proxy" ./cmd/hsm-ha-proxy && "$$bindir/hsm-ha-proxy" demo $(DEMO_ARGS)
+		$(GO) build -o "$$bindir/" ./cmd/hsm-ha-proxy ./cmd/hsm-ha-demo && "$$bindir/hsm-ha-demo" $(DEMO_ARGS)
 
 # Side-by-side figures against direct miekg/pkcs11 and crypto11; the last line is the BENCH summary.
 bench: deps

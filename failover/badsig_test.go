@@ -12,7 +12,7 @@ import (
 func TestBadSignatureTripsAtOnce(t *testing.T) {
 	e := newEnv(t, Config{}, members(0, 0))
 	e.r.Latency(1).Reset(e.r.Latency(0).Value() * 2) // member 0 first
-	e.fakes[0].setErr(errClass(ClassBadSignature))
+	e.fakes[0].setErr(errClass(ClassFaulty))
 	v, out, err := e.do(AllMembers)
 	require.NoError(t, err)
 	require.Equal(t, 1, v, "retried on the other member")

@@ -2,6 +2,8 @@ package failover
 
 import (
 	"math"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -17,7 +19,7 @@ func (r *Router) breakerSettings(i int, name string) gobreaker.Settings {
 		Timeout:      b.OpenBase,
 		ReadyToTrip: func(c gobreaker.Counts) bool {
 			if r.members[i].tripNow.Swap(false) {
-				return true // a failure no count needs to confirm (ClassBadSignature)
+				return true // a failure no count needs to confirm (ClassFaulty)
 			}
 			if c.ConsecutiveFailures >= b.ConsecutiveFailures {
 				return true
@@ -33,9 +35,11 @@ func (r *Router) breakerSettings(i int, name string) gobreaker.Settings {
 }
 
 // onBreakerChange runs under the breaker's lock (gobreaker calls it there), which also serialises the
-// member's backoff bookkeeping. It must not call the breaker.
+// member's backoff bookkeeping. It must not call the breaker, nor the observer: the event is queued and
+// delivered once the breaker call returns (deliverBreakerEvents).
 func (r *Router) onBreakerChange(i int, from, to gobreaker.State) {
 	m := r.members[i]
+	m.brState.Store(int32(to))
 	now := r.mono()
 	switch to {
 	case gobreaker.StateOpen:
@@ -50,11 +54,79 @@ func (r *Router) onBreakerChange(i int, from, to gobreaker.State) {
 		m.gate.Store(0)
 		m.closedAt = now
 	case gobreaker.StateHalfOpen:
-		// Keep the gate: gobreaker's own timeout is OpenBase, ours may be longer (repeat offender), and
-		// Status() can move the breaker to half-open before our backoff has passed.
+		// Keep the gate: it has passed (Pick let the trial through), and Status reads it.
 	}
-	r.obs.BreakerChanged(i, from.String(), to.String())
+	r.brEvents.push(breakerEvent{member: i, from: from, to: to})
 	r.notify()
+}
+
+// breakerEvent is a state change gobreaker reported under its lock.
+type breakerEvent struct {
+	member   int
+	from, to gobreaker.State
+}
+
+// breakerEvents queues breaker changes for the observer: gobreaker reports them under its mutex, where a
+// slow observer (a metric and a log line) would stall every Allow on that breaker. Like health.Monitor's
+// changes, they are delivered in order, never concurrently, with no lock held.
+type breakerEvents struct {
+	pending    atomic.Int32 // events queued: the hot path's only cost is loading it
+	mu         sync.Mutex
+	queue      []breakerEvent
+	delivering bool
+}
+
+func (q *breakerEvents) push(e breakerEvent) {
+	q.mu.Lock()
+	q.queue = append(q.queue, e)
+	q.pending.Add(1)
+	q.mu.Unlock()
+}
+
+// next takes the oldest event; when there is none it ends this delivery.
+func (q *breakerEvents) next() (breakerEvent, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.queue) == 0 {
+		q.delivering = false
+		return breakerEvent{}, false
+	}
+	e := q.queue[0]
+	q.queue = q.queue[1:]
+	q.pending.Add(-1)
+	return e, true
+}
+
+// deliverBreakerEvents hands queued breaker changes to the observer. It runs after every call into a
+// breaker; whoever finds nobody delivering becomes the deliverer.
+func (r *Router) deliverBreakerEvents() {
+	q := &r.brEvents
+	if q.pending.Load() == 0 {
+		return
+	}
+	q.mu.Lock()
+	if q.delivering {
+		q.mu.Unlock()
+		return
+	}
+	q.delivering = true
+	q.mu.Unlock()
+	ended := false
+	defer func() {
+		if !ended { // the observer panicked: let a later call deliver the rest
+			q.mu.Lock()
+			q.delivering = false
+			q.mu.Unlock()
+		}
+	}()
+	for {
+		e, ok := q.next()
+		if !ok {
+			ended = true
+			return
+		}
+		r.obs.BreakerChanged(e.member, e.from.String(), e.to.String())
+	}
 }
 
 // openPeriod is OpenBase doubled per repeated offence, capped at OpenMax, with ±20 % jitter for repeat

@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -9,7 +10,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func (e *env) breakerState(m int) gobreaker.State { return e.r.members[m].breaker.State() }
+// breakerState is the breaker's state as of its last change (gobreaker's State() would move it).
+func (e *env) breakerState(m int) gobreaker.State {
+	return gobreaker.State(e.r.members[m].brState.Load())
+}
 
 func (e *env) openFor(m int) time.Duration { return time.Duration(e.r.members[m].openFor.Load()) }
 
@@ -31,7 +35,7 @@ func (e *env) transitions(m int) []string {
 
 func TestBreakerOpensAfterThreeDeviceDownErrors(t *testing.T) {
 	e := newEnv(t, Config{DisablePanic: true}, members(0, 0))
-	e.fakes[0].setErr(errClass(ClassDeviceDown))
+	e.fakes[0].setErr(errClass(ClassDown))
 	for i := range 3 {
 		require.Equal(t, gobreaker.StateClosed, e.breakerState(0), "before failure %d", i+1)
 		_, out, err := e.do(1 << 0)
@@ -61,7 +65,7 @@ func TestBreakerOpensAfterThreeDeviceDownErrors(t *testing.T) {
 func TestPanicMode(t *testing.T) {
 	e := newEnv(t, Config{}, members(0, 0))
 	for _, f := range e.fakes {
-		f.setErr(errClass(ClassDeviceDown))
+		f.setErr(errClass(ClassDown))
 	}
 	for range 3 {
 		_, _, err := e.do(AllMembers)
@@ -92,7 +96,7 @@ func TestPanicMode(t *testing.T) {
 }
 
 func TestBreakerNeverOpensOnCallerErrors(t *testing.T) {
-	for _, c := range []Class{ClassCaller, ClassDecryptRefused, ClassCredential} {
+	for _, c := range []Class{ClassCaller, ClassRefused, ClassFatal} {
 		t.Run(c.String(), func(t *testing.T) {
 			e := newEnv(t, Config{}, members(0, 0))
 			e.r.Latency(1).Reset(time.Second)
@@ -133,7 +137,7 @@ func TestBreakerHalfOpenHungTrialDoesNotJam(t *testing.T) {
 	cfg := Config{Breaker: BreakerConfig{OpenBase: 10 * time.Millisecond, OpenMax: 10 * time.Second}, Rand: fixedRand(0.5)}
 	e := newEnv(t, cfg, members(0))
 	f := e.fakes[0]
-	f.setErr(errClass(ClassDeviceDown))
+	f.setErr(errClass(ClassDown))
 	for range 3 {
 		_, _, _ = e.do(AllMembers)
 	}
@@ -177,7 +181,7 @@ func TestBreakerRepeatOffenderBackoff(t *testing.T) {
 	e := newEnv(t, cfg, members(0))
 	f := e.fakes[0]
 	trip := func() {
-		f.setErr(errClass(ClassDeviceDown))
+		f.setErr(errClass(ClassDown))
 		for range 3 {
 			_, _, _ = e.do(AllMembers)
 		}
@@ -252,4 +256,84 @@ func TestOpenPeriod(t *testing.T) {
 			require.InDelta(t, float64(tc.want), float64(r.openPeriod(tc.offenses)), float64(time.Microsecond))
 		})
 	}
+}
+
+// TestStatusDoesNotMoveTheBreaker: once an open breaker's backoff has passed, Status says the next call is a
+// trial, but reading it moves nothing: the breaker goes half-open only when a call is let through.
+func TestStatusDoesNotMoveTheBreaker(t *testing.T) {
+	cfg := Config{DisablePanic: true, Breaker: BreakerConfig{OpenBase: 10 * time.Millisecond, OpenMax: 10 * time.Second}}
+	e := newEnv(t, cfg, members(0))
+	e.fakes[0].setErr(errClass(ClassDown))
+	for range 3 {
+		_, _, _ = e.do(AllMembers)
+	}
+	require.Equal(t, "open", e.r.Status()[0].Breaker)
+	require.Eventually(t, func() bool { return e.r.Status()[0].Breaker == "half-open" }, waitLong, time.Millisecond)
+	for range 100 {
+		require.Equal(t, "half-open", e.r.Status()[0].Breaker)
+	}
+	require.Equal(t, []string{"closed>open"}, e.transitions(0), "reading status moved no breaker")
+	require.Equal(t, gobreaker.StateOpen, e.breakerState(0))
+
+	e.fakes[0].setErr(nil)
+	_, _, err := e.do(AllMembers)
+	require.NoError(t, err)
+	require.Equal(t, []string{"closed>open", "open>half-open"}, e.transitions(0), "the call was the trial")
+}
+
+// blockingObserver holds BreakerChanged calls to closed until released, as a slow log sink would.
+type blockingObserver struct {
+	nopObserver
+	changed chan string
+	release chan struct{}
+}
+
+func (o *blockingObserver) BreakerChanged(_ int, from, to string) {
+	o.changed <- from + ">" + to
+	if to == "closed" {
+		<-o.release
+	}
+}
+
+// TestBreakerObserverOutsideTheLock: the observer hears of a breaker change after gobreaker has released
+// its lock, so a slow observer does not stall other calls on that breaker.
+func TestBreakerObserverOutsideTheLock(t *testing.T) {
+	obs := &blockingObserver{changed: make(chan string, 10), release: make(chan struct{})}
+	var once sync.Once
+	release := func() { once.Do(func() { close(obs.release) }) }
+	t.Cleanup(release)
+	cfg := Config{Observer: obs, DisablePanic: true, StallThreshold: -1,
+		Breaker: BreakerConfig{ConsecutiveFailures: 1, HalfOpenMax: 1, OpenBase: time.Millisecond, OpenMax: time.Millisecond}}
+	r, err := New(cfg, members(0))
+	require.NoError(t, err)
+	t.Cleanup(r.Close)
+	fail := func(context.Context, int) (int, error) { return 0, errClass(ClassDown) }
+	ok := func(context.Context, int) (int, error) { return 0, nil }
+
+	_, _, err = Do(context.Background(), r, "sign", AllMembers, fail)
+	require.ErrorIs(t, err, ErrNoMember)
+	require.Equal(t, "closed>open", recv(t, obs.changed))
+	require.Eventually(t, func() bool { _, ok := r.Pick(AllMembers, 0); return ok }, waitLong, time.Millisecond)
+	trial := make(chan error, 1)
+	go func() {
+		_, _, err := Do(context.Background(), r, "sign", AllMembers, ok)
+		trial <- err
+	}()
+	require.Equal(t, "open>half-open", recv(t, obs.changed))
+	require.Equal(t, "half-open>closed", recv(t, obs.changed))
+
+	// The observer is still busy with the change to closed: the breaker itself must be free.
+	next := make(chan Outcome, 1)
+	go func() {
+		_, out, _ := Do(context.Background(), r, "sign", AllMembers, ok)
+		next <- out
+	}()
+	select {
+	case out := <-next:
+		require.Equal(t, Outcome{Member: 0, Attempts: 1}, out, "served by the closed breaker")
+	case <-time.After(5 * time.Second):
+		t.Fatal("a call waited for the observer: it runs under the breaker's lock")
+	}
+	release()
+	require.NoError(t, recv(t, trial))
 }

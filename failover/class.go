@@ -8,40 +8,35 @@ import (
 	"time"
 )
 
-// Class is the routing meaning of an error. The table mapping PKCS#11 return codes to classes lives in the
-// pkcs11ha package; failover only acts on classes.
+// Class is what an attempt's error means for routing: whether the call may move on to another member,
+// and whether the error counts against the member's breaker. Nothing more: why a device failed (a broken
+// session, a lost login, ...) is the backend's business (pkcs11ha maps its own classes onto these).
 type Class uint8
 
 const (
-	ClassNone           Class = iota // success
-	ClassSessionBroken               // the backend already retried once on a fresh session; if it escapes: like Busy
-	ClassHandleStale                 // same
-	ClassLoginLost                   // same
-	ClassDeviceDown                  // count on the breaker, retry elsewhere now
-	ClassBusy                        // count on the breaker, retry elsewhere
-	ClassCaller                      // return at once, no retry, excluded from the breaker
-	ClassDecryptRefused              // return at once, never retry elsewhere (padding oracle), excluded
-	ClassCredential                  // PIN errors: return at once, never retry, excluded from the breaker
-	ClassStalled                     // our deadline passed while this process was stalled: retry, but it says nothing about the device
-	ClassBadSignature                // the device answered with a signature that does not verify: a device fault; retry elsewhere, trip its breaker at once
+	ClassNone    Class = iota // success
+	ClassBusy                 // the member failed this call: counted on its breaker; the call moves on to another member
+	ClassDown                 // the member is down: counted on its breaker; the call moves on. Our attempt timeouts have it
+	ClassFaulty               // the member answered wrongly (its result failed a check): its breaker opens at once; the call moves on
+	ClassStalled              // our deadline passed while this process stood still: the call moves on (its tier first), not counted
+	ClassCaller               // the caller's fault (bad input, its context ended): returned at once, not counted
+	ClassRefused              // the member refused this input (a decryption): returned at once, never tried elsewhere, not counted
+	ClassFatal                // retrying cannot help (a rejected credential): returned at once, not counted
 	numClasses
 )
 
 var classNames = [numClasses]string{
-	ClassNone:           "none",
-	ClassSessionBroken:  "session_broken",
-	ClassHandleStale:    "handle_stale",
-	ClassLoginLost:      "login_lost",
-	ClassDeviceDown:     "device_down",
-	ClassBusy:           "busy",
-	ClassCaller:         "caller",
-	ClassDecryptRefused: "decrypt_refused",
-	ClassCredential:     "credential",
-	ClassStalled:        "stalled",
-	ClassBadSignature:   "bad_signature",
+	ClassNone:    "none",
+	ClassBusy:    "busy",
+	ClassDown:    "down",
+	ClassFaulty:  "faulty",
+	ClassStalled: "stalled",
+	ClassCaller:  "caller",
+	ClassRefused: "refused",
+	ClassFatal:   "fatal",
 }
 
-// String returns the snake_case name used in metrics and logs ("device_down", "caller", ...).
+// String returns the class name ("down", "caller", ...).
 func (c Class) String() string {
 	if c < numClasses {
 		return classNames[c]
@@ -51,28 +46,21 @@ func (c Class) String() string {
 
 // Retryable reports whether another member may be tried after this error.
 func (c Class) Retryable() bool {
-	switch c {
-	case ClassSessionBroken, ClassHandleStale, ClassLoginLost, ClassDeviceDown, ClassBusy, ClassStalled, ClassBadSignature:
-		return true
-	}
-	return false
+	return c == ClassBusy || c == ClassDown || c == ClassFaulty || c == ClassStalled
 }
 
-// BreakerFailure reports whether the error counts as a failure on the member's breaker (exactly the
-// retryable classes: the others say nothing about the device's health).
-func (c Class) BreakerFailure() bool { return c.Retryable() && c != ClassStalled }
+// BreakerFailure reports whether the error counts as a failure on the member's breaker.
+func (c Class) BreakerFailure() bool { return c == ClassBusy || c == ClassDown || c == ClassFaulty }
 
 // breakerExcluded: errors the breaker must neither count as success nor as failure.
-func (c Class) breakerExcluded() bool {
-	return c == ClassCaller || c == ClassDecryptRefused || c == ClassCredential || c == ClassStalled
-}
+func (c Class) breakerExcluded() bool { return c != ClassNone && !c.BreakerFailure() }
 
-// Classified is implemented by errors that know their class (pkcs11ha's *DeviceError does).
+// Classified is implemented by errors that know their class (pkcs11ha's errors do).
 type Classified interface{ FailoverClass() Class }
 
 // ClassOf returns the class of err: nil -> None; an error implementing Classified (anywhere in its chain)
 // -> its class; context.Canceled or context.DeadlineExceeded (the caller's context) -> Caller;
-// *AttemptTimeoutError (our own deadline) -> DeviceDown; anything else -> Busy.
+// *AttemptTimeoutError (our own deadline) -> Down (Stalled during a stall); anything else -> Busy.
 func ClassOf(err error) Class {
 	if err == nil {
 		return ClassNone
@@ -91,7 +79,7 @@ func ClassOf(err error) Class {
 }
 
 // AttemptTimeoutError is returned (as the last error) when an attempt ran past its own attempt deadline.
-// Its class is DeviceDown; it unwraps to context.DeadlineExceeded.
+// Its class is Down; it unwraps to context.DeadlineExceeded.
 type AttemptTimeoutError struct {
 	Member  string
 	Timeout time.Duration
@@ -115,11 +103,11 @@ func (e *AttemptTimeoutError) FailoverClass() Class {
 	if e.Stalled {
 		return ClassStalled
 	}
-	return ClassDeviceDown
+	return ClassDown
 }
 
 // ErrNoMember is matched (errors.Is) by every *NoMemberError.
-var ErrNoMember = errors.New("failover: no device can serve")
+var ErrNoMember = errors.New("failover: no member can serve")
 
 // ErrClosed is the Last error of the *NoMemberError that Do returns after Router.Close.
 var ErrClosed = errors.New("failover: router closed")
@@ -150,7 +138,7 @@ func (e classError) Error() string        { return "failover: " + Class(e).Strin
 func (e classError) FailoverClass() Class { return Class(e) }
 
 var classErrors = func() (errs [numClasses]error) {
-	for c := ClassSessionBroken; c < numClasses; c++ {
+	for c := ClassBusy; c < numClasses; c++ {
 		errs[c] = classError(c)
 	}
 	return errs

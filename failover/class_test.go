@@ -15,25 +15,24 @@ func TestClassProperties(t *testing.T) {
 		c         Class
 		name      string
 		retryable bool
-		excluded  bool
+		failure   bool // counted on the breaker
+		excluded  bool // neither success nor failure for the breaker
 	}{
-		{ClassNone, "none", false, false},
-		{ClassSessionBroken, "session_broken", true, false},
-		{ClassHandleStale, "handle_stale", true, false},
-		{ClassLoginLost, "login_lost", true, false},
-		{ClassDeviceDown, "device_down", true, false},
-		{ClassBusy, "busy", true, false},
-		{ClassCaller, "caller", false, true},
-		{ClassDecryptRefused, "decrypt_refused", false, true},
-		{ClassCredential, "credential", false, true},
-		{ClassBadSignature, "bad_signature", true, false},
-		{Class(42), "class_42", false, false},
+		{ClassNone, "none", false, false, false},
+		{ClassBusy, "busy", true, true, false},
+		{ClassDown, "down", true, true, false},
+		{ClassFaulty, "faulty", true, true, false},
+		{ClassStalled, "stalled", true, false, true},
+		{ClassCaller, "caller", false, false, true},
+		{ClassRefused, "refused", false, false, true},
+		{ClassFatal, "fatal", false, false, true},
+		{Class(42), "class_42", false, false, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.name, tc.c.String())
 			require.Equal(t, tc.retryable, tc.c.Retryable())
-			require.Equal(t, tc.retryable, tc.c.BreakerFailure())
+			require.Equal(t, tc.failure, tc.c.BreakerFailure())
 			require.Equal(t, tc.excluded, tc.c.breakerExcluded())
 		})
 	}
@@ -47,17 +46,18 @@ func TestClassOf(t *testing.T) {
 		want Class
 	}{
 		{"nil", nil, ClassNone},
-		{"classified", errClass(ClassDecryptRefused), ClassDecryptRefused},
-		{"wrapped classified", fmt.Errorf("sign: %w", errClass(ClassLoginLost)), ClassLoginLost},
+		{"classified", errClass(ClassRefused), ClassRefused},
+		{"wrapped classified", fmt.Errorf("sign: %w", errClass(ClassFatal)), ClassFatal},
 		{"classified none", errClass(ClassNone), ClassNone},
 		{"canceled", context.Canceled, ClassCaller},
 		{"deadline", context.DeadlineExceeded, ClassCaller},
 		{"wrapped deadline", fmt.Errorf("x: %w", context.DeadlineExceeded), ClassCaller},
-		{"our timeout", timeout, ClassDeviceDown},
-		{"wrapped our timeout", fmt.Errorf("x: %w", timeout), ClassDeviceDown},
+		{"our timeout", timeout, ClassDown},
+		{"our timeout in a stall", &AttemptTimeoutError{Member: "m0", Stalled: true}, ClassStalled},
+		{"wrapped our timeout", fmt.Errorf("x: %w", timeout), ClassDown},
 		{"anything else", errors.New("CKR_GENERAL_ERROR"), ClassBusy},
-		{"no member wrapping a device error", &NoMemberError{Tried: 2, Last: errClass(ClassDeviceDown)}, ClassDeviceDown},
-		{"class sentinel", errorOfClass(ClassCredential), ClassCredential},
+		{"no member wrapping a device error", &NoMemberError{Tried: 2, Last: errClass(ClassDown)}, ClassDown},
+		{"class sentinel", errorOfClass(ClassFatal), ClassFatal},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -76,14 +76,14 @@ func TestErrors(t *testing.T) {
 	require.EqualError(t, te, "failover: attempt on eastus-1 timed out after 50ms")
 	require.ErrorIs(t, te, context.DeadlineExceeded)
 
-	last := errClass(ClassDeviceDown)
+	last := errClass(ClassDown)
 	ne := &NoMemberError{Tried: 2, Last: last}
 	require.ErrorIs(t, ne, ErrNoMember)
 	require.ErrorIs(t, ne, last)
 	var de *devErr
 	require.ErrorAs(t, ne, &de)
-	require.EqualError(t, ne, "failover: no device can serve (tried 2): ckr device_down")
-	require.EqualError(t, &NoMemberError{}, "failover: no device can serve (tried 0)")
+	require.EqualError(t, ne, "failover: no member can serve (tried 2): ckr down")
+	require.EqualError(t, &NoMemberError{}, "failover: no member can serve (tried 0)")
 	require.ErrorIs(t, &NoMemberError{Last: ErrClosed}, ErrClosed)
 	require.NotErrorIs(t, errors.New("x"), ErrNoMember)
 }

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/pkcs11-ha/pkcs11-ha/health"
@@ -44,17 +46,20 @@ type HedgeConfig struct {
 	Quantile float64
 }
 
-// Config configures a Router. Zero fields get DefaultConfig's values, so Config{} is usable.
+// Config configures a Router. Zero fields get DefaultConfig's values, so Config{} is usable; Resolve is the
+// one place that applies them and checks the bounds.
 type Config struct {
-	AttemptTimeout []time.Duration // per tier: [50ms, 250ms]; a tier beyond the slice uses the last entry
-	MaxAttempts    int             // per call, including a hedge; default = number of members (each at most once per call)
+	// AttemptTimeout per tier: [50ms, 250ms]; a tier beyond the slice uses the last entry, a zero entry
+	// its tier's default.
+	AttemptTimeout []time.Duration
+	MaxAttempts    int // per call, including a hedge; default = number of members (each at most once per call)
 	// SpillWait is how long a call waits for a slot on a saturated tier before spilling to the next one;
 	// default 2 ms, negative = do not wait.
 	SpillWait             time.Duration
 	MaxAbandonedPerMember int             // default 4
 	MaxAbandonedTotal     int             // default 64
 	EWMADecay             time.Duration   // default 10 s
-	InitialLatency        []time.Duration // per tier: [5ms, 100ms]; a tier beyond the slice uses the last entry
+	InitialLatency        []time.Duration // per tier: [5ms, 100ms]; like AttemptTimeout
 	Breaker               BreakerConfig
 	Hedge                 HedgeConfig
 	Clock                 health.Clock   // default health.RealClock(); breakers always use the real clock
@@ -69,7 +74,7 @@ type Config struct {
 	StallThreshold time.Duration
 }
 
-// DefaultConfig returns the defaults from the design notes.
+// DefaultConfig returns the routing defaults (docs/ARCHITECTURE.md, "Routing defaults", says why).
 func DefaultConfig() Config {
 	return Config{
 		AttemptTimeout:        []time.Duration{50 * time.Millisecond, 250 * time.Millisecond},
@@ -98,6 +103,19 @@ func DefaultConfig() Config {
 	}
 }
 
+// ConfigError names a Config field (or a member) that is out of bounds.
+type ConfigError struct {
+	Field string // "Hedge.Budget", "AttemptTimeout[1]", "members[0].Name"
+	Msg   string
+}
+
+func (e *ConfigError) Error() string {
+	if strings.HasPrefix(e.Field, "members") {
+		return "failover: " + e.Field + ": " + e.Msg
+	}
+	return "failover: Config." + e.Field + ": " + e.Msg
+}
+
 func defaulted[T comparable](v *T, def T) {
 	var zero T
 	if *v == zero {
@@ -105,23 +123,32 @@ func defaulted[T comparable](v *T, def T) {
 	}
 }
 
-// normalize fills zero fields with defaults and validates the result; errors name the field.
-func normalize(cfg Config, members []MemberConfig) (Config, error) {
+// perTierDefaults fills the zero entries of a per-tier slice (all of it when empty) with the defaults.
+func perTierDefaults(s, def []time.Duration) []time.Duration {
+	if len(s) == 0 {
+		return slices.Clone(def)
+	}
+	s = slices.Clone(s)
+	for i := range s {
+		defaulted(&s[i], perTier(def, i))
+	}
+	return s
+}
+
+// Resolve returns c with the defaults in its zero fields (MaxAttempts: the number of members), or every
+// field that is out of bounds, each a *ConfigError. It is idempotent: negative SpillWait and
+// StallThreshold stay negative (off).
+func (c Config) Resolve(members []MemberConfig) (Config, error) {
 	d := DefaultConfig()
-	if len(cfg.AttemptTimeout) == 0 {
-		cfg.AttemptTimeout = d.AttemptTimeout
-	}
-	if len(cfg.InitialLatency) == 0 {
-		cfg.InitialLatency = d.InitialLatency
-	}
-	defaulted(&cfg.SpillWait, d.SpillWait)
-	cfg.SpillWait = max(cfg.SpillWait, 0)
-	defaulted(&cfg.MaxAbandonedPerMember, d.MaxAbandonedPerMember)
-	defaulted(&cfg.MaxAbandonedTotal, d.MaxAbandonedTotal)
-	defaulted(&cfg.MaxAttempts, len(members))
-	defaulted(&cfg.EWMADecay, d.EWMADecay)
-	defaulted(&cfg.StallThreshold, d.StallThreshold)
-	b, db := &cfg.Breaker, d.Breaker
+	c.AttemptTimeout = perTierDefaults(c.AttemptTimeout, d.AttemptTimeout)
+	c.InitialLatency = perTierDefaults(c.InitialLatency, d.InitialLatency)
+	defaulted(&c.SpillWait, d.SpillWait)
+	defaulted(&c.MaxAbandonedPerMember, d.MaxAbandonedPerMember)
+	defaulted(&c.MaxAbandonedTotal, d.MaxAbandonedTotal)
+	defaulted(&c.MaxAttempts, len(members))
+	defaulted(&c.EWMADecay, d.EWMADecay)
+	defaulted(&c.StallThreshold, d.StallThreshold)
+	b, db := &c.Breaker, d.Breaker
 	defaulted(&b.ConsecutiveFailures, db.ConsecutiveFailures)
 	defaulted(&b.FailureRatio, db.FailureRatio)
 	defaulted(&b.MinRequests, db.MinRequests)
@@ -129,86 +156,90 @@ func normalize(cfg Config, members []MemberConfig) (Config, error) {
 	defaulted(&b.OpenBase, db.OpenBase)
 	defaulted(&b.OpenMax, db.OpenMax)
 	defaulted(&b.HalfOpenMax, db.HalfOpenMax)
-	h, dh := &cfg.Hedge, d.Hedge
+	h, dh := &c.Hedge, d.Hedge
 	defaulted(&h.Budget, dh.Budget)
 	defaulted(&h.Floor, dh.Floor)
 	defaulted(&h.Quantile, dh.Quantile)
-	if cfg.Clock == nil {
-		cfg.Clock = d.Clock
+	if c.Clock == nil {
+		c.Clock = d.Clock
 	}
-	if cfg.Rand == nil {
-		cfg.Rand = d.Rand
+	if c.Rand == nil {
+		c.Rand = d.Rand
 	}
-	if cfg.Observer == nil {
-		cfg.Observer = nopObserver{}
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
 	}
+	return c, errors.Join(append(checkMembers(members), c.check()...)...)
+}
 
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("failover: "+format, args...)) }
+func checkMembers(members []MemberConfig) (errs []error) {
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &ConfigError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
 	if len(members) == 0 || len(members) > MaxMembers {
-		bad("members: need 1 to %d, got %d", MaxMembers, len(members))
+		bad("members", "need 1 to %d, got %d", MaxMembers, len(members))
 	}
 	seen := make(map[string]int, len(members))
 	for i, m := range members {
 		switch j, dup := seen[m.Name]; {
 		case m.Name == "":
-			bad("members[%d].Name: empty", i)
+			bad(fmt.Sprintf("members[%d].Name", i), "empty")
 		case dup:
-			bad("members[%d].Name: %q already used by members[%d]", i, m.Name, j)
+			bad(fmt.Sprintf("members[%d].Name", i), "%q already used by members[%d]", m.Name, j)
 		default:
 			seen[m.Name] = i
 		}
 		if m.Tier < 0 {
-			bad("members[%d].Tier: %d is negative", i, m.Tier)
+			bad(fmt.Sprintf("members[%d].Tier", i), "%d is negative", m.Tier)
 		}
 		if m.Capacity < 0 {
-			bad("members[%d].Capacity: %d is negative", i, m.Capacity)
+			bad(fmt.Sprintf("members[%d].Capacity", i), "%d is negative", m.Capacity)
 		}
 	}
-	for i, t := range cfg.AttemptTimeout {
+	return errs
+}
+
+// check returns the bounds a resolved Config breaks.
+func (c *Config) check() (errs []error) {
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &ConfigError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	for i, t := range c.AttemptTimeout {
 		if t <= 0 {
-			bad("Config.AttemptTimeout[%d]: %v is not positive", i, t)
+			bad(fmt.Sprintf("AttemptTimeout[%d]", i), "%v is not positive", t)
 		}
 	}
-	for i, t := range cfg.InitialLatency {
+	for i, t := range c.InitialLatency {
 		if t <= 0 {
-			bad("Config.InitialLatency[%d]: %v is not positive", i, t)
+			bad(fmt.Sprintf("InitialLatency[%d]", i), "%v is not positive", t)
 		}
 	}
-	if cfg.MaxAttempts < 0 {
-		bad("Config.MaxAttempts: %d is negative", cfg.MaxAttempts)
+	negative := func(field string, v int64, show any) {
+		if v < 0 {
+			bad(field, "%v is negative", show)
+		}
 	}
-	if cfg.MaxAbandonedPerMember < 0 {
-		bad("Config.MaxAbandonedPerMember: %d is negative", cfg.MaxAbandonedPerMember)
-	}
-	if cfg.MaxAbandonedTotal < 0 {
-		bad("Config.MaxAbandonedTotal: %d is negative", cfg.MaxAbandonedTotal)
-	}
-	if cfg.EWMADecay < 0 {
-		bad("Config.EWMADecay: %v is negative", cfg.EWMADecay)
-	}
+	negative("MaxAttempts", int64(c.MaxAttempts), c.MaxAttempts)
+	negative("MaxAbandonedPerMember", int64(c.MaxAbandonedPerMember), c.MaxAbandonedPerMember)
+	negative("MaxAbandonedTotal", int64(c.MaxAbandonedTotal), c.MaxAbandonedTotal)
+	negative("EWMADecay", int64(c.EWMADecay), c.EWMADecay)
+	b, h := &c.Breaker, &c.Hedge
 	if !(b.FailureRatio > 0 && b.FailureRatio <= 1) {
-		bad("Config.Breaker.FailureRatio: %v is not in (0, 1]", b.FailureRatio)
+		bad("Breaker.FailureRatio", "%v is not in (0, 1]", b.FailureRatio)
 	}
-	if b.Window < 0 {
-		bad("Config.Breaker.Window: %v is negative", b.Window)
-	}
-	if b.OpenBase < 0 {
-		bad("Config.Breaker.OpenBase: %v is negative", b.OpenBase)
-	}
+	negative("Breaker.Window", int64(b.Window), b.Window)
+	negative("Breaker.OpenBase", int64(b.OpenBase), b.OpenBase)
 	if b.OpenMax < b.OpenBase {
-		bad("Config.Breaker.OpenMax: %v is less than OpenBase %v", b.OpenMax, b.OpenBase)
+		bad("Breaker.OpenMax", "%v is less than OpenBase %v", b.OpenMax, b.OpenBase)
 	}
 	if !(h.Budget > 0 && h.Budget <= 1) {
-		bad("Config.Hedge.Budget: %v is not in (0, 1]", h.Budget)
+		bad("Hedge.Budget", "%v is not in (0, 1]", h.Budget)
 	}
-	if h.Floor < 0 {
-		bad("Config.Hedge.Floor: %v is negative", h.Floor)
-	}
+	negative("Hedge.Floor", int64(h.Floor), h.Floor)
 	if !(h.Quantile > 0 && h.Quantile < 1) {
-		bad("Config.Hedge.Quantile: %v is not in (0, 1)", h.Quantile)
+		bad("Hedge.Quantile", "%v is not in (0, 1)", h.Quantile)
 	}
-	return cfg, errors.Join(errs...)
+	return errs
 }
 
 // perTier returns s[tier], or the last entry for tiers beyond the slice.

@@ -21,7 +21,7 @@ func TestNewValidation(t *testing.T) {
 		{"duplicate name", nil, []MemberConfig{{Name: "a"}, {Name: "a"}}, "members[1].Name"},
 		{"negative tier", nil, []MemberConfig{{Name: "a", Tier: -1}}, "members[0].Tier"},
 		{"negative capacity", nil, []MemberConfig{{Name: "a", Capacity: -1}}, "members[0].Capacity"},
-		{"attempt timeout", func(c *Config) { c.AttemptTimeout = []time.Duration{time.Millisecond, 0} }, ok, "Config.AttemptTimeout[1]"},
+		{"attempt timeout", func(c *Config) { c.AttemptTimeout = []time.Duration{time.Millisecond, -1} }, ok, "Config.AttemptTimeout[1]"},
 		{"initial latency", func(c *Config) { c.InitialLatency = []time.Duration{-1} }, ok, "Config.InitialLatency[0]"},
 		{"max attempts", func(c *Config) { c.MaxAttempts = -1 }, ok, "Config.MaxAttempts"},
 		{"abandoned per member", func(c *Config) { c.MaxAbandonedPerMember = -1 }, ok, "Config.MaxAbandonedPerMember"},
@@ -43,6 +43,8 @@ func TestNewValidation(t *testing.T) {
 			r, err := New(cfg, tc.members)
 			require.Nil(t, r)
 			require.ErrorContains(t, err, tc.field)
+			var ce *ConfigError
+			require.ErrorAs(t, err, &ce)
 		})
 	}
 }
@@ -70,9 +72,18 @@ func TestConfigDefaults(t *testing.T) {
 	require.Equal(t, 250*time.Millisecond, r2.members[0].timeout)
 	require.Equal(t, 100*time.Millisecond, r2.Latency(0).Value())
 
-	// Negative SpillWait disables the wait.
+	// Negative SpillWait disables the wait, and stays negative: resolving again does not bring the default.
 	r3, err := New(Config{SpillWait: -1}, members(0))
 	require.NoError(t, err)
 	defer r3.Close()
-	require.Zero(t, r3.cfg.SpillWait)
+	require.Equal(t, time.Duration(-1), r3.cfg.SpillWait)
+	again, err := r3.cfg.Resolve(members(0))
+	require.NoError(t, err)
+	require.Equal(t, time.Duration(-1), again.SpillWait)
+
+	// A zero entry of a per-tier slice takes its tier's default.
+	c, err := Config{AttemptTimeout: []time.Duration{20 * time.Millisecond, 0}, InitialLatency: []time.Duration{0, time.Second}}.Resolve(members(0, 1))
+	require.NoError(t, err)
+	require.Equal(t, []time.Duration{20 * time.Millisecond, 250 * time.Millisecond}, c.AttemptTimeout)
+	require.Equal(t, []time.Duration{5 * time.Millisecond, time.Second}, c.InitialLatency)
 }

@@ -40,19 +40,19 @@ func TestDisown(t *testing.T) {
 			e.blockUntil(1)
 			if tc.beforeTimeout {
 				a.Disown()
-				require.Equal(t, 1, e.r.InFlight(0), "a running attempt keeps its slot until it is abandoned")
+				require.Equal(t, 1, e.inFlight(0), "a running attempt keeps its slot until it is abandoned")
 			}
 			e.clk.Advance(50 * time.Millisecond)
 			require.ErrorIs(t, recv(t, res), ErrNoMember)
 			if !tc.beforeTimeout {
-				require.Equal(t, 1, e.r.Abandoned())
+				require.Equal(t, 1, e.abandoned())
 				_, ok := e.r.Pick(AllMembers, 0)
 				require.False(t, ok, "at the abandoned cap")
 				a.Disown()
 				a.Disown() // idempotent
 			}
-			require.Zero(t, e.r.Abandoned(), "a disowned attempt is not abandoned any more")
-			require.Zero(t, e.r.InFlight(0), "nor does it hold a slot")
+			require.Zero(t, e.abandoned(), "a disowned attempt is not abandoned any more")
+			require.Zero(t, e.inFlight(0), "nor does it hold a slot")
 			require.Zero(t, e.r.Status()[0].Abandoned)
 			_, ok := e.r.Pick(AllMembers, 0)
 			require.True(t, ok, "the member is eligible again")
@@ -61,8 +61,8 @@ func TestDisown(t *testing.T) {
 			close(release)
 			recv(t, returned)
 			time.Sleep(10 * time.Millisecond) // let run() finish its bookkeeping, if it (wrongly) did any
-			require.Zero(t, e.r.Abandoned(), "the late return is not counted again")
-			require.Zero(t, e.r.InFlight(0))
+			require.Zero(t, e.abandoned(), "the late return is not counted again")
+			require.Zero(t, e.inFlight(0))
 			if tc.beforeTimeout {
 				require.Empty(t, e.obs.snapshot().abandons, "never counted as abandoned")
 			} else {
@@ -81,8 +81,8 @@ func TestDisownFinishedAttemptIsNoop(t *testing.T) {
 	})
 	require.NoError(t, err)
 	a.Disown()
-	require.Zero(t, e.r.InFlight(0))
-	require.Zero(t, e.r.Abandoned())
+	require.Zero(t, e.inFlight(0))
+	require.Zero(t, e.abandoned())
 	require.Empty(t, e.obs.snapshot().abandons)
 	require.Nil(t, AttemptOf(context.Background()), "a context Do did not make has no attempt")
 }

@@ -169,16 +169,14 @@ func TestDoRetriesOnlyRetryableClasses(t *testing.T) {
 		err   error
 		retry bool
 	}{
-		{"session broken", errClass(ClassSessionBroken), true},
-		{"handle stale", errClass(ClassHandleStale), true},
-		{"login lost", errClass(ClassLoginLost), true},
-		{"device down", errClass(ClassDeviceDown), true},
+		{"down", errClass(ClassDown), true},
+		{"stalled", errClass(ClassStalled), true},
 		{"busy", errClass(ClassBusy), true},
 		{"unclassified", errors.New("boom"), true},
 		{"context error not from the caller", context.DeadlineExceeded, true},
 		{"caller", errClass(ClassCaller), false},
-		{"decrypt refused", errClass(ClassDecryptRefused), false},
-		{"credential", errClass(ClassCredential), false},
+		{"refused", errClass(ClassRefused), false},
+		{"fatal", errClass(ClassFatal), false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -224,7 +222,7 @@ func TestDoAllMembersFail(t *testing.T) {
 func TestDoMaxAttempts(t *testing.T) {
 	e := newEnv(t, Config{MaxAttempts: 1}, members(0, 0))
 	e.r.Latency(1).Reset(time.Second)
-	e.fakes[0].setErr(errClass(ClassDeviceDown))
+	e.fakes[0].setErr(errClass(ClassDown))
 	_, out, err := e.do(AllMembers)
 	require.ErrorIs(t, err, ErrNoMember)
 	require.Equal(t, 1, out.Attempts)
@@ -249,15 +247,15 @@ func TestDoHungMemberCostsOneAttemptDeadline(t *testing.T) {
 
 	a0 := e.obs.attemptsOf(0)
 	require.Len(t, a0, 1)
-	require.Equal(t, ClassDeviceDown, a0[0].class)
+	require.Equal(t, ClassDown, a0[0].class)
 	require.Equal(t, 50*time.Millisecond, a0[0].latency)
 	require.Equal(t, 50*time.Millisecond, e.r.Latency(0).Value(), "a hung member looks slow")
-	require.Equal(t, 1, e.r.Abandoned())
-	require.Equal(t, 1, e.r.InFlight(0), "the abandoned call keeps its slot")
+	require.Equal(t, 1, e.abandoned())
+	require.Equal(t, 1, e.inFlight(0), "the abandoned call keeps its slot")
 
 	e.fakes[0].release <- struct{}{}
 	e.waitIdle(0)
-	require.Zero(t, e.r.Abandoned())
+	require.Zero(t, e.abandoned())
 	require.Len(t, e.obs.attemptsOf(0), 1, "the late result is not reported again")
 	require.Equal(t, []abandonEvent{{0, 1, 1}, {0, 0, 0}}, e.obs.snapshot().abandons)
 	require.Equal(t, uint32(1), e.r.members[0].breaker.Counts().TotalFailures)
@@ -288,7 +286,7 @@ func TestDoAttemptContext(t *testing.T) {
 	require.ErrorIs(t, err, ErrNoMember)
 	require.ErrorAs(t, err, &te)
 	require.Equal(t, "m0", te.Member)
-	require.Equal(t, ClassDeviceDown, ClassOf(err))
+	require.Equal(t, ClassDown, ClassOf(err))
 }
 
 func TestDoAbandonedCap(t *testing.T) {
@@ -311,7 +309,7 @@ func TestDoAbandonedCap(t *testing.T) {
 			r := recv(t, res)
 			require.ErrorIs(t, r.err, ErrNoMember)
 			require.Equal(t, 1, r.out.Attempts)
-			require.Equal(t, 1, e.r.Abandoned())
+			require.Equal(t, 1, e.abandoned())
 
 			_, ok := e.r.Pick(1<<0, 0)
 			require.False(t, ok, "member 0 is at the abandoned cap")
@@ -331,7 +329,7 @@ func TestDoAbandonedCap(t *testing.T) {
 			e.fakes[0].hold.Store(false)
 			e.fakes[0].release <- struct{}{}
 			e.waitIdle(0)
-			require.Zero(t, e.r.Abandoned())
+			require.Zero(t, e.abandoned())
 			m, ok := e.r.Pick(1<<0, 0)
 			require.True(t, ok, "eligible again once the call returned")
 			require.Zero(t, m)
@@ -373,10 +371,10 @@ func TestDoCallerContextEnds(t *testing.T) {
 			c := e.r.members[0].breaker.Counts()
 			require.Zero(t, c.TotalFailures, "the caller's deadline is not the device's fault")
 			require.Equal(t, uint32(1), c.TotalExclusions)
-			require.Equal(t, 1, e.r.Abandoned(), "the call still runs")
+			require.Equal(t, 1, e.abandoned(), "the call still runs")
 			e.fakes[0].release <- struct{}{}
 			e.waitIdle(0)
-			require.Zero(t, e.r.Abandoned())
+			require.Zero(t, e.abandoned())
 
 			// Already ended: nothing runs.
 			_, out, err = Do(ctx, e.r, "sign", AllMembers, e.fn)
@@ -391,7 +389,7 @@ func TestDoPanicReachesTheCaller(t *testing.T) {
 	fn := func(context.Context, int) (int, error) { panic("bad member fn") }
 	require.PanicsWithValue(t, "bad member fn", func() { _, _, _ = Do(context.Background(), e.r, "sign", AllMembers, fn) })
 	require.Equal(t, ClassBusy, e.obs.attemptsOf(0)[0].class)
-	require.Zero(t, e.r.InFlight(0))
+	require.Zero(t, e.inFlight(0))
 }
 
 func TestDoAfterClose(t *testing.T) {
@@ -404,7 +402,7 @@ func TestDoAfterClose(t *testing.T) {
 	require.Zero(t, out.Attempts)
 }
 
-func TestStatusAndWaitIdle(t *testing.T) {
+func TestStatus(t *testing.T) {
 	e := newEnv(t, Config{}, members(0, 1))
 	e.r.SetUp(1, false)
 	e.fakes[0].hold.Store(true)
@@ -417,18 +415,10 @@ func TestStatusAndWaitIdle(t *testing.T) {
 		{Name: "m1", Tier: 1, Up: false, Breaker: "closed", EWMA: 100 * time.Millisecond},
 	}, st)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Millisecond)
-	defer cancel()
-	require.ErrorIs(t, e.r.WaitIdle(ctx, 0), context.DeadlineExceeded)
-	require.Error(t, e.r.WaitIdle(context.Background(), 7))
-	require.NoError(t, e.r.WaitIdle(context.Background(), 1))
-
-	idle := make(chan error, 1)
-	go func() { idle <- e.r.WaitIdle(context.Background(), 0) }()
 	e.fakes[0].release <- struct{}{}
-	require.NoError(t, recv(t, idle))
 	require.NoError(t, recv(t, res).err)
-	require.Zero(t, e.r.InFlight(0))
+	e.waitIdle(0)
+	require.Zero(t, e.r.Status()[0].InFlight)
 }
 
 // Every attempt's outcome reaches its breaker and the observer exactly once, whatever the mix of
@@ -462,7 +452,7 @@ func TestExactlyOnceReporting(t *testing.T) {
 			return m, nil
 		default:
 			time.Sleep(15 * time.Millisecond) // past every attempt deadline, ignoring ctx
-			return m, errClass(ClassDeviceDown)
+			return m, errClass(ClassDown)
 		}
 	}
 	var wg sync.WaitGroup
@@ -510,7 +500,7 @@ func TestExactlyOnceReporting(t *testing.T) {
 	}
 	require.NotEmpty(t, ev.abandons, "the mix included abandoned attempts")
 	require.Zero(t, len(ev.abandons)%2, "every abandon was followed by its return")
-	require.Zero(t, e.r.Abandoned())
+	require.Zero(t, e.abandoned())
 	require.NotEmpty(t, ev.hedges, "the mix included hedges")
 }
 

@@ -7,6 +7,7 @@
 // deadlines that hold even when the device call cannot be cancelled (cgo), bounded accounting of such
 // abandoned calls, retries on retryable error classes, spilling to the next tier, and optional hedging.
 //
-// The package knows nothing about PKCS#11: errors reach it as a Class (see Classified), and a member is
-// just an index that Do hands to the caller's function.
+// The package knows nothing about PKCS#11: an error reaches it as a Class (see Classified) that says only
+// what routing does with it (move on or not, count on the breaker or not), and a member is just an index
+// that Do hands to the caller's function.
 package failover

@@ -77,14 +77,14 @@ func TestHedgeLoserHungPastItsDeadline(t *testing.T) {
 	e.blockUntil(1)
 	e.clk.Advance(50*time.Millisecond - d)
 	require.Eventually(t, func() bool { return len(e.obs.attemptsOf(0)) == 1 }, waitLong, time.Millisecond)
-	require.Equal(t, 1, e.r.Abandoned())
+	require.Equal(t, 1, e.abandoned())
 	a0 := e.obs.attemptsOf(0)
-	require.Equal(t, ClassDeviceDown, a0[0].class)
+	require.Equal(t, ClassDown, a0[0].class)
 	require.Equal(t, uint32(1), e.r.members[0].breaker.Counts().TotalFailures)
 
 	e.fakes[0].release <- struct{}{}
 	e.waitIdle(0)
-	require.Zero(t, e.r.Abandoned())
+	require.Zero(t, e.abandoned())
 	require.Len(t, e.obs.attemptsOf(0), 1)
 }
 

@@ -52,7 +52,7 @@ type attemptEvent struct {
 	hedge   bool
 }
 
-type breakerEvent struct {
+type breakerSeen struct {
 	member   int
 	from, to string
 	at       time.Time // real time: breakers run on the real clock
@@ -70,7 +70,7 @@ type recObserver struct {
 	classCount map[Class]int
 }
 
-func (o *recObserver) AttemptDone(member int, op string, class Class, latency time.Duration, hedge bool) {
+func (o *recObserver) AttemptDone(member int, op string, class Class, _ error, latency time.Duration, hedge bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.attempts = append(o.attempts, attemptEvent{member, op, class, latency, hedge})
@@ -84,7 +84,7 @@ func (o *recObserver) AttemptDone(member int, op string, class Class, latency ti
 func (o *recObserver) BreakerChanged(member int, from, to string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.breakers = append(o.breakers, breakerEvent{member, from, to, time.Now()})
+	o.breakers = append(o.breakers, breakerSeen{member, from, to, time.Now()})
 }
 
 func (o *recObserver) Failover(op string, from, to int) {
@@ -115,7 +115,7 @@ func (o *recObserver) Abandoned(member int, per, total int) {
 // events is a copy of what the observer saw so far.
 type events struct {
 	attempts  []attemptEvent
-	breakers  []breakerEvent
+	breakers  []breakerSeen
 	failovers [][2]int
 	spills    []int
 	hedges    [][2]int
@@ -213,7 +213,7 @@ func newEnv(t *testing.T, cfg Config, ms []MemberConfig) *env {
 		}
 		for i, f := range e.fakes {
 			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-			for r.InFlight(i) > 0 {
+			for e.inFlight(i) > 0 {
 				select {
 				case f.release <- struct{}{}:
 				case <-time.After(time.Millisecond):
@@ -272,11 +272,33 @@ func (e *env) entered(m int) {
 	}
 }
 
+// abandoned is the number of abandoned attempts (given up on, fn not yet returned) over all members.
+func (e *env) abandoned() int { return int(e.r.abandonedTotal.Load()) }
+
+// inFlight is the number of attempts running on member m, abandoned ones included.
+func (e *env) inFlight(m int) int { return int(e.r.members[m].inFlight.Load()) }
+
+// waitIdle waits until no attempt (abandoned ones included) runs on member m: every release notifies
+// slot waiters, so it registers as one.
 func (e *env) waitIdle(m int) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
-	defer cancel()
-	require.NoError(e.t, e.r.WaitIdle(ctx, m))
+	r := e.r
+	deadline := time.After(waitLong)
+	for {
+		r.waiters.Add(1)
+		ch := *r.slotCh.Load()
+		if e.inFlight(m) == 0 {
+			r.waiters.Add(-1)
+			return
+		}
+		select {
+		case <-ch:
+			r.waiters.Add(-1)
+		case <-deadline:
+			r.waiters.Add(-1)
+			e.t.Fatalf("member %d never went idle", m)
+		}
+	}
 }
 
 func recv[T any](t *testing.T, ch <-chan T) T {

@@ -5,5 +5,3 @@ package health
 func SetTestHook(m *Monitor, f func(event string)) { m.testHook = f }
 
 func ProbeRunning(m *Monitor) bool { return m.probing.Load() }
-
-func ConfigOf(m *Monitor) MonitorConfig { return m.cfg }

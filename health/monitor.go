@@ -50,12 +50,13 @@ type Status struct {
 // never waits for it past MonitorConfig.Timeout.
 type ProbeFunc func(ctx context.Context) error
 
-// MonitorConfig configures a Monitor. Zero fields get the defaults documented on each field.
+// MonitorConfig configures a Monitor. Zero fields get the defaults documented on each field; Resolve is
+// the one place that applies them and checks the bounds.
 type MonitorConfig struct {
 	Name          string
 	Interval      time.Duration // between probes while up or degraded; default 5 s
 	DownInterval  time.Duration // between probes while down; default 1 s
-	Jitter        float64       // ± fraction applied to every wait; default 0.15; negative means none
+	Jitter        float64       // ± fraction applied to every wait, at most 1; default 0.15; negative means none
 	Timeout       time.Duration // per-probe deadline; default 1 s. A probe still running past it is a failure
 	FallThreshold int           // consecutive failures that take the device down; default 3
 	RiseThreshold int           // consecutive successes that bring a down device up; default 2
@@ -66,7 +67,6 @@ type MonitorConfig struct {
 	// held (it may call Status, MarkDown, ...; not Stop). A change made from inside OnChange is delivered
 	// after the current call returns.
 	OnChange func(old, new Status)
-	Latency  *PeakEWMA // optional: successful probe latencies are fed into it
 }
 
 // Default monitor settings.
@@ -78,6 +78,54 @@ const (
 	DefaultFallThreshold = 3
 	DefaultRiseThreshold = 2
 )
+
+// ConfigError names a MonitorConfig field that is out of bounds.
+type ConfigError struct {
+	Field string // e.g. "Interval"
+	Msg   string
+}
+
+func (e *ConfigError) Error() string { return "health: MonitorConfig." + e.Field + ": " + e.Msg }
+
+// Resolve returns c with the defaults in its zero fields, or the fields that are out of bounds (each a
+// *ConfigError). It is idempotent: a negative Jitter stays negative (none).
+func (c MonitorConfig) Resolve() (MonitorConfig, error) {
+	var errs []error
+	positive := func(field string, v *time.Duration, def time.Duration) {
+		switch {
+		case *v < 0:
+			errs = append(errs, &ConfigError{Field: field, Msg: fmt.Sprintf("%v is negative", *v)})
+		case *v == 0:
+			*v = def
+		}
+	}
+	count := func(field string, v *int, def int) {
+		switch {
+		case *v < 0:
+			errs = append(errs, &ConfigError{Field: field, Msg: fmt.Sprintf("%d is negative", *v)})
+		case *v == 0:
+			*v = def
+		}
+	}
+	positive("Interval", &c.Interval, DefaultInterval)
+	positive("DownInterval", &c.DownInterval, DefaultDownInterval)
+	positive("Timeout", &c.Timeout, DefaultProbeTimeout)
+	count("FallThreshold", &c.FallThreshold, DefaultFallThreshold)
+	count("RiseThreshold", &c.RiseThreshold, DefaultRiseThreshold)
+	switch {
+	case c.Jitter > 1:
+		errs = append(errs, &ConfigError{Field: "Jitter", Msg: fmt.Sprintf("%g is more than 1", c.Jitter)})
+	case c.Jitter == 0:
+		c.Jitter = DefaultJitter
+	}
+	if c.Clock == nil {
+		c.Clock = RealClock()
+	}
+	if c.Rand == nil {
+		c.Rand = rand.Float64
+	}
+	return c, errors.Join(errs...)
+}
 
 var (
 	errProbeStillRunning = errors.New("probe still running")
@@ -95,7 +143,7 @@ type Monitor struct {
 	cfg   MonitorConfig
 	probe ProbeFunc
 
-	state atomic.Int32 // mirror of st.State for lock-free fast paths (Succeeded)
+	state atomic.Int32 // mirror of st.State, for the scheduler's wait without the lock
 
 	mu         sync.Mutex
 	st         Status
@@ -120,36 +168,11 @@ type Monitor struct {
 
 type change struct{ old, new Status }
 
-// NewMonitor returns a stopped monitor; call Start.
-func NewMonitor(cfg MonitorConfig, probe ProbeFunc) *Monitor {
-	if cfg.Interval <= 0 {
-		cfg.Interval = DefaultInterval
-	}
-	if cfg.DownInterval <= 0 {
-		cfg.DownInterval = DefaultDownInterval
-	}
-	switch {
-	case cfg.Jitter == 0:
-		cfg.Jitter = DefaultJitter
-	case cfg.Jitter < 0:
-		cfg.Jitter = 0
-	case cfg.Jitter > 1:
-		cfg.Jitter = 1
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultProbeTimeout
-	}
-	if cfg.FallThreshold <= 0 {
-		cfg.FallThreshold = DefaultFallThreshold
-	}
-	if cfg.RiseThreshold <= 0 {
-		cfg.RiseThreshold = DefaultRiseThreshold
-	}
-	if cfg.Clock == nil {
-		cfg.Clock = RealClock()
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = rand.Float64
+// NewMonitor returns a stopped monitor (call Start), or the fields of cfg that are out of bounds.
+func NewMonitor(cfg MonitorConfig, probe ProbeFunc) (*Monitor, error) {
+	cfg, err := cfg.Resolve()
+	if err != nil {
+		return nil, err
 	}
 	m := &Monitor{
 		cfg:      cfg,
@@ -162,7 +185,7 @@ func NewMonitor(cfg MonitorConfig, probe ProbeFunc) *Monitor {
 	m.probeCtx, m.cancelAll = context.WithCancel(context.Background())
 	m.st = Status{State: cfg.InitialState, Since: cfg.Clock.Now(), Reason: "initial state"}
 	m.state.Store(int32(cfg.InitialState))
-	return m
+	return m, nil
 }
 
 // Start runs the probe scheduler on its own goroutine. Probes run without any traffic. Start after Stop,
@@ -231,27 +254,6 @@ func (m *Monitor) MarkDown(reason string) {
 	}
 }
 
-// Succeeded is the optional passive signal that traffic just worked: it clears a Degraded state, but
-// does NOT bring a down device up (only probes do). It is cheap enough to call on every success.
-func (m *Monitor) Succeeded() {
-	if State(m.state.Load()) != StateDegraded {
-		return
-	}
-	now := m.cfg.Clock.Now()
-	m.mu.Lock()
-	old := m.st
-	changed := old.State == StateDegraded
-	if changed {
-		m.st.ConsecutiveFailures = 0
-		m.st.Reason = "traffic succeeded"
-		m.setStateLocked(StateUp, now, old)
-	}
-	m.mu.Unlock()
-	if changed {
-		m.deliver()
-	}
-}
-
 func (m *Monitor) setStateLocked(s State, now time.Time, old Status) {
 	m.st.State = s
 	m.st.Since = now
@@ -268,23 +270,40 @@ func (m *Monitor) deliver() {
 		return
 	}
 	m.delivering = true
+	m.mu.Unlock()
+	ended := false
 	defer func() {
-		// Also on a panic in OnChange, so later changes are still delivered.
-		m.mu.Lock()
-		m.delivering = false
-		m.mu.Unlock()
+		if !ended { // OnChange panicked: later changes must still be delivered
+			m.mu.Lock()
+			m.delivering = false
+			m.mu.Unlock()
+		}
 	}()
-	for len(m.queue) > 0 {
-		c := m.queue[0]
-		m.queue[0] = change{}
-		m.queue = m.queue[1:]
-		m.mu.Unlock()
+	for {
+		c, ok := m.nextChange()
+		if !ok {
+			ended = true
+			return
+		}
 		if m.cfg.OnChange != nil {
 			m.cfg.OnChange(c.old, c.new)
 		}
-		m.mu.Lock()
 	}
-	m.mu.Unlock()
+}
+
+// nextChange takes the oldest undelivered change; when there is none it ends the delivery in the same
+// critical section, so a change queued just after is never left behind.
+func (m *Monitor) nextChange() (change, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.queue) == 0 {
+		m.delivering = false
+		return change{}, false
+	}
+	c := m.queue[0]
+	m.queue[0] = change{}
+	m.queue = m.queue[1:]
+	return c, true
 }
 
 // wait returns the jittered delay before the next probe for the current state.
@@ -293,7 +312,7 @@ func (m *Monitor) wait() time.Duration {
 	if State(m.state.Load()) == StateDown {
 		base = m.cfg.DownInterval
 	}
-	f := 1 + m.cfg.Jitter*(2*m.cfg.Rand()-1)
+	f := 1 + max(m.cfg.Jitter, 0)*(2*m.cfg.Rand()-1)
 	return max(time.Duration(float64(base)*f), 0)
 }
 
@@ -426,9 +445,6 @@ func (m *Monitor) record(err error, latency time.Duration) {
 		m.setStateLocked(next, now, old)
 	}
 	m.mu.Unlock()
-	if err == nil && m.cfg.Latency != nil {
-		m.cfg.Latency.Observe(latency)
-	}
 	if changed {
 		m.deliver()
 	}

@@ -55,12 +55,14 @@ func newHarness(t *testing.T, cfg MonitorConfig) *harness {
 			user(o, n)
 		}
 	}
-	h.m = NewMonitor(cfg, func(ctx context.Context) error {
+	m, err := NewMonitor(cfg, func(ctx context.Context) error {
 		if h.fn != nil {
 			return h.fn(ctx)
 		}
 		return h.probe(ctx)
 	})
+	require.NoError(t, err)
+	h.m = m
 	SetTestHook(h.m, func(ev string) { h.events <- ev })
 	t.Cleanup(h.m.Stop)
 	return h
@@ -140,21 +142,65 @@ func TestStateString(t *testing.T) {
 	}
 }
 
-func TestMonitorDefaults(t *testing.T) {
-	m := NewMonitor(MonitorConfig{}, func(context.Context) error { return nil })
-	require.Equal(t, DefaultInterval, ConfigOf(m).Interval)
-	require.Equal(t, DefaultDownInterval, ConfigOf(m).DownInterval)
-	require.Equal(t, DefaultJitter, ConfigOf(m).Jitter)
-	require.Equal(t, DefaultProbeTimeout, ConfigOf(m).Timeout)
-	require.Equal(t, DefaultFallThreshold, ConfigOf(m).FallThreshold)
-	require.Equal(t, DefaultRiseThreshold, ConfigOf(m).RiseThreshold)
-	require.NotNil(t, ConfigOf(m).Clock)
-	require.NotNil(t, ConfigOf(m).Rand)
+func TestMonitorConfigResolve(t *testing.T) {
+	c, err := MonitorConfig{}.Resolve()
+	require.NoError(t, err)
+	require.Equal(t, DefaultInterval, c.Interval)
+	require.Equal(t, DefaultDownInterval, c.DownInterval)
+	require.Equal(t, DefaultJitter, c.Jitter)
+	require.Equal(t, DefaultProbeTimeout, c.Timeout)
+	require.Equal(t, DefaultFallThreshold, c.FallThreshold)
+	require.Equal(t, DefaultRiseThreshold, c.RiseThreshold)
+	require.NotNil(t, c.Clock)
+	require.NotNil(t, c.Rand)
+	again, err := c.Resolve()
+	require.NoError(t, err)
+	require.Equal(t, c.Interval, again.Interval, "idempotent")
+
+	none, err := MonitorConfig{Jitter: -1}.Resolve()
+	require.NoError(t, err)
+	require.Equal(t, -1.0, none.Jitter, "negative: no jitter, and stays so when resolved again")
+
+	tests := []struct {
+		name  string
+		cfg   MonitorConfig
+		field string
+	}{
+		{"interval", MonitorConfig{Interval: -time.Second}, "Interval"},
+		{"down interval", MonitorConfig{DownInterval: -1}, "DownInterval"},
+		{"timeout", MonitorConfig{Timeout: -1}, "Timeout"},
+		{"fall", MonitorConfig{FallThreshold: -1}, "FallThreshold"},
+		{"rise", MonitorConfig{RiseThreshold: -2}, "RiseThreshold"},
+		{"jitter", MonitorConfig{Jitter: 1.5}, "Jitter"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.cfg.Resolve()
+			var ce *ConfigError
+			require.ErrorAs(t, err, &ce)
+			require.Equal(t, tc.field, ce.Field)
+			m, err := NewMonitor(tc.cfg, nil)
+			require.Nil(t, m)
+			require.ErrorAs(t, err, &ce)
+		})
+	}
+
+	m, err := NewMonitor(MonitorConfig{}, func(context.Context) error { return nil })
+	require.NoError(t, err)
 	require.Equal(t, StateUp, m.Status().State)
 	m.Stop() // never started: must not block
+}
 
-	m2 := NewMonitor(MonitorConfig{Jitter: -1}, nil)
-	require.Zero(t, ConfigOf(m2).Jitter)
+// TestMonitorNoJitter: a negative jitter probes exactly on the interval, whatever Rand says.
+func TestMonitorNoJitter(t *testing.T) {
+	h := newHarness(t, MonitorConfig{Jitter: -1, Rand: func() float64 { return 0 }})
+	h.m.Start()
+	h.blockUntil(1)
+	h.clk.Advance(DefaultInterval - time.Nanosecond)
+	require.Zero(t, h.calls.Load())
+	h.clk.Advance(time.Nanosecond)
+	h.event("probed")
+	require.Equal(t, int32(1), h.calls.Load())
 }
 
 func TestMonitorStateMachine(t *testing.T) {
@@ -412,40 +458,6 @@ func TestMonitorMarkDownNeverPostpones(t *testing.T) {
 	require.Equal(t, int32(1), h.calls.Load())
 }
 
-func TestMonitorSucceeded(t *testing.T) {
-	h := newHarness(t, MonitorConfig{})
-	h.set(errors.New("busy"))
-	h.m.Start()
-	h.m.Succeeded() // up: nothing to do
-	h.noChange()
-
-	h.tick(DefaultInterval)
-	h.change(StateUp, StateDegraded)
-	h.m.Succeeded()
-	c := h.change(StateDegraded, StateUp)
-	require.Equal(t, "traffic succeeded", c.new.Reason)
-	require.Zero(t, c.new.ConsecutiveFailures)
-
-	h.m.MarkDown("dead")
-	h.change(StateUp, StateDown)
-	h.m.Succeeded()
-	h.noChange()
-	require.Equal(t, StateDown, h.m.Status().State, "traffic never brings a down device up")
-}
-
-func TestMonitorFeedsLatency(t *testing.T) {
-	ewma := NewPeakEWMA(nil, time.Second, 0)
-	h := newHarness(t, MonitorConfig{Latency: ewma})
-	h.fn = func(ctx context.Context) error {
-		h.clk.Advance(3 * time.Millisecond) // the probe takes 3 ms of fake time
-		return nil
-	}
-	h.m.Start()
-	st := h.tick(DefaultInterval)
-	require.Equal(t, 3*time.Millisecond, st.LastLatency)
-	require.Equal(t, 3*time.Millisecond, ewma.Value())
-}
-
 func TestMonitorProbePanicIsAFailure(t *testing.T) {
 	h := newHarness(t, MonitorConfig{})
 	h.fn = func(context.Context) error { panic("boom") }
@@ -518,7 +530,6 @@ func TestMonitorOnChangeSerialUnderConcurrency(t *testing.T) {
 				case 0:
 					h.m.MarkDown("traffic")
 				case 1:
-					h.m.Succeeded()
 					h.m.ProbeNow()
 				case 2:
 					_ = h.m.Status()

@@ -1,17 +1,12 @@
 package pkcs11ha
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/health"
@@ -20,7 +15,7 @@ import (
 // Cluster is a set of devices holding the same partitions, with routing, breakers, health probes and
 // recovery. It is safe for concurrent use.
 type Cluster struct {
-	cfg      *Config
+	s        *settings
 	devices  []*device
 	router   *failover.Router
 	monitors []*health.Monitor
@@ -33,426 +28,31 @@ type Cluster struct {
 	pins     pinState // PINs reloaded after a wrong one (pinreload.go)
 }
 
-// clusterPartition is the key catalogue of one partition across devices.
-type clusterPartition struct {
-	name string
-	mu   sync.RWMutex
-	keys map[string]*keyEntry
-}
-
-// keyEntry is one (partition, label): the reference public key and the devices that hold it.
-type keyEntry struct {
-	label    string
-	id       []byte
-	alg      string
-	pub      any
-	pubDER   []byte
-	mask     atomic.Uint64                     // devices that hold exactly this key
-	excluded atomic.Pointer[map[string]string] // device -> reason
-}
-
-// Option configures Open.
-type Option func(*openOptions)
-
-type openOptions struct {
-	logger *slog.Logger
-	reg    prometheus.Registerer
-}
-
-// WithLogger logs state changes (each once) and recoveries to l.
-func WithLogger(l *slog.Logger) Option { return func(o *openOptions) { o.logger = l } }
-
-// WithRegisterer registers the cluster's Prometheus collectors on r.
-func WithRegisterer(r prometheus.Registerer) Option { return func(o *openOptions) { o.reg = r } }
-
-// Open loads every device's module, resolves the partitions' tokens, logs in and checks that every device
-// holds the same keys. Devices that are down now are retried in the background; Open fails only when the
-// config is invalid or no device at all could be opened.
-func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
-	if cfg == nil {
-		return nil, errors.New("pkcs11ha: nil config")
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	o := openOptions{}
-	for _, f := range opts {
-		f(&o)
-	}
-	if o.logger == nil {
-		o.logger = slog.New(slog.DiscardHandler)
-	}
-	cl := &Cluster{cfg: cfg, log: o.logger}
-	m, err := newMetrics(cfg, o.reg)
-	if err != nil {
-		return nil, err
-	}
-	cl.metrics = m
-	pol := &cfg.Policy
-
-	members := make([]failover.MemberConfig, len(cfg.Devices))
-	for i, dc := range cfg.Devices {
-		members[i] = failover.MemberConfig{Name: dc.Name, Tier: cfg.tierOf(i), Capacity: cfg.capacityOf(i)}
-	}
-	rc := failover.DefaultConfig()
-	rc.AttemptTimeout = []time.Duration{pol.AttemptTimeout.Local.D(), pol.AttemptTimeout.DR.D()}
-	rc.InitialLatency = []time.Duration{pol.InitialLatency.Local.D(), pol.InitialLatency.DR.D()}
-	if pol.MaxAttempts > 0 {
-		rc.MaxAttempts = pol.MaxAttempts
-	}
-	rc.SpillWait = pol.SpillWait.D()
-	rc.MaxAbandonedPerMember = pol.MaxAbandoned
-	rc.MaxAbandonedTotal = pol.MaxAbandonedAll
-	rc.EWMADecay = pol.EWMADecay.D()
-	rc.Breaker = failover.BreakerConfig{
-		ConsecutiveFailures: pol.Breaker.ConsecutiveFailures, FailureRatio: pol.Breaker.FailureRatio,
-		MinRequests: pol.Breaker.MinRequests, Window: pol.Breaker.Window.D(), OpenBase: pol.Breaker.OpenBase.D(),
-		OpenMax: pol.Breaker.OpenMax.D(), HalfOpenMax: pol.Breaker.HalfOpenMax,
-	}
-	rc.Hedge = failover.HedgeConfig{Enabled: pol.Hedge.Enabled, Budget: pol.Hedge.Budget, Floor: pol.Hedge.Floor.D(), Quantile: pol.Hedge.Quantile}
-	rc.Observer = &observer{cl: cl}
-	rc.DisablePanic = pol.DisablePanic
-	rc.StallThreshold = pol.StallThreshold.D()
-	router, err := failover.New(rc, members)
-	if err != nil {
-		return nil, fmt.Errorf("pkcs11ha: %w", err)
-	}
-	cl.router = router
-
-	for i := range cfg.Partitions {
-		cl.parts = append(cl.parts, &clusterPartition{name: cfg.Partitions[i].Name, keys: map[string]*keyEntry{}})
-	}
-	for i, dc := range cfg.Devices {
-		h, err := modules.acquire(dc.Module, dc.ModuleEnv, 0, pol.InitTimeout.D())
-		if err != nil {
-			cl.releaseDevices()
-			router.Close()
-			return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
-		}
-		d := &device{idx: i, name: dc.Name, cfg: dc, policy: pol, mod: h, log: cl.log}
-		for pi := range cfg.Partitions {
-			d.parts = append(d.parts, &devPartition{dev: d, cfg: &cfg.Partitions[pi]})
-		}
-		d.onDown = func(reason string) { cl.monitors[d.idx].MarkDown(reason) }
-		cl.devices = append(cl.devices, d)
-		if err := d.addLanes(cfg.lanesOf(i), pol.InitTimeout.D()); err != nil {
-			cl.releaseDevices()
-			router.Close()
-			return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
-		}
-	}
-
-	m.stuck.cl.Store(cl) // the devices exist: the collector may read them
-
-	// Open devices concurrently, each bounded by init_timeout: a hung device must not stall Open.
-	openErrs := make([]error, len(cl.devices))
-	var wg sync.WaitGroup
-	for i, d := range cl.devices {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			octx, cancel := context.WithTimeout(ctx, pol.InitTimeout.D())
-			defer cancel()
-			openErrs[i] = d.open(octx)
-		}()
-	}
-	wg.Wait()
-	up := 0
-	for i, err := range openErrs {
-		if err == nil {
-			up++
-			continue
-		}
-		cl.log.Warn("device not available at open; retrying in the background", "device", cl.devices[i].name, "err", err)
-	}
-	if up == 0 {
-		cl.releaseDevices()
-		router.Close()
-		return nil, fmt.Errorf("pkcs11ha: no device could be opened: %w", errors.Join(openErrs...))
-	}
-	// Fix each key's reference by majority over every device that opened, not over whichever finished
-	// first: a device holding a different key must not become the reference because it was fastest.
-	cl.checkKeys(nil)
-	for _, d := range cl.devices {
-		d.onKeys = cl.checkKeys
-	}
-
-	for i, d := range cl.devices {
-		initial := health.StateUp
-		if openErrs[i] != nil {
-			initial = health.StateDown
-		}
-		cl.monitors = append(cl.monitors, cl.newMonitor(i, d, initial))
-		router.SetUp(i, initial != health.StateDown)
-	}
-	for _, m := range cl.monitors {
-		m.Start()
-		m.ProbeNow() // measure every device now rather than routing on the initial-latency guess for 5 s
-	}
-	return cl, nil
-}
-
-func (cl *Cluster) newMonitor(i int, d *device, initial health.State) *health.Monitor {
-	pol := &cl.cfg.Policy
-	var hk func(ctx context.Context) error
-	if pol.HealthKey != "" {
-		hk = func(ctx context.Context) error { return cl.healthKeySign(ctx, d) }
-	}
-	return health.NewMonitor(health.MonitorConfig{
-		Name:          d.name,
-		Interval:      pol.Health.Interval.D(),
-		DownInterval:  pol.Health.DownInterval.D(),
-		Jitter:        pol.Health.Jitter,
-		Timeout:       pol.Health.Timeout.D(), // a recovery running past it finishes on its own; the next probe sees it
-		FallThreshold: pol.Health.Fall,
-		RiseThreshold: pol.Health.Rise,
-		InitialState:  initial,
-		Clock:         health.RealClock(),
-		OnChange: func(old, cur health.Status) {
-			if old.State == health.StateDown && cur.State != health.StateDown {
-				// What was measured before the outage says nothing about the device now.
-				cl.router.Latency(i).Reset(cl.initialLatency(i))
-			}
-			cl.router.SetUp(i, cur.State != health.StateDown)
-			cl.metrics.deviceState(d.name, cur.State)
-			lvl := slog.LevelInfo
-			if cur.State != health.StateUp {
-				lvl = slog.LevelWarn
-			}
-			cl.log.Log(context.Background(), lvl, "device state changed", "device", d.name,
-				"from", old.State.String(), "to", cur.State.String(), "reason", cur.Reason)
-		},
-	}, func(ctx context.Context) error {
-		cl.watchPINFiles()
-		start := time.Now()
-		reinits := d.mod.reinits.Load()
-		err := d.probe(ctx, cl.othersServing(d), hk)
-		if err == nil {
-			if d.mod.reinits.Load() != reinits {
-				// A fresh instance: what we knew about its latency is stale.
-				cl.router.Latency(i).Reset(cl.initialLatency(i))
-				cl.metrics.reinits.WithLabelValues(d.name).Inc()
-				cl.log.Info("device re-initialised", "device", d.name)
-			} else if el := time.Since(start); el <= pol.Health.Timeout.D() {
-				// A probe that outlived its deadline (blocked on a paused server) is not a latency sample:
-				// seconds of it would keep a resumed device out of rotation for a minute.
-				cl.router.Latency(i).Observe(el)
-			}
-		}
-		return err
-	})
-}
-
-func (cl *Cluster) initialLatency(i int) time.Duration {
-	if cl.cfg.tierOf(i) == 0 {
-		return cl.cfg.Policy.InitialLatency.Local.D()
-	}
-	return cl.cfg.Policy.InitialLatency.DR.D()
-}
-
-// othersServing reports whether another device on d's module instance is up: then a full re-init of the
-// shared instance would hurt it, so d only reopens sessions.
-func (cl *Cluster) othersServing(d *device) bool {
-	for j, o := range cl.devices {
-		if o != d && o.mod == d.mod && j < len(cl.monitors) && cl.monitors[j].Status().State != health.StateDown {
-			return true
-		}
-	}
-	return false
-}
-
-// healthKeySign signs a fixed digest with policy.health_key on device d, in the first partition holding it.
-func (cl *Cluster) healthKeySign(ctx context.Context, d *device) error {
-	label := cl.cfg.Policy.HealthKey
-	for pi, cp := range cl.parts {
-		cp.mu.RLock()
-		e := cp.keys[label]
-		cp.mu.RUnlock()
-		if e == nil || e.mask.Load()&(1<<uint(d.idx)) == 0 {
-			continue
-		}
-		digest := make([]byte, 32)
-		plan, err := planSign(e.pub, digest, healthHash{})
-		if err != nil {
-			return err
-		}
-		k := &Key{cl: cl, pidx: pi, part: cp.name, entry: e}
-		_, err = d.parts[pi].run(ctx, label, e.pubDER, k.checkedOp(plan, digest, healthHash{}))
-		cl.noteBadSignature(d.idx, err)
-		return err
-	}
-	return fmt.Errorf("health key %q not on this device", label)
-}
-
-// checkKeys rebuilds the key catalogue after device d (re)opened: the first devices to report a label fix
-// its reference public key (by majority, config order breaking ties); a device that lacks the key or holds a
-// different one is excluded for that key.
-func (cl *Cluster) checkKeys(_ *device) {
-	cl.keysMu.Lock()
-	defer cl.keysMu.Unlock()
-	for pi, cp := range cl.parts {
-		type devKeys struct {
-			idx  int
-			keys map[string]*keyObject
-		}
-		var open []devKeys
-		labels := map[string]bool{}
-		for _, d := range cl.devices {
-			st := d.parts[pi].st.Load()
-			if st == nil {
-				continue
-			}
-			st.keysMu.RLock()
-			m := make(map[string]*keyObject, len(st.keys))
-			for l, k := range st.keys {
-				m[l] = k
-				labels[l] = true
-			}
-			st.keysMu.RUnlock()
-			open = append(open, devKeys{d.idx, m})
-		}
-		cp.mu.Lock()
-		for label := range labels {
-			e := cp.keys[label]
-			if e == nil {
-				// Majority vote on the public key among the devices that have the label.
-				var best *keyObject
-				bestN := 0
-				for _, dk := range open {
-					k := dk.keys[label]
-					if k == nil {
-						continue
-					}
-					n := 0
-					for _, o := range open {
-						if ok := o.keys[label]; ok != nil && bytes.Equal(ok.pubDER, k.pubDER) {
-							n++
-						}
-					}
-					if n > bestN {
-						best, bestN = k, n
-					}
-				}
-				e = &keyEntry{label: label, id: best.id, alg: best.alg, pub: best.pub, pubDER: best.pubDER}
-				cp.keys[label] = e
-			}
-			var mask uint64
-			excl := map[string]string{}
-			for _, d := range cl.devices {
-				st := d.parts[pi].st.Load()
-				if st == nil {
-					if why := d.parts[pi].credFatal.Load(); why != nil {
-						excl[d.name] = "partition unusable: " + *why
-					}
-					continue
-				}
-				k := st.key(label)
-				switch {
-				case k == nil:
-					excl[d.name] = "key missing on this device"
-				case !bytes.Equal(k.pubDER, e.pubDER):
-					excl[d.name] = "different public key under the same label"
-				default:
-					mask |= 1 << uint(d.idx)
-				}
-			}
-			old := e.excluded.Load()
-			if old == nil || len(*old) < len(excl) {
-				for dn, why := range excl {
-					if old == nil || (*old)[dn] != why {
-						cl.metrics.keyInconsistent.WithLabelValues(dn, cp.name, label).Inc()
-						cl.log.Warn("device excluded for key", "device", dn, "partition", cp.name, "key", label, "reason", why)
-					}
-				}
-			}
-			e.mask.Store(mask)
-			e.excluded.Store(&excl)
-		}
-		cp.mu.Unlock()
-	}
-}
-
-// Key returns the key with the given label in the named partition.
-func (cl *Cluster) Key(ctx context.Context, partition, label string) (*Key, error) {
+// do routes one operation for key k through the failover layer; out, when not nil, learns how it went.
+func (cl *Cluster) do(ctx context.Context, op string, k *Key, fn opFunc, out *Outcome) ([]byte, error) {
 	if cl.closed.Load() {
 		return nil, ErrClosed
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	for pi, cp := range cl.parts {
-		if cp.name != partition {
-			continue
-		}
-		cp.mu.RLock()
-		e := cp.keys[label]
-		cp.mu.RUnlock()
-		if e == nil {
-			return nil, fmt.Errorf("%w: %q in partition %q", ErrUnknownKey, label, partition)
-		}
-		return &Key{cl: cl, pidx: pi, part: partition, entry: e}, nil
-	}
-	return nil, fmt.Errorf("%w: %q", ErrUnknownPartition, partition)
-}
-
-// Keys lists the keys of a partition, sorted by label.
-func (cl *Cluster) Keys(partition string) ([]KeyInfo, error) {
-	for _, cp := range cl.parts {
-		if cp.name != partition {
-			continue
-		}
-		cp.mu.RLock()
-		defer cp.mu.RUnlock()
-		out := make([]KeyInfo, 0, len(cp.keys))
-		for _, e := range cp.keys {
-			out = append(out, cl.keyInfo(e))
-		}
-		sort.Slice(out, func(i, j int) bool { return out[i].Label < out[j].Label })
-		return out, nil
-	}
-	return nil, fmt.Errorf("%w: %q", ErrUnknownPartition, partition)
-}
-
-func (cl *Cluster) keyInfo(e *keyEntry) KeyInfo {
-	ki := KeyInfo{Label: e.label, ID: hexID(e.id), Algorithm: e.alg, Public: e.pub, Excluded: map[string]string{}}
-	mask := e.mask.Load()
-	for _, d := range cl.devices {
-		if mask&(1<<uint(d.idx)) != 0 {
-			ki.Devices = append(ki.Devices, d.name)
-		}
-	}
-	if ex := e.excluded.Load(); ex != nil {
-		for k, v := range *ex {
-			ki.Excluded[k] = v
-		}
-	}
-	return ki
-}
-
-// Info returns the KeyInfo of this key.
-func (k *Key) Info() KeyInfo { return k.cl.keyInfo(k.entry) }
-
-// do routes one operation for key k through the failover layer and names the device that served it.
-func (cl *Cluster) do(ctx context.Context, op string, k *Key, fn opFunc) ([]byte, string, error) {
-	if cl.closed.Load() {
-		return nil, "", ErrClosed
-	}
 	mask := k.entry.mask.Load()
 	if mask == 0 {
-		return nil, "", fmt.Errorf("%w: no device holds key %q of partition %q", ErrNoDevice, k.entry.label, k.part)
+		return nil, fmt.Errorf("%w: no device holds key %q of partition %q", ErrNoDevice, k.entry.label, k.part)
 	}
 	start := time.Now()
-	out, res, err := failover.Do(ctx, cl.router, op, failover.Mask(mask), func(ctx context.Context, m int) ([]byte, error) {
-		out, err := cl.devices[m].parts[k.pidx].run(ctx, k.entry.label, k.entry.pubDER, fn)
+	v, res, err := failover.Do(ctx, cl.router, op, failover.Mask(mask), func(ctx context.Context, m int) ([]byte, error) {
+		v, err := cl.devices[m].parts[k.pidx].run(ctx, k.entry.label, k.entry.pubDER, fn)
 		cl.noteBadSignature(m, err)
-		return out, err
+		return v, err
 	})
-	dev := "none"
+	err = fromRouter(err)
+	dev := ""
 	if err == nil && res.Member >= 0 && res.Member < len(cl.devices) {
 		dev = cl.devices[res.Member].name
 	}
 	cl.metrics.operation(op, dev, res, err, time.Since(start))
-	return out, dev, err
+	if out != nil {
+		out.Device, out.Attempts, out.Hedged = dev, res.Attempts, res.Hedged
+	}
+	return v, err
 }
 
 // LoginAttempts returns how many times C_Login was called for partition on device (for tests and audits).
@@ -486,8 +86,8 @@ func (cl *Cluster) Close() error {
 		}()
 		select {
 		case <-done:
-		case <-time.After(cl.cfg.Policy.CloseTimeout.D()):
-			cl.log.Warn("close timed out; abandoning hung calls", "timeout", cl.cfg.Policy.CloseTimeout.D())
+		case <-time.After(cl.s.own.CloseTimeout):
+			cl.log.Warn("close timed out; abandoning hung calls", "timeout", cl.s.own.CloseTimeout)
 		}
 	})
 	return nil
@@ -495,9 +95,13 @@ func (cl *Cluster) Close() error {
 
 func (cl *Cluster) releaseDevices() {
 	for _, d := range cl.devices {
-		d.close(cl.cfg.Policy.CloseTimeout.D())
+		d.close(cl.s.own.CloseTimeout)
 	}
 }
 
-// Config returns the validated configuration the cluster runs with.
-func (cl *Cluster) Config() *Config { return cl.cfg }
+// Config returns a copy of the configuration the cluster runs with, its policy holding the values in
+// effect (defaults included).
+func (cl *Cluster) Config() *Config {
+	c := cl.s.cfg.clone()
+	return &c
+}

@@ -4,11 +4,15 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/pkcs11-ha/pkcs11-ha/failover"
+	"github.com/pkcs11-ha/pkcs11-ha/health"
 )
 
 func writeFile(t *testing.T, dir, name, body string) string {
@@ -68,8 +72,14 @@ func TestLoadConfig(t *testing.T) {
 		{name: "verify_signatures all", yaml: base(twoDevs, onePart, "policy:\n  verify_signatures: all\n")},
 		{name: "verify_signatures bad", yaml: base(twoDevs, onePart, "policy:\n  verify_signatures: ecdsa\n"), field: "policy.verify_signatures"},
 		{name: "negative max_stuck_calls", yaml: base(twoDevs, onePart, "policy:\n  max_stuck_calls: -1\n"), field: "policy.max_stuck_calls"},
-		{name: "client with unknown partition", yaml: base(twoDevs, onePart, "clients:\n  - {name: app, unix_uid: 1000, partitions: [ledger]}\n"), field: "clients[app].partitions"},
-		{name: "client without identity", yaml: base(twoDevs, onePart, "clients:\n  - {name: app, partitions: [payments]}\n"), field: "clients[app]"},
+		{name: "negative spill_wait: never wait", yaml: base(twoDevs, onePart, "policy:\n  spill_wait: -1ms\n")},
+		{name: "negative jitter: none", yaml: base(twoDevs, onePart, "policy:\n  health: {jitter: -1}\n")},
+		{name: "jitter above 1", yaml: base(twoDevs, onePart, "policy:\n  health: {jitter: 1.5}\n"), field: "policy.health.jitter"},
+		{name: "quantile 1", yaml: base(twoDevs, onePart, "policy:\n  hedge: {quantile: 1}\n"), field: "policy.hedge.quantile"},
+		{name: "open_max below open_base", yaml: base(twoDevs, onePart, "policy:\n  breaker: {open_base: 1m, open_max: 1s}\n"), field: "policy.breaker.open_max"},
+		{name: "sidecar section server", yaml: base(twoDevs, onePart, "server:\n  listen: unix:///run/x.sock\n"), field: "server"},
+		{name: "sidecar section clients", yaml: base(twoDevs, onePart, "clients: []\n"), field: "clients"},
+		{name: "sidecar key request_timeout", yaml: base(twoDevs, onePart, "policy:\n  request_timeout: 5s\n"), field: "policy.request_timeout"},
 		{name: "bad tier", yaml: base("devices:\n  - {name: a, region: eastus, module: "+mod+", tier: 9}\n", onePart, ""), field: "devices[a].tier"},
 		{name: "empty file", yaml: "", field: "(file)"},
 		{name: "shared module without serials", yaml: base("devices:\n  - {name: a, region: eastus, module: "+mod+"}\n  - {name: b, region: eastus, module: "+mod+"}\n", onePart, ""), field: "devices[a].token_serials"},
@@ -107,24 +117,158 @@ func TestConfigDefaultsAndTiers(t *testing.T) {
 	mod := writeFile(t, dir, "module.so", "")
 	tier := 0
 	cfg := &Config{
+		Topology: Topology{
+			LocalRegion: "eastus",
+			Devices: []DeviceConfig{
+				{Name: "e1", Region: "eastus", Module: mod, ModuleEnv: map[string]string{"D": "1"}},
+				{Name: "w1", Region: "westus", Module: mod, ModuleEnv: map[string]string{"D": "2"}},
+				{Name: "w2", Region: "westus", Module: mod, ModuleEnv: map[string]string{"D": "3"}, Tier: &tier},
+			},
+			Partitions: []PartitionConfig{{Name: "p", TokenLabel: "p", PIN: "x"}},
+		},
+		Policy: Policy{AttemptTimeout: TierDurations{Local: Duration(20 * time.Millisecond)}},
+	}
+	before := cfg.clone()
+	require.NoError(t, cfg.Validate())
+	require.Equal(t, before, *cfg, "Validate changes nothing")
+
+	s, err := compile(cfg)
+	require.NoError(t, err)
+	require.Equal(t, before, *cfg, "nor does building the settings")
+	p := s.cfg.Policy
+	require.Equal(t, 20*time.Millisecond, p.AttemptTimeout.Local.D(), "explicit value kept")
+	require.Equal(t, 250*time.Millisecond, p.AttemptTimeout.DR.D(), "default in effect")
+	require.Equal(t, []time.Duration{20 * time.Millisecond, 250 * time.Millisecond}, s.router.AttemptTimeout)
+	require.Equal(t, uint32(3), p.Breaker.ConsecutiveFailures)
+	require.Equal(t, []string{"x"}, s.pins)
+	require.Equal(t, 0, cfg.tierOf(0))
+	require.Equal(t, 1, cfg.tierOf(1))
+	require.Equal(t, 0, cfg.tierOf(2), "tier override wins over region")
+	require.Equal(t, []failover.MemberConfig{{Name: "e1", Tier: 0, Capacity: 16}, {Name: "w1", Tier: 1, Capacity: 16}, {Name: "w2", Tier: 0, Capacity: 16}}, s.members)
+
+	// The settings are a copy: changing the caller's config afterwards changes nothing in them.
+	cfg.Devices[0].ModuleEnv["D"] = "changed"
+	*cfg.Devices[2].Tier = 1
+	cfg.Policy.SpillWait = Duration(time.Second)
+	require.Equal(t, "1", s.cfg.Devices[0].ModuleEnv["D"])
+	require.Equal(t, 0, s.cfg.tierOf(2))
+	require.Equal(t, 2*time.Millisecond, s.router.SpillWait)
+}
+
+// TestPolicyInEffect: an empty policy runs with the documented defaults (README's policy table), decided by
+// the router, the probes and the library; what is set explicitly is kept, negative "off" values included.
+func TestPolicyInEffect(t *testing.T) {
+	cfg := testConfig(t)
+	s, err := compile(cfg)
+	require.NoError(t, err)
+	ms := func(n int) Duration { return Duration(time.Duration(n) * time.Millisecond) }
+	require.Equal(t, Policy{
+		AttemptTimeout:   TierDurations{Local: ms(50), DR: ms(250)},
+		OperationTimeout: ms(2000),
+		MaxAttempts:      2, // the number of devices
+		SpillWait:        ms(2),
+		SessionPoolSize:  16,
+		MaxAbandoned:     4,
+		MaxAbandonedAll:  64,
+		EWMADecay:        ms(10000),
+		InitialLatency:   TierDurations{Local: ms(5), DR: ms(100)},
+		Breaker: BreakerPolicy{ConsecutiveFailures: 3, FailureRatio: 0.5, MinRequests: 20, Window: ms(10000),
+			OpenBase: ms(5000), OpenMax: ms(300000), HalfOpenMax: 2},
+		Hedge:          HedgePolicy{Budget: 0.05, Floor: ms(2), Quantile: 0.95},
+		Health:         HealthPolicy{Interval: ms(5000), DownInterval: ms(1000), Jitter: 0.15, Timeout: ms(1000), Fall: 3, Rise: 2},
+		ReinitGrace:    ms(2000),
+		InitTimeout:    ms(5000),
+		CloseTimeout:   ms(2000),
+		StallThreshold: ms(20),
+
+		MaxStuckCalls: 1000, P11KitInstances: 1, VerifySignatures: VerifyRSA,
+	}, s.cfg.Policy)
+
+	cfg.Policy = Policy{SpillWait: ms(-1), StallThreshold: ms(-1), Health: HealthPolicy{Jitter: -1}, HealthKey: "hk", OAEPFallback: true,
+		Hedge: HedgePolicy{Enabled: true}, DisablePanic: true}
+	s, err = compile(cfg)
+	require.NoError(t, err)
+	require.Equal(t, -time.Millisecond, s.router.SpillWait, "negative: never wait")
+	require.Equal(t, -time.Millisecond, s.router.StallThreshold, "negative: no watchdog")
+	require.Equal(t, -1.0, s.monitor.Jitter, "negative: no jitter")
+	require.True(t, s.router.Hedge.Enabled)
+	require.True(t, s.router.DisablePanic)
+	require.Equal(t, ownSettings{OperationTimeout: 2 * time.Second, SessionPoolSize: 16, HealthKey: "hk", ReinitGrace: 2 * time.Second,
+		InitTimeout: 5 * time.Second, CloseTimeout: 2 * time.Second, OAEPFallback: true,
+		MaxStuckCalls: 1000, P11KitInstances: 1, VerifySignatures: VerifyRSA}, s.own)
+	require.Equal(t, ms(-1), s.cfg.Policy.SpillWait, "the policy in effect says so too")
+}
+
+// TestPolicyBindings: every key of the policy section is bound to exactly one setting, and a value out of
+// bounds is reported under its key, whichever layer decides the bound.
+func TestPolicyBindings(t *testing.T) {
+	var p Policy
+	bs := bindings(&p, &failover.Config{}, &health.MonitorConfig{}, &ownSettings{})
+	bound := map[string]int{}
+	for _, b := range bs {
+		bound[b.key]++
+	}
+	keys := yamlKeys(reflect.TypeOf(p), "")
+	require.NotEmpty(t, keys)
+	for _, k := range keys {
+		require.Equal(t, 1, bound[k], "policy.%s bound once", k)
+	}
+	require.Len(t, bound, len(keys), "no binding without a key")
+
+	bad := map[string]string{
+		"attempt_timeout.local": "attempt_timeout: {local: -1ms}", "attempt_timeout.dr": "attempt_timeout: {dr: -1ms}",
+		"operation_timeout": "operation_timeout: -1s", "max_attempts": "max_attempts: -1", "session_pool_size": "session_pool_size: -2",
+		"max_abandoned_per_device": "max_abandoned_per_device: -1", "max_abandoned_total": "max_abandoned_total: -1",
+		"ewma_decay": "ewma_decay: -1s", "initial_latency.local": "initial_latency: {local: -1ms}", "initial_latency.dr": "initial_latency: {dr: -1ms}",
+		"breaker.failure_ratio": "breaker: {failure_ratio: 2}", "breaker.window": "breaker: {window: -1s}",
+		"breaker.open_base": "breaker: {open_base: -1s}", "breaker.open_max": "breaker: {open_max: 1ms}",
+		"hedge.budget": "hedge: {budget: 1.5}", "hedge.floor": "hedge: {floor: -1ms}", "hedge.quantile": "hedge: {quantile: 1}",
+		"health.interval": "health: {interval: -1s}", "health.down_interval": "health: {down_interval: -1s}",
+		"health.jitter": "health: {jitter: 1.01}", "health.timeout": "health: {timeout: -1s}", "health.fall": "health: {fall: -1}",
+		"health.rise": "health: {rise: -1}", "reinit_grace": "reinit_grace: -1s", "init_timeout": "init_timeout: -1s",
+		"close_timeout": "close_timeout: -1s", "max_retired_instances": "max_retired_instances: -1",
+	}
+	base := testConfig(t)
+	for key, yml := range bad {
+		t.Run(key, func(t *testing.T) {
+			require.Contains(t, bound, key)
+			cfg := base.clone()
+			var pol Policy
+			require.NoError(t, DecodeYAML([]byte(yml), &pol))
+			cfg.Policy = pol
+			err := cfg.Validate()
+			var ce *ConfigError
+			require.ErrorAs(t, err, &ce)
+			require.Equal(t, "policy."+key, ce.Field, "error: %v", err)
+		})
+	}
+}
+
+// yamlKeys lists the dotted YAML keys of the leaves of a struct type (a Duration is a leaf).
+func yamlKeys(t reflect.Type, prefix string) []string {
+	var out []string
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if f.Type.Kind() == reflect.Struct {
+			out = append(out, yamlKeys(f.Type, prefix+name+".")...)
+			continue
+		}
+		out = append(out, prefix+name)
+	}
+	return out
+}
+
+// testConfig is a valid two-device config (local and DR) on a dummy module file.
+func testConfig(t *testing.T) *Config {
+	t.Helper()
+	mod := writeFile(t, t.TempDir(), "module.so", "")
+	return &Config{Topology: Topology{
 		LocalRegion: "eastus",
 		Devices: []DeviceConfig{
 			{Name: "e1", Region: "eastus", Module: mod, ModuleEnv: map[string]string{"D": "1"}},
 			{Name: "w1", Region: "westus", Module: mod, ModuleEnv: map[string]string{"D": "2"}},
-			{Name: "w2", Region: "westus", Module: mod, ModuleEnv: map[string]string{"D": "3"}, Tier: &tier},
 		},
 		Partitions: []PartitionConfig{{Name: "p", TokenLabel: "p", PIN: "x"}},
-		Policy:     Policy{AttemptTimeout: TierDurations{Local: Duration(20 * time.Millisecond)}},
-	}
-	require.NoError(t, cfg.Validate())
-	require.Equal(t, 20*time.Millisecond, cfg.Policy.AttemptTimeout.Local.D(), "explicit value kept")
-	require.Equal(t, 250*time.Millisecond, cfg.Policy.AttemptTimeout.DR.D(), "default filled")
-	require.Equal(t, uint32(3), cfg.Policy.Breaker.ConsecutiveFailures)
-	require.Equal(t, VerifyRSA, cfg.Policy.VerifySignatures, "RSA signatures are verified by default")
-	require.Equal(t, 1000, cfg.Policy.MaxStuckCalls)
-	require.Zero(t, cfg.Policy.MaxRetired, "no cap of its own: max_stuck_calls bounds retired instances")
-	require.Equal(t, 1, cfg.Policy.P11KitInstances, "lanes are opt-in")
-	require.Equal(t, 0, cfg.tierOf(0))
-	require.Equal(t, 1, cfg.tierOf(1))
-	require.Equal(t, 0, cfg.tierOf(2), "tier override wins over region")
+	}}
 }

@@ -12,20 +12,18 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
-
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
 // device is the PKCS#11 backend of one configured HSM: its module instance, and per partition a token, a
 // logged-in session, a session pool and a key-handle cache. Everything that belongs to one module instance
 // lives in a devState and is replaced whole on re-init, so no handle from before is ever used again.
 type device struct {
-	idx    int
-	name   string
-	cfg    DeviceConfig
-	policy *Policy
-	mod    *moduleHandle
-	parts  []*devPartition // same order as Config.Partitions
+	idx   int
+	name  string
+	cfg   DeviceConfig
+	set   *ownSettings
+	mod   *moduleHandle
+	parts []*devPartition // same order as Config.Partitions
 
 	recoverMu sync.Mutex // one recovery at a time
 	needInit  atomic.Bool
@@ -53,14 +51,15 @@ type device struct {
 type devPartition struct {
 	dev       *device
 	cfg       *PartitionConfig
+	pin       string // resolved once by Open; never printed
 	st        atomic.Pointer[partState]
 	credFatal atomic.Pointer[string] // set once a PIN was rejected: never logged in again
 	logins    atomic.Int64           // C_Login attempts, for tests and metrics
 	home      *devPartition          // a lane's partition: the owning device's, which holds the two above
+	openErr   atomic.Pointer[error]  // outcome of the last open (nil error: opened), for Inspect
 
-	// pinreload.go: a reloaded PIN (nil: the configuration's), and a hash of the PIN the token refused,
-	// never tried again.
-	pin      atomic.Pointer[string]
+	// pinreload.go: a reloaded PIN (nil: pin), and a hash of the PIN the token refused, never tried again.
+	newPIN   atomic.Pointer[string]
 	rejected atomic.Pointer[[32]byte]
 }
 
@@ -79,14 +78,33 @@ type partState struct {
 // lastError is the device's last failure as Status shows it.
 type lastError struct {
 	msg   string
-	class failover.Class
+	class Class
 }
 
 func (d *device) setErr(err error) {
 	if err == nil {
 		return
 	}
-	d.owner().lastErr.Store(&lastError{msg: err.Error(), class: failover.ClassOf(err)})
+	d.owner().lastErr.Store(&lastError{msg: err.Error(), class: classOf(err)})
+}
+
+// newDevice makes device i of settings s on the module registry's handle for its module and module_env,
+// with its lanes (lanes.go); nothing is loaded yet.
+func newDevice(s *settings, i int, log *slog.Logger) (*device, error) {
+	dc := s.cfg.Devices[i]
+	h, err := modules.acquire(dc.Module, dc.ModuleEnv, 0, s.own.InitTimeout)
+	if err != nil {
+		return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
+	}
+	d := &device{idx: i, name: dc.Name, cfg: dc, set: &s.own, mod: h, log: log}
+	for pi := range s.cfg.Partitions {
+		d.parts = append(d.parts, &devPartition{dev: d, cfg: &s.cfg.Partitions[pi], pin: s.pins[pi]})
+	}
+	if err := d.addLanes(lanesOf(dc, s.own.P11KitInstances), s.own.InitTimeout); err != nil {
+		d.close(s.own.CloseTimeout)
+		return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
+	}
+	return d, nil
 }
 
 // open brings the device up on its current (or a fresh) instance: resolve tokens, log in, list keys.
@@ -106,38 +124,17 @@ func (d *device) recoverDevice(ctx context.Context, othersServing bool) error {
 }
 
 func (d *device) openLocked(ctx context.Context, reinit bool) error {
-	d.mod.mu.Lock()
-	in := d.mod.current()
-	var err error
-	switch {
-	case in == nil:
-		if d.mod.cur.Load() != nil {
-			in, err = d.mod.reinit(ctx, d.policy, d.log)
-		} else {
-			again := d.mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
-			in, err = d.mod.load(ctx, d.policy.MaxRetired)
-			if err == nil {
-				d.mod.cur.Store(in)
-				if again {
-					d.mod.reinits.Add(1)
-				}
-			}
-		}
-	case reinit && d.needInit.Load():
-		in, err = d.mod.reinit(ctx, d.policy, d.log)
-	}
-	d.mod.mu.Unlock()
-	d.noteRecovery(err)
+	in, err := d.instanceFor(ctx, reinit)
 	if err != nil {
-		err = downErr(d.name, "", OpInitialize, err.Error())
-		d.setErr(err)
 		return err
 	}
 	d.needInit.Store(false)
 	var errs []error
 	for _, p := range d.parts {
-		if err := p.open(ctx, in); err != nil {
-			if failover.ClassOf(err) == failover.ClassDeviceDown {
+		err := p.open(ctx, in)
+		p.openErr.Store(&err)
+		if err != nil {
+			if classOf(err) == ClassDeviceDown {
 				// e.g. the token is missing after C_Initialize against a dead server: only a re-init helps.
 				d.needInit.Store(true)
 			}
@@ -156,10 +153,43 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 	return nil
 }
 
+// instanceFor returns the module instance to open the device on: the current one, or a freshly loaded
+// one, or (reinit, when the device needs it) a re-initialised one. Its errors are device-down, and recorded.
+func (d *device) instanceFor(ctx context.Context, reinit bool) (*instance, error) {
+	d.mod.mu.Lock()
+	in := d.mod.current()
+	var err error
+	switch {
+	case in == nil:
+		if d.mod.cur.Load() != nil {
+			in, err = d.mod.reinit(ctx, d.set, d.log)
+		} else {
+			again := d.mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
+			in, err = d.mod.load(ctx, d.set.MaxRetired)
+			if err == nil {
+				d.mod.cur.Store(in)
+				if again {
+					d.mod.reinits.Add(1)
+				}
+			}
+		}
+	case reinit && d.needInit.Load():
+		in, err = d.mod.reinit(ctx, d.set, d.log)
+	}
+	d.mod.mu.Unlock()
+	d.noteRecovery(err)
+	if err != nil {
+		err = downErr(d.name, "", opInitialize, err.Error())
+		d.setErr(err)
+		return nil, err
+	}
+	return in, nil
+}
+
 // open resolves the token by label or serial on instance in, logs in once and lists its keys.
 func (p *devPartition) open(ctx context.Context, in *instance) error {
 	if why := p.owner().credFatal.Load(); why != nil {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
+		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opLogin, Class: ClassCredential, Err: errors.New(*why)}
 	}
 	if old := p.st.Load(); old != nil && old.in == in && ctx.Err() == nil {
 		// Same instance: a soft recovery. Drop pooled sessions and re-login below on the same slot.
@@ -167,43 +197,35 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	}
 	rec, ok := in.begin(ctx, p.dev)
 	if !ok {
-		return downErr(p.dev.name, p.cfg.Name, OpSlotList, "module instance is re-initialising")
+		return downErr(p.dev.name, p.cfg.Name, opSlotList, "module instance is re-initialising")
 	}
 	defer in.end(rec)
 	c := in.ctx
 	slots, err := c.GetSlotList(true)
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, OpSlotList, err)
+		return p11err(p.dev.name, p.cfg.Name, opSlotList, err)
 	}
 	var slot uint
 	var info pkcs11.TokenInfo
 	found := false
-	serial, label := p.cfg.TokenSerial, p.cfg.TokenLabel
-	if s := p.dev.cfg.TokenSerials[p.cfg.Name]; s != "" {
-		serial = s
-	}
 	for _, s := range slots {
 		ti, err := c.GetTokenInfo(s)
 		if err != nil {
 			continue
 		}
-		if (serial != "" && strings.TrimSpace(ti.SerialNumber) == serial) ||
-			(serial == "" && strings.TrimSpace(ti.Label) == label) {
+		if p.isToken(ti) {
 			slot, info, found = s, ti, true
 			break
 		}
 	}
 	if !found {
 		// After a server dies C_Initialize still succeeds with no slots: the device is not up.
-		return downErr(p.dev.name, p.cfg.Name, OpTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
+		return downErr(p.dev.name, p.cfg.Name, opTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
 	}
-	size := p.dev.policy.SessionPoolSize
-	if m := int(info.MaxSessionCount); m > 1 && m < 1<<20 && m-1 < size {
-		size = m - 1 // one for the login session
-	}
+	size := poolSize(p.dev.set.SessionPoolSize, info.MaxSessionCount)
 	ls, err := c.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, OpOpenSession, err)
+		return p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
 	}
 	st := &partState{in: in, slot: slot, loginS: ls, pool: newSessionPool(in, slot, size)}
 	if err := p.login(st); err != nil {
@@ -212,7 +234,7 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	}
 	keys, err := listPrivateKeys(c, ls, "")
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, OpFindObjects, err)
+		return p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
 	}
 	st.keys = make(map[string]*keyObject, len(keys))
 	for _, k := range keys {
@@ -223,6 +245,29 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 	st.pool.warm()
 	p.st.Store(st)
 	return nil
+}
+
+// isToken reports whether ti is this partition's token on this device: by serial when one is configured
+// (the device's token_serials, else the partition's token_serial), else by label.
+func (p *devPartition) isToken(ti pkcs11.TokenInfo) bool {
+	serial := p.cfg.TokenSerial
+	if s := p.dev.cfg.TokenSerials[p.cfg.Name]; s != "" {
+		serial = s
+	}
+	if serial != "" {
+		return strings.TrimSpace(ti.SerialNumber) == serial
+	}
+	return strings.TrimSpace(ti.Label) == p.cfg.TokenLabel
+}
+
+// poolSize is the session pool of one partition: policy.session_pool_size, capped so that the pool and the
+// login session fit in the token's max session count (0 is "effectively infinite"; absurd values, such as
+// "unavailable information", are no cap either).
+func poolSize(want int, maxSessions uint) int {
+	if m := int(maxSessions); m > 1 && m < 1<<20 && m-1 < want {
+		return m - 1 // one for the login session
+	}
+	return want
 }
 
 func (p *devPartition) tokenName() string {
@@ -241,7 +286,7 @@ func (p *devPartition) login(st *partState) error {
 	st.loginMu.Lock()
 	defer st.loginMu.Unlock()
 	if why := p.owner().credFatal.Load(); why != nil {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpLogin, Class: failover.ClassCredential, Err: errors.New(*why)}
+		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opLogin, Class: ClassCredential, Err: errors.New(*why)}
 	}
 	p.owner().logins.Add(1)
 	secret := p.secret()
@@ -249,12 +294,12 @@ func (p *devPartition) login(st *partState) error {
 	if err == nil {
 		return nil
 	}
-	de := p11err(p.dev.name, p.cfg.Name, OpLogin, err).(*DeviceError)
+	de := p11err(p.dev.name, p.cfg.Name, opLogin, err).(*DeviceError)
 	switch de.Class {
-	case failover.ClassNone: // CKR_USER_ALREADY_LOGGED_IN
+	case ClassNone: // CKR_USER_ALREADY_LOGGED_IN
 		return nil
-	case failover.ClassCredential:
-		why := fmt.Sprintf("C_Login: %s: PIN not retried until it changes", CKRName(de.Code))
+	case ClassCredential:
+		why := fmt.Sprintf("C_Login: %s: PIN not retried until it changes", ckrName(de.Code))
 		p.rejectPIN(secret)
 		p.owner().credFatal.Store(&why)
 	}
@@ -273,13 +318,13 @@ func (st *partState) key(label string) *keyObject {
 func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label string, want []byte) (*keyObject, error) {
 	ks, err := listPrivateKeys(st.in.ctx, s, label)
 	if err != nil {
-		return nil, p11err(p.dev.name, p.cfg.Name, OpFindObjects, err)
+		return nil, p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
 	}
 	if len(ks) == 0 {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
 	}
 	if !bytes.Equal(ks[0].pubDER, want) {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
 	}
 	st.keysMu.Lock()
 	st.keys[label] = ks[0]
@@ -288,7 +333,7 @@ func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label s
 }
 
 // opFunc is one PKCS#11 operation on a borrowed session with a key handle.
-type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, Op, error)
+type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error)
 
 // runHere executes op for the key (label, pubDER) of partition p on this (lane's) instance, with the
 // session-level recovery of the error table: a broken session is dropped and the call retried once on a
@@ -297,14 +342,14 @@ type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) (
 func (p *devPartition) runHere(ctx context.Context, label string, pubDER []byte, op opFunc) ([]byte, error) {
 	st := p.st.Load()
 	if st == nil {
-		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "partition not open")
+		return nil, downErr(p.dev.name, p.cfg.Name, opOpenSession, "partition not open")
 	}
 	rec, ok := st.in.begin(ctx, p.dev)
 	if !ok {
 		if err := ctx.Err(); err != nil {
 			return nil, err // waited for the instance past the call's deadline
 		}
-		return nil, downErr(p.dev.name, p.cfg.Name, OpOpenSession, "module instance is re-initialising")
+		return nil, downErr(p.dev.name, p.cfg.Name, opOpenSession, "module instance is re-initialising")
 	}
 	defer st.in.end(rec)
 	retried := false
@@ -318,7 +363,7 @@ func (p *devPartition) runHere(ctx context.Context, label string, pubDER []byte,
 			return nil, err
 		}
 		switch de.Class {
-		case failover.ClassDeviceDown:
+		case ClassDeviceDown:
 			if de.Code != 0 {
 				// A real device error code (not our own verdict): stop using this instance now.
 				p.dev.markInstanceDown(st.in)
@@ -328,11 +373,11 @@ func (p *devPartition) runHere(ctx context.Context, label string, pubDER []byte,
 			}
 			p.dev.setErr(err)
 			return nil, err
-		case failover.ClassSessionBroken, failover.ClassHandleStale:
+		case ClassSessionBroken, ClassHandleStale:
 			if retried || ctx.Err() != nil {
 				return nil, err
 			}
-		case failover.ClassLoginLost:
+		case ClassLoginLost:
 			if retried || ctx.Err() != nil {
 				return nil, err
 			}
@@ -349,14 +394,14 @@ func (p *devPartition) runHere(ctx context.Context, label string, pubDER []byte,
 func (p *devPartition) runOnce(ctx context.Context, st *partState, label string, pubDER []byte, op opFunc) ([]byte, error) {
 	k := st.key(label)
 	if k == nil {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: OpFindObjects, Class: failover.ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
+		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
 	}
 	s, err := st.pool.get(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, p11err(p.dev.name, p.cfg.Name, OpOpenSession, err)
+		return nil, p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
 	}
 	out, step, err := op(st.in.ctx, s, k.priv)
 	if err != nil {
@@ -371,9 +416,9 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, label string,
 			return nil, e
 		}
 		switch de.Class {
-		case failover.ClassSessionBroken, failover.ClassDeviceDown, failover.ClassBusy:
+		case ClassSessionBroken, ClassDeviceDown, ClassBusy:
 			st.pool.discard(s)
-		case failover.ClassHandleStale:
+		case ClassHandleStale:
 			if _, rerr := p.refreshKey(st, s, label, pubDER); rerr != nil {
 				st.pool.discard(s)
 				return nil, rerr
@@ -406,8 +451,8 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 			continue
 		}
 		if err := d.probeToken(ctx, st); err != nil {
-			e := p11err(d.name, p.cfg.Name, OpTokenInfo, err)
-			if failover.ClassOf(e) == failover.ClassDeviceDown {
+			e := p11err(d.name, p.cfg.Name, opTokenInfo, err)
+			if classOf(e) == ClassDeviceDown {
 				d.markInstanceDown(st.in)
 			}
 			d.setErr(e)
@@ -416,7 +461,7 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 		served++
 	}
 	if served == 0 {
-		return downErr(d.name, "", OpTokenInfo, "no partition is open")
+		return downErr(d.name, "", opTokenInfo, "no partition is open")
 	}
 	if healthKey != nil {
 		if err := healthKey(ctx); err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // haPolicy makes probes fast enough for tests; routing defaults (deadlines, breakers) are untouched.
@@ -67,6 +68,8 @@ func runLoad(k *pkcs11ha.Key, workers int, deadline time.Duration, stop <-chan s
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var out pkcs11ha.Outcome
+			octx := pkcs11ha.WithOutcome(context.Background(), &out)
 			for i := 0; ; i++ {
 				select {
 				case <-stop:
@@ -74,9 +77,10 @@ func runLoad(k *pkcs11ha.Key, workers int, deadline time.Duration, stop <-chan s
 				default:
 				}
 				d := sha256.Sum256(fmt.Appendf(nil, "w%d-%d", w, i))
-				ctx, cancel := context.WithTimeout(context.Background(), deadline)
+				ctx, cancel := context.WithTimeout(octx, deadline)
 				start := time.Now()
-				sig, dev, err := k.SignDevice(ctx, d[:], crypto.SHA256)
+				sig, err := k.SignContext(ctx, d[:], crypto.SHA256)
+				dev := out.Device
 				el := time.Since(start)
 				cancel()
 				if err == nil && !ecdsa.VerifyASN1(pub, d[:], sig) {
@@ -124,7 +128,7 @@ func haCluster(t *testing.T) (*softhsmtest.Topology, *pkcs11ha.Cluster, *pkcs11h
 
 func haClusterReg(t *testing.T) (*softhsmtest.Topology, *pkcs11ha.Cluster, *pkcs11ha.Key, *prometheus.Registry) {
 	t.Helper()
-	topo := softhsmtest.StartT(t, softhsmtest.Options{})
+	topo := harnesstest.Start(t, softhsmtest.Options{})
 	var logBuf softhsmtest.LogBuffer
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
@@ -66,7 +67,7 @@ func digest(h crypto.Hash, msg string) []byte {
 // TestSignAllAlgorithms signs with every supported mechanism on in-process SoftHSM devices (Ed25519 cannot
 // cross p11-kit 0.24's RPC) and verifies each signature with the Go standard library.
 func TestSignAllAlgorithms(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a", "dev-b")})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a", "dev-b")})
 	cl, _ := openCluster(t, topo, "")
 	ctx := context.Background()
 
@@ -140,7 +141,7 @@ func TestSignAllAlgorithms(t *testing.T) {
 }
 
 func TestDecrypt(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a")})
 	ctx := context.Background()
 
 	t.Run("native", func(t *testing.T) {
@@ -184,6 +185,26 @@ func TestDecrypt(t *testing.T) {
 		require.NoError(t, err)
 		require.Len(t, got, 32)
 		require.NotEqual(t, msg, got)
+		// DecryptContext applies the same rule, and reports the device that refused.
+		var out pkcs11ha.Outcome
+		octx := pkcs11ha.WithOutcome(ctx, &out)
+		got, err = k.DecryptContext(octx, bad, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 32})
+		require.NoError(t, err)
+		require.Len(t, got, 32)
+		require.NotEqual(t, msg, got)
+		require.Equal(t, "dev-a", out.Device, "the device that refused")
+		require.Positive(t, out.Attempts)
+		_, err = k.DecryptContext(octx, bad, nil)
+		require.ErrorIs(t, err, rsa.ErrDecryption)
+		require.Equal(t, "dev-a", out.Device, "the device that refused")
+		got, err = k.DecryptContext(octx, ct2, &rsa.PKCS1v15DecryptOptions{SessionKeyLen: len(msg)})
+		require.NoError(t, err)
+		require.Equal(t, msg, got, "a good ciphertext of the right length decrypts as usual")
+		require.Equal(t, "dev-a", out.Device)
+		require.Positive(t, out.Attempts) // more than one only if this process stalled past a deadline
+		_, err = k.DecryptContext(octx, ct1[:100], nil)
+		require.Error(t, err)
+		require.Zero(t, out, "refused before any attempt: nothing to report, the last call's report is gone")
 		// Wrong length.
 		_, err = k.Decrypt(rand.Reader, ct1[:100], &rsa.OAEPOptions{Hash: crypto.SHA1})
 		var ie *pkcs11ha.InputError
@@ -219,7 +240,7 @@ func TestDecrypt(t *testing.T) {
 
 // TestBadInputs: caller mistakes are refused before any HSM call and never retried.
 func TestBadInputs(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a")})
 	reg := prometheus.NewRegistry()
 	cl, _ := openCluster(t, topo, "", pkcs11ha.WithRegisterer(reg))
 	ctx := context.Background()
@@ -256,10 +277,8 @@ func TestBadInputs(t *testing.T) {
 			require.ErrorAs(t, err, &ie)
 		})
 	}
-	// None of them reached a device.
-	n, err := testutil.GatherAndCount(reg, "pkcs11ha_attempts_total")
-	require.NoError(t, err)
-	require.Zero(t, n, "no attempt was made for bad input")
+	// None of them reached a device (the series exist from the start, at zero).
+	require.Zero(t, testutil.ToFloat64(counterSum(t, reg, "pkcs11ha_attempts_total")), "no attempt was made for bad input")
 }
 
 // TestWrongPIN: a device whose token rejects the PIN gets exactly one C_Login attempt, is excluded for that
@@ -267,7 +286,7 @@ func TestBadInputs(t *testing.T) {
 func TestWrongPIN(t *testing.T) {
 	devs := inProcess("dev-a", "dev-b")
 	devs[0].PINOverride = map[string]string{"payments": "99999"}
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: devs})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: devs})
 	cl, _ := openCluster(t, topo, "health: {interval: 50ms, down_interval: 50ms}")
 	ctx := context.Background()
 
@@ -298,7 +317,7 @@ func TestKeyConsistency(t *testing.T) {
 	devs := inProcess("dev-a", "dev-b", "dev-c")
 	devs[1].DifferentKeys = []string{"ec-key"}
 	devs[2].MissingKeys = []string{"ec-key"}
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: devs})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: devs})
 	cl, _ := openCluster(t, topo, "")
 	ctx := context.Background()
 
@@ -309,11 +328,13 @@ func TestKeyConsistency(t *testing.T) {
 	require.Equal(t, []string{"dev-a"}, info.Devices)
 	require.Contains(t, info.Excluded["dev-b"], "different public key")
 	require.Contains(t, info.Excluded["dev-c"], "missing")
+	var out pkcs11ha.Outcome
+	octx := pkcs11ha.WithOutcome(ctx, &out)
 	for range 50 {
 		d := digest(crypto.SHA256, "consistency")
-		sig, dev, err := k.SignDevice(ctx, d, crypto.SHA256)
+		sig, err := k.SignContext(octx, d, crypto.SHA256)
 		require.NoError(t, err)
-		require.Equal(t, "dev-a", dev)
+		require.Equal(t, "dev-a", out.Device)
 		require.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig))
 	}
 	st := cl.Status()
@@ -332,7 +353,7 @@ func TestIndependentVerification(t *testing.T) {
 			t.Fatalf("%s not installed (make deps installs opensc and openssl): %v", tool, err)
 		}
 	}
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a")})
 	cl, _ := openCluster(t, topo, "")
 	dev := topo.Devices[0]
 	dir := t.TempDir()
@@ -404,7 +425,7 @@ func TestIndependentVerification(t *testing.T) {
 // TestKillRestart: a device whose p11-kit server is killed and started again serves again after re-init,
 // without restarting this process.
 func TestKillRestart(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
 	cl, _ := openCluster(t, topo, "health: {interval: 200ms, down_interval: 100ms}\nbreaker: {open_base: 200ms}")
 	ctx := context.Background()
 	k, err := cl.Key(ctx, "payments", "ec-key")
@@ -442,7 +463,7 @@ func TestKillRestart(t *testing.T) {
 func TestSharedModuleInstance(t *testing.T) {
 	parts := softhsmtest.DefaultPartitions()
 	parts[1].PIN = parts[0].PIN // the second token stands for the same partition on another appliance
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("hsm"), Partitions: parts})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("hsm"), Partitions: parts})
 	dev := topo.Devices[0]
 	env := fmt.Sprintf("{SOFTHSM2_CONF: %q}", dev.ModuleEnv["SOFTHSM2_CONF"])
 	cfgYAML := fmt.Sprintf(`local_region: eastus
@@ -475,9 +496,12 @@ partitions:
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var out pkcs11ha.Outcome
+			octx := pkcs11ha.WithOutcome(context.Background(), &out)
 			for range 100 {
 				d := digest(crypto.SHA256, "shared")
-				sig, dev, err := k.SignDevice(context.Background(), d, crypto.SHA256)
+				sig, err := k.SignContext(octx, d, crypto.SHA256)
+				dev := out.Device
 				if !assert.NoError(t, err) || !assert.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig)) {
 					return
 				}
@@ -489,4 +513,26 @@ partitions:
 	}
 	wg.Wait()
 	require.Len(t, served, 2, "both appliances serve: %v", served)
+}
+
+// TestClusterOwnsItsConfig: Open runs on its own copy: changing the caller's config afterwards changes
+// nothing, and Config returns a fresh copy each time, with the policy in effect.
+func TestClusterOwnsItsConfig(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	cl, cfg := openCluster(t, topo, "spill_wait: -1ms")
+	require.Zero(t, cfg.Policy.OperationTimeout, "Open wrote no default into the caller's config")
+
+	cfg.Policy.OperationTimeout = pkcs11ha.Duration(time.Hour)
+	cfg.Devices[0].Name = "renamed"
+	got := cl.Config()
+	require.Equal(t, 2*time.Second, got.Policy.OperationTimeout.D(), "the default in effect, not the caller's later change")
+	require.Equal(t, -time.Millisecond, got.Policy.SpillWait.D(), "negative: never wait")
+	require.Equal(t, "dev-a", got.Devices[0].Name)
+
+	got.Devices[0].ModuleEnv["X"] = "y"
+	got.Policy.CloseTimeout = 0
+	again := cl.Config()
+	require.NotContains(t, again.Devices[0].ModuleEnv, "X", "each Config is a copy")
+	require.Equal(t, 2*time.Second, again.Policy.CloseTimeout.D())
+	require.Equal(t, "dev-a", cl.Status()[0].Name)
 }

@@ -38,6 +38,10 @@ type keyObject struct {
 	pub    crypto.PublicKey
 	pubDER []byte // SubjectPublicKeyInfo, for equality across devices
 	alg    string
+	// cert is the DER of the X.509 certificate on the token that belongs to this key (certs.go), or nil;
+	// certIgnored says why certificates with its CKA_ID or label were not taken.
+	cert        []byte
+	certIgnored string
 }
 
 var (
@@ -99,6 +103,7 @@ func listPrivateKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([
 		}
 		out = append(out, k)
 	}
+	attachCertificates(c, s, out)
 	return out, nil
 }
 
@@ -218,6 +223,9 @@ type KeyInfo struct {
 	Public    crypto.PublicKey
 	Devices   []string          // devices that hold the reference key
 	Excluded  map[string]string // device -> why it does not serve this key ("missing", "different public key")
+	// Certificate is the DER of the X.509 certificate the devices hold for this key (same CKA_ID or label,
+	// same public key; the majority's when they differ), or nil. It must not be modified.
+	Certificate []byte
 }
 
 func hexID(id []byte) string { return hex.EncodeToString(id) }

@@ -26,10 +26,8 @@ import (
 // p11kitClient is the file name of the module that gets lanes.
 const p11kitClient = "p11-kit-client.so"
 
-// lanesOf is how many instances device i gets.
-func (c *Config) lanesOf(i int) int {
-	d := c.Devices[i]
-	n := c.Policy.P11KitInstances
+// lanesOf is how many instances device d gets under policy.p11kit_client_instances n.
+func lanesOf(d DeviceConfig, n int) int {
 	if n <= 1 {
 		return 1
 	}
@@ -40,11 +38,6 @@ func (c *Config) lanesOf(i int) int {
 		return n
 	}
 	return 1
-}
-
-// capacityOf is device i's capacity for the router: its session pools (lane 0 can carry them all).
-func (c *Config) capacityOf(i int) int {
-	return c.Policy.SessionPoolSize * len(c.Partitions)
 }
 
 // owner is the device a lane belongs to (itself for lane 0 and for devices without lanes).
@@ -76,14 +69,14 @@ func (d *device) addLanes(n int, initTimeout time.Duration) error {
 			return err
 		}
 		h.solo = true
-		ld := &device{idx: d.idx, name: d.name, cfg: d.cfg, policy: d.policy, mod: h, log: d.log, home: d}
+		ld := &device{idx: d.idx, name: d.name, cfg: d.cfg, set: d.set, mod: h, log: d.log, home: d}
 		ld.onDown = func(reason string) {
 			if d.onDown != nil {
 				d.onDown(reason)
 			}
 		}
 		for _, p := range d.parts {
-			ld.parts = append(ld.parts, &devPartition{dev: ld, cfg: p.cfg, home: p})
+			ld.parts = append(ld.parts, &devPartition{dev: ld, cfg: p.cfg, pin: p.pin, home: p})
 		}
 		d.lanes = append(d.lanes, ld)
 	}
@@ -124,7 +117,7 @@ func (d *device) recoverIfNeeded(ctx context.Context, othersServing bool) error 
 			defer d.recovering.Store(false)
 			for _, l := range lanes {
 				if need(l) {
-					lctx, cancel := context.WithTimeout(context.Background(), d.policy.InitTimeout.D()+d.policy.ReinitGrace.D())
+					lctx, cancel := context.WithTimeout(context.Background(), d.set.InitTimeout+d.set.ReinitGrace)
 					_ = l.recoverDevice(lctx, othersServing)
 					cancel()
 				}
@@ -198,7 +191,7 @@ func (d *device) takeLane(ctx context.Context, pi int) (*device, *instance, erro
 			return d, nil, nil
 		}
 		if !usable {
-			return nil, nil, downErr(d.name, d.parts[pi].cfg.Name, OpOpenSession, "no module instance of the device is open")
+			return nil, nil, downErr(d.name, d.parts[pi].cfg.Name, opOpenSession, "no module instance of the device is open")
 		}
 		t := time.NewTimer(laneWait)
 		select {

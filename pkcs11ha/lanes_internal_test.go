@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // waitLanesOpen waits until every lane of every device is open (lanes 1.. open after Open, in the
@@ -50,7 +51,7 @@ func openLaneCluster(t *testing.T, topo *softhsmtest.Topology, policy string) *C
 // TestLanesOneCallPerInstance: a p11-kit device gets policy.p11kit_client_instances module instances;
 // lanes 1.. never carry two calls at once, and lane 0 takes what they cannot; every signature verifies.
 func TestLanesOneCallPerInstance(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
 	// A generous attempt deadline: this test is about where calls run, not how fast.
 	cl := openLaneCluster(t, topo, "p11kit_client_instances: 4\nattempt_timeout: {local: 2s}")
 	require.Equal(t, 4, cl.LaneCount("eastus-1"))
@@ -124,7 +125,7 @@ func assertNoErr(t *testing.T, err error) bool {
 // TestLanesKillRestart: a killed server breaks every lane at once (a device error on one is the device's),
 // and after the restart every lane is back on a fresh instance.
 func TestLanesKillRestart(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
 	cl := openLaneCluster(t, topo, "p11kit_client_instances: 3\nhealth: {interval: 200ms, down_interval: 100ms}\nbreaker: {open_base: 200ms}")
 	waitLanesOpen(t, cl)
 	k, err := cl.Key(context.Background(), "payments", "ec-key")
@@ -165,7 +166,7 @@ func TestLanesKillRestart(t *testing.T) {
 
 // TestLanesOnlyForP11KitClient: in-process SoftHSM devices keep one instance carrying every call.
 func TestLanesOnlyForP11KitClient(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "a", Region: "eastus", InProcess: true}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "a", Region: "eastus", InProcess: true}}})
 	cl := openLaneCluster(t, topo, "")
 	require.Equal(t, 1, cl.LaneCount("a"))
 	require.Nil(t, cl.devices[0].lanes)

@@ -13,8 +13,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
 func TestPlanSignValidation(t *testing.T) {
@@ -54,7 +52,7 @@ func TestPlanSignValidation(t *testing.T) {
 			p, err := planSign(tc.pub, tc.dig, tc.opts)
 			if !tc.ok {
 				require.Error(t, err)
-				require.Equal(t, failover.ClassCaller, failover.ClassOf(err), "validation errors are caller errors")
+				require.Equal(t, ClassCaller, classOf(err), "validation errors are caller errors")
 				return
 			}
 			require.NoError(t, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -29,8 +30,11 @@ type metrics struct {
 	abandoned       *prometheus.GaugeVec     // device
 	reinits         *prometheus.CounterVec   // device
 	keyInconsistent *prometheus.CounterVec   // device, partition, key
-	stuck           *stuckCollector          // stuck calls in retired instances (stuck.go)
-	badSignatures   *prometheus.CounterVec   // device (verify.go)
+	info            *prometheus.GaugeVec     // device, region, tier (always 1): joins per-device series to tiers
+	retired         *prometheus.GaugeVec     // device
+	retiredMax      prometheus.Gauge
+	stuck           *stuckCollector        // stuck calls in retired instances (stuck.go)
+	badSignatures   *prometheus.CounterVec // device (verify.go)
 
 	attemptsC       childCache[prometheus.Counter]
 	attemptLatencyC childCache[prometheus.Observer]
@@ -38,7 +42,7 @@ type metrics struct {
 	opLatencyC      childCache[prometheus.Observer]
 }
 
-func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(s *settings, reg prometheus.Registerer) (*metrics, error) {
 	buckets := []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
 	m := &metrics{
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "attempts_total",
@@ -67,6 +71,12 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 			Help: "Module re-initialisations (or fresh instances) per device."}, []string{"device"}),
 		keyInconsistent: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "key_consistency_failures_total",
 			Help: "Times a device was excluded for a key it lacks or holds differently."}, []string{"device", "partition", "key"}),
+		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pkcs11ha", Name: "device_info",
+			Help: "Always 1: each device's region and routing tier (0 local, 1 DR)."}, []string{"device", "region", "tier"}),
+		retired: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "pkcs11ha", Name: "retired_instances",
+			Help: "Module instances of a device retired with calls still stuck in them (updated at each probe)."}, []string{"device"}),
+		retiredMax: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "pkcs11ha", Name: "max_retired_instances",
+			Help: "policy.max_retired_instances: past it a device stays down (0: no cap of its own; pkcs11ha_stuck_calls_limit bounds them)."}),
 	}
 	m.stuck = newStuckCollector()
 	m.badSignatures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "bad_signatures_total",
@@ -75,10 +85,30 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 	m.attemptLatencyC.get = func(l ...string) prometheus.Observer { return m.attemptLatency.WithLabelValues(l...) }
 	m.operationsC.get = func(l ...string) prometheus.Counter { return m.operations.WithLabelValues(l...) }
 	m.opLatencyC.get = func(l ...string) prometheus.Observer { return m.opLatency.WithLabelValues(l...) }
-	for _, d := range cfg.Devices {
+	// Every series dashboards and alerts read exists from the first scrape, so that rate() and absence
+	// alerts work on a fresh process (device_state is set by Open, which knows each device's first state).
+	m.retiredMax.Set(float64(s.own.MaxRetired))
+	for _, op := range []string{"sign", "decrypt"} { // the operations Cluster.do reports (key.go)
+		m.opLatency.WithLabelValues(op)
+		m.failovers.WithLabelValues(op)
+		m.spills.WithLabelValues(op)
+		m.retries.WithLabelValues(op)
+		m.hedges.WithLabelValues(op)
+		for _, c := range []Class{ClassDeviceDown, ClassBusy} {
+			m.operations.WithLabelValues(op, "none", c.String())
+		}
+		for _, d := range s.cfg.Devices {
+			m.operations.WithLabelValues(op, d.Name, ClassNone.String())
+			m.attempts.WithLabelValues(d.Name, op, ClassNone.String())
+			m.attemptLatency.WithLabelValues(d.Name, op)
+		}
+	}
+	for i, d := range s.cfg.Devices {
 		m.breaker.WithLabelValues(d.Name).Set(0)
 		m.abandoned.WithLabelValues(d.Name).Set(0)
 		m.reinits.WithLabelValues(d.Name)
+		m.info.WithLabelValues(d.Name, d.Region, strconv.Itoa(s.cfg.tierOf(i))).Set(1)
+		m.retired.WithLabelValues(d.Name).Set(0)
 		m.badSignatures.WithLabelValues(d.Name)
 	}
 	if reg != nil {
@@ -93,7 +123,8 @@ func newMetrics(cfg *Config, reg prometheus.Registerer) (*metrics, error) {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.attempts, m.attemptLatency, m.operations, m.opLatency, m.breaker, m.state,
-		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent, m.stuck, m.badSignatures}
+		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent, m.info, m.retired, m.retiredMax,
+		m.stuck, m.badSignatures}
 }
 
 // childCache keeps the per-label-set children of a metric vector: WithLabelValues hashes its labels on
@@ -125,8 +156,12 @@ func (m *metrics) deviceState(device string, s health.State) {
 	m.state.WithLabelValues(device).Set(float64(s))
 }
 
+// operation counts a call as its caller saw it; dev is "" when no device served it (the label says "none").
 func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d time.Duration) {
-	m.operationsC.with(op, dev, failover.ClassOf(err).String()).Inc()
+	if dev == "" {
+		dev = "none"
+	}
+	m.operationsC.with(op, dev, outcomeLabel(err, failover.ClassOf(err))).Inc()
 	m.opLatencyC.with(op, "", "").Observe(d.Seconds())
 	if res.Attempts > 1 {
 		m.retries.WithLabelValues(op).Inc()
@@ -136,13 +171,13 @@ func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d t
 // observer turns router events into metrics and log lines.
 type observer struct{ cl *Cluster }
 
-func (o *observer) name(i int) string { return o.cl.cfg.Devices[i].Name }
+func (o *observer) name(i int) string { return o.cl.s.cfg.Devices[i].Name }
 
-func (o *observer) AttemptDone(member int, op string, class failover.Class, latency time.Duration, hedge bool) {
+func (o *observer) AttemptDone(member int, op string, class failover.Class, err error, latency time.Duration, hedge bool) {
 	dev := o.name(member)
-	o.cl.metrics.attemptsC.with(dev, op, class.String()).Inc()
+	o.cl.metrics.attemptsC.with(dev, op, outcomeLabel(err, class)).Inc()
 	o.cl.metrics.attemptLatencyC.with(dev, op, "").Observe(latency.Seconds())
-	if class == failover.ClassDeviceDown && member < len(o.cl.monitors) {
+	if class == failover.ClassDown && member < len(o.cl.monitors) {
 		// Timeouts and device errors: have the probe look now rather than in 5 s.
 		o.cl.monitors[member].ProbeNow()
 	}

@@ -50,7 +50,8 @@ func newModuleKey(path string, env map[string]string) (moduleKey, error) {
 }
 
 // instance is one loaded, initialised copy of a module. It is never finalised while a call is in flight
-// on it; once retired it is never used again (DESIGN.md: calls that never return).
+// on it; once retired it is never used again (docs/ARCHITECTURE.md, "Facts about SoftHSM and p11-kit":
+// calls that never return).
 type instance struct {
 	ctx      *pkcs11.Ctx
 	gen      uint64
@@ -63,11 +64,56 @@ type instance struct {
 	calls   callSet // the calls in flight (begin/end in stuck.go)
 	// solo, when not nil, admits one call at a time (a token; lanes.go says why).
 	solo chan struct{}
+	// drained is closed once the instance is broken and its last call has returned: what a re-init
+	// waits for.
+	drained   chan struct{}
+	drainOnce sync.Once
+}
+
+func newInstance(c *pkcs11.Ctx, gen uint64, h *moduleHandle) *instance {
+	in := &instance{ctx: c, gen: gen, h: h, drained: make(chan struct{})}
+	if h.solo {
+		in.solo = make(chan struct{}, 1)
+	}
+	return in
+}
+
+// enter registers a call on the instance that stuck-call accounting need not see (a bounded inspection);
+// it fails once the instance is broken or retired. Calls on behalf of a caller use begin/end (stuck.go).
+func (in *instance) enter() bool {
+	in.inflight.Add(1)
+	if in.broken.Load() || in.retired.Load() {
+		in.exit()
+		return false
+	}
+	return true
 }
 
 func (in *instance) exit() {
-	if in.inflight.Add(-1) == 0 && in.counted.Load() {
+	if in.inflight.Add(-1) != 0 {
+		return
+	}
+	// The atomics order this against waitDrained: it sets broken, then reads inflight.
+	if in.broken.Load() {
+		in.drainOnce.Do(func() { close(in.drained) })
+	}
+	if in.counted.Load() {
 		in.reclaim()
+	}
+}
+
+// waitDrained waits until the last call in the broken instance has returned, for at most grace or until
+// ctx ends.
+func (in *instance) waitDrained(ctx context.Context, grace time.Duration) {
+	if in.inflight.Load() == 0 {
+		return
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-in.drained:
+	case <-t.C:
+	case <-ctx.Done():
 	}
 }
 
@@ -262,10 +308,7 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 			h.separate.Store(true)
 		}
 		h.loaded.Store(true)
-		j.in = &instance{ctx: c, gen: h.gen.Add(1), h: h}
-		if h.solo {
-			j.in.solo = make(chan struct{}, 1)
-		}
+		j.in = newInstance(c, h.gen.Add(1), h)
 	}()
 	select {
 	case <-j.done:
@@ -281,19 +324,16 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 // reinit replaces the current instance: finalise + initialise when nothing is in flight on it, otherwise,
 // after policy.reinit_grace, retire it (never finalised, never used again; its calls move to the stuck-call
 // account, within policy.max_stuck_calls) and load a fresh one. Caller holds h.mu.
-func (h *moduleHandle) reinit(ctx context.Context, pol *Policy, log *slog.Logger) (*instance, error) {
-	grace, maxRetired := pol.ReinitGrace.D(), pol.MaxRetired
+func (h *moduleHandle) reinit(ctx context.Context, set *ownSettings, log *slog.Logger) (*instance, error) {
+	grace, maxRetired := set.ReinitGrace, set.MaxRetired
 	old := h.cur.Load()
 	if old != nil {
 		old.broken.Store(true)
-		deadline := time.Now().Add(grace)
-		for old.inflight.Load() != 0 && time.Now().Before(deadline) && ctx.Err() == nil {
-			time.Sleep(2 * time.Millisecond)
-		}
+		old.waitDrained(ctx, grace)
 		if old.inflight.Load() == 0 {
 			finalizeBounded(old, grace)
 		} else {
-			if err := h.retire(old, pol.MaxStuckCalls, log); err != nil {
+			if err := h.retire(old, set.MaxStuckCalls, log); err != nil {
 				return nil, err // old stays current, broken: the device stays down; a later re-init tries again
 			}
 			h.retired.Add(1)

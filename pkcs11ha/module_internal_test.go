@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // TestReinitRetiresStuckInstance drives the module registry against a real p11-kit device whose bytes are
@@ -16,7 +17,7 @@ import (
 // period it is retired (never finalised, never used again); the fresh instance's C_Initialize blocks too and
 // is adopted once the device answers again, instead of piling up blocked loads.
 func TestReinitRetiresStuckInstance(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "r"}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "r"}}})
 	dev := topo.Devices[0]
 	h, err := modules.acquire(dev.ModulePath, dev.ModuleEnv, 0, time.Second)
 	require.NoError(t, err)
@@ -51,9 +52,9 @@ func TestReinitRetiresStuckInstance(t *testing.T) {
 	// on the hung device and gives up at the context's deadline.
 	h.mu.Lock()
 	rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	pol := DefaultPolicy()
-	pol.ReinitGrace = Duration(100 * time.Millisecond)
-	_, err = h.reinit(rctx, &pol, nil)
+	set := defaultOwn
+	set.ReinitGrace = 100 * time.Millisecond
+	_, err = h.reinit(rctx, &set, nil)
 	cancel()
 	h.mu.Unlock()
 	require.Error(t, err)
@@ -98,7 +99,7 @@ func TestReinitRetiresStuckInstance(t *testing.T) {
 // TestSameLibraryTwiceRefused: one libsofthsm2.so path is one module; a second device with another
 // SOFTHSM2_CONF on the same path would silently share the first one's tokens, so it is refused.
 func TestSameLibraryTwiceRefused(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
 		{Name: "a", Region: "r", InProcess: true}, {Name: "b", Region: "r", InProcess: true}}})
 	a, b := topo.Devices[0], topo.Devices[1]
 	ha, err := modules.acquire(a.ModulePath, a.ModuleEnv, 0, time.Second)
@@ -122,7 +123,7 @@ func TestSameLibraryTwiceRefused(t *testing.T) {
 // TestOpenWarmsOneSession: every open partition holds one idle session before any call, so a device's first
 // call (DR's, when the local region is lost) costs no C_OpenSession round trip.
 func TestOpenWarmsOneSession(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
 		{Name: "eastus-1", Region: "eastus"}, {Name: "westus-1", Region: "westus"}}})
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{}))
@@ -139,4 +140,40 @@ func TestOpenWarmsOneSession(t *testing.T) {
 			require.Len(t, st.pool.slots, 1, "%s/%s: the warm session counts against the pool size", d.name, p.cfg.Name)
 		}
 	}
+}
+
+// TestWaitDrained: a re-init waiting for the calls of a broken instance is woken by the last one to return,
+// not by its grace period; the context still bounds the wait.
+func TestWaitDrained(t *testing.T) {
+	in := newInstance(nil, 1, nil)
+	require.True(t, in.enter())
+	require.True(t, in.enter())
+	in.broken.Store(true)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		in.waitDrained(context.Background(), time.Hour)
+	}()
+	in.exit()
+	select {
+	case <-done:
+		t.Fatal("returned with a call still in the instance")
+	case <-time.After(20 * time.Millisecond):
+	}
+	in.exit()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the last call's return did not end the wait")
+	}
+	in.waitDrained(context.Background(), time.Hour) // already drained: at once
+
+	busy := newInstance(nil, 2, nil)
+	require.True(t, busy.enter())
+	busy.broken.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	busy.waitDrained(ctx, time.Hour) // the context ends the wait
+	require.False(t, busy.enter(), "a broken instance takes no new call")
+	require.EqualValues(t, 1, busy.inflight.Load())
 }

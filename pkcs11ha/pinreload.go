@@ -27,10 +27,10 @@ func pinHash(pin string) [32]byte { return sha256.Sum256([]byte(pin)) }
 
 // secret is the PIN to log in with: the one last reloaded, else the configuration's.
 func (p *devPartition) secret() string {
-	if s := p.owner().pin.Load(); s != nil {
+	if s := p.owner().newPIN.Load(); s != nil {
 		return *s
 	}
-	return p.cfg.secret
+	return p.pin
 }
 
 // rejectPIN remembers that the token refused pin.
@@ -46,7 +46,7 @@ func (cl *Cluster) usePIN(pi int, pin string) []string {
 	var retried []string
 	for _, d := range cl.devices {
 		p := d.parts[pi]
-		p.pin.Store(&pin)
+		p.newPIN.Store(&pin)
 		if p.credFatal.Load() == nil {
 			continue
 		}
@@ -70,8 +70,8 @@ func (cl *Cluster) ReloadPINs(cfg *Config) (int, error) {
 	defer cl.pins.mu.Unlock()
 	var errs []error
 	n := 0
-	for pi := range cl.cfg.Partitions {
-		src := cl.cfg.Partitions[pi] // a copy: resolvePIN fills src.secret, never the live config
+	for pi := range cl.s.cfg.Partitions {
+		src := cl.s.cfg.Partitions[pi] // a copy: the cluster's settings never change
 		if cfg != nil {
 			for _, np := range cfg.Partitions {
 				if np.Name == src.Name {
@@ -79,11 +79,12 @@ func (cl *Cluster) ReloadPINs(cfg *Config) (int, error) {
 				}
 			}
 		}
-		if err := src.resolvePIN(fmt.Sprintf("partitions[%s]", src.Name)); err != nil {
+		pin, err := src.pin(fmt.Sprintf("partitions[%s]", src.Name))
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		n += cl.retryWith(pi, src.secret, "reload")
+		n += cl.retryWith(pi, pin, "reload")
 	}
 	return n, errors.Join(errs...)
 }
@@ -93,8 +94,8 @@ func (cl *Cluster) ReloadPINs(cfg *Config) (int, error) {
 func (cl *Cluster) watchPINFiles() {
 	cl.pins.mu.Lock()
 	defer cl.pins.mu.Unlock()
-	for pi := range cl.cfg.Partitions {
-		pc := &cl.cfg.Partitions[pi]
+	for pi := range cl.s.cfg.Partitions {
+		pc := &cl.s.cfg.Partitions[pi]
 		if pc.PINFile == "" || len(cl.devices) == 0 {
 			continue
 		}
@@ -117,7 +118,7 @@ func (cl *Cluster) retryWith(pi int, pin, why string) int {
 		return 0
 	}
 	cl.log.Info("PIN changed: partition will log in again, once, on the devices that refused the old one",
-		"partition", cl.cfg.Partitions[pi].Name, "devices", devs, "source", why)
+		"partition", cl.s.cfg.Partitions[pi].Name, "devices", devs, "source", why)
 	for _, d := range cl.devices {
 		for _, name := range devs {
 			if d.name == name && d.idx < len(cl.monitors) {

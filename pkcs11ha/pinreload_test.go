@@ -16,6 +16,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
@@ -32,7 +33,7 @@ func TestWrongPINFixed(t *testing.T) {
 			for i := range devs {
 				devs[i].PINOverride = map[string]string{"payments": "99999"}
 			}
-			topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: devs})
+			topo := harnesstest.Start(t, softhsmtest.Options{Devices: devs})
 			path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
 			write := func() {
 				require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PINStyle: style,
@@ -145,7 +146,7 @@ func TestWrongPINFixed(t *testing.T) {
 // TestReloadPINsErrors: a source that cannot be read is reported with its partition and field, never the
 // PIN, and changes nothing.
 func TestReloadPINsErrors(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: inProcess("dev-a")})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: inProcess("dev-a")})
 	for k, v := range topo.PINEnv() {
 		t.Setenv(k, v)
 	}

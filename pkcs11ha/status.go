@@ -49,7 +49,7 @@ func (cl *Cluster) Status() []DeviceStatus {
 			hs = cl.monitors[i].Status()
 		}
 		ds := DeviceStatus{
-			Name: d.name, Region: d.cfg.Region, Tier: cl.cfg.tierOf(i),
+			Name: d.name, Region: d.cfg.Region, Tier: cl.s.cfg.tierOf(i),
 			Reason: hs.Reason, Since: hs.Since,
 			Reinits: d.reinitCount(), RetiredInstances: d.retiredCount(), StuckCalls: d.stuck.Load(),
 		}

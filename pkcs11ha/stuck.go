@@ -173,7 +173,7 @@ type StuckCalls struct {
 // StuckCalls reports the calls stuck in retired module instances over the whole process, with this
 // cluster's cap; DeviceStatus.StuckCalls has them per device.
 func (cl *Cluster) StuckCalls() StuckCalls {
-	return StuckCalls{Calls: stuckTotal.Load(), Limit: cl.cfg.Policy.MaxStuckCalls, OSThreads: osThreads()}
+	return StuckCalls{Calls: stuckTotal.Load(), Limit: cl.s.own.MaxStuckCalls, OSThreads: osThreads()}
 }
 
 // osThreads reads Threads: from /proc/self/status, or falls back to the runtime's thread-creation count.
@@ -219,7 +219,7 @@ func (c *stuckCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, d := range cl.devices {
 		ch <- prometheus.MustNewConstMetric(c.perDevice, prometheus.GaugeValue, float64(d.stuck.Load()), d.name)
 	}
-	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(cl.cfg.Policy.MaxStuckCalls))
+	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(cl.s.own.MaxStuckCalls))
 	ch <- prometheus.MustNewConstMetric(c.thrds, prometheus.GaugeValue, float64(osThreads()))
 }
 
@@ -237,12 +237,12 @@ type probeCall struct {
 func (d *device) probeToken(ctx context.Context, st *partState) error {
 	in := st.in
 	if pc := d.probeBlocked.Load(); pc != nil && pc.in == in && !pc.returned.Load() && !in.broken.Load() && !in.retired.Load() {
-		return &DeviceError{Device: d.name, Op: OpTokenInfo, Class: failover.ClassBusy,
+		return &DeviceError{Device: d.name, Op: opTokenInfo, Class: ClassBusy,
 			Err: errors.New("an earlier probe call is still blocked on this module instance")}
 	}
 	rec, ok := in.begin(ctx, d)
 	if !ok {
-		return downErr(d.name, "", OpTokenInfo, "module instance is re-initialising")
+		return downErr(d.name, "", opTokenInfo, "module instance is re-initialising")
 	}
 	pc := &probeCall{in: in}
 	done := make(chan error, 1)

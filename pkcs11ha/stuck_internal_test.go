@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // stuckPolicy: a short re-init grace and quick probes and breakers, so a test sees a retirement and the
@@ -28,7 +29,7 @@ const stuckPolicy = "reinit_grace: 300ms\nhealth: {interval: 200ms, down_interva
 // are abandoned at their attempt deadline. It returns the cluster, the device and the registry.
 func strandCalls(t *testing.T, policy string, n int) (*Cluster, *softhsmtest.Device, *prometheus.Registry) {
 	t.Helper()
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
 	dev := topo.Devices[0]
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: policy}))

@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"math/big"
 
-	"github.com/miekg/pkcs11"
-
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
@@ -46,7 +44,9 @@ func (e *SignatureError) Error() string {
 }
 
 // FailoverClass: a device fault, retried elsewhere, and one is enough to open the device's breaker.
-func (e *SignatureError) FailoverClass() failover.Class { return failover.ClassBadSignature }
+func (e *SignatureError) FailoverClass() failover.Class { return ClassBadSignature.route() }
+
+func (e *SignatureError) class() Class { return ClassBadSignature }
 
 // Is lets errors.Is(err, ErrBadSignature) match.
 func (e *SignatureError) Is(target error) bool { return target == ErrBadSignature }
@@ -61,27 +61,6 @@ func verifies(mode string, pub crypto.PublicKey) bool {
 		return ok
 	}
 	return false
-}
-
-// checkedOp is plan's PKCS#11 operation, followed, when the policy covers the key, by a check of the
-// signature with the key's public key, inside the attempt: a bad one fails the attempt (and the call moves
-// on) instead of reaching the caller.
-func (k *Key) checkedOp(plan *signPlan, digest []byte, opts crypto.SignerOpts) opFunc {
-	op := plan.op()
-	pub := k.entry.pub
-	if !verifies(k.cl.cfg.Policy.VerifySignatures, pub) {
-		return op
-	}
-	return func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, Op, error) {
-		sig, step, err := op(c, s, h)
-		if err != nil {
-			return sig, step, err
-		}
-		if scheme, ok := verifySignature(pub, digest, opts, plan, sig); !ok {
-			return nil, step, &SignatureError{Partition: k.part, Key: k.entry.label, Scheme: scheme}
-		}
-		return sig, step, nil
-	}
 }
 
 // verifySignature checks sig (as the token returned it: raw r||s for ECDSA) over digest.

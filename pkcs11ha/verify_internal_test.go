@@ -99,9 +99,9 @@ func TestVerifiesByMode(t *testing.T) {
 func TestSignatureError(t *testing.T) {
 	err := error(&SignatureError{Device: "eastus-1", Partition: "payments", Key: "rsa-key", Scheme: "RSA-PSS"})
 	require.ErrorIs(t, err, ErrBadSignature)
-	require.Equal(t, failover.ClassBadSignature, failover.ClassOf(err))
-	require.True(t, failover.ClassBadSignature.Retryable(), "retried on another device")
-	require.True(t, failover.ClassBadSignature.BreakerFailure(), "a device fault")
+	require.Equal(t, failover.ClassFaulty, failover.ClassOf(err))
+	require.True(t, failover.ClassFaulty.Retryable(), "retried on another device")
+	require.True(t, failover.ClassFaulty.BreakerFailure(), "a device fault")
 	require.Contains(t, err.Error(), "eastus-1")
 	require.Contains(t, err.Error(), "payments")
 	require.Contains(t, err.Error(), "rsa-key")

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // TestVerifyAfterSign: eastus-1 returns corrupted signatures (the relay flips a bit in every C_Sign reply).
@@ -39,7 +40,7 @@ func TestVerifyAfterSign(t *testing.T) {
 		{"off: RSA passes unchecked", "off", "rsa-key", crypto.SHA256, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+			topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
 				{Name: "eastus-1", Region: "eastus"}, {Name: "eastus-2", Region: "eastus"}}})
 			var logBuf softhsmtest.LogBuffer
 			reg := prometheus.NewRegistry()
@@ -53,13 +54,14 @@ func TestVerifyAfterSign(t *testing.T) {
 			pub := topo.Keys[tc.key].Public()
 			sign := func(i int) (string, error) {
 				d := digest(crypto.SHA256, fmt.Sprintf("verify-%d", i))
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				var out pkcs11ha.Outcome
+				ctx, cancel := context.WithTimeout(pkcs11ha.WithOutcome(context.Background(), &out), 2*time.Second)
 				defer cancel()
-				sig, dev, err := k.SignDevice(ctx, d, tc.opts)
+				sig, err := k.SignContext(ctx, d, tc.opts)
 				if err != nil {
-					return dev, err
+					return out.Device, err
 				}
-				return dev, verifyWith(pub, d, sig, tc.opts)
+				return out.Device, verifyWith(pub, d, sig, tc.opts)
 			}
 			bad := func() float64 {
 				return testutil.ToFloat64(counterWith(t, reg, "pkcs11ha_bad_signatures_total", "eastus-1"))

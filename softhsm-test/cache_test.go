@@ -76,7 +76,7 @@ func TestWarmImageCache(t *testing.T) {
 		}
 	}
 	for range 2 {
-		check(StartT(t, Options{Devices: devices()}))
+		check(startT(t, Options{Devices: devices()}))
 	}
 	var wg sync.WaitGroup
 	topos := make([]*Topology, 2)

@@ -3,6 +3,7 @@ package softhsmtest
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,12 +26,17 @@ type ConfigOptions struct {
 	ServerYAML  string // raw YAML mapping inserted under server: (sidecar)
 	ClientsYAML string // raw YAML sequence inserted under clients: (sidecar)
 	PINStyle    string // PINInline (default), PINFile or PINEnv
+	// NoRelays points every device's P11_KIT_SERVER_ADDRESS at its server's own socket
+	// (Device.ServerSocket) instead of its relay: what a benchmark that wants no test wire between the
+	// cluster and the devices uses. The relay's faults (delay, hang, down, reset) then miss the cluster;
+	// process faults (Kill, Pause) still hit it.
+	NoRelays bool
 }
 
-// ConfigYAML returns the pkcs11ha configuration (schema in DESIGN.md) for this topology: local_region,
-// every device with its module and module_env, every partition by token label with its PIN, and the
-// raw sections of opts. Devices with a PINOverride still get the partition's normal PIN, as a config
-// that is wrong for one device would. The result is checked to be valid YAML.
+// ConfigYAML returns the pkcs11ha configuration (docs/ARCHITECTURE.md, "Configuration") for this topology:
+// local_region, every device with its module and module_env, every partition by token label with its PIN, and
+// the raw sections of opts. Devices with a PINOverride still get the partition's normal PIN, as a config that
+// is wrong for one device would. The result is checked to be valid YAML.
 func (t *Topology) ConfigYAML(opts ConfigOptions) ([]byte, error) {
 	style := opts.PINStyle
 	if style == "" {
@@ -47,15 +53,20 @@ func (t *Topology) ConfigYAML(opts ConfigOptions) ([]byte, error) {
 		fmt.Fprintf(&b, "  - name: %s\n", yamlQuote(d.Name))
 		fmt.Fprintf(&b, "    region: %s\n", yamlQuote(d.Region))
 		fmt.Fprintf(&b, "    module: %s\n", yamlQuote(d.ModulePath))
-		if len(d.ModuleEnv) > 0 {
+		env := d.ModuleEnv
+		if opts.NoRelays && d.ServerSocket != "" {
+			env = maps.Clone(env)
+			env["P11_KIT_SERVER_ADDRESS"] = "unix:path=" + d.ServerSocket
+		}
+		if len(env) > 0 {
 			b.WriteString("    module_env:\n")
-			names := make([]string, 0, len(d.ModuleEnv))
-			for k := range d.ModuleEnv {
+			names := make([]string, 0, len(env))
+			for k := range env {
 				names = append(names, k)
 			}
 			slices.Sort(names)
 			for _, k := range names {
-				fmt.Fprintf(&b, "      %s: %s\n", yamlQuote(k), yamlQuote(d.ModuleEnv[k]))
+				fmt.Fprintf(&b, "      %s: %s\n", yamlQuote(k), yamlQuote(env[k]))
 			}
 		}
 	}

@@ -58,6 +58,9 @@ type Device struct {
 	// Keys are the keys this device's tokens really hold (label -> key): the topology's keys, without
 	// MissingKeys and with the different keys of DifferentKeys.
 	Keys map[string]crypto.Signer
+	// Certificates are the certificates beside those keys with Options.Certificates (label -> DER), else
+	// empty.
+	Certificates map[string][]byte
 	// PINs are the user PINs this device's tokens really have (partition name -> PIN).
 	PINs map[string]string
 	// Serials are the serial numbers of this device's tokens (partition name -> serial). Every token of

@@ -16,7 +16,7 @@ import (
 
 func TestDefaultTopologySignsOnEveryDevice(t *testing.T) {
 	began := time.Now()
-	topo := StartT(t, Options{})
+	topo := startT(t, Options{})
 	t.Logf("StartT with the default topology: %v", time.Since(began))
 
 	require.Len(t, topo.Devices, 4)

@@ -21,24 +21,31 @@
 // Key-material faults for consistency and credential scenarios are set per device in DeviceSpec:
 // MissingKeys, DifferentKeys and PINOverride.
 //
+// Options.Certificates also puts a self-signed X.509 certificate (CN = label) beside every key in every
+// token, with the key's CKA_LABEL and CKA_ID, as an operator does for applications that find keys through
+// certificates (Java's SunPKCS11); Topology.Certificates and Device.Certificates hold them.
+//
 // Start is quick (well under a second for the default topology): keys are generated once per process,
 // and each distinct token (label, PINs, keys) is initialised and imported once per process with
 // softhsm2-util, then copied into every device that holds it. Every copy gets a serial number of its
 // own, as partitions on different HSMs have; the key material is identical.
 //
-// Topology.ConfigYAML writes the pkcs11ha configuration (the schema of DESIGN.md) for the topology.
+// Topology.ConfigYAML writes the pkcs11ha configuration for the topology (the schema: docs/ARCHITECTURE.md,
+// "Configuration").
 //
-// Processes are always reaped: Topology.Close (registered with t.Cleanup by StartT, which also runs when
-// a test fails or panics) kills every process group and waits until no member is left; servers are
+// Processes are always reaped: Topology.Close (registered with t.Cleanup by harnesstest.Start, which also
+// runs when a test fails or panics) kills every process group and waits until no member is left; servers are
 // started with a parent-death signal (on Linux) so that they also die with a test binary that is killed
 // or times out. Close also closes every relayed connection, which releases client calls blocked on a
 // paused or hanging device (finalizing a module with calls in flight is still the caller's problem).
 //
-// The harness needs the Debian packages softhsm2, p11-kit and p11-kit-modules (see LookupTools).
+// The harness needs the Debian packages softhsm2, p11-kit and p11-kit-modules (see LookupTools), and opensc
+// (pkcs11-tool) for Options.Certificates.
 //
-// Typical use:
+// This package does not import "testing": the demo (cmd/hsm-ha-demo) and the benchmark use it as an
+// ordinary package, with Start and Close. Tests use the testing.TB helpers of softhsm-test/harnesstest:
 //
-//	topo := softhsmtest.StartT(t, softhsmtest.Options{})
+//	topo := harnesstest.Start(t, softhsmtest.Options{})
 //	err := topo.WriteConfig(filepath.Join(topo.Dir, "hsm-ha.yaml"), softhsmtest.ConfigOptions{})
 //	...
 //	require.NoError(t, topo.Device("eastus-1").Kill())

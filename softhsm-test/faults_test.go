@@ -27,7 +27,7 @@ func requireGone(t *testing.T, pid int) {
 }
 
 func TestKillAndRestart(t *testing.T) {
-	topo := StartT(t, smallOptions(DefaultTopology(0)[:2]...))
+	topo := startT(t, smallOptions(DefaultTopology(0)[:2]...))
 	d, other := topo.Device("eastus-1"), topo.Device("eastus-2")
 	s := loginAndFind(t, loadModule(t, d), "payments", "1234", "ec-key")
 	_, err := s.signECDSA()
@@ -87,7 +87,7 @@ func TestKillAndRestart(t *testing.T) {
 }
 
 func TestPauseResume(t *testing.T) {
-	topo := StartT(t, smallOptions(DefaultTopology(0)[0]))
+	topo := startT(t, smallOptions(DefaultTopology(0)[0]))
 	d := topo.Device("eastus-1")
 	s := loginAndFind(t, loadModule(t, d), "payments", "1234", "ec-key")
 
@@ -120,7 +120,7 @@ func TestPauseResume(t *testing.T) {
 }
 
 func TestRelayFaults(t *testing.T) {
-	topo := StartT(t, smallOptions(DefaultTopology(0)[0]))
+	topo := startT(t, smallOptions(DefaultTopology(0)[0]))
 	d := topo.Device("eastus-1")
 	s := loginAndFind(t, loadModule(t, d), "payments", "1234", "ec-key")
 	require.Equal(t, 1, d.Connections())
@@ -190,7 +190,7 @@ func TestKeyAndPINFaults(t *testing.T) {
 	devs[2].DifferentKeys = []string{"ec-key"}
 	devs[3].PINOverride = map[string]string{"payments": "9999"}
 	opts := Options{Devices: devs, Partitions: DefaultPartitions()[:1], Keys: DefaultKeys()[:2]}
-	topo := StartT(t, opts)
+	topo := startT(t, opts)
 	good, missing, different, pin := topo.Devices[0], topo.Devices[1], topo.Devices[2], topo.Devices[3]
 
 	assert.Equal(t, topo.Keys, good.Keys)
@@ -248,7 +248,7 @@ func TestInProcessDevices(t *testing.T) {
 		Partitions: DefaultPartitions()[:1],
 		Keys:       []KeySpec{DefaultKeys()[1], DefaultKeys()[3]},
 	}
-	topo := StartT(t, opts)
+	topo := startT(t, opts)
 	serials := map[string]bool{}
 	for _, d := range topo.Devices {
 		assert.Empty(t, d.Socket)
@@ -328,7 +328,7 @@ func TestCloseReapsEverything(t *testing.T) {
 
 func TestLongDirUsesShortSocketDir(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), strings.Repeat("d", 100))
-	topo := StartT(t, Options{Dir: dir, Devices: DefaultTopology(0)[:1], Partitions: DefaultPartitions()[:1],
+	topo := startT(t, Options{Dir: dir, Devices: DefaultTopology(0)[:1], Partitions: DefaultPartitions()[:1],
 		Keys: DefaultKeys()[1:2]})
 	d := topo.Devices[0]
 	assert.True(t, strings.HasPrefix(d.ConfPath, dir))

@@ -1,6 +1,7 @@
 package softhsmtest
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -14,8 +15,32 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
+
+// startT starts a topology for one test and closes it with the test. It is harnesstest.Start, which
+// this package's own tests cannot import (harnesstest imports this package).
+func startT(t testing.TB, opts Options) *Topology {
+	t.Helper()
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	if opts.Logf == nil {
+		opts.Logf = t.Logf
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	topo, err := Start(ctx, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			topo.LogServerLogs()
+		}
+		assert.NoError(t, topo.Close())
+	})
+	return topo
+}
 
 // envMu serialises module loads: p11-kit-client.so reads P11_KIT_SERVER_ADDRESS when it is loaded,
 // SoftHSM reads SOFTHSM2_CONF in C_Initialize.

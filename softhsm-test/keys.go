@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"testing"
 )
 
 // Key kinds for KeySpec.Kind.
@@ -103,17 +102,17 @@ type SoftKeys struct {
 	Ed  ed25519.PrivateKey
 }
 
-// NewSoftKeys returns the process-wide SoftKeys (generated once, like the keys imported into tokens).
-func NewSoftKeys(t testing.TB) SoftKeys {
-	t.Helper()
-	get := func(kind string) crypto.Signer {
+// SharedSoftKeys returns the process-wide SoftKeys (generated once, like the keys imported into tokens).
+func SharedSoftKeys() (SoftKeys, error) {
+	var ks [3]crypto.Signer
+	for i, kind := range []string{KindRSA2048, KindECP256, KindEd25519} {
 		k, err := testKey(kind, "soft", "")
 		if err != nil {
-			t.Fatalf("softhsmtest: %s key: %v", kind, err)
+			return SoftKeys{}, fmt.Errorf("softhsmtest: %s key: %w", kind, err)
 		}
-		return k
+		ks[i] = k
 	}
-	return SoftKeys{RSA: get(KindRSA2048).(*rsa.PrivateKey), EC: get(KindECP256).(*ecdsa.PrivateKey), Ed: get(KindEd25519).(ed25519.PrivateKey)}
+	return SoftKeys{RSA: ks[0].(*rsa.PrivateKey), EC: ks[1].(*ecdsa.PrivateKey), Ed: ks[2].(ed25519.PrivateKey)}, nil
 }
 
 // writeKeyPEM writes key as an unencrypted PKCS#8 PEM file, readable by the owner only.

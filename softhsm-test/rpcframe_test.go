@@ -68,7 +68,7 @@ func TestReplyScanner(t *testing.T) {
 // TestCorruptSignatures: a real device behind the relay returns a signature that does not verify while
 // CorruptSignatures is on, and good ones again once it is off.
 func TestCorruptSignatures(t *testing.T) {
-	topo := StartT(t, smallOptions(DeviceSpec{Name: "d1", Region: "r"}))
+	topo := startT(t, smallOptions(DeviceSpec{Name: "d1", Region: "r"}))
 	d := topo.Devices[0]
 	s := loginAndFind(t, loadModule(t, d), "payments", "1234", "ec-key")
 	pub := topo.Keys["ec-key"].Public().(*ecdsa.PublicKey)

@@ -25,10 +25,11 @@ func writeConf(path, tokenDir string) error {
 
 // importItem is one key pair imported into a token.
 type importItem struct {
-	ident   string // identity of the key (kind, label, variant) and id, for the image cache
-	pemPath string
-	label   string
-	id      []byte
+	ident    string // identity of the key (kind, label, variant) and id, for the image cache
+	pemPath  string
+	certPath string // the key's certificate (DER) to write beside it, or ""
+	label    string
+	id       []byte
 }
 
 // buildToken initialises one token in a scratch SoftHSM directory of its own (so that tokens can be built
@@ -50,6 +51,11 @@ func buildToken(ctx context.Context, tools Tools, scratch, label, pin, soPIN str
 		if err := runUtil(ctx, tools, conf, "--import", im.pemPath, "--token", label, "--label", im.label,
 			"--id", hex.EncodeToString(im.id), "--pin", pin); err != nil {
 			return "", err
+		}
+		if im.certPath != "" {
+			if err := writeCertificate(ctx, tools, conf, label, pin, im.certPath, im.label, im.id); err != nil {
+				return "", err
+			}
 		}
 	}
 	ents, err := os.ReadDir(tokens)

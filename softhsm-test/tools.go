@@ -15,6 +15,7 @@ type Tools struct {
 	SoftHSMUtil   string // softhsm2-util (Debian package softhsm2)
 	P11Kit        string // the p11-kit program, for `p11-kit server` (Debian package p11-kit)
 	P11KitClient  string // p11-kit-client.so (Debian package p11-kit-modules)
+	PKCS11Tool    string // pkcs11-tool (Debian package opensc), or "": needed only for Options.Certificates
 }
 
 // Environment variables that override where the modules are looked for.
@@ -82,6 +83,7 @@ func LookupTools() (Tools, error) {
 	if tools.P11Kit, err = findProgram("p11-kit", "p11-kit"); err != nil {
 		missing = append(missing, err.Error())
 	}
+	tools.PKCS11Tool, _ = findProgram("pkcs11-tool", "opensc") // optional
 	if len(missing) > 0 {
 		return tools, fmt.Errorf("softhsmtest: %s", strings.Join(missing, "; "))
 	}

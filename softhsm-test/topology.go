@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -36,16 +35,20 @@ func DefaultPartitions() []PartitionSpec {
 // Options configure Start. Every field is optional.
 type Options struct {
 	// Dir is the root directory of the topology; tests pass t.TempDir(). Empty: a new temporary directory,
-	// removed by Close (StartT uses t.TempDir()).
+	// removed by Close.
 	Dir         string
 	Devices     []DeviceSpec    // default DefaultTopology(10 * time.Millisecond)
 	Partitions  []PartitionSpec // default DefaultPartitions()
 	Keys        []KeySpec       // default DefaultKeys()
 	LocalRegion string          // default "eastus"
 	Logf        func(format string, args ...any)
+
+	// Certificates puts a self-signed certificate (CN = label) for every imported key beside it in every
+	// token, with the key's CKA_LABEL and CKA_ID (certs.go); it needs pkcs11-tool (Debian package opensc).
+	Certificates bool
 }
 
-// Topology is a running set of devices. Close it (StartT does, with t.Cleanup).
+// Topology is a running set of devices. Close it (harnesstest.Start does, with t.Cleanup).
 type Topology struct {
 	Dir         string
 	Devices     []*Device
@@ -55,6 +58,9 @@ type Topology struct {
 	// Keys are the keys imported into every token (label -> key), so tests can compare public keys.
 	// Devices with MissingKeys or DifferentKeys hold Device.Keys instead.
 	Keys map[string]crypto.Signer
+	// Certificates are the DER certificates imported beside Keys with Options.Certificates (label ->
+	// certificate), else empty. Devices with MissingKeys or DifferentKeys hold Device.Certificates instead.
+	Certificates map[string][]byte
 
 	logf      func(format string, args ...any)
 	ownDir    bool
@@ -181,12 +187,16 @@ func Start(ctx context.Context, opts Options) (*Topology, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.Certificates && tools.PKCS11Tool == "" {
+		return nil, fmt.Errorf("softhsmtest: Options.Certificates: program pkcs11-tool not found: install the Debian package opensc")
+	}
 	t := &Topology{
-		Partitions:  opts.Partitions,
-		KeySpecs:    slices.Clone(opts.Keys),
-		LocalRegion: opts.LocalRegion,
-		Keys:        make(map[string]crypto.Signer),
-		logf:        opts.Logf,
+		Partitions:   opts.Partitions,
+		KeySpecs:     slices.Clone(opts.Keys),
+		LocalRegion:  opts.LocalRegion,
+		Keys:         make(map[string]crypto.Signer),
+		Certificates: make(map[string][]byte),
+		logf:         opts.Logf,
 	}
 	if opts.Dir == "" {
 		if t.Dir, err = os.MkdirTemp("", "softhsmtest-"); err != nil {
@@ -228,34 +238,6 @@ func Start(ctx context.Context, opts Options) (*Topology, error) {
 		time.Since(tokensDone).Round(time.Millisecond), t.Dir)
 	started = true
 	return t, nil
-}
-
-// StartT is Start for tests: Dir defaults to t.TempDir(), Logf to t.Logf, Close is registered with
-// t.Cleanup (which also runs when the test fails or panics), and an error is fatal. When the test has
-// failed, Close first logs the tail of every server log.
-func StartT(tb testing.TB, opts Options) *Topology {
-	tb.Helper()
-	if opts.Dir == "" {
-		opts.Dir = tb.TempDir()
-	}
-	if opts.Logf == nil {
-		opts.Logf = tb.Logf
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	topo, err := Start(ctx, opts)
-	if err != nil {
-		tb.Fatalf("softhsmtest.StartT: %v", err)
-	}
-	tb.Cleanup(func() {
-		if tb.Failed() {
-			topo.logServerLogs()
-		}
-		if err := topo.Close(); err != nil {
-			tb.Errorf("softhsmtest: Close: %v", err)
-		}
-	})
-	return topo
 }
 
 // Device returns the device with that name, or nil.
@@ -304,7 +286,9 @@ func (t *Topology) Close() error {
 	return t.closeErr
 }
 
-func (t *Topology) logServerLogs() {
+// LogServerLogs writes the tail of every device server's log through Options.Logf: what a failed test
+// shows before Close removes the logs.
+func (t *Topology) LogServerLogs() {
 	for _, d := range t.Devices {
 		if tail := logTail(d.LogPath, 4096); tail != "" {
 			t.logf("softhsmtest: device %s: server log %s:\n%s", d.Name, d.LogPath, tail)
@@ -341,16 +325,17 @@ func (t *Topology) createDevices(opts Options, tools Tools) error {
 	}
 	for _, s := range opts.Devices {
 		d := &Device{
-			Name:        s.Name,
-			Region:      s.Region,
-			InProcess:   s.InProcess,
-			Dir:         filepath.Join(t.Dir, s.Name),
-			Keys:        make(map[string]crypto.Signer),
-			PINs:        make(map[string]string),
-			Serials:     make(map[string]string),
-			tools:       tools,
-			logf:        t.logf,
-			tokenLabels: make([]string, 0, len(opts.Partitions)),
+			Name:         s.Name,
+			Region:       s.Region,
+			InProcess:    s.InProcess,
+			Dir:          filepath.Join(t.Dir, s.Name),
+			Keys:         make(map[string]crypto.Signer),
+			Certificates: make(map[string][]byte),
+			PINs:         make(map[string]string),
+			Serials:      make(map[string]string),
+			tools:        tools,
+			logf:         t.logf,
+			tokenLabels:  make([]string, 0, len(opts.Partitions)),
 		}
 		d.ConfPath = filepath.Join(d.Dir, "softhsm2.conf")
 		d.TokenDir = filepath.Join(d.Dir, "tokens")
@@ -409,7 +394,10 @@ func (t *Topology) generateKeys(ctx context.Context, opts Options) error {
 			mu.Lock()
 			t.Keys[k.Label] = key
 			mu.Unlock()
-			return writeKeyPEM(t.keyPEM("", k.Label), key)
+			if err := writeKeyPEM(t.keyPEM("", k.Label), key); err != nil {
+				return err
+			}
+			return t.makeCertificate(opts, &mu, t.Certificates, k, "")
 		})
 	}
 	for i, s := range opts.Devices {
@@ -429,7 +417,10 @@ func (t *Topology) generateKeys(ctx context.Context, opts Options) error {
 				if err := os.MkdirAll(filepath.Dir(t.keyPEM(s.Name, k.Label)), 0o700); err != nil {
 					return err
 				}
-				return writeKeyPEM(t.keyPEM(s.Name, k.Label), key)
+				if err := writeKeyPEM(t.keyPEM(s.Name, k.Label), key); err != nil {
+					return err
+				}
+				return t.makeCertificate(opts, &mu, d.Certificates, k, s.Name)
 			})
 		}
 	}
@@ -440,6 +431,9 @@ func (t *Topology) generateKeys(ctx context.Context, opts Options) error {
 		for _, k := range opts.Keys {
 			if !slices.Contains(s.MissingKeys, k.Label) && !slices.Contains(s.DifferentKeys, k.Label) {
 				t.Devices[i].Keys[k.Label] = t.Keys[k.Label]
+				if c, ok := t.Certificates[k.Label]; ok {
+					t.Devices[i].Certificates[k.Label] = c
+				}
 			}
 		}
 	}
@@ -453,6 +447,27 @@ func (t *Topology) keyPEM(device, label string) string {
 		return filepath.Join(t.Dir, "keys", file)
 	}
 	return filepath.Join(t.Dir, "keys", device, file)
+}
+
+// makeCertificate gets (from the process-wide cache) the certificate of key k's variant, when opts asks
+// for certificates, writes its DER file beside the key's PEM and records it in certs (under mu).
+func (t *Topology) makeCertificate(opts Options, mu *sync.Mutex, certs map[string][]byte, k KeySpec, variant string) error {
+	if !opts.Certificates {
+		return nil
+	}
+	der, err := testCert(k.Kind, k.Label, variant)
+	if err != nil {
+		return err
+	}
+	mu.Lock()
+	certs[k.Label] = der
+	mu.Unlock()
+	return writeCertFile(t.certDER(variant, k.Label), der)
+}
+
+// certDER is the certificate file of a key's PEM file (keyPEM).
+func (t *Topology) certDER(device, label string) string {
+	return strings.TrimSuffix(t.keyPEM(device, label), ".pem") + ".cert.der"
 }
 
 // buildTokens gives every device one token per partition, a copy of a token image with a serial of its
@@ -483,12 +498,17 @@ func (t *Topology) buildTokens(ctx context.Context, opts Options, tools Tools) e
 				case slices.Contains(s.DifferentKeys, k.Label):
 					variant = s.Name
 				}
-				j.imports = append(j.imports, importItem{
+				im := importItem{
 					ident:   fmt.Sprintf("%s/%s/%s/%x", k.Kind, k.Label, variant, k.ID),
 					pemPath: t.keyPEM(variant, k.Label),
 					label:   k.Label,
 					id:      k.ID,
-				})
+				}
+				if opts.Certificates {
+					im.ident += "/cert"
+					im.certPath = t.certDER(variant, k.Label)
+				}
+				j.imports = append(j.imports, im)
 			}
 			j.recipe = fmt.Sprintf("%q %q %q", p.TokenLabel, j.pin, p.SOPIN)
 			for _, im := range j.imports {

@@ -24,7 +24,7 @@ func configTopology(t *testing.T) *Topology {
 		LocalRegion: "eastus",
 		Partitions:  DefaultPartitions(),
 		Devices: []*Device{
-			{Name: "eastus-1", Region: "eastus", ModulePath: "/lib/p11-kit-client.so",
+			{Name: "eastus-1", Region: "eastus", ModulePath: "/lib/p11-kit-client.so", ServerSocket: "/tmp/x/eastus-1-server.sock",
 				ModuleEnv: map[string]string{"P11_KIT_SERVER_ADDRESS": "unix:path=/tmp/x/eastus-1.sock"}},
 			{Name: "westus-1", Region: "westus", ModulePath: filepath.Join(dir, "lib softhsm2.so"),
 				ModuleEnv: map[string]string{"SOFTHSM2_CONF": `/tmp/odd "name"/softhsm2.conf`}},
@@ -78,6 +78,15 @@ func TestConfigYAML(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 	}
+
+	// NoRelays: the devices' own server sockets; in-process devices and the topology are left alone
+	data, err = topo.ConfigYAML(ConfigOptions{NoRelays: true})
+	require.NoError(t, err)
+	cfg = testConfig{}
+	require.NoError(t, yaml.Unmarshal(data, &cfg))
+	assert.Equal(t, map[string]string{"P11_KIT_SERVER_ADDRESS": "unix:path=/tmp/x/eastus-1-server.sock"}, cfg.Devices[0].ModuleEnv)
+	assert.Equal(t, topo.Devices[1].ModuleEnv, cfg.Devices[1].ModuleEnv)
+	assert.Equal(t, "unix:path=/tmp/x/eastus-1.sock", topo.Devices[0].ModuleEnv["P11_KIT_SERVER_ADDRESS"])
 
 	// PIN environment variables
 	data, err = topo.ConfigYAML(ConfigOptions{PINStyle: PINEnv})

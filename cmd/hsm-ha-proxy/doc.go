@@ -1,11 +1,11 @@
 // Command hsm-ha-proxy is the pkcs11-ha sidecar: it gives applications in any language the library's
-// high-availability signing and decryption over HTTP/JSON (API v1, see DESIGN.md).
+// high-availability signing and decryption over HTTP/JSON (API v1; docs/ARCHITECTURE.md, "The sidecar").
 //
 // Usage:
 //
-//	hsm-ha-proxy serve --config FILE [--log-level info] [--log-format json]
-//	hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
-//	hsm-ha-proxy demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--plain] [--keep]
+//	hsm-ha-proxy serve --config FILE [--log-level info] [--log-format json] [--metrics-addr HOST:PORT]
+//	hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json | --ready | --live]
+//	hsm-ha-proxy check --config FILE [--json] [--replicas N]
 //
 // serve reads the library's YAML config plus its server: and clients: sections, opens the cluster and
 // serves on server.listen (default unix:///run/hsm-ha-proxy.sock, mode 0600; tcp://HOST:PORT requires
@@ -16,8 +16,17 @@
 // connections use them), and reads the partitions' PINs again: a partition whose login failed on a device
 // tries a changed PIN there once (nothing else is reloaded).
 //
-// status prints the device table (device, region, tier, state, breaker, EWMA latency, in-flight) from
-// GET /v1/status; the caller must be a configured client.
+// serve --metrics-addr also serves /metrics (only) over plain HTTP on HOST:PORT, for Prometheus.
 //
-// demo runs four SoftHSM2 devices in two regions behind the sidecar with a scripted failover.
+// status prints the device table (device, region, tier, state, breaker, EWMA latency, in-flight) from
+// GET /v1/status; the caller must be a configured client. status --ready and --live are for exec probes:
+// exit 0 when /readyz says ready (or /healthz answers), 1 otherwise, nothing printed on success.
+//
+// check is a preflight: it connects to every device of the config as serve would (pkcs11ha.Inspect), does
+// nothing else, and reports devices, tokens, logins, probe latency, keys compared across devices, the
+// session budget for N replicas, and advice from the deployment guidance. It exits 0 when everything is
+// reachable and consistent, 1 for problems, 2 for a config or usage error.
+//
+// The demo (four SoftHSM2 devices behind this sidecar, with a scripted failover) is its own command,
+// cmd/hsm-ha-demo: this binary links neither the test harness nor package testing (deps_test.go).
 package main

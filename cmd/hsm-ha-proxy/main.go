@@ -23,13 +23,15 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/proxy"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 const usage = `usage:
-  hsm-ha-proxy serve --config FILE [--log-level debug|info|warn|error] [--log-format json|text]
-  hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json]
-  hsm-ha-proxy demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--plain] [--keep]
+  hsm-ha-proxy serve --config FILE [--log-level debug|info|warn|error] [--log-format json|text] [--metrics-addr HOST:PORT]
+  hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json | --ready | --live]
+  hsm-ha-proxy check --config FILE [--json] [--replicas N]
 `
 
 func main() {
@@ -47,8 +49,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runServe(args[1:], stderr)
 	case "status":
 		return runStatus(args[1:], stdout, stderr)
-	case "demo":
-		return runDemo(args[1:])
+	case "check":
+		return runCheck(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -57,13 +59,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+// stopCPUProfile ends the CPU profile of a binary built with -tags cpuprofile (cpuprofile.go); a no-op
+// otherwise.
+var stopCPUProfile = func() {}
+
 // runServe is `hsm-ha-proxy serve`.
 func runServe(args []string, stderr io.Writer) int {
+	defer stopCPUProfile()
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "config file (the library's YAML plus server: and clients:)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	format := fs.String("log-format", "json", "log format: json or text")
+	metricsAddr := fs.String("metrics-addr", "", "also serve /metrics over plain HTTP on HOST:PORT (for Prometheus, which cannot scrape a unix socket)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -76,7 +84,7 @@ func runServe(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hsm-ha-proxy serve: %v\n", err)
 		return 2
 	}
-	cfg, err := pkcs11ha.LoadConfig(*configPath)
+	cfg, err := sidecarconfig.Load(*configPath)
 	if err != nil {
 		logger.Error("loading the config", "path", *configPath, "err", err)
 		return 1
@@ -90,11 +98,27 @@ func runServe(args []string, stderr io.Writer) int {
 		logger.Error("listening", "listen", cfg.Server.Listen, "err", err)
 		return 1
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	cl, err := pkcs11ha.Open(ctx, cfg, pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
+	var mln net.Listener
+	if *metricsAddr != "" {
+		if mln, err = net.Listen("tcp", *metricsAddr); err != nil {
+			ln.Close()
+			logger.Error("listening for metrics", "metrics_addr", *metricsAddr, "err", err)
+			return 1
+		}
+		defer mln.Close()
+	}
+	p11, err := openPKCS11(cfg.Server)
 	if err != nil {
 		ln.Close()
+		logger.Error("listening", "pkcs11", cfg.Server.PKCS11, "err", err)
+		return 1
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cl, err := pkcs11ha.Open(ctx, cfg.Library(), pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
+	if err != nil {
+		ln.Close()
+		p11.close()
 		if ctx.Err() != nil {
 			logger.Info("stopped by a signal while opening the cluster")
 			return 0
@@ -103,6 +127,10 @@ func runServe(args []string, stderr io.Writer) int {
 		return 1
 	}
 	srv := proxy.New(cfg, cl, logger, reg)
+	registerReady(reg, cl.Ready)
+	if mln != nil {
+		defer serveMetrics(mln, reg, logger)()
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -120,10 +148,15 @@ func runServe(args []string, stderr io.Writer) int {
 		}
 	}()
 
-	logger.Info("hsm-ha-proxy started", "listen", ln.Addr().String(), "devices", len(cfg.Devices),
+	logger.Info("hsm-ha-proxy started", "listen", ln.Addr().String(), "pkcs11", cfg.Server.PKCS11, "devices", len(cfg.Devices),
 		"partitions", cfg.PartitionNames(), "clients", len(cfg.Clients))
+	p11.start(ctx, cfg, cl, srv, logger, reg)
 	serveErr := srv.Serve(ctx, ln)
-	closeCluster(cl, cfg.Policy.CloseTimeout.D(), logger)
+	stop() // the HTTP server has stopped (or failed): stop the PKCS#11 door too
+	if err := p11.wait(); err != nil && serveErr == nil {
+		serveErr = err
+	}
+	closeCluster(cl, cl.Config().Policy.CloseTimeout.D(), logger)
 	if serveErr != nil {
 		logger.Error("serving", "err", serveErr)
 		return 1
@@ -137,13 +170,13 @@ func runServe(args []string, stderr io.Writer) int {
 // picked up), and reads the partitions' PINs again (a partition whose login failed tries a new PIN once).
 // Everything else in the file is ignored until a restart.
 func reload(srv *proxy.Server, cl *pkcs11ha.Cluster, ln net.Listener, path string, logger *slog.Logger) {
-	cfg, err := pkcs11ha.LoadConfig(path)
+	cfg, err := sidecarconfig.Load(path)
 	if err != nil {
 		logger.Error("SIGHUP: config not reloaded; keeping the current clients and certificates", "path", path, "err", err)
 		return
 	}
 	if cl != nil {
-		if n, err := cl.ReloadPINs(cfg); err != nil {
+		if n, err := cl.ReloadPINs(cfg.Library()); err != nil {
 			logger.Error("SIGHUP: PINs not all reloaded", "err", err)
 		} else if n > 0 {
 			logger.Info("SIGHUP: new PINs; partitions that refused the old one log in once with the new one", "retries", n)
@@ -201,11 +234,13 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	keyFile := fs.String("key", "", "client key (with --addr)")
 	caFile := fs.String("ca", "", "CA of the sidecar's certificate (with --addr)")
 	asJSON := fs.Bool("json", false, "print the raw JSON of /v1/status")
+	ready := fs.Bool("ready", false, "probe: exit 0 when /readyz says ready, 1 otherwise (prints nothing when ready)")
+	live := fs.Bool("live", false, "probe: exit 0 when /healthz answers, 1 otherwise (prints nothing when live)")
 	timeout := fs.Duration("timeout", 5*time.Second, "how long to wait for the answer")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if fs.NArg() > 0 {
+	if fs.NArg() > 0 || btoi(*asJSON)+btoi(*ready)+btoi(*live) > 1 {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
@@ -223,11 +258,14 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
+	if *ready || *live {
+		return probe(ctx, c, *live, stderr)
+	}
 	st, err := c.Status(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "hsm-ha-proxy status: %v\n", err)
 		var ae *sidecarclient.APIError
-		if errors.As(err, &ae) && ae.Code == sidecarclient.CodeUnauthenticated {
+		if errors.As(err, &ae) && ae.Code == sidecarapi.CodeUnauthenticated {
 			fmt.Fprintln(stderr, "hint: add your uid (or certificate name) to the clients: section of the sidecar's config")
 		}
 		return 1
@@ -244,8 +282,38 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// probe is `status --ready` and `status --live`, for exec probes (a kubelet cannot send HTTP over a unix
+// socket): the exit code is the answer. Nothing is printed when the answer is yes; otherwise one line on
+// stderr says why, which `kubectl describe pod` shows in the probe's event.
+func probe(ctx context.Context, c *sidecarclient.Client, live bool, stderr io.Writer) int {
+	if live {
+		if err := c.Live(ctx); err != nil {
+			fmt.Fprintf(stderr, "hsm-ha-proxy status --live: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	ok, err := c.Ready(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "hsm-ha-proxy status --ready: %v\n", err)
+		return 1
+	}
+	if !ok {
+		fmt.Fprintln(stderr, "hsm-ha-proxy status --ready: not ready (a partition has no up device holding all its keys, or the sidecar is shutting down)")
+		return 1
+	}
+	return 0
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 // printStatus writes the device table.
-func printStatus(w io.Writer, st *sidecarclient.Status) {
+func printStatus(w io.Writer, st *sidecarapi.Status) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tREGION\tTIER\tSTATE\tBREAKER\tEWMA\tIN-FLIGHT\tABANDONED\tREASON")
 	for _, d := range st.Devices {

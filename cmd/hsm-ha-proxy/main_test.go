@@ -22,8 +22,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 func TestRunUsage(t *testing.T) {
@@ -36,6 +38,7 @@ func TestRunUsage(t *testing.T) {
 		{"no command", nil, 2, "usage:"},
 		{"help", []string{"help"}, 0, "hsm-ha-proxy serve --config FILE"},
 		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate"`},
+		{"the demo is its own command", []string{"demo"}, 2, `unknown command "demo"`},
 		{"serve without config", []string{"serve"}, 2, "--config FILE is required"},
 		{"serve with a bad flag", []string{"serve", "--nope"}, 2, "flag provided but not defined"},
 		{"serve with a missing config", []string{"serve", "--config", "/nonexistent/hsm-ha.yaml"}, 1, "loading the config"},
@@ -55,7 +58,7 @@ func TestRunUsage(t *testing.T) {
 
 func TestPrintStatus(t *testing.T) {
 	var b bytes.Buffer
-	printStatus(&b, &sidecarclient.Status{Ready: false, Devices: []sidecarclient.DeviceStatus{
+	printStatus(&b, &sidecarapi.Status{Ready: false, Devices: []sidecarapi.DeviceStatus{
 		{Name: "eastus-1", Region: "eastus", Tier: 0, State: "up", Breaker: "closed", EWMA: 57 * time.Microsecond, InFlight: 3},
 		{Name: "westus-1", Region: "westus", Tier: 1, State: "down", Breaker: "open", EWMA: 12500 * time.Microsecond,
 			LastError: "pkcs11ha: device westus-1: C_Sign: CKR_DEVICE_ERROR (0x30) [device-down]"},
@@ -110,7 +113,7 @@ func TestBinarySignals(t *testing.T) {
 		t.Skip("builds the binary and runs SoftHSM devices")
 	}
 	bin := buildBinary(t)
-	topo := softhsmtest.StartT(t, softhsmtest.Options{})
+	topo := harnesstest.Start(t, softhsmtest.Options{})
 	sockDir, err := os.MkdirTemp("", "hp")
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(sockDir) })

@@ -13,7 +13,9 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/proxy"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
@@ -21,16 +23,16 @@ import (
 // brings back the partition whose token refused the old one, without a restart, after one login.
 func TestReloadFixesPIN(t *testing.T) {
 	devs := []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus", InProcess: true, PINOverride: map[string]string{"payments": "99999"}}}
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: devs})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: devs})
 	cfgPath := filepath.Join(t.TempDir(), "sidecar.yaml")
 	require.NoError(t, topo.WriteConfig(cfgPath, softhsmtest.ConfigOptions{
 		PolicyYAML:  "health: {interval: 50ms, down_interval: 50ms}",
 		ServerYAML:  "listen: unix://" + filepath.Join(t.TempDir(), "s.sock"),
 		ClientsYAML: "- {name: app, unix_uid: 0, partitions: [payments]}",
 	}))
-	cfg, err := pkcs11ha.LoadConfig(cfgPath)
+	cfg, err := sidecarconfig.Load(cfgPath)
 	require.NoError(t, err)
-	cl, err := pkcs11ha.Open(context.Background(), cfg)
+	cl, err := pkcs11ha.Open(context.Background(), cfg.Library())
 	require.NoError(t, err)
 	leakcheck.CloseCluster(t, cl)
 	ln, err := proxy.Listen(cfg.Server)

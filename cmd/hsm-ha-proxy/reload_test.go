@@ -13,14 +13,15 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/proxy"
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/testcerts"
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // TestReloadRotatesCertificates: what SIGHUP runs re-reads the config file and the server.tls files it
 // names; a certificate replaced on disk is what the next client sees.
 func TestReloadRotatesCertificates(t *testing.T) {
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus", InProcess: true}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus", InProcess: true}}})
 	dir := t.TempDir()
 	ca := testcerts.NewCA(t, dir, "ca")
 	srvCert, srvKey := ca.ServerCert(t)
@@ -31,7 +32,7 @@ func TestReloadRotatesCertificates(t *testing.T) {
 			srvCert, srvKey, ca.PEMPath),
 		ClientsYAML: "- {name: app, cert_name: app, partitions: [payments]}",
 	}))
-	cfg, err := pkcs11ha.LoadConfig(cfgPath)
+	cfg, err := sidecarconfig.Load(cfgPath)
 	require.NoError(t, err)
 	ln, err := proxy.Listen(cfg.Server)
 	require.NoError(t, err)

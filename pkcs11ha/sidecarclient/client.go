@@ -14,6 +14,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
 
 // DefaultTimeout bounds Sign and Decrypt calls made without a context (the crypto.Signer and
@@ -85,8 +87,8 @@ func (c *Client) timeout() time.Duration {
 }
 
 // Keys lists the keys of a partition.
-func (c *Client) Keys(ctx context.Context, partition string) ([]KeyInfo, error) {
-	var out keysResponse
+func (c *Client) Keys(ctx context.Context, partition string) ([]sidecarapi.KeyInfo, error) {
+	var out sidecarapi.KeyList
 	if err := c.do(ctx, http.MethodGet, "/v1/partitions/"+url.PathEscape(partition)+"/keys", nil, &out); err != nil {
 		return nil, err
 	}
@@ -96,7 +98,7 @@ func (c *Client) Keys(ctx context.Context, partition string) ([]KeyInfo, error) 
 // Key fetches a key of a partition and parses its public key. The returned *Key signs and decrypts
 // through the sidecar.
 func (c *Client) Key(ctx context.Context, partition, label string) (*Key, error) {
-	var info KeyInfo
+	var info sidecarapi.KeyInfo
 	if err := c.do(ctx, http.MethodGet, keyPath(partition, label), nil, &info); err != nil {
 		return nil, err
 	}
@@ -112,12 +114,12 @@ func (c *Client) Key(ctx context.Context, partition, label string) (*Key, error)
 // *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey: it selects the algorithm names, and a wrong one
 // makes signatures that do not verify (or requests the sidecar refuses). Info holds the label only.
 func (c *Client) KeyWithPublic(partition, label string, pub crypto.PublicKey) *Key {
-	return &Key{c: c, partition: partition, info: KeyInfo{Label: label}, pub: pub}
+	return &Key{c: c, partition: partition, info: sidecarapi.KeyInfo{Label: label}, pub: pub}
 }
 
 // Status returns the sidecar's device table (GET /v1/status).
-func (c *Client) Status(ctx context.Context) (*Status, error) {
-	var st Status
+func (c *Client) Status(ctx context.Context) (*sidecarapi.Status, error) {
+	var st sidecarapi.Status
 	if err := c.do(ctx, http.MethodGet, "/v1/status", nil, &st); err != nil {
 		return nil, err
 	}
@@ -136,6 +138,11 @@ func (c *Client) Ready(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	return false, err
+}
+
+// Live reports whether the sidecar process answers (GET /healthz), whatever the state of its devices.
+func (c *Client) Live(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/healthz", nil, nil)
 }
 
 func keyPath(partition, label string) string {
@@ -183,7 +190,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 
 // apiError decodes the API's error body, or describes a body that is not one.
 func apiError(status int, b []byte) error {
-	var eb errorBody
+	var eb sidecarapi.ErrorBody
 	if err := json.Unmarshal(b, &eb); err == nil && eb.Error.Code != "" {
 		return &APIError{StatusCode: status, Code: eb.Error.Code, Message: eb.Error.Message}
 	}

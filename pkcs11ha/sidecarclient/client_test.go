@@ -26,13 +26,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 type keys = softhsmtest.SoftKeys
 
 // getKeys returns software keys for tests that need no HSM (generated once per process).
-func getKeys(t testing.TB) keys { return softhsmtest.NewSoftKeys(t) }
+func getKeys(t testing.TB) keys { return harnesstest.SoftKeys(t) }
 
 func TestSignAlgorithm(t *testing.T) {
 	k := getKeys(t)
@@ -44,24 +46,24 @@ func TestSignAlgorithm(t *testing.T) {
 		want    string
 		wantErr string
 	}{
-		{"rsa sha256", rsaPub, crypto.SHA256, AlgRSAPKCS1SHA256, ""},
-		{"rsa sha384", rsaPub, crypto.SHA384, AlgRSAPKCS1SHA384, ""},
-		{"rsa sha512", rsaPub, crypto.SHA512, AlgRSAPKCS1SHA512, ""},
+		{"rsa sha256", rsaPub, crypto.SHA256, sidecarapi.AlgRSAPKCS1SHA256, ""},
+		{"rsa sha384", rsaPub, crypto.SHA384, sidecarapi.AlgRSAPKCS1SHA384, ""},
+		{"rsa sha512", rsaPub, crypto.SHA512, sidecarapi.AlgRSAPKCS1SHA512, ""},
 		{"rsa sha1", rsaPub, crypto.SHA1, "", "not supported"},
 		{"rsa raw", rsaPub, crypto.Hash(0), "", "not supported"},
-		{"pss equals hash", rsaPub, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256}, AlgRSAPSSSHA256, ""},
-		{"pss salt 48 with sha384", rsaPub, &rsa.PSSOptions{SaltLength: 48, Hash: crypto.SHA384}, AlgRSAPSSSHA384, ""},
-		{"pss sha512", rsaPub, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA512}, AlgRSAPSSSHA512, ""},
+		{"pss equals hash", rsaPub, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256}, sidecarapi.AlgRSAPSSSHA256, ""},
+		{"pss salt 48 with sha384", rsaPub, &rsa.PSSOptions{SaltLength: 48, Hash: crypto.SHA384}, sidecarapi.AlgRSAPSSSHA384, ""},
+		{"pss sha512", rsaPub, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA512}, sidecarapi.AlgRSAPSSSHA512, ""},
 		{"pss auto salt", rsaPub, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthAuto, Hash: crypto.SHA256}, "", "salt length"},
 		{"pss salt 20 with sha256", rsaPub, &rsa.PSSOptions{SaltLength: 20, Hash: crypto.SHA256}, "", "salt length"},
 		{"pss sha1", rsaPub, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA1}, "", "not supported"},
-		{"ecdsa sha256", ecPub, crypto.SHA256, AlgECDSASHA256, ""},
-		{"ecdsa sha384", ecPub, crypto.SHA384, AlgECDSASHA384, ""},
-		{"ecdsa sha512", ecPub, crypto.SHA512, AlgECDSASHA512, ""},
+		{"ecdsa sha256", ecPub, crypto.SHA256, sidecarapi.AlgECDSASHA256, ""},
+		{"ecdsa sha384", ecPub, crypto.SHA384, sidecarapi.AlgECDSASHA384, ""},
+		{"ecdsa sha512", ecPub, crypto.SHA512, sidecarapi.AlgECDSASHA512, ""},
 		{"ecdsa sha224", ecPub, crypto.SHA224, "", "not supported"},
 		{"ecdsa with pss", ecPub, &rsa.PSSOptions{Hash: crypto.SHA256}, "", "RSA-PSS"},
-		{"ed25519", edPub, crypto.Hash(0), AlgEd25519, ""},
-		{"ed25519 options", edPub, &ed25519.Options{}, AlgEd25519, ""},
+		{"ed25519", edPub, crypto.Hash(0), sidecarapi.AlgEd25519, ""},
+		{"ed25519 options", edPub, &ed25519.Options{}, sidecarapi.AlgEd25519, ""},
 		{"ed25519ph", edPub, &ed25519.Options{Hash: crypto.SHA512}, "", "pure Ed25519"},
 		{"ed25519 context", edPub, &ed25519.Options{Context: "x"}, "", "pure Ed25519"},
 		{"ed25519 with a hash", edPub, crypto.SHA256, "", "message itself"},
@@ -90,12 +92,12 @@ func TestDecryptAlgorithm(t *testing.T) {
 		want    string
 		wantErr string
 	}{
-		{"nil is PKCS#1 v1.5", k.RSA.Public(), nil, AlgRSAPKCS1, ""},
-		{"PKCS#1 v1.5", k.RSA.Public(), &rsa.PKCS1v15DecryptOptions{}, AlgRSAPKCS1, ""},
-		{"PKCS#1 v1.5 session key", k.RSA.Public(), &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 16}, AlgRSAPKCS1, ""},
-		{"OAEP SHA-1", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA1}, AlgRSAOAEPSHA1, ""},
-		{"OAEP SHA-256", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256}, AlgRSAOAEPSHA256, ""},
-		{"OAEP SHA-256 explicit MGF", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256, MGFHash: crypto.SHA256}, AlgRSAOAEPSHA256, ""},
+		{"nil is PKCS#1 v1.5", k.RSA.Public(), nil, sidecarapi.AlgRSAPKCS1, ""},
+		{"PKCS#1 v1.5", k.RSA.Public(), &rsa.PKCS1v15DecryptOptions{}, sidecarapi.AlgRSAPKCS1, ""},
+		{"PKCS#1 v1.5 session key", k.RSA.Public(), &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 16}, sidecarapi.AlgRSAPKCS1, ""},
+		{"OAEP SHA-1", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA1}, sidecarapi.AlgRSAOAEPSHA1, ""},
+		{"OAEP SHA-256", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256}, sidecarapi.AlgRSAOAEPSHA256, ""},
+		{"OAEP SHA-256 explicit MGF", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256, MGFHash: crypto.SHA256}, sidecarapi.AlgRSAOAEPSHA256, ""},
 		{"OAEP mixed MGF", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256, MGFHash: crypto.SHA1}, "", "MGF1"},
 		{"OAEP label", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA256, Label: []byte("l")}, "", "label"},
 		{"OAEP SHA-512", k.RSA.Public(), &rsa.OAEPOptions{Hash: crypto.SHA512}, "", "not supported"},
@@ -172,7 +174,7 @@ func (f *fakeSidecar) handler() http.Handler {
 	mux.HandleFunc("GET /v1/partitions/{p}/keys/{label}", func(w http.ResponseWriter, r *http.Request) {
 		record(r)
 		l := r.PathValue("label")
-		write(w, KeyInfo{Label: l, ID: "02", Algorithm: "X", PublicKey: pemOf(signer(l).Public()), Devices: []string{"d1"}})
+		write(w, sidecarapi.KeyInfo{Label: l, ID: "02", Algorithm: "X", PublicKey: pemOf(signer(l).Public()), Devices: []string{"d1"}})
 	})
 	mux.HandleFunc("POST /v1/partitions/{p}/keys/{label}/sign", func(w http.ResponseWriter, r *http.Request) {
 		m := record(r)
@@ -180,10 +182,10 @@ func (f *fakeSidecar) handler() http.Handler {
 		var in []byte
 		var opts crypto.SignerOpts
 		switch m["algorithm"] {
-		case AlgEd25519:
+		case sidecarapi.AlgEd25519:
 			in, _ = base64.StdEncoding.DecodeString(m["message"])
 			opts = crypto.Hash(0)
-		case AlgRSAPSSSHA256:
+		case sidecarapi.AlgRSAPSSSHA256:
 			in, _ = base64.StdEncoding.DecodeString(m["digest"])
 			opts = &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256}
 		default:
@@ -198,13 +200,13 @@ func (f *fakeSidecar) handler() http.Handler {
 		m := record(r)
 		ct, _ := base64.StdEncoding.DecodeString(m["ciphertext"])
 		var opts crypto.DecrypterOpts
-		if m["algorithm"] == AlgRSAOAEPSHA256 {
+		if m["algorithm"] == sidecarapi.AlgRSAOAEPSHA256 {
 			opts = &rsa.OAEPOptions{Hash: crypto.SHA256}
 		}
 		pt, err := f.keys.RSA.Decrypt(rand.Reader, ct, opts)
 		if err != nil {
 			w.WriteHeader(http.StatusBadRequest)
-			write(w, map[string]any{"error": map[string]string{"code": CodeDecryptionFailed, "message": "decryption failed"}})
+			write(w, map[string]any{"error": map[string]string{"code": sidecarapi.CodeDecryptionFailed, "message": "decryption failed"}})
 			return
 		}
 		write(w, map[string]string{"plaintext": base64.StdEncoding.EncodeToString(pt)})
@@ -270,10 +272,10 @@ func TestKeySignAndDecryptWire(t *testing.T) {
 	bodies := f.bodies
 	f.mu.Unlock()
 	require.Len(t, bodies, 4)
-	assert.Equal(t, map[string]string{"digest": base64.StdEncoding.EncodeToString(d[:]), "algorithm": AlgECDSASHA256}, bodies[0])
-	assert.Equal(t, map[string]string{"message": base64.StdEncoding.EncodeToString([]byte("the message")), "algorithm": AlgEd25519}, bodies[1])
-	assert.Equal(t, AlgRSAPSSSHA256, bodies[2]["algorithm"])
-	assert.Equal(t, map[string]string{"ciphertext": base64.StdEncoding.EncodeToString(ct), "algorithm": AlgRSAOAEPSHA256}, bodies[3])
+	assert.Equal(t, map[string]string{"digest": base64.StdEncoding.EncodeToString(d[:]), "algorithm": sidecarapi.AlgECDSASHA256}, bodies[0])
+	assert.Equal(t, map[string]string{"message": base64.StdEncoding.EncodeToString([]byte("the message")), "algorithm": sidecarapi.AlgEd25519}, bodies[1])
+	assert.Equal(t, sidecarapi.AlgRSAPSSSHA256, bodies[2]["algorithm"])
+	assert.Equal(t, map[string]string{"ciphertext": base64.StdEncoding.EncodeToString(ct), "algorithm": sidecarapi.AlgRSAOAEPSHA256}, bodies[3])
 }
 
 func TestPathEscaping(t *testing.T) {
@@ -297,11 +299,14 @@ func TestErrors(t *testing.T) {
 		var ae *APIError
 		require.ErrorAs(t, err, &ae)
 		assert.Equal(t, 400, ae.StatusCode)
-		assert.Equal(t, CodeDecryptionFailed, ae.Code)
+		assert.Equal(t, sidecarapi.CodeDecryptionFailed, ae.Code)
 	})
 	t.Run("session key length hides a refused decryption", func(t *testing.T) {
 		key, err := rk.Decrypt(rand.Reader, make([]byte, 256), &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 16})
 		require.NoError(t, err)
+		assert.Len(t, key, 16)
+		key, err = rk.DecryptContext(ctx, make([]byte, 256), &rsa.PKCS1v15DecryptOptions{SessionKeyLen: 16})
+		require.NoError(t, err, "DecryptContext applies the same rule")
 		assert.Len(t, key, 16)
 	})
 	tests := []struct {
@@ -310,8 +315,8 @@ func TestErrors(t *testing.T) {
 		code       string
 		is         error
 	}{
-		{"API error", `{"error":{"code":"unknown_key","message":"no such key"}}`, 404, CodeUnknownKey, nil},
-		{"deadline", `{"error":{"code":"deadline_exceeded","message":"late"}}`, 504, CodeDeadlineExceeded, context.DeadlineExceeded},
+		{"API error", `{"error":{"code":"unknown_key","message":"no such key"}}`, 404, sidecarapi.CodeUnknownKey, nil},
+		{"deadline", `{"error":{"code":"deadline_exceeded","message":"late"}}`, 504, sidecarapi.CodeDeadlineExceeded, context.DeadlineExceeded},
 		{"not an API body", `<html>bad gateway</html>`, 502, "http_502", nil},
 		{"empty body", ``, 503, "http_503", nil},
 	}

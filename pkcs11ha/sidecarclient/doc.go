@@ -15,8 +15,10 @@
 // (*rsa.OAEPOptions, MGF1 with the same hash, no label) (DecryptAlgorithm).
 //
 // Errors from the sidecar are *APIError values carrying the HTTP status and the API's error code (the
-// Code* constants). A refused decryption matches rsa.ErrDecryption and a 504 matches
+// sidecarapi.Code* constants). A refused decryption matches rsa.ErrDecryption and a 504 matches
 // context.DeadlineExceeded under errors.Is, as the in-process library's errors do.
 //
-// The package is pure Go: it does not import package pkcs11ha (and so needs no cgo).
+// The request and answer bodies, the status table and the algorithm names are package sidecarapi's,
+// the same types the sidecar encodes. The package is pure Go: it does not import package pkcs11ha (and
+// so needs no cgo).
 package sidecarclient

@@ -15,6 +15,7 @@ import (
 	"net/http"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sessionkey"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
 
 // Key is a key of a partition served by the sidecar. It implements crypto.Signer and crypto.Decrypter;
@@ -22,7 +23,7 @@ import (
 type Key struct {
 	c         *Client
 	partition string
-	info      KeyInfo
+	info      sidecarapi.KeyInfo
 	pub       crypto.PublicKey
 }
 
@@ -35,7 +36,7 @@ var (
 func (k *Key) Public() crypto.PublicKey { return k.pub }
 
 // Info returns the key as the sidecar described it when the Key was fetched.
-func (k *Key) Info() KeyInfo { return k.info }
+func (k *Key) Info() sidecarapi.KeyInfo { return k.info }
 
 // Partition returns the partition name.
 func (k *Key) Partition() string { return k.partition }
@@ -63,8 +64,8 @@ func (k *Key) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerO
 	if err != nil {
 		return nil, "", err
 	}
-	req := signRequest{Algorithm: alg}
-	if alg == AlgEd25519 {
+	req := sidecarapi.SignRequest{Algorithm: alg}
+	if alg == sidecarapi.AlgEd25519 {
 		req.Message = base64.StdEncoding.EncodeToString(digest)
 	} else {
 		if h := opts.HashFunc(); len(digest) != h.Size() {
@@ -72,7 +73,7 @@ func (k *Key) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerO
 		}
 		req.Digest = base64.StdEncoding.EncodeToString(digest)
 	}
-	var resp signResponse
+	var resp sidecarapi.SignResponse
 	if err := k.c.do(ctx, http.MethodPost, keyPath(k.partition, k.info.Label)+"/sign", req, &resp); err != nil {
 		return nil, "", err
 	}
@@ -89,19 +90,25 @@ func (k *Key) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerO
 func (k *Key) Decrypt(rnd io.Reader, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), k.c.timeout())
 	defer cancel()
-	pt, err := k.DecryptContext(ctx, ciphertext, opts)
+	pt, err := k.decrypt(ctx, ciphertext, opts)
 	return sessionkey.Apply(rnd, opts, pt, err)
 }
 
-// DecryptContext decrypts under the caller's deadline. A refused decryption returns an *APIError that
-// matches rsa.ErrDecryption.
+// DecryptContext decrypts under the caller's deadline, with Decrypt's options and its session-key rule
+// (the random key comes from crypto/rand). A refused decryption returns an *APIError that matches
+// rsa.ErrDecryption.
 func (k *Key) DecryptContext(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
+	pt, err := k.decrypt(ctx, ciphertext, opts)
+	return sessionkey.Apply(nil, opts, pt, err)
+}
+
+func (k *Key) decrypt(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, error) {
 	alg, err := DecryptAlgorithm(k.pub, opts)
 	if err != nil {
 		return nil, err
 	}
-	req := decryptRequest{Ciphertext: base64.StdEncoding.EncodeToString(ciphertext), Algorithm: alg}
-	var resp decryptResponse
+	req := sidecarapi.DecryptRequest{Ciphertext: base64.StdEncoding.EncodeToString(ciphertext), Algorithm: alg}
+	var resp sidecarapi.DecryptResponse
 	if err := k.c.do(ctx, http.MethodPost, keyPath(k.partition, k.info.Label)+"/decrypt", req, &resp); err != nil {
 		return nil, err
 	}
@@ -112,6 +119,16 @@ func (k *Key) DecryptContext(ctx context.Context, ciphertext []byte, opts crypto
 	return pt, nil
 }
 
+// The sign algorithm names per hash, for each family that takes a digest.
+var (
+	pkcs1Algs = map[crypto.Hash]string{
+		crypto.SHA256: sidecarapi.AlgRSAPKCS1SHA256, crypto.SHA384: sidecarapi.AlgRSAPKCS1SHA384, crypto.SHA512: sidecarapi.AlgRSAPKCS1SHA512}
+	pssAlgs = map[crypto.Hash]string{
+		crypto.SHA256: sidecarapi.AlgRSAPSSSHA256, crypto.SHA384: sidecarapi.AlgRSAPSSSHA384, crypto.SHA512: sidecarapi.AlgRSAPSSSHA512}
+	ecdsaAlgs = map[crypto.Hash]string{
+		crypto.SHA256: sidecarapi.AlgECDSASHA256, crypto.SHA384: sidecarapi.AlgECDSASHA384, crypto.SHA512: sidecarapi.AlgECDSASHA512}
+)
+
 // SignAlgorithm maps a public key and crypto.SignerOpts to the API's sign algorithm name.
 func SignAlgorithm(pub crypto.PublicKey, opts crypto.SignerOpts) (string, error) {
 	if opts == nil {
@@ -121,7 +138,7 @@ func SignAlgorithm(pub crypto.PublicKey, opts crypto.SignerOpts) (string, error)
 	switch pub.(type) {
 	case *rsa.PublicKey:
 		if pss, ok := opts.(*rsa.PSSOptions); ok {
-			alg, ok := map[crypto.Hash]string{crypto.SHA256: AlgRSAPSSSHA256, crypto.SHA384: AlgRSAPSSSHA384, crypto.SHA512: AlgRSAPSSSHA512}[h]
+			alg, ok := pssAlgs[h]
 			if !ok {
 				return "", fmt.Errorf("sidecarclient: sign: RSA-PSS with %v is not supported (SHA-256, SHA-384 or SHA-512)", h)
 			}
@@ -130,7 +147,7 @@ func SignAlgorithm(pub crypto.PublicKey, opts crypto.SignerOpts) (string, error)
 			}
 			return alg, nil
 		}
-		alg, ok := map[crypto.Hash]string{crypto.SHA256: AlgRSAPKCS1SHA256, crypto.SHA384: AlgRSAPKCS1SHA384, crypto.SHA512: AlgRSAPKCS1SHA512}[h]
+		alg, ok := pkcs1Algs[h]
 		if !ok {
 			return "", fmt.Errorf("sidecarclient: sign: RSA PKCS#1 v1.5 with %v is not supported (SHA-256, SHA-384 or SHA-512)", h)
 		}
@@ -139,7 +156,7 @@ func SignAlgorithm(pub crypto.PublicKey, opts crypto.SignerOpts) (string, error)
 		if _, ok := opts.(*rsa.PSSOptions); ok {
 			return "", errors.New("sidecarclient: sign: RSA-PSS options for an ECDSA key")
 		}
-		alg, ok := map[crypto.Hash]string{crypto.SHA256: AlgECDSASHA256, crypto.SHA384: AlgECDSASHA384, crypto.SHA512: AlgECDSASHA512}[h]
+		alg, ok := ecdsaAlgs[h]
 		if !ok {
 			return "", fmt.Errorf("sidecarclient: sign: ECDSA with %v is not supported (SHA-256, SHA-384 or SHA-512)", h)
 		}
@@ -151,7 +168,7 @@ func SignAlgorithm(pub crypto.PublicKey, opts crypto.SignerOpts) (string, error)
 		if h != 0 {
 			return "", errors.New("sidecarclient: sign: Ed25519 signs the message itself: use crypto.Hash(0)")
 		}
-		return AlgEd25519, nil
+		return sidecarapi.AlgEd25519, nil
 	}
 	return "", fmt.Errorf("sidecarclient: sign: unsupported public key type %T", pub)
 }
@@ -163,7 +180,7 @@ func DecryptAlgorithm(pub crypto.PublicKey, opts crypto.DecrypterOpts) (string, 
 	}
 	switch o := opts.(type) {
 	case nil, *rsa.PKCS1v15DecryptOptions:
-		return AlgRSAPKCS1, nil
+		return sidecarapi.AlgRSAPKCS1, nil
 	case *rsa.OAEPOptions:
 		if o.MGFHash != 0 && o.MGFHash != o.Hash {
 			return "", fmt.Errorf("sidecarclient: decrypt: OAEP with MGF1-%v and %v: the API uses MGF1 with the same hash", o.MGFHash, o.Hash)
@@ -173,9 +190,9 @@ func DecryptAlgorithm(pub crypto.PublicKey, opts crypto.DecrypterOpts) (string, 
 		}
 		switch o.Hash {
 		case crypto.SHA1:
-			return AlgRSAOAEPSHA1, nil
+			return sidecarapi.AlgRSAOAEPSHA1, nil
 		case crypto.SHA256:
-			return AlgRSAOAEPSHA256, nil
+			return sidecarapi.AlgRSAOAEPSHA256, nil
 		}
 		return "", fmt.Errorf("sidecarclient: decrypt: OAEP with %v is not supported (SHA-1 or SHA-256)", o.Hash)
 	}

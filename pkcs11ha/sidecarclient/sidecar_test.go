@@ -20,7 +20,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // startRealSidecar builds cmd/hsm-ha-proxy, runs it on four SoftHSM devices and returns its socket; the
@@ -79,7 +81,7 @@ func TestAgainstRealSidecar(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the sidecar and runs SoftHSM devices")
 	}
-	topo := softhsmtest.StartT(t, softhsmtest.Options{})
+	topo := harnesstest.Start(t, softhsmtest.Options{})
 	c := Dial(startRealSidecar(t, topo))
 	t.Cleanup(func() { c.Close() })
 	ctx := context.Background()
@@ -149,10 +151,10 @@ func TestAgainstRealSidecar(t *testing.T) {
 		var ae *APIError
 		require.ErrorAs(t, err, &ae)
 		assert.Equal(t, 404, ae.StatusCode)
-		assert.Equal(t, CodeUnknownKey, ae.Code)
+		assert.Equal(t, sidecarapi.CodeUnknownKey, ae.Code)
 		_, err = c.Keys(ctx, "treasury")
 		require.ErrorAs(t, err, &ae)
-		assert.Equal(t, CodeUnknownPartition, ae.Code)
+		assert.Equal(t, sidecarapi.CodeUnknownPartition, ae.Code)
 
 		// A ciphertext whose padding is wrong: refused, and errors.Is(rsa.ErrDecryption) as in-process,
 		// whether the token decodes OAEP (SHA-1) or the library's fallback does (SHA-256).

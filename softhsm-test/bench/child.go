@@ -91,6 +91,22 @@ type Result struct {
 // OpsPerSec is the cell's throughput over all its slices.
 func (r Result) OpsPerSec() float64 { return float64(r.Ops) / r.Seconds }
 
+// spread is (max-min)/median of the slices' ops/s (0 without slices).
+func (r Result) spread() float64 {
+	if len(r.Slices) == 0 {
+		return 0
+	}
+	var ops []float64
+	for _, sl := range r.Slices {
+		ops = append(ops, sl.OpsPerSec())
+	}
+	lo, hi := ops[0], ops[0]
+	for _, x := range ops {
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	return (hi - lo) / median(ops)
+}
+
 // cpuTimes returns this process's user and system CPU time so far.
 func cpuTimes() (user, sys time.Duration) {
 	var ru syscall.Rusage

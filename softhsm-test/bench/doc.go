@@ -1,7 +1,7 @@
 // Package bench is `make bench` (run by softhsm-test/cmd/hsm-bench): in one run on one machine, what the
 // pkcs11-ha layer costs and what it buys, against direct PKCS#11 calls (the limit) and crypto11 (the peer).
 //
-// It measures three things.
+// It measures four things.
 //
 //   - [routing] failover.Router.Pick with four members, through testing.Benchmark: ns/op and allocs/op.
 //   - [in-process] on one in-process SoftHSM token (a private copy of libsofthsm2.so with its own
@@ -25,8 +25,22 @@
 //     partition that hangs every call) to the first successful signature; and p99 (and p99.9, max) with one
 //     slow local device — slow from the window's start, slow for 10 s before it, or slow in spells — with
 //     and without hedging, with the extra attempts hedging cost (pkcs11ha's own counters).
+//   - [front end] the sidecar's PKCS#11 front end against a stock `p11-kit server`: a Go client
+//     (miekg/pkcs11, the Direct contender) through the stock p11-kit-client.so, in a child process, at 1
+//     and 8 goroutines against (a) `hsm-ha-proxy serve` (the real binary, built by go build unless
+//     Options.Sidecar names one) with server.pkcs11 and a cluster over a local pair, and (b) one device's own
+//     `p11-kit server`. The cluster reaches its devices on their servers' own sockets
+//     (softhsmtest.ConfigOptions.NoRelays), as (b)'s client does: neither path crosses the harness's relay.
+//     The two clients take turns as the in-process contenders do; the CPU time per signature of the client,
+//     the sidecar and the devices' process groups is read from /proc over each contender's own turns. With
+//     Options.ProfileDir the sidecar is built with -tags cpuprofile and writes its CPU profile there.
 //
-// The table ends with the line `BENCH ha_vs_direct=<ratio> ha_vs_crypto11=<ratio>` for ECDSA P-256 at 8
-// goroutines on one device. The 1-minute load average is printed next to every figure: the machines this
+// With Options.PlotDir (hsm-bench -plots, default bench-plots/) it also draws, with package timeline,
+// the first region-loss trial of each mode (every call's latency and serving device, the region shaded
+// while out) and the slow-device latency percentiles with and without hedging, as SVG and PNG.
+//
+// The table ends with the line `BENCH ha_vs_direct=<ratio> ha_vs_crypto11=<ratio> frontend_vs_p11kit=<ratio>`
+// for ECDSA P-256 at 8 goroutines (on one device; the front end against the p11-kit server), each part
+// present when its section ran. The 1-minute load average is printed next to every figure: the machines this
 // runs on are shared.
 package bench

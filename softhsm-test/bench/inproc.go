@@ -97,12 +97,12 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 		labHA1Off: {Contender: HA, ConfigPath: ha1Off, Partition: benchPartition.Name},
 		labHA1All: {Contender: HA, ConfigPath: ha1All, Partition: benchPartition.Name},
 	}
-	slice := o.Cell / time.Duration(o.Rounds)
+	run := inprocRun{o: o, self: self, specs: specs, progress: progress}
 	var cells []*InprocCell
 	for _, alg := range o.Algs {
-		contenders := o.Contenders
-		if len(contenders) == 0 {
-			contenders = defaultContenders(alg)
+		run.contenders = o.Contenders
+		if len(run.contenders) == 0 {
+			run.contenders = defaultContenders(alg)
 		}
 		for _, g := range o.Goroutines {
 			c := &InprocCell{Alg: alg, Goroutines: g, Results: map[string]Result{}}
@@ -115,62 +115,96 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 			if err != nil {
 				return nil, err
 			}
-			procs := map[string]*childProc{}
-			killAll := func() {
-				for _, p := range procs {
-					p.kill()
-				}
-			}
-			for _, lab := range contenders {
-				s := specs[lab]
-				s.Alg, s.Goroutines, s.Warmup = alg, g, o.Warmup
-				s.KeyLabel, s.KeyID, s.PubDER = key.Label, key.ID, pub
-				if o.ProfileDir != "" {
-					s.CPUProfile = filepath.Join(o.ProfileDir, fmt.Sprintf("%s-%s-g%d.pprof", slug(lab), slug(alg), g))
-				}
-				p, err := startChild(ctx, self, s)
-				if err != nil {
-					killAll()
-					return nil, fmt.Errorf("%s, %s, %d goroutines: %w", lab, alg, g, err)
-				}
-				procs[lab] = p
-			}
-			c.Load.add(loadAvg())
-			for r := range o.Rounds {
-				for i := range contenders {
-					lab := contenders[(i+r)%len(contenders)]
-					if _, err := procs[lab].slice(slice); err != nil {
-						killAll()
-						return nil, fmt.Errorf("%s, %s, %d goroutines, slice %d: %w", lab, alg, g, r+1, err)
-					}
-				}
-			}
-			for _, lab := range contenders {
-				res, err := procs[lab].done()
-				delete(procs, lab)
-				if err != nil {
-					killAll()
-					return nil, fmt.Errorf("%s, %s, %d goroutines: %w", lab, alg, g, err)
-				}
-				c.Results[lab] = res
-				c.Load.add(res.LoadEnd)
-				progress("  %-12s %d gor  %-20s %8s ops/s  p50 %-7s p99 %-7s cpu/op %s usr + %s sys  errors %d  load %.2f",
-					alg, g, lab, fmtRate(res.OpsPerSec()), fmtDur(res.P50), fmtDur(res.P99),
-					fmtDur(res.UserPerOp), fmtDur(res.SysPerOp), res.Errors, res.LoadEnd)
-				if res.Errors > 0 {
-					progress("    first error: %s", res.FirstErr)
-				}
-				if o.Verbose {
-					var b strings.Builder
-					for _, sl := range res.Slices {
-						fmt.Fprintf(&b, " %s", fmtRate(sl.OpsPerSec()))
-					}
-					progress("    slices (ops/s):%s", b.String())
-				}
+			if err := run.cell(ctx, c, key, pub); err != nil {
+				return nil, err
 			}
 		}
 	}
 	return cells, nil
+}
+
+// inprocRun is what every cell of the in-process section shares.
+type inprocRun struct {
+	o          Options
+	self       string          // this program, started as each contender's child
+	specs      map[string]Spec // contender label -> child spec, without the cell's algorithm and key
+	contenders []string
+	progress   func(string, ...any)
+	// turn, when set, is called before each measured slice with the contender's label and the cell; the
+	// function it returns is called after the slice (the front-end section reads the sidecar's CPU time).
+	turn func(lab string, c *InprocCell) func()
+}
+
+// cell measures one cell: a child per contender, started and warmed up one after the other, then
+// Rounds turns of one slice each, the order rotating every round.
+func (run inprocRun) cell(ctx context.Context, c *InprocCell, key softhsmtest.KeySpec, pub []byte) error {
+	o, alg, g := run.o, c.Alg, c.Goroutines
+	procs := map[string]*childProc{}
+	killAll := func() {
+		for _, p := range procs {
+			p.kill()
+		}
+	}
+	for _, lab := range run.contenders {
+		s := run.specs[lab]
+		s.Alg, s.Goroutines, s.Warmup = alg, g, o.Warmup
+		s.KeyLabel, s.KeyID, s.PubDER = key.Label, key.ID, pub
+		if o.ProfileDir != "" {
+			s.CPUProfile = filepath.Join(o.ProfileDir, fmt.Sprintf("%s-%s-g%d.pprof", slug(lab), slug(alg), g))
+		}
+		p, err := startChild(ctx, run.self, s)
+		if err != nil {
+			killAll()
+			return fmt.Errorf("%s, %s, %d goroutines: %w", lab, alg, g, err)
+		}
+		procs[lab] = p
+	}
+	c.Load.add(loadAvg())
+	slice := o.Cell / time.Duration(o.Rounds)
+	for r := range o.Rounds {
+		for i := range run.contenders {
+			lab := run.contenders[(i+r)%len(run.contenders)]
+			after := func() {}
+			if run.turn != nil {
+				after = run.turn(lab, c)
+			}
+			_, err := procs[lab].slice(slice)
+			after()
+			if err != nil {
+				killAll()
+				return fmt.Errorf("%s, %s, %d goroutines, slice %d: %w", lab, alg, g, r+1, err)
+			}
+		}
+	}
+	for _, lab := range run.contenders {
+		res, err := procs[lab].done()
+		delete(procs, lab)
+		if err != nil {
+			killAll()
+			return fmt.Errorf("%s, %s, %d goroutines: %w", lab, alg, g, err)
+		}
+		c.Results[lab] = res
+		c.Load.add(res.LoadEnd)
+		run.report(c, lab, res)
+	}
+	return nil
+}
+
+// report prints one contender's result of a cell as progress.
+func (run inprocRun) report(c *InprocCell, lab string, res Result) {
+	run.progress("  %-12s %d gor  %-20s %8s ops/s  p50 %-7s p99 %-7s cpu/op %s usr + %s sys  errors %d  load %.2f",
+		c.Alg, c.Goroutines, lab, fmtRate(res.OpsPerSec()), fmtDur(res.P50), fmtDur(res.P99),
+		fmtDur(res.UserPerOp), fmtDur(res.SysPerOp), res.Errors, res.LoadEnd)
+	if res.Errors > 0 {
+		run.progress("    first error: %s", res.FirstErr)
+	}
+	if run.o.Verbose {
+		var b strings.Builder
+		for _, sl := range res.Slices {
+			fmt.Fprintf(&b, " %s", fmtRate(sl.OpsPerSec()))
+		}
+		run.progress("    slices (ops/s):%s", b.String())
+	}
 }
 
 func slug(s string) string {

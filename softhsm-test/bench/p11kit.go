@@ -29,9 +29,10 @@ const (
 )
 
 type p11kitEnv struct {
-	o    Options
-	topo *softhsmtest.Topology
-	n    int // config files written
+	o       Options
+	topo    *softhsmtest.Topology
+	n       int             // config files written
+	plotted map[string]bool // region-loss modes drawn (timeline.go)
 }
 
 func startP11Kit(ctx context.Context, o Options, dir string) (*p11kitEnv, error) {
@@ -44,7 +45,7 @@ func startP11Kit(ctx context.Context, o Options, dir string) (*p11kitEnv, error)
 	if err != nil {
 		return nil, err
 	}
-	return &p11kitEnv{o: o, topo: topo}, nil
+	return &p11kitEnv{o: o, topo: topo, plotted: map[string]bool{}}, nil
 }
 
 func (e *p11kitEnv) close() { _ = e.topo.Close() }
@@ -118,7 +119,7 @@ func (e *p11kitEnv) healthy(ctx context.Context, gs []int, rounds int, runChild 
 		}
 		for _, c := range cells {
 			c.Load.add(loadAvg())
-			l := startLoad(k, c.Goroutines, callTimeout)
+			l := startLoad(keySigner{k}, c.Goroutines, callTimeout)
 			time.Sleep(e.o.Warmup)
 			from := time.Now()
 			time.Sleep(e.o.Cell)
@@ -162,10 +163,11 @@ type LossTrial struct {
 	Slowest      time.Duration // slowest successful operation in flight at the loss or started in the next second
 	DRp50        time.Duration // p50 of DR-served operations started from 0.5 s after the loss
 	Load         float64
+	goroutines   int
 }
 
-func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int) (LossTrial, error) {
-	tr := LossTrial{Mode: mode, Load: loadAvg()}
+func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int, progress func(string, ...any)) (LossTrial, error) {
+	tr := LossTrial{Mode: mode, Load: loadAvg(), goroutines: goroutines}
 	cl, k, _, err := e.open(ctx, "")
 	if err != nil {
 		return tr, err
@@ -176,9 +178,10 @@ func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int)
 		_ = restore()
 		cl.Close()
 	}()
-	l := startLoad(k, goroutines, callTimeout)
+	l := startLoad(keySigner{k}, goroutines, callTimeout)
 	time.Sleep(e.o.Warmup)
 
+	injected := time.Now()
 	var wg sync.WaitGroup
 	errs := make([]error, len(locals))
 	for i, d := range locals {
@@ -214,25 +217,13 @@ func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int)
 			return tr, err
 		}
 	}
-	// Keep the load on until there has been a success after t0 and the DR steady state is visible.
-	deadline := time.Now().Add(10 * time.Second)
-	time.Sleep(1500 * time.Millisecond)
-	for time.Now().Before(deadline) {
-		l.mu.Lock()
-		seen := false
-		for _, ops := range l.ops {
-			for _, o := range ops {
-				if o.err == nil && o.end.After(t0) && isDR(o.dev) {
-					seen = true
-					break
-				}
-			}
-		}
-		l.mu.Unlock()
-		if seen {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
+	// Keep the load on until DR has served a call after t0 and its steady state is visible (and the
+	// picture's window, timeline.go, is full); 10 s at most. The workers flush their operations only at
+	// stop, so the load's atomic says when DR has served.
+	deadline := t0.Add(10 * time.Second)
+	time.Sleep(max(1500*time.Millisecond, lossWindow))
+	for !l.drSuccessAfter(t0) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
 	}
 	ops := l.stop()
 	first := time.Time{}
@@ -257,6 +248,7 @@ func (e *p11kitEnv) regionLoss(ctx context.Context, mode string, goroutines int)
 	}
 	tr.FirstSuccess = first.Sub(t0)
 	tr.DRp50 = dr.Quantile(0.5)
+	e.plotLoss(tr, ops, injected, t0, progress)
 	return tr, nil
 }
 
@@ -272,6 +264,7 @@ type SlowCell struct {
 	Hedges  float64 // hedged operations, as a fraction of operations
 	E1Share float64 // share of operations served by the slow device
 	Load    loadRange
+	lat     Latencies // of the successful operations (timeline.go)
 }
 
 func (e *p11kitEnv) slow(ctx context.Context, mode string, hedge bool, goroutines int) (SlowCell, error) {
@@ -288,7 +281,7 @@ func (e *p11kitEnv) slow(ctx context.Context, mode string, hedge bool, goroutine
 	defer cl.Close()
 	e1 := e.topo.Device("eastus-1")
 	defer e1.SetDelay(0, 0)
-	l := startLoad(k, goroutines, callTimeout)
+	l := startLoad(keySigner{k}, goroutines, callTimeout)
 	time.Sleep(e.o.Warmup)
 
 	stopSlow := make(chan struct{})
@@ -344,6 +337,7 @@ func (e *p11kitEnv) slow(ctx context.Context, mode string, hedge bool, goroutine
 		}
 	}
 	c.P999 = lat.Quantile(0.999)
+	c.lat = lat
 	if n := ops1 - ops0; n > 0 {
 		c.Extra = (att1-att0)/n - 1
 		c.Hedges = (h1 - h0) / n

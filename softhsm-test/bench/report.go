@@ -16,168 +16,217 @@ func okStr(ok bool) string {
 	return "MISSED"
 }
 
+// write writes the report: a header, one section per part that ran, then the targets and the BENCH line.
 func (rep *Report) write(w io.Writer) {
-	o := rep.Options
 	fmt.Fprintf(w, "\nhsm-bench: what the HA layer costs and what it buys, one run on one machine\n")
 	fmt.Fprintf(w, "machine: %s\n", rep.Machine)
 	fmt.Fprintf(w, "run:     %s, %v; 1-min load average %.2f at start, %.2f at end\n",
 		rep.Started.Format("2006-01-02 15:04 MST"), rep.Elapsed.Round(time.Second), rep.LoadBeg, rep.LoadEnd)
-
-	if rep.Routing != nil {
-		r := rep.Routing
+	if r := rep.Routing; r != nil {
 		fmt.Fprintf(w, "\n[routing] failover.Router.Pick, 4 members (2 local, 2 DR), testing.Benchmark, median of 3\n")
 		fmt.Fprintf(w, "  %.1f ns/op  %d allocs/op  %d B/op   (%d iterations; load %s)\n", r.NsPerOp, r.AllocsPerOp, r.BytesPerOp, r.N, r.Load)
 	}
-
 	if len(rep.Inproc) > 0 {
-		fmt.Fprintf(w, "\n[in-process] SoftHSM 2.6.1 in-process, same token for every contender, each contender in a child process of its own;\n")
-		fmt.Fprintf(w, "  closed loop; per cell and contender %v measured after %v warm-up, in %d slices of %v: the contenders take turns\n", o.Cell, o.Warmup, o.Rounds, o.Cell/time.Duration(o.Rounds))
-		fmt.Fprintf(w, "  slice by slice (order rotating), so load changes hit all alike. ops/s, p50, p99 over all slices; vs = median of the\n")
-		fmt.Fprintf(w, "  per-turn ratios of ops/s; spread = (max-min)/median of slice ops/s; CPU/op = user+system CPU time of the\n")
-		fmt.Fprintf(w, "  contender's process per signature; errors = failed signatures\n")
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "  algorithm\tgor\tcontender\tops/s\tspread\tp50\tp99\tCPU/op\terrors\tvs direct\tvs crypto11\tload\t\n")
-		for _, c := range rep.Inproc {
-			for i, lab := range contenderOrder {
-				res, ok := c.Results[lab]
-				if !ok {
-					continue
-				}
-				var ops []float64
-				for _, sl := range res.Slices {
-					ops = append(ops, sl.OpsPerSec())
-				}
-				lo, hi := ops[0], ops[0]
-				for _, x := range ops {
-					lo, hi = min(lo, x), max(hi, x)
-				}
-				med := median(ops)
-				devs := res.Devices
-				alg, gor := "", ""
-				if i == 0 {
-					alg, gor = c.Alg, fmt.Sprint(c.Goroutines)
-				}
-				vsD, vsC := "", ""
-				if _, ok := c.Results[labDirect]; ok && lab != labDirect {
-					vsD = fmt.Sprintf("%.3f", c.ratio(lab, labDirect))
-				}
-				if _, ok := c.Results[labC11]; ok && lab != labC11 {
-					vsC = fmt.Sprintf("%.3f", c.ratio(lab, labC11))
-				}
-				name := lab
-				if len(devs) > 1 {
-					var tot int64
-					for _, v := range devs {
-						tot += v
-					}
-					name += fmt.Sprintf(" (%.0f/%.0f)", 100*float64(devs["local-1"])/float64(tot), 100*float64(devs["local-2"])/float64(tot))
-				}
-				load := ""
-				if i == 0 {
-					load = c.Load.String()
-				}
-				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%.0f%%\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", alg, gor, name, fmtRate(res.OpsPerSec()), 100*(hi-lo)/med,
-					fmtDur(res.P50), fmtDur(res.P99), fmtDur(res.UserPerOp+res.SysPerOp), res.Errors, vsD, vsC, load)
-			}
-		}
-		tw.Flush()
-		fmt.Fprintf(w, "  (direct = C_SignInit + C_Sign only, raw r||s for ECDSA; crypto11 and pkcs11ha return DER. pkcs11ha calls Key.SignDevice\n")
-		fmt.Fprintf(w, "   under a %v caller deadline, exactly what Key.Sign does. 2 devices: two copies of libsofthsm2.so, share of ops in brackets.\n", 2*time.Second)
-		fmt.Fprintf(w, "   pkcs11ha rows verify RSA signatures (policy.verify_signatures: rsa, the default) and not ECDSA ones; the verify rows flip that)\n")
-		rep.writeVerifyCost(w)
+		rep.writeInproc(w)
 	}
-
 	if len(rep.Healthy) > 0 {
-		fmt.Fprintf(w, "\n[p11-kit] four devices, each a `p11-kit server` process behind a relay; DR (westus-1/2) %v one-way; closed loop, ECDSA P-256\n", drDelay)
-		fmt.Fprintf(w, "  healthy local pair (pkcs11ha over all four devices, default policy) vs direct miekg/pkcs11 to eastus-1 alone; median of %d rounds x %v\n", healthyRounds, o.Cell)
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "  gor\tpkcs11ha ops/s\tp50\tp99\tDR share\tdirect eastus-1 ops/s\tp50\tp99\tload\t\n")
-		for _, c := range rep.Healthy {
-			var hops, dops, drs []float64
-			var hp50, hp99, dp50, dp99 []time.Duration
-			for _, s := range c.HA {
-				hops, hp50, hp99 = append(hops, s.OpsPerSec), append(hp50, s.P50), append(hp99, s.P99)
-			}
-			for _, r := range c.Direct {
-				dops, dp50, dp99 = append(dops, r.OpsPerSec()), append(dp50, r.P50), append(dp99, r.P99)
-			}
-			maxDR := 0.0
-			for _, x := range c.DRShare {
-				maxDR = max(maxDR, x)
-			}
-			drs = append(drs, maxDR)
-			fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%.2f%%\t%s\t%s\t%s\t%s\t\n", c.Goroutines, fmtRate(median(hops)), fmtDur(medianDur(hp50)), fmtDur(medianDur(hp99)),
-				100*drs[0], fmtRate(median(dops)), fmtDur(medianDur(dp50)), fmtDur(medianDur(dp99)), c.Load)
-		}
-		tw.Flush()
-		fmt.Fprintf(w, "  (DR share: the largest over rounds; one DR signature takes ~3 round trips = ~%v)\n", 6*drDelay)
+		rep.writeHealthy(w)
 	}
-
 	if len(rep.Loss) > 0 {
-		fmt.Fprintf(w, "\n  whole local region lost under load (4 goroutines, default policy, fresh cluster per trial):\n")
-		fmt.Fprintf(w, "    kill = both local servers SIGKILLed (calls fail fast); partition = both relays hang (calls time out at attempt_timeout.local 50ms)\n")
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "    mode\ttrial\tfirst success after\tserved by\tcaller errors\tslowest call across the loss\tDR p50 after\tload\t\n")
-		n := map[string]int{}
-		for _, t := range rep.Loss {
-			n[t.Mode]++
-			fmt.Fprintf(tw, "    %s\t%d\t%s\t%s\t%d\t%s\t%s\t%.2f\t\n", t.Mode, n[t.Mode], fmtDur(t.FirstSuccess), t.FirstDev, t.Errors, fmtDur(t.Slowest), fmtDur(t.DRp50), t.Load)
-		}
-		tw.Flush()
+		rep.writeLoss(w)
 	}
-
 	var hedgeOK []string
 	if len(rep.Slow) > 0 {
-		fmt.Fprintf(w, "\n  one slow local device (eastus-1 relay +%v each way, ~%v per signature), 4 goroutines, %v measured after a healthy warm-up:\n", slowOneWay, 6*slowOneWay, o.Cell)
-		fmt.Fprintf(w, "    onset = turns slow as the window starts and stays slow; steady = slow since %v before the window;\n", steadyAfter)
-		fmt.Fprintf(w, "    spells = slow %v at a time, every %v on average; flicker = slow %v at a time, every %v on average\n",
-			spellLength, spellEvery, flickLength, flickEvery)
-		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintf(tw, "    mode\thedge\tops/s\tp50\tp99\tp99.9\tmax\teastus-1 share\thedged\textra attempts\tp99 cut\tp99.9 cut\tload\t\n")
-		for _, mode := range slowModes {
-			var p99off, p999off time.Duration
-			for _, hedge := range []bool{false, true} {
-				var cs []SlowCell
-				for _, c := range rep.Slow {
-					if c.Mode == mode && c.Hedge == hedge {
-						cs = append(cs, c)
-					}
-				}
-				if len(cs) == 0 {
-					continue
-				}
-				var ops, e1, hd, ex []float64
-				var p50, p99, p999, mx []time.Duration
-				var ld loadRange
-				for _, c := range cs {
-					ops, e1, hd, ex = append(ops, c.Sum.OpsPerSec), append(e1, c.E1Share), append(hd, c.Hedges), append(ex, c.Extra)
-					p50, p99, p999, mx = append(p50, c.Sum.P50), append(p99, c.Sum.P99), append(p999, c.P999), append(mx, c.Sum.Max)
-					ld.add(c.Load.lo)
-					ld.add(c.Load.hi)
-				}
-				cut, cut9 := "", ""
-				if !hedge {
-					p99off, p999off = medianDur(p99), medianDur(p999)
-				} else if p99on := medianDur(p99); p99on > 0 && p99off > 0 {
-					x := float64(p99off) / float64(p99on)
-					cut = fmt.Sprintf("%.2fx", x)
-					cut9 = fmt.Sprintf("%.2fx", float64(p999off)/float64(medianDur(p999)))
-					hedgeOK = append(hedgeOK, fmt.Sprintf("%s %.2fx %s", mode, x, okStr(x >= 5 && median(ex) <= 0.05)))
-				}
-				onoff := "off"
-				if hedge {
-					onoff = "on"
-				}
-				fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f%%\t%.2f%%\t%.2f%%\t%s\t%s\t%s\t\n", mode, onoff, fmtRate(median(ops)), fmtDur(medianDur(p50)),
-					fmtDur(medianDur(p99)), fmtDur(medianDur(p999)), fmtDur(medianDur(mx)), 100*median(e1), 100*median(hd), 100*median(ex), cut, cut9, ld)
+		hedgeOK = rep.writeSlow(w)
+	}
+	if rep.Frontend != nil {
+		rep.writeFrontend(w)
+	}
+	rep.writeTargets(w, hedgeOK)
+}
+
+// writeInproc writes the in-process table: every contender of every cell, with its ratios.
+func (rep *Report) writeInproc(w io.Writer) {
+	o := rep.Options
+	fmt.Fprintf(w, "\n[in-process] SoftHSM 2.6.1 in-process, same token for every contender, each contender in a child process of its own;\n")
+	fmt.Fprintf(w, "  closed loop; per cell and contender %v measured after %v warm-up, in %d slices of %v: the contenders take turns\n", o.Cell, o.Warmup, o.Rounds, o.Cell/time.Duration(o.Rounds))
+	fmt.Fprintf(w, "  slice by slice (order rotating), so load changes hit all alike. ops/s, p50, p99 over all slices; vs = median of the\n")
+	fmt.Fprintf(w, "  per-turn ratios of ops/s; spread = (max-min)/median of slice ops/s; CPU/op = user+system CPU time of the\n")
+	fmt.Fprintf(w, "  contender's process per signature; errors = failed signatures\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "  algorithm\tgor\tcontender\tops/s\tspread\tp50\tp99\tCPU/op\terrors\tvs direct\tvs crypto11\tload\t\n")
+	for _, c := range rep.Inproc {
+		for i, lab := range contenderOrder {
+			if _, ok := c.Results[lab]; ok {
+				c.writeRow(tw, lab, i == 0)
 			}
 		}
-		tw.Flush()
-		fmt.Fprintf(w, "    (median of %d runs per row (steady: 1); hedged and extra attempts from pkcs11ha's own counters: hedges_total and attempts_total\n", o.P11Rounds)
-		fmt.Fprintf(w, "     over operations_total; p99 cut = p99 without hedging / p99 with)\n")
 	}
+	tw.Flush()
+	fmt.Fprintf(w, "  (direct = C_SignInit + C_Sign only, raw r||s for ECDSA; crypto11 and pkcs11ha return DER. pkcs11ha calls Key.SignContext (WithOutcome names the device)\n")
+	fmt.Fprintf(w, "   with a %v caller deadline, exactly what Key.Sign does. 2 devices: two copies of libsofthsm2.so, share of ops in brackets.\n", 2*time.Second)
+	fmt.Fprintf(w, "   pkcs11ha rows verify RSA signatures (policy.verify_signatures: rsa, the default) and not ECDSA ones; the verify rows flip that)\n")
+	rep.writeVerifyCost(w)
+}
 
-	// Targets and the summary line.
+// writeVerifyCost sums up what verify-after-sign costs per cell: the 1-device pkcs11ha row with
+// verification against the same without (RSA: the default row against "verify off"; ECDSA: "verify all"
+// against the default row, which does not verify ECDSA).
+func (rep *Report) writeVerifyCost(w io.Writer) {
+	for _, c := range rep.Inproc {
+		on, off := labHA1All, labHA1
+		if c.Alg == RSA2048 {
+			on, off = labHA1, labHA1Off
+		}
+		ron, okOn := c.Results[on]
+		roff, okOff := c.Results[off]
+		if !okOn || !okOff {
+			continue
+		}
+		fmt.Fprintf(w, "  verify-after-sign, %s, %d gor: ops/s with/without %.3f (median per-turn ratio); CPU/signature %s vs %s (%+.1f µs); p50 %s vs %s\n",
+			c.Alg, c.Goroutines, c.ratio(on, off), fmtDur(ron.UserPerOp+ron.SysPerOp), fmtDur(roff.UserPerOp+roff.SysPerOp),
+			float64(ron.UserPerOp+ron.SysPerOp-roff.UserPerOp-roff.SysPerOp)/1e3, fmtDur(ron.P50), fmtDur(roff.P50))
+	}
+}
+
+// writeRow writes contender lab's row of the cell; the first row of a cell also names the algorithm, the
+// goroutines and the load.
+func (c *InprocCell) writeRow(tw io.Writer, lab string, first bool) {
+	res := c.Results[lab]
+	alg, gor, load := "", "", ""
+	if first {
+		alg, gor, load = c.Alg, fmt.Sprint(c.Goroutines), c.Load.String()
+	}
+	vsD, vsC := "", ""
+	if _, ok := c.Results[labDirect]; ok && lab != labDirect {
+		vsD = fmt.Sprintf("%.3f", c.ratio(lab, labDirect))
+	}
+	if _, ok := c.Results[labC11]; ok && lab != labC11 {
+		vsC = fmt.Sprintf("%.3f", c.ratio(lab, labC11))
+	}
+	name := lab
+	if devs := res.Devices; len(devs) > 1 {
+		var tot int64
+		for _, v := range devs {
+			tot += v
+		}
+		name += fmt.Sprintf(" (%.0f/%.0f)", 100*float64(devs["local-1"])/float64(tot), 100*float64(devs["local-2"])/float64(tot))
+	}
+	fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%.0f%%\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t\n", alg, gor, name, fmtRate(res.OpsPerSec()), 100*res.spread(),
+		fmtDur(res.P50), fmtDur(res.P99), fmtDur(res.UserPerOp+res.SysPerOp), res.Errors, vsD, vsC, load)
+}
+
+// writeHealthy writes the p11-kit harness's healthy-pair table: pkcs11ha over four devices against direct
+// calls to one local device.
+func (rep *Report) writeHealthy(w io.Writer) {
+	fmt.Fprintf(w, "\n[p11-kit] four devices, each a `p11-kit server` process behind a relay; DR (westus-1/2) %v one-way; closed loop, ECDSA P-256\n", drDelay)
+	fmt.Fprintf(w, "  healthy local pair (pkcs11ha over all four devices, default policy) vs direct miekg/pkcs11 to eastus-1 alone; median of %d rounds x %v\n", healthyRounds, rep.Options.Cell)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "  gor\tpkcs11ha ops/s\tp50\tp99\tDR share\tdirect eastus-1 ops/s\tp50\tp99\tload\t\n")
+	for _, c := range rep.Healthy {
+		var hops, dops []float64
+		var hp50, hp99, dp50, dp99 []time.Duration
+		for _, s := range c.HA {
+			hops, hp50, hp99 = append(hops, s.OpsPerSec), append(hp50, s.P50), append(hp99, s.P99)
+		}
+		for _, r := range c.Direct {
+			dops, dp50, dp99 = append(dops, r.OpsPerSec()), append(dp50, r.P50), append(dp99, r.P99)
+		}
+		maxDR := 0.0
+		for _, x := range c.DRShare {
+			maxDR = max(maxDR, x)
+		}
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%.2f%%\t%s\t%s\t%s\t%s\t\n", c.Goroutines, fmtRate(median(hops)), fmtDur(medianDur(hp50)), fmtDur(medianDur(hp99)),
+			100*maxDR, fmtRate(median(dops)), fmtDur(medianDur(dp50)), fmtDur(medianDur(dp99)), c.Load)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "  (DR share: the largest over rounds; one DR signature takes ~3 round trips = ~%v)\n", 6*drDelay)
+}
+
+// writeLoss writes one row per region-loss trial.
+func (rep *Report) writeLoss(w io.Writer) {
+	fmt.Fprintf(w, "\n  whole local region lost under load (4 goroutines, default policy, fresh cluster per trial):\n")
+	fmt.Fprintf(w, "    kill = both local servers SIGKILLed (calls fail fast); partition = both relays hang (calls time out at attempt_timeout.local 50ms)\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "    mode\ttrial\tfirst success after\tserved by\tcaller errors\tslowest call across the loss\tDR p50 after\tload\t\n")
+	n := map[string]int{}
+	for _, t := range rep.Loss {
+		n[t.Mode]++
+		fmt.Fprintf(tw, "    %s\t%d\t%s\t%s\t%d\t%s\t%s\t%.2f\t\n", t.Mode, n[t.Mode], fmtDur(t.FirstSuccess), t.FirstDev, t.Errors, fmtDur(t.Slowest), fmtDur(t.DRp50), t.Load)
+	}
+	tw.Flush()
+}
+
+// writeSlow writes the slow-device table (each mode without, then with hedging) and returns the verdict
+// on the hedging target per mode.
+func (rep *Report) writeSlow(w io.Writer) (hedgeOK []string) {
+	o := rep.Options
+	fmt.Fprintf(w, "\n  one slow local device (eastus-1 relay +%v each way, ~%v per signature), 4 goroutines, %v measured after a healthy warm-up:\n", slowOneWay, 6*slowOneWay, o.Cell)
+	fmt.Fprintf(w, "    onset = turns slow as the window starts and stays slow; steady = slow since %v before the window;\n", steadyAfter)
+	fmt.Fprintf(w, "    spells = slow %v at a time, every %v on average; flicker = slow %v at a time, every %v on average\n",
+		spellLength, spellEvery, flickLength, flickEvery)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "    mode\thedge\tops/s\tp50\tp99\tp99.9\tmax\teastus-1 share\thedged\textra attempts\tp99 cut\tp99.9 cut\tload\t\n")
+	for _, mode := range slowModes {
+		var off *slowRow
+		for _, hedge := range []bool{false, true} {
+			row := rep.slowRow(mode, hedge)
+			if row == nil {
+				continue
+			}
+			cut, cut9 := "", ""
+			if !hedge {
+				off = row
+			} else if off != nil && row.p99 > 0 && off.p99 > 0 {
+				x := float64(off.p99) / float64(row.p99)
+				cut = fmt.Sprintf("%.2fx", x)
+				cut9 = fmt.Sprintf("%.2fx", float64(off.p999)/float64(row.p999))
+				hedgeOK = append(hedgeOK, fmt.Sprintf("%s %.2fx %s", mode, x, okStr(x >= 5 && row.extra <= 0.05)))
+			}
+			onoff := "off"
+			if hedge {
+				onoff = "on"
+			}
+			fmt.Fprintf(tw, "    %s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2f%%\t%.2f%%\t%.2f%%\t%s\t%s\t%s\t\n", mode, onoff, fmtRate(row.ops), fmtDur(row.p50),
+				fmtDur(row.p99), fmtDur(row.p999), fmtDur(row.max), 100*row.e1, 100*row.hedged, 100*row.extra, cut, cut9, row.load)
+		}
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "    (median of %d runs per row (steady: 1); hedged and extra attempts from pkcs11ha's own counters: hedges_total and attempts_total\n", o.P11Rounds)
+	fmt.Fprintf(w, "     over operations_total; p99 cut = p99 without hedging / p99 with)\n")
+	return hedgeOK
+}
+
+// slowRow is one row of the slow-device table: medians over the runs of one mode with or without hedging.
+type slowRow struct {
+	ops, e1, hedged, extra float64
+	p50, p99, p999, max    time.Duration
+	load                   loadRange
+}
+
+// slowRow returns the medians of the slow-device cells of (mode, hedge), or nil when there is none.
+func (rep *Report) slowRow(mode string, hedge bool) *slowRow {
+	var ops, e1, hd, ex []float64
+	var p50, p99, p999, mx []time.Duration
+	var ld loadRange
+	for _, c := range rep.Slow {
+		if c.Mode != mode || c.Hedge != hedge {
+			continue
+		}
+		ops, e1, hd, ex = append(ops, c.Sum.OpsPerSec), append(e1, c.E1Share), append(hd, c.Hedges), append(ex, c.Extra)
+		p50, p99, p999, mx = append(p50, c.Sum.P50), append(p99, c.Sum.P99), append(p999, c.P999), append(mx, c.Sum.Max)
+		ld.add(c.Load.lo)
+		ld.add(c.Load.hi)
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	return &slowRow{ops: median(ops), e1: median(e1), hedged: median(hd), extra: median(ex),
+		p50: medianDur(p50), p99: medianDur(p99), p999: medianDur(p999), max: medianDur(mx), load: ld}
+}
+
+// writeTargets judges the figures against the project's targets and ends with the BENCH summary line.
+func (rep *Report) writeTargets(w io.Writer, hedgeOK []string) {
 	fmt.Fprintf(w, "\ntargets:\n")
 	var ec8 *InprocCell
 	for _, c := range rep.Inproc {
@@ -206,27 +255,69 @@ func (rep *Report) write(w io.Writer) {
 	if len(hedgeOK) > 0 {
 		fmt.Fprintf(w, "  hedging cuts p99 under one slow local device >= 5x for <= 5%% extra attempts: %s\n", strings.Join(hedgeOK, ", "))
 	}
+	var bench []string
 	if ec8 != nil {
-		fmt.Fprintf(w, "BENCH ha_vs_direct=%.3f ha_vs_crypto11=%.3f\n", vsDirect, vsC11)
+		bench = append(bench, fmt.Sprintf("ha_vs_direct=%.3f ha_vs_crypto11=%.3f", vsDirect, vsC11))
+	}
+	if fc := rep.Frontend.cell(8); fc != nil {
+		x := fc.ratio(labFront, labP11Kit)
+		fmt.Fprintf(w, "  frontend_vs_p11kit >= 0.90  (ECDSA P-256, 8 goroutines, through p11-kit-client.so): %.3f  %s\n", x, okStr(x >= 0.9))
+		bench = append(bench, fmt.Sprintf("frontend_vs_p11kit=%.3f", x))
+	}
+	if len(bench) > 0 {
+		fmt.Fprintf(w, "BENCH %s\n", strings.Join(bench, " "))
 	}
 }
 
-// writeVerifyCost sums up what verify-after-sign costs per cell: the 1-device pkcs11ha row with
-// verification against the same without (RSA: the default row against "verify off"; ECDSA: "verify all"
-// against the default row, which does not verify ECDSA).
-func (rep *Report) writeVerifyCost(w io.Writer) {
-	for _, c := range rep.Inproc {
-		on, off := labHA1All, labHA1
-		if c.Alg == RSA2048 {
-			on, off = labHA1, labHA1Off
+// writeFrontend writes the front-end table: (a) and (b) at each concurrency, with (a)/(b).
+func (rep *Report) writeFrontend(w io.Writer) {
+	o := rep.Options
+	fmt.Fprintf(w, "\n[front end] ECDSA P-256: a Go client (miekg/pkcs11, a session per goroutine, C_SignInit + C_Sign) through the stock\n")
+	fmt.Fprintf(w, "  p11-kit-client.so, in a child process, against (a) `hsm-ha-proxy serve` (server.pkcs11, log level info: an access log line\n")
+	fmt.Fprintf(w, "  per signature, to a file) with a cluster over the local pair eastus-1/-2, and (b) eastus-1's own `p11-kit server`. Both\n")
+	fmt.Fprintf(w, "  reach the devices on their servers' own sockets (no test relay). %v per cell and contender after %v warm-up, in %d slices\n", o.Cell, o.Warmup, o.Rounds)
+	fmt.Fprintf(w, "  taken in turn (order rotating); (a)/(b) = median of the per-turn ratios of ops/s. CPU per signature (user+system) over\n")
+	fmt.Fprintf(w, "  the contender's own turns: of the client process, of the sidecar (health checks included), of the devices' `p11-kit\n")
+	fmt.Fprintf(w, "  server` process groups (the p11-kit-remote serving each connection, SoftHSM in it), and their sum\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "  gor\tcontender\tops/s\tspread\tp50\tp99\tclient CPU\tsidecar CPU\tdevice CPU\ttotal CPU\terrors\t(a)/(b)\tload\t\n")
+	for _, c := range rep.Frontend.Cells {
+		for i, lab := range []string{labFront, labP11Kit} {
+			res, ok := c.Results[lab]
+			if !ok {
+				continue
+			}
+			gor, load, ratio, side := "", "", "", ""
+			client, dev := res.UserPerOp+res.SysPerOp, rep.Frontend.DeviceCPU[lab][c.Goroutines]
+			total := client + dev
+			if i == 0 {
+				gor, load = fmt.Sprint(c.Goroutines), c.Load.String()
+				ratio = fmt.Sprintf("%.3f", c.ratio(labFront, labP11Kit))
+				side = fmtDur(rep.Frontend.SidecarCPU[c.Goroutines])
+				total += rep.Frontend.SidecarCPU[c.Goroutines]
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%.0f%%\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t\n", gor, lab, fmtRate(res.OpsPerSec()), 100*res.spread(),
+				fmtDur(res.P50), fmtDur(res.P99), fmtDur(client), side, fmtDur(dev), fmtDur(total), res.Errors, ratio, load)
 		}
-		ron, okOn := c.Results[on]
-		roff, okOff := c.Results[off]
-		if !okOn || !okOff {
-			continue
-		}
-		fmt.Fprintf(w, "  verify-after-sign, %s, %d gor: ops/s with/without %.3f (median per-turn ratio); CPU/signature %s vs %s (%+.1f µs); p50 %s vs %s\n",
-			c.Alg, c.Goroutines, c.ratio(on, off), fmtDur(ron.UserPerOp+ron.SysPerOp), fmtDur(roff.UserPerOp+roff.SysPerOp),
-			float64(ron.UserPerOp+ron.SysPerOp-roff.UserPerOp-roff.SysPerOp)/1e3, fmtDur(ron.P50), fmtDur(roff.P50))
 	}
+	tw.Flush()
+	fmt.Fprintf(w, "  (a signature is 3 client round trips (C_SignInit, C_Sign for the length, C_Sign) in both; through the front end each\n")
+	fmt.Fprintf(w, "   C_Sign with a buffer adds the cluster's device round trips (C_SignInit + C_Sign twice, miekg/pkcs11 in the sidecar)\n")
+	fmt.Fprintf(w, "   over the same p11-kit RPC)\n")
+	if rep.Frontend.Profile != "" {
+		fmt.Fprintf(w, "  sidecar CPU profile: %s\n", rep.Frontend.Profile)
+	}
+}
+
+// cell returns the front-end cell at goroutines g, or nil (also on a nil run).
+func (fr *FrontendRun) cell(g int) *InprocCell {
+	if fr == nil {
+		return nil
+	}
+	for _, c := range fr.Cells {
+		if c.Goroutines == g {
+			return c
+		}
+	}
+	return nil
 }

@@ -25,10 +25,12 @@ type Options struct {
 	Contenders []string      // in-process contender labels; default all four
 	P11Rounds  int           // p11-kit slow-device runs per pattern and hedge setting (steady: once); default 3
 	LossTrials int           // region-loss trials per mode; default 2
-	Sections   []string      // "routing", "inproc", "p11kit"; default all
+	Sections   []string      // "routing", "inproc", "p11kit", "frontend"; default all
 	SlowModes  []string      // slow-device patterns; default all (see slowModes)
 	SkipP11    []string      // p11-kit parts to skip: "healthy", "loss" (for focused runs)
-	ProfileDir string        // when set, in-process children write CPU profiles here
+	ProfileDir string        // when set, in-process and front-end children, and the sidecar, write CPU profiles here
+	Sidecar    string        // front end: the hsm-ha-proxy binary; default built from this module
+	PlotDir    string        // when set, pictures of the p11-kit region loss and slow device go here
 	Verbose    bool          // progress shows every slice
 	Dir        string        // working directory for the topologies; default a temporary one, removed
 	Out        io.Writer     // the table; default os.Stdout
@@ -58,7 +60,7 @@ func (o Options) withDefaults() Options {
 		o.LossTrials = 2
 	}
 	if len(o.Sections) == 0 {
-		o.Sections = []string{"routing", "inproc", "p11kit"}
+		o.Sections = []string{"routing", "inproc", "p11kit", "frontend"}
 	}
 	if o.Out == nil {
 		o.Out = os.Stdout
@@ -80,21 +82,22 @@ func (o Options) has(section string) bool {
 
 // Report is everything one run measured.
 type Report struct {
-	Machine string
-	Started time.Time
-	Elapsed time.Duration
-	Options Options
-	Routing *RoutingResult
-	Inproc  []*InprocCell
-	Healthy []*HealthyCell
-	Loss    []LossTrial
-	Slow    []SlowCell
-	LoadBeg float64
-	LoadEnd float64
+	Machine  string
+	Started  time.Time
+	Elapsed  time.Duration
+	Options  Options
+	Routing  *RoutingResult
+	Inproc   []*InprocCell
+	Healthy  []*HealthyCell
+	Loss     []LossTrial
+	Slow     []SlowCell
+	Frontend *FrontendRun
+	LoadBeg  float64
+	LoadEnd  float64
 }
 
 // Run measures everything and writes the table to o.Out; its last line is the BENCH summary (when the
-// in-process section ran).
+// in-process or the front-end section ran).
 func Run(ctx context.Context, o Options) error {
 	o = o.withDefaults()
 	progress := func(format string, args ...any) { fmt.Fprintf(o.Progress, format+"\n", args...) }
@@ -107,6 +110,11 @@ func Run(ctx context.Context, o Options) error {
 		}
 		defer os.RemoveAll(d)
 		dir = d
+	}
+	if o.ProfileDir != "" {
+		if err := os.MkdirAll(o.ProfileDir, 0o755); err != nil {
+			return err
+		}
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -137,6 +145,15 @@ func Run(ctx context.Context, o Options) error {
 		if err := runP11Kit(ctx, o, rep, filepath.Join(dir, "p11kit"), runChild, progress); err != nil {
 			return err
 		}
+	}
+	if o.has("frontend") {
+		progress("PKCS#11 front end vs p11-kit server: %d cells x 2 contenders, %v each in %d slices taken in turn ...",
+			len(o.Goroutines), o.Cell, o.Rounds)
+		fr, err := frontend(ctx, o, filepath.Join(dir, "frontend"), self, progress)
+		if err != nil {
+			return err
+		}
+		rep.Frontend = fr
 	}
 	rep.Elapsed = time.Since(rep.Started)
 	rep.LoadEnd = loadAvg()
@@ -176,7 +193,7 @@ func runP11Kit(ctx context.Context, o Options, rep *Report, dir string, runChild
 			break
 		}
 		for _, mode := range []string{"kill", "partition"} {
-			tr, err := e.regionLoss(ctx, mode, g)
+			tr, err := e.regionLoss(ctx, mode, g, progress)
 			if err != nil {
 				return err
 			}
@@ -207,6 +224,9 @@ func runP11Kit(ctx context.Context, o Options, rep *Report, dir string, runChild
 					mode, hedge, fmtDur(c.Sum.P50), fmtDur(c.Sum.P99), fmtDur(c.P999), fmtDur(c.Sum.Max), 100*c.E1Share, 100*c.Hedges, 100*c.Extra)
 			}
 		}
+	}
+	if o.PlotDir != "" {
+		plotHedging(o.PlotDir, rep.Slow, g, progress)
 	}
 	return nil
 }

@@ -30,7 +30,8 @@ import (
 //
 // Short form by default (a few seconds per scenario, at most 3 minutes in all); CHAOS_LONG=1 for the long
 // form (>= 100,000 operations, flapping for 2.5 minutes). The results table is logged at the end and written
-// to $CHAOS_RESULTS (default chaos-results.txt in the repository root for the long form, t.TempDir() else).
+// to $CHAOS_RESULTS (default chaos-results.txt in the repository root for the long form, t.TempDir() else);
+// each scenario's timeline picture goes to chaos-timelines/<scenario>.svg and .png next to it.
 
 func TestChaos(t *testing.T) {
 	tm := shortTiming
@@ -38,17 +39,6 @@ func TestChaos(t *testing.T) {
 		tm = longTiming
 	}
 	began := time.Now()
-	var rows []*row
-	for _, sc := range scenarios(tm) {
-		r := newRow(sc)
-		t.Run(sc.name, func(t *testing.T) {
-			t.Cleanup(func() { r.passed = !t.Failed() }) // registered first: runs after every other cleanup
-			runScenario(t, sc, tm, r)
-		})
-		rows = append(rows, r)
-	}
-	table := formatTable(rows, tm, time.Since(began))
-	t.Log("\n" + table)
 	path := os.Getenv("CHAOS_RESULTS")
 	if path == "" {
 		if tm.long {
@@ -61,6 +51,21 @@ func TestChaos(t *testing.T) {
 			path = filepath.Join(t.TempDir(), "chaos-results.txt")
 		}
 	}
+	var pictures string
+	if path != "" {
+		pictures = timelineDir(path)
+	}
+	var rows []*row
+	for _, sc := range scenarios(tm) {
+		r := newRow(sc)
+		t.Run(sc.name, func(t *testing.T) {
+			t.Cleanup(func() { r.passed = !t.Failed() }) // registered first: runs after every other cleanup
+			runScenario(t, sc, tm, r, pictures)
+		})
+		rows = append(rows, r)
+	}
+	table := formatTable(rows, tm, time.Since(began))
+	t.Log("\n" + table)
 	if path != "" {
 		if err := os.WriteFile(path, []byte(table), 0o644); err != nil {
 			t.Errorf("writing the results table: %v", err)
@@ -100,7 +105,7 @@ func formatTable(rows []*row, tm timing, took time.Duration) string {
 	}
 	fmt.Fprintf(&b, "pkcs11-ha chaos suite, %s form, %s, %d workers at %.0f ops/s, caller deadline %v (1 in %d: %v)\n",
 		form, time.Now().UTC().Format(time.RFC3339), tm.workers, tm.rate, tm.deadline, tm.shortEvery, tm.shortDeadline)
-	fmt.Fprintf(&b, "policies: default = DESIGN.md defaults; fast = defaults + %s\n", strings.ReplaceAll(fastPolicy.yaml, "\n", "; "))
+	fmt.Fprintf(&b, "policies: default = the library's defaults; fast = defaults + %s\n", strings.ReplaceAll(fastPolicy.yaml, "\n", "; "))
 	b.WriteString("failed = failed calls (allowed: short-deadline callers, or all devices down); DR share over healthy phases;\n")
 	b.WriteString("failover = fault injected -> first op served elsewhere; recovery = fault removed -> first op served again by the device;\n")
 	b.WriteString("rotation = fault removed -> the device serves >= 20% of the local calls it can serve over 1 s (bound: the recovery bound)\n\n")

@@ -5,12 +5,16 @@
 //
 // The non-test part of the package is the load generator and result recorder (load.go), reusable by the
 // benchmarks and the demo: Load runs N workers, each operation with its own caller deadline, against
-// anything with SignDevice/DecryptDevice (a *pkcs11ha.Key or a sidecar client key); Recorder keeps every
+// anything with SignDevice/DecryptDevice (a sidecar client key, or a *pkcs11ha.Key reporting through
+// pkcs11ha.WithOutcome); Recorder keeps every
 // operation (latency, error, serving device, verification result) tagged with the phase of the fault
-// script it started in, and Summarize turns them into the figures of the results table.
+// script it started in, Summarize turns them into the figures of the results table, and
+// Recorder.Timeline (timeline.go) into a timeline picture's input.
 //
 // Run the short form with `go test ./softhsm-test/chaos/` (part of `make test`, at most 3 minutes) and the
 // long form with `CHAOS_LONG=1` (`make chaos`: at least 100,000 operations, minutes of flapping). The table
 // is logged and written to $CHAOS_RESULTS (default chaos-results.txt in the repository root for the long
-// form, a temporary directory for the short one).
+// form, a temporary directory for the short one), with one timeline picture per scenario (SVG and PNG, see
+// package timeline and Recorder.Timeline: every call's latency and serving device, the fault window
+// shaded) in chaos-timelines/ next to it.
 package chaos

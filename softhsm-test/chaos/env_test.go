@@ -22,6 +22,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
@@ -130,7 +131,7 @@ func (e *env) inject(phase string, healthy bool, victims []string, fn func() err
 			e.faulted[v] = e.faultAt
 		}
 	}
-	e.rec.Mark("fault: " + phase)
+	e.rec.Mark(faultMark + phase)
 	if err := fn(); err != nil {
 		e.t.Fatalf("injecting %s: %v", phase, err)
 	}
@@ -149,7 +150,7 @@ func (e *env) removeAs(phase string, healthy bool, fn func() error) {
 	}
 	e.removedIdx = e.rec.Len()
 	e.removedAt = e.rec.Phase(phase, healthy)
-	e.rec.Mark("removed: " + phase)
+	e.rec.Mark(removedMark + phase)
 	e.logf("fault removed: %s (took %v)", phase, e.removedAt-start)
 }
 
@@ -215,9 +216,9 @@ func newRow(sc scenario) *row {
 	return &row{name: sc.name, policy: sc.policy.name, failover: -1, recovery: -1, recBound: -1, rotation: -1}
 }
 
-// runScenario runs one scenario and fills its row of the results table (r.passed is set by the caller once
-// every cleanup, the goroutine check included, has run).
-func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
+// runScenario runs one scenario, fills its row of the results table (r.passed is set by the caller once
+// every cleanup, the goroutine check included, has run) and draws its timeline picture into pictures.
+func runScenario(t *testing.T, sc scenario, tm timing, r *row, pictures string) {
 	// Registered first, so it runs last: after the load, the faults, the cluster and the topology are gone,
 	// no goroutine of this scenario may be left (see leaks_test.go for the one documented exception).
 	ignore := goleak.IgnoreCurrent()
@@ -235,7 +236,7 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
 	if sc.devices != nil {
 		opts.Devices = sc.devices()
 	}
-	topo := softhsmtest.StartT(t, opts)
+	topo := harnesstest.Start(t, opts)
 	e := &env{t: t, sc: sc, tm: tm, ctx: ctx, topo: topo, reg: prometheus.NewRegistry(), logs: newLogBuffer(4000),
 		faultAt: -1, removedAt: -1, recovery: -1, rotation: -1, allowFrom: -1, allowTo: -1, faulted: map[string]time.Duration{}}
 
@@ -248,10 +249,6 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
 		t.Fatal(err)
 	}
 	e.cfg = cfg
-	if sc.recovery != nil {
-		e.recBound = sc.recovery(&cfg.Policy, tm)
-		r.recBound = e.recBound
-	}
 	r.p99Bound = sc.p99
 	var undo func()
 	if sc.beforeOpen != nil {
@@ -267,6 +264,11 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
 		t.Fatal(err)
 	}
 	e.cl = cl
+	e.cfg = cl.Config() // the policy in effect, defaults included
+	if sc.recovery != nil {
+		e.recBound = sc.recovery(&e.cfg.Policy, tm)
+		r.recBound = e.recBound
+	}
 	t.Cleanup(func() {
 		if err := cl.Close(); err != nil {
 			t.Errorf("Cluster.Close: %v", err)
@@ -300,7 +302,8 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
 			e.stal.stop()
 		})
 	}
-	t.Cleanup(stopAll) // also when the script fails half-way
+	t.Cleanup(func() { e.writeTimeline(pictures) }) // after stopAll (cleanups run last-in first-out)
+	t.Cleanup(stopAll)                              // also when the script fails half-way
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("library log (last lines):\n%s", e.logs.tail(80))
@@ -321,12 +324,28 @@ func runScenario(t *testing.T, sc scenario, tm timing, r *row) {
 	e.report(ops, s)
 }
 
+// libKey is a *pkcs11ha.Key as the load generator uses it: each call names the device that served it
+// (the Outcome of WithOutcome).
+type libKey struct{ *pkcs11ha.Key }
+
+func (k libKey) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	sig, err := k.SignContext(pkcs11ha.WithOutcome(ctx, &out), digest, opts)
+	return sig, out.Device, err
+}
+
+func (k libKey) DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	pt, err := k.DecryptContext(pkcs11ha.WithOutcome(ctx, &out), ciphertext, opts)
+	return pt, out.Device, err
+}
+
 // tasks is the load mix: mixed RSA and ECDSA signs and OAEP decrypts on partition payments, and ECDSA signs
 // on partition ledger. Results are verified with the keys the harness imported, not with the public keys
 // the cluster reports.
 func (e *env) tasks() []Task {
 	t := e.t
-	key := func(part, label string) *pkcs11ha.Key {
+	key := func(part, label string) libKey {
 		k, err := e.cl.Key(context.Background(), part, label)
 		if err != nil {
 			t.Fatalf("Key(%s, %s): %v", part, label, err)
@@ -335,7 +354,7 @@ func (e *env) tasks() []Task {
 		if !k.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(want) {
 			t.Errorf("INVARIANT key %s/%s: the cluster's reference public key is not the key the devices were cloned with (info %+v)", part, label, k.Info())
 		}
-		return k
+		return libKey{k}
 	}
 	pec, prsa, lec := key("payments", "ec-key"), key("payments", "rsa-key"), key("ledger", "ec-key")
 	ecPub := e.topo.Keys["ec-key"].Public()

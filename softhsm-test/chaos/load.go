@@ -18,8 +18,8 @@ import (
 	"time"
 )
 
-// Signer is what the load generator signs with: a *pkcs11ha.Key, or a sidecar client's key. It names the
-// device that made the signature.
+// Signer is what the load generator signs with: a *pkcs11ha.Key (through a context from
+// pkcs11ha.WithOutcome), or a sidecar client's key. It names the device that made the signature.
 type Signer interface {
 	SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error)
 }

@@ -64,7 +64,7 @@ func TestSoak(t *testing.T) {
 			r := newRow(sc)
 			began := time.Now()
 			t.Cleanup(func() { r.passed = !t.Failed(); t.Log("\n" + formatTable([]*row{r}, tm, time.Since(began))) })
-			runScenario(t, sc, tm, r)
+			runScenario(t, sc, tm, r, "")
 		})
 	}
 }

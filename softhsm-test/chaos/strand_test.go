@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/pkcs11"
 
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
@@ -33,7 +34,7 @@ func TestStrandingPerKill(t *testing.T) {
 	if kills <= 0 {
 		t.Skip("set CHAOS_STRAND=<kills per mode> to measure")
 	}
-	topo := softhsmtest.StartT(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
 	dev := topo.Devices[0]
 	pin := topo.Partitions[0].PIN
 	for _, mode := range []struct {

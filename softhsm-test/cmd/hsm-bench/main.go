@@ -2,9 +2,10 @@
 // it buys, against direct miekg/pkcs11 calls (the limit) and crypto11 (the peer). See package
 // softhsm-test/bench for what is measured and how. The table goes to stdout, its last line being
 //
-//	BENCH ha_vs_direct=<ratio> ha_vs_crypto11=<ratio>
+//	BENCH ha_vs_direct=<ratio> ha_vs_crypto11=<ratio> frontend_vs_p11kit=<ratio>
 //
-// (ECDSA P-256, 8 goroutines, one device); progress goes to stderr.
+// (ECDSA P-256, 8 goroutines, one device; the PKCS#11 front end against a stock p11-kit server); progress
+// goes to stderr.
 package main
 
 import (
@@ -35,13 +36,15 @@ func main() {
 	flag.DurationVar(&o.Warmup, "warmup", 0, "warm-up per cell (default 300ms)")
 	flag.IntVar(&o.P11Rounds, "p11-rounds", 0, "p11-kit slow-device runs per pattern and hedge setting (default 3; steady: 1)")
 	flag.IntVar(&o.LossTrials, "loss-trials", 0, "region-loss trials per mode (default 2)")
-	flag.StringVar(&sections, "sections", "", "comma-separated subset of routing,inproc,p11kit (default all)")
+	flag.StringVar(&sections, "sections", "", "comma-separated subset of routing,inproc,p11kit,frontend (default all)")
 	flag.StringVar(&gors, "goroutines", "", "in-process concurrencies, comma-separated (default 1,8)")
 	flag.StringVar(&algs, "algs", "", `in-process algorithms, comma-separated: "ECDSA P-256", "RSA-2048" (default both)`)
 	flag.StringVar(&contenders, "contenders", "", "in-process contenders, comma-separated labels (default the four and the verify row of each algorithm)")
 	flag.StringVar(&slowModes, "slow-modes", "", "slow-device patterns, comma-separated: onset,steady,spells,flicker (default all)")
 	flag.StringVar(&skip, "skip", "", "p11-kit parts to skip, comma-separated: healthy,loss")
-	flag.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "write a CPU profile of every in-process child here")
+	flag.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "write a CPU profile of every child (and of the front end's sidecar) here")
+	flag.StringVar(&o.Sidecar, "sidecar", "", "front end: the hsm-ha-proxy binary to run (default: go build ./cmd/hsm-ha-proxy)")
+	flag.StringVar(&o.PlotDir, "plots", "bench-plots", `pictures of the region loss and the slow device with and without hedging go here ("": none)`)
 	flag.BoolVar(&o.Verbose, "v", false, "show every in-process slice in the progress output")
 	flag.StringVar(&o.Dir, "dir", "", "working directory (default a temporary one, removed at the end)")
 	flag.Parse()

@@ -6,10 +6,10 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/unixsock"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 // identity is who is calling: a unix peer (SO_PEERCRED) or the holder of a verified client certificate.
@@ -61,8 +61,8 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 	if !ok {
 		return ctx
 	}
-	uid, gid, pid, err := peerCred(uc)
-	return context.WithValue(ctx, peerKey{}, &peerCreds{uid: uid, gid: gid, pid: pid, err: err})
+	cr, err := unixsock.PeerCred(uc)
+	return context.WithValue(ctx, peerKey{}, &peerCreds{uid: cr.UID, gid: cr.GID, pid: cr.PID, err: err})
 }
 
 // identityOf extracts the caller's identity from the connection context (unix) or the verified TLS
@@ -92,24 +92,17 @@ type authClient struct {
 	parts    map[string]bool
 }
 
-// newAuthTable builds the table, checking every entry against the configured partitions.
-func newAuthTable(clients []pkcs11ha.ClientConfig, partitions []string) (*authTable, error) {
-	known := make(map[string]bool, len(partitions))
-	for _, p := range partitions {
-		known[p] = true
+// newAuthTable builds the table, checking every entry against the configured partitions
+// (sidecarconfig.CheckClients).
+func newAuthTable(clients []sidecarconfig.ClientConfig, partitions []string) (*authTable, error) {
+	if err := sidecarconfig.CheckClients(clients, partitions); err != nil {
+		return nil, err
 	}
 	t := &authTable{}
 	for i, c := range clients {
-		field := "clients[" + strconv.Itoa(i) + "]"
-		if c.Name != "" {
-			field = "clients[" + c.Name + "]"
-		}
-		if c.UnixUID == nil && c.UnixGID == nil && c.CertName == "" {
-			return nil, &pkcs11ha.ConfigError{Field: field, Msg: "needs unix_uid, unix_gid or cert_name"}
-		}
 		ac := authClient{name: c.Name, certName: c.CertName, parts: map[string]bool{}}
 		if ac.name == "" {
-			ac.name = field
+			ac.name = c.Field(i)
 		}
 		if c.UnixUID != nil {
 			v := *c.UnixUID
@@ -120,9 +113,6 @@ func newAuthTable(clients []pkcs11ha.ClientConfig, partitions []string) (*authTa
 			ac.gid = &v
 		}
 		for _, p := range c.Partitions {
-			if !known[p] {
-				return nil, &pkcs11ha.ConfigError{Field: field + ".partitions", Msg: fmt.Sprintf("unknown partition %q", p)}
-			}
 			ac.parts[p] = true
 		}
 		t.clients = append(t.clients, ac)
@@ -174,4 +164,16 @@ func (t *authTable) lookup(id identity) *principal {
 		}
 	}
 	return p
+}
+
+// UnixClient looks a unix peer (SO_PEERCRED uid and gid) up in the current client table — the one
+// ReloadClients replaces on SIGHUP — exactly as the HTTP API does: the client's name and the partitions
+// it is granted (do not modify the map), or ok false for an unknown peer. The PKCS#11 front end
+// (package p11front) asks it, so one clients: section governs both doors.
+func (s *Server) UnixClient(uid, gid int) (name string, partitions map[string]bool, ok bool) {
+	p := s.auth.Load().lookup(identity{unix: true, uid: uid, gid: gid})
+	if p == nil {
+		return "", nil, false
+	}
+	return p.name, p.parts, true
 }

@@ -15,7 +15,7 @@ import (
 	"sort"
 	"strings"
 
-	api "github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
 
 // keyKind is the family of a public key, as the algorithms need it.
@@ -69,16 +69,16 @@ func (a signAlg) opts() crypto.SignerOpts {
 }
 
 var signAlgs = map[string]signAlg{
-	api.AlgRSAPKCS1SHA256: {api.AlgRSAPKCS1SHA256, kindRSA, crypto.SHA256, false},
-	api.AlgRSAPKCS1SHA384: {api.AlgRSAPKCS1SHA384, kindRSA, crypto.SHA384, false},
-	api.AlgRSAPKCS1SHA512: {api.AlgRSAPKCS1SHA512, kindRSA, crypto.SHA512, false},
-	api.AlgRSAPSSSHA256:   {api.AlgRSAPSSSHA256, kindRSA, crypto.SHA256, true},
-	api.AlgRSAPSSSHA384:   {api.AlgRSAPSSSHA384, kindRSA, crypto.SHA384, true},
-	api.AlgRSAPSSSHA512:   {api.AlgRSAPSSSHA512, kindRSA, crypto.SHA512, true},
-	api.AlgECDSASHA256:    {api.AlgECDSASHA256, kindEC, crypto.SHA256, false},
-	api.AlgECDSASHA384:    {api.AlgECDSASHA384, kindEC, crypto.SHA384, false},
-	api.AlgECDSASHA512:    {api.AlgECDSASHA512, kindEC, crypto.SHA512, false},
-	api.AlgEd25519:        {api.AlgEd25519, kindEd25519, 0, false},
+	sidecarapi.AlgRSAPKCS1SHA256: {sidecarapi.AlgRSAPKCS1SHA256, kindRSA, crypto.SHA256, false},
+	sidecarapi.AlgRSAPKCS1SHA384: {sidecarapi.AlgRSAPKCS1SHA384, kindRSA, crypto.SHA384, false},
+	sidecarapi.AlgRSAPKCS1SHA512: {sidecarapi.AlgRSAPKCS1SHA512, kindRSA, crypto.SHA512, false},
+	sidecarapi.AlgRSAPSSSHA256:   {sidecarapi.AlgRSAPSSSHA256, kindRSA, crypto.SHA256, true},
+	sidecarapi.AlgRSAPSSSHA384:   {sidecarapi.AlgRSAPSSSHA384, kindRSA, crypto.SHA384, true},
+	sidecarapi.AlgRSAPSSSHA512:   {sidecarapi.AlgRSAPSSSHA512, kindRSA, crypto.SHA512, true},
+	sidecarapi.AlgECDSASHA256:    {sidecarapi.AlgECDSASHA256, kindEC, crypto.SHA256, false},
+	sidecarapi.AlgECDSASHA384:    {sidecarapi.AlgECDSASHA384, kindEC, crypto.SHA384, false},
+	sidecarapi.AlgECDSASHA512:    {sidecarapi.AlgECDSASHA512, kindEC, crypto.SHA512, false},
+	sidecarapi.AlgEd25519:        {sidecarapi.AlgEd25519, kindEd25519, 0, false},
 }
 
 // decryptAlg is one decrypt algorithm of the API.
@@ -97,9 +97,9 @@ func (a decryptAlg) opts() crypto.DecrypterOpts {
 }
 
 var decryptAlgs = map[string]decryptAlg{
-	api.AlgRSAOAEPSHA1:   {api.AlgRSAOAEPSHA1, crypto.SHA1},
-	api.AlgRSAOAEPSHA256: {api.AlgRSAOAEPSHA256, crypto.SHA256},
-	api.AlgRSAPKCS1:      {api.AlgRSAPKCS1, 0},
+	sidecarapi.AlgRSAOAEPSHA1:   {sidecarapi.AlgRSAOAEPSHA1, crypto.SHA1},
+	sidecarapi.AlgRSAOAEPSHA256: {sidecarapi.AlgRSAOAEPSHA256, crypto.SHA256},
+	sidecarapi.AlgRSAPKCS1:      {sidecarapi.AlgRSAPKCS1, 0},
 }
 
 func names[V any](m map[string]V) string {
@@ -135,7 +135,7 @@ type decryptRequest struct {
 func decodeFlatObject(body []byte, allowed ...string) (map[string]string, *apiError) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	malformed := func(format string, args ...any) *apiError {
-		return errorf(http.StatusBadRequest, api.CodeMalformedJSON, format, args...)
+		return errorf(http.StatusBadRequest, sidecarapi.CodeMalformedJSON, format, args...)
 	}
 	tok, err := dec.Token()
 	if err != nil {
@@ -192,11 +192,11 @@ func decodeFlatObject(body []byte, allowed ...string) (map[string]string, *apiEr
 // decodeB64 decodes a standard, padded base64 field.
 func decodeB64(field, s string) ([]byte, *apiError) {
 	if strings.ContainsAny(s, "\r\n") { // the decoder would skip them
-		return nil, errorf(http.StatusBadRequest, api.CodeInvalidRequest, "%s is not standard base64 with padding: line breaks are not allowed", field)
+		return nil, errorf(http.StatusBadRequest, sidecarapi.CodeInvalidRequest, "%s is not standard base64 with padding: line breaks are not allowed", field)
 	}
 	b, err := base64.StdEncoding.Strict().DecodeString(s)
 	if err != nil {
-		return nil, errorf(http.StatusBadRequest, api.CodeInvalidRequest, "%s is not standard base64 with padding: %v", field, err)
+		return nil, errorf(http.StatusBadRequest, sidecarapi.CodeInvalidRequest, "%s is not standard base64 with padding: %v", field, err)
 	}
 	return b, nil
 }
@@ -209,17 +209,17 @@ func decodeSignRequest(body []byte) (*signRequest, *apiError) {
 	}
 	name, ok := m["algorithm"]
 	if !ok || name == "" {
-		return nil, errorf(http.StatusBadRequest, api.CodeInvalidRequest, "algorithm is required (one of %s)", signAlgNames)
+		return nil, errorf(http.StatusBadRequest, sidecarapi.CodeInvalidRequest, "algorithm is required (one of %s)", signAlgNames)
 	}
 	alg, ok := signAlgs[name]
 	if !ok {
-		return nil, errorf(http.StatusBadRequest, api.CodeUnknownAlgorithm, "unknown sign algorithm %q (want one of %s)", truncate(name, 64), signAlgNames)
+		return nil, errorf(http.StatusBadRequest, sidecarapi.CodeUnknownAlgorithm, "unknown sign algorithm %q (want one of %s)", truncate(name, 64), signAlgNames)
 	}
 	digest, hasDigest := m["digest"]
 	msg, hasMsg := m["message"]
 	if alg.kind == kindEd25519 {
 		if hasDigest || !hasMsg {
-			return nil, errorf(http.StatusBadRequest, api.CodeInvalidRequest, "%s signs the message itself: send \"message\", not \"digest\"", alg.name)
+			return nil, errorf(http.StatusBadRequest, sidecarapi.CodeInvalidRequest, "%s signs the message itself: send \"message\", not \"digest\"", alg.name)
 		}
 		in, aerr := decodeB64("message", msg)
 		if aerr != nil {
@@ -228,14 +228,14 @@ func decodeSignRequest(body []byte) (*signRequest, *apiError) {
 		return &signRequest{alg: alg, input: in}, nil
 	}
 	if hasMsg || !hasDigest {
-		return nil, errorf(http.StatusBadRequest, api.CodeInvalidRequest, "%s signs a digest: send \"digest\" (the %v hash of the message), not \"message\"", alg.name, alg.hash)
+		return nil, errorf(http.StatusBadRequest, sidecarapi.CodeInvalidRequest, "%s signs a digest: send \"digest\" (the %v hash of the message), not \"message\"", alg.name, alg.hash)
 	}
 	in, aerr := decodeB64("digest", digest)
 	if aerr != nil {
 		return nil, aerr
 	}
 	if len(in) != alg.hash.Size() {
-		return nil, errorf(http.StatusBadRequest, api.CodeBadDigestLength, "digest has %d bytes, %s needs %d", len(in), alg.name, alg.hash.Size())
+		return nil, errorf(http.StatusBadRequest, sidecarapi.CodeBadDigestLength, "digest has %d bytes, %s needs %d", len(in), alg.name, alg.hash.Size())
 	}
 	return &signRequest{alg: alg, input: in}, nil
 }
@@ -243,7 +243,7 @@ func decodeSignRequest(body []byte) (*signRequest, *apiError) {
 // checkKey tells whether the algorithm fits the key.
 func (r *signRequest) checkKey(pub crypto.PublicKey) *apiError {
 	if k := kindOf(pub); k != r.alg.kind {
-		return errorf(http.StatusBadRequest, api.CodeAlgorithmKeyMismatch, "%s needs an %s key; this key is %s", r.alg.name, r.alg.kind, k)
+		return errorf(http.StatusBadRequest, sidecarapi.CodeAlgorithmKeyMismatch, "%s needs an %s key; this key is %s", r.alg.name, r.alg.kind, k)
 	}
 	return nil
 }
@@ -256,15 +256,15 @@ func decodeDecryptRequest(body []byte) (*decryptRequest, *apiError) {
 	}
 	name, ok := m["algorithm"]
 	if !ok || name == "" {
-		return nil, errorf(http.StatusBadRequest, api.CodeInvalidRequest, "algorithm is required (one of %s)", decryptAlgNames)
+		return nil, errorf(http.StatusBadRequest, sidecarapi.CodeInvalidRequest, "algorithm is required (one of %s)", decryptAlgNames)
 	}
 	alg, ok := decryptAlgs[name]
 	if !ok {
-		return nil, errorf(http.StatusBadRequest, api.CodeUnknownAlgorithm, "unknown decrypt algorithm %q (want one of %s)", truncate(name, 64), decryptAlgNames)
+		return nil, errorf(http.StatusBadRequest, sidecarapi.CodeUnknownAlgorithm, "unknown decrypt algorithm %q (want one of %s)", truncate(name, 64), decryptAlgNames)
 	}
 	ct, ok := m["ciphertext"]
 	if !ok || ct == "" {
-		return nil, errorf(http.StatusBadRequest, api.CodeInvalidRequest, "ciphertext is required")
+		return nil, errorf(http.StatusBadRequest, sidecarapi.CodeInvalidRequest, "ciphertext is required")
 	}
 	b, aerr := decodeB64("ciphertext", ct)
 	if aerr != nil {
@@ -277,10 +277,10 @@ func decodeDecryptRequest(body []byte) (*decryptRequest, *apiError) {
 func (r *decryptRequest) checkKey(pub crypto.PublicKey) *apiError {
 	rk, ok := pub.(*rsa.PublicKey)
 	if !ok {
-		return errorf(http.StatusBadRequest, api.CodeAlgorithmKeyMismatch, "%s needs an RSA key; this key is %s", r.alg.name, kindOf(pub))
+		return errorf(http.StatusBadRequest, sidecarapi.CodeAlgorithmKeyMismatch, "%s needs an RSA key; this key is %s", r.alg.name, kindOf(pub))
 	}
 	if len(r.ciphertext) != rk.Size() {
-		return errorf(http.StatusBadRequest, api.CodeBadCiphertextLength, "ciphertext has %d bytes, this key needs %d", len(r.ciphertext), rk.Size())
+		return errorf(http.StatusBadRequest, sidecarapi.CodeBadCiphertextLength, "ciphertext has %d bytes, this key needs %d", len(r.ciphertext), rk.Size())
 	}
 	return nil
 }

@@ -1,7 +1,7 @@
-// Package proxy is the HTTP/JSON server of the hsm-ha-proxy sidecar (API v1 of DESIGN.md): it exposes the
-// keys of a pkcs11ha.Cluster to clients on a unix socket (identified by SO_PEERCRED uid/gid) or on TCP
-// with mutual TLS (identified by the client certificate's URI/DNS SAN, else its CN), and authorises each
-// request against the partitions granted in the config's clients: section.
+// Package proxy is the HTTP/JSON server of the hsm-ha-proxy sidecar (API v1; docs/ARCHITECTURE.md, "The
+// sidecar"): it exposes the keys of a pkcs11ha.Cluster to clients on a unix socket (identified by SO_PEERCRED
+// uid/gid) or on TCP with mutual TLS (identified by the client certificate's URI/DNS SAN, else its CN), and
+// authorises each request against the partitions granted in the config's clients: section.
 //
 // Endpoints:
 //
@@ -12,7 +12,8 @@
 //	GET  /v1/status                               {"ready":bool,"devices":[...]}
 //	GET  /healthz, /readyz, /metrics
 //
-// Errors are {"error":{"code":...,"message":...}} with the codes of package sidecarclient (Code*).
+// The bodies are the types of package sidecarapi, which the Go client (pkcs11ha/sidecarclient) decodes;
+// errors are {"error":{"code":...,"message":...}} with its Code* constants.
 // Every /v1 request runs under policy.request_timeout; bodies are capped at 1 MiB. Each request is
 // written to the access log (client, partition, key, operation, algorithm, device, outcome, latency) —
 // never a payload, a signature or a PIN.

@@ -32,8 +32,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
 )
 
@@ -41,7 +44,7 @@ import (
 type e2eOptions struct {
 	policy  string // YAML under policy:
 	clients string // YAML under clients:; default: this process's uid may use payments and ledger
-	server  pkcs11ha.ServerConfig
+	server  sidecarconfig.ServerConfig
 }
 
 func meClients(partitions ...string) string {
@@ -67,7 +70,7 @@ func startTopology(t *testing.T, opts softhsmtest.Options) *softhsmtest.Topology
 			{Name: "ledger", PIN: fmt.Sprintf("led-%d-%d", os.Getpid(), n), SOPIN: fmt.Sprintf("so-led-%d", n)},
 		}
 	}
-	return softhsmtest.StartT(t, opts)
+	return harnesstest.Start(t, opts)
 }
 
 // startSidecar opens a cluster of the topology and serves it (on a fresh unix socket unless
@@ -79,14 +82,14 @@ func startSidecar(t *testing.T, topo *softhsmtest.Topology, o e2eOptions) *testS
 	}
 	path := filepath.Join(topo.Dir, fmt.Sprintf("sidecar-%d.yaml", configSeq.Add(1)))
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: o.policy, ClientsYAML: o.clients}))
-	cfg, err := pkcs11ha.LoadConfig(path)
+	cfg, err := sidecarconfig.Load(path)
 	require.NoError(t, err)
 	logs := &softhsmtest.LogBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cl, err := pkcs11ha.Open(ctx, cfg, pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
+	cl, err := pkcs11ha.Open(ctx, cfg.Library(), pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
 	require.NoError(t, err)
 	leakcheck.CloseCluster(t, cl) // and allows the calls the library reports stuck for good
 
@@ -226,12 +229,12 @@ func TestE2EUnixSocket(t *testing.T) {
 		})
 	}
 	t.Run("ED25519 over p11-kit answers a clear 400", func(t *testing.T) {
-		// p11-kit 0.24 cannot carry CKM_EDDSA over its RPC (DESIGN.md): the token refuses the mechanism,
+		// p11-kit 0.24 cannot carry CKM_EDDSA over its RPC (docs/ARCHITECTURE.md, "Facts about SoftHSM and p11-kit"): the token refuses the mechanism,
 		// a caller-class error. TestE2EEd25519 signs with in-process devices.
 		status, body := ts.sign(t, "payments", "ed-key", "message", msg, "ED25519")
 		require.Equal(t, 400, status, "%s", body)
 		code, emsg := apiErr(t, body)
-		assert.Equal(t, sidecarclient.CodeInvalidInput, code)
+		assert.Equal(t, sidecarapi.CodeInvalidInput, code)
 		assert.Contains(t, emsg, "MECHANISM_INVALID")
 	})
 
@@ -260,7 +263,7 @@ func TestE2EUnixSocket(t *testing.T) {
 		status, body := ts.decrypt(t, "ledger", "rsa-key", badPadding(t, rsaPub), "RSA_OAEP_SHA256")
 		require.Equal(t, 400, status, "%s", body)
 		code, _ := apiErr(t, body)
-		assert.Equal(t, sidecarclient.CodeDecryptionFailed, code)
+		assert.Equal(t, sidecarapi.CodeDecryptionFailed, code)
 	})
 
 	t.Run("status", func(t *testing.T) {
@@ -268,7 +271,7 @@ func TestE2EUnixSocket(t *testing.T) {
 		require.Equal(t, 200, status)
 		m := fields(t, body, "ready", "devices")
 		assert.JSONEq(t, "true", string(m["ready"]))
-		var devs []sidecarclient.DeviceStatus
+		var devs []sidecarapi.DeviceStatus
 		require.NoError(t, json.Unmarshal(m["devices"], &devs))
 		require.Len(t, devs, 4)
 		for i, d := range devs {
@@ -361,7 +364,7 @@ func TestE2EEd25519(t *testing.T) {
 	status, body := ts.sign(t, "payments", "ed-key", "digest", make([]byte, 32), "ED25519")
 	require.Equal(t, 400, status)
 	code, _ := apiErr(t, body)
-	assert.Equal(t, sidecarclient.CodeInvalidRequest, code)
+	assert.Equal(t, sidecarapi.CodeInvalidRequest, code)
 
 	c := sidecarclient.Dial(ts.addr)
 	defer c.Close()
@@ -400,20 +403,20 @@ func TestE2EErrorCodes(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"malformed JSON", sign("ec-key", `{"digest"`), 400, sidecarclient.CodeMalformedJSON},
-		{"invalid request", sign("ec-key", `{"digest":"%%%","algorithm":"ECDSA_SHA256"}`), 400, sidecarclient.CodeInvalidRequest},
-		{"unknown algorithm", sign("ec-key", signBody(d256, "ECDSA_SHA224")), 400, sidecarclient.CodeUnknownAlgorithm},
-		{"algorithm for another key", sign("rsa-key", signBody(d256, "ECDSA_SHA256")), 400, sidecarclient.CodeAlgorithmKeyMismatch},
-		{"wrong digest length", sign("ec-key", signBody(d256[:31], "ECDSA_SHA256")), 400, sidecarclient.CodeBadDigestLength},
-		{"wrong ciphertext length", func() (int, []byte) { return ts.decrypt(t, "payments", "rsa-key", ct256[:100], "RSA_PKCS1") }, 400, sidecarclient.CodeBadCiphertextLength},
-		{"OAEP SHA-256 without the fallback", func() (int, []byte) { return ts.decrypt(t, "payments", "rsa-key", ct256, "RSA_OAEP_SHA256") }, 400, sidecarclient.CodeUnsupportedMechanism},
-		{"mechanism the token refuses", func() (int, []byte) { return ts.sign(t, "payments", "ed-key", "message", []byte("m"), "ED25519") }, 400, sidecarclient.CodeInvalidInput},
-		{"partition not granted", func() (int, []byte) { return ts.call(t, "GET", "/v1/partitions/ledger/keys", "") }, 403, sidecarclient.CodeForbidden},
-		{"unknown partition", func() (int, []byte) { return ts.call(t, "GET", "/v1/partitions/treasury/keys", "") }, 404, sidecarclient.CodeUnknownPartition},
-		{"unknown key", func() (int, []byte) { return ts.call(t, "GET", "/v1/partitions/payments/keys/nope", "") }, 404, sidecarclient.CodeUnknownKey},
-		{"unknown endpoint", func() (int, []byte) { return ts.call(t, "GET", "/v1/keys", "") }, 404, sidecarclient.CodeNotFound},
-		{"wrong method", func() (int, []byte) { return ts.call(t, "PUT", "/v1/partitions/payments/keys/ec-key/sign", "{}") }, 405, sidecarclient.CodeMethodNotAllowed},
-		{"body over 1 MiB", sign("ec-key", `{"digest":"`+strings.Repeat("A", MaxBodyBytes)+`","algorithm":"ECDSA_SHA256"}`), 413, sidecarclient.CodeBodyTooLarge},
+		{"malformed JSON", sign("ec-key", `{"digest"`), 400, sidecarapi.CodeMalformedJSON},
+		{"invalid request", sign("ec-key", `{"digest":"%%%","algorithm":"ECDSA_SHA256"}`), 400, sidecarapi.CodeInvalidRequest},
+		{"unknown algorithm", sign("ec-key", signBody(d256, "ECDSA_SHA224")), 400, sidecarapi.CodeUnknownAlgorithm},
+		{"algorithm for another key", sign("rsa-key", signBody(d256, "ECDSA_SHA256")), 400, sidecarapi.CodeAlgorithmKeyMismatch},
+		{"wrong digest length", sign("ec-key", signBody(d256[:31], "ECDSA_SHA256")), 400, sidecarapi.CodeBadDigestLength},
+		{"wrong ciphertext length", func() (int, []byte) { return ts.decrypt(t, "payments", "rsa-key", ct256[:100], "RSA_PKCS1") }, 400, sidecarapi.CodeBadCiphertextLength},
+		{"OAEP SHA-256 without the fallback", func() (int, []byte) { return ts.decrypt(t, "payments", "rsa-key", ct256, "RSA_OAEP_SHA256") }, 400, sidecarapi.CodeUnsupportedMechanism},
+		{"mechanism the token refuses", func() (int, []byte) { return ts.sign(t, "payments", "ed-key", "message", []byte("m"), "ED25519") }, 400, sidecarapi.CodeInvalidInput},
+		{"partition not granted", func() (int, []byte) { return ts.call(t, "GET", "/v1/partitions/ledger/keys", "") }, 403, sidecarapi.CodeForbidden},
+		{"unknown partition", func() (int, []byte) { return ts.call(t, "GET", "/v1/partitions/treasury/keys", "") }, 404, sidecarapi.CodeUnknownPartition},
+		{"unknown key", func() (int, []byte) { return ts.call(t, "GET", "/v1/partitions/payments/keys/nope", "") }, 404, sidecarapi.CodeUnknownKey},
+		{"unknown endpoint", func() (int, []byte) { return ts.call(t, "GET", "/v1/keys", "") }, 404, sidecarapi.CodeNotFound},
+		{"wrong method", func() (int, []byte) { return ts.call(t, "PUT", "/v1/partitions/payments/keys/ec-key/sign", "{}") }, 405, sidecarapi.CodeMethodNotAllowed},
+		{"body over 1 MiB", sign("ec-key", `{"digest":"`+strings.Repeat("A", MaxBodyBytes)+`","algorithm":"ECDSA_SHA256"}`), 413, sidecarapi.CodeBodyTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -430,16 +433,16 @@ func TestE2EErrorCodes(t *testing.T) {
 			status, body := ts.decrypt(t, "payments", "rsa-key", badPadding(t, rsaPub), alg)
 			require.Equal(t, 400, status, "%s: %s", alg, body)
 			code, _ := apiErr(t, body)
-			assert.Equal(t, sidecarclient.CodeDecryptionFailed, code, alg)
+			assert.Equal(t, sidecarapi.CodeDecryptionFailed, code, alg)
 		}
 	})
 	t.Run("unknown client", func(t *testing.T) {
-		require.NoError(t, ts.srv.ReloadClients([]pkcs11ha.ClientConfig{{Name: "x", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}}))
+		require.NoError(t, ts.srv.ReloadClients([]sidecarconfig.ClientConfig{{Name: "x", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}}))
 		status, body := ts.call(t, "GET", "/v1/partitions/payments/keys", "")
 		require.Equal(t, 401, status)
 		code, _ := apiErr(t, body)
-		assert.Equal(t, sidecarclient.CodeUnauthenticated, code)
-		require.NoError(t, ts.srv.ReloadClients([]pkcs11ha.ClientConfig{{Name: "me", UnixUID: intp(os.Getuid()), Partitions: []string{"payments"}}}))
+		assert.Equal(t, sidecarapi.CodeUnauthenticated, code)
+		require.NoError(t, ts.srv.ReloadClients([]sidecarconfig.ClientConfig{{Name: "me", UnixUID: intp(os.Getuid()), Partitions: []string{"payments"}}}))
 	})
 	// Last: take every device off the network.
 	t.Run("no device", func(t *testing.T) {
@@ -449,14 +452,14 @@ func TestE2EErrorCodes(t *testing.T) {
 		status, body := ts.sign(t, "payments", "ec-key", "digest", d256, "ECDSA_SHA256")
 		require.Equal(t, 503, status, "%s", body)
 		code, _ := apiErr(t, body)
-		assert.Equal(t, sidecarclient.CodeNoDevice, code)
+		assert.Equal(t, sidecarapi.CodeNoDevice, code)
 		require.Eventually(t, func() bool {
 			status, _ := ts.call(t, "GET", "/readyz", "")
 			return status == 503
 		}, 10*time.Second, 20*time.Millisecond)
 		_, body = ts.call(t, "GET", "/readyz", "")
 		code, _ = apiErr(t, body)
-		assert.Equal(t, sidecarclient.CodeNotReady, code)
+		assert.Equal(t, sidecarapi.CodeNotReady, code)
 	})
 }
 
@@ -475,7 +478,7 @@ func TestE2EDeadline(t *testing.T) {
 	elapsed := time.Since(start)
 	require.Equal(t, 504, status, "%s", body)
 	code, _ := apiErr(t, body)
-	assert.Equal(t, sidecarclient.CodeDeadlineExceeded, code)
+	assert.Equal(t, sidecarapi.CodeDeadlineExceeded, code)
 	assert.Less(t, elapsed, 2*time.Second, "answered at the request deadline, not when the device did")
 	for _, d := range topo.Devices {
 		require.NoError(t, d.SetDelay(0, 0))
@@ -496,7 +499,7 @@ func mtlsSidecar(t *testing.T, topo *softhsmtest.Topology) (*testServer, map[str
 		clients: `
 - {name: app-a, cert_name: "spiffe://example.org/app-a", partitions: [payments]}
 - {name: app-b, cert_name: app-b.example.org, partitions: [ledger]}`,
-		server: pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}},
+		server: sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: sidecarconfig.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}},
 	})
 	clients := map[string]*sidecarclient.Client{
 		"app-a":    sidecarclient.DialTLS(ts.addr, clientTLS(t, ca, aCert, aKey)),
@@ -558,11 +561,11 @@ func TestE2EAuthorizationMatrixTLS(t *testing.T) {
 					err := op(clients[client], part)
 					switch {
 					case client == "intruder":
-						requireAPIError(t, err, 401, sidecarclient.CodeUnauthenticated)
+						requireAPIError(t, err, 401, sidecarapi.CodeUnauthenticated)
 					case grants[client] == part:
 						require.NoError(t, err)
 					default:
-						requireAPIError(t, err, 403, sidecarclient.CodeForbidden)
+						requireAPIError(t, err, 403, sidecarapi.CodeForbidden)
 					}
 				})
 			}
@@ -575,7 +578,7 @@ func TestE2EAuthorizationMatrixTLS(t *testing.T) {
 			assert.Len(t, st.Devices, 4)
 		}
 		_, err := clients["intruder"].Status(ctx)
-		requireAPIError(t, err, 401, sidecarclient.CodeUnauthenticated)
+		requireAPIError(t, err, 401, sidecarapi.CodeUnauthenticated)
 	})
 	t.Run("no client certificate", func(t *testing.T) {
 		_, err := clients["no-cert"].Status(ctx)
@@ -665,7 +668,7 @@ func TestE2EDeviceKilledDuringRequests(t *testing.T) {
 
 	st, err := c.Status(ctx)
 	require.NoError(t, err)
-	i := slices.IndexFunc(st.Devices, func(d sidecarclient.DeviceStatus) bool { return d.Name == "eastus-1" })
+	i := slices.IndexFunc(st.Devices, func(d sidecarapi.DeviceStatus) bool { return d.Name == "eastus-1" })
 	require.GreaterOrEqual(t, i, 0)
 	assert.NotEqual(t, "up", st.Devices[i].State)
 }

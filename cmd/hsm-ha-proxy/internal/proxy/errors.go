@@ -7,9 +7,8 @@ import (
 	"errors"
 	"net/http"
 
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
-	api "github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
 
 // statusClientClosed is logged (and counted) when the client went away before the answer; nobody reads
@@ -28,16 +27,6 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.code + ": " + e.msg }
 
-// errorBody is the JSON of an error answer.
-type errorBody struct {
-	Error errorDetail `json:"error"`
-}
-
-type errorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
 // classify maps an error of the library (or of the request context ctx) to the API's status and code.
 // The order matters: a passed request deadline is a 504 whatever the last attempt said; a refused
 // decrypt and a refused mechanism are caller errors with codes of their own.
@@ -48,40 +37,43 @@ func classify(ctx context.Context, err error) *apiError {
 	}
 	switch {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		return errorf(http.StatusGatewayTimeout, api.CodeDeadlineExceeded, "the request deadline passed before a device answered")
+		return errorf(http.StatusGatewayTimeout, sidecarapi.CodeDeadlineExceeded, "the request deadline passed before a device answered")
 	case errors.Is(ctx.Err(), context.Canceled):
 		return errorf(statusClientClosed, codeCanceled, "the request was cancelled")
 	case errors.Is(err, rsa.ErrDecryption):
-		return errorf(http.StatusBadRequest, api.CodeDecryptionFailed, "decryption failed")
+		return errorf(http.StatusBadRequest, sidecarapi.CodeDecryptionFailed, "decryption failed")
 	case errors.Is(err, pkcs11ha.ErrUnsupported):
-		return errorf(http.StatusBadRequest, api.CodeUnsupportedMechanism, "%s", err.Error())
+		return errorf(http.StatusBadRequest, sidecarapi.CodeUnsupportedMechanism, "%s", err.Error())
 	case errors.Is(err, pkcs11ha.ErrUnknownPartition):
-		return errorf(http.StatusNotFound, api.CodeUnknownPartition, "%s", err.Error())
+		return errorf(http.StatusNotFound, sidecarapi.CodeUnknownPartition, "%s", err.Error())
 	case errors.Is(err, pkcs11ha.ErrUnknownKey):
-		return errorf(http.StatusNotFound, api.CodeUnknownKey, "%s", err.Error())
+		return errorf(http.StatusNotFound, sidecarapi.CodeUnknownKey, "%s", err.Error())
 	case errors.Is(err, pkcs11ha.ErrClosed):
-		return errorf(http.StatusServiceUnavailable, api.CodeShuttingDown, "the sidecar is shutting down")
+		return errorf(http.StatusServiceUnavailable, sidecarapi.CodeShuttingDown, "the sidecar is shutting down")
 	case errors.Is(err, pkcs11ha.ErrNoDevice):
-		return errorf(http.StatusServiceUnavailable, api.CodeNoDevice, "%s", err.Error())
+		return errorf(http.StatusServiceUnavailable, sidecarapi.CodeNoDevice, "%s", err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
-		return errorf(http.StatusGatewayTimeout, api.CodeDeadlineExceeded, "no device answered in time")
+		return errorf(http.StatusGatewayTimeout, sidecarapi.CodeDeadlineExceeded, "no device answered in time")
 	}
 	var ie *pkcs11ha.InputError
 	if errors.As(err, &ie) {
-		return errorf(http.StatusBadRequest, api.CodeInvalidInput, "%s", ie.Error())
+		return errorf(http.StatusBadRequest, sidecarapi.CodeInvalidInput, "%s", ie.Error())
 	}
-	switch failover.ClassOf(err) {
-	case failover.ClassCaller:
-		return errorf(http.StatusBadRequest, api.CodeInvalidInput, "%s", err.Error())
-	case failover.ClassDecryptRefused:
-		return errorf(http.StatusBadRequest, api.CodeDecryptionFailed, "decryption failed")
+	if errors.Is(err, context.Canceled) {
+		return errorf(http.StatusBadRequest, sidecarapi.CodeInvalidInput, "%s", err.Error())
 	}
 	var de *pkcs11ha.DeviceError
 	if errors.As(err, &de) {
+		switch de.Class {
+		case pkcs11ha.ClassCaller:
+			return errorf(http.StatusBadRequest, sidecarapi.CodeInvalidInput, "%s", err.Error())
+		case pkcs11ha.ClassDecryptRefused:
+			return errorf(http.StatusBadRequest, sidecarapi.CodeDecryptionFailed, "decryption failed")
+		}
 		// Every device that could serve failed (down, busy, PIN rejected): nothing can serve now.
-		return errorf(http.StatusServiceUnavailable, api.CodeNoDevice, "no device could serve the request: %s", de.Error())
+		return errorf(http.StatusServiceUnavailable, sidecarapi.CodeNoDevice, "no device could serve the request: %s", de.Error())
 	}
-	return &apiError{status: http.StatusInternalServerError, code: api.CodeInternal, msg: "internal error"}
+	return &apiError{status: http.StatusInternalServerError, code: sidecarapi.CodeInternal, msg: "internal error"}
 }
 
 // writeJSON writes v as the JSON answer with the given status.

@@ -2,45 +2,13 @@ package proxy
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"strings"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
-	api "github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
-
-// Wire answers (the request bodies are decoded by decodeSignRequest and decodeDecryptRequest).
-type keyJSON struct {
-	Label     string   `json:"label"`
-	ID        string   `json:"id"`
-	Algorithm string   `json:"algorithm"`
-	PublicKey string   `json:"public_key"`
-	Devices   []string `json:"devices"`
-}
-
-type keysJSON struct {
-	Keys []keyJSON `json:"keys"`
-}
-
-type signJSON struct {
-	Signature string `json:"signature"`
-	Device    string `json:"device"`
-}
-
-type decryptJSON struct {
-	Plaintext string `json:"plaintext"`
-}
-
-type statusJSON struct {
-	Ready   bool                    `json:"ready"`
-	Devices []pkcs11ha.DeviceStatus `json:"devices"`
-}
 
 // routes builds the router. Every path answers wrong methods with 405 and unknown paths with 404, both
 // in the API's error shape.
@@ -71,11 +39,11 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 		}
 		mux.HandleFunc(rt.path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", allow)
-			s.fail(w, r, errorf(http.StatusMethodNotAllowed, api.CodeMethodNotAllowed, "%s is not allowed here (allowed: %s)", methodLabel(r.Method), allow))
+			s.fail(w, r, errorf(http.StatusMethodNotAllowed, sidecarapi.CodeMethodNotAllowed, "%s is not allowed here (allowed: %s)", methodLabel(r.Method), allow))
 		})
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.fail(w, r, errorf(http.StatusNotFound, api.CodeNotFound, "no such endpoint"))
+		s.fail(w, r, errorf(http.StatusNotFound, sidecarapi.CodeNotFound, "no such endpoint"))
 	})
 	return s.observe(mux)
 }
@@ -93,13 +61,13 @@ func (s *Server) api(op string, partitioned bool, h apiFunc) http.Handler {
 		defer cancel()
 		id, err := identityOf(r.Context(), r.TLS)
 		if err != nil {
-			s.fail(w, r, errorf(http.StatusUnauthorized, api.CodeUnauthenticated, "cannot identify the caller: %v", err))
+			s.fail(w, r, errorf(http.StatusUnauthorized, sidecarapi.CodeUnauthenticated, "cannot identify the caller: %v", err))
 			return
 		}
 		ri.peer = id.String()
 		p := s.auth.Load().lookup(id)
 		if p == nil {
-			s.fail(w, r, errorf(http.StatusUnauthorized, api.CodeUnauthenticated, "%s is not a configured client", id))
+			s.fail(w, r, errorf(http.StatusUnauthorized, sidecarapi.CodeUnauthenticated, "%s is not a configured client", id))
 			return
 		}
 		ri.client = p.name
@@ -107,11 +75,11 @@ func (s *Server) api(op string, partitioned bool, h apiFunc) http.Handler {
 			part := r.PathValue("p")
 			ri.partition, ri.key = part, r.PathValue("label")
 			if !s.partitions[part] {
-				s.fail(w, r, errorf(http.StatusNotFound, api.CodeUnknownPartition, "unknown partition %q", truncate(part, 64)))
+				s.fail(w, r, errorf(http.StatusNotFound, sidecarapi.CodeUnknownPartition, "unknown partition %q", truncate(part, 64)))
 				return
 			}
 			if !p.parts[part] {
-				s.fail(w, r, errorf(http.StatusForbidden, api.CodeForbidden, "client %q may not use partition %q", p.name, part))
+				s.fail(w, r, errorf(http.StatusForbidden, sidecarapi.CodeForbidden, "client %q may not use partition %q", p.name, part))
 				return
 			}
 		}
@@ -125,7 +93,7 @@ func (s *Server) api(op string, partitioned bool, h apiFunc) http.Handler {
 // The result is an *apiError, or one carrying the cause of a 5xx for the log.
 func (s *Server) classify(ctx context.Context, err error) error {
 	if s.forced.Load() && errors.Is(ctx.Err(), context.Canceled) {
-		return errorf(http.StatusServiceUnavailable, api.CodeShuttingDown, "the sidecar is shutting down")
+		return errorf(http.StatusServiceUnavailable, sidecarapi.CodeShuttingDown, "the sidecar is shutting down")
 	}
 	return withCause(classify(ctx, err), err)
 }
@@ -152,7 +120,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	ri := reqInfoFrom(r.Context())
 	var ae *apiError
 	if !errors.As(err, &ae) {
-		ae = &apiError{status: http.StatusInternalServerError, code: api.CodeInternal, msg: "internal error"}
+		ae = &apiError{status: http.StatusInternalServerError, code: sidecarapi.CodeInternal, msg: "internal error"}
 	}
 	ri.code = ae.code
 	if ae.status >= 500 {
@@ -166,21 +134,21 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if ae.status == statusClientClosed {
 		return // nobody is listening
 	}
-	writeJSON(w, ae.status, errorBody{Error: errorDetail{Code: ae.code, Message: ae.msg}})
+	writeJSON(w, ae.status, sidecarapi.ErrorBody{Error: sidecarapi.ErrorDetail{Code: ae.code, Message: ae.msg}})
 }
 
 // readBody reads a request body of at most MaxBodyBytes.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if r.ContentLength > MaxBodyBytes {
-		return nil, errorf(http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "the body has %d bytes; the limit is %d", r.ContentLength, MaxBodyBytes)
+		return nil, errorf(http.StatusRequestEntityTooLarge, sidecarapi.CodeBodyTooLarge, "the body has %d bytes; the limit is %d", r.ContentLength, MaxBodyBytes)
 	}
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, errorf(http.StatusRequestEntityTooLarge, api.CodeBodyTooLarge, "the body is over the limit of %d bytes", MaxBodyBytes)
+			return nil, errorf(http.StatusRequestEntityTooLarge, sidecarapi.CodeBodyTooLarge, "the body is over the limit of %d bytes", MaxBodyBytes)
 		}
-		return nil, errorf(http.StatusBadRequest, api.CodeInvalidRequest, "reading the body: %v", err)
+		return nil, errorf(http.StatusBadRequest, sidecarapi.CodeInvalidRequest, "reading the body: %v", err)
 	}
 	return b, nil
 }
@@ -190,9 +158,9 @@ func (s *Server) listKeys(_ context.Context, w http.ResponseWriter, r *http.Requ
 	if err != nil {
 		return err
 	}
-	out := keysJSON{Keys: make([]keyJSON, 0, len(infos))}
+	out := sidecarapi.KeyList{Keys: make([]sidecarapi.KeyInfo, 0, len(infos))}
 	for _, ki := range infos {
-		kj, err := toKeyJSON(ki)
+		kj, err := toKeyInfo(ki)
 		if err != nil {
 			return err
 		}
@@ -207,7 +175,7 @@ func (s *Server) getKey(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	if err != nil {
 		return err
 	}
-	kj, err := toKeyJSON(k.Info())
+	kj, err := toKeyInfo(k.Info())
 	if err != nil {
 		return err
 	}
@@ -227,7 +195,7 @@ func (s *Server) keyAndBody(ctx context.Context, w http.ResponseWriter, r *http.
 
 // served records the device that served (or last failed) the operation for the access log.
 func (ri *reqInfo) served(dev string) {
-	if dev != "none" {
+	if dev != "" {
 		ri.device = dev
 	}
 }
@@ -245,12 +213,12 @@ func (s *Server) sign(ctx context.Context, w http.ResponseWriter, r *http.Reques
 	if aerr := req.checkKey(k.Public()); aerr != nil {
 		return aerr
 	}
-	sig, dev, err := k.SignDevice(ctx, req.input, req.alg.opts())
+	sig, dev, err := k.sign(ctx, req.input, req.alg.opts())
 	ri.served(dev)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, signJSON{Signature: base64.StdEncoding.EncodeToString(sig), Device: dev})
+	writeJSON(w, http.StatusOK, sidecarapi.SignResponse{Signature: base64.StdEncoding.EncodeToString(sig), Device: dev})
 	return nil
 }
 
@@ -267,17 +235,17 @@ func (s *Server) decrypt(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if aerr := req.checkKey(k.Public()); aerr != nil {
 		return aerr
 	}
-	pt, dev, err := k.DecryptDevice(ctx, req.ciphertext, req.alg.opts())
+	pt, dev, err := k.decrypt(ctx, req.ciphertext, req.alg.opts())
 	ri.served(dev)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, decryptJSON{Plaintext: base64.StdEncoding.EncodeToString(pt)})
+	writeJSON(w, http.StatusOK, sidecarapi.DecryptResponse{Plaintext: base64.StdEncoding.EncodeToString(pt)})
 	return nil
 }
 
 func (s *Server) status(_ context.Context, w http.ResponseWriter, _ *http.Request, _ *reqInfo) error {
-	writeJSON(w, http.StatusOK, statusJSON{Ready: s.be.Ready(), Devices: s.be.Status()})
+	writeJSON(w, http.StatusOK, sidecarapi.Status{Ready: s.be.Ready(), Devices: toDeviceStatuses(s.be.Status())})
 	return nil
 }
 
@@ -288,29 +256,10 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case s.draining.Load():
-		s.fail(w, r, errorf(http.StatusServiceUnavailable, api.CodeShuttingDown, "the sidecar is shutting down"))
+		s.fail(w, r, errorf(http.StatusServiceUnavailable, sidecarapi.CodeShuttingDown, "the sidecar is shutting down"))
 	case !s.be.Ready():
-		s.fail(w, r, errorf(http.StatusServiceUnavailable, api.CodeNotReady, "some partition has no up device holding all its keys"))
+		s.fail(w, r, errorf(http.StatusServiceUnavailable, sidecarapi.CodeNotReady, "some partition has no up device holding all its keys"))
 	default:
 		writeJSON(w, http.StatusOK, map[string]bool{"ready": true})
 	}
-}
-
-// toKeyJSON renders a KeyInfo as the API's KEY object.
-func toKeyJSON(ki pkcs11ha.KeyInfo) (keyJSON, error) {
-	der, err := x509.MarshalPKIXPublicKey(ki.Public)
-	if err != nil {
-		return keyJSON{}, fmt.Errorf("proxy: encoding the public key of %q: %w", ki.Label, err)
-	}
-	devs := ki.Devices
-	if devs == nil {
-		devs = []string{}
-	}
-	return keyJSON{
-		Label:     ki.Label,
-		ID:        strings.ToLower(ki.ID),
-		Algorithm: ki.Algorithm,
-		PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})),
-		Devices:   devs,
-	}, nil
 }

@@ -23,11 +23,13 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
 // testKeys are software keys for the tests that do not need an HSM (generated once per process).
-func testKeys(t testing.TB) softhsmtest.SoftKeys { return softhsmtest.NewSoftKeys(t) }
+func testKeys(t testing.TB) softhsmtest.SoftKeys { return harnesstest.SoftKeys(t) }
 
 // fakeKey is a keyHandle backed by a software key. hook, if set, runs before every operation (to block,
 // fail or observe).
@@ -40,20 +42,20 @@ type fakeKey struct {
 func (k *fakeKey) Info() pkcs11ha.KeyInfo   { return k.info }
 func (k *fakeKey) Public() crypto.PublicKey { return k.signer.Public() }
 
-func (k *fakeKey) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
+func (k *fakeKey) sign(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
 	if k.hook != nil {
 		if err := k.hook(ctx); err != nil {
-			return nil, "none", err
+			return nil, "", err
 		}
 	}
 	sig, err := k.signer.Sign(rand.Reader, digest, opts)
 	return sig, "fake-1", err
 }
 
-func (k *fakeKey) DecryptDevice(ctx context.Context, ct []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
+func (k *fakeKey) decrypt(ctx context.Context, ct []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
 	if k.hook != nil {
 		if err := k.hook(ctx); err != nil {
-			return nil, "none", err
+			return nil, "", err
 		}
 	}
 	pt, err := k.signer.(crypto.Decrypter).Decrypt(rand.Reader, ct, opts)
@@ -115,10 +117,10 @@ func newFakeBackend(t testing.TB) *fakeBackend {
 func intp(v int) *int { return &v }
 
 // fakeConfig is a config with partitions payments and ledger and the given clients.
-func fakeConfig(clients ...pkcs11ha.ClientConfig) *pkcs11ha.Config {
-	return &pkcs11ha.Config{
-		Partitions: []pkcs11ha.PartitionConfig{{Name: "payments"}, {Name: "ledger"}},
-		Clients:    clients,
+func fakeConfig(clients ...sidecarconfig.ClientConfig) *sidecarconfig.Config {
+	return &sidecarconfig.Config{
+		Topology: pkcs11ha.Topology{Partitions: []pkcs11ha.PartitionConfig{{Name: "payments"}, {Name: "ledger"}}},
+		Clients:  clients,
 	}
 }
 
@@ -166,10 +168,10 @@ func serveOn(t testing.TB, srv *Server, ln net.Listener) func() error {
 }
 
 // startUnix runs a server of backend be on a fresh unix socket.
-func startUnix(t testing.TB, cfg *pkcs11ha.Config, be backend) *testServer {
+func startUnix(t testing.TB, cfg *sidecarconfig.Config, be backend) *testServer {
 	t.Helper()
 	sock := filepath.Join(shortTempDir(t), "s.sock")
-	ln, err := Listen(pkcs11ha.ServerConfig{Listen: "unix://" + sock})
+	ln, err := Listen(sidecarconfig.ServerConfig{Listen: "unix://" + sock})
 	require.NoError(t, err)
 	logs := &softhsmtest.LogBuffer{}
 	reg := prometheus.NewRegistry()

@@ -13,11 +13,12 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/testcerts"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 func listenUnixT(t *testing.T, path string) (net.Listener, error) {
 	t.Helper()
-	ln, err := Listen(pkcs11ha.ServerConfig{Listen: "unix://" + path})
+	ln, err := Listen(sidecarconfig.ServerConfig{Listen: "unix://" + path})
 	if err == nil {
 		t.Cleanup(func() { ln.Close() })
 	}
@@ -92,17 +93,17 @@ func TestListenUnix(t *testing.T) {
 func TestListenConfigErrors(t *testing.T) {
 	tests := []struct {
 		name  string
-		sc    pkcs11ha.ServerConfig
+		sc    sidecarconfig.ServerConfig
 		field string
 	}{
-		{"unknown scheme", pkcs11ha.ServerConfig{Listen: "http://127.0.0.1:8443"}, "server.listen"},
-		{"bare path", pkcs11ha.ServerConfig{Listen: "/run/x.sock"}, "server.listen"},
-		{"empty unix path", pkcs11ha.ServerConfig{Listen: "unix://"}, "server.listen"},
-		{"tcp without a port", pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1"}, "server.listen"},
-		{"tcp without TLS", pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0"}, "server.tls.cert"},
-		{"tcp without a client CA", pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: "c", Key: "k"}}, "server.tls.client_ca"},
-		{"tcp with missing files", pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: "/nonexistent/c", Key: "/nonexistent/k", ClientCA: "/nonexistent/ca"}}, "server.tls.cert"},
-		{"TLS on a unix socket", pkcs11ha.ServerConfig{Listen: "unix:///tmp/x.sock", TLS: pkcs11ha.TLSConfig{Cert: "c"}}, "server.tls"},
+		{"unknown scheme", sidecarconfig.ServerConfig{Listen: "http://127.0.0.1:8443"}, "server.listen"},
+		{"bare path", sidecarconfig.ServerConfig{Listen: "/run/x.sock"}, "server.listen"},
+		{"empty unix path", sidecarconfig.ServerConfig{Listen: "unix://"}, "server.listen"},
+		{"tcp without a port", sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1"}, "server.listen"},
+		{"tcp without TLS", sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0"}, "server.tls.cert"},
+		{"tcp without a client CA", sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: sidecarconfig.TLSConfig{Cert: "c", Key: "k"}}, "server.tls.client_ca"},
+		{"tcp with missing files", sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: sidecarconfig.TLSConfig{Cert: "/nonexistent/c", Key: "/nonexistent/k", ClientCA: "/nonexistent/ca"}}, "server.tls.cert"},
+		{"TLS on a unix socket", sidecarconfig.ServerConfig{Listen: "unix:///tmp/x.sock", TLS: sidecarconfig.TLSConfig{Cert: "c"}}, "server.tls"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,7 +122,7 @@ func TestListenConfigErrors(t *testing.T) {
 		cert, key := ca.ServerCert(t)
 		empty := filepath.Join(dir, "empty.pem")
 		require.NoError(t, os.WriteFile(empty, []byte("nothing\n"), 0o600))
-		_, err := Listen(pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: cert, Key: key, ClientCA: empty}})
+		_, err := Listen(sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: sidecarconfig.TLSConfig{Cert: cert, Key: key, ClientCA: empty}})
 		var ce *pkcs11ha.ConfigError
 		require.ErrorAs(t, err, &ce)
 		assert.Equal(t, "server.tls.client_ca", ce.Field)
@@ -133,7 +134,7 @@ func TestListenConfigErrors(t *testing.T) {
 
 func TestAuthTable(t *testing.T) {
 	uid, gid := 1000, 100
-	tbl, err := newAuthTable([]pkcs11ha.ClientConfig{
+	tbl, err := newAuthTable([]sidecarconfig.ClientConfig{
 		{Name: "by-uid", UnixUID: &uid, Partitions: []string{"payments"}},
 		{Name: "by-gid", UnixGID: &gid, Partitions: []string{"ledger"}},
 		{Name: "both", UnixUID: intp(2000), UnixGID: intp(200), Partitions: []string{"payments"}},
@@ -186,8 +187,8 @@ func TestReloadTLS(t *testing.T) {
 	srv2, srv2Key := ca2.ServerCert(t)
 	app2, app2Key := ca2.Issue(t, "app", nil)
 
-	ln, err := Listen(pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0",
-		TLS: pkcs11ha.TLSConfig{Cert: srv1, Key: srv1Key, ClientCA: ca1.PEMPath}})
+	ln, err := Listen(sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0",
+		TLS: sidecarconfig.TLSConfig{Cert: srv1, Key: srv1Key, ClientCA: ca1.PEMPath}})
 	require.NoError(t, err)
 	done := make(chan struct{})
 	go func() { // completes each handshake and answers one byte
@@ -226,14 +227,14 @@ func TestReloadTLS(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, serialOf(srv1), leaf.SerialNumber.String())
 
-	require.NoError(t, ReloadTLS(ln, pkcs11ha.TLSConfig{Cert: srv2, Key: srv2Key, ClientCA: ca2.PEMPath}))
+	require.NoError(t, ReloadTLS(ln, sidecarconfig.TLSConfig{Cert: srv2, Key: srv2Key, ClientCA: ca2.PEMPath}))
 	leaf, err = call(ca2, app2, app2Key)
 	require.NoError(t, err, "a client of the new CA is accepted")
 	assert.Equal(t, serialOf(srv2), leaf.SerialNumber.String(), "new connections get the new server certificate")
 	_, err = call(ca2, app1, app1Key)
 	require.Error(t, err, "a client certificate from the old CA is refused after the reload")
 
-	err = ReloadTLS(ln, pkcs11ha.TLSConfig{Cert: filepath.Join(dir, "missing.pem"), Key: srv2Key, ClientCA: ca2.PEMPath})
+	err = ReloadTLS(ln, sidecarconfig.TLSConfig{Cert: filepath.Join(dir, "missing.pem"), Key: srv2Key, ClientCA: ca2.PEMPath})
 	var ce *pkcs11ha.ConfigError
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, "server.tls.cert", ce.Field)
@@ -242,5 +243,5 @@ func TestReloadTLS(t *testing.T) {
 
 	unix, err := listenUnixT(t, filepath.Join(shortTempDir(t), "s.sock"))
 	require.NoError(t, err)
-	require.Error(t, ReloadTLS(unix, pkcs11ha.TLSConfig{Cert: srv2, Key: srv2Key, ClientCA: ca2.PEMPath}))
+	require.Error(t, ReloadTLS(unix, sidecarconfig.TLSConfig{Cert: srv2, Key: srv2Key, ClientCA: ca2.PEMPath}))
 }

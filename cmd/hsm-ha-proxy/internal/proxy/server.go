@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
 const (
@@ -24,9 +25,6 @@ const (
 	// DefaultShutdownGrace is how long in-flight requests may run after a shutdown starts when
 	// server.shutdown_grace is not set.
 	DefaultShutdownGrace = 10 * time.Second
-	// defaultRequestTimeout applies when policy.request_timeout is zero (LoadConfig fills it with the same
-	// value).
-	defaultRequestTimeout = 5 * time.Second
 	// handlerDrain bounds the wait for handlers still running after the grace period forced connections
 	// closed (their contexts are cancelled by then).
 	handlerDrain = 5 * time.Second
@@ -41,12 +39,28 @@ type backend interface {
 	Ready() bool
 }
 
-// keyHandle is what the server needs of a *pkcs11ha.Key.
+// keyHandle is what the server needs of a *pkcs11ha.Key: its operations, each naming the device that
+// served it ("" when none did).
 type keyHandle interface {
 	Info() pkcs11ha.KeyInfo
 	Public() crypto.PublicKey
-	SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error)
-	DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error)
+	sign(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error)
+	decrypt(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error)
+}
+
+// clusterKey adapts *pkcs11ha.Key to keyHandle: the device comes from the call's pkcs11ha.Outcome.
+type clusterKey struct{ *pkcs11ha.Key }
+
+func (k clusterKey) sign(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	sig, err := k.SignContext(pkcs11ha.WithOutcome(ctx, &out), digest, opts)
+	return sig, out.Device, err
+}
+
+func (k clusterKey) decrypt(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	pt, err := k.DecryptContext(pkcs11ha.WithOutcome(ctx, &out), ciphertext, opts)
+	return pt, out.Device, err
 }
 
 // clusterBackend adapts *pkcs11ha.Cluster to backend.
@@ -57,7 +71,7 @@ func (b clusterBackend) Key(ctx context.Context, partition, label string) (keyHa
 	if err != nil {
 		return nil, err
 	}
-	return k, nil
+	return clusterKey{k}, nil
 }
 
 func (b clusterBackend) Keys(partition string) ([]pkcs11ha.KeyInfo, error) {
@@ -84,14 +98,14 @@ type Server struct {
 	inFlight atomic.Int64
 }
 
-// New returns a server of cluster cl with the policy, server and clients sections of cfg. The library's
+// New returns a server of cluster cl with the request timeout, server and clients sections of cfg. The library's
 // collectors are expected on reg (pkcs11ha.WithRegisterer); the server adds its HTTP metrics there and
 // serves reg on /metrics. A nil logger discards, a nil reg gets a fresh registry.
-func New(cfg *pkcs11ha.Config, cl *pkcs11ha.Cluster, logger *slog.Logger, reg *prometheus.Registry) *Server {
+func New(cfg *sidecarconfig.Config, cl *pkcs11ha.Cluster, logger *slog.Logger, reg *prometheus.Registry) *Server {
 	return newServer(cfg, clusterBackend{cl: cl}, logger, reg)
 }
 
-func newServer(cfg *pkcs11ha.Config, be backend, logger *slog.Logger, reg *prometheus.Registry) *Server {
+func newServer(cfg *sidecarconfig.Config, be backend, logger *slog.Logger, reg *prometheus.Registry) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -104,11 +118,8 @@ func newServer(cfg *pkcs11ha.Config, be backend, logger *slog.Logger, reg *prome
 		partNames:  cfg.PartitionNames(),
 		log:        logger,
 		m:          newHTTPMetrics(reg),
-		reqTimeout: cfg.Policy.RequestTimeout.D(),
+		reqTimeout: cfg.Policy.RequestDeadline(),
 		grace:      cfg.Server.ShutdownGrace.D(),
-	}
-	if s.reqTimeout <= 0 {
-		s.reqTimeout = defaultRequestTimeout
 	}
 	if s.grace <= 0 {
 		s.grace = DefaultShutdownGrace
@@ -118,7 +129,7 @@ func newServer(cfg *pkcs11ha.Config, be backend, logger *slog.Logger, reg *prome
 	}
 	t, err := newAuthTable(cfg.Clients, s.partNames)
 	if err != nil {
-		// LoadConfig has validated the same rules; a config built by hand may not have been.
+		// sidecarconfig.Config.Validate has checked the same rules; a config built by hand may not have.
 		logger.Error("clients: section rejected: every request will be refused (401)", "err", err)
 		t = &authTable{}
 	}
@@ -133,7 +144,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 
 // ReloadClients replaces the client table (the clients: section) atomically; requests already authorised
 // finish under the old one. On error the table is left unchanged.
-func (s *Server) ReloadClients(clients []pkcs11ha.ClientConfig) error {
+func (s *Server) ReloadClients(clients []sidecarconfig.ClientConfig) error {
 	t, err := newAuthTable(clients, s.partNames)
 	if err != nil {
 		s.m.reloads.WithLabelValues("error").Inc()

@@ -25,11 +25,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
-	api "github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
-func me(partitions ...string) pkcs11ha.ClientConfig {
-	return pkcs11ha.ClientConfig{Name: "me", UnixUID: intp(os.Getuid()), Partitions: partitions}
+func me(partitions ...string) sidecarconfig.ClientConfig {
+	return sidecarconfig.ClientConfig{Name: "me", UnixUID: intp(os.Getuid()), Partitions: partitions}
 }
 
 func signBody(digest []byte, alg string) string {
@@ -59,25 +60,25 @@ func TestAPIWithoutHSM(t *testing.T) {
 		{"readyz", "GET", "/readyz", "", 200, "", []string{"ready"}},
 		{"head healthz", "HEAD", "/healthz", "", 200, "", nil},
 
-		{"partition not granted", "GET", "/v1/partitions/ledger/keys", "", 403, api.CodeForbidden, nil},
-		{"sign in a partition not granted", "POST", "/v1/partitions/ledger/keys/ec-key/sign", signBody(digest[:], "ECDSA_SHA256"), 403, api.CodeForbidden, nil},
-		{"unknown partition", "GET", "/v1/partitions/nope/keys", "", 404, api.CodeUnknownPartition, nil},
-		{"unknown key", "GET", "/v1/partitions/payments/keys/nope", "", 404, api.CodeUnknownKey, nil},
-		{"sign with an unknown key", "POST", "/v1/partitions/payments/keys/nope/sign", signBody(digest[:], "ECDSA_SHA256"), 404, api.CodeUnknownKey, nil},
-		{"unknown endpoint", "GET", "/v2/partitions", "", 404, api.CodeNotFound, nil},
-		{"trailing slash", "GET", "/v1/partitions/payments/keys/", "", 404, api.CodeNotFound, nil},
-		{"GET on sign", "GET", "/v1/partitions/payments/keys/ec-key/sign", "", 405, api.CodeMethodNotAllowed, nil},
-		{"POST on a key", "POST", "/v1/partitions/payments/keys/ec-key", "{}", 405, api.CodeMethodNotAllowed, nil},
-		{"DELETE on status", "DELETE", "/v1/status", "", 405, api.CodeMethodNotAllowed, nil},
-		{"malformed json", "POST", "/v1/partitions/payments/keys/ec-key/sign", `{"digest":`, 400, api.CodeMalformedJSON, nil},
-		{"unknown algorithm", "POST", "/v1/partitions/payments/keys/ec-key/sign", signBody(digest[:], "ECDSA_SHA1"), 400, api.CodeUnknownAlgorithm, nil},
-		{"wrong digest length", "POST", "/v1/partitions/payments/keys/ec-key/sign", signBody(digest[:20], "ECDSA_SHA256"), 400, api.CodeBadDigestLength, nil},
-		{"missing digest", "POST", "/v1/partitions/payments/keys/ec-key/sign", `{"algorithm":"ECDSA_SHA256"}`, 400, api.CodeInvalidRequest, nil},
-		{"algorithm for another key type", "POST", "/v1/partitions/payments/keys/rsa-key/sign", signBody(digest[:], "ECDSA_SHA256"), 400, api.CodeAlgorithmKeyMismatch, nil},
-		{"decrypt with an EC key", "POST", "/v1/partitions/payments/keys/ec-key/decrypt", `{"ciphertext":"AAAA","algorithm":"RSA_PKCS1"}`, 400, api.CodeAlgorithmKeyMismatch, nil},
-		{"short ciphertext", "POST", "/v1/partitions/payments/keys/rsa-key/decrypt", `{"ciphertext":"AAAA","algorithm":"RSA_PKCS1"}`, 400, api.CodeBadCiphertextLength, nil},
-		{"refused ciphertext", "POST", "/v1/partitions/payments/keys/rsa-key/decrypt", `{"ciphertext":"` + b64(256) + `","algorithm":"RSA_OAEP_SHA256"}`, 400, api.CodeDecryptionFailed, nil},
-		{"body over 1 MiB", "POST", "/v1/partitions/payments/keys/ec-key/sign", big, 413, api.CodeBodyTooLarge, nil},
+		{"partition not granted", "GET", "/v1/partitions/ledger/keys", "", 403, sidecarapi.CodeForbidden, nil},
+		{"sign in a partition not granted", "POST", "/v1/partitions/ledger/keys/ec-key/sign", signBody(digest[:], "ECDSA_SHA256"), 403, sidecarapi.CodeForbidden, nil},
+		{"unknown partition", "GET", "/v1/partitions/nope/keys", "", 404, sidecarapi.CodeUnknownPartition, nil},
+		{"unknown key", "GET", "/v1/partitions/payments/keys/nope", "", 404, sidecarapi.CodeUnknownKey, nil},
+		{"sign with an unknown key", "POST", "/v1/partitions/payments/keys/nope/sign", signBody(digest[:], "ECDSA_SHA256"), 404, sidecarapi.CodeUnknownKey, nil},
+		{"unknown endpoint", "GET", "/v2/partitions", "", 404, sidecarapi.CodeNotFound, nil},
+		{"trailing slash", "GET", "/v1/partitions/payments/keys/", "", 404, sidecarapi.CodeNotFound, nil},
+		{"GET on sign", "GET", "/v1/partitions/payments/keys/ec-key/sign", "", 405, sidecarapi.CodeMethodNotAllowed, nil},
+		{"POST on a key", "POST", "/v1/partitions/payments/keys/ec-key", "{}", 405, sidecarapi.CodeMethodNotAllowed, nil},
+		{"DELETE on status", "DELETE", "/v1/status", "", 405, sidecarapi.CodeMethodNotAllowed, nil},
+		{"malformed json", "POST", "/v1/partitions/payments/keys/ec-key/sign", `{"digest":`, 400, sidecarapi.CodeMalformedJSON, nil},
+		{"unknown algorithm", "POST", "/v1/partitions/payments/keys/ec-key/sign", signBody(digest[:], "ECDSA_SHA1"), 400, sidecarapi.CodeUnknownAlgorithm, nil},
+		{"wrong digest length", "POST", "/v1/partitions/payments/keys/ec-key/sign", signBody(digest[:20], "ECDSA_SHA256"), 400, sidecarapi.CodeBadDigestLength, nil},
+		{"missing digest", "POST", "/v1/partitions/payments/keys/ec-key/sign", `{"algorithm":"ECDSA_SHA256"}`, 400, sidecarapi.CodeInvalidRequest, nil},
+		{"algorithm for another key type", "POST", "/v1/partitions/payments/keys/rsa-key/sign", signBody(digest[:], "ECDSA_SHA256"), 400, sidecarapi.CodeAlgorithmKeyMismatch, nil},
+		{"decrypt with an EC key", "POST", "/v1/partitions/payments/keys/ec-key/decrypt", `{"ciphertext":"AAAA","algorithm":"RSA_PKCS1"}`, 400, sidecarapi.CodeAlgorithmKeyMismatch, nil},
+		{"short ciphertext", "POST", "/v1/partitions/payments/keys/rsa-key/decrypt", `{"ciphertext":"AAAA","algorithm":"RSA_PKCS1"}`, 400, sidecarapi.CodeBadCiphertextLength, nil},
+		{"refused ciphertext", "POST", "/v1/partitions/payments/keys/rsa-key/decrypt", `{"ciphertext":"` + b64(256) + `","algorithm":"RSA_OAEP_SHA256"}`, 400, sidecarapi.CodeDecryptionFailed, nil},
+		{"body over 1 MiB", "POST", "/v1/partitions/payments/keys/ec-key/sign", big, 413, sidecarapi.CodeBodyTooLarge, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -112,7 +113,7 @@ func TestAPIWithoutHSM(t *testing.T) {
 		resp.Body.Close()
 		require.Equal(t, 413, resp.StatusCode)
 		code, _ := apiErr(t, b)
-		assert.Equal(t, api.CodeBodyTooLarge, code)
+		assert.Equal(t, sidecarapi.CodeBodyTooLarge, code)
 	})
 	t.Run("signature verifies", func(t *testing.T) {
 		status, body := ts.call(t, "POST", "/v1/partitions/payments/keys/ec-key/sign", signBody(digest[:], "ECDSA_SHA256"))
@@ -155,12 +156,12 @@ func TestLibraryErrorsOverHTTP(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"deadline", func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }, 504, api.CodeDeadlineExceeded},
-		{"no device", func(context.Context) error { return fmt.Errorf("sign: %w", pkcs11ha.ErrNoDevice) }, 503, api.CodeNoDevice},
-		{"cluster closed", func(context.Context) error { return pkcs11ha.ErrClosed }, 503, api.CodeShuttingDown},
-		{"input error", func(context.Context) error { return &pkcs11ha.InputError{Msg: "sign: nope"} }, 400, api.CodeInvalidInput},
-		{"mechanism", func(context.Context) error { return &pkcs11ha.MechanismError{Device: "d", Mechanism: "CKM_X"} }, 400, api.CodeUnsupportedMechanism},
-		{"unexpected", func(context.Context) error { return errors.New("boom: secret detail") }, 500, api.CodeInternal},
+		{"deadline", func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }, 504, sidecarapi.CodeDeadlineExceeded},
+		{"no device", func(context.Context) error { return fmt.Errorf("sign: %w", pkcs11ha.ErrNoDevice) }, 503, sidecarapi.CodeNoDevice},
+		{"cluster closed", func(context.Context) error { return pkcs11ha.ErrClosed }, 503, sidecarapi.CodeShuttingDown},
+		{"input error", func(context.Context) error { return &pkcs11ha.InputError{Msg: "sign: nope"} }, 400, sidecarapi.CodeInvalidInput},
+		{"mechanism", func(context.Context) error { return &pkcs11ha.MechanismError{Device: "d", Mechanism: "CKM_X"} }, 400, sidecarapi.CodeUnsupportedMechanism},
+		{"unexpected", func(context.Context) error { return errors.New("boom: secret detail") }, 500, sidecarapi.CodeInternal},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -179,7 +180,7 @@ func TestLibraryErrorsOverHTTP(t *testing.T) {
 // TestUnknownClient: a unix peer that is in no clients: entry gets 401 on every API endpoint; probes and
 // metrics stay open.
 func TestUnknownClient(t *testing.T) {
-	other := pkcs11ha.ClientConfig{Name: "other", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}
+	other := sidecarconfig.ClientConfig{Name: "other", UnixUID: intp(os.Getuid() + 1), Partitions: []string{"payments"}}
 	ts := startUnix(t, fakeConfig(other), newFakeBackend(t))
 	for _, p := range []struct{ method, path string }{
 		{"GET", "/v1/partitions/payments/keys"},
@@ -192,7 +193,7 @@ func TestUnknownClient(t *testing.T) {
 		status, body := ts.call(t, p.method, p.path, "{}")
 		require.Equal(t, 401, status, "%s %s: %s", p.method, p.path, body)
 		code, msg := apiErr(t, body)
-		assert.Equal(t, api.CodeUnauthenticated, code)
+		assert.Equal(t, sidecarapi.CodeUnauthenticated, code)
 		assert.Contains(t, msg, fmt.Sprintf("uid=%d", os.Getuid()))
 	}
 	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
@@ -211,17 +212,17 @@ func TestReloadClients(t *testing.T) {
 	require.Equal(t, 200, get("payments"))
 	require.Equal(t, 403, get("ledger"))
 
-	byGID := pkcs11ha.ClientConfig{Name: "group", UnixGID: intp(os.Getgid()), Partitions: []string{"ledger"}}
-	require.NoError(t, ts.srv.ReloadClients([]pkcs11ha.ClientConfig{byGID}))
+	byGID := sidecarconfig.ClientConfig{Name: "group", UnixGID: intp(os.Getgid()), Partitions: []string{"ledger"}}
+	require.NoError(t, ts.srv.ReloadClients([]sidecarconfig.ClientConfig{byGID}))
 	assert.Equal(t, 403, get("payments"))
 	assert.Equal(t, 200, get("ledger"))
 
-	bad := []pkcs11ha.ClientConfig{me("payments", "nope")}
+	bad := []sidecarconfig.ClientConfig{me("payments", "nope")}
 	err := ts.srv.ReloadClients(bad)
 	var ce *pkcs11ha.ConfigError
 	require.ErrorAs(t, err, &ce)
 	assert.Equal(t, "clients[me].partitions", ce.Field)
-	require.Error(t, ts.srv.ReloadClients([]pkcs11ha.ClientConfig{{Name: "nobody", Partitions: []string{"payments"}}}))
+	require.Error(t, ts.srv.ReloadClients([]sidecarconfig.ClientConfig{{Name: "nobody", Partitions: []string{"payments"}}}))
 	assert.Equal(t, 200, get("ledger"), "a refused reload keeps the table")
 
 	require.NoError(t, ts.srv.ReloadClients(nil))
@@ -239,7 +240,7 @@ func TestReadyz(t *testing.T) {
 	status, body := ts.call(t, "GET", "/readyz", "")
 	require.Equal(t, 503, status)
 	code, _ := apiErr(t, body)
-	assert.Equal(t, api.CodeNotReady, code)
+	assert.Equal(t, sidecarapi.CodeNotReady, code)
 	_, body = ts.call(t, "GET", "/v1/status", "")
 	assert.JSONEq(t, `false`, string(fields(t, body, "ready", "devices")["ready"]))
 }
@@ -277,7 +278,7 @@ func TestAccessLog(t *testing.T) {
 	assert.Contains(t, ok, "latency_ms")
 	assert.Contains(t, ok["peer"], fmt.Sprintf("uid=%d", os.Getuid()))
 	assert.Equal(t, "ledger", denied["partition"])
-	assert.Equal(t, api.CodeForbidden, denied["outcome"])
+	assert.Equal(t, sidecarapi.CodeForbidden, denied["outcome"])
 	assert.EqualValues(t, 403, denied["status"])
 }
 
@@ -374,11 +375,11 @@ func TestTLSIdentities(t *testing.T) {
 	rogueCert, rogueKey := rogue.Issue(t, "app-c", nil)
 
 	cfg := fakeConfig(
-		pkcs11ha.ClientConfig{Name: "a", CertName: "spiffe://test/app-a", Partitions: []string{"payments"}},
-		pkcs11ha.ClientConfig{Name: "b", CertName: "app-b.test", Partitions: []string{"ledger"}},
-		pkcs11ha.ClientConfig{Name: "c", CertName: "app-c", Partitions: []string{"payments", "ledger"}},
+		sidecarconfig.ClientConfig{Name: "a", CertName: "spiffe://test/app-a", Partitions: []string{"payments"}},
+		sidecarconfig.ClientConfig{Name: "b", CertName: "app-b.test", Partitions: []string{"ledger"}},
+		sidecarconfig.ClientConfig{Name: "c", CertName: "app-c", Partitions: []string{"payments", "ledger"}},
 	)
-	cfg.Server = pkcs11ha.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: pkcs11ha.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}}
+	cfg.Server = sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: sidecarconfig.TLSConfig{Cert: srvCert, Key: srvKey, ClientCA: ca.PEMPath}}
 	ln, err := Listen(cfg.Server)
 	require.NoError(t, err)
 	srv := newServer(cfg, newFakeBackend(t), nil, nil)
@@ -435,22 +436,22 @@ func TestClassify(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"request deadline", expired, errors.New("whatever the last attempt said"), 504, api.CodeDeadlineExceeded},
-		{"deadline from the library", live, fmt.Errorf("x: %w", context.DeadlineExceeded), 504, api.CodeDeadlineExceeded},
+		{"request deadline", expired, errors.New("whatever the last attempt said"), 504, sidecarapi.CodeDeadlineExceeded},
+		{"deadline from the library", live, fmt.Errorf("x: %w", context.DeadlineExceeded), 504, sidecarapi.CodeDeadlineExceeded},
 		{"client gone", gone, context.Canceled, statusClientClosed, codeCanceled},
-		{"decryption refused", live, fmt.Errorf("%w (device d)", rsa.ErrDecryption), 400, api.CodeDecryptionFailed},
-		{"mechanism", live, &pkcs11ha.MechanismError{Device: "d", Mechanism: "CKM_RSA_PKCS_OAEP"}, 400, api.CodeUnsupportedMechanism},
-		{"unknown partition", live, fmt.Errorf("%w: %q", pkcs11ha.ErrUnknownPartition, "p"), 404, api.CodeUnknownPartition},
-		{"unknown key", live, fmt.Errorf("%w: %q", pkcs11ha.ErrUnknownKey, "k"), 404, api.CodeUnknownKey},
-		{"closed", live, pkcs11ha.ErrClosed, 503, api.CodeShuttingDown},
-		{"no device", live, fmt.Errorf("op: %w", pkcs11ha.ErrNoDevice), 503, api.CodeNoDevice},
-		{"input", live, &pkcs11ha.InputError{Msg: "sign: digest has 3 bytes"}, 400, api.CodeInvalidInput},
-		{"device down", live, &pkcs11ha.DeviceError{Device: "d", Op: pkcs11ha.OpSign, Code: 0x30, Class: pkcs11ha.Classify(pkcs11ha.OpSign, 0x30)}, 503, api.CodeNoDevice},
-		{"token caller error", live, &pkcs11ha.DeviceError{Device: "d", Op: pkcs11ha.OpSignInit, Code: 0x70, Class: pkcs11ha.Classify(pkcs11ha.OpSignInit, 0x70)}, 400, api.CodeInvalidInput},
-		{"token refused decrypt", live, &pkcs11ha.DeviceError{Device: "d", Op: pkcs11ha.OpDecrypt, Code: 0x40, Class: pkcs11ha.Classify(pkcs11ha.OpDecrypt, 0x40)}, 400, api.CodeDecryptionFailed},
-		{"PIN rejected everywhere", live, &pkcs11ha.DeviceError{Device: "d", Op: pkcs11ha.OpLogin, Code: 0xA0, Class: pkcs11ha.Classify(pkcs11ha.OpLogin, 0xA0)}, 503, api.CodeNoDevice},
-		{"unexpected", live, errors.New("boom"), 500, api.CodeInternal},
-		{"api error passes through", live, errorf(413, api.CodeBodyTooLarge, "x"), 413, api.CodeBodyTooLarge},
+		{"decryption refused", live, fmt.Errorf("%w (device d)", rsa.ErrDecryption), 400, sidecarapi.CodeDecryptionFailed},
+		{"mechanism", live, &pkcs11ha.MechanismError{Device: "d", Mechanism: "CKM_RSA_PKCS_OAEP"}, 400, sidecarapi.CodeUnsupportedMechanism},
+		{"unknown partition", live, fmt.Errorf("%w: %q", pkcs11ha.ErrUnknownPartition, "p"), 404, sidecarapi.CodeUnknownPartition},
+		{"unknown key", live, fmt.Errorf("%w: %q", pkcs11ha.ErrUnknownKey, "k"), 404, sidecarapi.CodeUnknownKey},
+		{"closed", live, pkcs11ha.ErrClosed, 503, sidecarapi.CodeShuttingDown},
+		{"no device", live, fmt.Errorf("op: %w", pkcs11ha.ErrNoDevice), 503, sidecarapi.CodeNoDevice},
+		{"input", live, &pkcs11ha.InputError{Msg: "sign: digest has 3 bytes"}, 400, sidecarapi.CodeInvalidInput},
+		{"device down", live, &pkcs11ha.DeviceError{Device: "d", Op: "C_Sign", Code: 0x30, Class: pkcs11ha.ClassDeviceDown}, 503, sidecarapi.CodeNoDevice},
+		{"token caller error", live, &pkcs11ha.DeviceError{Device: "d", Op: "C_SignInit", Code: 0x70, Class: pkcs11ha.ClassCaller}, 400, sidecarapi.CodeInvalidInput},
+		{"token refused decrypt", live, &pkcs11ha.DeviceError{Device: "d", Op: "C_Decrypt", Code: 0x40, Class: pkcs11ha.ClassDecryptRefused}, 400, sidecarapi.CodeDecryptionFailed},
+		{"PIN rejected everywhere", live, &pkcs11ha.DeviceError{Device: "d", Op: "C_Login", Code: 0xA0, Class: pkcs11ha.ClassCredential}, 503, sidecarapi.CodeNoDevice},
+		{"unexpected", live, errors.New("boom"), 500, sidecarapi.CodeInternal},
+		{"api error passes through", live, errorf(413, sidecarapi.CodeBodyTooLarge, "x"), 413, sidecarapi.CodeBodyTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,95 @@
+package p11front
+
+import (
+	"context"
+	"crypto"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
+)
+
+// This file is the package's only use of the SoftHSM harness (softhsm-test), so that a change of the
+// harness's API touches one file.
+
+// clientModule is the path of the stock p11-kit-client.so; the test is skipped without it.
+func clientModule(t testing.TB) string {
+	t.Helper()
+	tools, err := softhsmtest.LookupTools()
+	if err != nil {
+		t.Skipf("p11-kit client module not available: %v", err)
+	}
+	return tools.P11KitClient
+}
+
+// softSigners are the process-wide software test keys: RSA-2048, ECDSA P-256 and Ed25519.
+func softSigners(t testing.TB) (rsaKey, ecKey, edKey crypto.Signer) {
+	k := harnesstest.SoftKeys(t)
+	return k.RSA, k.EC, k.Ed
+}
+
+// devices is the harness's default topology — eastus-1/-2 local, westus-1/-2 DR, each a `p11-kit server`
+// process holding partitions payments and ledger with rsa-key (01, RSA-2048), ec-key (02, P-256),
+// ec384-key (03, P-384) and ed-key (04, Ed25519) — and a cluster opened over it.
+type devices struct {
+	topo *softhsmtest.Topology
+	cl   *pkcs11ha.Cluster
+	keys map[string]crypto.Signer // label -> the software original of every device's key
+	// certs are the certificates beside the keys (label -> DER) with startDevicesWith(t, true), else empty.
+	certs map[string][]byte
+}
+
+// startDevices starts the topology and opens the cluster (closed, with the leak check's allowance for
+// calls stuck in killed devices, when the test ends).
+func startDevices(t testing.TB) *devices {
+	t.Helper()
+	return startDevicesWith(t, false)
+}
+
+// startDevicesWith is startDevices; with certificates, every token also holds a self-signed certificate
+// (CN = label) beside each key, with the key's label and id (the harness's Options.Certificates).
+func startDevicesWith(t testing.TB, certificates bool) *devices {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs SoftHSM devices")
+	}
+	topo := harnesstest.Start(t, softhsmtest.Options{Certificates: certificates})
+	path := filepath.Join(topo.Dir, "hsm-ha.yaml")
+	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{
+		PolicyYAML: "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true",
+	}))
+	cfg, err := sidecarconfig.Load(path) // policy.request_timeout is the sidecar's
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl, err := pkcs11ha.Open(ctx, cfg.Library())
+	require.NoError(t, err)
+	t.Cleanup(func() { leakcheck.CloseCluster(t, cl) })
+	return &devices{topo: topo, cl: cl, keys: topo.Keys, certs: topo.Certificates}
+}
+
+// kill SIGKILLs a device's server; hang makes its relay stop forwarding; heal ends a hang.
+func (d *devices) kill(t testing.TB, name string) { require.NoError(t, d.topo.Device(name).Kill()) }
+func (d *devices) hang(t testing.TB, name string) { require.NoError(t, d.topo.Device(name).Hang()) }
+func (d *devices) heal(t testing.TB, name string) { require.NoError(t, d.topo.Device(name).Pass()) }
+
+// directSocket is the socket of eastus-1's own `p11-kit server` (no relay, no sidecar): what a stock
+// p11-kit server in front of one device gives, for comparison.
+func (d *devices) directSocket() string { return d.topo.Device("eastus-1").ServerSocket }
+
+// pin is a partition's user PIN on the devices (a client of the front end needs none).
+func (d *devices) pin(partition string) string {
+	for _, p := range d.topo.Partitions {
+		if p.Name == partition {
+			return p.PIN
+		}
+	}
+	return ""
+}

@@ -1,0 +1,226 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/pkcs11-ha/pkcs11-ha/health"
+)
+
+func noReport(error) {}
+
+// errSlotTaken: the picked member filled up between Pick and acquire; pick again.
+var errSlotTaken = errors.New("failover: slot taken")
+
+type result[T any] struct {
+	v        T
+	err      error
+	panicked bool
+	pval     any
+}
+
+type attemptState uint8
+
+const (
+	attemptRunning attemptState = iota
+	attemptFinished
+	attemptAbandoned
+)
+
+// attempt is one run of fn on one member. Its outcome is reported by whoever moves it out of
+// attemptRunning first: fn's goroutine (finished) or the deadline/caller side (abandoned).
+type attempt[T any] struct {
+	r     *Router
+	m     *member
+	op    string
+	hedge bool
+	start time.Time
+	// realStart is the real monotonic start (Router.mono), for the stall watchdog, which runs on real time
+	// even when tests drive Config.Clock.
+	realStart int64
+	done      func(error) // breaker report
+	actx      attemptContext
+	ctx       context.Context // &actx
+	cancel    context.CancelCauseFunc
+	timer     health.Timer // attempt deadline
+	ch        chan result[T]
+	class     Class // set before the result is sent on ch
+
+	mu    sync.Mutex
+	state attemptState
+	// disownPending: Disown came while running; the attempt is disowned when it is abandoned.
+	disownPending bool
+}
+
+// attemptContext carries the attempt deadline for fn's benefit; cancellation itself is driven by the
+// clock timer, so a fake clock controls it in tests.
+type attemptContext struct {
+	context.Context
+	deadline time.Time
+	owner    Attempt // for AttemptOf
+}
+
+func (c *attemptContext) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// start launches fn on member mi: slot first (so a refused breaker can give it back), then the breaker
+// (unless bypass: a panic-mode attempt reports to no breaker).
+func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
+	r := c.r
+	m := r.members[mi]
+	if !r.acquire(m) {
+		return nil, errSlotTaken
+	}
+	done := noReport
+	if !bypass {
+		var err error
+		done, err = m.breaker.Allow()
+		r.deliverBreakerEvents()
+		if err != nil {
+			r.release(m)
+			return nil, err
+		}
+	}
+	a := &attempt[T]{r: r, m: m, op: c.op, hedge: hedge, done: done, ch: make(chan result[T], 1)}
+	a.start = r.clock.Now()
+	a.realStart = r.mono()
+	deadline := a.start.Add(m.timeout)
+	if d, ok := c.ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	cctx, cancel := context.WithCancelCause(c.ctx)
+	a.actx, a.cancel = attemptContext{cctx, deadline, a}, cancel
+	a.ctx = &a.actx // no separate allocation for the interface value
+	a.timer = r.clock.NewTimer(m.timeout)
+	c.tried |= 1 << mi
+	c.ran |= 1 << mi
+	c.out.Attempts++
+	fn, ctx := c.fn, c.ctx
+	r.spawn(func() { a.run(fn, ctx) })
+	return a, nil
+}
+
+func (a *attempt[T]) run(fn func(context.Context, int) (T, error), caller context.Context) {
+	var res result[T]
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				res = result[T]{err: fmt.Errorf("failover: attempt panicked: %v", p), panicked: true, pval: p}
+			}
+		}()
+		if err := a.ctx.Err(); err != nil {
+			// Given up on before fn even started (deadline passed, caller left): spare the device the call.
+			res.err = err
+			return
+		}
+		res.v, res.err = fn(a.ctx, a.m.idx)
+	}()
+	end := a.r.clock.Now()
+
+	a.mu.Lock()
+	if a.state == attemptRunning {
+		a.state = attemptFinished
+		a.mu.Unlock()
+		a.class = classify(res, caller)
+		a.report(a.class, res.err, end.Sub(a.start))
+		a.r.release(a.m) // before handing over, so the slot is free when Do returns
+		a.cancel(nil)
+		a.ch <- res
+		return
+	}
+	// Abandoned: the outcome was reported at the deadline; only the accounting is left (none if disowned).
+	owned := a.state == attemptAbandoned
+	if owned {
+		a.unabandonLocked()
+	}
+	a.mu.Unlock()
+	if owned {
+		a.r.release(a.m)
+	}
+	if res.panicked {
+		panic(res.pval) // nobody is left to take it; swallowing it would hide the bug
+	}
+}
+
+// classify maps fn's result to a class. A context error while the caller's context is still alive did
+// not come from the caller (our own deadline never gets here: it wins the race before cancelling), so it
+// is the device side timing out: Busy, not Caller.
+func classify[T any](res result[T], caller context.Context) Class {
+	if res.panicked {
+		return ClassBusy
+	}
+	c := ClassOf(res.err)
+	if c == ClassCaller && caller.Err() == nil {
+		var cl Classified
+		if !errors.As(res.err, &cl) {
+			return ClassBusy
+		}
+	}
+	return c
+}
+
+func (a *attempt[T]) report(class Class, err error, latency time.Duration) {
+	if class == ClassFaulty {
+		a.m.tripNow.Store(true) // read by ReadyToTrip during done
+		a.done(errorOfClass(class))
+		a.m.tripNow.Store(false) // unread if the breaker was not closed (or bypassed): never trip a later failure
+	} else {
+		a.done(errorOfClass(class))
+	}
+	a.r.deliverBreakerEvents()
+	a.r.obs.AttemptDone(a.m.idx, a.op, class, err, latency, a.hedge)
+	if class == ClassNone {
+		a.m.ewma.Observe(latency)
+		a.m.hist.Observe(latency)
+	}
+}
+
+// abandon gives up on a running attempt (its deadline passed, or the caller left) and reports it. It
+// returns false when fn's result won the race: that result is, or is about to be, on a.ch.
+func (a *attempt[T]) abandon(class Class, cause error) bool {
+	a.mu.Lock()
+	if a.state != attemptRunning {
+		a.mu.Unlock()
+		return false
+	}
+	a.state = attemptAbandoned
+	disowned := a.disownPending
+	if disowned {
+		a.state = attemptDisowned
+	} else {
+		per, tot := a.m.abandoned.Add(1), a.r.abandonedTotal.Add(1)
+		a.r.obs.Abandoned(a.m.idx, int(per), int(tot))
+	}
+	a.mu.Unlock()
+	if disowned {
+		a.r.release(a.m)
+	}
+	a.cancel(cause)
+	a.report(class, cause, a.r.clock.Now().Sub(a.start))
+	if class == ClassDown {
+		a.m.ewma.Observe(a.m.timeout) // a hung device must look slow, not stay at its last good latency
+	}
+	return true
+}
+
+// timeoutError is the attempt's own timeout, marked Stalled when the stall watchdog saw this process
+// stand still after the attempt began.
+func (a *attempt[T]) timeoutError() *AttemptTimeoutError {
+	return &AttemptTimeoutError{Member: a.m.name, Timeout: a.m.timeout, Stalled: a.r.stalledSince(a.realStart)}
+}
+
+// watch outlives Do for an attempt that lost a hedge race or was left running when Do returned: it
+// enforces that attempt's deadline so its breaker outcome is still reported in bounded time.
+func (a *attempt[T]) watch() {
+	select {
+	case <-a.ch:
+	case <-a.timer.C():
+		terr := a.timeoutError()
+		a.abandon(terr.FailoverClass(), terr)
+	case <-a.r.closeCh:
+		// Shutting down: fn's goroutine still reports the outcome whenever fn returns.
+	}
+	a.timer.Stop()
+}

@@ -1,0 +1,88 @@
+package pkcs11ha
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
+)
+
+// TestInspectCallBoundedAbandons: a call stuck in the module (the relay holds its bytes) is left running at its
+// deadline and reported as a device-down error; it stays counted on the instance until it returns, so the
+// instance is never finalised under it.
+func TestInspectCallBoundedAbandons(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "eastus"}}})
+	dev := topo.Devices[0]
+	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
+	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{}))
+	cfg, err := LoadConfig(path)
+	require.NoError(t, err)
+	s, err := compile(cfg)
+	require.NoError(t, err)
+	d, err := newDevice(s, 0, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(func() { d.close(time.Second) })
+	require.NoError(t, d.open(context.Background()))
+	in := d.mod.current()
+	require.NotNil(t, in)
+	ctx := context.Background()
+	slots, err := callBounded(ctx, d, in, opSlotList, time.Second, func(c *pkcs11.Ctx) ([]uint, error) { return c.GetSlotList(true) })
+	require.NoError(t, err)
+	require.NotEmpty(t, slots)
+
+	require.NoError(t, dev.Hang())
+	start := time.Now()
+	_, err = callBounded(ctx, d, in, opTokenInfo, 200*time.Millisecond, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(slots[0]) })
+	took := time.Since(start)
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, errCallStuck), "%v", err)
+	assert.True(t, errors.Is(err, ErrDeviceDown), "%v", err)
+	assert.Less(t, took, 2*time.Second)
+	assert.EqualValues(t, 1, in.inflight.Load(), "the abandoned call still counts on the instance")
+
+	require.NoError(t, dev.Pass())
+	require.Eventually(t, func() bool { return in.inflight.Load() == 0 }, 10*time.Second, 5*time.Millisecond,
+		"the call leaves the instance once the device answers")
+}
+
+// TestInspectOpenBoundedAbandons: a device that stops answering after its module loaded (the relay holds the
+// bytes of the token lookup) is abandoned at the open deadline, reported as down, and not waited on.
+func TestInspectOpenBoundedAbandons(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "eastus"}}})
+	dev := topo.Devices[0]
+	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
+	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{}))
+	cfg, err := LoadConfig(path)
+	require.NoError(t, err)
+	s, err := compile(cfg)
+	require.NoError(t, err)
+	d, err := newDevice(s, 0, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	t.Cleanup(func() { d.close(time.Second) })
+	ctx := context.Background()
+	require.NoError(t, loadBounded(ctx, d, time.Second).err)
+
+	require.NoError(t, dev.Hang())
+	start := time.Now()
+	err = openBounded(ctx, d, time.Second, 300*time.Millisecond)
+	took := time.Since(start)
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, errCallStuck), "%v", err)
+	assert.True(t, errors.Is(err, ErrDeviceDown), "%v", err)
+	assert.Less(t, took, 2*time.Second)
+	in := d.mod.current()
+	require.NotNil(t, in)
+	assert.EqualValues(t, 1, in.inflight.Load(), "the token lookup is still in the module")
+
+	require.NoError(t, dev.Pass())
+	require.Eventually(t, func() bool { return in.inflight.Load() == 0 }, 10*time.Second, 5*time.Millisecond)
+}

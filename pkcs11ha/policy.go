@@ -1,0 +1,323 @@
+package pkcs11ha
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pkcs11-ha/pkcs11-ha/failover"
+	"github.com/pkcs11-ha/pkcs11-ha/health"
+)
+
+// Policy holds every routing knob. A zero field takes the default of the layer that uses it: the router's
+// (failover.DefaultConfig), the health probes' (health.Default*) or the library's own (defaultOwn); the
+// README's table lists them all, and Cluster.Config shows the values a cluster runs with.
+type Policy struct {
+	AttemptTimeout   TierDurations `yaml:"attempt_timeout"`
+	OperationTimeout Duration      `yaml:"operation_timeout"`
+	MaxAttempts      int           `yaml:"max_attempts"`
+	// SpillWait is how long a call waits for a busy local device before spilling to DR; negative (e.g.
+	// "-1ms") never waits.
+	SpillWait       Duration      `yaml:"spill_wait"`
+	SessionPoolSize int           `yaml:"session_pool_size"`
+	MaxAbandoned    int           `yaml:"max_abandoned_per_device"`
+	MaxAbandonedAll int           `yaml:"max_abandoned_total"`
+	EWMADecay       Duration      `yaml:"ewma_decay"`
+	InitialLatency  TierDurations `yaml:"initial_latency"`
+	Breaker         BreakerPolicy `yaml:"breaker"`
+	Hedge           HedgePolicy   `yaml:"hedge"`
+	Health          HealthPolicy  `yaml:"health"`
+	HealthKey       string        `yaml:"health_key"`
+	ReinitGrace     Duration      `yaml:"reinit_grace"`
+	InitTimeout     Duration      `yaml:"init_timeout"`
+	CloseTimeout    Duration      `yaml:"close_timeout"`
+	MaxRetired      int           `yaml:"max_retired_instances"`
+	OAEPFallback    bool          `yaml:"oaep_fallback"`
+	// DisablePanic turns off panic mode (one breaker-free attempt when breakers shut out every up device).
+	DisablePanic bool `yaml:"disable_panic"`
+	// StallThreshold: attempt timeouts spanning a stall of this process longer than this are not counted
+	// on breakers; negative turns the watchdog off.
+	StallThreshold Duration `yaml:"stall_threshold"`
+	// MaxStuckCalls caps the calls stuck in retired module instances, process-wide (each holds an OS
+	// thread): past it no more instances are retired, and their devices stay down.
+	MaxStuckCalls int `yaml:"max_stuck_calls"`
+	// P11KitInstances is how many instances of p11-kit-client.so each device using it gets: one that
+	// carries any number of calls and the others one call at a time (several calls on one instance can be
+	// stranded when its server dies). 1 (the default): one instance carries every call.
+	P11KitInstances int `yaml:"p11kit_client_instances"`
+	// VerifySignatures: check signatures with the key's public key before returning them (verify.go):
+	// "rsa" (default), "all" (RSA, ECDSA, Ed25519) or "off".
+	VerifySignatures string `yaml:"verify_signatures"`
+}
+
+// TierDurations is a duration per tier.
+type TierDurations struct {
+	Local Duration `yaml:"local"`
+	DR    Duration `yaml:"dr"`
+}
+
+// BreakerPolicy configures the per-device circuit breakers.
+type BreakerPolicy struct {
+	ConsecutiveFailures uint32   `yaml:"consecutive_failures"`
+	FailureRatio        float64  `yaml:"failure_ratio"`
+	MinRequests         uint32   `yaml:"min_requests"`
+	Window              Duration `yaml:"window"`
+	OpenBase            Duration `yaml:"open_base"`
+	OpenMax             Duration `yaml:"open_max"`
+	HalfOpenMax         uint32   `yaml:"half_open_max"`
+}
+
+// HedgePolicy configures opt-in hedged requests inside the local tier.
+type HedgePolicy struct {
+	Enabled  bool     `yaml:"enabled"`
+	Budget   float64  `yaml:"budget"`
+	Floor    Duration `yaml:"floor"`
+	Quantile float64  `yaml:"quantile"`
+}
+
+// HealthPolicy configures active probes.
+type HealthPolicy struct {
+	Interval     Duration `yaml:"interval"`
+	DownInterval Duration `yaml:"down_interval"`
+	// Jitter is the ± fraction applied to every probe wait, at most 1; negative (e.g. -1) means none.
+	Jitter  float64  `yaml:"jitter"`
+	Timeout Duration `yaml:"timeout"`
+	Fall    int      `yaml:"fall"`
+	Rise    int      `yaml:"rise"`
+}
+
+// ownSettings are the settings that neither the router nor the monitors read.
+type ownSettings struct {
+	OperationTimeout time.Duration
+	SessionPoolSize  int
+	HealthKey        string
+	ReinitGrace      time.Duration
+	InitTimeout      time.Duration
+	CloseTimeout     time.Duration
+	MaxRetired       int // 0: no cap of its own (MaxStuckCalls bounds what retired instances hold)
+	OAEPFallback     bool
+	MaxStuckCalls    int
+	P11KitInstances  int
+	VerifySignatures string
+}
+
+// defaultOwn holds the library's own defaults (the router's and the probes' are in their packages).
+var defaultOwn = ownSettings{
+	OperationTimeout: 2 * time.Second,
+	SessionPoolSize:  16,
+	ReinitGrace:      2 * time.Second,
+	InitTimeout:      5 * time.Second,
+	CloseTimeout:     2 * time.Second,
+	MaxRetired:       0,    // no cap of its own: max_stuck_calls bounds what retired instances hold
+	MaxStuckCalls:    1000, // Go stops the process at 10,000 threads
+	P11KitInstances:  1,    // lanes.go: opt-in
+	VerifySignatures: VerifyRSA,
+}
+
+// ownFieldError names an ownSettings field that is out of bounds.
+type ownFieldError struct{ field, msg string }
+
+func (e *ownFieldError) Error() string { return e.field + ": " + e.msg }
+
+// resolve fills the zero fields with defaultOwn's and checks the bounds, as failover.Config.Resolve and
+// health.MonitorConfig.Resolve do for theirs.
+func (o ownSettings) resolve() (ownSettings, error) {
+	var errs []error
+	durations := []struct {
+		field  string
+		v, def *time.Duration
+	}{
+		{"OperationTimeout", &o.OperationTimeout, &defaultOwn.OperationTimeout},
+		{"ReinitGrace", &o.ReinitGrace, &defaultOwn.ReinitGrace},
+		{"InitTimeout", &o.InitTimeout, &defaultOwn.InitTimeout},
+		{"CloseTimeout", &o.CloseTimeout, &defaultOwn.CloseTimeout},
+	}
+	for _, d := range durations {
+		switch {
+		case *d.v < 0:
+			errs = append(errs, &ownFieldError{d.field, fmt.Sprintf("must be positive, got %v", *d.v)})
+		case *d.v == 0:
+			*d.v = *d.def
+		}
+	}
+	counts := []struct {
+		field  string
+		v, def *int
+	}{
+		{"SessionPoolSize", &o.SessionPoolSize, &defaultOwn.SessionPoolSize},
+		{"MaxRetired", &o.MaxRetired, &defaultOwn.MaxRetired},
+		{"MaxStuckCalls", &o.MaxStuckCalls, &defaultOwn.MaxStuckCalls},
+		{"P11KitInstances", &o.P11KitInstances, &defaultOwn.P11KitInstances},
+	}
+	for _, c := range counts {
+		switch {
+		case *c.v < 0:
+			errs = append(errs, &ownFieldError{c.field, fmt.Sprintf("must not be negative, got %d", *c.v)})
+		case *c.v == 0:
+			*c.v = *c.def
+		}
+	}
+	switch o.VerifySignatures {
+	case "":
+		o.VerifySignatures = defaultOwn.VerifySignatures
+	case VerifyRSA, VerifyAll, VerifyOff:
+	default:
+		errs = append(errs, &ownFieldError{"VerifySignatures", fmt.Sprintf("want rsa, all or off, got %q", o.VerifySignatures)})
+	}
+	return o, errors.Join(errs...)
+}
+
+// Where a policy key goes.
+const (
+	toRouter  = iota // failover.Config
+	toMonitor        // health.MonitorConfig
+	toOwn            // ownSettings
+)
+
+// binding ties one policy key to the field it sets.
+type binding struct {
+	key    string // under policy:, e.g. "breaker.window"
+	target int
+	field  string // as the target's errors name it, e.g. "Breaker.Window"
+	down   func() // policy -> target
+	up     func() // target -> policy
+}
+
+func bind[T any](key string, target int, field string, p, t *T) binding {
+	return binding{key: key, target: target, field: field, down: func() { *t = *p }, up: func() { *p = *t }}
+}
+
+// bindTier binds a per-tier router slice entry; the slice is read through its field, which Resolve replaces.
+func bindTier(key, field string, p *Duration, s *[]time.Duration, i int) binding {
+	return binding{key: key, target: toRouter, field: field,
+		down: func() { (*s)[i] = p.D() }, up: func() { *p = Duration((*s)[i]) }}
+}
+
+func dur(d *Duration) *time.Duration { return (*time.Duration)(d) }
+
+// bindings is the one map of the policy: each key, and the router's, monitors' or library's field it
+// sets. compile builds those configs with it, reads the values in effect back through it, and names the
+// key of a bound that one of them refused.
+func bindings(p *Policy, r *failover.Config, h *health.MonitorConfig, o *ownSettings) []binding {
+	r.AttemptTimeout, r.InitialLatency = make([]time.Duration, 2), make([]time.Duration, 2)
+	b, hp := &p.Breaker, &p.Hedge
+	return []binding{
+		bindTier("attempt_timeout.local", "AttemptTimeout[0]", &p.AttemptTimeout.Local, &r.AttemptTimeout, 0),
+		bindTier("attempt_timeout.dr", "AttemptTimeout[1]", &p.AttemptTimeout.DR, &r.AttemptTimeout, 1),
+		bind("operation_timeout", toOwn, "OperationTimeout", dur(&p.OperationTimeout), &o.OperationTimeout),
+		bind("max_attempts", toRouter, "MaxAttempts", &p.MaxAttempts, &r.MaxAttempts),
+		bind("spill_wait", toRouter, "SpillWait", dur(&p.SpillWait), &r.SpillWait),
+		bind("session_pool_size", toOwn, "SessionPoolSize", &p.SessionPoolSize, &o.SessionPoolSize),
+		bind("max_abandoned_per_device", toRouter, "MaxAbandonedPerMember", &p.MaxAbandoned, &r.MaxAbandonedPerMember),
+		bind("max_abandoned_total", toRouter, "MaxAbandonedTotal", &p.MaxAbandonedAll, &r.MaxAbandonedTotal),
+		bind("ewma_decay", toRouter, "EWMADecay", dur(&p.EWMADecay), &r.EWMADecay),
+		bindTier("initial_latency.local", "InitialLatency[0]", &p.InitialLatency.Local, &r.InitialLatency, 0),
+		bindTier("initial_latency.dr", "InitialLatency[1]", &p.InitialLatency.DR, &r.InitialLatency, 1),
+		bind("breaker.consecutive_failures", toRouter, "Breaker.ConsecutiveFailures", &b.ConsecutiveFailures, &r.Breaker.ConsecutiveFailures),
+		bind("breaker.failure_ratio", toRouter, "Breaker.FailureRatio", &b.FailureRatio, &r.Breaker.FailureRatio),
+		bind("breaker.min_requests", toRouter, "Breaker.MinRequests", &b.MinRequests, &r.Breaker.MinRequests),
+		bind("breaker.window", toRouter, "Breaker.Window", dur(&b.Window), &r.Breaker.Window),
+		bind("breaker.open_base", toRouter, "Breaker.OpenBase", dur(&b.OpenBase), &r.Breaker.OpenBase),
+		bind("breaker.open_max", toRouter, "Breaker.OpenMax", dur(&b.OpenMax), &r.Breaker.OpenMax),
+		bind("breaker.half_open_max", toRouter, "Breaker.HalfOpenMax", &b.HalfOpenMax, &r.Breaker.HalfOpenMax),
+		bind("hedge.enabled", toRouter, "Hedge.Enabled", &hp.Enabled, &r.Hedge.Enabled),
+		bind("hedge.budget", toRouter, "Hedge.Budget", &hp.Budget, &r.Hedge.Budget),
+		bind("hedge.floor", toRouter, "Hedge.Floor", dur(&hp.Floor), &r.Hedge.Floor),
+		bind("hedge.quantile", toRouter, "Hedge.Quantile", &hp.Quantile, &r.Hedge.Quantile),
+		bind("health.interval", toMonitor, "Interval", dur(&p.Health.Interval), &h.Interval),
+		bind("health.down_interval", toMonitor, "DownInterval", dur(&p.Health.DownInterval), &h.DownInterval),
+		bind("health.jitter", toMonitor, "Jitter", &p.Health.Jitter, &h.Jitter),
+		bind("health.timeout", toMonitor, "Timeout", dur(&p.Health.Timeout), &h.Timeout),
+		bind("health.fall", toMonitor, "FallThreshold", &p.Health.Fall, &h.FallThreshold),
+		bind("health.rise", toMonitor, "RiseThreshold", &p.Health.Rise, &h.RiseThreshold),
+		bind("health_key", toOwn, "HealthKey", &p.HealthKey, &o.HealthKey),
+		bind("reinit_grace", toOwn, "ReinitGrace", dur(&p.ReinitGrace), &o.ReinitGrace),
+		bind("init_timeout", toOwn, "InitTimeout", dur(&p.InitTimeout), &o.InitTimeout),
+		bind("close_timeout", toOwn, "CloseTimeout", dur(&p.CloseTimeout), &o.CloseTimeout),
+		bind("max_retired_instances", toOwn, "MaxRetired", &p.MaxRetired, &o.MaxRetired),
+		bind("oaep_fallback", toOwn, "OAEPFallback", &p.OAEPFallback, &o.OAEPFallback),
+		bind("max_stuck_calls", toOwn, "MaxStuckCalls", &p.MaxStuckCalls, &o.MaxStuckCalls),
+		bind("p11kit_client_instances", toOwn, "P11KitInstances", &p.P11KitInstances, &o.P11KitInstances),
+		bind("verify_signatures", toOwn, "VerifySignatures", &p.VerifySignatures, &o.VerifySignatures),
+		bind("disable_panic", toRouter, "DisablePanic", &p.DisablePanic, &r.DisablePanic),
+		bind("stall_threshold", toRouter, "StallThreshold", dur(&p.StallThreshold), &r.StallThreshold),
+	}
+}
+
+// settings is what a cluster runs on, built once by compile and never changed: its own copy of the
+// config (with the policy in effect), the PINs, and the settings of the router, the monitors and the
+// library itself.
+type settings struct {
+	cfg     Config
+	pins    []string // per partition
+	members []failover.MemberConfig
+	router  failover.Config
+	monitor health.MonitorConfig // each device's monitor adds its name, initial state and callback
+	own     ownSettings
+}
+
+// compile checks c and builds the settings from a copy of it; c is not changed.
+func compile(c *Config) (*settings, error) {
+	s := &settings{cfg: c.clone()}
+	pins, err := s.cfg.check()
+	if err != nil {
+		return nil, err
+	}
+	s.pins = pins
+	bs := bindings(&s.cfg.Policy, &s.router, &s.monitor, &s.own)
+	for _, b := range bs {
+		b.down()
+	}
+	own, err := s.own.resolve()
+	errs := policyErrors(err, bs, toOwn)
+	for i, d := range s.cfg.Devices {
+		// A device serves every partition from one pool each: that many attempts at once, no more.
+		s.members = append(s.members, failover.MemberConfig{Name: d.Name, Tier: s.cfg.tierOf(i), Capacity: own.SessionPoolSize * len(s.cfg.Partitions)})
+	}
+	router, err := s.router.Resolve(s.members)
+	errs = append(errs, policyErrors(err, bs, toRouter)...)
+	monitor, err := s.monitor.Resolve()
+	errs = append(errs, policyErrors(err, bs, toMonitor)...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	s.own, s.router, s.monitor = own, router, monitor
+	for _, b := range bs {
+		b.up() // the policy in effect, for Cluster.Config
+	}
+	return s, nil
+}
+
+// policyErrors names the policy key of each bound that target's settings refused.
+func policyErrors(err error, bs []binding, target int) []error {
+	if err == nil {
+		return nil
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	out := make([]error, 0, len(errs))
+	for _, e := range errs {
+		field, msg := "", e.Error()
+		var fe *failover.ConfigError
+		var he *health.ConfigError
+		var oe *ownFieldError
+		switch {
+		case errors.As(e, &fe):
+			field, msg = fe.Field, fe.Msg
+		case errors.As(e, &he):
+			field, msg = he.Field, he.Msg
+		case errors.As(e, &oe):
+			field, msg = oe.field, oe.msg
+		}
+		key := "policy"
+		for _, b := range bs {
+			if b.target == target && b.field == field {
+				key = "policy." + b.key
+			}
+		}
+		out = append(out, &ConfigError{Field: key, Msg: msg})
+	}
+	return out
+}

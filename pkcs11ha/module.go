@@ -72,7 +72,7 @@ type instance struct {
 
 func newInstance(c *pkcs11.Ctx, gen uint64, h *moduleHandle) *instance {
 	in := &instance{ctx: c, gen: gen, h: h, drained: make(chan struct{})}
-	if h.solo {
+	if h != nil && h.solo {
 		in.solo = make(chan struct{}, 1)
 	}
 	return in

@@ -64,6 +64,7 @@ type DeviceStatus struct {
 	LastErrorClass   string            `json:"last_error_class,omitempty"`
 	Reinits          int64             `json:"reinits"`
 	RetiredInstances int64             `json:"retired_instances"` // module instances retired with calls stuck in them
+	StuckCalls       int64             `json:"stuck_calls"`       // calls stuck in those instances; they no longer count against the device
 	Partitions       []PartitionStatus `json:"partitions"`
 	// ExcludedKeys maps "partition/label" to why this device does not serve that key.
 	ExcludedKeys map[string]string `json:"excluded_keys,omitempty"`

@@ -38,7 +38,7 @@ func toDeviceStatuses(in []pkcs11ha.DeviceStatus) []sidecarapi.DeviceStatus {
 			Name: d.Name, Region: d.Region, Tier: d.Tier, State: d.State, Reason: d.Reason, Since: d.Since,
 			Breaker: d.Breaker, EWMA: d.EWMA, InFlight: d.InFlight, Abandoned: d.Abandoned,
 			LastError: d.LastError, LastErrorClass: d.LastErrorClass,
-			Reinits: d.Reinits, RetiredInstances: d.RetiredInstances, ExcludedKeys: d.ExcludedKeys,
+			Reinits: d.Reinits, RetiredInstances: d.RetiredInstances, StuckCalls: d.StuckCalls, ExcludedKeys: d.ExcludedKeys,
 		}
 		if d.Partitions != nil {
 			out[i].Partitions = make([]sidecarapi.PartitionStatus, len(d.Partitions))

@@ -87,8 +87,9 @@ func writeCertificate(ctx context.Context, tools Tools, conf, token, pin, derPat
 	if tools.PKCS11Tool == "" {
 		return fmt.Errorf("softhsmtest: Options.Certificates needs pkcs11-tool (Debian package opensc)")
 	}
-	args := []string{"--module", tools.SoftHSMModule, "--token-label", token, "--login", "--pin", pin,
-		"--write-object", derPath, "--type", "cert", "--label", label, "--id", hex.EncodeToString(id)}
+	// The test token's user PIN goes to pkcs11-tool's argv only, never to a log or an error.
+	args := []string{"--module", tools.SoftHSMModule, "--token-label", token, "--login",
+		"--pin", pin, "--write-object", derPath, "--type", "cert", "--label", label, "--id", hex.EncodeToString(id)}
 	cmd := exec.CommandContext(ctx, tools.PKCS11Tool, args...)
 	cmd.Env = envWith(map[string]string{"SOFTHSM2_CONF": conf})
 	cmd.WaitDelay = 5 * time.Second

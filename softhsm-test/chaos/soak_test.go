@@ -106,6 +106,12 @@ func (s *soakState) run(e *env) {
 	}
 	worst := time.Duration(0)
 	kills, pauses := 0, 0
+	// Recovery bounds: a killed device comes back on a fresh instance with its latency estimate reset (and
+	// its breaker a repeat offender: the flapping bound); a short pause takes no device down, so the
+	// timeouts it caused stay in the peak EWMA, which must decay before P2C sends it its share again, on
+	// purpose (the slow-local scenario's bound).
+	killBound := e.recBound
+	pauseBound := 2*e.cfg.Policy.EWMADecay.D() + slack
 	for i := range n {
 		// Kills and pauses each alternate between the local devices; the last cycle is a kill (a paused
 		// device comes back looking slow, by design: peak EWMA, 10 s decay).
@@ -119,6 +125,10 @@ func (s *soakState) run(e *env) {
 		}
 		d := e.dev(victim)
 		before := e.stuckOf(victim)
+		e.recBound = killBound
+		if pause {
+			e.recBound = pauseBound
+		}
 		if pause {
 			e.inject(fmt.Sprintf("#%d %s paused", i+1, victim), false, []string{victim}, d.Pause)
 			e.hold(s.plan.down)
@@ -142,11 +152,13 @@ func (s *soakState) run(e *env) {
 		e.healthy(fmt.Sprintf("#%d both up", i+1))
 		s.samples = append(s.samples, s.sample(e))
 	}
-	e.recovery = worst
-	// The last victim back in rotation (as the chaos scenarios measure it), then the tail.
+	e.recovery, e.recBound = worst, killBound
+	// The last victim back in rotation (as the chaos scenarios measure it), then half an EWMA decay for its
+	// latency estimate (reset to the initial guess by its re-init) to meet its real latency, then the tail.
 	if len(e.victims) > 0 {
 		e.waitRotation(e.victims[0], nil)
 	}
+	e.hold(e.cfg.Policy.EWMADecay.D() / 2)
 	s.tailFrom = e.rec.Now()
 	e.healthy("soak over")
 	e.hold(s.plan.tail)
@@ -229,8 +241,9 @@ func (s *soakState) check(e *env, ops []Op, _ Summary) {
 		}
 	}
 
-	// Threads and goroutines: growth from the first healthy sample to the last within the stuck calls.
-	first, last := s.samples[0], s.samples[len(s.samples)-1]
+	// Threads and goroutines: growth within the stuck calls, from the sample after the second cycle (by
+	// then every module instance has opened: lanes open in the background after Open) to the last.
+	first, last := s.samples[min(2, len(s.samples)-1)], s.samples[len(s.samples)-1]
 	maxThreads := 0
 	for _, x := range s.samples {
 		maxThreads = max(maxThreads, x.threads)

@@ -1,8 +1,6 @@
 package p11front
 
 import (
-	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -10,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/p11rpc"
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/promreg"
 )
 
 // metrics are the front end's collectors, on the sidecar's registry next to the library's and the HTTP
@@ -49,30 +48,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			[]string{"kind"}),
 	}
 	if reg != nil {
-		m.calls = register(reg, m.calls)
-		m.operations = register(reg, m.operations)
-		m.opDuration = register(reg, m.opDuration)
-		m.connections = register(reg, m.connections)
-		m.sessions = register(reg, m.sessions)
-		m.protocolErrors = register(reg, m.protocolErrors)
+		m.calls = promreg.Register(reg, m.calls)
+		m.operations = promreg.Register(reg, m.operations)
+		m.opDuration = promreg.Register(reg, m.opDuration)
+		m.connections = promreg.Register(reg, m.connections)
+		m.sessions = promreg.Register(reg, m.sessions)
+		m.protocolErrors = promreg.Register(reg, m.protocolErrors)
 	}
 	return m
-}
-
-// register registers c on reg, or returns the collector already registered under the same description
-// (several servers on one registry share their collectors, as in tests).
-func register[T prometheus.Collector](reg prometheus.Registerer, c T) T {
-	err := reg.Register(c)
-	if err == nil {
-		return c
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if ex, ok := are.ExistingCollector.(T); ok {
-			return ex
-		}
-	}
-	panic(fmt.Sprintf("p11front: registering metrics: %v", err)) // conflicting definitions: a programming error
 }
 
 // call counts one call.

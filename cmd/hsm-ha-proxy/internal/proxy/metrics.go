@@ -1,10 +1,9 @@
 package proxy
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/promreg"
 )
 
 // httpMetrics are the sidecar's own collectors, next to the library's.
@@ -31,27 +30,11 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 			Help: "Reloads of the clients: section by result."}, []string{"result"}),
 	}
 	if reg != nil {
-		m.requests = register(reg, m.requests)
-		m.duration = register(reg, m.duration)
-		m.inFlight = register(reg, m.inFlight)
-		m.outcomes = register(reg, m.outcomes)
-		m.reloads = register(reg, m.reloads)
+		m.requests = promreg.Register(reg, m.requests)
+		m.duration = promreg.Register(reg, m.duration)
+		m.inFlight = promreg.Register(reg, m.inFlight)
+		m.outcomes = promreg.Register(reg, m.outcomes)
+		m.reloads = promreg.Register(reg, m.reloads)
 	}
 	return m
-}
-
-// register registers c on reg, or returns the collector already registered under the same description
-// (several servers on one registry share their collectors).
-func register[T prometheus.Collector](reg prometheus.Registerer, c T) T {
-	err := reg.Register(c)
-	if err == nil {
-		return c
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if ex, ok := are.ExistingCollector.(T); ok {
-			return ex
-		}
-	}
-	panic(fmt.Sprintf("proxy: registering metrics: %v", err)) // conflicting definitions: a programming error
 }

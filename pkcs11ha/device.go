@@ -92,7 +92,7 @@ func (d *device) setErr(err error) {
 // with its lanes (lanes.go); nothing is loaded yet.
 func newDevice(s *settings, i int, log *slog.Logger) (*device, error) {
 	dc := s.cfg.Devices[i]
-	h, err := modules.acquire(dc.Module, dc.ModuleEnv, 0, s.own.InitTimeout)
+	h, err := modules.acquire(dc.Module, dc.ModuleEnv, 0)
 	if err != nil {
 		return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 	}
@@ -100,7 +100,7 @@ func newDevice(s *settings, i int, log *slog.Logger) (*device, error) {
 	for pi := range s.cfg.Partitions {
 		d.parts = append(d.parts, &devPartition{dev: d, cfg: &s.cfg.Partitions[pi], pin: s.pins[pi]})
 	}
-	if err := d.addLanes(lanesOf(dc, s.own.P11KitInstances), s.own.InitTimeout); err != nil {
+	if err := d.addLanes(lanesOf(dc, s.own.P11KitInstances)); err != nil {
 		d.close(s.own.CloseTimeout)
 		return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 	}

@@ -299,3 +299,53 @@ func TestHADRHangNoEffect(t *testing.T) {
 	// Same order of latency: allow noise on a shared 2-core machine, but not a DR-sized step.
 	require.Less(t, hung.p(0.99), healthy.p(0.99)+20*time.Millisecond)
 }
+
+// TestHAOpenWithHungDevice: a device whose server hangs at Open (paused before its C_Initialize) costs
+// Open one init_timeout, not the others their place: every other device is up when Open returns (its
+// C_Initialize used to hold the process-wide module-load lock, so the devices queued behind it missed their
+// own init_timeout and opened down, or Open failed outright), and the hung device joins once it resumes.
+func TestHAOpenWithHungDevice(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{})
+	hung := topo.Device("eastus-1") // first in config order: its load is the first to start
+	require.NoError(t, hung.Pause())
+	resumed := false
+	t.Cleanup(func() {
+		if !resumed {
+			_ = hung.Resume()
+		}
+	})
+	const initTimeout = 2 * time.Second
+	start := time.Now()
+	cl, _ := openCluster(t, topo, haPolicy+"\ninit_timeout: 2s")
+	took := time.Since(start)
+	require.Less(t, took, initTimeout+3*time.Second, "Open is bounded by init_timeout")
+	for _, st := range cl.Status() {
+		if st.Name == "eastus-1" {
+			require.Equal(t, "down", st.State)
+			continue
+		}
+		require.Equal(t, "up", st.State, "%s is not held up by the hung device (Open took %v): %s", st.Name, took, st.Reason)
+	}
+
+	k, err := cl.Key(context.Background(), "payments", "ec-key")
+	require.NoError(t, err)
+	signOn := func() string {
+		var out pkcs11ha.Outcome
+		d := sha256.Sum256([]byte("open with a hung device"))
+		sig, err := k.SignContext(pkcs11ha.WithOutcome(context.Background(), &out), d[:], crypto.SHA256)
+		require.NoError(t, err)
+		require.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d[:], sig))
+		return out.Device
+	}
+	require.Equal(t, "eastus-2", signOn(), "the local device that is up serves")
+
+	require.NoError(t, hung.Resume())
+	resumed = true
+	require.Eventually(t, func() bool {
+		i := slices.IndexFunc(cl.Status(), func(st pkcs11ha.DeviceStatus) bool { return st.Name == "eastus-1" })
+		return cl.Status()[i].State == "up"
+	}, 10*time.Second, 20*time.Millisecond,
+		"the device that hung at Open comes up without a restart")
+	require.Eventually(t, func() bool { return signOn() == "eastus-1" }, 10*time.Second, 5*time.Millisecond,
+		"and serves")
+}

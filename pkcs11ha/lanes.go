@@ -28,16 +28,19 @@ const p11kitClient = "p11-kit-client.so"
 
 // lanesOf is how many instances device d gets under policy.p11kit_client_instances n.
 func lanesOf(d DeviceConfig, n int) int {
-	if n <= 1 {
+	if n <= 1 || !isP11KitClient(d.Module) {
 		return 1
 	}
-	if filepath.Base(d.Module) == p11kitClient {
-		return n
+	return n
+}
+
+// isP11KitClient reports whether module is p11-kit-client.so, by name or through a symlink.
+func isP11KitClient(module string) bool {
+	if filepath.Base(module) == p11kitClient {
+		return true
 	}
-	if p, err := filepath.EvalSymlinks(d.Module); err == nil && filepath.Base(p) == p11kitClient {
-		return n
-	}
-	return 1
+	p, err := filepath.EvalSymlinks(module)
+	return err == nil && filepath.Base(p) == p11kitClient
 }
 
 // owner is the device a lane belongs to (itself for lane 0 and for devices without lanes).
@@ -57,14 +60,14 @@ func (p *devPartition) owner() *devPartition {
 }
 
 // addLanes gives d lanes 1..n-1 (n <= 1: none). Their modules are loaded when d opens.
-func (d *device) addLanes(n int, initTimeout time.Duration) error {
+func (d *device) addLanes(n int) error {
 	if n <= 1 {
 		return nil
 	}
 	d.lanes = []*device{d}
 	d.laneFree = make(chan struct{}, n)
 	for l := 1; l < n; l++ {
-		h, err := modules.acquire(d.cfg.Module, d.cfg.ModuleEnv, l, initTimeout)
+		h, err := modules.acquire(d.cfg.Module, d.cfg.ModuleEnv, l)
 		if err != nil {
 			return err
 		}

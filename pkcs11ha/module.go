@@ -158,8 +158,10 @@ type moduleHandle struct {
 	reinits  atomic.Int64
 	pending  *initJob // an initialisation that timed out and may still finish
 	loaded   atomic.Bool
-	initWait time.Duration
 	solo     bool // its instances carry one call at a time (lanes.go)
+	// envAtLoad: the module reads its environment in C_GetFunctionList only (p11-kit-client), so its
+	// C_Initialize — a round trip to a server that may hang — runs outside the env lock.
+	envAtLoad bool
 }
 
 type initJob struct {
@@ -176,7 +178,7 @@ type registry struct {
 var modules = &registry{mods: map[moduleKey]*moduleHandle{}}
 
 // acquire returns the shared handle for (path, env, lane), creating it (without loading) on first use.
-func (r *registry) acquire(path string, env map[string]string, lane int, initTimeout time.Duration) (*moduleHandle, error) {
+func (r *registry) acquire(path string, env map[string]string, lane int) (*moduleHandle, error) {
 	k, err := newModuleKey(path, env)
 	if err != nil {
 		return nil, err
@@ -186,7 +188,7 @@ func (r *registry) acquire(path string, env map[string]string, lane int, initTim
 	defer r.mu.Unlock()
 	h := r.mods[k]
 	if h == nil {
-		h = &moduleHandle{key: k, path: path, env: env, initWait: initTimeout}
+		h = &moduleHandle{key: k, path: path, env: env, envAtLoad: isP11KitClient(path)}
 		r.mods[k] = h
 	}
 	h.refs++
@@ -286,9 +288,9 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 			j.err = fmt.Errorf("module %s: cannot load (dlopen or C_GetFunctionList failed)", h.path)
 			return
 		}
-		if h.solo {
-			// p11-kit-client (the only module with lanes) reads its environment in C_GetFunctionList only:
-			// other loads need not wait for this one's C_Initialize (a round trip to its server).
+		if h.envAtLoad {
+			// Other loads need not wait for this one's C_Initialize: against a paused server it would hold
+			// every other device's load until its init_timeout, and at Open make them all miss theirs.
 			release()
 		}
 		err := c.Initialize()

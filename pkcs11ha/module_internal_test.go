@@ -19,7 +19,7 @@ import (
 func TestReinitRetiresStuckInstance(t *testing.T) {
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "r"}}})
 	dev := topo.Devices[0]
-	h, err := modules.acquire(dev.ModulePath, dev.ModuleEnv, 0, time.Second)
+	h, err := modules.acquire(dev.ModulePath, dev.ModuleEnv, 0)
 	require.NoError(t, err)
 	t.Cleanup(func() { modules.release(h, time.Second) })
 
@@ -102,7 +102,7 @@ func TestSameLibraryTwiceRefused(t *testing.T) {
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
 		{Name: "a", Region: "r", InProcess: true}, {Name: "b", Region: "r", InProcess: true}}})
 	a, b := topo.Devices[0], topo.Devices[1]
-	ha, err := modules.acquire(a.ModulePath, a.ModuleEnv, 0, time.Second)
+	ha, err := modules.acquire(a.ModulePath, a.ModuleEnv, 0)
 	require.NoError(t, err)
 	t.Cleanup(func() { modules.release(ha, time.Second) })
 	ha.mu.Lock()
@@ -111,7 +111,7 @@ func TestSameLibraryTwiceRefused(t *testing.T) {
 	ha.cur.Store(in)
 	ha.mu.Unlock()
 
-	hb, err := modules.acquire(a.ModulePath, b.ModuleEnv, 0, time.Second) // a's file, b's config
+	hb, err := modules.acquire(a.ModulePath, b.ModuleEnv, 0) // a's file, b's config
 	require.NoError(t, err)
 	t.Cleanup(func() { modules.release(hb, time.Second) })
 	hb.mu.Lock()

@@ -89,6 +89,8 @@ type soakState struct {
 	samples  []soakSample
 	stranded map[string][]int64 // device -> calls stranded by each of its kills
 	tailFrom time.Duration
+	// slowest recovery of a kill cycle and of a pause cycle, and the pause cycles' bound
+	worstKill, worstPause, pauseBound time.Duration
 }
 
 func (s *soakState) sample(e *env) soakSample {
@@ -104,7 +106,6 @@ func (s *soakState) run(e *env) {
 	if s.plan.pauses > 0 {
 		pauseEvery = n / s.plan.pauses
 	}
-	worst := time.Duration(0)
 	kills, pauses := 0, 0
 	// Recovery bounds: a killed device comes back on a fresh instance with its latency estimate reset (and
 	// its breaker a repeat offender: the flapping bound); a short pause takes no device down, so the
@@ -141,7 +142,11 @@ func (s *soakState) run(e *env) {
 		// A cycle that misses its bound fails the soak but does not end it: the later cycles still say how
 		// often a kill strands calls, and whether the process keeps its threads.
 		if e.waitRecovered(victim+" serves again", servedBy(victim)) {
-			worst = max(worst, e.recovery)
+			if pause {
+				s.worstPause = max(s.worstPause, e.recovery)
+			} else {
+				s.worstKill = max(s.worstKill, e.recovery)
+			}
 		}
 		if !e.waitLocalUp(locals) {
 			e.waitLocalUp(locals) // once more, so that the next cycle starts from a pair that is up if it can
@@ -152,7 +157,9 @@ func (s *soakState) run(e *env) {
 		e.healthy(fmt.Sprintf("#%d both up", i+1))
 		s.samples = append(s.samples, s.sample(e))
 	}
-	e.recovery, e.recBound = worst, killBound
+	// The results table shows the kill cycles against their bound; the SOAK line adds the pause cycles.
+	e.recovery, e.recBound = s.worstKill, killBound
+	s.pauseBound = pauseBound
 	// The last victim back in rotation (as the chaos scenarios measure it), then half an EWMA decay for its
 	// latency estimate (reset to the initial guess by its re-init) to meet its real latency, then the tail.
 	if len(e.victims) > 0 {
@@ -273,9 +280,10 @@ func (s *soakState) check(e *env, ops []Op, _ Summary) {
 	}
 	e.logf("SOAK %d kill and %d pause cycles, %d calls (%d failed, %d invalid); kills that stranded calls: %d of %d (%s), "+
 		"calls stranded: %d (at most %d per kill); stuck calls at the end: %d (cap %d); OS threads: %d at the start, %d at the end, "+
-		"%d at most; goroutines: %d -> %d; served in the tail: %s",
+		"%d at most; goroutines: %d -> %d; served in the tail: %s; slowest recovery: kill %v (bound %v), pause %v (bound %v)",
 		s.plan.kills, s.plan.pauses, len(ops), countFailed(ops), countInvalid(ops), stranding, kills, strings.Join(per, ", "),
-		calls, worst, total.Calls, total.Limit, first.threads, last.threads, maxThreads, first.goroutines, last.goroutines, fmtCounts(by))
+		calls, worst, total.Calls, total.Limit, first.threads, last.threads, maxThreads, first.goroutines, last.goroutines, fmtCounts(by),
+		s.worstKill.Round(time.Millisecond), e.recBound, s.worstPause.Round(time.Millisecond), s.pauseBound)
 }
 
 func countFailed(ops []Op) int {

@@ -47,13 +47,24 @@ func (p *Policy) RequestDeadline() time.Duration {
 
 // ServerConfig is the sidecar's listeners.
 type ServerConfig struct {
-	Listen        string            `yaml:"listen"`
+	Listen string `yaml:"listen"`
+	// ListenGroup (a group name or numeric gid) makes a unix:// listener's socket mode 0660 owned by that
+	// group, so that applications running as other users can reach the HTTP API; else it is 0600.
+	ListenGroup   string            `yaml:"listen_group"`
 	TLS           TLSConfig         `yaml:"tls"`
 	ShutdownGrace pkcs11ha.Duration `yaml:"shutdown_grace"`
 	// PKCS11 is the PKCS#11 front end's socket, unix:///PATH (p11-kit RPC for p11-kit-client.so); empty:
 	// off. PKCS11Group (a group name or numeric gid) makes it mode 0660 owned by that group; else 0600.
 	PKCS11      string `yaml:"pkcs11"`
 	PKCS11Group string `yaml:"pkcs11_group"`
+}
+
+// validateListenGroup: server.listen_group applies to a unix:// listener (the default) only.
+func (s *ServerConfig) validateListenGroup() error {
+	if s.ListenGroup != "" && s.Listen != "" && !strings.HasPrefix(s.Listen, "unix://") {
+		return &pkcs11ha.ConfigError{Field: "server.listen_group", Msg: "only used with a unix:// listener"}
+	}
+	return nil
 }
 
 // validatePKCS11 checks server.pkcs11 and server.pkcs11_group (the PKCS#11 front end's socket).
@@ -146,6 +157,9 @@ func (c *Config) Validate() error {
 		return &pkcs11ha.ConfigError{Field: "policy.request_timeout", Msg: fmt.Sprintf("must be positive, got %s", c.Policy.RequestTimeout.D())}
 	}
 	if err := c.Server.validatePKCS11(); err != nil {
+		return err
+	}
+	if err := c.Server.validateListenGroup(); err != nil {
 		return err
 	}
 	return CheckClients(c.Clients, c.PartitionNames())

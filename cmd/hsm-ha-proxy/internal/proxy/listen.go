@@ -32,7 +32,8 @@ func SocketPath(listen string) string {
 
 // Listen opens the listener server.listen names:
 //
-//   - unix://PATH (the default, DefaultListen): a unix socket with mode 0600. An existing socket file is
+//   - unix://PATH (the default, DefaultListen): a unix socket with mode 0600, or 0660 owned by
+//     server.listen_group when that is set (applications running as other users). An existing socket file is
 //     replaced only when nothing answers on it; any other file at PATH is an error. The socket is removed
 //     when the listener is closed (unless another server has replaced it meanwhile).
 //   - tcp://HOST:PORT: TLS with server.tls (cert, key and client_ca are all required), requiring and
@@ -51,8 +52,11 @@ func Listen(sc sidecarconfig.ServerConfig) (net.Listener, error) {
 		if sc.TLS != (sidecarconfig.TLSConfig{}) {
 			return nil, &pkcs11ha.ConfigError{Field: "server.tls", Msg: "TLS is only used with a tcp:// listener; a unix socket is protected by its mode (0600) and peer credentials"}
 		}
-		return listenUnix(path)
+		return listenUnix(path, sc.ListenGroup)
 	case strings.HasPrefix(addr, "tcp://"):
+		if sc.ListenGroup != "" {
+			return nil, &pkcs11ha.ConfigError{Field: "server.listen_group", Msg: "only used with a unix:// listener"}
+		}
 		hostport := strings.TrimPrefix(addr, "tcp://")
 		if _, _, err := net.SplitHostPort(hostport); err != nil {
 			return nil, &pkcs11ha.ConfigError{Field: "server.listen", Msg: fmt.Sprintf("%q: want tcp://HOST:PORT: %v", addr, err)}
@@ -127,9 +131,14 @@ func serverTLS(c sidecarconfig.TLSConfig) (*tls.Config, error) {
 	}, nil
 }
 
-// listenUnix creates the socket with mode 0600 from the first moment (see unixsock.Listen).
-func listenUnix(path string) (net.Listener, error) {
-	ln, err := unixsock.Listen(path, unixsock.Options{Mode: 0o600, GID: unixsock.NoGroup})
+// listenUnix creates the socket with its final mode from the first moment (see unixsock.Listen): 0600, or
+// 0660 owned by group (server.listen_group).
+func listenUnix(path, group string) (net.Listener, error) {
+	opts, err := unixsock.ForGroup(group)
+	if err != nil {
+		return nil, &pkcs11ha.ConfigError{Field: "server.listen_group", Msg: err.Error()}
+	}
+	ln, err := unixsock.Listen(path, opts)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}

@@ -104,6 +104,8 @@ func TestListenConfigErrors(t *testing.T) {
 		{"tcp without a client CA", sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: sidecarconfig.TLSConfig{Cert: "c", Key: "k"}}, "server.tls.client_ca"},
 		{"tcp with missing files", sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", TLS: sidecarconfig.TLSConfig{Cert: "/nonexistent/c", Key: "/nonexistent/k", ClientCA: "/nonexistent/ca"}}, "server.tls.cert"},
 		{"TLS on a unix socket", sidecarconfig.ServerConfig{Listen: "unix:///tmp/x.sock", TLS: sidecarconfig.TLSConfig{Cert: "c"}}, "server.tls"},
+		{"a socket group on tcp", sidecarconfig.ServerConfig{Listen: "tcp://127.0.0.1:0", ListenGroup: "4242"}, "server.listen_group"},
+		{"an unknown socket group", sidecarconfig.ServerConfig{Listen: "unix:///nonexistent/x.sock", ListenGroup: "no-such-group-7f3a"}, "server.listen_group"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

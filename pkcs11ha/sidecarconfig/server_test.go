@@ -9,9 +9,9 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
-// TestServerPKCS11Config: server.pkcs11 is unix:///ABSOLUTE-PATH, differs from server.listen, and
-// server.pkcs11_group needs it.
-func TestServerPKCS11Config(t *testing.T) {
+// TestServerSocketsConfig: server.pkcs11 is unix:///ABSOLUTE-PATH, differs from server.listen, and
+// server.pkcs11_group needs it; server.listen_group needs a unix:// listener (the default is one).
+func TestServerSocketsConfig(t *testing.T) {
 	tests := []struct {
 		name  string
 		sc    ServerConfig
@@ -25,10 +25,16 @@ func TestServerPKCS11Config(t *testing.T) {
 		{"the HTTP API's socket", ServerConfig{Listen: "unix:///run/x.sock", PKCS11: "unix:///run/x.sock"}, "server.pkcs11"},
 		{"the HTTP API's default socket", ServerConfig{PKCS11: "unix:///run/hsm-ha-proxy.sock"}, "server.pkcs11"},
 		{"a group without the socket", ServerConfig{PKCS11Group: "hsm-apps"}, "server.pkcs11_group"},
+		{"HTTP socket group, default listener", ServerConfig{ListenGroup: "hsm-apps"}, ""},
+		{"HTTP socket group, unix listener", ServerConfig{Listen: "unix:///run/x.sock", ListenGroup: "4242"}, ""},
+		{"HTTP socket group on tcp", ServerConfig{Listen: "tcp://127.0.0.1:8443", ListenGroup: "hsm-apps"}, "server.listen_group"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			err := tt.sc.validatePKCS11()
+			if err == nil {
+				err = tt.sc.validateListenGroup()
+			}
 			if tt.field == "" {
 				assert.NoError(t, err)
 				return

@@ -16,8 +16,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
 
 // TestE2EOtherUIDs: with server.listen_group the HTTP API's socket is 0660 for that group, and curl run as

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
 
 // childProc is the sidecar: this binary's serve command, in its own process group (so that a Ctrl-C in
@@ -142,7 +144,7 @@ func (f *logFilter) line(b []byte) {
 	case "device state changed":
 		ev = fmt.Sprintf("%s %s -> %s", str("device"), str("from"), str("to"))
 		if r := str("reason"); r != "" {
-			ev += ": " + oneLine(r, 110)
+			ev += ": " + sidecarapi.OneLine(r, 110)
 		}
 	case "breaker changed":
 		ev = fmt.Sprintf("%s breaker %s -> %s", str("device"), str("from"), str("to"))
@@ -155,7 +157,7 @@ func (f *logFilter) line(b []byte) {
 			ev = lv + " " + str("msg")
 			for _, k := range []string{"device", "partition", "err", "error"} {
 				if v := str(k); v != "" {
-					ev += " " + k + "=" + oneLine(v, 110)
+					ev += " " + k + "=" + sidecarapi.OneLine(v, 110)
 				}
 			}
 		}

@@ -149,14 +149,14 @@ func (d *demo) renderTable(st *sidecarapi.Status, stErr error) []string {
 			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%d\t%d\t%s\n", ds.Name, ds.Region, tier, ds.State, ds.Breaker,
-			fmtLatency(ds.EWMA), rates[name], ds.InFlight, ds.Abandoned, deviceNote(dev, note))
+			sidecarapi.FormatLatency(ds.EWMA), rates[name], ds.InFlight, ds.Abandoned, deviceNote(dev, note))
 	}
 	_ = tw.Flush()
 	lines := strings.Split(strings.TrimRight(b.String(), "\n"), "\n")
 	summary := fmt.Sprintf("[%5.1fs] load %.0f signatures/s | %d ok | %d failed", elapsed.Seconds(), total, okN-failed, failed)
 	switch {
 	case stErr != nil:
-		summary += " | status: " + oneLine(stErr.Error(), 60)
+		summary += " | status: " + sidecarapi.OneLine(stErr.Error(), 60)
 	case st != nil && !st.Ready:
 		summary += " | sidecar not ready"
 	}
@@ -186,7 +186,7 @@ func deviceNote(dev *softhsmtest.Device, reason string) string {
 	case !dev.Running():
 		what = "[killed]"
 	}
-	reason = oneLine(reason, 70)
+	reason = sidecarapi.OneLine(reason, 70)
 	switch {
 	case what == "":
 		return reason
@@ -194,26 +194,4 @@ func deviceNote(dev *softhsmtest.Device, reason string) string {
 		return what
 	}
 	return what + " " + reason
-}
-
-// fmtLatency formats an EWMA as `hsm-ha-proxy status` does: "-" when unknown, µs, ms with one decimal, or s.
-func fmtLatency(d time.Duration) string {
-	switch {
-	case d <= 0:
-		return "-"
-	case d < time.Millisecond:
-		return fmt.Sprintf("%dus", d.Microseconds())
-	case d < time.Second:
-		return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000)
-	}
-	return d.Round(10 * time.Millisecond).String()
-}
-
-// oneLine folds whitespace and cuts s to n bytes, for a table cell or an event line.
-func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > n {
-		return s[:n-3] + "..."
-	}
-	return s
 }

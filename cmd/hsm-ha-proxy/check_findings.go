@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
 
 // finding is one problem or one piece of advice of `check`. Code is stable (see README, "check").
@@ -145,7 +146,7 @@ func advice(rep *pkcs11ha.Report, b sessionBudget) []finding {
 		for _, l := range localUp {
 			if d.Reachable && d.Latency != nil && l.Latency != nil && float64(d.Latency.Median) < drFasterFactor*float64(l.Latency.Median) {
 				add(adviceDRFaster, "%s (region %s, tier %d) answered faster (median %s) than %s in local_region %s (median %s): is local_region right? The local tier should be the HSMs nearest the applications",
-					d.Name, d.Region, d.Tier, fmtLatency(d.Latency.Median), l.Name, rep.LocalRegion, fmtLatency(l.Latency.Median)).Device = d.Name
+					d.Name, d.Region, d.Tier, sidecarapi.FormatLatency(d.Latency.Median), l.Name, rep.LocalRegion, sidecarapi.FormatLatency(l.Latency.Median)).Device = d.Name
 				break
 			}
 		}

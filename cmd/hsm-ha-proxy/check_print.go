@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
 
 // printCheck writes the report a person reads top to bottom: devices, their partitions, keys, the session
@@ -40,14 +41,14 @@ func printDevices(w io.Writer, rep *pkcs11ha.Report) {
 			state = "UNREACHABLE"
 		}
 		if d.Latency != nil {
-			lo, med = fmtLatency(d.Latency.Min), fmtLatency(d.Latency.Median)
+			lo, med = sidecarapi.FormatLatency(d.Latency.Min), sidecarapi.FormatLatency(d.Latency.Median)
 		}
 		tier := fmt.Sprint(d.Tier)
 		if d.TierOverride {
 			tier += " (set)"
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.Name, d.Region, tier, state, lo, med,
-			fmtLatency(d.OpenTime), filepath.Base(d.Module))
+			sidecarapi.FormatLatency(d.OpenTime), filepath.Base(d.Module))
 	}
 	_ = tw.Flush()
 	for _, d := range rep.Devices {

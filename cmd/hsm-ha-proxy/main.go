@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -322,7 +321,7 @@ func printStatus(w io.Writer, st *sidecarapi.Status) {
 			reason = d.LastError
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, d.Region, d.Tier, d.State, d.Breaker,
-			fmtLatency(d.EWMA), d.InFlight, d.Abandoned, oneLine(reason, 80))
+			sidecarapi.FormatLatency(d.EWMA), d.InFlight, d.Abandoned, sidecarapi.OneLine(reason, 80))
 	}
 	_ = tw.Flush()
 	ready := "yes"
@@ -330,26 +329,6 @@ func printStatus(w io.Writer, st *sidecarapi.Status) {
 		ready = "no (some partition has no up device holding all its keys)"
 	}
 	fmt.Fprintf(w, "ready: %s\n", ready)
-}
-
-func fmtLatency(d time.Duration) string {
-	switch {
-	case d <= 0:
-		return "-"
-	case d < time.Millisecond:
-		return fmt.Sprintf("%dus", d.Microseconds())
-	case d < time.Second:
-		return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000)
-	}
-	return d.Round(10 * time.Millisecond).String()
-}
-
-func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > n {
-		return s[:n-3] + "..."
-	}
-	return s
 }
 
 // clientTLS builds the client side of mutual TLS for --addr.

@@ -125,7 +125,7 @@ func formatTable(rows []*row, tm timing, took time.Duration) string {
 		}
 		lines = append(lines, []string{
 			r.name, r.policy, fmt.Sprint(r.ops), fmt.Sprintf("%d (%d)", r.failed, r.allowed), fmt.Sprint(r.invalid),
-			ms(r.p50), ms(r.p99) + " (" + ms(r.p99Bound) + ")", ms(r.p999), ms(r.max),
+			ms(r.p50), ms(r.p99) + " (" + boundOrNone(r.p99Bound) + ")", ms(r.p999), ms(r.max),
 			fmt.Sprintf("%.2f%%", 100*r.drHealthy), optDur(r.failover), recovery(r), rotation(r), res,
 		})
 		total.ops += r.ops
@@ -224,4 +224,12 @@ func repoRoot() (string, error) {
 		}
 		dir = parent
 	}
+}
+
+// boundOrNone shows a bound, or "none" for a scenario that sets none (the soak's p99).
+func boundOrNone(d time.Duration) string {
+	if d <= 0 {
+		return "none"
+	}
+	return ms(d)
 }

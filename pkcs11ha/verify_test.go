@@ -67,6 +67,14 @@ func TestVerifyAfterSign(t *testing.T) {
 				return testutil.ToFloat64(counterWith(t, reg, "pkcs11ha_bad_signatures_total", "eastus-1"))
 			}
 
+			// Sequential calls go to the device with the lower latency estimate: make that eastus-1, or
+			// which device serves would hang on which probe came first. eastus-2's relay adds 5 ms each way
+			// and its first probe raises its estimate at once (peak EWMA).
+			require.NoError(t, topo.Device("eastus-2").SetDelay(5*time.Millisecond, 5*time.Millisecond))
+			require.Eventually(t, func() bool {
+				st := cl.Status()
+				return st[1].EWMA > st[0].EWMA+2*time.Millisecond
+			}, 5*time.Second, 10*time.Millisecond, "eastus-2's estimate rises above eastus-1's")
 			require.NoError(t, topo.Device("eastus-1").CorruptSignatures(true))
 			if !tc.caught {
 				for i := range 200 {

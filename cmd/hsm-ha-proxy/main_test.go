@@ -94,6 +94,26 @@ func buildBinary(t testing.TB) string {
 	return bin
 }
 
+// startServe runs `hsm-ha-proxy serve --config cfgPath` until the test ends (then kills it, and logs its
+// stderr if the test failed). exited receives its exit once; a test that reads it must put it back.
+func startServe(t *testing.T, bin, cfgPath string) (cmd *exec.Cmd, exited chan error, stderr *softhsmtest.LogBuffer) {
+	t.Helper()
+	stderr = &softhsmtest.LogBuffer{}
+	cmd = exec.Command(bin, "serve", "--config", cfgPath, "--log-format", "text")
+	cmd.Stderr = stderr
+	require.NoError(t, cmd.Start())
+	exited = make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("sidecar stderr:\n%s", stderr.String())
+		}
+	})
+	return cmd, exited, stderr
+}
+
 // gauge reads one unlabelled gauge from a Prometheus text exposition.
 func gauge(text, name string) float64 {
 	sc := bufio.NewScanner(strings.NewReader(text))
@@ -128,19 +148,7 @@ func TestBinarySignals(t *testing.T) {
 	}
 	writeConfig("payments")
 
-	var stderr softhsmtest.LogBuffer
-	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--log-format", "text")
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("sidecar stderr:\n%s", stderr.String())
-		}
-	})
+	cmd, exited, stderr := startServe(t, bin, cfgPath)
 
 	c := sidecarclient.Dial(sock)
 	t.Cleanup(func() { c.Close() })

@@ -46,19 +46,7 @@ func TestBinaryPKCS11Door(t *testing.T) {
 	}
 	writeConfig("payments")
 
-	var stderr softhsmtest.LogBuffer
-	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--log-format", "text")
-	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("sidecar stderr:\n%s", stderr.String())
-		}
-	})
+	cmd, exited, stderr := startServe(t, bin, cfgPath)
 	tokens := func() []string {
 		out, _ := exec.Command("pkcs11-tool", "--module", tools.P11KitClient, "-L").CombinedOutput()
 		var labels []string

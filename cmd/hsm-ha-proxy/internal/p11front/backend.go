@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/servedkey"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
@@ -44,20 +45,5 @@ func (b clusterBackend) Key(ctx context.Context, partition, label string) (KeyHa
 	if err != nil {
 		return nil, err
 	}
-	return clusterKey{k}, nil
-}
-
-// clusterKey adapts *pkcs11ha.Key to KeyHandle: the device comes from the call's pkcs11ha.Outcome.
-type clusterKey struct{ *pkcs11ha.Key }
-
-func (k clusterKey) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
-	var out pkcs11ha.Outcome
-	sig, err := k.SignContext(pkcs11ha.WithOutcome(ctx, &out), digest, opts)
-	return sig, out.Device, err
-}
-
-func (k clusterKey) DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
-	var out pkcs11ha.Outcome
-	pt, err := k.DecryptContext(pkcs11ha.WithOutcome(ctx, &out), ciphertext, opts)
-	return pt, out.Device, err
+	return servedkey.Key{Key: k}, nil
 }

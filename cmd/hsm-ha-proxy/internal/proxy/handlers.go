@@ -213,7 +213,7 @@ func (s *Server) sign(ctx context.Context, w http.ResponseWriter, r *http.Reques
 	if aerr := req.checkKey(k.Public()); aerr != nil {
 		return aerr
 	}
-	sig, dev, err := k.sign(ctx, req.input, req.alg.opts())
+	sig, dev, err := k.SignDevice(ctx, req.input, req.alg.opts())
 	ri.served(dev)
 	if err != nil {
 		return err
@@ -235,7 +235,7 @@ func (s *Server) decrypt(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if aerr := req.checkKey(k.Public()); aerr != nil {
 		return aerr
 	}
-	pt, dev, err := k.decrypt(ctx, req.ciphertext, req.alg.opts())
+	pt, dev, err := k.DecryptDevice(ctx, req.ciphertext, req.alg.opts())
 	ri.served(dev)
 	if err != nil {
 		return err

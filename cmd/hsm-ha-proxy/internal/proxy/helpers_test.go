@@ -42,7 +42,7 @@ type fakeKey struct {
 func (k *fakeKey) Info() pkcs11ha.KeyInfo   { return k.info }
 func (k *fakeKey) Public() crypto.PublicKey { return k.signer.Public() }
 
-func (k *fakeKey) sign(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
+func (k *fakeKey) SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
 	if k.hook != nil {
 		if err := k.hook(ctx); err != nil {
 			return nil, "", err
@@ -52,7 +52,7 @@ func (k *fakeKey) sign(ctx context.Context, digest []byte, opts crypto.SignerOpt
 	return sig, "fake-1", err
 }
 
-func (k *fakeKey) decrypt(ctx context.Context, ct []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
+func (k *fakeKey) DecryptDevice(ctx context.Context, ct []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
 	if k.hook != nil {
 		if err := k.hook(ctx); err != nil {
 			return nil, "", err

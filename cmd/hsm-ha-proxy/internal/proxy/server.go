@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/servedkey"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
@@ -44,23 +45,8 @@ type backend interface {
 type keyHandle interface {
 	Info() pkcs11ha.KeyInfo
 	Public() crypto.PublicKey
-	sign(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error)
-	decrypt(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error)
-}
-
-// clusterKey adapts *pkcs11ha.Key to keyHandle: the device comes from the call's pkcs11ha.Outcome.
-type clusterKey struct{ *pkcs11ha.Key }
-
-func (k clusterKey) sign(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error) {
-	var out pkcs11ha.Outcome
-	sig, err := k.SignContext(pkcs11ha.WithOutcome(ctx, &out), digest, opts)
-	return sig, out.Device, err
-}
-
-func (k clusterKey) decrypt(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error) {
-	var out pkcs11ha.Outcome
-	pt, err := k.DecryptContext(pkcs11ha.WithOutcome(ctx, &out), ciphertext, opts)
-	return pt, out.Device, err
+	SignDevice(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, string, error)
+	DecryptDevice(ctx context.Context, ciphertext []byte, opts crypto.DecrypterOpts) ([]byte, string, error)
 }
 
 // clusterBackend adapts *pkcs11ha.Cluster to backend.
@@ -71,7 +57,7 @@ func (b clusterBackend) Key(ctx context.Context, partition, label string) (keyHa
 	if err != nil {
 		return nil, err
 	}
-	return clusterKey{k}, nil
+	return servedkey.Key{Key: k}, nil
 }
 
 func (b clusterBackend) Keys(partition string) ([]pkcs11ha.KeyInfo, error) {

@@ -16,12 +16,11 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
-// TestInspectCallBoundedAbandons: a call stuck in the module (the relay holds its bytes) is left running at its
-// deadline and reported as a device-down error; it stays counted on the instance until it returns, so the
-// instance is never finalised under it.
-func TestInspectCallBoundedAbandons(t *testing.T) {
+// oneDevice starts one SoftHSM device behind its relay and returns it with the library's device for it,
+// not yet loaded (closed with the test).
+func oneDevice(t *testing.T) (*softhsmtest.Device, *device) {
+	t.Helper()
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "eastus"}}})
-	dev := topo.Devices[0]
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{}))
 	cfg, err := LoadConfig(path)
@@ -31,6 +30,14 @@ func TestInspectCallBoundedAbandons(t *testing.T) {
 	d, err := newDevice(s, 0, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(func() { d.close(time.Second) })
+	return topo.Devices[0], d
+}
+
+// TestInspectCallBoundedAbandons: a call stuck in the module (the relay holds its bytes) is left running at its
+// deadline and reported as a device-down error; it stays counted on the instance until it returns, so the
+// instance is never finalised under it.
+func TestInspectCallBoundedAbandons(t *testing.T) {
+	dev, d := oneDevice(t)
 	require.NoError(t, d.open(context.Background()))
 	in := d.mod.current()
 	require.NotNil(t, in)
@@ -57,23 +64,13 @@ func TestInspectCallBoundedAbandons(t *testing.T) {
 // TestInspectOpenBoundedAbandons: a device that stops answering after its module loaded (the relay holds the
 // bytes of the token lookup) is abandoned at the open deadline, reported as down, and not waited on.
 func TestInspectOpenBoundedAbandons(t *testing.T) {
-	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "eastus"}}})
-	dev := topo.Devices[0]
-	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
-	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{}))
-	cfg, err := LoadConfig(path)
-	require.NoError(t, err)
-	s, err := compile(cfg)
-	require.NoError(t, err)
-	d, err := newDevice(s, 0, slog.New(slog.DiscardHandler))
-	require.NoError(t, err)
-	t.Cleanup(func() { d.close(time.Second) })
+	dev, d := oneDevice(t)
 	ctx := context.Background()
 	require.NoError(t, loadBounded(ctx, d, time.Second).err)
 
 	require.NoError(t, dev.Hang())
 	start := time.Now()
-	err = openBounded(ctx, d, time.Second, 300*time.Millisecond)
+	err := openBounded(ctx, d, time.Second, 300*time.Millisecond)
 	took := time.Since(start)
 	require.Error(t, err)
 	assert.True(t, errors.Is(err, errCallStuck), "%v", err)

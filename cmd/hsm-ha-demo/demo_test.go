@@ -34,12 +34,6 @@ import (
 // signature verifies (crypto/ecdsa, then openssl), no process it started nor its temporary directory is left,
 // and it draws the run into --report (a directory it creates).
 func TestDemo(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binaries and runs SoftHSM devices")
-	}
-	if _, err := softhsmtest.LookupTools(); err != nil {
-		t.Skip(err)
-	}
 	report := filepath.Join(t.TempDir(), "report")
 	run := startDemo(t, buildBinaries(t), "--step", "1s", "--duration", "18s", "--workers", "4", "--rate", "150",
 		"--report", report)
@@ -333,8 +327,15 @@ func survivors(pids []int, dir string) []string {
 }
 
 // buildBinaries builds hsm-ha-demo and hsm-ha-proxy into one temporary directory and returns the demo's path.
+// It skips the test under -short or without the SoftHSM/p11-kit tools, as every test that runs the demo does.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binaries and runs SoftHSM devices")
+	}
+	if _, err := softhsmtest.LookupTools(); err != nil {
+		t.Skip(err)
+	}
 	goCmd, err := exec.LookPath("go")
 	if err != nil {
 		goCmd = filepath.Join(os.Getenv("GOROOT"), "bin", "go")

@@ -14,20 +14,12 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
 
 // TestDemoInterrupted: a Ctrl-C while the local region is out still leaves the pictures of the run so
 // far, with the steps taken, the outage shaded up to the stop, and the stop itself marked; and nothing
 // of the demo behind.
 func TestDemoInterrupted(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binaries and runs SoftHSM devices")
-	}
-	if _, err := softhsmtest.LookupTools(); err != nil {
-		t.Skip(err)
-	}
 	report := t.TempDir()
 	run := startDemo(t, buildBinaries(t), "--step", "1s", "--workers", "4", "--rate", "150", "--report", report)
 	waitLine(t, run.lines, "step 2/4: pause eastus-2", 120*time.Second)

@@ -26,6 +26,10 @@ type DeviceStatus struct {
 	// thread. They no longer count against the device (not in Abandoned, InFlight or State); see
 	// Cluster.StuckCalls for the total and its cap.
 	StuckCalls int64 `json:"stuck_calls"`
+	// WorkerRestarts counts restarts of the device's worker process (policy.isolation "process"), and
+	// WorkerExit says how its last worker ended ("signal: killed", "exit status 2"); zero in process.
+	WorkerRestarts int64  `json:"worker_restarts,omitempty"`
+	WorkerExit     string `json:"worker_exit,omitempty"`
 
 	Partitions []PartitionStatus `json:"partitions"`
 	// ExcludedKeys maps "partition/label" to why this device does not serve that key.
@@ -48,24 +52,23 @@ func (cl *Cluster) Status() []DeviceStatus {
 		if i < len(cl.monitors) {
 			hs = cl.monitors[i].Status()
 		}
+		bc := d.be.counts()
 		ds := DeviceStatus{
 			Name: d.name, Region: d.cfg.Region, Tier: cl.s.cfg.tierOf(i),
 			Reason: hs.Reason, Since: hs.Since,
-			Reinits: d.reinitCount(), RetiredInstances: d.retiredCount(), StuckCalls: d.stuck.Load(),
+			Reinits: bc.Reinits, RetiredInstances: bc.Retired, StuckCalls: bc.Stuck,
+			WorkerRestarts: bc.WorkerRestarts, WorkerExit: bc.WorkerExit,
 		}
 		if i < len(rs) {
 			ds.Breaker, ds.EWMA, ds.InFlight, ds.Abandoned = rs[i].Breaker, rs[i].EWMA, rs[i].InFlight, rs[i].Abandoned
 		}
-		if e := d.lastErr.Load(); e != nil {
+		if e := bc.LastErr; e != nil {
 			ds.LastError = e.msg
 			ds.LastErrorClass = e.class.String()
 		}
-		for _, p := range d.parts {
-			ps := PartitionStatus{Name: p.cfg.Name, Open: p.st.Load() != nil}
-			if why := p.credFatal.Load(); why != nil {
-				ps.Open, ps.Error = false, *why
-			}
-			ds.Partitions = append(ds.Partitions, ps)
+		for pi, pc := range cl.s.cfg.Partitions {
+			p := d.be.partition(pi)
+			ds.Partitions = append(ds.Partitions, PartitionStatus{Name: pc.Name, Open: p.Open, Error: p.CredFatal})
 		}
 		for _, cp := range cl.parts {
 			cp.mu.RLock()
@@ -89,8 +92,8 @@ func (cl *Cluster) Status() []DeviceStatus {
 		default:
 			ds.State = "up"
 		}
-		if why := d.capRefusal.Load(); why != nil && ds.State == "down" {
-			ds.Reason = *why // the probes only see their own symptom (a timeout); this is the cause
+		if bc.CapRefusal != "" && ds.State == "down" {
+			ds.Reason = bc.CapRefusal // the probes only see their own symptom (a timeout); this is the cause
 		}
 		for _, ps := range ds.Partitions {
 			if !ps.Open && ds.State == "up" {
@@ -114,7 +117,7 @@ func (cl *Cluster) Ready() bool {
 		cp.mu.RUnlock()
 		ok := false
 		for i, d := range cl.devices {
-			if st[i].State == "down" || d.parts[pi].st.Load() == nil {
+			if st[i].State == "down" || !d.be.partition(pi).Open {
 				continue
 			}
 			all := true

@@ -52,6 +52,7 @@ type backendCounts struct {
 	LastErr                 *lastError
 	CapRefusal              string // why the last re-init was refused (max_stuck_calls), or ""
 	// Worker process accounts (zero in process): restarts of the worker and its last exit.
+	WorkerPID      int
 	WorkerRestarts int64
 	WorkerExit     string
 }

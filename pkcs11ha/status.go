@@ -26,8 +26,10 @@ type DeviceStatus struct {
 	// thread. They no longer count against the device (not in Abandoned, InFlight or State); see
 	// Cluster.StuckCalls for the total and its cap.
 	StuckCalls int64 `json:"stuck_calls"`
-	// WorkerRestarts counts restarts of the device's worker process (policy.isolation "process"), and
-	// WorkerExit says how its last worker ended ("signal: killed", "exit status 2"); zero in process.
+	// WorkerPID is the device's worker process (policy.isolation "process"; 0 while none runs, and in
+	// process), WorkerRestarts counts its ends, and WorkerExit says how the last one ended ("killed: 3
+	// calls unanswered ... (signal: killed)", "exited (signal: segmentation fault)").
+	WorkerPID      int    `json:"worker_pid,omitempty"`
 	WorkerRestarts int64  `json:"worker_restarts,omitempty"`
 	WorkerExit     string `json:"worker_exit,omitempty"`
 
@@ -57,7 +59,7 @@ func (cl *Cluster) Status() []DeviceStatus {
 			Name: d.name, Region: d.cfg.Region, Tier: cl.s.cfg.tierOf(i),
 			Reason: hs.Reason, Since: hs.Since,
 			Reinits: bc.Reinits, RetiredInstances: bc.Retired, StuckCalls: bc.Stuck,
-			WorkerRestarts: bc.WorkerRestarts, WorkerExit: bc.WorkerExit,
+			WorkerPID: bc.WorkerPID, WorkerRestarts: bc.WorkerRestarts, WorkerExit: bc.WorkerExit,
 		}
 		if i < len(rs) {
 			ds.Breaker, ds.EWMA, ds.InFlight, ds.Abandoned = rs[i].Breaker, rs[i].EWMA, rs[i].InFlight, rs[i].Abandoned

@@ -234,6 +234,11 @@ func (w *workerDevice) counts() backendCounts {
 	if e := w.exit.Load(); e != nil {
 		c.WorkerExit = *e
 	}
+	w.mu.Lock()
+	if w.proc != nil {
+		c.WorkerPID = w.proc.pid
+	}
+	w.mu.Unlock()
 	return c
 }
 
@@ -431,7 +436,12 @@ func (p *workerProc) readLoop() {
 	for {
 		f, err := readFrame(p.conn)
 		if err != nil {
-			p.kill("closed its connection")
+			// Usually the process is exiting (a crash): let its exit status be the reason.
+			select {
+			case <-p.done:
+			case <-time.After(time.Second):
+				p.kill("killed: closed its connection")
+			}
 			return
 		}
 		if f.id == 0 && f.typ == msgEvent {

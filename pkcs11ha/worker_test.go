@@ -1,0 +1,190 @@
+package pkcs11ha_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
+	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
+)
+
+// workerPolicy runs every device's module in a worker process (this test binary, re-executed: its
+// TestMain serves as a worker through leakcheck.Main).
+const workerPolicy = "{isolation: process, health: {interval: 500ms, down_interval: 200ms}}"
+
+// workerPIDs returns each device's worker pid from Status.
+func workerPIDs(t *testing.T, cl *pkcs11ha.Cluster) map[string]int {
+	t.Helper()
+	out := map[string]int{}
+	for _, ds := range cl.Status() {
+		out[ds.Name] = ds.WorkerPID
+	}
+	return out
+}
+
+// TestWorkerServes: with process isolation, every device is served by a worker process of its own
+// (this process loads no module), RSA and ECDSA signatures and RSA decryption work and verify, and each
+// device serves (Outcome.Device).
+func TestWorkerServes(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+		{Name: "eastus-1", Region: "eastus"}, {Name: "eastus-2", Region: "eastus"}}})
+	cl, _ := openCluster(t, topo, workerPolicy)
+	pids := workerPIDs(t, cl)
+	require.NotZero(t, pids["eastus-1"])
+	require.NotZero(t, pids["eastus-2"])
+	require.NotEqual(t, pids["eastus-1"], pids["eastus-2"], "one worker per device")
+	require.NotEqual(t, syscall.Getpid(), pids["eastus-1"])
+
+	ctx := context.Background()
+	ec, err := cl.Key(ctx, "ledger", "ec-key")
+	require.NoError(t, err)
+	rk, err := cl.Key(ctx, "payments", "rsa-key")
+	require.NoError(t, err)
+	served := map[string]int{}
+	for i := range 200 {
+		d := sha256.Sum256(fmt.Appendf(nil, "worker %d", i))
+		var out pkcs11ha.Outcome
+		sig, err := ec.SignContext(pkcs11ha.WithOutcome(ctx, &out), d[:], crypto.SHA256)
+		require.NoError(t, err)
+		require.True(t, ecdsa.VerifyASN1(ec.Public().(*ecdsa.PublicKey), d[:], sig))
+		served[out.Device]++
+		if i%50 == 0 {
+			rsig, err := rk.Sign(rand.Reader, d[:], crypto.SHA256)
+			require.NoError(t, err)
+			require.NoError(t, rsa.VerifyPKCS1v15(rk.Public().(*rsa.PublicKey), crypto.SHA256, d[:], rsig))
+			ct, err := rsa.EncryptPKCS1v15(rand.Reader, rk.Public().(*rsa.PublicKey), d[:])
+			require.NoError(t, err)
+			pt, err := rk.Decrypt(rand.Reader, ct, nil)
+			require.NoError(t, err)
+			require.Equal(t, d[:], pt)
+		}
+	}
+	require.Len(t, served, 2, "both devices served: %v", served)
+	for _, ds := range cl.Status() {
+		require.Equal(t, "up", ds.State, "%s: %s", ds.Name, ds.Reason)
+	}
+}
+
+// TestWorkerCrash: a worker killed (SIGKILL) or crashing (SIGSEGV) under load costs no call — its calls in
+// flight fail over within their deadline — and the device comes back with a new worker, by itself.
+func TestWorkerCrash(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+		{Name: "eastus-1", Region: "eastus"}, {Name: "eastus-2", Region: "eastus"}}})
+	cl, _ := openCluster(t, topo, workerPolicy)
+	k, err := cl.Key(context.Background(), "ledger", "ec-key")
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		sig  syscall.Signal
+		exit string // how Status reports the end
+	}{
+		{syscall.SIGKILL, "signal: killed"},
+		{syscall.SIGSEGV, "exit status 2"}, // the Go runtime's crash exit, as for a fault inside the module
+	} {
+		sig := tc.sig
+		t.Run(sig.String(), func(t *testing.T) {
+			before := workerPIDs(t, cl)["eastus-1"]
+			require.NotZero(t, before)
+			stop := make(chan struct{})
+			var failed atomic.Int64
+			var calls atomic.Int64
+			var wg sync.WaitGroup
+			for w := range 4 {
+				wg.Go(func() {
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						d := sha256.Sum256(fmt.Appendf(nil, "%d-%d", w, i))
+						ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+						s, err := k.SignContext(ctx, d[:], crypto.SHA256)
+						cancel()
+						calls.Add(1)
+						if err != nil || !ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d[:], s) {
+							failed.Add(1)
+							t.Logf("call failed: %v", err)
+						}
+					}
+				})
+			}
+			time.Sleep(200 * time.Millisecond)
+			require.NoError(t, syscall.Kill(before, sig))
+			require.Eventually(t, func() bool {
+				st := cl.Status()[0]
+				return st.WorkerPID != 0 && st.WorkerPID != before && st.State == "up"
+			}, 20*time.Second, 20*time.Millisecond, "eastus-1 back with a new worker")
+			close(stop)
+			wg.Wait()
+			st := cl.Status()[0]
+			require.Contains(t, st.WorkerExit, tc.exit, "the exit is reported with how it ended")
+			require.GreaterOrEqual(t, st.WorkerRestarts, int64(1))
+			require.Zero(t, failed.Load(), "of %d calls", calls.Load())
+			require.Equal(t, topo.Device("eastus-1").Name, st.Name)
+		})
+	}
+}
+
+// TestWorkerHungDevice: a device that stops answering (its server paused) holds its worker's calls; the
+// worker is killed once a call is unanswered for policy.reinit_grace past its deadline, no call fails (the
+// other device serves), and after the server resumes a new worker brings the device back.
+func TestWorkerHungDevice(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+		{Name: "eastus-1", Region: "eastus"}, {Name: "eastus-2", Region: "eastus"}}})
+	// Attempt deadlines far above a loaded host's hiccups: this test is about recycling, not latency.
+	cl, _ := openCluster(t, topo, "{isolation: process, reinit_grace: 500ms, attempt_timeout: {local: 400ms}, health: {interval: 500ms, down_interval: 200ms}}")
+	k, err := cl.Key(context.Background(), "ledger", "ec-key")
+	require.NoError(t, err)
+	before := workerPIDs(t, cl)["eastus-1"]
+	stop := make(chan struct{})
+	var failed, calls atomic.Int64
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				d := sha256.Sum256(fmt.Appendf(nil, "%d-%d", w, i))
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				s, err := k.SignContext(ctx, d[:], crypto.SHA256)
+				cancel()
+				calls.Add(1)
+				if err != nil || !ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d[:], s) {
+					failed.Add(1)
+					t.Logf("call failed: %v", err)
+				}
+			}
+		})
+	}
+	dev := topo.Device("eastus-1")
+	require.NoError(t, dev.Pause())
+	require.Eventually(t, func() bool {
+		st := cl.Status()[0]
+		return st.WorkerRestarts >= 1 && st.WorkerPID != before
+	}, 15*time.Second, 20*time.Millisecond, "the hung worker is recycled")
+	require.Contains(t, cl.Status()[0].WorkerExit, "unanswered")
+	require.NoError(t, dev.Resume())
+	require.Eventually(t, func() bool {
+		st := cl.Status()[0]
+		return st.State == "up" && st.WorkerPID != 0
+	}, 30*time.Second, 50*time.Millisecond, "eastus-1 back after the server resumes")
+	close(stop)
+	wg.Wait()
+	require.Zero(t, failed.Load(), "of %d calls", calls.Load())
+}

@@ -303,6 +303,11 @@ func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
 	if len(w.cmd) == 0 {
 		return nil, errors.New("no worker command (policy.isolation process needs the program to call pkcs11ha.MaybeRunWorker)")
 	}
+	if os.Getenv(workerEnv) != "" {
+		// A program that forgot MaybeRunWorker would run its own main as the worker, which would start
+		// workers in turn: refuse instead of multiplying processes.
+		return nil, errors.New("a device worker cannot start workers: the worker command's main must call pkcs11ha.MaybeRunWorker first")
+	}
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("worker socketpair: %w", err)

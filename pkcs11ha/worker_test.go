@@ -8,6 +8,10 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -187,4 +191,79 @@ func TestWorkerHungDevice(t *testing.T) {
 	close(stop)
 	wg.Wait()
 	require.Zero(t, failed.Load(), "of %d calls", calls.Load())
+}
+
+// procCounts is this process's OS threads, open fds, and children (zombies among them).
+type procCounts struct{ threads, fds, children, zombies int }
+
+func readProcCounts(t *testing.T) procCounts {
+	t.Helper()
+	var c procCounts
+	b, err := os.ReadFile("/proc/self/status")
+	require.NoError(t, err)
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			c.threads, _ = strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	fds, err := os.ReadDir("/proc/self/fd")
+	require.NoError(t, err)
+	c.fds = len(fds)
+	procs, _ := os.ReadDir("/proc")
+	me := strconv.Itoa(os.Getpid())
+	for _, p := range procs {
+		st, err := os.ReadFile(filepath.Join("/proc", p.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so split after its closing parenthesis.
+		f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
+		if len(f) > 1 && f[1] == me {
+			c.children++
+			if f[0] == "Z" {
+				c.zombies++
+			}
+		}
+	}
+	return c
+}
+
+// TestWorkerKillSoak kills a device's worker over and over (10 times; 100 with CHAOS_LONG=1): every worker
+// is reaped (no zombies), and this process's threads, fds and children are what they were.
+func TestWorkerKillSoak(t *testing.T) {
+	kills := 10
+	if os.Getenv("CHAOS_LONG") != "" {
+		kills = 100
+	}
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+		{Name: "eastus-1", Region: "eastus"}, {Name: "eastus-2", Region: "eastus"}}})
+	cl, _ := openCluster(t, topo, "{isolation: process, health: {interval: 200ms, down_interval: 50ms}}")
+	k, err := cl.Key(context.Background(), "ledger", "ec-key")
+	require.NoError(t, err)
+	sign := func() {
+		d := sha256.Sum256([]byte("soak"))
+		s, err := k.Sign(rand.Reader, d[:], crypto.SHA256)
+		require.NoError(t, err)
+		require.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d[:], s))
+	}
+	sign()
+	before := readProcCounts(t)
+	for i := range kills {
+		pid := workerPIDs(t, cl)["eastus-1"]
+		require.NotZero(t, pid)
+		require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+		require.Eventually(t, func() bool {
+			st := cl.Status()[0]
+			return st.WorkerPID != 0 && st.WorkerPID != pid && st.State == "up"
+		}, 20*time.Second, 10*time.Millisecond, "kill %d: a new worker serves", i)
+		sign()
+	}
+	after := readProcCounts(t)
+	t.Logf("%d worker kills: threads %d -> %d, fds %d -> %d, children %d -> %d, zombies %d -> %d",
+		kills, before.threads, after.threads, before.fds, after.fds, before.children, after.children, before.zombies, after.zombies)
+	require.Zero(t, after.zombies, "every worker reaped")
+	require.Equal(t, before.children, after.children, "one worker per device, as before")
+	require.LessOrEqual(t, after.fds, before.fds+2, "no fd leaked per kill")
+	require.LessOrEqual(t, after.threads, before.threads+4, "no thread held per kill (this process makes no PKCS#11 call)")
+	require.Equal(t, int64(kills), cl.Status()[0].WorkerRestarts)
 }

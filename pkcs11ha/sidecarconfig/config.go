@@ -141,9 +141,15 @@ func (c *Config) resolvePaths(dir string) {
 	}
 }
 
-// Library returns the library's part of the config, for pkcs11ha.Open.
+// Library returns the library's part of the config, for pkcs11ha.Open. The sidecar's default isolation is
+// "process": each device's module in a worker process of its own, so that a crash or a hang inside a
+// vendor's module never takes the sidecar, and every application behind it, down.
 func (c *Config) Library() *pkcs11ha.Config {
-	return &pkcs11ha.Config{Topology: c.Topology, Policy: c.Policy.Policy}
+	p := c.Policy.Policy
+	if p.Isolation == "" {
+		p.Isolation = pkcs11ha.IsolationProcess
+	}
+	return &pkcs11ha.Config{Topology: c.Topology, Policy: p}
 }
 
 // Validate checks the library's part (pkcs11ha.Config.Validate), the request timeout, the PKCS#11 socket

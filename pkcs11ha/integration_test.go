@@ -42,6 +42,9 @@ func openCluster(t *testing.T, topo *softhsmtest.Topology, policy string, opts .
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: policy}))
 	cfg, err := pkcs11ha.LoadConfig(path)
 	require.NoError(t, err)
+	if iso := os.Getenv("PKCS11HA_TEST_ISOLATION"); iso != "" && cfg.Policy.Isolation == "" {
+		cfg.Policy.Isolation = iso // the whole suite on the other backend: go test with PKCS11HA_TEST_ISOLATION=process
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cl, err := pkcs11ha.Open(ctx, cfg, opts...)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -280,7 +281,8 @@ type workerProc struct {
 	w     *workerDevice
 	pid   int
 	cmd   *exec.Cmd
-	conn  *os.File
+	conn  net.Conn
+	rd    *bufio.Reader
 	wmu   sync.Mutex
 	dead  atomic.Bool
 	fresh atomic.Bool // no key listing received yet
@@ -330,7 +332,17 @@ func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
 		return nil, fmt.Errorf("starting worker %s: %w", w.cmd[0], err)
 	}
 	theirs.Close()
-	p := &workerProc{w: w, pid: cmd.Process.Pid, cmd: cmd, conn: mine, done: make(chan struct{}), pending: map[uint32]*pendingCall{}}
+	// Through the runtime's poller, not a blocking read holding a thread; buffered, so that a frame's
+	// header and body are one read.
+	conn, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("worker socket: %w", err)
+	}
+	p := &workerProc{w: w, pid: cmd.Process.Pid, cmd: cmd, conn: conn, rd: bufio.NewReaderSize(conn, 64<<10),
+		done: make(chan struct{}), pending: map[uint32]*pendingCall{}}
 	p.fresh.Store(true)
 	go p.logStderr(stderr)
 	go p.readLoop()
@@ -439,7 +451,7 @@ func (p *workerProc) forget(id uint32) *pendingCall {
 // readLoop delivers replies and events until the worker's end of the socket closes.
 func (p *workerProc) readLoop() {
 	for {
-		f, err := readFrame(p.conn)
+		f, err := readFrame(p.rd)
 		if err != nil {
 			// Usually the process is exiting (a crash): let its exit status be the reason.
 			select {

@@ -27,7 +27,8 @@ import (
 
 // workerPolicy runs every device's module in a worker process (this test binary, re-executed: its
 // TestMain serves as a worker through leakcheck.Main).
-const workerPolicy = "{isolation: process, health: {interval: 500ms, down_interval: 200ms}}"
+// Attempt deadlines far above a loaded host's hiccups: these tests are about processes, not latency.
+const workerPolicy = "{isolation: process, attempt_timeout: {local: 1s}, health: {interval: 500ms, down_interval: 200ms}}"
 
 // workerPIDs returns each device's worker pid from Status.
 func workerPIDs(t *testing.T, cl *pkcs11ha.Cluster) map[string]int {
@@ -125,7 +126,7 @@ func TestWorkerCrash(t *testing.T) {
 						default:
 						}
 						d := sha256.Sum256(fmt.Appendf(nil, "%d-%d", w, i))
-						ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 						s, err := k.SignContext(ctx, d[:], crypto.SHA256)
 						cancel()
 						calls.Add(1)
@@ -159,8 +160,7 @@ func TestWorkerCrash(t *testing.T) {
 func TestWorkerHungDevice(t *testing.T) {
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
 		{Name: "eastus-1", Region: "eastus"}, {Name: "eastus-2", Region: "eastus"}}})
-	// Attempt deadlines far above a loaded host's hiccups: this test is about recycling, not latency.
-	cl, _ := openCluster(t, topo, "{isolation: process, reinit_grace: 500ms, attempt_timeout: {local: 400ms}, health: {interval: 500ms, down_interval: 200ms}}")
+	cl, _ := openCluster(t, topo, "{isolation: process, reinit_grace: 500ms, attempt_timeout: {local: 1s}, health: {interval: 500ms, down_interval: 200ms}}")
 	k, err := cl.Key(context.Background(), "ledger", "ec-key")
 	require.NoError(t, err)
 	before := workerPIDs(t, cl)["eastus-1"]
@@ -176,7 +176,7 @@ func TestWorkerHungDevice(t *testing.T) {
 				default:
 				}
 				d := sha256.Sum256(fmt.Appendf(nil, "%d-%d", w, i))
-				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				s, err := k.SignContext(ctx, d[:], crypto.SHA256)
 				cancel()
 				calls.Add(1)
@@ -248,7 +248,7 @@ func TestWorkerKillSoak(t *testing.T) {
 	}
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
 		{Name: "eastus-1", Region: "eastus"}, {Name: "eastus-2", Region: "eastus"}}})
-	cl, _ := openCluster(t, topo, "{isolation: process, health: {interval: 200ms, down_interval: 50ms}}")
+	cl, _ := openCluster(t, topo, "{isolation: process, attempt_timeout: {local: 1s}, health: {interval: 200ms, down_interval: 50ms}}")
 	k, err := cl.Key(context.Background(), "ledger", "ec-key")
 	require.NoError(t, err)
 	sign := func() {

@@ -234,7 +234,7 @@ func TestPolicyBindings(t *testing.T) {
 			require.Contains(t, bound, key)
 			cfg := base.clone()
 			var pol Policy
-			require.NoError(t, DecodeYAML([]byte(yml), &pol))
+			require.NoError(t, decodeYAML([]byte(yml), &pol))
 			cfg.Policy = pol
 			err := cfg.Validate()
 			var ce *ConfigError

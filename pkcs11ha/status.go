@@ -43,6 +43,9 @@ type PartitionStatus struct {
 	Name  string `json:"name"`
 	Open  bool   `json:"open"`
 	Error string `json:"error,omitempty"`
+	// Logins counts C_Login calls for the partition on the device: one per (re)open of its module
+	// instance; a number that keeps growing is a device losing its logins.
+	Logins int64 `json:"logins"`
 }
 
 // Status returns a snapshot of every device, in config order.
@@ -70,7 +73,7 @@ func (cl *Cluster) Status() []DeviceStatus {
 		}
 		for pi, pc := range cl.s.cfg.Partitions {
 			p := d.be.partition(pi)
-			ds.Partitions = append(ds.Partitions, PartitionStatus{Name: pc.Name, Open: p.Open, Error: p.CredFatal})
+			ds.Partitions = append(ds.Partitions, PartitionStatus{Name: pc.Name, Open: p.Open, Error: p.CredFatal, Logins: p.Logins})
 		}
 		for _, cp := range cl.parts {
 			cp.mu.RLock()

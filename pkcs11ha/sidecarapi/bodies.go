@@ -75,7 +75,8 @@ type DeviceStatus struct {
 
 // PartitionStatus is one partition on one device.
 type PartitionStatus struct {
-	Name  string `json:"name"`
-	Open  bool   `json:"open"`
-	Error string `json:"error,omitempty"`
+	Name   string `json:"name"`
+	Open   bool   `json:"open"`
+	Error  string `json:"error,omitempty"`
+	Logins int64  `json:"logins"` // C_Login calls on the device for the partition
 }

@@ -44,7 +44,7 @@ func toDeviceStatuses(in []pkcs11ha.DeviceStatus) []sidecarapi.DeviceStatus {
 		if d.Partitions != nil {
 			out[i].Partitions = make([]sidecarapi.PartitionStatus, len(d.Partitions))
 			for j, p := range d.Partitions {
-				out[i].Partitions[j] = sidecarapi.PartitionStatus{Name: p.Name, Open: p.Open, Error: p.Error}
+				out[i].Partitions[j] = sidecarapi.PartitionStatus{Name: p.Name, Open: p.Open, Error: p.Error, Logins: p.Logins}
 			}
 		}
 	}

@@ -53,7 +53,7 @@ type DeviceStatus struct {
 	Name             string            `json:"name"`
 	Region           string            `json:"region"`
 	Tier             int               `json:"tier"`
-	State            string            `json:"state"` // "up" | "degraded" | "down"
+	State            string            `json:"state"`            // "up" | "degraded" | "down"
 	Reason           string            `json:"reason,omitempty"` // what keeps the device out (pkcs11ha.DeviceStatus.Reason)
 	Since            time.Time         `json:"since"`
 	Breaker          string            `json:"breaker"` // "closed" | "half-open" | "open"

@@ -209,7 +209,7 @@ func (a *attempt[T]) abandon(class Class, cause error) bool {
 	a.cancel(cause)
 	a.report(class, cause, a.r.clock.Now().Sub(a.start))
 	if class == ClassDown {
-		a.m.ewma.Observe(a.timeout) // a hung device must look slow, not stay at its last good latency
+		a.m.ewma.Penalize(a.timeout) // a hung device must look slow, not stay at its last good latency
 	}
 	return true
 }

@@ -53,8 +53,8 @@ type DeviceStatus struct {
 	Name             string            `json:"name"`
 	Region           string            `json:"region"`
 	Tier             int               `json:"tier"`
-	State            string            `json:"state"` // "up" | "degraded" | "down"
-	Reason           string            `json:"reason,omitempty"`
+	State            string            `json:"state"`            // "up" | "degraded" | "down"
+	Reason           string            `json:"reason,omitempty"` // what keeps the device out (pkcs11ha.DeviceStatus.Reason)
 	Since            time.Time         `json:"since"`
 	Breaker          string            `json:"breaker"` // "closed" | "half-open" | "open"
 	EWMA             time.Duration     `json:"ewma_ns"`

@@ -17,7 +17,7 @@ import (
 
 // fakeBackend is a cluster made of software keys: partition -> label -> key.
 type fakeBackend struct {
-	mu    sync.Mutex
+	mu       sync.Mutex
 	parts    map[string]map[string]*fakeKey
 	signs    atomic.Int64
 	decrypts atomic.Int64

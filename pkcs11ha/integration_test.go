@@ -36,7 +36,7 @@ import (
 func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // openCluster writes the topology's config and opens a cluster on it; the cluster is closed at cleanup.
-func openCluster(t *testing.T, topo *softhsmtest.Topology, policy string, opts ...pkcs11ha.Option) (*pkcs11ha.Cluster, *pkcs11ha.Config) {
+func openCluster(t testing.TB, topo *softhsmtest.Topology, policy string, opts ...pkcs11ha.Option) (*pkcs11ha.Cluster, *pkcs11ha.Config) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: policy}))

@@ -53,7 +53,9 @@ func TestWireErrors(t *testing.T) {
 		{"decrypt refused", &DeviceError{Device: "d", Op: opDecrypt, Code: pkcs11.CKR_ENCRYPTED_DATA_INVALID, Class: ClassDecryptRefused},
 			func(e error) bool { return classOf(e) == ClassDecryptRefused }},
 		{"our own verdict", downErr("d", "p", opOpenSession, "partition not open"),
-			func(e error) bool { return classOf(e) == ClassDeviceDown && e.Error() == downErr("d", "p", opOpenSession, "partition not open").Error() }},
+			func(e error) bool {
+				return classOf(e) == ClassDeviceDown && e.Error() == downErr("d", "p", opOpenSession, "partition not open").Error()
+			}},
 		{"input", inputErr("bad digest"), func(e error) bool { var ie *InputError; return errors.As(e, &ie) && ie.Msg == "bad digest" }},
 		{"mechanism", &MechanismError{Device: "d", Mechanism: "OAEP"}, func(e error) bool { return errors.Is(e, ErrUnsupported) }},
 		{"deadline", context.DeadlineExceeded, func(e error) bool { return errors.Is(e, context.DeadlineExceeded) }},

@@ -3,8 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +35,7 @@ type upgradeRig struct {
 	logPath  string // every generation's stderr (inherited)
 	module   string // the stock p11-kit-client.so
 	writeCfg func(extraServer string)
+	notify   *net.UnixConn // NOTIFY_SOCKET of every generation, as systemd gives a Type=notify unit
 }
 
 // startUpgradeRig builds the binary, starts the devices (with certificates, for Java's KeyStore) and the
@@ -72,7 +73,11 @@ func startUpgradeRig(t *testing.T) *upgradeRig {
 	require.NoError(t, err)
 	defer logFile.Close()
 	// Not softhsmtest.LogBuffer: a pipe's copying goroutine would wait for every generation to exit.
+	r.notify, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(sockDir, "notify.sock"), Net: "unixgram"})
+	require.NoError(t, err)
+	t.Cleanup(func() { r.notify.Close() })
 	cmd := exec.Command(r.bin, "serve", "--config", r.cfgPath, "--log-format", "text")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+r.notify.LocalAddr().String())
 	cmd.Stderr = logFile
 	require.NoError(t, cmd.Start())
 	exited := make(chan struct{})
@@ -91,6 +96,20 @@ func startUpgradeRig(t *testing.T) *upgradeRig {
 	require.Eventually(t, func() bool { pid, err := readPID(r.pidFile); return err == nil && pid == cmd.Process.Pid },
 		time.Minute, 20*time.Millisecond, "the first process serves and writes its pid")
 	return r
+}
+
+// notifications returns what the processes told systemd so far.
+func (r *upgradeRig) notifications() []string {
+	var out []string
+	buf := make([]byte, 4096)
+	for {
+		_ = r.notify.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		n, err := r.notify.Read(buf)
+		if err != nil {
+			return out
+		}
+		out = append(out, string(buf[:n]))
+	}
 }
 
 func (r *upgradeRig) logs() string {
@@ -249,12 +268,19 @@ func TestHotUpgrade(t *testing.T) {
 	assert.Contains(t, text, `hsm_ha_proxy_pkcs11_calls_total{`, "the last process served PKCS#11 calls")
 	assert.NotContains(t, text, `call="C_Login"`, "no application logged in again")
 	assert.Equal(t, strconv.Itoa(r.servingPID()), strings.TrimSpace(mustRead(t, r.pidFile)))
-	var c = sidecarclient.Dial(r.sock)
+	c := sidecarclient.Dial(r.sock)
 	defer c.Close()
 	ok, err := c.Ready(context.Background())
 	require.NoError(t, err)
 	assert.True(t, ok)
-	_ = crypto.SHA256
+
+	// systemd (Type=notify, NotifyAccess=all) was told of each process as it took over, in order.
+	pids = append(pids, r.servingPID())
+	var want []string
+	for _, pid := range pids {
+		want = append(want, fmt.Sprintf("MAINPID=%d\nREADY=1", pid))
+	}
+	assert.Equal(t, want, r.notifications())
 }
 
 func mustRead(t *testing.T, path string) string {

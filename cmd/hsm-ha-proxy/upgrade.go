@@ -162,7 +162,7 @@ func (u *upgrader) start(hello handover.Hello) (*handover.Conn, error) {
 	}
 	cf.Close()
 	if err == nil {
-		err = u.tf.Upgrade()
+		err = u.upgradeAfterParent()
 	}
 	if err != nil {
 		hc.Close()
@@ -171,6 +171,27 @@ func (u *upgrader) start(hello handover.Hello) (*handover.Conn, error) {
 	u.upgraded.Store(true)
 	return hc, nil
 }
+
+// upgradeAfterParent is tableflip's Upgrade once this process's own old process has exited: tableflip
+// refuses an upgrade before it has seen that exit, which it learns a moment after the old process is gone
+// (an upgrade right after another, as `hsm-ha-proxy upgrade` run twice does).
+func (u *upgrader) upgradeAfterParent() error {
+	ctx, cancel := context.WithTimeout(context.Background(), parentExitWait)
+	defer cancel()
+	if err := u.tf.WaitForParent(ctx); err != nil && ctx.Err() != nil {
+		return errors.New("the previous process is still handing over; try again")
+	}
+	for {
+		err := u.tf.Upgrade()
+		if err == nil || !strings.Contains(err.Error(), "parent hasn't exited") || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// parentExitWait bounds how long an upgrade waits for the previous one's old process to exit.
+const parentExitWait = 30 * time.Second
 
 // receive adopts what the old process hands over: the PKCS#11 object handles (then the PKCS#11 door
 // serves), its PKCS#11 connections with their state, its idle HTTP connections; then it confirms.

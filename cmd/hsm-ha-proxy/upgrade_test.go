@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"fmt"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/testcerts"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
@@ -29,7 +31,8 @@ type upgradeRig struct {
 	bin      string // the path the sidecar was started as: an upgrade starts what is there
 	topo     *softhsmtest.Topology
 	cfgPath  string
-	sock     string // HTTP API
+	sock     string // HTTP API on a unix socket
+	addr     string // or HTTP API on TCP with TLS (HOST:PORT)
 	p11sock  string // PKCS#11 front end
 	pidFile  string
 	logPath  string // every generation's stderr (inherited)
@@ -38,9 +41,14 @@ type upgradeRig struct {
 	notify   *net.UnixConn // NOTIFY_SOCKET of every generation, as systemd gives a Type=notify unit
 }
 
+// rigUpgradeTimeout is server.upgrade_timeout in the rig: far above a new process's start (about 3 s on a
+// loaded 2-core host), and what the test of a new process that never becomes ready waits.
+const rigUpgradeTimeout = 20 * time.Second
+
 // startUpgradeRig builds the binary, starts the devices (with certificates, for Java's KeyStore) and the
 // first sidecar process, and waits until it serves. When the test ends the serving process is stopped.
-func startUpgradeRig(t *testing.T) *upgradeRig {
+// With ca, the HTTP API listens on tcp:// with mutual TLS (a certificate of ca named "app" is a client).
+func startUpgradeRig(t *testing.T, ca *testcerts.CA) *upgradeRig {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary and runs SoftHSM devices")
@@ -60,12 +68,19 @@ func startUpgradeRig(t *testing.T) *upgradeRig {
 	r.sock, r.p11sock = filepath.Join(sockDir, "api.sock"), filepath.Join(sockDir, "p11.sock")
 	r.pidFile, r.logPath = filepath.Join(sockDir, "hsm-ha-proxy.pid"), filepath.Join(t.TempDir(), "sidecar.log")
 	r.cfgPath = filepath.Join(r.topo.Dir, "sidecar.yaml")
+	listen, clients := "unix://"+r.sock, fmt.Sprintf("- {name: me, unix_uid: %d, partitions: [payments]}", os.Getuid())
+	if ca != nil {
+		r.addr = freeTCPAddr(t)
+		cert, key := ca.ServerCert(t)
+		listen = fmt.Sprintf("tcp://%s\ntls: {cert: %q, key: %q, client_ca: %q}", r.addr, cert, key, ca.PEMPath)
+		clients += "\n- {name: app, cert_name: app, partitions: [payments]}"
+	}
 	r.writeCfg = func(extraServer string) {
 		require.NoError(t, r.topo.WriteConfig(r.cfgPath, softhsmtest.ConfigOptions{
 			PolicyYAML: "request_timeout: 10s\nattempt_timeout: {local: 3s, dr: 3s}",
-			ServerYAML: fmt.Sprintf("listen: unix://%s\npkcs11: unix://%s\npid_file: %s\nshutdown_grace: 10s\nupgrade_timeout: 60s\n%s",
-				r.sock, r.p11sock, r.pidFile, extraServer),
-			ClientsYAML: fmt.Sprintf("- {name: me, unix_uid: %d, partitions: [payments]}", os.Getuid()),
+			ServerYAML: fmt.Sprintf("listen: %s\npkcs11: unix://%s\npid_file: %s\nshutdown_grace: 10s\nupgrade_timeout: %s\n%s",
+				listen, r.p11sock, r.pidFile, rigUpgradeTimeout, extraServer),
+			ClientsYAML: clients,
 		}))
 	}
 	r.writeCfg("")
@@ -76,7 +91,8 @@ func startUpgradeRig(t *testing.T) *upgradeRig {
 	r.notify, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(sockDir, "notify.sock"), Net: "unixgram"})
 	require.NoError(t, err)
 	t.Cleanup(func() { r.notify.Close() })
-	cmd := exec.Command(r.bin, "serve", "--config", r.cfgPath, "--log-format", "text")
+	// --metrics-addr: a TCP listener passed on too.
+	cmd := exec.Command(r.bin, "serve", "--config", r.cfgPath, "--log-format", "text", "--metrics-addr", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+r.notify.LocalAddr().String())
 	cmd.Stderr = logFile
 	require.NoError(t, cmd.Start())
@@ -110,6 +126,14 @@ func (r *upgradeRig) notifications() []string {
 		}
 		out = append(out, string(buf[:n]))
 	}
+}
+
+// freeTCPAddr is a loopback address with a port free now.
+func freeTCPAddr(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 func (r *upgradeRig) logs() string {
@@ -199,7 +223,7 @@ func hotUpgrades() int {
 // cannot happen: the binary at the path exits at once; the config does not validate. The old process keeps
 // serving and no call fails.
 func TestHotUpgrade(t *testing.T) {
-	r := startUpgradeRig(t)
+	r := startUpgradeRig(t, nil)
 	rsaPub, ecPub := r.topo.Keys["rsa-key"].Public(), r.topo.Keys["ec-key"].Public()
 	apps := []*app{
 		startPyKCS11App(t, r.module, r.p11sock, rsaPub),
@@ -234,6 +258,15 @@ func TestHotUpgrade(t *testing.T) {
 		require.NoError(t, os.Rename(r.bin, real))
 		require.NoError(t, os.WriteFile(r.bin, []byte("#!/bin/sh\necho 'broken build' >&2\nexit 3\n"), 0o755))
 		r.failedUpgrade("the new binary exits")
+		require.NoError(t, os.Rename(real, r.bin))
+		waitProgress(t, apps, 5)
+	})
+	t.Run("an upgrade to a binary that never becomes ready", func(t *testing.T) {
+		real := r.bin + ".real"
+		require.NoError(t, os.Rename(r.bin, real))
+		require.NoError(t, os.WriteFile(r.bin, []byte("#!/bin/sh\nexec sleep 600\n"), 0o755))
+		r.failedUpgrade("the new process is not ready within server.upgrade_timeout")
+		assert.Contains(t, r.logs(), "timed out")
 		require.NoError(t, os.Rename(real, r.bin))
 		waitProgress(t, apps, 5)
 	})
@@ -287,4 +320,46 @@ func mustRead(t *testing.T, path string) string {
 	b, err := os.ReadFile(path)
 	require.NoError(t, err)
 	return string(b)
+}
+
+// TestHotUpgradeTLS: with the HTTP API on mutual TLS, whose connections cannot move, the Go client still sees
+// no failed call through upgrades (requests in flight finish; it resends one that meets an idle connection
+// being closed), and PyKCS11 keeps its session through the PKCS#11 front end.
+func TestHotUpgradeTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := testcerts.NewCA(t, dir, "ca")
+	r := startUpgradeRig(t, ca)
+	cert, key := ca.Issue(t, "app", nil)
+	c := sidecarclient.DialTLS(r.addr, testcerts.ClientTLS(t, ca, cert, key))
+	t.Cleanup(func() { c.Close() })
+	ecPub := r.topo.Keys["ec-key"].Public()
+	k := c.KeyWithPublic("payments", "ec-key", ecPub)
+	apps := []*app{
+		startPyKCS11App(t, r.module, r.p11sock, r.topo.Keys["rsa-key"].Public()),
+		signLoop("sidecarclient over TLS", 4, ecPub, func(d []byte) ([]byte, error) {
+			return k.SignContext(context.Background(), d, crypto.SHA256)
+		}),
+	}
+	stopped := false
+	stopApps := func() {
+		if !stopped {
+			stopped = true
+			for _, a := range apps {
+				a.stop()
+			}
+		}
+	}
+	t.Cleanup(stopApps)
+	waitProgress(t, apps, 20)
+	for range 3 {
+		r.upgrade()
+		waitProgress(t, apps, 5)
+	}
+	stopApps()
+	for _, a := range apps {
+		t.Log(a.stats.summary())
+		assert.Zero(t, a.stats.failed, "%s: failed calls: %v", a.stats.name, a.stats.errs)
+		assert.Zero(t, a.stats.bad, "%s: bad signatures", a.stats.name)
+	}
+	assert.Len(t, apps[0].stats.sessions, 1, "PyKCS11 kept its session: %v", apps[0].stats.sessions)
 }

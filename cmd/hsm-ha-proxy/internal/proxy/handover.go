@@ -17,7 +17,8 @@ import (
 
 // Hot upgrade of the HTTP door (docs/ARCHITECTURE.md, "Hot upgrade"). net/http cannot give a connection
 // away, so every unix connection is wrapped (hconn): once a handover is asked for, a connection that is
-// idle between requests — no byte of a next request read — sees EOF from its Read, which net/http takes for
+// idle between requests — no byte of a next request read since the last response was written — sees EOF
+// from its Read, which net/http takes for
 // the client closing it; its Close then passes the socket to the new process instead of closing it. A
 // request in flight finishes here first. TLS connections carry state that cannot be passed: they finish
 // their requests and are closed by the shutdown that follows.
@@ -114,9 +115,13 @@ func (s *Server) connState(nc net.Conn, st http.ConnState) {
 		s.hmu.Lock()
 		s.conns[c] = struct{}{}
 		s.hmu.Unlock()
+	case http.StateActive:
+		c.mu.Lock()
+		c.active = true
+		c.mu.Unlock()
 	case http.StateIdle:
 		c.mu.Lock()
-		c.gotBytes = false
+		c.active = false
 		c.mu.Unlock()
 		if s.handingOver() {
 			c.requestHandoff()
@@ -158,8 +163,13 @@ type hconn struct {
 	closed    chan struct{} // closed at StateClosed
 	closeOnce sync.Once
 
-	mu        sync.Mutex
-	gotBytes  bool      // a byte of a request was read since the connection was last idle (or new)
+	mu     sync.Mutex
+	active bool // serving a request (ConnState)
+	// gotBytes: a byte of a request not answered yet was read: since the last Write, or since the
+	// connection opened. Not "since it went idle": net/http's background read may take the first byte of
+	// the next request before the connection is idle. (HTTP/1.1 clients do not pipeline: the next request
+	// comes after the whole response.)
+	gotBytes  bool
 	reading   bool      // a Read is waiting in the kernel
 	handoff   bool      // pass the connection at its next idle moment
 	handedOff bool      // Read answered EOF for the handoff: Close passes the socket
@@ -172,7 +182,7 @@ type hconn struct {
 func (c *hconn) requestHandoff() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gotBytes {
+	if c.active || c.gotBytes {
 		return // a request is under way: connState asks again when it is idle
 	}
 	c.handoff = true
@@ -208,6 +218,13 @@ func (c *hconn) Read(p []byte) (int, error) {
 		return 0, io.EOF
 	}
 	return n, err
+}
+
+func (c *hconn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.gotBytes = false
+	c.mu.Unlock()
+	return c.UnixConn.Write(p)
 }
 
 func (c *hconn) SetReadDeadline(t time.Time) error {

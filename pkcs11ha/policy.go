@@ -48,6 +48,11 @@ type Policy struct {
 	// VerifySignatures: check signatures with the key's public key before returning them (verify.go):
 	// "rsa" (default), "all" (RSA, ECDSA, Ed25519) or "off".
 	VerifySignatures string `yaml:"verify_signatures"`
+	// Isolation: "none" (the library's default) loads every device's PKCS#11 module in this process;
+	// "process" (the sidecar's default) loads each in a worker process of its own (worker.go), so that a
+	// crash or hang inside a vendor's module never takes this process down. Process isolation re-executes
+	// this program's binary (or WithWorkerCommand's): main must call MaybeRunWorker first.
+	Isolation string `yaml:"isolation"`
 }
 
 // TierDurations is a duration per tier.
@@ -99,6 +104,7 @@ type ownSettings struct {
 	MaxStuckCalls    int
 	P11KitInstances  int
 	VerifySignatures string
+	Isolation        string
 }
 
 // defaultOwn holds the library's own defaults (the router's and the probes' are in their packages).
@@ -112,7 +118,14 @@ var defaultOwn = ownSettings{
 	MaxStuckCalls:    1000, // Go stops the process at 10,000 threads
 	P11KitInstances:  1,    // lanes.go: opt-in
 	VerifySignatures: VerifyRSA,
+	Isolation:        IsolationNone,
 }
+
+// Values of policy.isolation.
+const (
+	IsolationNone    = "none"
+	IsolationProcess = "process"
+)
 
 // ownFieldError names an ownSettings field that is out of bounds.
 type ownFieldError struct{ field, msg string }
@@ -163,6 +176,13 @@ func (o ownSettings) resolve() (ownSettings, error) {
 	case VerifyRSA, VerifyAll, VerifyOff:
 	default:
 		errs = append(errs, &ownFieldError{"VerifySignatures", fmt.Sprintf("want rsa, all or off, got %q", o.VerifySignatures)})
+	}
+	switch o.Isolation {
+	case "":
+		o.Isolation = defaultOwn.Isolation
+	case IsolationNone, IsolationProcess:
+	default:
+		errs = append(errs, &ownFieldError{"Isolation", fmt.Sprintf("want none or process, got %q", o.Isolation)})
 	}
 	return o, errors.Join(errs...)
 }
@@ -239,6 +259,7 @@ func bindings(p *Policy, r *failover.Config, h *health.MonitorConfig, o *ownSett
 		bind("max_stuck_calls", toOwn, "MaxStuckCalls", &p.MaxStuckCalls, &o.MaxStuckCalls),
 		bind("p11kit_client_instances", toOwn, "P11KitInstances", &p.P11KitInstances, &o.P11KitInstances),
 		bind("verify_signatures", toOwn, "VerifySignatures", &p.VerifySignatures, &o.VerifySignatures),
+		bind("isolation", toOwn, "Isolation", &p.Isolation, &o.Isolation),
 		bind("disable_panic", toRouter, "DisablePanic", &p.DisablePanic, &r.DisablePanic),
 		bind("stall_threshold", toRouter, "StallThreshold", dur(&p.StallThreshold), &r.StallThreshold),
 	}
@@ -254,6 +275,9 @@ type settings struct {
 	router  failover.Config
 	monitor health.MonitorConfig // each device's monitor adds its name, initial state and callback
 	own     ownSettings
+	// workerCmd starts a device worker (policy.isolation process): this program's binary unless
+	// WithWorkerCommand gave another.
+	workerCmd []string
 }
 
 // compile checks c and builds the settings from a copy of it; c is not changed.

@@ -27,6 +27,9 @@ const usage = `usage:
 `
 
 func main() {
+	// A device worker (policy.isolation process, the default) is this binary re-executed: it serves its
+	// parent and exits here, before any flag is parsed.
+	pkcs11ha.MaybeRunWorker()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/strictyaml"
 )
 
 // Config is hsm-ha-proxy's configuration file. Unknown keys are errors, as in the library's file.
@@ -142,11 +143,15 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// Parse decodes YAML strictly, with the library's rules (pkcs11ha.DecodeYAML); it does not validate.
+// Parse decodes YAML strictly, with the library's rules (unknown keys are errors; an error names its key);
+// it does not validate.
 func Parse(b []byte) (*Config, error) {
 	var cfg Config
-	if err := pkcs11ha.DecodeYAML(b, &cfg); err != nil {
-		return nil, err
+	if field, err := strictyaml.Decode(b, &cfg); err != nil {
+		if field != "" {
+			return nil, &pkcs11ha.ConfigError{Field: field, Msg: err.Error()}
+		}
+		return nil, fmt.Errorf("pkcs11ha: config: %w", err)
 	}
 	return &cfg, nil
 }
@@ -160,9 +165,15 @@ func (c *Config) resolvePaths(dir string) {
 	}
 }
 
-// Library returns the library's part of the config, for pkcs11ha.Open.
+// Library returns the library's part of the config, for pkcs11ha.Open. The sidecar's default isolation is
+// "process": each device's module in a worker process of its own, so that a crash or a hang inside a
+// vendor's module never takes the sidecar, and every application behind it, down.
 func (c *Config) Library() *pkcs11ha.Config {
-	return &pkcs11ha.Config{Topology: c.Topology, Policy: c.Policy.Policy}
+	p := c.Policy.Policy
+	if p.Isolation == "" {
+		p.Isolation = pkcs11ha.IsolationProcess
+	}
+	return &pkcs11ha.Config{Topology: c.Topology, Policy: p}
 }
 
 // Validate checks the library's part (pkcs11ha.Config.Validate), the request timeout, the PKCS#11 socket

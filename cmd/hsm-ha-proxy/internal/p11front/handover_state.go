@@ -4,9 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"cmp"
-	"crypto"
-	"crypto/rsa"
-	"encoding"
 	"errors"
 	"fmt"
 	"io"
@@ -39,34 +36,15 @@ type peerState struct {
 	PID int `json:"pid"`
 }
 
-// sessionState is one session: its handle (the application's), its slot and its active operations.
+// sessionState is one session: its handle (the application's), its slot, and its search and active
+// operations, which are plain data already (opState: mechanisms with their parameters, key handles, the
+// input so far or the running hash's state, an output kept for a retry).
 type sessionState struct {
-	Handle    uint64     `json:"handle"`
-	Slot      uint64     `json:"slot"`
-	Partition string     `json:"partition"`
-	RW        bool       `json:"rw"`
-	Find      *findState `json:"find,omitempty"`
-	Sign      *sigState  `json:"sign,omitempty"`
-	Verify    *sigState  `json:"verify,omitempty"`
-}
-
-// findState is a C_FindObjects cursor.
-type findState struct {
-	Handles []uint64 `json:"handles"`
-	Pos     int      `json:"pos"`
-}
-
-// sigState is an active signature or verification (sigPlan): the mechanism, the key object, the PSS
-// parameters and the input so far (the running hash's state, or the raw input).
-type sigState struct {
-	Mechanism uint64 `json:"mechanism"`
-	Object    uint64 `json:"object"`
-	Hash      uint   `json:"hash,omitempty"` // crypto.Hash of the digest
-	PSSSalt   int    `json:"pss_salt,omitempty"`
-	HashState []byte `json:"hash_state,omitempty"`
-	Buf       []byte `json:"buf,omitempty"`
-	Multi     bool   `json:"multi,omitempty"`
-	SigLen    int    `json:"sig_len"`
+	Handle    uint64  `json:"handle"`
+	Slot      uint64  `json:"slot"`
+	Partition string  `json:"partition"`
+	RW        bool    `json:"rw"`
+	Ops       opState `json:"ops"`
 }
 
 // objectsState is the front end's object handles: (partition, label, class) -> handle, and the next
@@ -97,17 +75,12 @@ func (c *conn) export(br *bufio.Reader) {
 	if c.shook {
 		st.Protocol = int(c.version)
 	}
-	dropped := c.sess.export(st)
-	if dropped > 0 {
-		// Decrypt, encrypt and digest operations are not carried yet: the application's next call on that
-		// session gets CKR_OPERATION_NOT_INITIALIZED.
-		c.log.Warn("PKCS#11 connection handed over without some active operations", "operations", dropped)
-	}
+	c.sess.export(st)
 	c.exported = st
 }
 
-// export adds the sessions and the login state to st and returns how many active operations it left out.
-func (t *sessionTable) export(st *connState) (dropped int) {
+// export adds the sessions and the login state to st.
+func (t *sessionTable) export(st *connState) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	st.NextSession = t.next
@@ -119,77 +92,11 @@ func (t *sessionTable) export(st *connState) (dropped int) {
 	slices.Sort(st.LoggedIn)
 	for _, s := range t.open {
 		s.mu.Lock()
-		ss := sessionState{Handle: s.handle, Slot: s.slot, Partition: s.partition, RW: s.rw}
-		if s.find != nil {
-			ss.Find = &findState{Handles: s.find.handles, Pos: s.find.pos}
-		}
-		var err error
-		if s.sign != nil {
-			if ss.Sign, err = s.sign.sigPlan.export(); err != nil {
-				dropped++
-			}
-		}
-		if s.verify != nil {
-			if ss.Verify, err = s.verify.sigPlan.export(); err != nil {
-				dropped++
-			}
-		}
-		for _, op := range []bool{s.decrypt != nil, s.encrypt != nil, s.digest != nil} {
-			if op {
-				dropped++
-			}
-		}
+		st.Sessions = append(st.Sessions, sessionState{Handle: s.handle, Slot: s.slot, Partition: s.partition, RW: s.rw,
+			Ops: s.ops})
 		s.mu.Unlock()
-		st.Sessions = append(st.Sessions, ss)
 	}
 	slices.SortFunc(st.Sessions, func(a, b sessionState) int { return cmp.Compare(a.Handle, b.Handle) })
-	return dropped
-}
-
-// export is the plan's state; an error when its running hash cannot be saved (every crypto.Hash of the
-// standard library can).
-func (p *sigPlan) export() (*sigState, error) {
-	st := &sigState{Mechanism: p.mech.typ, Object: p.obj.handle, Hash: uint(p.hash), Buf: bytes.Clone(p.buf), Multi: p.multi,
-		SigLen: p.sigLen}
-	if p.pss != nil {
-		st.PSSSalt = p.pss.SaltLength
-	}
-	if p.h != nil {
-		m, ok := p.h.(encoding.BinaryMarshaler)
-		if !ok {
-			return nil, errors.New("p11front: the running hash cannot be saved")
-		}
-		b, err := m.MarshalBinary()
-		if err != nil {
-			return nil, err
-		}
-		st.HashState = b
-	}
-	return st, nil
-}
-
-// importPlan rebuilds a plan from its state, with the object of the same handle in this process.
-func (c *conn) importPlan(st *sigState) (*sigPlan, error) {
-	m := mechByType[st.Mechanism]
-	o := c.s.objs.get(st.Object)
-	if m == nil || o == nil {
-		return nil, fmt.Errorf("p11front: operation on mechanism %#x, object %d: unknown here", st.Mechanism, st.Object)
-	}
-	p := &sigPlan{mech: m, obj: o, hash: crypto.Hash(st.Hash), buf: st.Buf, multi: st.Multi, sigLen: st.SigLen}
-	if st.PSSSalt > 0 {
-		p.pss = &rsa.PSSOptions{SaltLength: st.PSSSalt, Hash: p.hash}
-	}
-	if m.hash != 0 {
-		p.h = m.hash.New()
-		u, ok := p.h.(encoding.BinaryUnmarshaler)
-		if !ok || len(st.HashState) == 0 {
-			return nil, errors.New("p11front: no running hash to restore")
-		}
-		if err := u.UnmarshalBinary(st.HashState); err != nil {
-			return nil, fmt.Errorf("p11front: restoring the running hash: %w", err)
-		}
-	}
-	return p, nil
 }
 
 // restore makes the connection what st says (a connection being adopted, not yet served).
@@ -216,38 +123,10 @@ func (c *conn) restore(st *connState) error {
 		t.loggedIn[slot] = true
 	}
 	for _, ss := range st.Sessions {
-		s := &session{handle: ss.Handle, slot: ss.Slot, partition: ss.Partition, rw: ss.RW}
-		if ss.Find != nil {
-			s.find = &findOp{handles: ss.Find.Handles, pos: ss.Find.Pos}
-		}
-		if err := c.restoreOps(s, ss); err != nil {
-			return err
-		}
-		t.open[s.handle] = s
-		t.next = max(t.next, s.handle+1)
-	}
-	return nil
-}
-
-// restoreOps restores a session's signature and verification, with the cluster's key for a signature.
-func (c *conn) restoreOps(s *session, ss sessionState) error {
-	if ss.Sign != nil {
-		p, err := c.importPlan(ss.Sign)
-		if err != nil {
-			return err
-		}
-		key, err := c.s.be.Key(c.s.base, p.obj.partition, p.obj.label)
-		if err != nil {
-			return fmt.Errorf("p11front: the key of an active signature: %w", err)
-		}
-		s.sign = &signOp{sigPlan: p, key: key}
-	}
-	if ss.Verify != nil {
-		p, err := c.importPlan(ss.Verify)
-		if err != nil {
-			return err
-		}
-		s.verify = &verifyOp{sigPlan: p}
+		// Each call derives what it needs from the operations' plain state (the key object by its handle,
+		// the running hash from its state), as it does in the process that began them.
+		t.open[ss.Handle] = &session{handle: ss.Handle, slot: ss.Slot, partition: ss.Partition, rw: ss.RW, ops: ss.Ops}
+		t.next = max(t.next, ss.Handle+1)
 	}
 	return nil
 }

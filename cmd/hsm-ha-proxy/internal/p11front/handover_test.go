@@ -20,7 +20,7 @@ import (
 
 // TestHandOverMidOperation: a client of the stock p11-kit-client.so is in the middle of everything when its
 // connection moves to another server (as a hot upgrade moves it to the new process): logged in, a
-// multi-part signature and verification begun, a search half read. On the new server the same session
+// multi-part signature, verification, digest and encryption begun, a search half read. On the new server the same session
 // handle finishes them all, still logged in, and the signature verifies.
 func TestHandOverMidOperation(t *testing.T) {
 	c, old, be := newClientT(t)
@@ -34,6 +34,11 @@ func TestHandOverMidOperation(t *testing.T) {
 	require.NoError(t, c.p.SignUpdate(c.s, msg1))
 	require.NoError(t, c.p.VerifyInit(c.s, mechOf(pkcs11.CKM_SHA256_RSA_PKCS, nil), c.rsaPub))
 	require.NoError(t, c.p.VerifyUpdate(c.s, msg1))
+	require.NoError(t, c.p.DigestInit(c.s, mechOf(pkcs11.CKM_SHA256, nil)))
+	require.NoError(t, c.p.DigestUpdate(c.s, msg1))
+	require.NoError(t, c.p.EncryptInit(c.s, mechOf(pkcs11.CKM_RSA_PKCS, nil), c.rsaPub))
+	_, err = c.p.EncryptUpdate(c.s, []byte("a secret in "))
+	require.NoError(t, err)
 	require.NoError(t, c.p.FindObjectsInit(c.s, nil))
 	first, _, err := c.p.FindObjects(c.s, 1)
 	require.NoError(t, err)
@@ -48,6 +53,17 @@ func TestHandOverMidOperation(t *testing.T) {
 	assert.Equal(t, sigOld, sig, "PKCS#1 v1.5 is deterministic: the same input was signed")
 	require.NoError(t, c.p.VerifyUpdate(c.s, msg2))
 	require.NoError(t, c.p.VerifyFinal(c.s, sig), "and so does the verification")
+	require.NoError(t, c.p.DigestUpdate(c.s, msg2))
+	sum, err := c.p.DigestFinal(c.s)
+	require.NoError(t, err)
+	assert.Equal(t, digest[:], sum, "the digest hashed in two processes")
+	_, err = c.p.EncryptUpdate(c.s, []byte("two parts"))
+	require.NoError(t, err)
+	ct, err := c.p.EncryptFinal(c.s)
+	require.NoError(t, err)
+	pt, err := rsa.DecryptPKCS1v15(nil, c.rsaKey, ct)
+	require.NoError(t, err)
+	assert.Equal(t, "a secret in two parts", string(pt), "the encryption gathered in two processes")
 	rest, _, err := c.p.FindObjects(c.s, 100)
 	require.NoError(t, err)
 	require.NoError(t, c.p.FindObjectsFinal(c.s))

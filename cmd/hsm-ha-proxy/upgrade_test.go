@@ -195,6 +195,31 @@ func reap(pid int) {
 	_, _ = syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
 }
 
+// sidecarProcesses returns the children of parent that run the sidecar's binary (a sidecar or a device
+// worker), each with whether it has exited and waits to be reaped.
+func sidecarProcesses(parent int) map[int]bool {
+	out := map[int]bool{}
+	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, d := range dirs {
+		b, err := os.ReadFile(d)
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		open, end := strings.IndexByte(st, '('), strings.LastIndexByte(st, ')')
+		if open < 0 || end < open || st[open+1:end] != "hsm-ha-proxy" {
+			continue
+		}
+		f := strings.Fields(st[end+1:]) // state, ppid, ...
+		if len(f) < 2 || f[1] != strconv.Itoa(parent) {
+			continue
+		}
+		pid, _ := strconv.Atoi(strings.Fields(st)[0])
+		out[pid] = f[0] == "Z"
+	}
+	return out
+}
+
 // waitProgress waits until every application has made n more successful calls.
 func waitProgress(t *testing.T, apps []*app, n int) {
 	t.Helper()
@@ -306,6 +331,24 @@ func TestHotUpgrade(t *testing.T) {
 	ok, err := c.Ready(context.Background())
 	require.NoError(t, err)
 	assert.True(t, ok)
+
+	// Each process ran its own device workers (policy.isolation process): the serving one has one per
+	// device, and every old process's workers ended with it (orphans come to this test, the subreaper).
+	serving := r.servingPID()
+	assert.Len(t, sidecarProcesses(serving), len(r.topo.Devices), "the serving process's device workers")
+	require.Eventually(t, func() bool {
+		for pid, zombie := range sidecarProcesses(os.Getpid()) {
+			if pid != serving && !zombie {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 20*time.Millisecond, "the old processes' workers have exited: %v", sidecarProcesses(os.Getpid()))
+	for pid := range sidecarProcesses(os.Getpid()) {
+		if pid != serving {
+			reap(pid)
+		}
+	}
 
 	// systemd (Type=notify, NotifyAccess=all) was told of each process as it took over, in order.
 	pids = append(pids, r.servingPID())

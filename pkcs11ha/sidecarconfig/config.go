@@ -58,6 +58,25 @@ type ServerConfig struct {
 	// off. PKCS11Group (a group name or numeric gid) makes it mode 0660 owned by that group; else 0600.
 	PKCS11      string `yaml:"pkcs11"`
 	PKCS11Group string `yaml:"pkcs11_group"`
+	// PIDFile holds the pid of the process serving now: written once it serves, and rewritten by the new
+	// process of a hot upgrade (SIGUSR2, `hsm-ha-proxy upgrade --pid-file`). Empty: none. A relative path is
+	// relative to the config file's directory.
+	PIDFile string `yaml:"pid_file"`
+	// UpgradeTimeout bounds a hot upgrade's new process: from its start to serving (its cluster open and,
+	// when the old process was ready, ready too). Past it the new process is killed and the old one keeps
+	// serving. Zero means DefaultUpgradeTimeout.
+	UpgradeTimeout pkcs11ha.Duration `yaml:"upgrade_timeout"`
+}
+
+// DefaultUpgradeTimeout applies when server.upgrade_timeout is zero.
+const DefaultUpgradeTimeout = time.Minute
+
+// UpgradeDeadline is server.upgrade_timeout in effect.
+func (s *ServerConfig) UpgradeDeadline() time.Duration {
+	if s.UpgradeTimeout <= 0 {
+		return DefaultUpgradeTimeout
+	}
+	return s.UpgradeTimeout.D()
 }
 
 // validateListenGroup: server.listen_group applies to a unix:// listener (the default) only.
@@ -139,7 +158,7 @@ func Parse(b []byte) (*Config, error) {
 
 func (c *Config) resolvePaths(dir string) {
 	c.Topology.ResolvePaths(dir)
-	for _, p := range []*string{&c.Server.TLS.Cert, &c.Server.TLS.Key, &c.Server.TLS.ClientCA} {
+	for _, p := range []*string{&c.Server.TLS.Cert, &c.Server.TLS.Key, &c.Server.TLS.ClientCA, &c.Server.PIDFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
@@ -172,6 +191,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Server.validateListenGroup(); err != nil {
 		return err
+	}
+	if c.Server.UpgradeTimeout < 0 {
+		return &pkcs11ha.ConfigError{Field: "server.upgrade_timeout", Msg: fmt.Sprintf("must be positive, got %s", c.Server.UpgradeTimeout.D())}
 	}
 	return CheckClients(c.Clients, c.PartitionNames())
 }

@@ -58,7 +58,7 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	}
 	if s.own.Isolation == IsolationProcess {
 		if s.workerCmd = o.workerCmd; s.workerCmd == nil {
-			exe, err := os.Executable()
+			exe, err := selfExe()
 			if err != nil {
 				return nil, fmt.Errorf("pkcs11ha: policy.isolation process: finding this program's binary: %w", err)
 			}
@@ -255,4 +255,15 @@ func (cl *Cluster) healthKeySign(ctx context.Context, d *clusterDevice) error {
 		return err
 	}
 	return fmt.Errorf("health key %q not on this device", label)
+}
+
+// selfExe is the binary a worker is started from: on Linux /proc/self/exe, the very file this process
+// runs even after an upgrade replaced the one at its path (a worker restarted by the old process must
+// speak its protocol); elsewhere the path of the executable.
+func selfExe() (string, error) {
+	const proc = "/proc/self/exe"
+	if _, err := os.Stat(proc); err == nil {
+		return proc, nil
+	}
+	return os.Executable()
 }

@@ -317,6 +317,10 @@ func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
 	}
 	mine, theirs := os.NewFile(uintptr(fds[0]), "worker"), os.NewFile(uintptr(fds[1]), "worker-child")
 	cmd := exec.Command(w.cmd[0], w.cmd[1:]...)
+	if len(w.cmd) == 1 {
+		// The process list names the program and the device (the worker itself reads neither).
+		cmd.Args = []string{os.Args[0], "device-worker", w.name}
+	}
 	cmd.Env = append(os.Environ(), workerEnv+"=1")
 	cmd.ExtraFiles = []*os.File{theirs}
 	// Its own process group: a signal meant for the sidecar (Ctrl-C in a terminal) is not the worker's.

@@ -70,7 +70,10 @@ func call(c *pkcs11.Ctx, fn int, s pkcs11.SessionHandle, in, out []byte) (int, e
 	if len(out) == 0 {
 		return 0, pkcs11.Error(pkcs11.CKR_BUFFER_TOO_SMALL)
 	}
-	var inPtr *C.uchar
+	// An empty input still gets a valid pointer: SoftHSM refuses a NULL one (CKR_ARGUMENTS_BAD), and
+	// encrypting nothing with AES-GCM is legitimate (a tag over the additional data alone).
+	var empty [1]byte
+	inPtr := (*C.uchar)(unsafe.Pointer(&empty[0]))
 	if len(in) > 0 {
 		inPtr = (*C.uchar)(unsafe.Pointer(&in[0]))
 	}

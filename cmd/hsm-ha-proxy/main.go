@@ -115,12 +115,20 @@ func runServe(args []string, stderr io.Writer) int {
 		logger.Error("listening", "pkcs11", cfg.Server.PKCS11, "err", err)
 		return 1
 	}
+	kms, err := openKMS(cfg)
+	if err != nil {
+		ln.Close()
+		p11.close()
+		logger.Error("listening", "kms", cfg.Server.KMS, "err", err)
+		return 1
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cl, err := pkcs11ha.Open(ctx, cfg.Library(), pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(reg))
 	if err != nil {
 		ln.Close()
 		p11.close()
+		kms.close()
 		if ctx.Err() != nil {
 			logger.Info("stopped by a signal while opening the cluster")
 			return 0
@@ -153,9 +161,13 @@ func runServe(args []string, stderr io.Writer) int {
 	logger.Info("hsm-ha-proxy started", "listen", ln.Addr().String(), "pkcs11", cfg.Server.PKCS11, "devices", len(cfg.Devices),
 		"partitions", cfg.PartitionNames(), "clients", len(cfg.Clients))
 	p11.start(ctx, cfg, cl, srv, logger, reg)
+	kms.start(ctx, cl, logger)
 	serveErr := srv.Serve(ctx, ln)
-	stop() // the HTTP server has stopped (or failed): stop the PKCS#11 door too
+	stop() // the HTTP server has stopped (or failed): stop the other doors too
 	if err := p11.wait(); err != nil && serveErr == nil {
+		serveErr = err
+	}
+	if err := kms.wait(); err != nil && serveErr == nil {
 		serveErr = err
 	}
 	closeCluster(cl, cl.Config().Policy.CloseTimeout.D(), logger)

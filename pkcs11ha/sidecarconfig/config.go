@@ -21,6 +21,8 @@ type Config struct {
 	Policy            Policy         `yaml:"policy"`
 	Server            ServerConfig   `yaml:"server"`
 	Clients           []ClientConfig `yaml:"clients"`
+	// KMS is the key behind the Kubernetes KMS v2 door (server.kms; kms.go).
+	KMS KMSConfig `yaml:"kms"`
 }
 
 // Policy is the library's policy plus the sidecar's per-request deadline, which the file keeps under
@@ -57,6 +59,9 @@ type ServerConfig struct {
 	// off. PKCS11Group (a group name or numeric gid) makes it mode 0660 owned by that group; else 0600.
 	PKCS11      string `yaml:"pkcs11"`
 	PKCS11Group string `yaml:"pkcs11_group"`
+	// KMS is the Kubernetes KMS v2 plugin socket, unix:///PATH, for the API server on this host; empty:
+	// off. Its key is the top-level kms: section.
+	KMS string `yaml:"kms"`
 }
 
 // validateListenGroup: server.listen_group applies to a unix:// listener (the default) only.
@@ -166,6 +171,9 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Server.validateListenGroup(); err != nil {
+		return err
+	}
+	if err := c.validateKMS(); err != nil {
 		return err
 	}
 	return CheckClients(c.Clients, c.PartitionNames())

@@ -37,7 +37,11 @@ type attempt[T any] struct {
 	m     *member
 	op    string
 	hedge bool
-	start time.Time
+	// lastResort: no other member could take the call when this attempt began, so it runs to the caller's
+	// deadline instead of the attempt timeout (docs/ARCHITECTURE.md, "Routing defaults", last resort).
+	lastResort bool
+	timeout    time.Duration // how long after start the attempt deadline falls (timer and timeout error)
+	start      time.Time
 	// realStart is the real monotonic start (Router.mono), for the stall watchdog, which runs on real time
 	// even when tests drive Config.Clock.
 	realStart int64
@@ -83,17 +87,22 @@ func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 			return nil, err
 		}
 	}
-	a := &attempt[T]{r: r, m: m, op: c.op, hedge: hedge, done: done, ch: make(chan result[T], 1)}
+	a := &attempt[T]{r: r, m: m, op: c.op, hedge: hedge, done: done, ch: make(chan result[T], 1), timeout: m.timeout}
 	a.start = r.clock.Now()
 	a.realStart = r.mono()
 	deadline := a.start.Add(m.timeout)
-	if d, ok := c.ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+	if d, ok := c.ctx.Deadline(); ok {
+		switch {
+		case d.Before(deadline):
+			deadline = d // the caller's context ends first: callerGone, not the timer, ends the attempt
+		case !hedge && c.lastResort(mi):
+			deadline, a.lastResort, a.timeout = d, true, d.Sub(a.start)
+		}
 	}
 	cctx, cancel := context.WithCancelCause(c.ctx)
 	a.actx, a.cancel = attemptContext{cctx, deadline, a}, cancel
 	a.ctx = &a.actx // no separate allocation for the interface value
-	a.timer = r.clock.NewTimer(m.timeout)
+	a.timer = r.clock.NewTimer(a.timeout)
 	c.tried |= 1 << mi
 	c.ran |= 1 << mi
 	c.out.Attempts++
@@ -200,7 +209,7 @@ func (a *attempt[T]) abandon(class Class, cause error) bool {
 	a.cancel(cause)
 	a.report(class, cause, a.r.clock.Now().Sub(a.start))
 	if class == ClassDown {
-		a.m.ewma.Observe(a.m.timeout) // a hung device must look slow, not stay at its last good latency
+		a.m.ewma.Penalize(a.timeout) // a hung device must look slow, not stay at its last good latency
 	}
 	return true
 }
@@ -208,7 +217,7 @@ func (a *attempt[T]) abandon(class Class, cause error) bool {
 // timeoutError is the attempt's own timeout, marked Stalled when the stall watchdog saw this process
 // stand still after the attempt began.
 func (a *attempt[T]) timeoutError() *AttemptTimeoutError {
-	return &AttemptTimeoutError{Member: a.m.name, Timeout: a.m.timeout, Stalled: a.r.stalledSince(a.realStart)}
+	return &AttemptTimeoutError{Member: a.m.name, Timeout: a.timeout, Stalled: a.r.stalledSince(a.realStart)}
 }
 
 // watch outlives Do for an attempt that lost a hedge race or was left running when Do returned: it

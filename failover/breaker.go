@@ -44,10 +44,9 @@ func (r *Router) onBreakerChange(i int, from, to gobreaker.State) {
 	switch to {
 	case gobreaker.StateOpen:
 		if from == gobreaker.StateClosed && time.Duration(now-m.closedAt) >= r.forgiveAfter {
-			m.offenses = 0 // stayed healthy long enough: a first offence again
+			m.offenses.Store(0) // stayed healthy long enough: a first offence again
 		}
-		m.offenses++
-		d := r.openPeriod(m.offenses)
+		d := r.openPeriod(int(m.offenses.Add(1)))
 		m.openFor.Store(int64(d))
 		m.gate.Store(now + int64(d))
 	case gobreaker.StateClosed:

@@ -57,6 +57,7 @@ func TestBreakerOpensAfterThreeDeviceDownErrors(t *testing.T) {
 
 	st := e.r.Status()[0]
 	require.Equal(t, "open", st.Breaker)
+	require.Equal(t, 1, st.Offenses)
 	require.WithinDuration(t, time.Now().Add(5*time.Second), st.OpenUntil, time.Second)
 }
 
@@ -209,6 +210,7 @@ func TestBreakerRepeatOffenderBackoff(t *testing.T) {
 	closeIt()
 	trip() // soon after closing: still a repeat offender
 	require.Equal(t, 8*base, e.openFor(0))
+	require.Equal(t, 4, e.r.Status()[0].Offenses)
 	want = append(want, 8*base)
 
 	// Each open period was honoured: the breaker went half-open no earlier than its backoff allowed.
@@ -230,6 +232,7 @@ func TestBreakerRepeatOffenderBackoff(t *testing.T) {
 	e.r.members[0].closedAt -= int64(e.r.forgiveAfter) // as if it had stayed closed that long
 	trip()
 	require.Equal(t, base, e.openFor(0))
+	require.Equal(t, 1, e.r.Status()[0].Offenses)
 }
 
 func TestOpenPeriod(t *testing.T) {

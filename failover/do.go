@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/pkcs11-ha/pkcs11-ha/health"
@@ -15,7 +16,8 @@ type Outcome struct {
 }
 
 // Do runs one operation: pick a member, run fn under an attempt deadline = min(caller deadline,
-// now+AttemptTimeout[tier]) and under the member's breaker (outcome reported exactly once: on fn's
+// now+AttemptTimeout[tier]) (the caller's deadline alone when no other member could take the call: see
+// lastResort) and under the member's breaker (outcome reported exactly once: on fn's
 // result or at the deadline, whichever comes first; a late result is dropped), and retry on the next-best
 // member for retryable classes within the caller's deadline; other classes are returned at once.
 //
@@ -152,7 +154,7 @@ func (c *call[T]) callerGone() (T, error) {
 		}
 		c.detach(i)
 		c.out.Member = a.m.idx
-		if a.abandon(ClassCaller, cause) {
+		if a.abandon(c.goneClass(a, cause)) {
 			continue
 		}
 		res := <-a.ch
@@ -170,4 +172,15 @@ func (c *call[T]) callerGone() (T, error) {
 		return won.v, nil
 	}
 	return zero, c.ctx.Err()
+}
+
+// goneClass is how an attempt left running when the caller's context ended is reported: a caller error,
+// except for a last-resort attempt that outran its member's attempt timeout before the caller's deadline
+// passed: that is the timeout it would have had without the extension, the device's fault.
+func (c *call[T]) goneClass(a *attempt[T], cause error) (Class, error) {
+	if a.lastResort && errors.Is(cause, context.DeadlineExceeded) && c.r.clock.Now().Sub(a.start) >= a.m.timeout {
+		terr := a.timeoutError()
+		return terr.FailoverClass(), terr
+	}
+	return ClassCaller, cause
 }

@@ -313,6 +313,7 @@ func TestDoAbandonedCap(t *testing.T) {
 
 			_, ok := e.r.Pick(1<<0, 0)
 			require.False(t, ok, "member 0 is at the abandoned cap")
+			require.True(t, e.r.Status()[0].AbandonedCap)
 			_, out, err := e.do(1 << 0)
 			require.ErrorIs(t, err, ErrNoMember)
 			require.Zero(t, out.Attempts, "refused at once")
@@ -332,6 +333,7 @@ func TestDoAbandonedCap(t *testing.T) {
 			require.Zero(t, e.abandoned())
 			m, ok := e.r.Pick(1<<0, 0)
 			require.True(t, ok, "eligible again once the call returned")
+			require.False(t, e.r.Status()[0].AbandonedCap)
 			require.Zero(t, m)
 		})
 	}

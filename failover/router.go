@@ -44,8 +44,8 @@ type member struct {
 	// open breaker to half-open: reading status must not change routing.
 	brState atomic.Int32
 
-	// Backoff bookkeeping, only touched from onBreakerChange, which gobreaker calls under its own lock.
-	offenses int
+	// Backoff bookkeeping, only written from onBreakerChange, which gobreaker calls under its own lock.
+	offenses atomic.Int32 // breaker trips that count towards the backoff (read by Status)
 	closedAt int64
 	openFor  atomic.Int64 // the last open period, for Status and tests
 }

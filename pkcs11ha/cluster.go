@@ -68,22 +68,7 @@ func (cl *Cluster) runOn(ctx context.Context, m, pi int, op *deviceOp, check fun
 		}
 	}
 	cl.noteBadSignature(m, err)
-	return v, err
-}
-
-// LoginAttempts returns how many times C_Login was called for partition on device (for tests and audits).
-func (cl *Cluster) LoginAttempts(device, partition string) int64 {
-	for _, d := range cl.devices {
-		if d.name != device {
-			continue
-		}
-		for pi, p := range cl.s.cfg.Partitions {
-			if p.Name == partition {
-				return d.be.partition(pi).Logins
-			}
-		}
-	}
-	return 0
+	return v, route(err)
 }
 
 // Close stops probes and releases the modules. It is bounded by policy.close_timeout: idle module instances

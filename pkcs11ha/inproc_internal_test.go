@@ -11,3 +11,25 @@ func (cl *Cluster) inprocDevices() []*device {
 	}
 	return out
 }
+
+// LaneCount reports how many module instances device serves on (1 unless its module gets lanes).
+func (cl *Cluster) LaneCount(name string) int {
+	for _, cd := range cl.devices {
+		if d, ok := cd.be.(*device); ok && cd.name == name {
+			return len(d.laneList())
+		}
+	}
+	return 0
+}
+
+// loginAttempts is partition's C_Login count on device, from Status.
+func loginAttempts(cl *Cluster, device, partition string) int64 {
+	for _, ds := range cl.Status() {
+		for _, p := range ds.Partitions {
+			if ds.Name == device && p.Name == partition {
+				return p.Logins
+			}
+		}
+	}
+	return 0
+}

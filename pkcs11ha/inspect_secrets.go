@@ -4,12 +4,14 @@ import (
 	"encoding/hex"
 	"slices"
 	"strings"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 )
 
 // compareSecrets adds the secret keys to Inspect's report: for every partition and label, the reference
 // key check value as Open's vote picks it (majoritySecret) and what every device holds. held says which
 // devices' partitions opened (nil: not checked).
-func compareSecrets(rep *Report, devs []*device, held [][]map[string]*keyObject) {
+func compareSecrets(rep *inspection.Report, devs []*device, held [][]map[string]*keyObject) {
 	for pi := range rep.Partitions {
 		secrets := make([]map[string]*secretObject, len(devs))
 		var labels []string
@@ -33,26 +35,26 @@ func compareSecrets(rep *Report, devs []*device, held [][]map[string]*keyObject)
 				}
 			}
 			ref := majoritySecret(votes)
-			kr := KeyReport{Label: l, Algorithm: ref.alg, Fingerprint: hex.EncodeToString(ref.kcv), Consistent: true}
+			kr := inspection.KeyReport{Label: l, Algorithm: ref.alg, Fingerprint: hex.EncodeToString(ref.kcv), Consistent: true}
 			kr.KeyType, kr.Bits = secretTypeBits(ref)
 			for di, dr := range rep.Devices {
-				kd := KeyOnDevice{Device: dr.Name, Status: KeyUnchecked}
+				kd := inspection.KeyOnDevice{Device: dr.Name, Status: inspection.KeyUnchecked}
 				if secrets[di] != nil {
 					k := secrets[di][l]
 					switch {
 					case k == nil:
-						kd.Status = KeyMissing
+						kd.Status = inspection.KeyMissing
 					case sameSecret(k, ref.kcv, ref.alg):
-						kd.Status = KeyMatch
+						kd.Status = inspection.KeyMatch
 					default:
-						kd.Status = KeyDifferent
+						kd.Status = inspection.KeyDifferent
 					}
 					if k != nil {
 						kd.Algorithm, kd.Fingerprint = k.alg, hex.EncodeToString(k.kcv)
 						kd.KeyType, kd.Bits = secretTypeBits(k)
 					}
 				}
-				if kd.Status == KeyMissing || kd.Status == KeyDifferent {
+				if kd.Status == inspection.KeyMissing || kd.Status == inspection.KeyDifferent {
 					kr.Consistent = false
 				}
 				kr.Devices = append(kr.Devices, kd)

@@ -242,13 +242,3 @@ func (d *device) retiredCount() int64 {
 	}
 	return n
 }
-
-// LaneCount reports how many module instances device serves on (1 unless its module gets lanes).
-func (cl *Cluster) LaneCount(name string) int {
-	for _, cd := range cl.devices {
-		if d, ok := cd.be.(*device); ok && cd.name == name {
-			return len(d.laneList())
-		}
-	}
-	return 0
-}

@@ -62,7 +62,7 @@ func TestLanesOneCallPerInstance(t *testing.T) {
 	for _, l := range d.lanes[1:] {
 		require.NotNil(t, l.mod.current().solo, "lanes 1.. carry one call at a time")
 	}
-	require.EqualValues(t, 4, cl.LoginAttempts("eastus-1", "payments"), "one login per instance")
+	require.EqualValues(t, 4, loginAttempts(cl, "eastus-1", "payments"), "one login per instance")
 
 	k, err := cl.Key(context.Background(), "payments", "ec-key")
 	require.NoError(t, err)

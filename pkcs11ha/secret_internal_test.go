@@ -5,9 +5,7 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"testing"
-	"time"
 
-	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/require"
 )
 
@@ -59,30 +57,4 @@ func TestGCMFromECBTable(t *testing.T) {
 	g, _ := cipher.NewGCM(tb)
 	g.Seal(nil, make([]byte, 12), make([]byte, 40), nil)
 	require.True(t, tb.miss)
-}
-
-// TestRunWireSecretOps: the GCM fields of a deviceOp cross the worker protocol unchanged.
-func TestRunWireSecretOps(t *testing.T) {
-	for _, op := range []*deviceOp{
-		{Kind: kindSeal, Label: "aes-key", PubDER: []byte{1, 2, 3, 4, 5, 6, 7, 8}, Input: []byte("pt"), OutLen: 18, GCMFallback: true,
-			Mech: mechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: make([]byte, 12), GCMAAD: []byte("aad"), GCMTagBits: 128}},
-		{Kind: kindOpen, Label: "aes-key", Input: make([]byte, 40), OutLen: 24,
-			Mech: mechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: []byte("0123456789ab"), GCMTagBits: 128}},
-		{Kind: kindMAC, Label: "hmac-key", Input: []byte("data"), OutLen: 48, Mech: mechSpec{Type: pkcs11.CKM_SHA384_HMAC}},
-	} {
-		pi, timeout, got, err := decodeRun(encodeRun(1, time.Second, op))
-		require.NoError(t, err)
-		require.Equal(t, 1, pi)
-		require.Equal(t, time.Second, timeout)
-		norm := func(b []byte) []byte { // nil and empty are the same on the wire
-			if len(b) == 0 {
-				return nil
-			}
-			return b
-		}
-		for _, o := range []*deviceOp{op, got} {
-			o.PubDER, o.Input, o.Mech.GCMIV, o.Mech.GCMAAD, o.Mech.OAEPLabel = norm(o.PubDER), norm(o.Input), norm(o.Mech.GCMIV), norm(o.Mech.GCMAAD), norm(o.Mech.OAEPLabel)
-		}
-		require.Equal(t, op, got)
-	}
 }

@@ -1,17 +1,24 @@
 package pkcs11ha
 
 import (
+	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/health"
 )
 
 // DeviceStatus is one row of Cluster.Status. It never contains a PIN.
 type DeviceStatus struct {
-	Name             string        `json:"name"`
-	Region           string        `json:"region"`
-	Tier             int           `json:"tier"`
-	State            string        `json:"state"` // "up" | "degraded" | "down"
+	Name   string `json:"name"`
+	Region string `json:"region"`
+	Tier   int    `json:"tier"`
+	State  string `json:"state"` // "up" | "degraded" | "down"
+	// Reason says what keeps the device out of rotation or degraded (probes failing, breaker open after N
+	// offences until when, abandoned calls at the cap, stuck calls at max_stuck_calls, excluded keys,
+	// partitions not open); for a device in rotation, why its health last changed.
 	Reason           string        `json:"reason,omitempty"`
 	Since            time.Time     `json:"since"`
 	Breaker          string        `json:"breaker"` // "closed" | "half-open" | "open"
@@ -43,6 +50,9 @@ type PartitionStatus struct {
 	Name  string `json:"name"`
 	Open  bool   `json:"open"`
 	Error string `json:"error,omitempty"`
+	// Logins counts C_Login calls for the partition on the device: one per (re)open of its module
+	// instance; a number that keeps growing is a device losing its logins.
+	Logins int64 `json:"logins"`
 }
 
 // Status returns a snapshot of every device, in config order.
@@ -61,8 +71,10 @@ func (cl *Cluster) Status() []DeviceStatus {
 			Reinits: bc.Reinits, RetiredInstances: bc.Retired, StuckCalls: bc.Stuck,
 			WorkerPID: bc.WorkerPID, WorkerRestarts: bc.WorkerRestarts, WorkerExit: bc.WorkerExit,
 		}
+		var ms failover.MemberStatus
 		if i < len(rs) {
-			ds.Breaker, ds.EWMA, ds.InFlight, ds.Abandoned = rs[i].Breaker, rs[i].EWMA, rs[i].InFlight, rs[i].Abandoned
+			ms = rs[i]
+			ds.Breaker, ds.EWMA, ds.InFlight, ds.Abandoned = ms.Breaker, ms.EWMA, ms.InFlight, ms.Abandoned
 		}
 		if e := bc.LastErr; e != nil {
 			ds.LastError = e.msg
@@ -70,7 +82,7 @@ func (cl *Cluster) Status() []DeviceStatus {
 		}
 		for pi, pc := range cl.s.cfg.Partitions {
 			p := d.be.partition(pi)
-			ds.Partitions = append(ds.Partitions, PartitionStatus{Name: pc.Name, Open: p.Open, Error: p.CredFatal})
+			ds.Partitions = append(ds.Partitions, PartitionStatus{Name: pc.Name, Open: p.Open, Error: p.CredFatal, Logins: p.Logins})
 		}
 		for _, cp := range cl.parts {
 			cp.mu.RLock()
@@ -90,14 +102,12 @@ func (cl *Cluster) Status() []DeviceStatus {
 		default:
 			ds.State = "up"
 		}
-		if bc.CapRefusal != "" && ds.State == "down" {
-			ds.Reason = bc.CapRefusal // the probes only see their own symptom (a timeout); this is the cause
-		}
 		for _, ps := range ds.Partitions {
 			if !ps.Open && ds.State == "up" {
 				ds.State = "degraded"
 			}
 		}
+		ds.Reason = reasonOf(hs, ms, &ds, bc.CapRefusal)
 		out[i] = ds
 	}
 	return out
@@ -114,6 +124,54 @@ func (ds *DeviceStatus) noteExcluded(partition, label, dev string, ex *map[strin
 		}
 		ds.ExcludedKeys[partition+"/"+label] = why
 	}
+}
+
+// reasonOf says what keeps a device out of rotation, or degraded, most decisive first, "; " between
+// them; for a device in rotation with nothing against it, why its health last changed.
+func reasonOf(hs health.Status, ms failover.MemberStatus, ds *DeviceStatus, capRefusal string) string {
+	var why []string
+	switch {
+	case hs.State == health.StateDown && capRefusal != "":
+		why = append(why, capRefusal) // the probes only see their own symptom (a timeout); this is the cause
+	case hs.State != health.StateUp:
+		why = append(why, hs.Reason)
+	}
+	switch ms.Breaker {
+	case "open":
+		why = append(why, fmt.Sprintf("breaker open after %s until %s", plural(ms.Offenses, "offence"),
+			ms.OpenUntil.UTC().Format(time.RFC3339)))
+	case "half-open":
+		why = append(why, fmt.Sprintf("breaker half-open after %s: trial calls decide", plural(ms.Offenses, "offence")))
+	}
+	switch {
+	case ms.AbandonedCap:
+		why = append(why, plural(ds.Abandoned, "abandoned call")+" still running: at the cap")
+	case ds.Abandoned > 0:
+		why = append(why, plural(ds.Abandoned, "abandoned call")+" still running")
+	}
+	if n := len(ds.ExcludedKeys); n > 0 {
+		why = append(why, plural(n, "key")+" excluded")
+	}
+	for _, ps := range ds.Partitions {
+		switch {
+		case ps.Open:
+		case ps.Error != "":
+			why = append(why, fmt.Sprintf("partition %s not open: %s", ps.Name, ps.Error))
+		default:
+			why = append(why, fmt.Sprintf("partition %s not open", ps.Name))
+		}
+	}
+	if len(why) == 0 {
+		return hs.Reason
+	}
+	return strings.Join(why, "; ")
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return strconv.Itoa(n) + " " + what + "s"
 }
 
 // Ready reports whether every partition has at least one up device that holds all its keys.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -30,8 +31,10 @@ type workerDevice struct {
 	h    hooks
 	m    *metrics
 
-	mu      sync.Mutex
-	proc    *workerProc // nil: not running
+	// proc is the running worker (nil: none), read without a lock on the call path; startMu serialises
+	// starts and guards backoff, nextTry and closed, so a start in progress never blocks a call.
+	proc    atomic.Pointer[workerProc]
+	startMu sync.Mutex
 	backoff time.Duration
 	nextTry time.Time // no start before this (backoff after a failure)
 	closed  bool
@@ -68,16 +71,19 @@ var _ backend = (*workerDevice)(nil)
 // device-down.
 // Only opens and probes start workers (start): a call never waits for a process to start.
 func (w *workerDevice) current(ctx context.Context, start bool) (*workerProc, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed {
-		return nil, downErr(w.name, "", opWorker, "cluster closed")
-	}
-	if p := w.proc; p != nil && !p.dead.Load() {
+	if p := w.proc.Load(); p != nil && !p.dead.Load() {
 		return p, nil
 	}
 	if !start {
 		return nil, downErr(w.name, "", opWorker, "worker process not running")
+	}
+	w.startMu.Lock()
+	defer w.startMu.Unlock()
+	if w.closed {
+		return nil, downErr(w.name, "", opWorker, "cluster closed")
+	}
+	if p := w.proc.Load(); p != nil && !p.dead.Load() {
+		return p, nil // started by another probe meanwhile
 	}
 	if wait := time.Until(w.nextTry); wait > 0 {
 		return nil, downErr(w.name, "", opWorker, fmt.Sprintf("worker process restarting in %v", wait.Round(time.Millisecond)))
@@ -89,11 +95,11 @@ func (w *workerDevice) current(ctx context.Context, start bool) (*workerProc, er
 		w.noteError(err)
 		return nil, err
 	}
-	w.proc = p
+	w.proc.Store(p)
 	return p, nil
 }
 
-// failedStart pushes the next start back (caller holds w.mu).
+// failedStart pushes the next start back (caller holds w.startMu).
 func (w *workerDevice) failedStart() {
 	w.backoff = min(max(2*w.backoff, workerBackoffMin), workerBackoffMax)
 	w.nextTry = time.Now().Add(w.backoff)
@@ -102,13 +108,12 @@ func (w *workerDevice) failedStart() {
 // exited is called once per worker when it ends: pending calls fail, the device goes down, and the next
 // start waits for the backoff (reset once a worker serves a probe).
 func (w *workerDevice) exited(p *workerProc, why, status string) {
-	w.mu.Lock()
-	if w.proc == p {
-		w.proc = nil
+	w.startMu.Lock()
+	if w.proc.CompareAndSwap(p, nil) {
 		w.failedStart()
 	}
 	closed := w.closed
-	w.mu.Unlock()
+	w.startMu.Unlock()
 	if closed {
 		return
 	}
@@ -156,9 +161,9 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 	if st.Err != nil {
 		return st.Err.err()
 	}
-	w.mu.Lock()
+	w.startMu.Lock()
 	w.backoff = 0
-	w.mu.Unlock()
+	w.startMu.Unlock()
 	p.checkStuck(w, st.Counts.Stuck)
 	return nil
 }
@@ -264,11 +269,9 @@ func (w *workerDevice) counts() backendCounts {
 	if e := w.exit.Load(); e != nil {
 		c.WorkerExit = *e
 	}
-	w.mu.Lock()
-	if w.proc != nil {
-		c.WorkerPID = w.proc.pid
+	if p := w.proc.Load(); p != nil {
+		c.WorkerPID = p.pid
 	}
-	w.mu.Unlock()
 	return c
 }
 
@@ -284,11 +287,10 @@ func (w *workerDevice) noteError(err error) {
 }
 
 func (w *workerDevice) close(timeout time.Duration) {
-	w.mu.Lock()
+	w.startMu.Lock() // after a start in progress: its worker is stopped here too
 	w.closed = true
-	p := w.proc
-	w.proc = nil
-	w.mu.Unlock()
+	p := w.proc.Swap(nil)
+	w.startMu.Unlock()
 	if p != nil {
 		p.stop(timeout)
 	}
@@ -310,7 +312,8 @@ type workerProc struct {
 	w     *workerDevice
 	pid   int
 	cmd   *exec.Cmd
-	conn  *os.File
+	conn  net.Conn
+	rd    *bufio.Reader
 	wmu   sync.Mutex
 	dead  atomic.Bool
 	fresh atomic.Bool // no key listing received yet
@@ -328,7 +331,7 @@ type pendingCall struct {
 	deadline time.Time
 }
 
-// startWorker starts a worker for w and sends it its init message. Caller holds w.mu.
+// startWorker starts a worker for w and sends it its init message. Caller holds w.startMu.
 func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
 	if len(w.cmd) == 0 {
 		return nil, errors.New("no worker command (policy.isolation process needs the program to call pkcs11ha.MaybeRunWorker)")
@@ -360,7 +363,17 @@ func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
 		return nil, fmt.Errorf("starting worker %s: %w", w.cmd[0], err)
 	}
 	theirs.Close()
-	p := &workerProc{w: w, pid: cmd.Process.Pid, cmd: cmd, conn: mine, done: make(chan struct{}), pending: map[uint32]*pendingCall{}}
+	// Through the runtime's poller, not a blocking read holding a thread; buffered, so that a frame's
+	// header and body are one read.
+	conn, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("worker socket: %w", err)
+	}
+	p := &workerProc{w: w, pid: cmd.Process.Pid, cmd: cmd, conn: conn, rd: bufio.NewReaderSize(conn, 64<<10),
+		done: make(chan struct{}), pending: map[uint32]*pendingCall{}}
 	p.fresh.Store(true)
 	go p.logStderr(stderr)
 	go p.readLoop()
@@ -469,7 +482,7 @@ func (p *workerProc) forget(id uint32) *pendingCall {
 // readLoop delivers replies and events until the worker's end of the socket closes.
 func (p *workerProc) readLoop() {
 	for {
-		f, err := readFrame(p.conn)
+		f, err := readFrame(p.rd)
 		if err != nil {
 			// Usually the process is exiting (a crash): let its exit status be the reason.
 			select {

@@ -1,10 +1,12 @@
 package pkcs11ha
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -25,12 +27,20 @@ func MaybeRunWorker() {
 	if os.Getenv(workerEnv) == "" {
 		return
 	}
-	os.Exit(runWorker(os.NewFile(3, "worker-socket")))
+	f := os.NewFile(3, "worker-socket")
+	conn, err := net.FileConn(f)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pkcs11ha worker: fd 3 is not the parent's socket: %v\n", err)
+		os.Exit(2)
+	}
+	f.Close()
+	os.Exit(runWorker(conn))
 }
 
 // workerServer is one worker's state.
 type workerServer struct {
-	conn    *os.File
+	conn    net.Conn
+	rd      *bufio.Reader
 	wmu     sync.Mutex
 	dev     *device
 	keysGen atomic.Uint64
@@ -39,8 +49,9 @@ type workerServer struct {
 
 // runWorker serves the parent on conn until it goes away (EOF: the parent exited or killed us), and
 // returns the exit status.
-func runWorker(conn *os.File) int {
-	f, err := readFrame(conn)
+func runWorker(conn net.Conn) int {
+	rd := bufio.NewReaderSize(conn, 64<<10)
+	f, err := readFrame(rd)
 	if err != nil || f.typ != msgInit {
 		fmt.Fprintf(os.Stderr, "pkcs11ha worker: no init message: %v\n", err)
 		return 2
@@ -52,7 +63,7 @@ func runWorker(conn *os.File) int {
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(in.LogLevel)}))
-	w := &workerServer{conn: conn, log: log}
+	w := &workerServer{conn: conn, rd: rd, log: log}
 	s := &settings{cfg: Config{Topology: Topology{Devices: []DeviceConfig{in.Device}, Partitions: in.Partitions}},
 		pins: in.PINs, own: in.Own}
 	d, err := newDevice(s, 0, log)
@@ -71,7 +82,7 @@ func runWorker(conn *os.File) int {
 // nothing but its own thread.
 func (w *workerServer) serve() int {
 	for {
-		f, err := readFrame(w.conn)
+		f, err := readFrame(w.rd)
 		if err != nil {
 			return 0 // the parent is gone
 		}

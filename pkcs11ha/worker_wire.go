@@ -1,6 +1,7 @@
 package pkcs11ha
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"encoding/binary"
@@ -68,9 +69,19 @@ func readFrame(r io.Reader) (frame, error) {
 	if n < 5 || n > maxWorkerFrame {
 		return frame{}, fmt.Errorf("worker protocol: frame of %d bytes", n)
 	}
-	f := frame{id: binary.BigEndian.Uint32(hdr[4:8]), typ: hdr[8], payload: make([]byte, n-5)}
-	_, err := io.ReadFull(r, f.payload)
-	return f, err
+	f := frame{id: binary.BigEndian.Uint32(hdr[4:8]), typ: hdr[8]}
+	if n-5 <= 64<<10 {
+		f.payload = make([]byte, n-5)
+		_, err := io.ReadFull(r, f.payload)
+		return f, err
+	}
+	// A large frame (a key listing) grows with what arrives, not with what the header claims.
+	var b bytes.Buffer
+	if _, err := io.CopyN(&b, r, int64(n-5)); err != nil {
+		return frame{}, io.ErrUnexpectedEOF
+	}
+	f.payload = b.Bytes()
+	return f, nil
 }
 
 // workerInit is everything a worker needs to serve its device. The PINs travel here, over the socketpair,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/strictyaml"
 )
 
 // Config is hsm-ha-proxy's configuration file. Unknown keys are errors, as in the library's file.
@@ -128,11 +129,15 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// Parse decodes YAML strictly, with the library's rules (pkcs11ha.DecodeYAML); it does not validate.
+// Parse decodes YAML strictly, with the library's rules (unknown keys are errors; an error names its key);
+// it does not validate.
 func Parse(b []byte) (*Config, error) {
 	var cfg Config
-	if err := pkcs11ha.DecodeYAML(b, &cfg); err != nil {
-		return nil, err
+	if field, err := strictyaml.Decode(b, &cfg); err != nil {
+		if field != "" {
+			return nil, &pkcs11ha.ConfigError{Field: field, Msg: err.Error()}
+		}
+		return nil, fmt.Errorf("pkcs11ha: config: %w", err)
 	}
 	return &cfg, nil
 }

@@ -60,11 +60,14 @@ type Spec struct {
 
 // Slice is one measured slice of a cell.
 type Slice struct {
-	Ops      int64         `json:"ops"` // successful signatures
-	Errors   int64         `json:"errors"`
-	Seconds  float64       `json:"seconds"`
-	User     time.Duration `json:"user"` // CPU time of the child process during the slice
-	Sys      time.Duration `json:"sys"`
+	Ops     int64         `json:"ops"` // successful signatures
+	Errors  int64         `json:"errors"`
+	Seconds float64       `json:"seconds"`
+	User    time.Duration `json:"user"` // CPU time of the child process during the slice
+	Sys     time.Duration `json:"sys"`
+	// Workers is the CPU time of the child's own children during the slice: pkcs11ha's device workers
+	// under policy.isolation process.
+	Workers  time.Duration `json:"workers"`
 	Load     float64       `json:"load"`
 	FirstErr string        `json:"first_err,omitempty"`
 }
@@ -86,6 +89,8 @@ type Result struct {
 	LoadEnd   float64          `json:"load_end"`
 	UserPerOp time.Duration    `json:"user_per_op"` // CPU time of the whole child process per successful operation
 	SysPerOp  time.Duration    `json:"sys_per_op"`
+	// WorkersPerOp is the CPU time of the child's device workers (user + system) per operation.
+	WorkersPerOp time.Duration `json:"workers_per_op"`
 }
 
 // OpsPerSec is the cell's throughput over all its slices.
@@ -107,13 +112,14 @@ func (r Result) spread() float64 {
 	return (hi - lo) / median(ops)
 }
 
-// cpuTimes returns this process's user and system CPU time so far.
-func cpuTimes() (user, sys time.Duration) {
+// cpuTimes returns this process's user and system CPU time so far,
+// and the CPU time of its live children (device workers) so far.
+func cpuTimes() (user, sys, children time.Duration) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, 0
+		return 0, 0, 0
 	}
-	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano()), childrenCPU(os.Getpid())
 }
 
 // command is what the parent sends a child, one JSON object per line.
@@ -158,7 +164,7 @@ func RunChild(in io.Reader, out io.Writer) error {
 	}()
 	res := Result{LoadStart: math.NaN()}
 	var lats Latencies
-	var user, sys time.Duration
+	var user, sys, wcpu time.Duration
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		var cmd command
@@ -181,11 +187,11 @@ func RunChild(in io.Reader, out io.Writer) error {
 			if math.IsNaN(res.LoadStart) {
 				res.LoadStart = l0
 			}
-			u0, s0 := cpuTimes()
+			u0, s0, w0 := cpuTimes()
 			sl, l, devs := drive(workers, digest, cmd.D)
-			u1, s1 := cpuTimes()
-			sl.User, sl.Sys, sl.Load = u1-u0, s1-s0, loadAvg()
-			user, sys = user+sl.User, sys+sl.Sys
+			u1, s1, w1 := cpuTimes()
+			sl.User, sl.Sys, sl.Workers, sl.Load = u1-u0, s1-s0, w1-w0, loadAvg()
+			user, sys, wcpu = user+sl.User, sys+sl.Sys, wcpu+sl.Workers
 			res.LoadEnd = sl.Load
 			res.Slices = append(res.Slices, sl)
 			res.Ops += sl.Ops
@@ -208,6 +214,7 @@ func RunChild(in io.Reader, out io.Writer) error {
 			res.P50, res.P99 = lats.Quantile(0.50), lats.Quantile(0.99)
 			if res.Ops > 0 {
 				res.UserPerOp, res.SysPerOp = user/time.Duration(res.Ops), sys/time.Duration(res.Ops)
+				res.WorkersPerOp = wcpu / time.Duration(res.Ops)
 			}
 			return enc.Encode(res)
 		default:

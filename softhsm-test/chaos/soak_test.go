@@ -89,7 +89,7 @@ type soakState struct {
 	samples  []soakSample
 	stranded map[string][]int64 // device -> calls stranded by each of its kills
 	tailFrom time.Duration
-	// slowest recovery of a kill cycle and of a pause cycle, and the pause cycles' bound
+	// slowest recovery of a kill cycle and of a pause cycle, and the pause cycles' largest bound
 	worstKill, worstPause, pauseBound time.Duration
 }
 
@@ -108,14 +108,23 @@ func (s *soakState) run(e *env) {
 	}
 	kills, pauses := 0, 0
 	// Recovery bounds: a killed device comes back on a fresh instance with its latency estimate reset (and
-	// its breaker a repeat offender: the flapping bound); a short pause takes no device down, so the
-	// timeouts it caused stay in the peak EWMA, which must decay before P2C sends it its share again, on
-	// purpose (the slow-local scenario's bound).
+	// its breaker a repeat offender: the flapping bound). A short pause takes no device down: the timeouts
+	// it caused are a penalty on the device's latency estimate, which its fast probes work off with
+	// decay/10 (from a 50 ms penalty to a ~1 ms partner: ~4 such decays), four times more slowly when the
+	// device stalled less than 3 decays before (health.PeakEWMA.Penalize): plus a probe interval and slack.
 	killBound := e.recBound
-	pauseBound := 2*e.cfg.Policy.EWMADecay.D() + slack
+	pol := &e.cfg.Policy
+	pauseBound := func(repeat bool) time.Duration {
+		work := 4 * pol.EWMADecay.D() / 10
+		if repeat {
+			work *= 4
+		}
+		return work + pol.Health.Interval.D() + slack
+	}
+	lastPause := map[string]time.Time{}
 	for i := range n {
 		// Kills and pauses each alternate between the local devices; the last cycle is a kill (a paused
-		// device comes back looking slow, by design: peak EWMA, 10 s decay).
+		// device comes back looking slow for a few seconds: its timeouts are a penalty it works off).
 		pause := (i+1)%pauseEvery == pauseEvery/2
 		victim := locals[kills%len(locals)]
 		if pause {
@@ -128,12 +137,13 @@ func (s *soakState) run(e *env) {
 		before := e.stuckOf(victim)
 		e.recBound = killBound
 		if pause {
-			e.recBound = pauseBound
-		}
-		if pause {
+			last, ok := lastPause[victim]
+			e.recBound = pauseBound(ok && time.Since(last) < 3*pol.EWMADecay.D())
+			s.pauseBound = max(s.pauseBound, e.recBound)
 			e.inject(fmt.Sprintf("#%d %s paused", i+1, victim), false, []string{victim}, d.Pause)
 			e.hold(s.plan.down)
 			e.remove(fmt.Sprintf("#%d %s resumed", i+1, victim), d.Resume)
+			lastPause[victim] = time.Now()
 		} else {
 			e.inject(fmt.Sprintf("#%d %s killed", i+1, victim), false, []string{victim}, d.Kill)
 			e.hold(s.plan.down)
@@ -159,7 +169,6 @@ func (s *soakState) run(e *env) {
 	}
 	// The results table shows the kill cycles against their bound; the SOAK line adds the pause cycles.
 	e.recovery, e.recBound = s.worstKill, killBound
-	s.pauseBound = pauseBound
 	// The last victim back in rotation (as the chaos scenarios measure it), then half an EWMA decay for its
 	// latency estimate (reset to the initial guess by its re-init) to meet its real latency, then the tail.
 	if len(e.victims) > 0 {

@@ -18,10 +18,12 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/bench"
 )
 
 func main() {
+	pkcs11ha.MaybeRunWorker() // the device workers of the "worker" contender are this binary
 	if os.Getenv(bench.ChildEnv) != "" {
 		if err := bench.RunChild(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, err)

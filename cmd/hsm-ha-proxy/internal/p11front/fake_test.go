@@ -17,9 +17,10 @@ import (
 
 // fakeBackend is a cluster made of software keys: partition -> label -> key.
 type fakeBackend struct {
-	mu    sync.Mutex
-	parts map[string]map[string]*fakeKey
-	signs atomic.Int64
+	mu       sync.Mutex
+	parts    map[string]map[string]*fakeKey
+	signs    atomic.Int64
+	decrypts atomic.Int64
 }
 
 type fakeKey struct {
@@ -124,6 +125,7 @@ func (k *fakeKey) DecryptDevice(ctx context.Context, ct []byte, opts crypto.Decr
 	if !ok {
 		return nil, "none", &pkcs11ha.InputError{Msg: "not RSA"}
 	}
+	k.be.decrypts.Add(1)
 	pt, err := d.Decrypt(rand.Reader, ct, opts)
 	if err != nil {
 		return nil, "soft-1", errors.Join(err, errors.New("refused"))

@@ -90,14 +90,12 @@ func mechLabel(t uint64) string {
 }
 
 func (c *conn) cGetMechanismList(req *p11rpc.Request, w *p11rpc.Reply) error {
-	if _, _, err := c.slotArg(req); err != nil {
-		return err
-	}
-	n, null, err := req.UlongBuffer()
-	if err != nil {
-		return err
-	}
+	slot := req.Ulong()
+	n, null := req.UlongBuffer()
 	if err := req.Finish(); err != nil {
+		return err
+	}
+	if _, err := c.slot(slot); err != nil {
 		return err
 	}
 	list := make([]uint64, len(mechanisms))
@@ -109,14 +107,11 @@ func (c *conn) cGetMechanismList(req *p11rpc.Request, w *p11rpc.Reply) error {
 }
 
 func (c *conn) cGetMechanismInfo(req *p11rpc.Request, w *p11rpc.Reply) error {
-	if _, _, err := c.slotArg(req); err != nil {
-		return err
-	}
-	t, err := req.Ulong()
-	if err != nil {
-		return err
-	}
+	slot, t := req.Ulong(), req.Ulong()
 	if err := req.Finish(); err != nil {
+		return err
+	}
+	if _, err := c.slot(slot); err != nil {
 		return err
 	}
 	m := mechByType[t]

@@ -1,0 +1,157 @@
+package failover
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// fakeDeadline is a caller context whose deadline is on the fake clock. It ends only when the test ends
+// it (end), as a real one would when the fake time reached its deadline.
+type fakeDeadline struct {
+	context.Context
+	at time.Time
+}
+
+func (c fakeDeadline) Deadline() (time.Time, bool) { return c.at, true }
+
+func (c fakeDeadline) Err() error {
+	if c.Context.Err() != nil {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+func withFakeDeadline(t *testing.T, at time.Time) (ctx context.Context, end func()) {
+	cctx, cancel := context.WithCancelCause(context.Background())
+	t.Cleanup(func() { cancel(nil) })
+	return fakeDeadline{cctx, at}, func() { cancel(context.DeadlineExceeded) }
+}
+
+// TestDoLastResortAttempt: an attempt on the only member that could still take the call runs to the
+// caller's deadline; whenever another member could serve, a hung member is left at the attempt timeout.
+func TestDoLastResortAttempt(t *testing.T) {
+	const callerDeadline = 2 * time.Second
+	tests := []struct {
+		name       string
+		cfg        Config
+		ms         []MemberConfig
+		mask       Mask
+		setup      func(e *env) // member 0 is the one that hangs
+		unblock    func(e *env) // after member 0's attempt timeout
+		lastResort bool
+	}{
+		{name: "only member", ms: members(0), lastResort: true},
+		{name: "other member down", ms: members(0, 0), setup: func(e *env) { e.r.SetUp(1, false) }, lastResort: true},
+		{name: "other member not in mask", ms: members(0, 0), mask: 1 << 0, lastResort: true},
+		{name: "no attempt left", cfg: Config{MaxAttempts: 1}, ms: members(0, 0), lastResort: true},
+		{name: "other member breaker open", cfg: Config{DisablePanic: true}, ms: members(0, 0), setup: func(e *env) {
+			e.fakes[1].setErr(errClass(ClassDown))
+			for range 3 {
+				_, _, err := e.do(1 << 1)
+				require.ErrorIs(e.t, err, ErrNoMember)
+			}
+			e.fakes[1].setErr(nil)
+		}, lastResort: true},
+		{name: "other member at its abandoned cap", cfg: Config{MaxAbandonedPerMember: 1}, ms: members(0, 0), setup: func(e *env) {
+			e.fakes[1].hold.Store(true)
+			res := e.goDo(context.Background(), 1<<1)
+			e.entered(1)
+			e.blockUntil(1)
+			e.clk.Advance(50 * time.Millisecond)
+			require.ErrorIs(e.t, recv(e.t, res).err, ErrNoMember)
+			e.fakes[1].hold.Store(false)
+		}, lastResort: true},
+		{name: "other member up", ms: members(0, 0), lastResort: false},
+		{name: "other member in DR", ms: members(0, 1), lastResort: false},
+		{name: "other member full", ms: []MemberConfig{{Name: "m0"}, {Name: "m1", Capacity: 1}}, setup: func(e *env) {
+			e.fakes[1].hold.Store(true)
+			e.goDo(context.Background(), 1<<1)
+			e.entered(1)
+			e.fakes[1].hold.Store(false)
+		}, unblock: func(e *env) { e.fakes[1].release <- struct{}{} }, lastResort: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, tc.cfg, tc.ms)
+			mask := tc.mask
+			if mask == 0 {
+				mask = AllMembers
+			}
+			for i := 1; i < len(tc.ms); i++ {
+				e.r.Latency(i).Reset(time.Second) // member 0 is picked first
+			}
+			if tc.setup != nil {
+				tc.setup(e)
+			}
+			pending := e.clk.Pending()
+			e.fakes[0].hold.Store(true)
+			ctx, _ := withFakeDeadline(t, e.clk.Now().Add(callerDeadline))
+			res := e.goDo(ctx, mask)
+			e.entered(0)
+			e.blockUntil(pending + 1)
+			e.clk.Advance(50 * time.Millisecond)
+			if !tc.lastResort {
+				if tc.unblock != nil {
+					tc.unblock(e)
+				}
+				r := recv(t, res)
+				require.NotEqual(t, 0, r.out.Member, "left at the attempt timeout: %+v", r)
+				require.Equal(t, ClassDown, e.obs.attemptsOf(0)[0].class)
+				return
+			}
+			// Advance fires due timers at once: an attempt deadline at the attempt timeout is gone now.
+			require.Equal(t, 1, e.clk.Pending(), "the attempt deadline is the caller's")
+			e.clk.Advance(callerDeadline - 50*time.Millisecond - time.Nanosecond)
+			require.Equal(t, 1, e.clk.Pending())
+			notYet(t, res)
+			e.fakes[0].release <- struct{}{}
+			r := recv(t, res)
+			require.NoError(t, r.err, "a slow last resort is not an error")
+			require.Equal(t, Outcome{Member: 0, Attempts: 1}, r.out)
+			a0 := e.obs.attemptsOf(0)
+			require.Len(t, a0, 1)
+			require.Equal(t, ClassNone, a0[0].class)
+			require.Equal(t, callerDeadline-time.Nanosecond, a0[0].latency)
+			require.Zero(t, e.r.members[0].breaker.Counts().TotalFailures)
+		})
+	}
+}
+
+// TestDoLastResortHangsToTheCallerDeadline: a hung last resort holds the caller exactly until its
+// deadline, and the timeout still counts against the member (as the attempt timeout would have), whether
+// the attempt timer or the caller's context ends it first.
+func TestDoLastResortHangsToTheCallerDeadline(t *testing.T) {
+	const callerDeadline = 2 * time.Second
+	for _, callerFirst := range []bool{false, true} {
+		name := map[bool]string{false: "attempt timer", true: "caller context"}[callerFirst]
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, Config{}, members(0))
+			e.fakes[0].hold.Store(true)
+			ctx, end := withFakeDeadline(t, ft0.Add(callerDeadline))
+			res := e.goDo(ctx, AllMembers)
+			e.entered(0)
+			e.blockUntil(1)
+			e.clk.Advance(callerDeadline - time.Nanosecond)
+			notYet(t, res)
+			if callerFirst {
+				end()
+			} else {
+				e.clk.Advance(time.Nanosecond)
+			}
+			r := recv(t, res)
+			require.Error(t, r.err)
+			require.Equal(t, Outcome{Member: 0, Attempts: 1}, r.out)
+			if !callerFirst {
+				var te *AttemptTimeoutError
+				require.ErrorAs(t, r.err, &te)
+				require.Equal(t, callerDeadline, te.Timeout)
+			}
+			require.Equal(t, ClassDown, e.obs.attemptsOf(0)[0].class)
+			require.Equal(t, uint32(1), e.r.members[0].breaker.Counts().TotalFailures)
+			require.Equal(t, 1, e.abandoned())
+		})
+	}
+}

@@ -150,6 +150,7 @@ func (w *workerServer) state(err error, have uint64) *workerState {
 	}
 	if st.KeysGen != have {
 		st.Keys = make([][]wireKey, len(d.parts))
+		st.Secrets = wireSecrets(d)
 		for pi := range d.parts {
 			keys := d.keys(pi)
 			if keys == nil {
@@ -189,3 +190,19 @@ func (w *workerServer) write(id uint32, typ byte, b []byte) {
 
 // workerCloseGrace bounds a worker's orderly close before it is killed.
 const workerCloseGrace = 2 * time.Second
+
+// wireSecrets is d's secret keys per partition, for the parent.
+func wireSecrets(d *device) [][]wireSecret {
+	out := make([][]wireSecret, len(d.parts))
+	for pi := range d.parts {
+		keys := d.secretKeys(pi)
+		if keys == nil {
+			continue
+		}
+		out[pi] = make([]wireSecret, 0, len(keys))
+		for _, k := range keys {
+			out[pi] = append(out[pi], wireSecret{Label: k.label, ID: k.id, KeyType: k.keyType, Size: k.size, KCV: k.kcv})
+		}
+	}
+	return out
+}

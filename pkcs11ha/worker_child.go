@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,9 @@ func MaybeRunWorker() {
 	if os.Getenv(workerEnv) == "" {
 		return
 	}
+	// Started from /proc/self/exe (worker.go says why), the process would be named "exe" in the process
+	// list; name it after the program, as its argv says. Linux only; elsewhere the write fails harmlessly.
+	_ = os.WriteFile("/proc/self/comm", []byte(filepath.Base(os.Args[0])), 0)
 	f := os.NewFile(3, "worker-socket")
 	conn, err := net.FileConn(f)
 	if err != nil {

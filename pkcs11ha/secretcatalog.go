@@ -29,6 +29,10 @@ type SecretKeyInfo struct {
 	Label     string
 	ID        string // CKA_ID in hex
 	Algorithm string // AES_128, AES_192, AES_256, HMAC_SHA256, HMAC_SHA384 or HMAC_SHA512
+	// KeyType is the key's CKA_KEY_TYPE on the devices (CKK_AES, CKK_GENERIC_SECRET, CKK_SHA256_HMAC...)
+	// and ValueLen its CKA_VALUE_LEN in bytes.
+	KeyType  uint
+	ValueLen int
 	// CheckValue is the key check value in hex (docs/ARCHITECTURE.md, "Secret keys"): the same on every
 	// device holding this key, different for another key under the same label.
 	CheckValue string
@@ -151,8 +155,8 @@ func (cl *Cluster) SecretKeys(partition string) ([]SecretKeyInfo, error) {
 }
 
 func (cl *Cluster) secretInfo(e *secretEntry) SecretKeyInfo {
-	si := SecretKeyInfo{Label: e.label, ID: hexID(e.id), Algorithm: e.alg, CheckValue: hex.EncodeToString(e.kcv),
-		Excluded: map[string]string{}}
+	si := SecretKeyInfo{Label: e.label, ID: hexID(e.id), Algorithm: e.alg, KeyType: e.keyType, ValueLen: e.size,
+		CheckValue: hex.EncodeToString(e.kcv), Excluded: map[string]string{}}
 	mask := e.mask.Load()
 	for _, d := range cl.devices {
 		if mask&(1<<uint(d.idx)) != 0 {

@@ -78,9 +78,7 @@ func (k *SecretKey) Seal(ctx context.Context, plaintext, aad []byte) ([]byte, er
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, fmt.Errorf("pkcs11ha: seal: nonce: %w", err)
 	}
-	want := len(plaintext) + gcmTagSize
-	op := k.gcmOp(kindSeal, nonce, plaintext, aad, want)
-	ct, err := k.cl.doOn(ctx, "seal", k.entry.mask.Load(), k.pidx, op, outputLen("C_Encrypt", want), out)
+	ct, err := k.encryptGCM(ctx, out, "seal", nonce, plaintext, aad, 8*gcmTagSize)
 	if err != nil {
 		return nil, err
 	}
@@ -102,9 +100,22 @@ func (k *SecretKey) Open(ctx context.Context, sealed, aad []byte) ([]byte, error
 	if len(sealed) < SealOverhead {
 		return nil, &AuthError{Reason: fmt.Sprintf("%d bytes, shorter than nonce and tag", len(sealed))}
 	}
-	want := len(sealed) - SealOverhead
-	op := k.gcmOp(kindOpen, sealed[:gcmNonceSize], sealed[gcmNonceSize:], aad, want)
-	pt, err := k.cl.doOn(ctx, "open", k.entry.mask.Load(), k.pidx, op, outputLen("C_Decrypt", want), out)
+	return k.decryptGCM(ctx, out, "open", sealed[:gcmNonceSize], sealed[gcmNonceSize:], aad, 8*gcmTagSize)
+}
+
+// encryptGCM runs one AES-GCM encryption through the cluster: ciphertext ‖ tag.
+func (k *SecretKey) encryptGCM(ctx context.Context, out *Outcome, opName string, nonce, plaintext, aad []byte, tagBits int) ([]byte, error) {
+	want := len(plaintext) + tagBits/8
+	op := k.gcmOp(kindSeal, nonce, plaintext, aad, want, tagBits)
+	return k.cl.doOn(ctx, opName, k.entry.mask.Load(), k.pidx, op, outputLen("C_Encrypt", want), out)
+}
+
+// decryptGCM runs one AES-GCM decryption of ciphertext ‖ tag (at least tagBits/8 bytes) through the
+// cluster; a tag that does not match is an *AuthError.
+func (k *SecretKey) decryptGCM(ctx context.Context, out *Outcome, opName string, nonce, ct, aad []byte, tagBits int) ([]byte, error) {
+	want := len(ct) - tagBits/8
+	op := k.gcmOp(kindOpen, nonce, ct, aad, want, tagBits)
+	pt, err := k.cl.doOn(ctx, opName, k.entry.mask.Load(), k.pidx, op, outputLen("C_Decrypt", want), out)
 	if err != nil {
 		var de *DeviceError
 		if errors.As(err, &de) && de.Class == ClassDecryptRefused {
@@ -118,9 +129,9 @@ func (k *SecretKey) Open(ctx context.Context, sealed, aad []byte) ([]byte, error
 	return pt, nil
 }
 
-func (k *SecretKey) gcmOp(kind opKind, nonce, in, aad []byte, outLen int) *deviceOp {
+func (k *SecretKey) gcmOp(kind opKind, nonce, in, aad []byte, outLen, tagBits int) *deviceOp {
 	return &deviceOp{Kind: kind, Label: k.entry.label, PubDER: k.entry.kcv, Input: in, OutLen: outLen,
-		Mech:        mechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: nonce, GCMAAD: aad, GCMTagBits: 8 * gcmTagSize},
+		Mech:        mechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: nonce, GCMAAD: aad, GCMTagBits: uint(tagBits)},
 		GCMFallback: k.cl.s.own.GCMFallback}
 }
 

@@ -69,3 +69,17 @@ func (k Secret) withHash(h crypto.Hash) (*pkcs11ha.SecretKey, error) {
 	}
 	return k.WithHash(h)
 }
+
+// EncryptGCMDevice is EncryptGCM (the caller's nonce), and the device that encrypted.
+func (k Secret) EncryptGCMDevice(ctx context.Context, nonce, plaintext, aad []byte, tagBits int) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	ct, err := k.EncryptGCM(pkcs11ha.WithOutcome(ctx, &out), nonce, plaintext, aad, tagBits)
+	return ct, out.Device, err
+}
+
+// DecryptGCMDevice is DecryptGCM, and the device that decrypted (or refused to).
+func (k Secret) DecryptGCMDevice(ctx context.Context, nonce, ciphertext, aad []byte, tagBits int) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	pt, err := k.DecryptGCM(pkcs11ha.WithOutcome(ctx, &out), nonce, ciphertext, aad, tagBits)
+	return pt, out.Device, err
+}

@@ -231,3 +231,35 @@ func testSecretKeyTypes(t *testing.T, p *pkcs11.Ctx, s pkcs11.SessionHandle) {
 		assert.ErrorIs(t, tt.init(), pkcs11.Error(tt.want), tt.name)
 	}
 }
+
+// TestSecretKeysHandOver: a hot upgrade hands the secret keys' object handles over with the key pairs':
+// an HMAC begun (C_SignUpdate) in the old process ends in the new one, under the same key handle, and the
+// MAC is crypto/hmac's; the handle still names the key for new operations.
+func TestSecretKeysHandOver(t *testing.T) {
+	d, f := startSecretDevices(t)
+	p := openClient(t, f.socket)
+	s := openSession(t, p, "payments")
+	key := findKey(t, p, s, pkcs11.CKO_SECRET_KEY, "hmac-key")
+	aesKey := findKey(t, p, s, pkcs11.CKO_SECRET_KEY, "aes-key")
+	first, second := []byte("begun in the old process, "), []byte("ended in the new one")
+	want := goHMAC(sha256.New, d.secrets["hmac-key"], append(bytes.Clone(first), second...))
+	require.NoError(t, p.SignInit(s, mechOf(pkcs11.CKM_SHA256_HMAC, nil), key))
+	require.NoError(t, p.SignUpdate(s, first))
+	require.NoError(t, p.VerifyInit(s, mechOf(pkcs11.CKM_SHA256_HMAC, nil), key))
+	require.NoError(t, p.VerifyUpdate(s, first))
+
+	moveConnections(t, f, ClusterBackend(d.cl), d.cl.Config().PartitionNames())
+
+	require.NoError(t, p.SignUpdate(s, second))
+	mac, err := p.SignFinal(s)
+	require.NoError(t, err)
+	assert.Equal(t, want, mac, "the MAC begun in one process and ended in the other")
+	require.NoError(t, p.VerifyUpdate(s, second))
+	require.NoError(t, p.VerifyFinal(s, want))
+	assert.Equal(t, key, findKey(t, p, s, pkcs11.CKO_SECRET_KEY, "hmac-key"), "the same handle")
+	assert.Equal(t, aesKey, findKey(t, p, s, pkcs11.CKO_SECRET_KEY, "aes-key"), "the same handle")
+	require.NoError(t, p.SignInit(s, mechOf(pkcs11.CKM_SHA256_HMAC, nil), key))
+	mac, err = p.Sign(s, second)
+	require.NoError(t, err)
+	assert.Equal(t, goHMAC(sha256.New, d.secrets["hmac-key"], second), mac)
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
+	"os"
 	"testing"
 
 	"github.com/miekg/pkcs11"
@@ -113,4 +114,63 @@ func testGCMRaw(t *testing.T, d *devices, f *frontT) {
 		require.Equal(t, ok, l.init(p11rpc.CallEncryptInit, gcmMech(make([]byte, 16), nil, 128), key))
 		assert.Equal(t, uint64(pkcs11.CKR_MECHANISM_PARAM_INVALID), l.rv(l.single(p11rpc.CallEncrypt, pt, 100, false)))
 	})
+}
+
+// envNewClient names a p11-kit-client.so of p11-kit 0.25 or later (built from source: Debian 12 ships
+// 0.24.1), whose RPC carries CKM_AES_GCM; TestGCMNewClient is skipped without it.
+const envNewClient = "PKCS11HA_TEST_P11KIT_CLIENT_NEW"
+
+// TestGCMNewClient: AES-GCM through a p11-kit client that carries it (0.25+; e.g. 0.26.4 built from
+// source), with miekg/pkcs11's CK_GCM_PARAMS: the token lists CKM_AES_GCM, C_Encrypt's ciphertext ‖ tag is
+// crypto/cipher's, single- and multi-part, C_Decrypt opens it, a tampered one is CKR_ENCRYPTED_DATA_INVALID.
+func TestGCMNewClient(t *testing.T) {
+	module := os.Getenv(envNewClient)
+	if module == "" {
+		t.Skipf("%s is not set: no p11-kit client that carries CKM_AES_GCM (0.25+) to test with", envNewClient)
+	}
+	d, f := startSecretDevices(t)
+	p := openClientModule(t, module, f.socket)
+	s := openSession(t, p, "payments")
+	slots, err := p.GetSlotList(true)
+	require.NoError(t, err)
+	mechs, err := p.GetMechanismList(slots[0])
+	require.NoError(t, err)
+	var types []uint
+	for _, m := range mechs {
+		types = append(types, m.Mechanism)
+	}
+	require.Contains(t, types, uint(pkcs11.CKM_AES_GCM), "the newer client passes CKM_AES_GCM on")
+
+	key := findKey(t, p, s, pkcs11.CKO_SECRET_KEY, "aes-key")
+	g := goAESGCM(t, d.secrets["aes-key"])
+	iv, aad, pt := make([]byte, 12), []byte("aad"), []byte("through p11-kit's own client")
+	_, _ = rand.Read(iv)
+	want := g.Seal(nil, iv, pt, aad)
+	gcm := func() []*pkcs11.Mechanism {
+		return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, pkcs11.NewGCMParams(iv, aad, 128))}
+	}
+	require.NoError(t, p.EncryptInit(s, gcm(), key))
+	ct, err := p.Encrypt(s, pt)
+	require.NoError(t, err)
+	assert.Equal(t, want, ct, "ciphertext ‖ tag, crypto/cipher's AES-GCM with the key's value")
+
+	require.NoError(t, p.EncryptInit(s, gcm(), key))
+	out, err := p.EncryptUpdate(s, pt[:7])
+	require.NoError(t, err)
+	more, err := p.EncryptUpdate(s, pt[7:])
+	require.NoError(t, err)
+	last, err := p.EncryptFinal(s)
+	require.NoError(t, err)
+	assert.Equal(t, want, append(append(out, more...), last...), "multi-part")
+
+	require.NoError(t, p.DecryptInit(s, gcm(), key))
+	got, err := p.Decrypt(s, want)
+	require.NoError(t, err)
+	assert.Equal(t, pt, got)
+	bad := bytes.Clone(want)
+	bad[0] ^= 1
+	require.NoError(t, p.DecryptInit(s, gcm(), key))
+	_, err = p.Decrypt(s, bad)
+	assert.ErrorIs(t, err, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID))
+	requireDevicesHealthy(t, d)
 }

@@ -263,3 +263,20 @@ func TestSecretKeysHandOver(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, goHMAC(sha256.New, d.secrets["hmac-key"], second), mac)
 }
+
+// TestSecretMechanismsNeedKeys: a token without secret keys lists no HMAC or AES-GCM mechanism and
+// answers C_GetMechanismInfo for them with CKR_MECHANISM_INVALID (the fake cluster has key pairs only).
+func TestSecretMechanismsNeedKeys(t *testing.T) {
+	f, _ := softFront(t)
+	p := openClient(t, f.socket)
+	mechs, err := p.GetMechanismList(1)
+	require.NoError(t, err)
+	require.NotEmpty(t, mechs)
+	for _, m := range mechs {
+		assert.NotContains(t, []uint{pkcs11.CKM_SHA256_HMAC, pkcs11.CKM_SHA384_HMAC, pkcs11.CKM_SHA512_HMAC, pkcs11.CKM_AES_GCM}, m.Mechanism)
+	}
+	_, err = p.GetMechanismInfo(1, mechOf(pkcs11.CKM_SHA256_HMAC, nil))
+	assert.ErrorIs(t, err, pkcs11.Error(pkcs11.CKR_MECHANISM_INVALID))
+	_, err = p.GetMechanismInfo(1, mechOf(pkcs11.CKM_RSA_PKCS, nil))
+	assert.NoError(t, err)
+}

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // The worker side of policy.isolation "process" (docs/ARCHITECTURE.md, "Process model"): a process that
@@ -191,9 +190,6 @@ func (w *workerServer) write(id uint32, typ byte, b []byte) {
 		return
 	}
 }
-
-// workerCloseGrace bounds a worker's orderly close before it is killed.
-const workerCloseGrace = 2 * time.Second
 
 // wireSecrets is d's secret keys per partition, for the parent.
 func wireSecrets(d *device) [][]wireSecret {

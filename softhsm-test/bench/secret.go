@@ -71,7 +71,7 @@ func verifySecret(s Spec, input, out []byte) error {
 		}
 		pt, err := g.Open(nil, out[:12], out[12:], nil)
 		if err != nil || !hmac.Equal(pt, input) {
-			return fmt.Errorf("the sealed output does not open with Go's AES-GCM the sealed output  to the input (%v)", err)
+			return fmt.Errorf("the sealed output does not open to the input with Go's AES-GCM (%v)", err)
 		}
 	case AESOpen:
 		if !hmac.Equal(out, input) {

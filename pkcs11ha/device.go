@@ -392,6 +392,9 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, op *deviceOp)
 	label := op.Label
 	k := st.key(label)
 	if k == nil {
+		k = p.lookupKey(ctx, st, label, op.PubDER) // live pickup (admin_device.go)
+	}
+	if k == nil {
 		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
 	}
 	s, err := st.pool.get(ctx)

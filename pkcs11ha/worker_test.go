@@ -58,28 +58,39 @@ func TestWorkerServes(t *testing.T) {
 	rk, err := cl.Key(ctx, "payments", "rsa-key")
 	require.NoError(t, err)
 	served := map[string]int{}
-	for i := range 200 {
-		d := sha256.Sum256(fmt.Appendf(nil, "worker %d", i))
-		var out pkcs11ha.Outcome
-		sig, err := ec.SignContext(pkcs11ha.WithOutcome(ctx, &out), d[:], crypto.SHA256)
-		require.NoError(t, err)
-		require.True(t, ecdsa.VerifyASN1(ec.Public().(*ecdsa.PublicKey), d[:], sig))
-		served[out.Device]++
-		if i%50 == 0 {
-			rsig, err := rk.Sign(rand.Reader, d[:], crypto.SHA256)
+	signAll := func(n int) {
+		for i := range n {
+			d := sha256.Sum256(fmt.Appendf(nil, "worker %d", i))
+			var out pkcs11ha.Outcome
+			sig, err := ec.SignContext(pkcs11ha.WithOutcome(ctx, &out), d[:], crypto.SHA256)
 			require.NoError(t, err)
-			require.NoError(t, rsa.VerifyPKCS1v15(rk.Public().(*rsa.PublicKey), crypto.SHA256, d[:], rsig))
-			ct, err := rsa.EncryptPKCS1v15(rand.Reader, rk.Public().(*rsa.PublicKey), d[:])
-			require.NoError(t, err)
-			pt, err := rk.Decrypt(rand.Reader, ct, nil)
-			require.NoError(t, err)
-			require.Equal(t, d[:], pt)
+			require.True(t, ecdsa.VerifyASN1(ec.Public().(*ecdsa.PublicKey), d[:], sig))
+			served[out.Device]++
+			if i%25 == 0 {
+				rsig, err := rk.Sign(rand.Reader, d[:], crypto.SHA256)
+				require.NoError(t, err)
+				require.NoError(t, rsa.VerifyPKCS1v15(rk.Public().(*rsa.PublicKey), crypto.SHA256, d[:], rsig))
+				ct, err := rsa.EncryptPKCS1v15(rand.Reader, rk.Public().(*rsa.PublicKey), d[:])
+				require.NoError(t, err)
+				pt, err := rk.Decrypt(rand.Reader, ct, nil)
+				require.NoError(t, err)
+				require.Equal(t, d[:], pt)
+			}
 		}
 	}
-	require.Len(t, served, 2, "both devices served: %v", served)
+	signAll(100)
 	for _, ds := range cl.Status() {
 		require.Equal(t, "up", ds.State, "%s: %s", ds.Name, ds.Reason)
 	}
+	// Sequential calls follow the lower latency estimate: take the device that served them away, so that
+	// the other one serves too.
+	first := "eastus-1"
+	if served["eastus-2"] > served["eastus-1"] {
+		first = "eastus-2"
+	}
+	require.NoError(t, topo.Device(first).Kill())
+	signAll(100)
+	require.Len(t, served, 2, "both devices served: %v", served)
 }
 
 // TestWorkerCrash: a worker killed (SIGKILL) or crashing (SIGSEGV) under load costs no call — its calls in
@@ -266,4 +277,34 @@ func TestWorkerKillSoak(t *testing.T) {
 	require.LessOrEqual(t, after.fds, before.fds+2, "no fd leaked per kill")
 	require.LessOrEqual(t, after.threads, before.threads+4, "no thread held per kill (this process makes no PKCS#11 call)")
 	require.Equal(t, int64(kills), cl.Status()[0].WorkerRestarts)
+}
+
+// TestOneCallSign: a signature costs one C_Sign round trip, not a length query and then the signature
+// (counted on the wire by the device's relay), on both backends, RSA and ECDSA alike.
+func TestOneCallSign(t *testing.T) {
+	for _, iso := range []string{pkcs11ha.IsolationNone, pkcs11ha.IsolationProcess} {
+		t.Run(iso, func(t *testing.T) {
+			topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
+			cl, _ := openCluster(t, topo, "{isolation: "+iso+"}")
+			ctx := context.Background()
+			ec, err := cl.Key(ctx, "ledger", "ec-key")
+			require.NoError(t, err)
+			rk, err := cl.Key(ctx, "payments", "rsa-key")
+			require.NoError(t, err)
+			data0, query0 := topo.Device("eastus-1").SignReplies()
+			const n = 20
+			for i := range n {
+				d := sha256.Sum256(fmt.Appendf(nil, "one call %d", i))
+				s, err := ec.Sign(rand.Reader, d[:], crypto.SHA256)
+				require.NoError(t, err)
+				require.True(t, ecdsa.VerifyASN1(ec.Public().(*ecdsa.PublicKey), d[:], s))
+				s, err = rk.Sign(rand.Reader, d[:], &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256})
+				require.NoError(t, err)
+				require.NoError(t, rsa.VerifyPSS(rk.Public().(*rsa.PublicKey), crypto.SHA256, d[:], s, nil))
+			}
+			data, query := topo.Device("eastus-1").SignReplies()
+			require.Equal(t, int64(2*n), data-data0, "one C_Sign with a signature per signature")
+			require.Equal(t, int64(0), query-query0, "no length query")
+		})
+	}
 }

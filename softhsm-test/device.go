@@ -332,6 +332,15 @@ func (d *Device) CorruptSignatures(on bool) error {
 	return nil
 }
 
+// SignReplies counts the C_Sign replies the device's relay carried since it started: those with a
+// signature, and those answering a length query (a NULL buffer).
+func (d *Device) SignReplies() (data, query int64) {
+	if d.relay == nil {
+		return 0, 0
+	}
+	return d.relay.signs.data.Load(), d.relay.signs.query.Load()
+}
+
 // Down closes every relayed connection and closes new connections as soon as they are accepted, until
 // Pass. Calls fail at once (p11-kit-client reports CKR_DEVICE_ERROR).
 func (d *Device) Down() error {

@@ -70,10 +70,12 @@ func call(c *pkcs11.Ctx, fn int, s pkcs11.SessionHandle, in, out []byte) (int, e
 	if len(out) == 0 {
 		return 0, pkcs11.Error(pkcs11.CKR_BUFFER_TOO_SMALL)
 	}
-	var inPtr *C.uchar
-	if len(in) > 0 {
-		inPtr = (*C.uchar)(unsafe.Pointer(&in[0]))
+	if len(in) == 0 {
+		// A NULL pData is CKR_ARGUMENTS_BAD to some tokens (SoftHSM) even with a zero length: pass a valid
+		// pointer, as miekg/pkcs11 does.
+		in = []byte{0}[:0:1]
 	}
+	inPtr := (*C.uchar)(unsafe.Pointer(unsafe.SliceData(in)))
 	n := C.ck_ulong(len(out))
 	// in and out are Go memory passed for the duration of the call only (cgo pointer rules allow it: they
 	// hold no Go pointers).

@@ -39,6 +39,7 @@ func toDeviceStatuses(in []pkcs11ha.DeviceStatus) []sidecarapi.DeviceStatus {
 			Breaker: d.Breaker, EWMA: d.EWMA, InFlight: d.InFlight, Abandoned: d.Abandoned,
 			LastError: d.LastError, LastErrorClass: d.LastErrorClass,
 			Reinits: d.Reinits, RetiredInstances: d.RetiredInstances, StuckCalls: d.StuckCalls, ExcludedKeys: d.ExcludedKeys,
+			WorkerPID: d.WorkerPID, WorkerRestarts: d.WorkerRestarts, WorkerExit: d.WorkerExit,
 		}
 		if d.Partitions != nil {
 			out[i].Partitions = make([]sidecarapi.PartitionStatus, len(d.Partitions))

@@ -84,6 +84,7 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 		cl.abort()
 		return nil, err
 	}
+	cl.startKeySync()
 	return cl, nil
 }
 
@@ -188,6 +189,7 @@ func (cl *Cluster) newMonitor(i int, d *clusterDevice, initial health.State) (*h
 		if old.State == health.StateDown && cur.State != health.StateDown {
 			// What was measured before the outage says nothing about the device now.
 			cl.router.ResetLatency(i)
+			cl.triggerKeySync() // it may have missed key creations and destructions
 		}
 		cl.router.SetUp(i, cur.State != health.StateDown)
 		cl.metrics.deviceState(d.name, cur.State)

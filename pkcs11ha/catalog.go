@@ -82,7 +82,7 @@ func (cl *Cluster) checkKeys() {
 func (cl *Cluster) keysHeld(pi int) []map[string]*keyObject {
 	held := make([]map[string]*keyObject, len(cl.devices))
 	for i, d := range cl.devices {
-		held[i] = d.be.keys(pi)
+		held[i] = cl.liveKeys(pi, d.be.keys(pi))
 	}
 	return held
 }

@@ -353,6 +353,8 @@ func (cl *Cluster) finishCreate(ctx context.Context, action string, pi int, targ
 // withdraw removes one key (label, id, fingerprint fp) from every device of ds: a tombstone first, so
 // that a copy on a device out of reach now is removed by the sync when it returns, then the objects.
 func (cl *Cluster) withdraw(ctx context.Context, pi int, ds []*clusterDevice, label string, id []byte, fp string) (done []string, refused map[string]string) {
+	cl.noteTombs(pi, fp)
+	defer cl.checkKeys()
 	return onEach(ds, func(d *clusterDevice) error {
 		if err := cl.tombstone(ctx, pi, d, label, fp); err != nil {
 			return err

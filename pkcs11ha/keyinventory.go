@@ -170,6 +170,15 @@ func (cl *Cluster) readHoldings(ctx context.Context, pi int, ds []*clusterDevice
 		wg.Go(func() { out[i] = cl.readHolding(ctx, pi, d) })
 	}
 	wg.Wait()
+	var fps []string
+	for _, h := range out {
+		for fp := range h.tombs {
+			fps = append(fps, fp)
+		}
+	}
+	if cl.noteTombs(pi, fps...) {
+		cl.checkKeys() // a device that was away may hold a key destroyed meanwhile: it must not serve it
+	}
 	return out
 }
 

@@ -342,6 +342,47 @@ type keySyncState struct {
 	mu         sync.Mutex
 	lastRescan map[int]time.Time // partition -> last live-pickup rescan
 	reported   map[string]string // "partition/label" -> the drift last logged
+	// tombs are the fingerprints of destroyed keys, per partition, as last read from the devices (or
+	// written by this cluster): a device that still holds one (it was down) never serves it.
+	tombs map[int]map[string]bool
+}
+
+// noteTombs records tombstoned fingerprints of partition pi; it reports whether any was new.
+func (cl *Cluster) noteTombs(pi int, fps ...string) bool {
+	ks := &cl.keySync
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if ks.tombs == nil {
+		ks.tombs = map[int]map[string]bool{}
+	}
+	if ks.tombs[pi] == nil {
+		ks.tombs[pi] = map[string]bool{}
+	}
+	added := false
+	for _, fp := range fps {
+		if !ks.tombs[pi][fp] {
+			ks.tombs[pi][fp], added = true, true
+		}
+	}
+	return added
+}
+
+// liveKeys is keys without those destroyed elsewhere (tombstoned).
+func (cl *Cluster) liveKeys(pi int, keys map[string]*keyObject) map[string]*keyObject {
+	ks := &cl.keySync
+	ks.mu.Lock()
+	dead := ks.tombs[pi]
+	ks.mu.Unlock()
+	if keys == nil || len(dead) == 0 {
+		return keys
+	}
+	out := make(map[string]*keyObject, len(keys))
+	for l, k := range keys {
+		if !dead[Fingerprint(k.pubDER)] {
+			out[l] = k
+		}
+	}
+	return out
 }
 
 // startKeySync starts the background sync (policy.key_sync_interval; negative: none).
@@ -351,6 +392,7 @@ func (cl *Cluster) startKeySync() {
 	}
 	ks := &cl.keySync
 	ks.trigger, ks.stop, ks.done = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+	ks.trigger <- struct{}{} // a first round at once: tombstones known before a returning device serves
 	go func() {
 		defer close(ks.done)
 		t := time.NewTicker(cl.s.own.KeySyncInterval)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,15 +21,15 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
-// keysPolicy: quick probes, so that a killed, paused or restarted device is seen in a second, and a
-// quick background sync.
-const keysPolicy = "health: {interval: 200ms, down_interval: 100ms}\nbreaker: {open_base: 200ms, open_max: 400ms}\nkey_sync_interval: 500ms\n"
+// keysPolicy: quick probes, so that a killed, paused or restarted device is seen in a second;
+// withSync adds a quick background sync unless policy sets its own.
+const keysPolicy = "health: {interval: 200ms, down_interval: 100ms}\nbreaker: {open_base: 200ms, open_max: 400ms}\n"
 
 // openKeysCluster opens a cluster on topo with key_replication repl.
 func openKeysCluster(t *testing.T, topo *softhsmtest.Topology, repl, policy string) *pkcs11ha.Cluster {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
-	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: keysPolicy + policy, PartitionYAML: "key_replication: " + repl}))
+	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: keysPolicy + withSync(policy), PartitionYAML: "key_replication: " + repl}))
 	cfg, err := pkcs11ha.LoadConfig(path)
 	require.NoError(t, err)
 	if iso := os.Getenv("PKCS11HA_TEST_ISOLATION"); iso != "" && cfg.Policy.Isolation == "" {
@@ -44,6 +45,7 @@ func openKeysCluster(t *testing.T, topo *softhsmtest.Topology, repl, policy stri
 
 // devicePublicKey reads label's public key from one device itself — its own module and token, with
 // pkcs11-tool, not through the cluster — or nil when the device has no such public key object.
+// (pkcs11-tool 0.23 cannot rebuild P-384 public keys: "cannot create EVP_PKEY"; tests read P-256 and RSA.)
 func devicePublicKey(t *testing.T, d *softhsmtest.Device, token, label string) crypto.PublicKey {
 	t.Helper()
 	tools, err := softhsmtest.LookupTools()
@@ -59,7 +61,7 @@ func devicePublicKey(t *testing.T, d *softhsmtest.Device, token, label string) c
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Logf("pkcs11-tool on %s: %v: %s", d.Name, err, b)
+		t.Logf("pkcs11-tool on %s, %s: %v: %s", d.Name, label, err, b)
 		return nil
 	}
 	der, err := os.ReadFile(out)
@@ -220,4 +222,11 @@ func slicesIndex(alg string) int {
 		return 0
 	}
 	return 1
+}
+
+func withSync(policy string) string {
+	if strings.Contains(policy, "key_sync_interval") {
+		return policy
+	}
+	return policy + "key_sync_interval: 500ms\n"
 }

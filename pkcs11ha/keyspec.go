@@ -175,11 +175,15 @@ func importAttrs(label string, id []byte, key crypto.Signer, wrappable bool) ([]
 	return nil, inputErr("unsupported private key %T (RSA or EC P-256/P-384)", key)
 }
 
-// wipeAttrs overwrites the values of a template that held key material. Go cannot promise that no other
-// copy exists (big.Int arithmetic, the garbage collector); this bounds what stays in memory.
+// wipeAttrs overwrites the secret values of a template that held key material. Go cannot promise that
+// no other copy exists (big.Int arithmetic, the garbage collector); this bounds what stays in memory.
 func wipeAttrs(as []attr) {
 	for _, a := range as {
-		clear(a.Value)
+		switch a.Type {
+		case pkcs11.CKA_VALUE, pkcs11.CKA_PRIVATE_EXPONENT, pkcs11.CKA_PRIME_1, pkcs11.CKA_PRIME_2,
+			pkcs11.CKA_EXPONENT_1, pkcs11.CKA_EXPONENT_2, pkcs11.CKA_COEFFICIENT:
+			clear(a.Value)
+		}
 	}
 }
 

@@ -31,6 +31,7 @@ const usage = `usage:
   hsm-ha-proxy serve --config FILE [--log-level debug|info|warn|error] [--log-format json|text] [--metrics-addr HOST:PORT]
   hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json | --ready | --live]
   hsm-ha-proxy check --config FILE [--json] [--replicas N]
+  hsm-ha-proxy keys list|generate|import|destroy|sync|init-kek --config FILE --partition P ... (hsm-ha-proxy keys help)
 `
 
 func main() {
@@ -53,6 +54,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runStatus(args[1:], stdout, stderr)
 	case "check":
 		return runCheck(args[1:], stdout, stderr)
+	case "keys":
+		return runKeys(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -46,7 +47,9 @@ func (d *device) admin(ctx context.Context, pi int, op *adminOp) (*adminResult, 
 		err error
 	}
 	done := make(chan outcome, 1)
+	d.adminCalls.Add(1)
 	go func() {
+		defer d.adminCalls.Done()
 		defer st.in.end(rec)
 		r, err := p.adminOn(st, op)
 		done <- outcome{r, err}
@@ -265,4 +268,18 @@ func (p *devPartition) lookupKey(ctx context.Context, st *partState, label strin
 		}
 	}
 	return nil
+}
+
+// waitAdmin waits, at most timeout, for admin calls that outlived their callers' deadlines: Close must
+// not release a module with one still running in it (the instance would stay initialised).
+func (d *device) waitAdmin(timeout time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		d.adminCalls.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+	}
 }

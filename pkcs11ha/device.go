@@ -36,6 +36,7 @@ type device struct {
 	stuck        atomic.Int64
 	probeBlocked atomic.Pointer[probeCall]
 	capRefusal   atomic.Pointer[string]
+	adminCalls   sync.WaitGroup // admin calls in flight (admin_device.go)
 
 	// Lanes (lanes.go): a device whose module gets several instances has its lanes here (lane 0 = itself);
 	// a lane has its owning device in home.
@@ -493,6 +494,7 @@ func (d *device) anyPartitionClosed() bool {
 
 // close releases the device's module reference (the module is finalised by the last user when idle).
 func (d *device) close(timeout time.Duration) {
+	d.waitAdmin(timeout)
 	d.closeLanes(timeout)
 	modules.release(d.mod, timeout)
 }

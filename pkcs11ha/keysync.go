@@ -392,7 +392,6 @@ func (cl *Cluster) startKeySync() {
 	}
 	ks := &cl.keySync
 	ks.trigger, ks.stop, ks.done = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
-	ks.trigger <- struct{}{} // a first round at once: tombstones known before a returning device serves
 	go func() {
 		defer close(ks.done)
 		t := time.NewTicker(cl.s.own.KeySyncInterval)
@@ -474,5 +473,37 @@ func (cl *Cluster) logDrift(rep *SyncReport) {
 			ks.reported[key] = m.Why
 			cl.log.Warn("key missing on a device; sync cannot copy it", "partition", rep.Partition, "key", m.Label, "device", m.Device, "why", m.Why)
 		}
+	}
+}
+
+// loadTombstones reads every open partition's tombstones from every device that opened, before the
+// cluster serves (Open): a device that was away when a key was destroyed never serves that key, not even
+// before the first sync removes it there.
+func (cl *Cluster) loadTombstones(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, cl.s.own.InitTimeout)
+	defer cancel()
+	for pi := range cl.s.cfg.Partitions {
+		var ds []*clusterDevice
+		for _, d := range cl.devices {
+			if d.be.partition(pi).Open {
+				ds = append(ds, d)
+			}
+		}
+		var mu sync.Mutex
+		var fps []string
+		onEach(ds, func(d *clusterDevice) error {
+			r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminFind, Read: []uint{pkcs11.CKA_VALUE},
+				Template: []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), attrString(pkcs11.CKA_APPLICATION, tombstoneApp)}})
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, o := range r.Objects {
+				fps = append(fps, string(value(o, pkcs11.CKA_VALUE)))
+			}
+			return nil
+		})
+		cl.noteTombs(pi, fps...)
 	}
 }

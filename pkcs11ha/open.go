@@ -76,6 +76,8 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	}
 	// Fix each key's reference by majority over every device that opened, not over whichever finished
 	// first: a device holding a different key must not become the reference because it was fastest.
+	// Destroyed keys (tombstones) are known first (keysync.go).
+	cl.loadTombstones(ctx)
 	cl.checkKeys()
 	for _, d := range cl.devices {
 		d.be.setHooks(cl.checkKeys, func(reason string) { cl.monitors[d.idx].MarkDown(reason) })

@@ -77,6 +77,9 @@ func onEach(ds []*clusterDevice, f func(d *clusterDevice) error) (done []string,
 			defer mu.Unlock()
 			if err != nil {
 				refused[d.name] = err.Error()
+				if lost(err) {
+					refused[d.name] = lostMark + err.Error()
+				}
 			} else {
 				done = append(done, d.name)
 			}
@@ -85,6 +88,26 @@ func onEach(ds []*clusterDevice, f func(d *clusterDevice) error) (done []string,
 	wg.Wait()
 	sort.Strings(done)
 	return done, refused
+}
+
+// lostMark starts the refusal of a device that went away during the operation (down, or past its
+// deadline): it no longer counts as reachable, and the sync catches it up when it returns.
+const lostMark = "unreachable: "
+
+// lost reports whether err says the device went away rather than refused.
+func lost(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || classOf(err) == ClassDeviceDown
+}
+
+// blocking counts the refusals that fail a creation: those of devices still reachable.
+func blocking(refused map[string]string) int {
+	n := 0
+	for _, why := range refused {
+		if !strings.HasPrefix(why, lostMark) {
+			n++
+		}
+	}
+	return n
 }
 
 // adminStart resolves partition and the devices to address, and refuses when fewer than
@@ -122,7 +145,7 @@ func (cl *Cluster) GenerateKey(ctx context.Context, partition string, spec KeySp
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	if err := cl.labelFree(ctx, pi, targets, spec.Label); err != nil {
+	if targets, err = cl.labelFree(ctx, pi, targets, spec.Label); err != nil {
 		return KeyInfo{}, err
 	}
 	var m *madeKey
@@ -164,7 +187,7 @@ func (cl *Cluster) ImportKey(ctx context.Context, partition string, spec KeySpec
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	if err := cl.labelFree(ctx, pi, targets, spec.Label); err != nil {
+	if targets, err = cl.labelFree(ctx, pi, targets, spec.Label); err != nil {
 		return KeyInfo{}, err
 	}
 	var m *madeKey
@@ -187,8 +210,9 @@ func softKey(spec *KeySpec) (crypto.Signer, error) {
 	return ecdsa.GenerateKey(spec.curve(), rand.Reader)
 }
 
-// labelFree checks that no reachable device holds a private key labelled label.
-func (cl *Cluster) labelFree(ctx context.Context, pi int, targets []*clusterDevice, label string) error {
+// labelFree checks that no reachable device holds a private key labelled label, and returns the devices
+// still reachable.
+func (cl *Cluster) labelFree(ctx context.Context, pi int, targets []*clusterDevice, label string) ([]*clusterDevice, error) {
 	var mu sync.Mutex
 	var held []string
 	_, refused := onEach(targets, func(d *clusterDevice) error {
@@ -203,12 +227,19 @@ func (cl *Cluster) labelFree(ctx context.Context, pi int, targets []*clusterDevi
 	})
 	if len(held) > 0 {
 		sort.Strings(held)
-		return fmt.Errorf("%w: %q in partition %q (on %s)", ErrKeyExists, label, cl.parts[pi].name, strings.Join(held, ", "))
+		return nil, fmt.Errorf("%w: %q in partition %q (on %s)", ErrKeyExists, label, cl.parts[pi].name, strings.Join(held, ", "))
 	}
-	if len(refused) > 0 {
-		return &ReplicationError{Op: "check", Partition: cl.parts[pi].name, Label: label, Refused: refused, Need: len(targets), Err: ErrQuorum}
+	need := cl.s.cfg.Partitions[pi].minReplicas(len(cl.devices))
+	if blocking(refused) > 0 || len(targets)-len(refused) < need {
+		return nil, &ReplicationError{Op: "check", Partition: cl.parts[pi].name, Label: label, Refused: refused, Need: len(targets), Err: ErrQuorum}
 	}
-	return nil
+	var left []*clusterDevice // without the devices that went away: the sync catches them up
+	for _, d := range targets {
+		if _, gone := refused[d.name]; !gone {
+			left = append(left, d)
+		}
+	}
+	return left, nil
 }
 
 // importOn creates key (private and public objects) on every device of ds.
@@ -232,10 +263,11 @@ func (cl *Cluster) importOn(ctx context.Context, pi int, ds []*clusterDevice, la
 		return nil, err
 	}
 	m.done, m.refused = onEach(ds, func(d *clusterDevice) error {
-		if _, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: privT}); err != nil {
+		// The public object first: a key listing in between then finds no private key without its public.
+		if _, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: pubT}); err != nil {
 			return err
 		}
-		_, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: pubT})
+		_, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: privT})
 		return err
 	})
 	return m, nil
@@ -332,8 +364,10 @@ func (cl *Cluster) finishCreate(ctx context.Context, action string, pi int, targ
 	if m != nil {
 		label, fp, done, refused = m.label, m.fp, m.done, m.refused
 	}
-	need := max(pc.minReplicas(len(cl.devices)), len(targets))
-	if err == nil && (len(refused) > 0 || len(done) < need) {
+	// Every device reachable at the end, and min_key_replicas: a device that went away meanwhile is
+	// caught up by the sync when it returns, as one that was down from the start.
+	need := max(pc.minReplicas(len(cl.devices)), len(targets)-(len(refused)-blocking(refused)))
+	if err == nil && (blocking(refused) > 0 || len(done) < need) {
 		err = &ReplicationError{Op: action, Partition: pc.Name, Label: label, Done: done, Refused: refused, Need: need, Err: ErrQuorum}
 	}
 	if err != nil && m != nil && len(done) > 0 {
@@ -397,7 +431,7 @@ func (cl *Cluster) DestroyKey(ctx context.Context, partition, label string) erro
 		return err
 	}
 	found := map[string]*devKey{} // fingerprint -> a copy
-	var refused map[string]string = map[string]string{}
+	refused := map[string]string{}
 	for _, h := range cl.readHoldings(ctx, pi, targets) {
 		if h.err != nil {
 			refused[h.dev.name] = h.err.Error()

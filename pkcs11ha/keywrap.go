@@ -114,15 +114,15 @@ func (cl *Cluster) wrapOut(ctx context.Context, pi int, d *clusterDevice, kekID,
 // wrapIn unwraps blob on device d under its key-encryption key kekID as m's private key (with the
 // attributes every replica has), and creates m's public key beside it.
 func (cl *Cluster) wrapIn(ctx context.Context, pi int, d *clusterDevice, kekID string, blob []byte, m *madeKey) error {
-	_, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminUnwrap, Mech: wrapMech, Key: kekTemplate(kekID), Data: blob,
-		Template: privateAttrs(m.label, m.id, m.keyType, true)})
-	if err != nil {
-		return err
-	}
 	pubT, err := publicAttrs(m.label, m.id, m.pub)
 	if err != nil {
 		return err
 	}
-	_, err = cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: pubT})
+	// The public object first, as importOn does.
+	if _, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: pubT}); err != nil {
+		return err
+	}
+	_, err = cl.adminOn(ctx, d, pi, &adminOp{Kind: adminUnwrap, Mech: wrapMech, Key: kekTemplate(kekID), Data: blob,
+		Template: privateAttrs(m.label, m.id, m.keyType, true)})
 	return err
 }

@@ -65,6 +65,7 @@ func TestChaosKeys(t *testing.T) {
 			live[label] = ki.Fingerprint
 		case errors.Is(err, pkcs11ha.ErrQuorum):
 			refused++
+			t.Logf("cycle %d: %s %s: creation refused: %v", i, map[bool]string{true: "killed", false: "paused"}[kill], victim.Name, err)
 			_, kerr := cl.Key(ctx, "payments", label)
 			require.ErrorIs(t, kerr, pkcs11ha.ErrUnknownKey, "a refused creation serves nothing")
 		default:

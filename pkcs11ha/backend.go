@@ -19,6 +19,8 @@ type backend interface {
 	probe(ctx context.Context, othersServing bool) error
 	// run executes op on partition pi, with the session-level recovery of the error table.
 	run(ctx context.Context, pi int, op *deviceOp) ([]byte, error)
+	// admin executes a management operation on partition pi (admin.go), returning at ctx's end.
+	admin(ctx context.Context, pi int, op *adminOp) (*adminResult, error)
 	// keys is a snapshot of partition pi's keys by label; nil when the partition is not open.
 	keys(pi int) map[string]*keyObject
 	// secretKeys is a snapshot of partition pi's secret keys (AES, HMAC) by label; nil when not open.

@@ -46,8 +46,20 @@ func (cl *Cluster) checkKeys() {
 			}
 		}
 		cp.mu.Lock()
-		for label := range labels { // a label no open device holds keeps its devices until one reports
+		for label, e := range cp.keys {
+			if !labels[label] && anyOpen(held) {
+				// Destroyed everywhere that reports (docs/ARCHITECTURE.md, "Key management"): handles on it fail
+				// with ErrNoDevice, and the label is free for a new key.
+				e.mask.Store(0)
+				delete(cp.keys, label)
+			}
+		}
+		for label := range labels {
 			e := cp.keys[label]
+			if e != nil && !holdsKey(held, label, e.pubDER) {
+				e.mask.Store(0)
+				e = nil // its reference key is gone (destroyed, or rotated under the same label): vote again
+			}
 			if e == nil {
 				votes := make([]*keyObject, 0, len(held))
 				for _, keys := range held {
@@ -72,7 +84,7 @@ func (cl *Cluster) checkKeys() {
 func (cl *Cluster) keysHeld(pi int) []map[string]*keyObject {
 	held := make([]map[string]*keyObject, len(cl.devices))
 	for i, d := range cl.devices {
-		held[i] = d.be.keys(pi)
+		held[i] = cl.liveKeys(pi, d.be.keys(pi))
 	}
 	return held
 }
@@ -155,6 +167,11 @@ func (cl *Cluster) Key(ctx context.Context, partition, label string) (*Key, erro
 		cp.mu.RLock()
 		e := cp.keys[label]
 		cp.mu.RUnlock()
+		if e == nil && cl.rescanUnknown(ctx, pi) { // live pickup: a key made elsewhere since (keysync.go)
+			cp.mu.RLock()
+			e = cp.keys[label]
+			cp.mu.RUnlock()
+		}
 		if e == nil {
 			return nil, fmt.Errorf("%w: %q in partition %q", ErrUnknownKey, label, partition)
 		}
@@ -182,7 +199,7 @@ func (cl *Cluster) Keys(partition string) ([]KeyInfo, error) {
 }
 
 func (cl *Cluster) keyInfo(e *keyEntry) KeyInfo {
-	ki := KeyInfo{Label: e.label, ID: hexID(e.id), Algorithm: e.alg, Public: e.pub, Excluded: map[string]string{}}
+	ki := KeyInfo{Label: e.label, ID: hexID(e.id), Algorithm: e.alg, Public: e.pub, Excluded: map[string]string{}, Fingerprint: Fingerprint(e.pubDER)}
 	if c := e.cert.Load(); c != nil {
 		ki.Certificate = *c
 	}
@@ -202,3 +219,23 @@ func (cl *Cluster) keyInfo(e *keyEntry) KeyInfo {
 
 // Info returns the KeyInfo of this key.
 func (k *Key) Info() KeyInfo { return k.cl.keyInfo(k.entry) }
+
+// anyOpen reports whether some device's partition is open in held.
+func anyOpen(held []map[string]*keyObject) bool {
+	for _, keys := range held {
+		if keys != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// holdsKey reports whether some device of held holds label with the public key pubDER.
+func holdsKey(held []map[string]*keyObject, label string, pubDER []byte) bool {
+	for _, keys := range held {
+		if k := keys[label]; k != nil && bytes.Equal(k.pubDER, pubDER) {
+			return true
+		}
+	}
+	return false
+}

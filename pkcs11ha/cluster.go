@@ -25,7 +25,8 @@ type Cluster struct {
 	closed   atomic.Bool
 	keysMu   sync.Mutex // serialises key-consistency checks
 	closeOne sync.Once
-	pins     pinState // PINs reloaded after a wrong one (pinreload.go)
+	pins     pinState     // PINs reloaded after a wrong one (pinreload.go)
+	keySync  keySyncState // background key sync and live pickup (keysync.go)
 }
 
 // do routes one operation for key k through the failover layer. check, when not nil, vets a result inside
@@ -79,6 +80,7 @@ func (cl *Cluster) Close() error {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
+			cl.stopKeySync()
 			for _, m := range cl.monitors {
 				m.Stop()
 			}

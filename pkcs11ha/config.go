@@ -80,6 +80,14 @@ type PartitionConfig struct {
 	PIN         string `yaml:"pin"`
 	PINEnv      string `yaml:"pin_env"`
 	PINFile     string `yaml:"pin_file"`
+	// KeyReplication is how a new key reaches every device (docs/keys.md): "wrap" (the default: made in
+	// one device, carried to the others wrapped under the partition's trusted key-encryption key),
+	// "import" (made in memory, imported into each device, wiped) or "vendor" (the device replicates by
+	// itself: made there, verified).
+	KeyReplication string `yaml:"key_replication"`
+	// MinKeyReplicas is how many devices must hold a new key for its creation to succeed (default 2, or
+	// the number of devices when fewer).
+	MinKeyReplicas int `yaml:"min_key_replicas"`
 }
 
 // ConfigError names the field that is wrong, and the device or partition it belongs to.

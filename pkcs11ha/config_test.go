@@ -181,7 +181,8 @@ func TestPolicyInEffect(t *testing.T) {
 		CloseTimeout:   ms(2000),
 		StallThreshold: ms(20),
 
-		MaxStuckCalls: 1000, P11KitInstances: 1, VerifySignatures: VerifyRSA, Isolation: IsolationNone,
+		MaxStuckCalls: 1000, P11KitInstances: 1, VerifySignatures: VerifyRSA,
+		Isolation: IsolationNone, AdminTimeout: ms(30000), KeySyncInterval: ms(15000),
 	}, s.cfg.Policy)
 
 	cfg.Policy = Policy{SpillWait: ms(-1), StallThreshold: ms(-1), Health: HealthPolicy{Jitter: -1}, HealthKey: "hk", OAEPFallback: true,
@@ -195,7 +196,8 @@ func TestPolicyInEffect(t *testing.T) {
 	require.True(t, s.router.DisablePanic)
 	require.Equal(t, ownSettings{OperationTimeout: 2 * time.Second, SessionPoolSize: 16, HealthKey: "hk", ReinitGrace: 2 * time.Second,
 		InitTimeout: 5 * time.Second, CloseTimeout: 2 * time.Second, OAEPFallback: true,
-		MaxStuckCalls: 1000, P11KitInstances: 1, VerifySignatures: VerifyRSA, Isolation: IsolationNone}, s.own)
+		MaxStuckCalls: 1000, P11KitInstances: 1, VerifySignatures: VerifyRSA,
+		Isolation: IsolationNone, AdminTimeout: 30 * time.Second, KeySyncInterval: 15 * time.Second}, s.own)
 	require.Equal(t, ms(-1), s.cfg.Policy.SpillWait, "the policy in effect says so too")
 }
 
@@ -227,6 +229,7 @@ func TestPolicyBindings(t *testing.T) {
 		"health.jitter": "health: {jitter: 1.01}", "health.timeout": "health: {timeout: -1s}", "health.fall": "health: {fall: -1}",
 		"health.rise": "health: {rise: -1}", "reinit_grace": "reinit_grace: -1s", "init_timeout": "init_timeout: -1s",
 		"close_timeout": "close_timeout: -1s", "max_retired_instances": "max_retired_instances: -1",
+		"admin_timeout": "admin_timeout: -1s",
 	}
 	base := testConfig(t)
 	for key, yml := range bad {

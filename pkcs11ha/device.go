@@ -36,6 +36,7 @@ type device struct {
 	stuck        atomic.Int64
 	probeBlocked atomic.Pointer[probeCall]
 	capRefusal   atomic.Pointer[string]
+	adminCalls   sync.WaitGroup // admin calls in flight (admin_device.go)
 
 	// Lanes (lanes.go): a device whose module gets several instances has its lanes here (lane 0 = itself);
 	// a lane has its owning device in home.
@@ -402,6 +403,11 @@ func (p *devPartition) runHere(ctx context.Context, op *deviceOp) ([]byte, error
 func (p *devPartition) runOnce(ctx context.Context, st *partState, op *deviceOp) ([]byte, error) {
 	label := op.Label
 	h, ok := st.handle(op)
+	if !ok && !op.Kind.secret() {
+		if k := p.lookupKey(ctx, st, label, op.PubDER); k != nil { // live pickup (admin_device.go)
+			h, ok = k.priv, true
+		}
+	}
 	if !ok {
 		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
 	}
@@ -501,6 +507,7 @@ func (d *device) anyPartitionClosed() bool {
 
 // close releases the device's module reference (the module is finalised by the last user when idle).
 func (d *device) close(timeout time.Duration) {
+	d.waitAdmin(timeout)
 	d.closeLanes(timeout)
 	modules.release(d.mod, timeout)
 }

@@ -226,6 +226,8 @@ type KeyInfo struct {
 	// Certificate is the DER of the X.509 certificate the devices hold for this key (same CKA_ID or label,
 	// same public key; the majority's when they differ), or nil. It must not be modified.
 	Certificate []byte
+	// Fingerprint is the hex SHA-256 of the reference public key's SubjectPublicKeyInfo (Fingerprint).
+	Fingerprint string
 }
 
 func hexID(id []byte) string { return hex.EncodeToString(id) }

@@ -76,6 +76,8 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	}
 	// Fix each key's reference by majority over every device that opened, not over whichever finished
 	// first: a device holding a different key must not become the reference because it was fastest.
+	// Destroyed keys (tombstones) are known first (keysync.go).
+	cl.loadTombstones(ctx)
 	cl.checkKeys()
 	for _, d := range cl.devices {
 		d.be.setHooks(cl.checkKeys, func(reason string) { cl.monitors[d.idx].MarkDown(reason) })
@@ -84,6 +86,7 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 		cl.abort()
 		return nil, err
 	}
+	cl.startKeySync()
 	return cl, nil
 }
 
@@ -188,6 +191,7 @@ func (cl *Cluster) newMonitor(i int, d *clusterDevice, initial health.State) (*h
 		if old.State == health.StateDown && cur.State != health.StateDown {
 			// What was measured before the outage says nothing about the device now.
 			cl.router.ResetLatency(i)
+			cl.triggerKeySync() // it may have missed key creations and destructions
 		}
 		cl.router.SetUp(i, cur.State != health.StateDown)
 		cl.metrics.deviceState(d.name, cur.State)

@@ -56,6 +56,11 @@ type Policy struct {
 	// crash or hang inside a vendor's module never takes this process down. Process isolation re-executes
 	// this program's binary (or WithWorkerCommand's): main must call MaybeRunWorker first.
 	Isolation string `yaml:"isolation"`
+	// AdminTimeout bounds one key-management call on one device (generating an RSA-4096 key takes
+	// seconds on some HSMs); KeySyncInterval is how often a running cluster brings every device's keys
+	// and tombstones up to date (keysync.go), negative (e.g. "-1s") never.
+	AdminTimeout    Duration `yaml:"admin_timeout"`
+	KeySyncInterval Duration `yaml:"key_sync_interval"`
 }
 
 // TierDurations is a duration per tier.
@@ -109,6 +114,8 @@ type ownSettings struct {
 	P11KitInstances  int
 	VerifySignatures string
 	Isolation        string
+	AdminTimeout     time.Duration
+	KeySyncInterval  time.Duration // < 0: no background sync
 }
 
 // defaultOwn holds the library's own defaults (the router's and the probes' are in their packages).
@@ -123,6 +130,8 @@ var defaultOwn = ownSettings{
 	P11KitInstances:  1,    // lanes.go: opt-in
 	VerifySignatures: VerifyRSA,
 	Isolation:        IsolationNone,
+	AdminTimeout:     30 * time.Second,
+	KeySyncInterval:  15 * time.Second,
 }
 
 // Values of policy.isolation.
@@ -148,6 +157,7 @@ func (o ownSettings) resolve() (ownSettings, error) {
 		{"ReinitGrace", &o.ReinitGrace, &defaultOwn.ReinitGrace},
 		{"InitTimeout", &o.InitTimeout, &defaultOwn.InitTimeout},
 		{"CloseTimeout", &o.CloseTimeout, &defaultOwn.CloseTimeout},
+		{"AdminTimeout", &o.AdminTimeout, &defaultOwn.AdminTimeout},
 	}
 	for _, d := range durations {
 		switch {
@@ -173,6 +183,9 @@ func (o ownSettings) resolve() (ownSettings, error) {
 		case *c.v == 0:
 			*c.v = *c.def
 		}
+	}
+	if o.KeySyncInterval == 0 {
+		o.KeySyncInterval = defaultOwn.KeySyncInterval
 	}
 	switch o.VerifySignatures {
 	case "":
@@ -265,6 +278,8 @@ func bindings(p *Policy, r *failover.Config, h *health.MonitorConfig, o *ownSett
 		bind("p11kit_client_instances", toOwn, "P11KitInstances", &p.P11KitInstances, &o.P11KitInstances),
 		bind("verify_signatures", toOwn, "VerifySignatures", &p.VerifySignatures, &o.VerifySignatures),
 		bind("isolation", toOwn, "Isolation", &p.Isolation, &o.Isolation),
+		bind("admin_timeout", toOwn, "AdminTimeout", dur(&p.AdminTimeout), &o.AdminTimeout),
+		bind("key_sync_interval", toOwn, "KeySyncInterval", dur(&p.KeySyncInterval), &o.KeySyncInterval),
 		bind("disable_panic", toRouter, "DisablePanic", &p.DisablePanic, &r.DisablePanic),
 		bind("stall_threshold", toRouter, "StallThreshold", dur(&p.StallThreshold), &r.StallThreshold),
 	}

@@ -41,6 +41,9 @@ func (t *Topology) check() ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := p.checkReplication(f, len(t.Devices)); err != nil {
+			return nil, err
+		}
 		pins[i] = pin
 	}
 	for _, d := range t.Devices {
@@ -165,4 +168,40 @@ func (p *PartitionConfig) pin(f string) (string, error) {
 		return "", &ConfigError{Field: f + ".pin_file", Msg: fmt.Sprintf("%q is empty", p.PINFile)}
 	}
 	return v, nil
+}
+
+// Values of a partition's key_replication.
+const (
+	ReplicationWrap   = "wrap"
+	ReplicationImport = "import"
+	ReplicationVendor = "vendor"
+)
+
+// checkReplication validates key_replication and min_key_replicas (f names the partition).
+func (p *PartitionConfig) checkReplication(f string, devices int) error {
+	switch p.KeyReplication {
+	case "", ReplicationWrap, ReplicationImport, ReplicationVendor:
+	default:
+		return &ConfigError{Field: f + ".key_replication", Msg: fmt.Sprintf("want wrap, import or vendor, got %q", p.KeyReplication)}
+	}
+	if p.MinKeyReplicas < 0 || p.MinKeyReplicas > devices {
+		return &ConfigError{Field: f + ".min_key_replicas", Msg: fmt.Sprintf("must be between 1 and the number of devices (%d), got %d", devices, p.MinKeyReplicas)}
+	}
+	return nil
+}
+
+// replication is the partition's key_replication in effect.
+func (p *PartitionConfig) replication() string {
+	if p.KeyReplication == "" {
+		return ReplicationWrap
+	}
+	return p.KeyReplication
+}
+
+// minReplicas is the partition's min_key_replicas in effect for a cluster of n devices.
+func (p *PartitionConfig) minReplicas(n int) int {
+	if p.MinKeyReplicas > 0 {
+		return p.MinKeyReplicas
+	}
+	return min(2, n)
 }

@@ -629,3 +629,33 @@ func (p *workerProc) logStderr(r interface{ Read([]byte) (int, error) }) {
 		p.w.log.Warn("device worker output", "device", p.w.name, "worker_pid", p.pid, "line", string(line))
 	}
 }
+
+// admin carries an admin operation to the worker, under ctx's deadline or policy.admin_timeout; the
+// device's state in the reply refreshes the cache (its keys, when the operation changed them).
+func (w *workerDevice) admin(ctx context.Context, pi int, op *adminOp) (*adminResult, error) {
+	p, err := w.current(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	dl := deadlineOr(ctx, w.s.own.AdminTimeout)
+	ctx, cancel := context.WithDeadline(ctx, dl)
+	defer cancel()
+	w.keysMu.RLock()
+	have := w.keysGen
+	w.keysMu.RUnlock()
+	b, err := p.call(ctx, msgAdmin, marshal(&workerAdmin{Partition: pi, Timeout: time.Until(dl), HaveKeys: have, Op: op}))
+	if err != nil {
+		return nil, err
+	}
+	var rep workerAdminReply
+	if err := json.Unmarshal(b, &rep); err != nil || rep.Result == nil {
+		return nil, downErr(w.name, "", opWorker, fmt.Sprintf("worker protocol: admin reply: %v", err))
+	}
+	if st := rep.State; st != nil {
+		w.state.Store(st)
+		if st.Keys != nil {
+			w.setKeys(st.KeysGen, st.Keys, st.Secrets)
+		}
+	}
+	return rep.Result, nil
+}

@@ -127,6 +127,8 @@ func (w *workerServer) handle(f frame) {
 		}
 		cancel()
 		w.reply(f, marshal(w.state(err, p.HaveKeys)), nil)
+	case msgAdmin:
+		w.handleAdmin(f)
 	case msgPIN:
 		var p workerPIN
 		if err := json.Unmarshal(f.payload, &p); err != nil || p.Partition < 0 || p.Partition >= len(w.dev.parts) {
@@ -205,4 +207,22 @@ func wireSecrets(d *device) [][]wireSecret {
 		}
 	}
 	return out
+}
+
+// handleAdmin runs an admin operation on the worker's device; the reply carries the device's state, with
+// its keys when the operation changed them.
+func (w *workerServer) handleAdmin(f frame) {
+	var a workerAdmin
+	if err := json.Unmarshal(f.payload, &a); err != nil || a.Op == nil || a.Partition < 0 || a.Partition >= len(w.dev.parts) {
+		w.reply(f, nil, &InputError{Msg: fmt.Sprintf("worker: bad admin request: %v", err)})
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), a.Timeout)
+	r, err := w.dev.admin(ctx, a.Partition, a.Op)
+	cancel()
+	if err != nil {
+		w.reply(f, nil, err)
+		return
+	}
+	w.reply(f, marshal(&workerAdminReply{Result: r, State: w.state(nil, a.HaveKeys)}), nil)
 }

@@ -35,6 +35,7 @@ const (
 	msgPIN   byte = 5 // parent → worker: workerPIN (JSON); reply a JSON bool
 	msgClose byte = 6 // parent → worker: close the device and exit
 	msgEvent byte = 7 // worker → parent (id 0): workerEvent (JSON)
+	msgAdmin byte = 8 // parent → worker: workerAdmin (JSON); reply workerAdminReply (JSON)
 
 	msgReply byte = 0x80 // a reply's type is the request's | msgReply
 
@@ -140,6 +141,21 @@ type wireKey struct {
 	CertIgnored string `json:",omitempty"`
 }
 
+// workerAdmin is an admin operation (admin.go) for one partition; HaveKeys is the key generation the
+// parent holds, so that the reply carries the keys when the operation changed them.
+type workerAdmin struct {
+	Partition int
+	Timeout   time.Duration
+	HaveKeys  uint64
+	Op        *adminOp
+}
+
+// workerAdminReply is the operation's result and the device's state after it.
+type workerAdminReply struct {
+	Result *adminResult
+	State  *workerState
+}
+
 // workerPIN is a reloaded PIN for one partition.
 type workerPIN struct {
 	Partition int
@@ -172,7 +188,10 @@ func toWire(err error) *wireError {
 	var de *DeviceError
 	var ie *InputError
 	var me *MechanismError
+	var oc *ObjectCountError
 	switch {
+	case errors.As(err, &oc):
+		return &wireError{Kind: "objects", Msg: oc.What, Code: uint(oc.Found), Class: ClassCaller}
 	case errors.As(err, &de):
 		w := &wireError{Kind: "device", Device: de.Device, Partition: de.Partition, Op: de.Op, Code: de.Code, Class: de.Class}
 		if de.Err != nil {
@@ -209,6 +228,8 @@ func (w *wireError) err() error {
 		return &InputError{Msg: w.Msg}
 	case "mechanism":
 		return &MechanismError{Device: w.Device, Mechanism: w.Msg}
+	case "objects":
+		return &ObjectCountError{What: w.Msg, Found: int(w.Code)}
 	case "deadline":
 		return context.DeadlineExceeded
 	case "canceled":

@@ -31,6 +31,9 @@ type ConfigOptions struct {
 	// cluster and the devices uses. The relay's faults (delay, hang, down, reset) then miss the cluster;
 	// process faults (Kill, Pause) still hit it.
 	NoRelays bool
+	// PartitionYAML is raw YAML (one "key: value" per line) added to every partition, e.g.
+	// "key_replication: import".
+	PartitionYAML string
 }
 
 // ConfigYAML returns the pkcs11ha configuration (docs/ARCHITECTURE.md, "Configuration") for this topology:
@@ -85,6 +88,11 @@ func (t *Topology) ConfigYAML(opts ConfigOptions) ([]byte, error) {
 			fmt.Fprintf(&b, "    pin_file: %s\n", yamlQuote(path))
 		case PINEnv:
 			fmt.Fprintf(&b, "    pin_env: %s\n", yamlQuote(PINEnvVar(p.Name)))
+		}
+		for _, line := range strings.Split(strings.TrimSpace(dedent(opts.PartitionYAML)), "\n") {
+			if strings.TrimSpace(line) != "" {
+				fmt.Fprintf(&b, "    %s\n", strings.TrimSpace(line))
+			}
 		}
 	}
 	for _, sec := range []struct {

@@ -25,6 +25,7 @@ const usage = `usage:
   hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json | --ready | --live]
   hsm-ha-proxy check --config FILE [--json] [--replicas N]
   hsm-ha-proxy upgrade --pid-file FILE [--timeout 2m]
+  hsm-ha-proxy keys list|generate|import|destroy|sync|init-kek --config FILE --partition P ... (hsm-ha-proxy keys help)
 `
 
 func main() {
@@ -49,6 +50,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runCheck(args[1:], stdout, stderr)
 	case "upgrade":
 		return runUpgrade(args[1:], stdout, stderr)
+	case "keys":
+		return runKeys(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

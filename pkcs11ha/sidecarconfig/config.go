@@ -128,6 +128,9 @@ type ClientConfig struct {
 	UnixGID    *int     `yaml:"unix_gid"`
 	CertName   string   `yaml:"cert_name"` // URI/DNS SAN or CN of the client certificate
 	Partitions []string `yaml:"partitions"`
+	// Admin grants key management (create, import, destroy, sync, inventory) on the client's partitions,
+	// through both doors (docs/keys.md).
+	Admin bool `yaml:"admin"`
 }
 
 // Load reads the sidecar's config file, decodes it strictly, makes pin_file and server.tls paths relative

@@ -95,6 +95,7 @@ type authClient struct {
 	uid, gid *int
 	certName string
 	parts    map[string]bool
+	admin    bool
 }
 
 // newAuthTable builds the table, checking every entry against the configured partitions
@@ -105,7 +106,7 @@ func newAuthTable(clients []sidecarconfig.ClientConfig, partitions []string) (*a
 	}
 	t := &authTable{}
 	for i, c := range clients {
-		ac := authClient{name: c.Name, certName: c.CertName, parts: map[string]bool{}}
+		ac := authClient{name: c.Name, certName: c.CertName, parts: map[string]bool{}, admin: c.Admin}
 		if ac.name == "" {
 			ac.name = c.Field(i)
 		}
@@ -151,6 +152,7 @@ func (c *authClient) matches(id identity) bool {
 type principal struct {
 	name  string
 	parts map[string]bool
+	admin bool // some matching entry grants admin: true
 }
 
 // lookup returns the principal for id, or nil when no entry matches.
@@ -167,8 +169,16 @@ func (t *authTable) lookup(id identity) *principal {
 		for part := range c.parts {
 			p.parts[part] = true
 		}
+		p.admin = p.admin || c.admin
 	}
 	return p
+}
+
+// UnixAdmin reports whether a unix peer is granted admin: true in the current client table (the PKCS#11
+// front end asks it for key-management calls).
+func (s *Server) UnixAdmin(uid, gid int) bool {
+	p := s.auth.Load().lookup(identity{unix: true, uid: uid, gid: gid})
+	return p != nil && p.admin
 }
 
 // UnixClient looks a unix peer (SO_PEERCRED uid and gid) up in the current client table — the one

@@ -45,6 +45,7 @@ type e2eOptions struct {
 	policy  string // YAML under policy:
 	clients string // YAML under clients:; default: this process's uid may use payments and ledger
 	server  sidecarconfig.ServerConfig
+	part    string // YAML added to every partition (e.g. key_replication)
 }
 
 func meClients(partitions ...string) string {
@@ -81,7 +82,7 @@ func startSidecar(t *testing.T, topo *softhsmtest.Topology, o e2eOptions) *testS
 		o.clients = meClients("payments", "ledger")
 	}
 	path := filepath.Join(topo.Dir, fmt.Sprintf("sidecar-%d.yaml", configSeq.Add(1)))
-	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: o.policy, ClientsYAML: o.clients}))
+	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: o.policy, ClientsYAML: o.clients, PartitionYAML: o.part}))
 	cfg, err := sidecarconfig.Load(path)
 	require.NoError(t, err)
 	logs := &softhsmtest.LogBuffer{}

@@ -40,6 +40,10 @@ func classify(ctx context.Context, err error) *apiError {
 		return errorf(http.StatusGatewayTimeout, sidecarapi.CodeDeadlineExceeded, "the request deadline passed before a device answered")
 	case errors.Is(ctx.Err(), context.Canceled):
 		return errorf(statusClientClosed, codeCanceled, "the request was cancelled")
+	case errors.Is(err, pkcs11ha.ErrKeyExists):
+		return errorf(http.StatusConflict, sidecarapi.CodeKeyExists, "%s", err.Error())
+	case errors.Is(err, pkcs11ha.ErrQuorum), errors.Is(err, pkcs11ha.ErrNoKEK):
+		return errorf(http.StatusServiceUnavailable, sidecarapi.CodeReplicationFailed, "%s", err.Error())
 	case errors.Is(err, rsa.ErrDecryption), errors.Is(err, pkcs11ha.ErrAuthentication):
 		return errorf(http.StatusBadRequest, sidecarapi.CodeDecryptionFailed, "decryption failed")
 	case errors.Is(err, pkcs11ha.ErrMACMismatch):

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
@@ -14,17 +15,14 @@ import (
 // in the API's error shape.
 func (s *Server) routes(metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
-	type route struct {
-		method, path string
-		h            http.Handler
-	}
 	const (
 		keysPath    = "/v1/partitions/{p}/keys"
 		keyPath     = "/v1/partitions/{p}/keys/{label}"
 		secretsPath = "/v1/partitions/{p}/secret-keys"
 		secretPath  = "/v1/partitions/{p}/secret-keys/{label}"
 	)
-	for _, rt := range []route{
+	type route = adminRoute
+	routes := []route{
 		{http.MethodGet, keysPath, s.api("list_keys", true, s.listKeys)},
 		{http.MethodGet, keyPath, s.api("get_key", true, s.getKey)},
 		{http.MethodPost, keyPath + "/sign", s.api("sign", true, s.sign)},
@@ -39,13 +37,20 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 		{http.MethodGet, "/healthz", http.HandlerFunc(s.healthz)},
 		{http.MethodGet, "/readyz", http.HandlerFunc(s.readyz)},
 		{http.MethodGet, "/metrics", metrics},
-	} {
+	}
+	routes = append(routes, s.adminRoutes(keysPath, keyPath)...)
+	allowed := map[string][]string{} // path -> methods, in order
+	for _, rt := range routes {
 		mux.Handle(rt.method+" "+rt.path, rt.h)
-		allow := rt.method
-		if rt.method == http.MethodGet {
-			allow = "GET, HEAD"
+		m := rt.method
+		if m == http.MethodGet {
+			m = "GET, HEAD"
 		}
-		mux.HandleFunc(rt.path, func(w http.ResponseWriter, r *http.Request) {
+		allowed[rt.path] = append(allowed[rt.path], m)
+	}
+	for path, methods := range allowed {
+		allow := strings.Join(methods, ", ")
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", allow)
 			s.fail(w, r, errorf(http.StatusMethodNotAllowed, sidecarapi.CodeMethodNotAllowed, "%s is not allowed here (allowed: %s)", methodLabel(r.Method), allow))
 		})
@@ -65,7 +70,11 @@ func (s *Server) api(op string, partitioned bool, h apiFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ri := reqInfoFrom(r.Context())
 		ri.op = op
-		ctx, cancel := context.WithTimeout(r.Context(), s.reqTimeout)
+		timeout := s.reqTimeout
+		if strings.HasPrefix(op, "admin_") {
+			timeout = adminRequestTimeout // replicated to every device, RSA-4096 generation included
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
 		defer cancel()
 		id, err := identityOf(r.Context(), r.TLS)
 		if err != nil {
@@ -78,7 +87,7 @@ func (s *Server) api(op string, partitioned bool, h apiFunc) http.Handler {
 			s.fail(w, r, errorf(http.StatusUnauthorized, sidecarapi.CodeUnauthenticated, "%s is not a configured client", id))
 			return
 		}
-		ri.client = p.name
+		ri.client, ri.admin = p.name, p.admin
 		if partitioned {
 			part := r.PathValue("p")
 			ri.partition, ri.key = part, r.PathValue("label")

@@ -219,6 +219,7 @@ type reqInfo struct {
 	device    string
 	code      string // API error code; "" for success
 	errMsg    string // detail of a 5xx, for the log
+	admin     bool   // the client is granted admin: true
 }
 
 type reqInfoKey struct{}

@@ -21,6 +21,8 @@ type backend interface {
 	run(ctx context.Context, pi int, op *deviceOp) ([]byte, error)
 	// keys is a snapshot of partition pi's keys by label; nil when the partition is not open.
 	keys(pi int) map[string]*keyObject
+	// secretKeys is a snapshot of partition pi's secret keys (AES, HMAC) by label; nil when not open.
+	secretKeys(pi int) map[string]*secretObject
 	// partition reports partition pi's state on the device.
 	partition(pi int) partInfo
 	// usePIN makes pin partition pi's PIN; it reports whether the partition, refused before with another

@@ -11,9 +11,10 @@ import (
 
 // clusterPartition is the key catalogue of one partition across devices.
 type clusterPartition struct {
-	name string
-	mu   sync.RWMutex
-	keys map[string]*keyEntry
+	name    string
+	mu      sync.RWMutex
+	keys    map[string]*keyEntry
+	secrets map[string]*secretEntry // secret keys (secretcatalog.go)
 }
 
 // keyEntry is one (partition, label): the reference public key and the devices that hold it.
@@ -61,6 +62,7 @@ func (cl *Cluster) checkKeys() {
 			cl.assignKey(pi, cp, e, held)
 			cl.pickCertificate(cp, e, held)
 		}
+		cl.checkSecrets(pi, cp)
 		cp.mu.Unlock()
 	}
 }
@@ -120,17 +122,22 @@ func (cl *Cluster) assignKey(pi int, cp *clusterPartition, e *keyEntry, held []m
 			mask |= 1 << uint(d.idx)
 		}
 	}
-	old := e.excluded.Load()
-	if old == nil || len(*old) < len(excl) {
-		for dn, why := range excl {
-			if old == nil || (*old)[dn] != why {
-				cl.metrics.keyInconsistent.WithLabelValues(dn, cp.name, e.label).Inc()
-				cl.log.Warn("device excluded for key", "device", dn, "partition", cp.name, "key", e.label, "reason", why)
-			}
-		}
-	}
+	cl.noteExclusions(cp, e.label, e.excluded.Load(), excl)
 	e.mask.Store(mask)
 	e.excluded.Store(&excl)
+}
+
+// noteExclusions logs and counts the exclusions of excl that old (the key's previous ones) lacked.
+func (cl *Cluster) noteExclusions(cp *clusterPartition, label string, old *map[string]string, excl map[string]string) {
+	if old != nil && len(*old) >= len(excl) {
+		return
+	}
+	for dn, why := range excl {
+		if old == nil || (*old)[dn] != why {
+			cl.metrics.keyInconsistent.WithLabelValues(dn, cp.name, label).Inc()
+			cl.log.Warn("device excluded for key", "device", dn, "partition", cp.name, "key", label, "reason", why)
+		}
+	}
 }
 
 // Key returns the key with the given label in the named partition.

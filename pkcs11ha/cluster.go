@@ -32,16 +32,20 @@ type Cluster struct {
 // the attempt (verify-after-sign): an error from it fails that attempt. out, when not nil, learns how the
 // call went.
 func (cl *Cluster) do(ctx context.Context, opName string, k *Key, op *deviceOp, check func([]byte) error, out *Outcome) ([]byte, error) {
+	return cl.doOn(ctx, opName, k.entry.mask.Load(), k.pidx, op, check, out)
+}
+
+// doOn is do for the key of op in partition pi, held by the devices of mask (a private or a secret key).
+func (cl *Cluster) doOn(ctx context.Context, opName string, mask uint64, pi int, op *deviceOp, check func([]byte) error, out *Outcome) ([]byte, error) {
 	if cl.closed.Load() {
 		return nil, ErrClosed
 	}
-	mask := k.entry.mask.Load()
 	if mask == 0 {
-		return nil, fmt.Errorf("%w: no device holds key %q of partition %q", ErrNoDevice, k.entry.label, k.part)
+		return nil, fmt.Errorf("%w: no device holds key %q of partition %q", ErrNoDevice, op.Label, cl.parts[pi].name)
 	}
 	start := time.Now()
 	v, res, err := failover.Do(ctx, cl.router, opName, failover.Mask(mask), func(ctx context.Context, m int) ([]byte, error) {
-		return cl.runOn(ctx, m, k.pidx, op, check)
+		return cl.runOn(ctx, m, pi, op, check)
 	})
 	err = fromRouter(err)
 	dev := ""

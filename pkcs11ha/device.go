@@ -71,8 +71,9 @@ type partState struct {
 	pool    *sessionPool
 	loginMu sync.Mutex
 
-	keysMu sync.RWMutex
-	keys   map[string]*keyObject
+	keysMu  sync.RWMutex
+	keys    map[string]*keyObject
+	secrets map[string]*secretObject // secret keys (secretkeys.go)
 }
 
 // lastError is the device's last failure as Status shows it.
@@ -242,6 +243,16 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 			st.keys[k.label] = k
 		}
 	}
+	secrets, err := listSecretKeys(c, ls, "")
+	if err != nil {
+		return p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
+	}
+	st.secrets = make(map[string]*secretObject, len(secrets))
+	for _, k := range secrets {
+		if _, dup := st.secrets[k.label]; !dup {
+			st.secrets[k.label] = k
+		}
+	}
 	st.pool.warm()
 	p.st.Store(st)
 	return nil
@@ -390,8 +401,8 @@ func (p *devPartition) runHere(ctx context.Context, op *deviceOp) ([]byte, error
 
 func (p *devPartition) runOnce(ctx context.Context, st *partState, op *deviceOp) ([]byte, error) {
 	label := op.Label
-	k := st.key(label)
-	if k == nil {
+	h, ok := st.handle(op)
+	if !ok {
 		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
 	}
 	s, err := st.pool.get(ctx)
@@ -401,7 +412,7 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, op *deviceOp)
 		}
 		return nil, p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
 	}
-	out, step, err := op.exec(st.in.ctx, s, k.priv)
+	out, step, err := op.exec(st.in.ctx, s, h)
 	if err != nil {
 		e := p11err(p.dev.name, p.cfg.Name, step, err)
 		var de *DeviceError
@@ -417,7 +428,7 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, op *deviceOp)
 		case ClassSessionBroken, ClassDeviceDown, ClassBusy:
 			st.pool.discard(s)
 		case ClassHandleStale:
-			if _, rerr := p.refreshKey(st, s, label, op.PubDER); rerr != nil {
+			if rerr := p.refresh(st, s, op); rerr != nil {
 				st.pool.discard(s)
 				return nil, rerr
 			}

@@ -61,6 +61,16 @@ func TestClassify(t *testing.T) {
 		{opLogin, pkcs11.CKR_PIN_EXPIRED, ClassCredential},
 		{opLogin, pkcs11.CKR_PIN_LOCKED, ClassCredential},
 		{opSign, 0x12345, ClassBusy}, // unknown vendor code: ambiguous, fail over
+		// Secret keys: a Seal the device fails is the device's (retried elsewhere with the same nonce); an
+		// Open whose tag does not match is the caller's (SoftHSM 2.6.1 answers CKR_GENERAL_ERROR).
+		{opEncrypt, pkcs11.CKR_GENERAL_ERROR, ClassBusy},
+		{opEncrypt, pkcs11.CKR_FUNCTION_FAILED, ClassBusy},
+		{opEncrypt, pkcs11.CKR_DEVICE_ERROR, ClassDeviceDown},
+		{opEncrypt, pkcs11.CKR_DATA_LEN_RANGE, ClassCaller},
+		{opEncrypt, pkcs11.CKR_ENCRYPTED_DATA_INVALID, ClassCaller},
+		{opEncryptInit, pkcs11.CKR_MECHANISM_INVALID, ClassCaller},
+		{opEncryptInit, pkcs11.CKR_KEY_HANDLE_INVALID, ClassHandleStale},
+		{opEncryptInit, pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED, ClassCaller},
 	}
 	for _, tc := range tests {
 		t.Run(tc.op+"/"+ckrName(tc.rv), func(t *testing.T) {

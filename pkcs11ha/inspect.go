@@ -89,6 +89,7 @@ func Inspect(ctx context.Context, cfg *Config, o inspection.Options) (*inspectio
 		return nil, fmt.Errorf("pkcs11ha: inspect: %w", err)
 	}
 	rep.Partitions = compareKeys(&s.cfg, rep.Devices, held)
+	compareSecrets(rep, devs, held)
 	return rep, nil
 }
 

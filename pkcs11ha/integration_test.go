@@ -42,15 +42,20 @@ func openCluster(t testing.TB, topo *softhsmtest.Topology, policy string, opts .
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: policy}))
 	cfg, err := pkcs11ha.LoadConfig(path)
 	require.NoError(t, err)
-	if iso := os.Getenv("PKCS11HA_TEST_ISOLATION"); iso != "" && cfg.Policy.Isolation == "" {
-		cfg.Policy.Isolation = iso // the whole suite on the other backend: go test with PKCS11HA_TEST_ISOLATION=process
-	}
+	applyIsolation(cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cl, err := pkcs11ha.Open(ctx, cfg, opts...)
 	require.NoError(t, err)
 	leakcheck.CloseCluster(t, cl) // and allows the calls the library reports stuck for good
 	return cl, cfg
+}
+
+// applyIsolation runs the whole suite on the other backend: go test with PKCS11HA_TEST_ISOLATION=process.
+func applyIsolation(cfg *pkcs11ha.Config) {
+	if iso := os.Getenv("PKCS11HA_TEST_ISOLATION"); iso != "" && cfg.Policy.Isolation == "" {
+		cfg.Policy.Isolation = iso
+	}
 }
 
 func inProcess(names ...string) []softhsmtest.DeviceSpec {

@@ -18,7 +18,13 @@ type opKind uint8
 const (
 	kindSign    opKind = iota + 1 // C_SignInit + C_Sign with the private key
 	kindDecrypt                   // C_DecryptInit + C_Decrypt with the private key
+	kindSeal                      // AES-GCM encryption with a secret key (secretops.go)
+	kindOpen                      // AES-GCM decryption with a secret key
+	kindMAC                       // HMAC (C_SignInit + C_Sign) with a secret key
 )
+
+// secret reports whether the operation uses a secret key (CKO_SECRET_KEY) rather than a private key.
+func (k opKind) secret() bool { return k == kindSeal || k == kindOpen || k == kindMAC }
 
 // mechSpec is a PKCS#11 mechanism with its parameters as values.
 type mechSpec struct {
@@ -28,14 +34,21 @@ type mechSpec struct {
 	// RSA-OAEP (CKM_RSA_PKCS_OAEP): hash mechanism, MGF, and the label when one is given.
 	OAEPHash, OAEPMGF uint
 	OAEPLabel         []byte
+	// AES-GCM (CKM_AES_GCM): the 96-bit nonce, the additional authenticated data and the tag size in bits.
+	GCMIV, GCMAAD []byte
+	GCMTagBits    uint
 }
 
 // Mechanisms without parameters are shared: miekg/pkcs11 only reads them.
 var plainMechs = map[uint][]*pkcs11.Mechanism{
-	pkcs11.CKM_RSA_PKCS:  {pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)},
-	pkcs11.CKM_ECDSA:     {pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)},
-	ckmEdDSA:             {pkcs11.NewMechanism(ckmEdDSA, nil)},
-	pkcs11.CKM_RSA_X_509: {pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil)},
+	pkcs11.CKM_RSA_PKCS:    {pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)},
+	pkcs11.CKM_ECDSA:       {pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)},
+	ckmEdDSA:               {pkcs11.NewMechanism(ckmEdDSA, nil)},
+	pkcs11.CKM_RSA_X_509:   {pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil)},
+	pkcs11.CKM_AES_ECB:     {pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)},
+	pkcs11.CKM_SHA256_HMAC: {pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)},
+	pkcs11.CKM_SHA384_HMAC: {pkcs11.NewMechanism(pkcs11.CKM_SHA384_HMAC, nil)},
+	pkcs11.CKM_SHA512_HMAC: {pkcs11.NewMechanism(pkcs11.CKM_SHA512_HMAC, nil)},
 }
 
 // p11 returns the mechanism in miekg/pkcs11's form.
@@ -60,7 +73,7 @@ func (m *mechSpec) p11() []*pkcs11.Mechanism {
 type deviceOp struct {
 	Kind opKind
 	// Label and PubDER name the key: a handle found stale is looked up again by label and must still have
-	// this public key (SubjectPublicKeyInfo DER).
+	// this public key (SubjectPublicKeyInfo DER) — for a secret key, this key check value (secretkeys.go).
 	Label  string
 	PubDER []byte
 	Mech   mechSpec
@@ -74,6 +87,9 @@ type deviceOp struct {
 	OAEPHash     crypto.Hash
 	OAEPMGFHash  crypto.Hash
 	KeySize      int
+	// GCMFallback: AES-GCM built in Go from AES-ECB blocks the token encrypts, when the token or its
+	// transport refuses CKM_AES_GCM parameters (policy.gcm_fallback; secretops.go).
+	GCMFallback bool
 }
 
 // exec runs the operation on session s with key handle h; it returns the output and the PKCS#11 function
@@ -88,6 +104,14 @@ func (op *deviceOp) exec(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectH
 		return out, opSign, err
 	case kindDecrypt:
 		return op.decrypt(c, s, h)
+	case kindSeal, kindOpen:
+		return op.gcm(c, s, h)
+	case kindMAC:
+		if err := c.SignInit(s, op.Mech.p11(), h); err != nil {
+			return nil, opSignInit, err
+		}
+		out, err := oneCall(c, s, op.Input, op.OutLen, onecall.Sign, c.Sign)
+		return out, opSign, err
 	}
 	return nil, opSign, inputErr("unknown operation %d", op.Kind)
 }

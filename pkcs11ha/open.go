@@ -102,7 +102,7 @@ func newCluster(s *settings, o openOptions) (*Cluster, error) {
 		return nil, fmt.Errorf("pkcs11ha: %w", err)
 	}
 	for _, p := range s.cfg.Partitions {
-		cl.parts = append(cl.parts, &clusterPartition{name: p.Name, keys: map[string]*keyEntry{}})
+		cl.parts = append(cl.parts, &clusterPartition{name: p.Name, keys: map[string]*keyEntry{}, secrets: map[string]*secretEntry{}})
 	}
 	for i, dc := range s.cfg.Devices {
 		be, err := newBackend(s, i, cl.log, cl.metrics)

@@ -33,6 +33,9 @@ type Policy struct {
 	CloseTimeout    Duration      `yaml:"close_timeout"`
 	MaxRetired      int           `yaml:"max_retired_instances"`
 	OAEPFallback    bool          `yaml:"oaep_fallback"`
+	// GCMFallback: when a device (or its transport: p11-kit 0.24's RPC) refuses CKM_AES_GCM, AES-GCM is
+	// computed in Go from AES-ECB blocks the token encrypts (docs/ARCHITECTURE.md, "Secret keys").
+	GCMFallback bool `yaml:"gcm_fallback"`
 	// DisablePanic turns off panic mode (one breaker-free attempt when breakers shut out every up device).
 	DisablePanic bool `yaml:"disable_panic"`
 	// StallThreshold: attempt timeouts spanning a stall of this process longer than this are not counted
@@ -101,6 +104,7 @@ type ownSettings struct {
 	CloseTimeout     time.Duration
 	MaxRetired       int // 0: no cap of its own (MaxStuckCalls bounds what retired instances hold)
 	OAEPFallback     bool
+	GCMFallback      bool
 	MaxStuckCalls    int
 	P11KitInstances  int
 	VerifySignatures string
@@ -256,6 +260,7 @@ func bindings(p *Policy, r *failover.Config, h *health.MonitorConfig, o *ownSett
 		bind("close_timeout", toOwn, "CloseTimeout", dur(&p.CloseTimeout), &o.CloseTimeout),
 		bind("max_retired_instances", toOwn, "MaxRetired", &p.MaxRetired, &o.MaxRetired),
 		bind("oaep_fallback", toOwn, "OAEPFallback", &p.OAEPFallback, &o.OAEPFallback),
+		bind("gcm_fallback", toOwn, "GCMFallback", &p.GCMFallback, &o.GCMFallback),
 		bind("max_stuck_calls", toOwn, "MaxStuckCalls", &p.MaxStuckCalls, &o.MaxStuckCalls),
 		bind("p11kit_client_instances", toOwn, "P11KitInstances", &p.P11KitInstances, &o.P11KitInstances),
 		bind("verify_signatures", toOwn, "VerifySignatures", &p.VerifySignatures, &o.VerifySignatures),

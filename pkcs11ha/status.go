@@ -87,14 +87,10 @@ func (cl *Cluster) Status() []DeviceStatus {
 		for _, cp := range cl.parts {
 			cp.mu.RLock()
 			for label, e := range cp.keys {
-				if ex := e.excluded.Load(); ex != nil {
-					if why, ok := (*ex)[d.name]; ok {
-						if ds.ExcludedKeys == nil {
-							ds.ExcludedKeys = map[string]string{}
-						}
-						ds.ExcludedKeys[cp.name+"/"+label] = why
-					}
-				}
+				ds.noteExcluded(cp.name, label, d.name, e.excluded.Load())
+			}
+			for label, e := range cp.secrets {
+				ds.noteExcluded(cp.name, label, d.name, e.excluded.Load())
 			}
 			cp.mu.RUnlock()
 		}
@@ -115,6 +111,19 @@ func (cl *Cluster) Status() []DeviceStatus {
 		out[i] = ds
 	}
 	return out
+}
+
+// noteExcluded records in ExcludedKeys why device dev does not serve key label of partition, if ex says so.
+func (ds *DeviceStatus) noteExcluded(partition, label, dev string, ex *map[string]string) {
+	if ex == nil {
+		return
+	}
+	if why, ok := (*ex)[dev]; ok {
+		if ds.ExcludedKeys == nil {
+			ds.ExcludedKeys = map[string]string{}
+		}
+		ds.ExcludedKeys[partition+"/"+label] = why
+	}
 }
 
 // reasonOf says what keeps a device out of rotation, or degraded, most decisive first, "; " between

@@ -43,6 +43,7 @@ type workerDevice struct {
 	state    atomic.Pointer[workerState]
 	keysMu   sync.RWMutex
 	keyCache []map[string]*keyObject // per partition; nil: not open
+	secrets  []map[string]*secretObject
 	keysGen  uint64
 	lastErr  atomic.Pointer[lastError] // this side's verdicts (worker exits, bad signatures)
 	restarts atomic.Int64
@@ -170,7 +171,7 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 	w.state.Store(&st)
 	if st.Keys != nil {
 		p.fresh.Store(false)
-		w.setKeys(st.KeysGen, st.Keys)
+		w.setKeys(st.KeysGen, st.Keys, st.Secrets)
 	}
 	if st.Err != nil {
 		return st.Err.err()
@@ -183,7 +184,7 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 }
 
 // setKeys replaces the cached keys and tells the cluster.
-func (w *workerDevice) setKeys(gen uint64, parts [][]wireKey) {
+func (w *workerDevice) setKeys(gen uint64, parts [][]wireKey, secretParts [][]wireSecret) {
 	keys := make([]map[string]*keyObject, len(w.keyCache))
 	for pi := range keys {
 		if pi >= len(parts) || parts[pi] == nil {
@@ -200,8 +201,9 @@ func (w *workerDevice) setKeys(gen uint64, parts [][]wireKey) {
 				cert: wk.Cert, certIgnored: wk.CertIgnored}
 		}
 	}
+	secrets := w.cacheSecrets(secretParts)
 	w.keysMu.Lock()
-	w.keyCache, w.keysGen = keys, gen
+	w.keyCache, w.secrets, w.keysGen = keys, secrets, gen
 	w.keysMu.Unlock()
 	w.h.onKeys()
 }
@@ -218,6 +220,34 @@ func (w *workerDevice) keys(pi int) map[string]*keyObject {
 	w.keysMu.RLock()
 	defer w.keysMu.RUnlock()
 	return w.keyCache[pi]
+}
+
+func (w *workerDevice) secretKeys(pi int) map[string]*secretObject {
+	w.keysMu.RLock()
+	defer w.keysMu.RUnlock()
+	if pi >= len(w.secrets) {
+		return nil
+	}
+	return w.secrets[pi]
+}
+
+// cacheSecrets turns the worker's secret keys into this side's catalogue entries (no handles).
+func (w *workerDevice) cacheSecrets(parts [][]wireSecret) []map[string]*secretObject {
+	out := make([]map[string]*secretObject, len(w.pins)) // one per partition
+	for pi := range out {
+		if pi >= len(parts) || parts[pi] == nil {
+			continue
+		}
+		out[pi] = make(map[string]*secretObject, len(parts[pi]))
+		for _, ws := range parts[pi] {
+			alg, h, ok := secretAlg(ws.KeyType, ws.Size)
+			if !ok {
+				continue
+			}
+			out[pi][ws.Label] = &secretObject{label: ws.Label, id: ws.ID, keyType: ws.KeyType, size: ws.Size, alg: alg, hash: h, kcv: ws.KCV}
+		}
+	}
+	return out
 }
 
 func (w *workerDevice) partition(pi int) partInfo {

@@ -8,9 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // The worker side of policy.isolation "process" (docs/ARCHITECTURE.md, "Process model"): a process that
@@ -27,6 +27,9 @@ func MaybeRunWorker() {
 	if os.Getenv(workerEnv) == "" {
 		return
 	}
+	// Started from /proc/self/exe (worker.go says why), the process would be named "exe" in the process
+	// list; name it after the program, as its argv says. Linux only; elsewhere the write fails harmlessly.
+	_ = os.WriteFile("/proc/self/comm", []byte(filepath.Base(os.Args[0])), 0)
 	f := os.NewFile(3, "worker-socket")
 	conn, err := net.FileConn(f)
 	if err != nil {
@@ -150,6 +153,7 @@ func (w *workerServer) state(err error, have uint64) *workerState {
 	}
 	if st.KeysGen != have {
 		st.Keys = make([][]wireKey, len(d.parts))
+		st.Secrets = wireSecrets(d)
 		for pi := range d.parts {
 			keys := d.keys(pi)
 			if keys == nil {
@@ -187,5 +191,18 @@ func (w *workerServer) write(id uint32, typ byte, b []byte) {
 	}
 }
 
-// workerCloseGrace bounds a worker's orderly close before it is killed.
-const workerCloseGrace = 2 * time.Second
+// wireSecrets is d's secret keys per partition, for the parent.
+func wireSecrets(d *device) [][]wireSecret {
+	out := make([][]wireSecret, len(d.parts))
+	for pi := range d.parts {
+		keys := d.secretKeys(pi)
+		if keys == nil {
+			continue
+		}
+		out[pi] = make([]wireSecret, 0, len(keys))
+		for _, k := range keys {
+			out[pi] = append(out[pi], wireSecret{Label: k.label, ID: k.id, KeyType: k.keyType, Size: k.size, KCV: k.kcv})
+		}
+	}
+	return out
+}

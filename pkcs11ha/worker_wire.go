@@ -109,6 +109,17 @@ type workerState struct {
 	Parts   []partInfo
 	KeysGen uint64
 	Keys    [][]wireKey `json:",omitempty"` // per partition (nil: not open); only when KeysGen moved
+	// Secrets are the secret keys per partition, sent with Keys.
+	Secrets [][]wireSecret `json:",omitempty"`
+}
+
+// wireSecret is a secretObject without its handle: what identifies the key, never its value.
+type wireSecret struct {
+	Label   string
+	ID      []byte
+	KeyType uint
+	Size    int
+	KCV     []byte
 }
 
 // wireCounts is backendCounts on the wire.
@@ -219,18 +230,22 @@ func (w opWriter) bytes(b []byte) opWriter {
 
 // encodeRun is the msgRun payload: partition, timeout, then the operation.
 func encodeRun(pi int, timeout time.Duration, op *deviceOp) []byte {
-	w := make(opWriter, 0, 96+len(op.Label)+len(op.PubDER)+len(op.Input)+len(op.Mech.OAEPLabel))
+	m := &op.Mech
+	w := make(opWriter, 0, 128+len(op.Label)+len(op.PubDER)+len(op.Input)+len(m.OAEPLabel)+len(m.GCMIV)+len(m.GCMAAD))
 	w = w.u64(uint64(pi)).u64(uint64(timeout)).u8(byte(op.Kind))
 	w = w.bytes([]byte(op.Label)).bytes(op.PubDER).bytes(op.Input)
-	m := &op.Mech
 	w = w.u64(uint64(m.Type)).u64(uint64(m.PSSHash)).u64(uint64(m.PSSMGF)).u64(uint64(m.PSSSalt))
 	w = w.u64(uint64(m.OAEPHash)).u64(uint64(m.OAEPMGF)).bytes(m.OAEPLabel)
-	fb := byte(0)
-	if op.OAEPFallback {
-		fb = 1
+	w = w.bytes(m.GCMIV).bytes(m.GCMAAD).u64(uint64(m.GCMTagBits))
+	w = w.u64(uint64(op.OutLen)).u8(flag(op.OAEPFallback)).u8(byte(op.OAEPHash)).u8(byte(op.OAEPMGFHash)).u64(uint64(op.KeySize))
+	return w.u8(flag(op.GCMFallback))
+}
+
+func flag(b bool) byte {
+	if b {
+		return 1
 	}
-	w = w.u64(uint64(op.OutLen)).u8(fb).u8(byte(op.OAEPHash)).u8(byte(op.OAEPMGFHash)).u64(uint64(op.KeySize))
-	return w
+	return 0
 }
 
 // opReader reads what opWriter wrote; the first short read sticks.
@@ -285,10 +300,12 @@ func decodeRun(b []byte) (pi int, timeout time.Duration, op *deviceOp, err error
 	m := &op.Mech
 	m.Type, m.PSSHash, m.PSSMGF, m.PSSSalt = uint(r.u64()), uint(r.u64()), uint(r.u64()), uint(r.u64())
 	m.OAEPHash, m.OAEPMGF, m.OAEPLabel = uint(r.u64()), uint(r.u64()), r.bytes()
+	m.GCMIV, m.GCMAAD, m.GCMTagBits = r.bytes(), r.bytes(), uint(r.u64())
 	op.OutLen = int(r.u64())
 	op.OAEPFallback = r.u8() == 1
 	op.OAEPHash, op.OAEPMGFHash = crypto.Hash(r.u8()), crypto.Hash(r.u8())
 	op.KeySize = int(r.u64())
+	op.GCMFallback = r.u8() == 1
 	if r.err == nil && len(r.b) != 0 {
 		r.err = errors.New("worker protocol: trailing bytes in a run request")
 	}

@@ -20,6 +20,12 @@ func TestRunRoundTrip(t *testing.T) {
 			Mech: mechSpec{Type: pkcs11.CKM_RSA_PKCS_PSS, PSSHash: pkcs11.CKM_SHA256, PSSMGF: pkcs11.CKG_MGF1_SHA256, PSSSalt: 32}},
 		{Kind: kindDecrypt, Label: "", Input: nil, KeySize: 256, OAEPFallback: true, OAEPHash: crypto.SHA256, OAEPMGFHash: crypto.SHA1,
 			Mech: mechSpec{Type: pkcs11.CKM_RSA_PKCS_OAEP, OAEPHash: pkcs11.CKM_SHA256, OAEPMGF: pkcs11.CKG_MGF1_SHA1, OAEPLabel: []byte("label")}},
+		// Secret keys (secretops.go): PubDER carries the key check value, the GCM parameters ride in mechSpec.
+		{Kind: kindSeal, Label: "aes-key", PubDER: []byte{1, 2, 3, 4, 5, 6, 7, 8}, Input: []byte("pt"), OutLen: 18, GCMFallback: true,
+			Mech: mechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: bytes.Repeat([]byte{3}, 12), GCMAAD: []byte("aad"), GCMTagBits: 128}},
+		{Kind: kindOpen, Label: "aes-key", Input: make([]byte, 40), OutLen: 24,
+			Mech: mechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: []byte("0123456789ab"), GCMTagBits: 128}},
+		{Kind: kindMAC, Label: "hmac-key", Input: []byte("data"), OutLen: 48, Mech: mechSpec{Type: pkcs11.CKM_SHA384_HMAC}},
 	}
 	for i, op := range ops {
 		pi, timeout, got, err := decodeRun(encodeRun(i, time.Duration(i+1)*time.Millisecond, op))
@@ -29,7 +35,7 @@ func TestRunRoundTrip(t *testing.T) {
 		// nil and empty byte slices are the same on the wire
 		norm := func(o *deviceOp) deviceOp {
 			c := *o
-			for _, b := range []*[]byte{&c.PubDER, &c.Input, &c.Mech.OAEPLabel} {
+			for _, b := range []*[]byte{&c.PubDER, &c.Input, &c.Mech.OAEPLabel, &c.Mech.GCMIV, &c.Mech.GCMAAD} {
 				if len(*b) == 0 {
 					*b = nil
 				}

@@ -61,6 +61,8 @@ type Device struct {
 	// Certificates are the certificates beside those keys with Options.Certificates (label -> DER), else
 	// empty.
 	Certificates map[string][]byte
+	// SecretKeys are the values of the secret keys this device's tokens hold (label -> value), like Keys.
+	SecretKeys map[string][]byte
 	// PINs are the user PINs this device's tokens really have (partition name -> PIN).
 	PINs map[string]string
 	// Serials are the serial numbers of this device's tokens (partition name -> serial). Every token of

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
@@ -73,15 +74,16 @@ func problems(rep *inspection.Report, b sessionBudget) []finding {
 		}
 	}
 	for _, p := range rep.Partitions {
-		for _, k := range p.Keys {
+		for i, k := range slices.Concat(p.Keys, p.SecretKeys) {
+			fp := fingerprintName(i >= len(p.Keys))
 			holders := devicesWith(k, inspection.KeyMatch)
 			for _, kd := range k.Devices {
 				name := p.Name + "/" + k.Label
 				switch kd.Status {
 				case inspection.KeyDifferent:
 					out = append(out, finding{Code: codeKeyDifferent, Device: kd.Device, Partition: p.Name, Key: k.Label,
-						Message: fmt.Sprintf("%s on %s is a different key (sha256 %s, %s) from the one %s hold (sha256 %s, %s): Open excludes %s for this key",
-							name, kd.Device, short(kd.Fingerprint), kd.Algorithm, strings.Join(holders, ", "), short(k.Fingerprint), k.Algorithm, kd.Device)})
+						Message: fmt.Sprintf("%s on %s is a different key (%s %s, %s) from the one %s hold (%s %s, %s): Open excludes %s for this key",
+							name, kd.Device, fp, short(kd.Fingerprint), kd.Algorithm, strings.Join(holders, ", "), fp, short(k.Fingerprint), k.Algorithm, kd.Device)})
 				case inspection.KeyMissing:
 					out = append(out, finding{Code: codeKeyMissing, Device: kd.Device, Partition: p.Name, Key: k.Label,
 						Message: fmt.Sprintf("%s is missing on %s (held by %s): Open excludes %s for this key",
@@ -237,4 +239,13 @@ func short(fp string) string {
 		return fp[:16] + "..."
 	}
 	return fp
+}
+
+// fingerprintName names what KeyReport.Fingerprint holds: the SHA-256 of a public key, or a secret key's
+// check value.
+func fingerprintName(secret bool) string {
+	if secret {
+		return "check value"
+	}
+	return "sha256"
 }

@@ -125,19 +125,23 @@ func keysText(p inspection.DevicePartition) string {
 
 // printKeys writes every key with its devices grouped by the public key they hold.
 func printKeys(w io.Writer, rep *inspection.Report) {
-	fmt.Fprintln(w, "Keys (reference: the public key most devices hold, as Open picks it; fingerprint: SHA-256 of the SubjectPublicKeyInfo DER)")
+	fmt.Fprintln(w, "Keys (reference: the public key most devices hold, as Open picks it; fingerprint: SHA-256 of the SubjectPublicKeyInfo DER, or a secret key's check value)")
 	for _, p := range rep.Partitions {
 		if len(p.Keys) == 0 {
 			fmt.Fprintf(w, "  %s: no keys found\n", p.Name)
 		}
-		for _, k := range p.Keys {
+		for i, k := range slices.Concat(p.Keys, p.SecretKeys) {
+			kind := "sha256"
+			if i >= len(p.Keys) {
+				kind = "kcv" // a secret key's check value (docs/ARCHITECTURE.md, "Secret keys")
+			}
 			verdict := "consistent"
 			if !k.Consistent {
 				verdict = "MISMATCH"
 			}
 			fmt.Fprintf(w, "  %s/%s  %s %d (%s)  %s\n", p.Name, k.Label, k.KeyType, k.Bits, k.Algorithm, verdict)
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(tw, "    sha256 %s\t%s\n", k.Fingerprint, strings.Join(devicesWith(k, inspection.KeyMatch), ", "))
+			fmt.Fprintf(tw, "    %s %s\t%s\n", kind, k.Fingerprint, strings.Join(devicesWith(k, inspection.KeyMatch), ", "))
 			var others []string // other fingerprints in order of appearance
 			for _, kd := range k.Devices {
 				if kd.Status == inspection.KeyDifferent && !slices.Contains(others, kd.Fingerprint) {
@@ -151,7 +155,7 @@ func printKeys(w io.Writer, rep *inspection.Report) {
 						ds = append(ds, fmt.Sprintf("%s (%s)", kd.Device, kd.Algorithm))
 					}
 				}
-				fmt.Fprintf(tw, "    sha256 %s\t%s: DIFFERENT, excluded for this key\n", fp, strings.Join(ds, ", "))
+				fmt.Fprintf(tw, "    %s %s\t%s: DIFFERENT, excluded for this key\n", kind, fp, strings.Join(ds, ", "))
 			}
 			if ds := devicesWith(k, inspection.KeyMissing); len(ds) > 0 {
 				fmt.Fprintf(tw, "    MISSING\t%s\n", strings.Join(ds, ", "))

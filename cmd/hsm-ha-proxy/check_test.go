@@ -71,7 +71,13 @@ func checkDevices(t *testing.T, devs []testDev, kill ...string) string {
 		}
 		specs = append(specs, s)
 	}
-	topo := harnesstest.Start(t, softhsmtest.Options{Devices: specs, Partitions: parts, Keys: keys})
+	opts := softhsmtest.Options{Devices: specs, Partitions: parts, Keys: keys}
+	for _, d := range devs {
+		if d.differentKey == "aes-key" { // secret keys only where a test looks at them
+			opts.SecretKeys = softhsmtest.DefaultSecretKeys()
+		}
+	}
+	topo := harnesstest.Start(t, opts)
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: "init_timeout: 3s"}))
 	for _, n := range kill {
@@ -137,6 +143,20 @@ func TestCheckDevices(t *testing.T) {
 				require.Equal(t, "ec-key", k.Label)
 				assert.NotEqual(t, k.Fingerprint, k.Devices[1].Fingerprint)
 				assert.Equal(t, k.Fingerprint, k.Devices[0].Fingerprint, "the majority is the reference")
+			}},
+		{name: "secret key different on one device", code: 1,
+			devs: []testDev{{name: "eastus-1", region: "eastus"}, {name: "eastus-2", region: "eastus"},
+				{name: "westus-1", region: "westus", differentKey: "aes-key"}, {name: "westus-2", region: "westus"}},
+			problems: []string{"key_different westus-1 ledger aes-key", "key_different westus-1 payments aes-key"}, advice: []string{},
+			human: []string{"payments/aes-key  AES 256 (AES_256)  MISMATCH", "payments/hmac-key  HMAC 256 (HMAC_SHA256)  consistent",
+				"westus-1 (AES_256): DIFFERENT, excluded for this key", "payments/aes-key on westus-1 is a different key (check value"},
+			check: func(t *testing.T, res *checkResult) {
+				k := res.Report.Partitions[0].SecretKeys[0]
+				require.Equal(t, "aes-key", k.Label)
+				assert.Len(t, k.Fingerprint, 16, "a 64-bit check value")
+				assert.NotEqual(t, k.Fingerprint, k.Devices[2].Fingerprint)
+				assert.Equal(t, k.Fingerprint, k.Devices[3].Fingerprint, "the majority is the reference")
+				assert.Equal(t, inspection.KeyDifferent, k.Devices[2].Status)
 			}},
 		{name: "wrong PIN on one device", code: 1,
 			devs: []testDev{{name: "eastus-1", region: "eastus"}, {name: "eastus-2", region: "eastus"},

@@ -77,6 +77,7 @@ type sidecar struct {
 	ln   net.Listener // the HTTP API's
 	mln  net.Listener // --metrics-addr's, or nil
 	p11  *pkcs11Door  // nil when server.pkcs11 is empty
+	kms  *kmsDoor     // nil when server.kms is empty
 	cl   *pkcs11ha.Cluster
 	srv  *proxy.Server
 	reg  *prometheus.Registry
@@ -112,6 +113,11 @@ func openSidecar(ctx context.Context, cfg *sidecarconfig.Config, path, metricsAd
 		logger.Error("listening", "pkcs11", cfg.Server.PKCS11, "err", err)
 		return nil, 1
 	}
+	if s.kms, err = openKMS(cfg, up); err != nil {
+		s.closeListeners()
+		logger.Error("listening", "kms", cfg.Server.KMS, "err", err)
+		return nil, 1
+	}
 	s.reg = prometheus.NewRegistry()
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	s.cl, err = pkcs11ha.Open(ctx, cfg.Library(), pkcs11ha.WithLogger(logger), pkcs11ha.WithRegisterer(s.reg))
@@ -141,6 +147,7 @@ func (s *sidecar) closeListeners() {
 		}
 	}
 	s.p11.close(s.up.hasParent())
+	s.kms.close(s.up.hasParent())
 }
 
 // run serves until SIGTERM/SIGINT or a hot upgrade hands everything over, then shuts down.
@@ -155,6 +162,7 @@ func (s *sidecar) run(ctx context.Context, stop context.CancelFunc) int {
 	if !s.up.inheritsPKCS11() {
 		s.p11.start(ctx, s.cfg, s.cl, s.srv, s.log, s.reg, nil)
 	}
+	s.kms.start(ctx, s.cl, s.log)
 	if err := s.up.ready(ctx, s.cl); err != nil {
 		s.log.Error("not serving", "err", err)
 		stop()
@@ -167,8 +175,11 @@ func (s *sidecar) run(ctx context.Context, stop context.CancelFunc) int {
 	go s.signals(ctx, stop)
 
 	serveErr := <-served
-	stop() // the HTTP server has stopped (or failed): stop the PKCS#11 door too
+	stop() // the HTTP server has stopped (or failed): stop the other doors too
 	if err := s.p11.wait(); err != nil && serveErr == nil {
+		serveErr = err
+	}
+	if err := s.kms.wait(); err != nil && serveErr == nil {
 		serveErr = err
 	}
 	closeCluster(s.cl, s.cl.Config().Policy.CloseTimeout.D(), s.log)

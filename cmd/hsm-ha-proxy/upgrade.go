@@ -287,6 +287,9 @@ func (s *sidecar) upgrade(ctx context.Context, stop context.CancelFunc) {
 	}
 	s.log.Info("upgrade: the new process is ready: handing over", "start_ms", time.Since(began).Milliseconds())
 	s.handOver(ctx, hc)
+	// The KMS door's gRPC calls in flight finish here; the API server's client reconnects to the same
+	// socket, now the new process's.
+	s.kms.keepSocket()
 	stop()
 }
 

@@ -101,6 +101,9 @@ const (
 type PartitionReport struct {
 	Name string      `json:"name"`
 	Keys []KeyReport `json:"keys"`
+	// SecretKeys compares the AES and HMAC keys the same way; their Fingerprint is the key check value
+	// (docs/ARCHITECTURE.md, "Secret keys"), their KeyType "AES" or "HMAC".
+	SecretKeys []KeyReport `json:"secret_keys,omitempty"`
 }
 
 // KeyReport compares one (partition, label) across devices. The reference is the public key most of the

@@ -22,6 +22,8 @@ type Config struct {
 	Policy            Policy         `yaml:"policy"`
 	Server            ServerConfig   `yaml:"server"`
 	Clients           []ClientConfig `yaml:"clients"`
+	// KMS is the key behind the Kubernetes KMS v2 door (server.kms; kms.go).
+	KMS KMSConfig `yaml:"kms"`
 }
 
 // Policy is the library's policy plus the sidecar's per-request deadline, which the file keeps under
@@ -66,6 +68,9 @@ type ServerConfig struct {
 	// when the old process was ready, ready too). Past it the new process is killed and the old one keeps
 	// serving. Zero means DefaultUpgradeTimeout.
 	UpgradeTimeout pkcs11ha.Duration `yaml:"upgrade_timeout"`
+	// KMS is the Kubernetes KMS v2 plugin socket, unix:///PATH, for the API server on this host; empty:
+	// off. Its key is the top-level kms: section.
+	KMS string `yaml:"kms"`
 }
 
 // DefaultUpgradeTimeout applies when server.upgrade_timeout is zero.
@@ -194,6 +199,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Server.UpgradeTimeout < 0 {
 		return &pkcs11ha.ConfigError{Field: "server.upgrade_timeout", Msg: fmt.Sprintf("must be positive, got %s", c.Server.UpgradeTimeout.D())}
+	}
+	if err := c.validateKMS(); err != nil {
+		return err
 	}
 	return CheckClients(c.Clients, c.PartitionNames())
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/json"
@@ -54,7 +53,8 @@ type Spec struct {
 	Partition  string            `json:"partition,omitempty"`   // pkcs11ha
 	KeyLabel   string            `json:"key_label"`
 	KeyID      []byte            `json:"key_id"`
-	PubDER     []byte            `json:"pub_der"` // PKIX public key: the first signature is verified against it
+	PubDER     []byte            `json:"pub_der"`          // PKIX public key: the first signature is verified against it
+	Secret     []byte            `json:"secret,omitempty"` // a secret-key cell's key value (test key): the first output is checked with it
 	CPUProfile string            `json:"cpu_profile,omitempty"`
 }
 
@@ -226,20 +226,27 @@ func RunChild(in io.Reader, out io.Writer) error {
 
 // setup makes the contender and its workers, checks a first signature and runs the warm-up.
 func setup(s Spec) (contender, []signFunc, []byte, error) {
-	pub, err := x509.ParsePKIXPublicKey(s.PubDER)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("public key: %w", err)
+	var pub any
+	var err error
+	if !isSecretAlg(s.Alg) {
+		if pub, err = x509.ParsePKIXPublicKey(s.PubDER); err != nil {
+			return nil, nil, nil, fmt.Errorf("public key: %w", err)
+		}
 	}
 	var c contender
-	switch s.Contender {
-	case Direct:
+	switch {
+	case s.Contender == Direct && isSecretAlg(s.Alg):
+		c, err = newDirectSecret(s)
+	case s.Contender == HA && isSecretAlg(s.Alg):
+		c, err = newHASecret(s)
+	case s.Contender == Direct:
 		c, err = newDirect(s)
-	case Crypto11:
+	case s.Contender == Crypto11:
 		c, err = newCrypto11(s)
-	case HA:
+	case s.Contender == HA:
 		c, err = newHA(s)
 	default:
-		err = fmt.Errorf("unknown contender %q", s.Contender)
+		err = fmt.Errorf("unknown contender %q for %s", s.Contender, s.Alg)
 	}
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: %w", s.Contender, err)
@@ -256,14 +263,18 @@ func setup(s Spec) (contender, []signFunc, []byte, error) {
 			return nil, nil, nil, fmt.Errorf("%s: worker %d: %w", s.Contender, i, err)
 		}
 	}
-	d := sha256.Sum256([]byte("hsm-bench " + s.Alg))
-	digest := d[:]
+	digest := benchInput(s)
 	sig, _, err := workers[0](digest)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: first signature: %w", s.Contender, err)
 	}
-	if err := verify(pub, digest, sig, s.Contender == Direct); err != nil {
-		return nil, nil, nil, fmt.Errorf("%s: first signature does not verify: %w", s.Contender, err)
+	if isSecretAlg(s.Alg) {
+		err = verifySecret(s, digest, sig)
+	} else {
+		err = verify(pub, digest, sig, s.Contender == Direct)
+	}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: first output does not verify: %w", s.Contender, err)
 	}
 	// Warm-up: sessions opened, caches and latency estimates filled.
 	drive(workers, digest, s.Warmup)

@@ -40,6 +40,9 @@ var contenderOrder = []string{labDirect, labC11, labHA1, labHA2, labHA1Off, labH
 // defaultContenders are the contenders of a cell when none are named: the four, and the verification
 // counterpart of the default pkcs11ha row (RSA: verify off; ECDSA: verify all).
 func defaultContenders(alg string) []string {
+	if isSecretAlg(alg) {
+		return []string{labDirect, labHA1} // crypto11 v1.6.2 has no HMAC; the verify rows do not apply
+	}
 	if alg == RSA2048 {
 		return []string{labDirect, labC11, labHA1, labHA2, labHA1Off, labHA1Proc}
 	}
@@ -73,6 +76,7 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 		},
 		Partitions: []softhsmtest.PartitionSpec{benchPartition},
 		Keys:       []softhsmtest.KeySpec{rsaKey, ecKey},
+		SecretKeys: []softhsmtest.SecretKeySpec{benchAESKey, benchHMACKey},
 	})
 	if err != nil {
 		return nil, err
@@ -103,7 +107,7 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 		labHA1All:  {Contender: HA, ConfigPath: ha1All, Partition: benchPartition.Name},
 		labHA1Proc: {Contender: HA, ConfigPath: ha1Proc, Partition: benchPartition.Name},
 	}
-	run := inprocRun{o: o, self: self, specs: specs, progress: progress}
+	run := inprocRun{o: o, self: self, specs: specs, progress: progress, secrets: topo.SecretKeys}
 	var cells []*InprocCell
 	for _, alg := range o.Algs {
 		run.contenders = o.Contenders
@@ -117,8 +121,10 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 			if alg == RSA2048 {
 				key = rsaKey
 			}
-			pub, err := pubDER(topo.Keys[key.Label])
-			if err != nil {
+			var pub []byte
+			if sk := secretKeyOf(alg); isSecretAlg(alg) {
+				key = softhsmtest.KeySpec{Label: sk.Label, ID: sk.ID}
+			} else if pub, err = pubDER(topo.Keys[key.Label]); err != nil {
 				return nil, err
 			}
 			if err := run.cell(ctx, c, key, pub); err != nil {
@@ -136,6 +142,7 @@ type inprocRun struct {
 	specs      map[string]Spec // contender label -> child spec, without the cell's algorithm and key
 	contenders []string
 	progress   func(string, ...any)
+	secrets    map[string][]byte // secret key values by label (test keys), for the first output's check
 	// turn, when set, is called before each measured slice with the contender's label and the cell; the
 	// function it returns is called after the slice (the front-end section reads the sidecar's CPU time).
 	turn func(lab string, c *InprocCell) func()
@@ -154,7 +161,7 @@ func (run inprocRun) cell(ctx context.Context, c *InprocCell, key softhsmtest.Ke
 	for _, lab := range run.contenders {
 		s := run.specs[lab]
 		s.Alg, s.Goroutines, s.Warmup = alg, g, o.Warmup
-		s.KeyLabel, s.KeyID, s.PubDER = key.Label, key.ID, pub
+		s.KeyLabel, s.KeyID, s.PubDER, s.Secret = key.Label, key.ID, pub, run.secrets[key.Label]
 		if o.ProfileDir != "" {
 			s.CPUProfile = filepath.Join(o.ProfileDir, fmt.Sprintf("%s-%s-g%d.pprof", slug(lab), slug(alg), g))
 		}

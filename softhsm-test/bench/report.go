@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -66,6 +67,10 @@ func (rep *Report) writeInproc(w io.Writer) {
 	fmt.Fprintf(w, "  (direct = C_SignInit + C_Sign only, raw r||s for ECDSA; crypto11 and pkcs11ha return DER. pkcs11ha calls Key.SignContext (WithOutcome names the device)\n")
 	fmt.Fprintf(w, "   with a %v caller deadline, exactly what Key.Sign does. 2 devices: two copies of libsofthsm2.so, share of ops in brackets.\n", 2*time.Second)
 	fmt.Fprintf(w, "   pkcs11ha rows verify RSA signatures (policy.verify_signatures: rsa, the default) and not ECDSA ones; the verify rows flip that)\n")
+	if slices.ContainsFunc(rep.Inproc, func(c *InprocCell) bool { return isSecretAlg(c.Alg) }) {
+		fmt.Fprintf(w, "  (secret-key rows, 32-byte inputs: direct = C_EncryptInit(CKM_AES_GCM, a fresh nonce) + C_Encrypt, C_DecryptInit + C_Decrypt,\n")
+		fmt.Fprintf(w, "   C_SignInit(CKM_SHA256_HMAC) + C_Sign through miekg/pkcs11; pkcs11ha = SecretKey.Seal / Open / MAC, one C_Encrypt/C_Decrypt/C_Sign each)\n")
+	}
 	rep.writeVerifyCost(w)
 }
 

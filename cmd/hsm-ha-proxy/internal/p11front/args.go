@@ -42,7 +42,8 @@ func (c *conn) object(s *session, h uint64, invalid rv) (*object, error) {
 }
 
 // keyObject is the key of a C_*Init call. It must be an object of the session's token whose class is
-// class (CKO_PRIVATE_KEY to sign and decrypt, CKO_PUBLIC_KEY to verify and encrypt):
+// class (CKO_PRIVATE_KEY to sign and decrypt, CKO_PUBLIC_KEY to verify and encrypt) or a secret key (whose
+// mechanism the family's plan checks):
 // CKR_KEY_HANDLE_INVALID (also for a certificate) or, unless the call cancels (no mechanism),
 // CKR_KEY_FUNCTION_NOT_PERMITTED otherwise.
 func (c *conn) keyObject(s *session, h, class uint64, hasMech bool) (*object, error) {
@@ -52,7 +53,7 @@ func (c *conn) keyObject(s *session, h, class uint64, hasMech bool) (*object, er
 		return nil, err
 	case o.class == pkcs11.CKO_CERTIFICATE:
 		return nil, rvErr(pkcs11.CKR_KEY_HANDLE_INVALID, "a certificate is not a key")
-	case hasMech && o.class != class:
+	case hasMech && o.class != class && o.class != pkcs11.CKO_SECRET_KEY:
 		return nil, rvErr(pkcs11.CKR_KEY_FUNCTION_NOT_PERMITTED, "wrong key class for this operation")
 	}
 	return o, nil

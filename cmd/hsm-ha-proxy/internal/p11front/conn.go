@@ -169,8 +169,9 @@ func (c *conn) serve() {
 // every call that cannot wait for the cluster (nor for a long time on anything else). Going through a
 // worker costs two goroutine hand-offs; a signature is three calls (C_SignInit, the C_Sign size query,
 // C_Sign), of which only the last needs a device. Waiting is left to workers: C_Sign, C_SignFinal,
-// C_Decrypt and C_DecryptFinal with an output buffer (their size queries, a NULL buffer — the last
-// element "fy" reads 0 —, are answered from the plan), and any large message (a big C_Digest input is
+// C_Decrypt, C_DecryptFinal, C_Encrypt and C_EncryptFinal with an output buffer (their size queries, a NULL
+// buffer — the last element "fy" reads 0 —, are answered from the plan; an AES-GCM encryption runs on a
+// device), C_Verify and C_VerifyFinal (an HMAC is verified on a device), and any large message (a big C_Digest input is
 // hashed on a worker, so that other threads' calls on this connection do not queue behind it). A call
 // that a misbehaving application makes on a session busy with a signature waits for that signature's
 // session lock (at most the request timeout), delaying this connection's later calls only.
@@ -179,9 +180,12 @@ func inline(f p11rpc.Frame) bool {
 		return false
 	}
 	switch callIDOf(f.Body) {
-	case p11rpc.CallSign, p11rpc.CallSignFinal, p11rpc.CallDecrypt, p11rpc.CallDecryptFinal:
+	case p11rpc.CallSign, p11rpc.CallSignFinal, p11rpc.CallDecrypt, p11rpc.CallDecryptFinal,
+		p11rpc.CallEncrypt, p11rpc.CallEncryptFinal:
 		b := f.Body
 		return len(b) >= 4 && binary.BigEndian.Uint32(b[len(b)-4:]) == 0
+	case p11rpc.CallVerify, p11rpc.CallVerifyFinal:
+		return false
 	}
 	return true
 }

@@ -83,6 +83,18 @@ func (b *fakeBackend) Key(ctx context.Context, partition, label string) (KeyHand
 	return k, nil
 }
 
+// SecretKeys: the fake cluster has none (secret keys are tested on real devices, secret_test.go).
+func (b *fakeBackend) SecretKeys(partition string) ([]pkcs11ha.SecretKeyInfo, error) {
+	if _, err := b.Keys(partition); err != nil {
+		return nil, err
+	}
+	return nil, nil
+}
+
+func (b *fakeBackend) SecretKey(_ context.Context, _, label string) (SecretHandle, error) {
+	return nil, fmt.Errorf("%w: secret key %q", pkcs11ha.ErrUnknownKey, label)
+}
+
 func (k *fakeKey) Public() crypto.PublicKey { return k.priv.Public() }
 
 func (k *fakeKey) setFail(err error) {

@@ -15,7 +15,7 @@ type findOp struct {
 	Pos     int
 }
 
-// objectsIn returns the objects of partition's keys now.
+// objectsIn returns the objects of partition's keys now: key pairs, certificates, secret keys.
 func (c *conn) objectsIn(partition string) []*object {
 	infos, err := c.s.be.Keys(partition)
 	if err != nil {
@@ -27,7 +27,7 @@ func (c *conn) objectsIn(partition string) []*object {
 		c.log.Info("PKCS#11: key not presented (Ed25519 cannot travel over p11-kit's RPC; use the library or the HTTP API)",
 			"partition", partition, "key", label)
 	}
-	return objs
+	return append(objs, c.secretObjectsIn(partition)...)
 }
 
 // grantedObject is object h of granted session sh (C_GetAttributeValue, C_GetObjectSize).

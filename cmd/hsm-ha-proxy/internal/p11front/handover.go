@@ -138,6 +138,9 @@ func (s *Server) ImportObjects(body []byte) error {
 		if infos, err := s.be.Keys(p); err == nil {
 			s.objs.objectsOf(p, infos)
 		}
+		if infos, err := s.be.SecretKeys(p); err == nil {
+			s.objs.secretObjectsOf(p, infos)
+		}
 	}
 	return nil
 }

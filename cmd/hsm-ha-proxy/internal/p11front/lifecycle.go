@@ -50,12 +50,13 @@ type activeOp struct {
 
 // family is what one kind of operation does that the lifecycle (this file) does not: which mechanisms
 // and keys it takes and what it computes. Sign and verify share the signature plan (sigplan.go), encrypt
-// and decrypt the RSA one (crypt.go).
+// and decrypt the RSA one (crypt.go); with a secret key (HMAC, AES-GCM) all four take the secret-key plan
+// and outputs instead (secretmech.go, secretops.go).
 type family struct {
 	name     string // "signature": for "no signature", "signature already active"
 	call     string // the single-part call, "C_Sign"
 	flag     uint64 // the mechanisms it takes: CKF_SIGN, CKF_VERIFY, ...
-	class    uint64 // the key's object class; 0: no key (digests)
+	class    uint64 // the key pair's object class (or CKO_SECRET_KEY, see keyObject); 0: no key (digests)
 	tooLong  rv     // input gathered past opPlan.maxInput
 	onDevice bool   // the cluster's key does the work: C_*Init checks that the cluster has the key
 	// exact: the output's length (opPlan.outLen) is known before the output is computed; otherwise it is an
@@ -69,13 +70,16 @@ type family struct {
 
 var families = [numOpKinds]family{
 	opSign: {name: "signature", call: "C_Sign", flag: pkcs11.CKF_SIGN, class: pkcs11.CKO_PRIVATE_KEY,
-		tooLong: pkcs11.CKR_DATA_LEN_RANGE, onDevice: true, exact: true, plan: sigPlan, output: (*conn).sign},
+		tooLong: pkcs11.CKR_DATA_LEN_RANGE, onDevice: true, exact: true, plan: withSecrets(opSign, sigPlan),
+		output: secretOutput((*conn).sign)},
 	opVerify: {name: "verification", call: "C_Verify", flag: pkcs11.CKF_VERIFY, class: pkcs11.CKO_PUBLIC_KEY,
-		tooLong: pkcs11.CKR_DATA_LEN_RANGE, plan: sigPlan},
+		tooLong: pkcs11.CKR_DATA_LEN_RANGE, plan: withSecrets(opVerify, sigPlan)},
 	opEncrypt: {name: "encryption", call: "C_Encrypt", flag: pkcs11.CKF_ENCRYPT, class: pkcs11.CKO_PUBLIC_KEY,
-		tooLong: pkcs11.CKR_DATA_LEN_RANGE, exact: true, plan: cryptPlan, output: (*conn).encrypt},
+		tooLong: pkcs11.CKR_DATA_LEN_RANGE, exact: true, plan: withSecrets(opEncrypt, cryptPlan),
+		output: secretOutput((*conn).encrypt)},
 	opDecrypt: {name: "decryption", call: "C_Decrypt", flag: pkcs11.CKF_DECRYPT, class: pkcs11.CKO_PRIVATE_KEY,
-		tooLong: pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE, onDevice: true, plan: cryptPlan, output: (*conn).decrypt},
+		tooLong: pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE, onDevice: true, plan: withSecrets(opDecrypt, cryptPlan),
+		output: secretOutput((*conn).decrypt)},
 	opDigest: {name: "digest", call: "C_Digest", flag: pkcs11.CKF_DIGEST,
 		tooLong: pkcs11.CKR_DATA_LEN_RANGE, exact: true, plan: digestPlan, output: (*conn).digest},
 }
@@ -130,7 +134,10 @@ func (c *conn) checkInit(f *family, mp *p11rpc.Mechanism, o *object) error {
 		c.warnPSSZero(f.call+"Init", err, o, m)
 		return err
 	}
-	if f.onDevice {
+	switch {
+	case o != nil && o.class == pkcs11.CKO_SECRET_KEY:
+		_, err = c.secretKey(c.s.base, o)
+	case f.onDevice:
 		_, err = c.clusterKey(c.s.base, o)
 	}
 	return err
@@ -228,7 +235,7 @@ func (c *conn) output(k opKind, s *session, a outputArgs, w *p11rpc.Reply, final
 	}
 	out, kept := op.Out, op.HasOut && bytes.Equal(op.OutFor, src)
 	if !kept {
-		if (f.exact || a.null) && a.sized(w, p.outLen) {
+		if (f.exact || a.null) && a.sized(w, p.lenFor(src)) {
 			return nil
 		}
 		in, err := p.message(src, final)

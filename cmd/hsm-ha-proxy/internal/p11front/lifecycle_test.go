@@ -24,19 +24,24 @@ type lcClient struct {
 	t *testing.T
 	c *p11rpctest.Client
 	s uint64
+	v byte // the protocol version: the encoding of the calls
 }
 
-func dialLifecycle(t *testing.T, f *frontT) *lcClient {
+func dialLifecycle(t *testing.T, f *frontT) *lcClient { return dialLifecycleV(t, f, 0) }
+
+// dialLifecycleV is dialLifecycle speaking protocol version v (2: as p11-kit 0.25.6+ clients do).
+func dialLifecycleV(t *testing.T, f *frontT, v byte) *lcClient {
 	nc, err := net.Dial("unix", f.socket)
 	require.NoError(t, err)
 	t.Cleanup(func() { nc.Close() })
-	c, err := p11rpctest.NewClient(nc, 0)
+	c, err := p11rpctest.NewClient(nc, v)
 	require.NoError(t, err)
+	require.Equal(t, v, c.Version)
 	_, err = c.RoundTrip(initialize)
 	require.NoError(t, err)
-	l := &lcClient{t: t, c: c}
-	v := l.do(p11rpctest.NewCall(p11rpc.CallOpenSession, 0).Ulong(1).Ulong(pkcs11.CKF_SERIAL_SESSION))
-	l.s = v[0].Ulong
+	l := &lcClient{t: t, c: c, v: v}
+	v0 := l.do(p11rpctest.NewCall(p11rpc.CallOpenSession, v).Ulong(1).Ulong(pkcs11.CKF_SERIAL_SESSION))
+	l.s = v0[0].Ulong
 	return l
 }
 
@@ -62,16 +67,16 @@ func (l *lcClient) rv(call *p11rpctest.Call) uint64 {
 // find is the handle of the object with label and class.
 func (l *lcClient) find(label string, class uint64) uint64 {
 	l.t.Helper()
-	l.do(p11rpctest.NewCall(p11rpc.CallFindObjectsInit, 0).Ulong(l.s).Attributes([]p11rpc.Attribute{
+	l.do(p11rpctest.NewCall(p11rpc.CallFindObjectsInit, l.v).Ulong(l.s).Attributes([]p11rpc.Attribute{
 		p11rpc.AttrBytes(pkcs11.CKA_LABEL, []byte(label)), p11rpc.AttrUlong(pkcs11.CKA_CLASS, class)}))
-	v := l.do(p11rpctest.NewCall(p11rpc.CallFindObjects, 0).Ulong(l.s).UlongBuffer(4))
-	l.do(p11rpctest.NewCall(p11rpc.CallFindObjectsFinal, 0).Ulong(l.s))
+	v := l.do(p11rpctest.NewCall(p11rpc.CallFindObjects, l.v).Ulong(l.s).UlongBuffer(4))
+	l.do(p11rpctest.NewCall(p11rpc.CallFindObjectsFinal, l.v).Ulong(l.s))
 	require.Len(l.t, v[0].Ulongs, 1)
 	return v[0].Ulongs[0]
 }
 
 func (l *lcClient) init(call p11rpc.CallID, mech *p11rpc.Mechanism, key uint64) uint64 {
-	c := p11rpctest.NewCall(call, 0).Ulong(l.s).Mechanism(mech)
+	c := p11rpctest.NewCall(call, l.v).Ulong(l.s).Mechanism(mech)
 	if call != p11rpc.CallDigestInit {
 		c.Ulong(key)
 	}
@@ -80,7 +85,7 @@ func (l *lcClient) init(call p11rpc.CallID, mech *p11rpc.Mechanism, key uint64) 
 
 // single is a single-part call (C_Sign, ...) with a buffer of n bytes, or none (a size query).
 func (l *lcClient) single(call p11rpc.CallID, in []byte, n uint64, null bool) *p11rpctest.Call {
-	return p11rpctest.NewCall(call, 0).Ulong(l.s).ByteArray(in).ByteBuffer(n, null)
+	return p11rpctest.NewCall(call, l.v).Ulong(l.s).ByteArray(in).ByteBuffer(n, null)
 }
 
 // TestOperationLifecycle drives each family through the size-query dance: a size query gets the output's

@@ -16,11 +16,21 @@ type opPlan struct {
 	mech     *mech   // its hash, when set, is run over the input as it comes (hash-and-sign, digests)
 	obj      *object // the key; nil for a digest
 	maxInput int     // otherwise the input is gathered, at most this long
-	outLen   int     // the output's length (decrypt: an upper bound)
+	outLen   int     // the output's length (decrypt: an upper bound); with byInput, added to the input's
+	byInput  bool    // the output's length is the input's plus outLen (AES-GCM)
 
 	sigHash crypto.Hash      // signatures: the digest's hash (the mechanism's, or PSS's); 0 for raw RSA/ECDSA
 	pss     *rsa.PSSOptions  // RSA-PSS signatures
 	oaep    *rsa.OAEPOptions // RSA-OAEP encryption; nil: PKCS#1 v1.5
+	secret  *secretPlan      // a secret key's mechanism (secretmech.go), done by the cluster
+}
+
+// lenFor is the output's length for input src (see outLen).
+func (p *opPlan) lenFor(src []byte) int {
+	if p.byInput {
+		return len(src) + p.outLen
+	}
+	return p.outLen
 }
 
 // update adds a part of the input (an Update call); an RSA operation takes one block, a raw signature

@@ -53,6 +53,9 @@ func (c *conn) verifyEnd(s *session, data, sig []byte, final bool) error {
 	if err != nil {
 		return err
 	}
+	if p.secret != nil {
+		return c.verifyMAC(s, p, digest, sig)
+	}
 	return p.check(digest, sig)
 }
 

@@ -37,6 +37,8 @@ const (
 type backend interface {
 	Key(ctx context.Context, partition, label string) (keyHandle, error)
 	Keys(partition string) ([]pkcs11ha.KeyInfo, error)
+	SecretKey(ctx context.Context, partition, label string) (secretHandle, error)
+	SecretKeys(partition string) ([]pkcs11ha.SecretKeyInfo, error)
 	Status() []pkcs11ha.DeviceStatus
 	Ready() bool
 }

@@ -66,8 +66,8 @@ bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./failover/
 	$(GO) run ./softhsm-test/cmd/hsm-bench
 
-# The long chaos run (>= 100,000 operations, minutes of flapping), the soak (>= 100 kill cycles), 50 hot
-# upgrades of the sidecar under load and 20 kills of each device's worker under the same applications. Results table in chaos-results.txt.
+# The long chaos run (>= 100,000 operations, minutes of flapping), the soak (>= 100 kill cycles) and 50 hot
+# upgrades of the sidecar under load. Results table in chaos-results.txt.
 chaos: deps
 	# Live output and a log; the tests' own exit status decides (sh has no pipefail).
 	{ CHAOS_LONG=1 $(GO) test -count=1 -timeout 90m -run 'TestChaos|TestSoak' -v ./softhsm-test/chaos/ && \

@@ -361,7 +361,7 @@ func (rep *Report) writeUpgrade(w io.Writer) {
 		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t\n", r.name, len(r.l), fmtDur(r.l.Quantile(0.5)), fmtDur(r.l.Quantile(0.99)), fmtDur(top))
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "  failed calls: %d of %d", u.Failed, u.Calls)
+	fmt.Fprintf(w, "  failed calls: %d of %d (%d during a handover)", u.Failed, u.Calls, u.FailedDuring)
 	if u.FirstErr != "" {
 		fmt.Fprintf(w, " (first: %s)", u.FirstErr)
 	}

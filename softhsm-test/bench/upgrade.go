@@ -23,7 +23,9 @@ type UpgradeRun struct {
 	Handovers  []Handover
 	Calls      int64 // every call of the run, failures included
 	Failed     int64
-	FirstErr   string
+	// FailedDuring is how many of the failed calls overlapped a handover.
+	FailedDuring int64
+	FirstErr     string
 	// During is the latency of every call that overlapped a handover (from the signal to the old process
 	// gone); Outside the others'.
 	During, Outside Latencies
@@ -117,12 +119,13 @@ func upgrades(ctx context.Context, o Options, dir, self string, progress func(st
 	}
 	run.Load.add(loadAvg())
 	run.Calls = int64(len(calls))
-	run.During, run.Outside = splitCalls(calls, run.Handovers)
+	run.During, run.Outside, run.FailedDuring = splitCalls(calls, run.Handovers)
 	return run, nil
 }
 
-// splitCalls sorts the calls' latencies into those that overlapped a handover's window and the others.
-func splitCalls(calls []Call, hs []Handover) (during, outside Latencies) {
+// splitCalls sorts the successful calls' latencies into those that overlapped a handover's window and
+// the others, and counts the failed calls that overlapped one.
+func splitCalls(calls []Call, hs []Handover) (during, outside Latencies, failedDuring int64) {
 	for _, c := range calls {
 		end := c.Start + c.Nanos
 		in := false
@@ -133,6 +136,9 @@ func splitCalls(calls []Call, hs []Handover) (during, outside Latencies) {
 			}
 		}
 		if c.Failed {
+			if in {
+				failedDuring++
+			}
 			continue
 		}
 		if in {
@@ -141,7 +147,7 @@ func splitCalls(calls []Call, hs []Handover) (during, outside Latencies) {
 			outside = append(outside, c.Nanos)
 		}
 	}
-	return during, outside
+	return during, outside, failedDuring
 }
 
 // upgrade sends SIGUSR2 to the serving process and waits, at most limit, until a new one serves (its pid

@@ -21,12 +21,14 @@ func TestSplitCalls(t *testing.T) {
 		{Start: 190, Nanos: 500},              // starts inside
 		{Start: 50, Nanos: 2000},              // spans both
 		{Start: 300, Nanos: 100},              // between
-		{Start: 1050, Nanos: 5, Failed: true}, // failed: counted elsewhere
+		{Start: 1050, Nanos: 5, Failed: true}, // failed during the second window
+		{Start: 400, Nanos: 5, Failed: true},  // failed outside
 		{Start: 1200, Nanos: 7},               // after
 	}
-	during, outside := splitCalls(calls, hs)
+	during, outside, failedDuring := splitCalls(calls, hs)
 	assert.ElementsMatch(t, Latencies{20, 10, 500, 2000}, during)
 	assert.ElementsMatch(t, Latencies{50, 100, 7}, outside)
+	assert.Equal(t, int64(1), failedDuring)
 }
 
 // TestHandoverTime reads the old process's handover_ms from a JSON or a text log, after an offset.

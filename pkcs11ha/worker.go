@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -372,18 +373,23 @@ func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
 	cmd.ExtraFiles = []*os.File{theirs}
 	// Its own process group: a signal meant for the sidecar (Ctrl-C in a terminal) is not the worker's.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr, err := cmd.StderrPipe()
+	// A pipe of our own, not StderrPipe: Wait closes that one as soon as the process exits, cutting off
+	// the end of a crash's trace; ours is read to its end, whoever exits first.
+	stderr, errW, err := os.Pipe()
 	if err != nil {
 		mine.Close()
 		theirs.Close()
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stderr = errW
+	err = cmd.Start()
+	errW.Close()
+	theirs.Close()
+	if err != nil {
 		mine.Close()
-		theirs.Close()
+		stderr.Close()
 		return nil, fmt.Errorf("starting worker %s: %w", w.cmd[0], err)
 	}
-	theirs.Close()
 	// Through the runtime's poller, not a blocking read holding a thread; buffered, so that a frame's
 	// header and body are one read.
 	conn, err := net.FileConn(mine)
@@ -391,6 +397,7 @@ func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
 	if err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
+		stderr.Close()
 		return nil, fmt.Errorf("worker socket: %w", err)
 	}
 	p := &workerProc{w: w, pid: cmd.Process.Pid, cmd: cmd, conn: conn, rd: bufio.NewReaderSize(conn, 64<<10),
@@ -644,7 +651,11 @@ func exitReason(err error) string {
 
 // logStderr re-logs the worker's JSON log lines (and anything else it prints, such as a Go panic or a
 // module's own messages) under the device's name.
-func (p *workerProc) logStderr(r interface{ Read([]byte) (int, error) }) {
+func (p *workerProc) logStderr(r *os.File) {
+	defer r.Close()
+	// Whatever stops the scanner (a line past its bound), the pipe is drained: a worker must never block
+	// writing to a full stderr.
+	defer func() { _, _ = io.Copy(io.Discard, r) }()
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {

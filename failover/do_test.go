@@ -269,7 +269,7 @@ func TestDoAttemptContext(t *testing.T) {
 		d, _ := ctx.Deadline()
 		deadlines <- d
 		<-ctx.Done()
-		causes <- context.Cause(ctx)
+		causes <- ctx.Err()
 		return 0, ctx.Err()
 	}
 	res := make(chan error, 1)
@@ -280,13 +280,71 @@ func TestDoAttemptContext(t *testing.T) {
 	require.Equal(t, ft0.Add(50*time.Millisecond), recv(t, deadlines))
 	e.blockUntil(1)
 	e.clk.Advance(50 * time.Millisecond)
+	require.Equal(t, context.DeadlineExceeded, recv(t, causes), "fn's context ends at the attempt deadline")
 	var te *AttemptTimeoutError
-	require.ErrorAs(t, recv(t, causes), &te, "fn's context is cancelled at the attempt deadline")
 	err := recv(t, res)
 	require.ErrorIs(t, err, ErrNoMember)
 	require.ErrorAs(t, err, &te)
 	require.Equal(t, "m0", te.Member)
 	require.Equal(t, ClassDown, ClassOf(err))
+}
+
+// fn's context carries the caller's values, and ends when the caller's context does: while Do waits, and
+// for an attempt still running after Do returned (a hedge that lost).
+func TestDoAttemptContextFollowsTheCaller(t *testing.T) {
+	type key struct{}
+	t.Run("while Do waits", func(t *testing.T) {
+		e := newEnv(t, Config{}, members(0))
+		ctx, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
+		seen := make(chan error, 1)
+		fn := func(actx context.Context, _ int) (int, error) {
+			require.Equal(t, "v", actx.Value(key{}))
+			require.NotNil(t, AttemptOf(actx))
+			cancel()
+			<-actx.Done()
+			seen <- actx.Err()
+			return 0, actx.Err()
+		}
+		_, _, err := Do(ctx, e.r, "sign", AllMembers, fn)
+		require.ErrorIs(t, err, context.Canceled)
+		require.Equal(t, context.Canceled, recv(t, seen))
+	})
+	t.Run("after Do returned", func(t *testing.T) {
+		e := newEnv(t, Config{Hedge: HedgeConfig{Enabled: true}}, members(0, 0))
+		e.r.Latency(1).Reset(time.Second)
+		for range health.MinQuantileSamples { // a latency quantile, so the hedge is armed
+			_, _, err := e.do(1 << 0)
+			require.NoError(t, err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		entered, release := make(chan struct{}), make(chan struct{})
+		seen := make(chan error, 1)
+		fn := func(actx context.Context, m int) (int, error) {
+			if m == 1 {
+				return m, nil
+			}
+			close(entered)
+			<-release
+			<-actx.Done()
+			seen <- actx.Err()
+			return m, nil
+		}
+		res := make(chan doResult, 1)
+		go func() {
+			v, out, err := Do(ctx, e.r, "sign", AllMembers, fn)
+			res <- doResult{v, out, err}
+		}()
+		<-entered
+		e.blockUntil(2) // attempt deadline and hedge timer
+		e.clk.Advance(e.r.cfg.Hedge.Floor)
+		r := recv(t, res)
+		require.NoError(t, r.err)
+		require.Equal(t, 1, r.v, "the hedge won")
+		cancel()
+		close(release)
+		require.Equal(t, context.Canceled, recv(t, seen), "the loser's context ends with the caller's")
+	})
 }
 
 func TestDoAbandonedCap(t *testing.T) {

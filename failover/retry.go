@@ -55,7 +55,9 @@ func (c *call[T]) startNext() error {
 			c.spilled = true
 			r.obs.Spill(c.op, mi)
 		}
-		c.armHedge(a)
+		if !a.inline { // an inline attempt has finished already
+			c.armHedge(a)
+		}
 		return nil
 	}
 }

@@ -34,6 +34,7 @@ type member struct {
 	name     string
 	tier     int
 	capacity int32
+	inline   bool // MemberConfig.Inline
 	timeout  time.Duration
 	initial  time.Duration // the tier's InitialLatency
 	upFlag   atomic.Bool   // for Status; routing reads the view
@@ -87,7 +88,7 @@ type Router struct {
 	// lastStall is the mono() time at which the stall watchdog last woke up late (0 = never).
 	lastStall atomic.Int64
 
-	work chan func() // unbuffered: a send succeeds only when an idle worker takes it
+	work chan task // unbuffered: a send succeeds only when an idle worker takes it
 
 	mu        sync.Mutex // serialises view rebuilds
 	closed    atomic.Bool
@@ -112,7 +113,7 @@ func New(cfg Config, members []MemberConfig) (*Router, error) {
 		budget:     int64(cfg.Hedge.Budget * tokenUnit),
 		epoch:      time.Now(),
 		closeCh:    make(chan struct{}),
-		work:       make(chan func()),
+		work:       make(chan task),
 	}
 	r.forgiveAfter = min(cfg.Breaker.OpenMax, 10*cfg.Breaker.Window)
 	ch := make(chan struct{})
@@ -123,6 +124,7 @@ func New(cfg Config, members []MemberConfig) (*Router, error) {
 			name:     mc.Name,
 			tier:     mc.Tier,
 			capacity: int32(min(mc.Capacity, math.MaxInt32)),
+			inline:   mc.Inline,
 			timeout:  perTier(cfg.AttemptTimeout, mc.Tier),
 			initial:  perTier(cfg.InitialLatency, mc.Tier),
 			hist:     health.NewLatencyHistogram(cfg.Clock, histWindow),

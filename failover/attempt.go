@@ -60,6 +60,8 @@ type attempt[T any] struct {
 	state attemptState
 	// disownPending: Disown came while running; the attempt is disowned when it is abandoned.
 	disownPending bool
+	// capped: abandoned as a sign of a hung member (member.hung counts it).
+	capped bool
 }
 
 // start launches fn on member mi: slot first (so a refused breaker can give it back), then the breaker
@@ -229,6 +231,9 @@ func (a *attempt[T]) abandon(class Class, cause error) bool {
 		a.state = attemptDisowned
 	} else {
 		per, tot := a.m.abandoned.Add(1), a.r.abandonedTotal.Add(1)
+		if a.capped = class != ClassStalled; a.capped {
+			a.m.hung.Add(1)
+		}
 		a.r.obs.Abandoned(a.m.idx, int(per), int(tot))
 	}
 	a.mu.Unlock()

@@ -65,7 +65,7 @@ type Config struct {
 	// SpillWait is how long a call waits for a slot on a saturated tier before spilling to the next one;
 	// default 2 ms, negative = do not wait.
 	SpillWait             time.Duration
-	MaxAbandonedPerMember int             // default 4
+	MaxAbandonedPerMember int             // default 4; attempts given up on during a stall of this process do not count
 	MaxAbandonedTotal     int             // default 64
 	EWMADecay             time.Duration   // default 10 s
 	InitialLatency        []time.Duration // per tier: [5ms, 100ms]; like AttemptTimeout

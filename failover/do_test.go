@@ -588,8 +588,39 @@ func TestDoStalledTimeoutNotCounted(t *testing.T) {
 	require.Zero(t, counts.TotalFailures, "a stall is not the device's fault")
 	require.Equal(t, uint32(1), counts.TotalExclusions)
 	require.Equal(t, 5*time.Millisecond, e.r.Latency(0).Value(), "no latency peak from a stall")
+	st := e.r.Status()[0]
+	require.Equal(t, 1, st.Abandoned, "the call still holds its thread")
+	require.False(t, st.AbandonedCap)
+	require.Zero(t, e.r.members[0].hung.Load(), "nor is it a sign of a hung member (MaxAbandonedPerMember)")
 
 	e.fakes[0].release <- struct{}{}
+	e.waitIdle(0)
+	require.Zero(t, e.r.Status()[0].Abandoned)
+}
+
+// TestDoStallFillsNoAbandonedCap: a stall of this process that abandons more calls on a member than
+// MaxAbandonedPerMember leaves the member eligible: its calls were not hung, only not run.
+func TestDoStallFillsNoAbandonedCap(t *testing.T) {
+	e := newEnv(t, Config{StallThreshold: time.Hour, MaxAbandonedPerMember: 2}, members(0))
+	e.fakes[0].hold.Store(true)
+	var calls []<-chan doResult
+	for range 3 {
+		calls = append(calls, e.goDo(context.Background(), AllMembers))
+		e.entered(0)
+	}
+	e.blockUntil(3)
+	e.r.lastStall.Store(e.r.mono())
+	e.clk.Advance(50 * time.Millisecond)
+	for _, c := range calls {
+		require.ErrorIs(t, recv(t, c).err, ErrNoMember) // one member, tried once: no retry after a stall
+	}
+	require.Equal(t, 3, e.abandoned())
+	_, ok := e.r.Pick(AllMembers, 0)
+	require.True(t, ok, "still eligible with 3 calls abandoned during a stall, over the cap of 2")
+	e.fakes[0].hold.Store(false)
+	for range 3 {
+		e.fakes[0].release <- struct{}{}
+	}
 	e.waitIdle(0)
 }
 

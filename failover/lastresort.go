@@ -40,7 +40,7 @@ func (r *Router) anyEligible(mask, tried Mask) bool {
 					continue
 				}
 			}
-			if m.abandoned.Load() < r.maxAbPer {
+			if m.hung.Load() < r.maxAbPer {
 				return true
 			}
 		}

@@ -88,6 +88,9 @@ func (c *call[T]) finished(i int, res result[T]) (v T, err error, done bool) {
 func (c *call[T]) expired(i int) (v T, err error, done bool) {
 	a := c.live[i]
 	terr := a.timeoutError()
+	if terr.Stalled && c.waitOutStall(a) {
+		return v, nil, false
+	}
 	if !a.abandon(terr.FailoverClass(), terr) {
 		return c.finished(i, <-a.ch) // the result won the race by a hair
 	}
@@ -98,4 +101,19 @@ func (c *call[T]) expired(i int) (v T, err error, done bool) {
 		c.stalled |= 1 << a.m.idx
 	}
 	return v, nil, false
+}
+
+// waitOutStall: attempt a timed out only because this process stood still, and no other member could
+// take the call: rather than give up on it (and fail the call), its deadline becomes the caller's, as a
+// last resort's would have been (lastresort.go). False when the caller has no deadline or it has passed.
+func (c *call[T]) waitOutStall(a *attempt[T]) bool {
+	d, ok := c.ctx.Deadline()
+	now := c.r.clock.Now()
+	if !ok || !d.After(now) || a.hedge || !c.lastResort(a.m.idx) {
+		return false
+	}
+	a.timer.Stop()
+	a.timer = c.r.clock.NewTimer(d.Sub(now))
+	a.lastResort, a.timeout = true, d.Sub(a.start)
+	return true
 }

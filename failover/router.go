@@ -26,9 +26,12 @@ type member struct {
 	_         [64]byte
 	inFlight  atomic.Int32 // attempts whose fn has not returned, abandoned ones included (they hold a session)
 	abandoned atomic.Int32 // attempts given up on whose fn has not returned yet
-	gate      atomic.Int64 // Router.mono() value until which the breaker keeps the member out; 0 = none
-	tripNow   atomic.Bool  // the failure being reported trips the breaker whatever the counts (breaker.go)
-	_         [64]byte
+	// hung: the abandoned attempts that count against MaxAbandonedPerMember, i.e. all but those given up on
+	// during a stall of this process (class Stalled), which say nothing about the member.
+	hung    atomic.Int32
+	gate    atomic.Int64 // Router.mono() value until which the breaker keeps the member out; 0 = none
+	tripNow atomic.Bool  // the failure being reported trips the breaker whatever the counts (breaker.go)
+	_       [64]byte
 
 	idx      int
 	name     string

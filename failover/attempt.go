@@ -90,7 +90,7 @@ func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 		switch {
 		case d.Before(deadline):
 			deadline = d // the caller's context ends first: callerGone, not the timer, ends the attempt
-		case !hedge && c.lastResort(mi):
+		case !hedge && c.lastResort(mi, c.out.Attempts+1):
 			deadline, a.lastResort, a.timeout = d, true, d.Sub(a.start)
 		}
 	}

@@ -83,12 +83,13 @@ func (c *call[T]) finished(i int, res result[T]) (v T, err error, done bool) {
 	return v, nil, false
 }
 
-// expired handles attempt i's deadline: the attempt is abandoned (reported Down, or Stalled) and the call
-// goes on; a member that timed out only because this process stood still gets a second chance.
+// expired handles attempt i's deadline: a last resort by now runs on (runOn); otherwise the attempt is
+// abandoned (reported Down, or Stalled) and the call goes on, and a member that timed out only because this
+// process stood still gets a second chance.
 func (c *call[T]) expired(i int) (v T, err error, done bool) {
 	a := c.live[i]
 	terr := a.timeoutError()
-	if terr.Stalled && c.waitOutStall(a) {
+	if c.runOn(a) {
 		return v, nil, false
 	}
 	if !a.abandon(terr.FailoverClass(), terr) {
@@ -103,13 +104,14 @@ func (c *call[T]) expired(i int) (v T, err error, done bool) {
 	return v, nil, false
 }
 
-// waitOutStall: attempt a timed out only because this process stood still, and no other member could
-// take the call: rather than give up on it (and fail the call), its deadline becomes the caller's, as a
-// last resort's would have been (lastresort.go). False when the caller has no deadline or it has passed.
-func (c *call[T]) waitOutStall(a *attempt[T]) bool {
+// runOn: attempt a reached its deadline, and no other member could take the call now (they were shut out
+// while it ran): rather than give up on it and fail the call, its deadline becomes the caller's, as it
+// would have been had it started as a last resort (lastresort.go). False when the caller has no deadline
+// or it has passed.
+func (c *call[T]) runOn(a *attempt[T]) bool {
 	d, ok := c.ctx.Deadline()
 	now := c.r.clock.Now()
-	if !ok || !d.After(now) || a.hedge || !c.lastResort(a.m.idx) {
+	if !ok || !d.After(now) || a.hedge || !c.lastResort(a.m.idx, c.out.Attempts) {
 		return false
 	}
 	a.timer.Stop()

@@ -190,8 +190,21 @@ func (r *Router) rebuildLocked() {
 	r.view.Store(v)
 }
 
-// Latency is the member's latency tracker; pkcs11ha feeds probe latencies into it too.
+// Latency is the member's latency tracker.
 func (r *Router) Latency(member int) *health.PeakEWMA { return r.members[member].ewma }
+
+// ObserveProbe folds a health probe's round trip into the member's latency estimate. A probe slower than
+// the member's attempt timeout spanned a stall of the device (a paused server): an attempt would have
+// timed out, so it is the same penalty (health.PeakEWMA.Penalize), which the next fast probes work off,
+// not a peak that keeps the device out for several decays.
+func (r *Router) ObserveProbe(member int, rtt time.Duration) {
+	m := r.members[member]
+	if rtt > m.timeout {
+		m.ewma.Penalize(m.timeout)
+		return
+	}
+	m.ewma.Observe(rtt)
+}
 
 // ResetLatency forgets what was measured on member (a re-initialised or recovered device is a new one):
 // its latency is its tier's InitialLatency again.

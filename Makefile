@@ -1,7 +1,7 @@
 # pkcs11-ha — see README.md. `make run` and `make test` install what they need (Debian packages) first.
 SHELL := /bin/bash
 GO ?= go
-DEB_PACKAGES := softhsm2 p11-kit p11-kit-modules opensc openssl libengine-pkcs11-openssl gnutls-bin prometheus openjdk-17-jdk-headless systemd curl
+DEB_PACKAGES := softhsm2 p11-kit p11-kit-modules opensc openssl libengine-pkcs11-openssl gnutls-bin prometheus openjdk-17-jdk-headless systemd curl python3-pykcs11
 GOTESTSUM := $(GO) run gotest.tools/gotestsum@v1.13.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -23,6 +23,7 @@ deps:
 	command -v java >/dev/null || missing="$$missing openjdk-17-jdk-headless"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	/usr/bin/python3 -c 'import PyKCS11' 2>/dev/null || missing="$$missing python3-pykcs11"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
@@ -65,11 +66,12 @@ bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./failover/
 	$(GO) run ./softhsm-test/cmd/hsm-bench
 
-# The long chaos run (>= 100,000 operations, minutes of flapping) and the soak (>= 100 kill cycles). Results
-# table in chaos-results.txt.
+# The long chaos run (>= 100,000 operations, minutes of flapping), the soak (>= 100 kill cycles) and 50 hot
+# upgrades of the sidecar under load. Results table in chaos-results.txt.
 chaos: deps
-	# Live output and a log; the test's own exit status decides (sh has no pipefail).
-	{ CHAOS_LONG=1 $(GO) test -count=1 -timeout 90m -run 'TestChaos|TestSoak' -v ./softhsm-test/chaos/; \
+	# Live output and a log; the tests' own exit status decides (sh has no pipefail).
+	{ CHAOS_LONG=1 $(GO) test -count=1 -timeout 90m -run 'TestChaos|TestSoak' -v ./softhsm-test/chaos/ && \
+		CHAOS_LONG=1 $(GO) test -count=1 -timeout 30m -run '^TestHotUpgrade$$' -v ./cmd/hsm-ha-proxy/; \
 		echo $$? > chaos.status; } 2>&1 | tee chaos.log; status=$$(cat chaos.status); rm -f chaos.status; exit $$status
 
 lint:

@@ -43,7 +43,8 @@ func readUnit(t *testing.T) map[string][]string {
 }
 
 // TestSystemdUnitSettings: the unit runs the sidecar as its own user with the hardening the README
-// lists, reloads with SIGHUP and gets its socket directory from systemd.
+// lists, reloads with SIGHUP, follows a hot upgrade's new process and gets its socket directory from
+// systemd.
 func TestSystemdUnitSettings(t *testing.T) {
 	u := readUnit(t)
 	want := map[string]string{
@@ -54,6 +55,8 @@ func TestSystemdUnitSettings(t *testing.T) {
 		"CapabilityBoundingSet": "", "AmbientCapabilities": "", "MemoryDenyWriteExecute": "yes",
 		"LockPersonality": "yes", "RestrictNamespaces": "yes", "RestrictSUIDSGID": "yes",
 		"SystemCallArchitectures": "native", "UMask": "0077",
+		// The new process of a hot upgrade is the old one's child: it says MAINPID= (cmd/hsm-ha-proxy notify.go).
+		"Type": "notify", "NotifyAccess": "all",
 	}
 	for k, v := range want {
 		assert.Equal(t, []string{v}, u[k], "%s=", k)

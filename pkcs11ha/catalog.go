@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -12,9 +11,10 @@ import (
 
 // clusterPartition is the key catalogue of one partition across devices.
 type clusterPartition struct {
-	name string
-	mu   sync.RWMutex
-	keys map[string]*keyEntry
+	name    string
+	mu      sync.RWMutex
+	keys    map[string]*keyEntry
+	secrets map[string]*secretEntry // secret keys (secretcatalog.go)
 }
 
 // keyEntry is one (partition, label): the reference public key and the devices that hold it.
@@ -31,10 +31,10 @@ type keyEntry struct {
 	certLogged map[string]bool
 }
 
-// checkKeys rebuilds the key catalogue after device d (re)opened: the first devices to report a label fix
+// checkKeys rebuilds the key catalogue after a device (re)opened: the first devices to report a label fix
 // its reference public key (majorityKey); a device that lacks the key or holds a different one is excluded
 // for that key.
-func (cl *Cluster) checkKeys(_ *device) {
+func (cl *Cluster) checkKeys() {
 	cl.keysMu.Lock()
 	defer cl.keysMu.Unlock()
 	for pi, cp := range cl.parts {
@@ -49,33 +49,30 @@ func (cl *Cluster) checkKeys(_ *device) {
 		for label := range labels { // a label no open device holds keeps its devices until one reports
 			e := cp.keys[label]
 			if e == nil {
-				votes := make([]*keyObject, len(held))
-				for i, keys := range held {
-					votes[i] = keys[label]
+				votes := make([]*keyObject, 0, len(held))
+				for _, keys := range held {
+					if keys != nil { // in config order: it breaks ties
+						votes = append(votes, keys[label])
+					}
 				}
 				best := majorityKey(votes)
 				e = &keyEntry{label: label, id: best.id, alg: best.alg, pub: best.pub, pubDER: best.pubDER}
 				cp.keys[label] = e
 			}
-			cl.assignKey(pi, cp, e)
-			cl.pickCertificate(pi, cp, e)
+			cl.assignKey(pi, cp, e, held)
+			cl.pickCertificate(cp, e, held)
 		}
+		cl.checkSecrets(pi, cp)
 		cp.mu.Unlock()
 	}
 }
 
-// keysHeld returns, for each device with partition pi open (in config order), a snapshot of its keys by
-// label.
+// keysHeld returns, for each device (by index), a snapshot of its keys of partition pi by label; nil for a
+// device where the partition is not open.
 func (cl *Cluster) keysHeld(pi int) []map[string]*keyObject {
-	var held []map[string]*keyObject
-	for _, d := range cl.devices {
-		st := d.parts[pi].st.Load()
-		if st == nil {
-			continue
-		}
-		st.keysMu.RLock()
-		held = append(held, maps.Clone(st.keys))
-		st.keysMu.RUnlock()
+	held := make([]map[string]*keyObject, len(cl.devices))
+	for i, d := range cl.devices {
+		held[i] = d.be.keys(pi)
 	}
 	return held
 }
@@ -102,20 +99,20 @@ func majorityKey(held []*keyObject) *keyObject {
 	return best
 }
 
-// assignKey sets which devices serve key e of partition cp (index pi): those holding the reference public
+// assignKey sets which devices serve key e of partition cp (index pi), from the snapshot held: those holding the reference public
 // key; every other one is excluded, with the reason, logged and counted once per new exclusion.
-func (cl *Cluster) assignKey(pi int, cp *clusterPartition, e *keyEntry) {
+func (cl *Cluster) assignKey(pi int, cp *clusterPartition, e *keyEntry, held []map[string]*keyObject) {
 	var mask uint64
 	excl := map[string]string{}
-	for _, d := range cl.devices {
-		st := d.parts[pi].st.Load()
-		if st == nil {
-			if why := d.parts[pi].credFatal.Load(); why != nil {
-				excl[d.name] = "partition unusable: " + *why
+	for i, d := range cl.devices {
+		keys := held[i]
+		if keys == nil {
+			if why := d.be.partition(pi).CredFatal; why != "" {
+				excl[d.name] = "partition unusable: " + why
 			}
 			continue
 		}
-		k := st.key(e.label)
+		k := keys[e.label]
 		switch {
 		case k == nil:
 			excl[d.name] = "key missing on this device"
@@ -125,17 +122,22 @@ func (cl *Cluster) assignKey(pi int, cp *clusterPartition, e *keyEntry) {
 			mask |= 1 << uint(d.idx)
 		}
 	}
-	old := e.excluded.Load()
-	if old == nil || len(*old) < len(excl) {
-		for dn, why := range excl {
-			if old == nil || (*old)[dn] != why {
-				cl.metrics.keyInconsistent.WithLabelValues(dn, cp.name, e.label).Inc()
-				cl.log.Warn("device excluded for key", "device", dn, "partition", cp.name, "key", e.label, "reason", why)
-			}
-		}
-	}
+	cl.noteExclusions(cp, e.label, e.excluded.Load(), excl)
 	e.mask.Store(mask)
 	e.excluded.Store(&excl)
+}
+
+// noteExclusions logs and counts the exclusions of excl that old (the key's previous ones) lacked.
+func (cl *Cluster) noteExclusions(cp *clusterPartition, label string, old *map[string]string, excl map[string]string) {
+	if old != nil && len(*old) >= len(excl) {
+		return
+	}
+	for dn, why := range excl {
+		if old == nil || (*old)[dn] != why {
+			cl.metrics.keyInconsistent.WithLabelValues(dn, cp.name, label).Inc()
+			cl.log.Warn("device excluded for key", "device", dn, "partition", cp.name, "key", label, "reason", why)
+		}
+	}
 }
 
 // Key returns the key with the given label in the named partition.

@@ -99,19 +99,18 @@ func certificateFor(k *keyObject, certs []certObject) (der []byte, ignored strin
 // certificate written to some devices only is presented already. When no serving device is open the
 // certificate is kept; when they all hold none it is dropped. Ignored certificates and disagreeing devices
 // are logged once per device and certificate. Called with cl.keysMu held, after assignKey.
-func (cl *Cluster) pickCertificate(pi int, cp *clusterPartition, e *keyEntry) {
+func (cl *Cluster) pickCertificate(cp *clusterPartition, e *keyEntry, held []map[string]*keyObject) {
 	mask := e.mask.Load()
 	if mask == 0 {
 		return
 	}
 	var votes [][]byte
 	voters := map[string]string{} // device -> short fingerprint of its certificate, for the log
-	for _, d := range cl.devices {
-		st := d.parts[pi].st.Load()
-		if mask&(1<<uint(d.idx)) == 0 || st == nil {
+	for i, d := range cl.devices {
+		if mask&(1<<uint(d.idx)) == 0 || held[i] == nil {
 			continue
 		}
-		k := st.key(e.label)
+		k := held[i][e.label]
 		if k == nil {
 			continue
 		}

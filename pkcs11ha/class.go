@@ -21,6 +21,8 @@ const (
 	opSign        = "C_Sign"
 	opDecryptInit = "C_DecryptInit"
 	opDecrypt     = "C_Decrypt"
+	opEncryptInit = "C_EncryptInit"
+	opEncrypt     = "C_Encrypt"
 )
 
 // Class is what a PKCS#11 failure means for recovery: what the device backend does about it (a fresh
@@ -171,8 +173,10 @@ func classify(op string, rv uint) Class {
 		return ClassDeviceDown
 	case pkcs11.CKR_FUNCTION_FAILED, pkcs11.CKR_GENERAL_ERROR:
 		if op == opDecrypt {
-			// SoftHSM answers a bad OAEP padding with CKR_GENERAL_ERROR. A ciphertext is attacker-controlled:
-			// letting it trip breakers or fail over would hand out a DoS lever and a padding oracle.
+			// SoftHSM answers a bad OAEP padding, and an AES-GCM tag that does not match, with
+			// CKR_GENERAL_ERROR. A ciphertext is attacker-controlled: letting it trip breakers or fail over
+			// would hand out a DoS lever and a padding oracle. (C_Encrypt failing is the device's: a Seal
+			// retried elsewhere computes the same output, docs/ARCHITECTURE.md, "Secret keys".)
 			return ClassDecryptRefused
 		}
 		return ClassBusy

@@ -16,7 +16,7 @@ import (
 // recovery. It is safe for concurrent use.
 type Cluster struct {
 	s        *settings
-	devices  []*device
+	devices  []*clusterDevice
 	router   *failover.Router
 	monitors []*health.Monitor
 	parts    []*clusterPartition
@@ -28,46 +28,47 @@ type Cluster struct {
 	pins     pinState // PINs reloaded after a wrong one (pinreload.go)
 }
 
-// do routes one operation for key k through the failover layer; out, when not nil, learns how it went.
-func (cl *Cluster) do(ctx context.Context, op string, k *Key, fn opFunc, out *Outcome) ([]byte, error) {
+// do routes one operation for key k through the failover layer. check, when not nil, vets a result inside
+// the attempt (verify-after-sign): an error from it fails that attempt. out, when not nil, learns how the
+// call went.
+func (cl *Cluster) do(ctx context.Context, opName string, k *Key, op *deviceOp, check func([]byte) error, out *Outcome) ([]byte, error) {
+	return cl.doOn(ctx, opName, k.entry.mask.Load(), k.pidx, op, check, out)
+}
+
+// doOn is do for the key of op in partition pi, held by the devices of mask (a private or a secret key).
+func (cl *Cluster) doOn(ctx context.Context, opName string, mask uint64, pi int, op *deviceOp, check func([]byte) error, out *Outcome) ([]byte, error) {
 	if cl.closed.Load() {
 		return nil, ErrClosed
 	}
-	mask := k.entry.mask.Load()
 	if mask == 0 {
-		return nil, fmt.Errorf("%w: no device holds key %q of partition %q", ErrNoDevice, k.entry.label, k.part)
+		return nil, fmt.Errorf("%w: no device holds key %q of partition %q", ErrNoDevice, op.Label, cl.parts[pi].name)
 	}
 	start := time.Now()
-	v, res, err := failover.Do(ctx, cl.router, op, failover.Mask(mask), func(ctx context.Context, m int) ([]byte, error) {
-		v, err := cl.devices[m].parts[k.pidx].run(ctx, k.entry.label, k.entry.pubDER, fn)
-		cl.noteBadSignature(m, err)
-		return v, err
+	v, res, err := failover.Do(ctx, cl.router, opName, failover.Mask(mask), func(ctx context.Context, m int) ([]byte, error) {
+		return cl.runOn(ctx, m, pi, op, check)
 	})
 	err = fromRouter(err)
 	dev := ""
 	if err == nil && res.Member >= 0 && res.Member < len(cl.devices) {
 		dev = cl.devices[res.Member].name
 	}
-	cl.metrics.operation(op, dev, res, err, time.Since(start))
+	cl.metrics.operation(opName, dev, res, err, time.Since(start))
 	if out != nil {
 		out.Device, out.Attempts, out.Hedged = dev, res.Attempts, res.Hedged
 	}
 	return v, err
 }
 
-// LoginAttempts returns how many times C_Login was called for partition on device (for tests and audits).
-func (cl *Cluster) LoginAttempts(device, partition string) int64 {
-	for _, d := range cl.devices {
-		if d.name != device {
-			continue
-		}
-		for _, p := range d.parts {
-			if p.cfg.Name == partition {
-				return p.logins.Load()
-			}
+// runOn is one attempt: op on device m's partition pi, then check.
+func (cl *Cluster) runOn(ctx context.Context, m, pi int, op *deviceOp, check func([]byte) error) ([]byte, error) {
+	v, err := cl.devices[m].be.run(ctx, pi, op)
+	if err == nil && check != nil {
+		if err = check(v); err != nil {
+			v = nil
 		}
 	}
-	return 0
+	cl.noteBadSignature(m, err)
+	return v, route(err)
 }
 
 // Close stops probes and releases the modules. It is bounded by policy.close_timeout: idle module instances
@@ -95,7 +96,7 @@ func (cl *Cluster) Close() error {
 
 func (cl *Cluster) releaseDevices() {
 	for _, d := range cl.devices {
-		d.close(cl.s.own.CloseTimeout)
+		d.be.close(cl.s.own.CloseTimeout)
 	}
 }
 

@@ -1,21 +1,18 @@
 package pkcs11ha
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/strictyaml"
 )
 
 // Duration is a time.Duration written in YAML as a Go duration string ("50ms", "5s").
@@ -46,8 +43,8 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // changed by Validate or Open.
 //
 // A program that reads a larger file embeds Topology and a type embedding Policy, each with
-// `yaml:",inline"`, and decodes the file with DecodeYAML (hsm-ha-proxy adds its server: and clients:
-// sections and policy.request_timeout this way).
+// `yaml:",inline"` (hsm-ha-proxy adds its server: and clients: sections and policy.request_timeout this
+// way, in package sidecarconfig).
 type Config struct {
 	Topology `yaml:",inline"`
 	Policy   Policy `yaml:"policy"`
@@ -112,73 +109,32 @@ func LoadConfig(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// ParseConfig decodes YAML strictly (DecodeYAML). It neither validates nor fills defaults: Validate checks,
+// ParseConfig decodes YAML strictly (unknown keys are errors; an error names its key). It neither validates nor fills defaults: Validate checks,
 // Open applies the defaults to its own copy.
 func ParseConfig(b []byte) (*Config, error) {
 	var cfg Config
-	if err := DecodeYAML(b, &cfg); err != nil {
+	if err := decodeYAML(b, &cfg); err != nil {
 		return nil, err
 	}
 	return &cfg, nil
 }
 
-// DecodeYAML decodes a config file strictly into v (a *Config, or a program's own type embedding
-// Topology and Policy): unknown keys are errors, and an error names the key it is about (*ConfigError).
-func DecodeYAML(b []byte, v any) error {
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(v); err != nil {
-		if errors.Is(err, io.EOF) {
-			return &ConfigError{Field: "(file)", Msg: "empty config"}
-		}
-		// Name the field: find the key on the line the decoder complains about.
-		var root yaml.Node
-		if yaml.Unmarshal(b, &root) == nil {
-			if m := lineRE.FindStringSubmatch(err.Error()); m != nil {
-				line, _ := strconv.Atoi(m[1])
-				if f := fieldAtLine(&root, line, ""); f != "" {
-					return &ConfigError{Field: f, Msg: err.Error()}
-				}
-			}
-		}
-		return fmt.Errorf("pkcs11ha: config: %w", err)
-	}
-	return nil
+// decodeYAML decodes a config file strictly into v: unknown keys are errors, and an error names the key it
+// is about (*ConfigError).
+func decodeYAML(b []byte, v any) error {
+	return decodeError(strictyaml.Decode(b, v))
 }
 
-var lineRE = regexp.MustCompile(`line (\d+)`)
-
-// fieldAtLine returns the dotted path ("policy.spill_wait", "devices[0].name") of the key on line.
-func fieldAtLine(n *yaml.Node, line int, path string) string {
-	switch n.Kind {
-	case yaml.DocumentNode:
-		for _, c := range n.Content {
-			if f := fieldAtLine(c, line, path); f != "" {
-				return f
-			}
-		}
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, v := n.Content[i], n.Content[i+1]
-			p := k.Value
-			if path != "" {
-				p = path + "." + k.Value
-			}
-			if f := fieldAtLine(v, line, p); f != "" {
-				return f
-			}
-			if k.Line == line {
-				return p
-			}
-		}
-	case yaml.SequenceNode:
-		for i, c := range n.Content {
-			if f := fieldAtLine(c, line, fmt.Sprintf("%s[%d]", path, i)); f != "" {
-				return f
-			}
-		}
+// decodeError is the *ConfigError of a strict decode's result (field, err), naming the field when the
+// decoder's complaint can be placed; nil when err is.
+func decodeError(field string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case field != "":
+		return &ConfigError{Field: field, Msg: err.Error()}
 	}
-	return ""
+	return fmt.Errorf("pkcs11ha: config: %w", err)
 }
 
 // ResolvePaths makes relative pin_file paths relative to dir (the config file's directory).

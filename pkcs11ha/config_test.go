@@ -181,7 +181,7 @@ func TestPolicyInEffect(t *testing.T) {
 		CloseTimeout:   ms(2000),
 		StallThreshold: ms(20),
 
-		MaxStuckCalls: 1000, P11KitInstances: 1, VerifySignatures: VerifyRSA,
+		MaxStuckCalls: 1000, P11KitInstances: 1, VerifySignatures: VerifyRSA, Isolation: IsolationNone,
 	}, s.cfg.Policy)
 
 	cfg.Policy = Policy{SpillWait: ms(-1), StallThreshold: ms(-1), Health: HealthPolicy{Jitter: -1}, HealthKey: "hk", OAEPFallback: true,
@@ -195,7 +195,7 @@ func TestPolicyInEffect(t *testing.T) {
 	require.True(t, s.router.DisablePanic)
 	require.Equal(t, ownSettings{OperationTimeout: 2 * time.Second, SessionPoolSize: 16, HealthKey: "hk", ReinitGrace: 2 * time.Second,
 		InitTimeout: 5 * time.Second, CloseTimeout: 2 * time.Second, OAEPFallback: true,
-		MaxStuckCalls: 1000, P11KitInstances: 1, VerifySignatures: VerifyRSA}, s.own)
+		MaxStuckCalls: 1000, P11KitInstances: 1, VerifySignatures: VerifyRSA, Isolation: IsolationNone}, s.own)
 	require.Equal(t, ms(-1), s.cfg.Policy.SpillWait, "the policy in effect says so too")
 }
 
@@ -234,7 +234,7 @@ func TestPolicyBindings(t *testing.T) {
 			require.Contains(t, bound, key)
 			cfg := base.clone()
 			var pol Policy
-			require.NoError(t, DecodeYAML([]byte(yml), &pol))
+			require.NoError(t, decodeYAML([]byte(yml), &pol))
 			cfg.Policy = pol
 			err := cfg.Validate()
 			var ce *ConfigError

@@ -7,29 +7,32 @@ import (
 	"fmt"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall"
 )
 
-// decryptOn runs one decrypt on a session. OAEP with a hash the token lacks (SoftHSM 2.6.1 does SHA-1
-// only) is refused with a *MechanismError, or — when policy.oaep_fallback is on — done as raw RSA on the
-// token with the OAEP decoding in Go.
-func decryptOn(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, mech []*pkcs11.Mechanism,
-	ct []byte, oaep *rsa.OAEPOptions, pub *rsa.PublicKey, fallback bool) ([]byte, string, error) {
-	if oaep != nil && !oaepNativeOK(oaep) && fallback {
-		return rawOAEP(c, s, h, ct, oaep, pub)
+// decrypt runs one decrypt on a session. OAEP with a hash the token lacks (SoftHSM 2.6.1 does SHA-1 only)
+// is refused with a *MechanismError, or — when policy.oaep_fallback is on — done as raw RSA on the token
+// with the OAEP decoding in Go.
+func (op *deviceOp) decrypt(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
+	oaep := op.oaepOptions()
+	if oaep != nil && !oaepNativeOK(oaep) && op.OAEPFallback {
+		return rawOAEP(c, s, h, op.Input, oaep, op.KeySize)
 	}
-	if err := c.DecryptInit(s, mech, h); err != nil {
+	if err := c.DecryptInit(s, op.Mech.p11(), h); err != nil {
 		if oaep != nil && isParamRefusal(err) {
-			if fallback {
-				return rawOAEP(c, s, h, ct, oaep, pub)
+			if op.OAEPFallback {
+				return rawOAEP(c, s, h, op.Input, oaep, op.KeySize)
 			}
 			return nil, opDecryptInit, &MechanismError{Mechanism: oaepName(oaep)}
 		}
 		return nil, opDecryptInit, err
 	}
-	out, err := c.Decrypt(s, ct)
+	// The plaintext is at most the modulus size: one call into a buffer of that size.
+	out, err := oneCall(c, s, op.Input, op.KeySize, onecall.Decrypt, c.Decrypt)
 	if err != nil && oaep != nil && isParamRefusal(err) {
-		if fallback {
-			return rawOAEP(c, s, h, ct, oaep, pub)
+		if op.OAEPFallback {
+			return rawOAEP(c, s, h, op.Input, oaep, op.KeySize)
 		}
 		return nil, opDecrypt, &MechanismError{Mechanism: oaepName(oaep)}
 	}
@@ -53,15 +56,15 @@ func isParamRefusal(err error) bool {
 	return false
 }
 
-func rawOAEP(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, ct []byte, o *rsa.OAEPOptions, pub *rsa.PublicKey) ([]byte, string, error) {
-	if err := c.DecryptInit(s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil)}, h); err != nil {
+func rawOAEP(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, ct []byte, o *rsa.OAEPOptions, keySize int) ([]byte, string, error) {
+	if err := c.DecryptInit(s, plainMechs[pkcs11.CKM_RSA_X_509], h); err != nil {
 		return nil, opDecryptInit, err
 	}
-	em, err := c.Decrypt(s, ct)
+	em, err := oneCall(c, s, ct, keySize, onecall.Decrypt, c.Decrypt)
 	if err != nil {
 		return nil, opDecrypt, err
 	}
-	pt, err := oaepDecode(o, pub.Size(), em)
+	pt, err := oaepDecode(o, keySize, em)
 	if err != nil {
 		return nil, opDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID)
 	}
@@ -80,10 +83,10 @@ func oaepName(o *rsa.OAEPOptions) string {
 	return s
 }
 
-func oaepMechanism(o *rsa.OAEPOptions, pub *rsa.PublicKey) ([]*pkcs11.Mechanism, error) {
+func oaepMechanism(o *rsa.OAEPOptions, pub *rsa.PublicKey) (mechSpec, error) {
 	hm, ok := hashMech[o.Hash]
 	if !ok {
-		return nil, inputErr("decrypt: OAEP hash %v not supported", o.Hash)
+		return mechSpec{}, inputErr("decrypt: OAEP hash %v not supported", o.Hash)
 	}
 	mgf := o.MGFHash
 	if mgf == 0 {
@@ -91,15 +94,10 @@ func oaepMechanism(o *rsa.OAEPOptions, pub *rsa.PublicKey) ([]*pkcs11.Mechanism,
 	}
 	mm, ok := hashMech[mgf]
 	if !ok {
-		return nil, inputErr("decrypt: OAEP MGF1 hash %v not supported", mgf)
+		return mechSpec{}, inputErr("decrypt: OAEP MGF1 hash %v not supported", mgf)
 	}
 	if pub.Size() < 2*o.Hash.Size()+2 {
-		return nil, inputErr("decrypt: key too small for OAEP with %v", o.Hash)
+		return mechSpec{}, inputErr("decrypt: key too small for OAEP with %v", o.Hash)
 	}
-	var src uint
-	if len(o.Label) > 0 {
-		src = pkcs11.CKZ_DATA_SPECIFIED
-	}
-	return []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_OAEP,
-		pkcs11.NewOAEPParams(hm.mech, mm.mgf, src, o.Label))}, nil
+	return mechSpec{Type: pkcs11.CKM_RSA_PKCS_OAEP, OAEPHash: hm.mech, OAEPMGF: mm.mgf, OAEPLabel: o.Label}, nil
 }

@@ -71,8 +71,9 @@ type partState struct {
 	pool    *sessionPool
 	loginMu sync.Mutex
 
-	keysMu sync.RWMutex
-	keys   map[string]*keyObject
+	keysMu  sync.RWMutex
+	keys    map[string]*keyObject
+	secrets map[string]*secretObject // secret keys (secretkeys.go)
 }
 
 // lastError is the device's last failure as Status shows it.
@@ -242,6 +243,16 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 			st.keys[k.label] = k
 		}
 	}
+	secrets, err := listSecretKeys(c, ls, "")
+	if err != nil {
+		return p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
+	}
+	st.secrets = make(map[string]*secretObject, len(secrets))
+	for _, k := range secrets {
+		if _, dup := st.secrets[k.label]; !dup {
+			st.secrets[k.label] = k
+		}
+	}
 	st.pool.warm()
 	p.st.Store(st)
 	return nil
@@ -332,14 +343,11 @@ func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label s
 	return ks[0], nil
 }
 
-// opFunc is one PKCS#11 operation on a borrowed session with a key handle.
-type opFunc func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error)
-
-// runHere executes op for the key (label, pubDER) of partition p on this (lane's) instance, with the
+// runHere executes op for its key (label, public key) on partition p on this (lane's) instance, with the
 // session-level recovery of the error table: a broken session is dropped and the call retried once on a
 // fresh one; a stale handle is looked up again; a lost login is restored. Device-down errors mark the
 // device for re-init.
-func (p *devPartition) runHere(ctx context.Context, label string, pubDER []byte, op opFunc) ([]byte, error) {
+func (p *devPartition) runHere(ctx context.Context, op *deviceOp) ([]byte, error) {
 	st := p.st.Load()
 	if st == nil {
 		return nil, downErr(p.dev.name, p.cfg.Name, opOpenSession, "partition not open")
@@ -354,7 +362,7 @@ func (p *devPartition) runHere(ctx context.Context, label string, pubDER []byte,
 	defer st.in.end(rec)
 	retried := false
 	for {
-		out, err := p.runOnce(ctx, st, label, pubDER, op)
+		out, err := p.runOnce(ctx, st, op)
 		if err == nil {
 			return out, nil
 		}
@@ -391,9 +399,10 @@ func (p *devPartition) runHere(ctx context.Context, label string, pubDER []byte,
 	}
 }
 
-func (p *devPartition) runOnce(ctx context.Context, st *partState, label string, pubDER []byte, op opFunc) ([]byte, error) {
-	k := st.key(label)
-	if k == nil {
+func (p *devPartition) runOnce(ctx context.Context, st *partState, op *deviceOp) ([]byte, error) {
+	label := op.Label
+	h, ok := st.handle(op)
+	if !ok {
 		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
 	}
 	s, err := st.pool.get(ctx)
@@ -403,7 +412,7 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, label string,
 		}
 		return nil, p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
 	}
-	out, step, err := op(st.in.ctx, s, k.priv)
+	out, step, err := op.exec(st.in.ctx, s, h)
 	if err != nil {
 		e := p11err(p.dev.name, p.cfg.Name, step, err)
 		var de *DeviceError
@@ -419,7 +428,7 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, label string,
 		case ClassSessionBroken, ClassDeviceDown, ClassBusy:
 			st.pool.discard(s)
 		case ClassHandleStale:
-			if _, rerr := p.refreshKey(st, s, label, pubDER); rerr != nil {
+			if rerr := p.refresh(st, s, op); rerr != nil {
 				st.pool.discard(s)
 				return nil, rerr
 			}
@@ -439,8 +448,9 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, label string,
 	return out, nil
 }
 
-// probe checks the device: re-initialise when it was seen down, then C_GetTokenInfo for each open partition.
-func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(ctx context.Context) error) error {
+// probeTokens checks the device: re-initialise when it was seen down, then C_GetTokenInfo for each open
+// partition.
+func (d *device) probeTokens(ctx context.Context, othersServing bool) error {
 	if err := d.recoverIfNeeded(ctx, othersServing); err != nil {
 		return err
 	}
@@ -462,11 +472,6 @@ func (d *device) probe(ctx context.Context, othersServing bool, healthKey func(c
 	}
 	if served == 0 {
 		return downErr(d.name, "", opTokenInfo, "no partition is open")
-	}
-	if healthKey != nil {
-		if err := healthKey(ctx); err != nil {
-			return err
-		}
 	}
 	return nil
 }

@@ -52,9 +52,6 @@ func (e *DeviceError) Error() string {
 	return b.String()
 }
 
-// FailoverClass lets the router act on the error.
-func (e *DeviceError) FailoverClass() failover.Class { return e.Class.route() }
-
 func (e *DeviceError) class() Class { return e.Class }
 
 // Unwrap returns the underlying error.
@@ -89,9 +86,6 @@ type InputError struct{ Msg string }
 
 func (e *InputError) Error() string { return "pkcs11ha: " + e.Msg }
 
-// FailoverClass marks input errors as caller errors: never retried, never counted on a breaker.
-func (e *InputError) FailoverClass() failover.Class { return failover.ClassCaller }
-
 func (e *InputError) class() Class { return ClassCaller }
 
 // MechanismError says the token cannot do what was asked (e.g. RSA-OAEP with SHA-256 on SoftHSM 2.6.1).
@@ -103,9 +97,6 @@ type MechanismError struct {
 func (e *MechanismError) Error() string {
 	return fmt.Sprintf("pkcs11ha: device %s does not support %s (set policy.oaep_fallback to decode OAEP in Go)", e.Device, e.Mechanism)
 }
-
-// FailoverClass: a refused mechanism is the caller's to handle, never a device fault.
-func (e *MechanismError) FailoverClass() failover.Class { return failover.ClassCaller }
 
 func (e *MechanismError) class() Class { return ClassCaller }
 
@@ -154,11 +145,39 @@ func (e *noDeviceError) Unwrap() error { return e.last }
 
 func (e *noDeviceError) Is(target error) bool { return target == ErrNoDevice }
 
-// fromRouter turns the router's *failover.NoMemberError into a *noDeviceError; other errors pass.
+// fromRouter turns the router's *failover.NoMemberError into a *noDeviceError and takes the routing
+// wrapper off the errors of attempts; other errors pass.
 func fromRouter(err error) error {
 	var nm *failover.NoMemberError
 	if err == nil || !errors.As(err, &nm) {
-		return err
+		return unroute(err)
 	}
-	return &noDeviceError{tried: nm.Tried, last: nm.Last}
+	return &noDeviceError{tried: nm.Tried, last: unroute(nm.Last)}
+}
+
+// routed carries an attempt's error to the router with what the router must do about it
+// (failover.Classified), so that this package's own error types stay free of the router's vocabulary.
+type routed struct {
+	err error
+	c   failover.Class
+}
+
+func (r *routed) Error() string                 { return r.err.Error() }
+func (r *routed) Unwrap() error                 { return r.err }
+func (r *routed) FailoverClass() failover.Class { return r.c }
+
+// route wraps err, when it is one of this package's errors, with its routing class.
+func route(err error) error {
+	if c, ok := ownClass(err); ok {
+		return &routed{err: err, c: c.route()}
+	}
+	return err
+}
+
+// unroute takes the routing wrapper off.
+func unroute(err error) error {
+	if r, ok := err.(*routed); ok {
+		return r.err
+	}
+	return err
 }

@@ -61,6 +61,19 @@ func (r *loadResult) share(prefix string) float64 {
 // signature is verified with crypto/ecdsa.
 func runLoad(k *pkcs11ha.Key, workers int, deadline time.Duration, stop <-chan struct{}) *loadResult {
 	pub := k.Public().(*ecdsa.PublicKey)
+	return runOps(workers, deadline, stop, func(ctx context.Context, w, i int) error {
+		d := sha256.Sum256(fmt.Appendf(nil, "w%d-%d", w, i))
+		sig, err := k.SignContext(ctx, d[:], crypto.SHA256)
+		if err == nil && !ecdsa.VerifyASN1(pub, d[:], sig) {
+			err = errors.New("invalid signature")
+		}
+		return err
+	})
+}
+
+// runOps runs op with workers goroutines until stop is closed, each call under its own deadline and a
+// context from WithOutcome, and records what each call saw.
+func runOps(workers int, deadline time.Duration, stop <-chan struct{}, op func(ctx context.Context, w, i int) error) *loadResult {
 	res := &loadResult{byDevice: map[string]int{}, firstAt: map[string]time.Time{}}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -76,16 +89,12 @@ func runLoad(k *pkcs11ha.Key, workers int, deadline time.Duration, stop <-chan s
 					return
 				default:
 				}
-				d := sha256.Sum256(fmt.Appendf(nil, "w%d-%d", w, i))
 				ctx, cancel := context.WithTimeout(octx, deadline)
 				start := time.Now()
-				sig, err := k.SignContext(ctx, d[:], crypto.SHA256)
+				err := op(ctx, w, i)
 				dev := out.Device
 				el := time.Since(start)
 				cancel()
-				if err == nil && !ecdsa.VerifyASN1(pub, d[:], sig) {
-					err = errors.New("invalid signature")
-				}
 				mu.Lock()
 				res.ops++
 				res.lat = append(res.lat, el)

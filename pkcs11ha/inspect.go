@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 	"log/slog"
 	"slices"
 	"sync"
@@ -12,37 +13,13 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// InspectOption configures Inspect.
-type InspectOption func(*inspectOptions)
-
-type inspectOptions struct {
-	samples     int
-	openTimeout time.Duration
-}
-
 // defaultOpenBudget is how long Inspect lets a device take, once its module is loaded, to find its
 // tokens, log in and list its keys before abandoning it: tens of round trips, which over a long DR link
 // add up to seconds.
 const defaultOpenBudget = 30 * time.Second
 
-// WithOpenTimeout bounds the rest of each device's open once its module is loaded (token lookup, login,
-// key listing); past it the device is reported stuck. Default 30s.
-func WithOpenTimeout(d time.Duration) InspectOption {
-	return func(o *inspectOptions) {
-		if d > 0 {
-			o.openTimeout = d
-		}
-	}
-}
-
-// WithLatencySamples sets how many C_GetTokenInfo calls time each device (default 5).
-func WithLatencySamples(n int) InspectOption {
-	return func(o *inspectOptions) {
-		if n > 0 {
-			o.samples = n
-		}
-	}
-}
+// defaultLatencySamples is how many C_GetTokenInfo calls time each device.
+const defaultLatencySamples = 5
 
 // errCallStuck marks a PKCS#11 call that Inspect left running in the module at its deadline.
 var errCallStuck = errors.New("did not return")
@@ -62,11 +39,11 @@ const (
 //
 // A device that does not answer is reported, never waited on: its module load is bounded by
 // policy.init_timeout (modules are loaded one device at a time, so that a hung C_Initialize does not eat
-// the next device's deadline), the rest of its open by WithOpenTimeout, and every later call by
+// the next device's deadline), the rest of its open by Options.OpenTimeout, and every later call by
 // policy.health.timeout; a call stuck in a module is left running there (its module instance is never
 // finalised under it). The error is non-nil only for an invalid config
 // (*ConfigError) or when ctx ends first.
-func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, error) {
+func Inspect(ctx context.Context, cfg *Config, o inspection.Options) (*inspection.Report, error) {
 	if cfg == nil {
 		return nil, errors.New("pkcs11ha: nil config")
 	}
@@ -74,9 +51,11 @@ func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, 
 	if err != nil {
 		return nil, err
 	}
-	o := inspectOptions{samples: 5, openTimeout: defaultOpenBudget}
-	for _, f := range opts {
-		f(&o)
+	if o.OpenTimeout <= 0 {
+		o.OpenTimeout = defaultOpenBudget
+	}
+	if o.LatencySamples <= 0 {
+		o.LatencySamples = defaultLatencySamples
 	}
 	var devs []*device
 	defer func() { releaseAll(devs, s.own.CloseTimeout) }()
@@ -95,7 +74,7 @@ func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, 
 	for i, d := range devs {
 		loads[i] = loadBounded(ctx, d, s.own.InitTimeout)
 	}
-	rep := &Report{LocalRegion: s.cfg.LocalRegion, SessionPoolSize: s.own.SessionPoolSize, Devices: make([]DeviceReport, len(devs))}
+	rep := &inspection.Report{LocalRegion: s.cfg.LocalRegion, SessionPoolSize: s.own.SessionPoolSize, Devices: make([]inspection.DeviceReport, len(devs))}
 	held := make([][]map[string]*keyObject, len(devs)) // [device][partition] -> label -> key; nil: not open
 	var wg sync.WaitGroup
 	for i, d := range devs {
@@ -110,6 +89,7 @@ func Inspect(ctx context.Context, cfg *Config, opts ...InspectOption) (*Report, 
 		return nil, fmt.Errorf("pkcs11ha: inspect: %w", err)
 	}
 	rep.Partitions = compareKeys(&s.cfg, rep.Devices, held)
+	compareSecrets(rep, devs, held)
 	return rep, nil
 }
 
@@ -128,15 +108,15 @@ func releaseAll(devs []*device, timeout time.Duration) {
 
 // inspectDevice opens d, reads its module and token information, times it, and returns its report and,
 // per partition, the keys the token holds (nil where the partition did not open).
-func inspectDevice(ctx context.Context, s *settings, d *device, o inspectOptions, load loadResult) (DeviceReport, []map[string]*keyObject) {
-	dr := DeviceReport{
+func inspectDevice(ctx context.Context, s *settings, d *device, o inspection.Options, load loadResult) (inspection.DeviceReport, []map[string]*keyObject) {
+	dr := inspection.DeviceReport{
 		Name: d.name, Region: d.cfg.Region, Local: d.cfg.Region == s.cfg.LocalRegion,
 		Tier: s.cfg.tierOf(d.idx), TierOverride: d.cfg.Tier != nil, Module: d.cfg.Module,
 	}
 	openErr := load.err
 	if openErr == nil {
 		start := time.Now()
-		openErr = openBounded(ctx, d, s.own.InitTimeout, o.openTimeout)
+		openErr = openBounded(ctx, d, s.own.InitTimeout, o.OpenTimeout)
 		dr.OpenTime = time.Since(start)
 	}
 	dr.OpenTime += load.took
@@ -144,7 +124,7 @@ func inspectDevice(ctx context.Context, s *settings, d *device, o inspectOptions
 		dr.Abandoned = append(dr.Abandoned, string(opOpen))
 		setErr(&dr.Error, &dr.ErrorClass, openErr)
 		for _, p := range d.parts {
-			dr.Partitions = append(dr.Partitions, DevicePartition{Name: p.cfg.Name, Error: "not checked: the device did not finish opening"})
+			dr.Partitions = append(dr.Partitions, inspection.DevicePartition{Name: p.cfg.Name, Error: "not checked: the device did not finish opening"})
 		}
 		return dr, nil
 	}
@@ -152,11 +132,11 @@ func inspectDevice(ctx context.Context, s *settings, d *device, o inspectOptions
 	var found []tokenAt
 	var stuck error
 	if in := d.mod.current(); in != nil {
-		found, stuck = inspectInstance(ctx, d, in, s.monitor.Timeout, o.samples, &dr)
+		found, stuck = inspectInstance(ctx, d, in, s.monitor.Timeout, o.LatencySamples, &dr)
 	}
 	keys := make([]map[string]*keyObject, len(d.parts))
 	for pi, p := range d.parts {
-		dp := DevicePartition{Name: p.cfg.Name, LoginAttempts: p.logins.Load()}
+		dp := inspection.DevicePartition{Name: p.cfg.Name, LoginAttempts: p.logins.Load()}
 		if i := slices.IndexFunc(found, func(t tokenAt) bool { return p.isToken(t.info) }); i >= 0 {
 			own := 0
 			st := p.st.Load()
@@ -201,7 +181,7 @@ type tokenAt struct {
 // inspectInstance reads the module's C_GetInfo and every present token's C_GetTokenInfo, then times
 // samples C_GetTokenInfo calls on the first partition's token. It returns the tokens found and the first
 // call that did not return within timeout (then it stops there).
-func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.Duration, samples int, dr *DeviceReport) ([]tokenAt, error) {
+func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.Duration, samples int, dr *inspection.DeviceReport) ([]tokenAt, error) {
 	abandon := func(op string, err error) error {
 		if errors.Is(err, errCallStuck) {
 			dr.Abandoned = append(dr.Abandoned, string(op))
@@ -213,7 +193,7 @@ func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.
 	if err != nil {
 		return nil, abandon(opGetInfo, err)
 	}
-	dr.Library = &LibraryInfo{
+	dr.Library = &inspection.LibraryInfo{
 		Manufacturer: info.ManufacturerID, Description: info.LibraryDescription,
 		Version: version(info.LibraryVersion), Cryptoki: version(info.CryptokiVersion),
 	}
@@ -257,7 +237,7 @@ func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.
 	}
 	if len(took) > 0 {
 		slices.Sort(took)
-		dr.Latency = &LatencyReport{Samples: len(took), Min: took[0], Median: took[len(took)/2], Max: took[len(took)-1]}
+		dr.Latency = &inspection.LatencyReport{Samples: len(took), Min: took[0], Median: took[len(took)/2], Max: took[len(took)-1]}
 	}
 	return found, nil
 }
@@ -337,8 +317,8 @@ func setErr(msg, class *string, err error) {
 	*msg, *class = err.Error(), classOf(err).String()
 }
 
-func tokenInfo(ti pkcs11.TokenInfo, own int) *TokenInfo {
-	return &TokenInfo{
+func tokenInfo(ti pkcs11.TokenInfo, own int) *inspection.TokenInfo {
+	return &inspection.TokenInfo{
 		Label: ti.Label, Serial: ti.SerialNumber, Manufacturer: ti.ManufacturerID, Model: ti.Model,
 		Firmware: version(ti.FirmwareVersion), Hardware: version(ti.HardwareVersion),
 		MaxSessions: sessionCount(ti.MaxSessionCount, true), Sessions: sessionCount(ti.SessionCount, false),

@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/hex"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 	"slices"
 )
 
@@ -15,8 +16,8 @@ import (
 // device, the reference key as Open picks it (majorityKey over the devices whose partition opened, in
 // config order) and what every device holds under that label. held is [device][partition] -> label -> key,
 // nil where the partition did not open.
-func compareKeys(cfg *Config, devs []DeviceReport, held [][]map[string]*keyObject) []PartitionReport {
-	out := make([]PartitionReport, len(cfg.Partitions))
+func compareKeys(cfg *Config, devs []inspection.DeviceReport, held [][]map[string]*keyObject) []inspection.PartitionReport {
+	out := make([]inspection.PartitionReport, len(cfg.Partitions))
 	for pi, pc := range cfg.Partitions {
 		var labels []string
 		for _, h := range held {
@@ -30,7 +31,7 @@ func compareKeys(cfg *Config, devs []DeviceReport, held [][]map[string]*keyObjec
 			}
 		}
 		slices.Sort(labels)
-		pr := PartitionReport{Name: pc.Name, Keys: []KeyReport{}}
+		pr := inspection.PartitionReport{Name: pc.Name, Keys: []inspection.KeyReport{}}
 		for _, l := range labels {
 			var votes []*keyObject
 			for _, h := range held {
@@ -39,26 +40,26 @@ func compareKeys(cfg *Config, devs []DeviceReport, held [][]map[string]*keyObjec
 				}
 			}
 			ref := majorityKey(votes)
-			kr := KeyReport{Label: l, Algorithm: ref.alg, Fingerprint: fingerprint(ref.pubDER), Consistent: true}
+			kr := inspection.KeyReport{Label: l, Algorithm: ref.alg, Fingerprint: fingerprint(ref.pubDER), Consistent: true}
 			kr.KeyType, kr.Bits = keyTypeBits(ref.pub)
 			for di, dr := range devs {
-				kd := KeyOnDevice{Device: dr.Name, Status: KeyUnchecked}
+				kd := inspection.KeyOnDevice{Device: dr.Name, Status: inspection.KeyUnchecked}
 				if held[di] != nil && held[di][pi] != nil {
 					k := held[di][pi][l]
 					switch {
 					case k == nil:
-						kd.Status = KeyMissing
+						kd.Status = inspection.KeyMissing
 					case bytes.Equal(k.pubDER, ref.pubDER):
-						kd.Status = KeyMatch
+						kd.Status = inspection.KeyMatch
 					default:
-						kd.Status = KeyDifferent
+						kd.Status = inspection.KeyDifferent
 					}
 					if k != nil {
 						kd.Algorithm, kd.Fingerprint = k.alg, fingerprint(k.pubDER)
 						kd.KeyType, kd.Bits = keyTypeBits(k.pub)
 					}
 				}
-				if kd.Status == KeyMissing || kd.Status == KeyDifferent {
+				if kd.Status == inspection.KeyMissing || kd.Status == inspection.KeyDifferent {
 					kr.Consistent = false
 				}
 				kr.Devices = append(kr.Devices, kd)

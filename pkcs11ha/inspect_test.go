@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
@@ -47,7 +48,7 @@ func fingerprintOf(t *testing.T, topo *softhsmtest.Topology, device, label strin
 	return hex.EncodeToString(sum[:])
 }
 
-func deviceReport(t *testing.T, rep *pkcs11ha.Report, name string) pkcs11ha.DeviceReport {
+func deviceReport(t *testing.T, rep *inspection.Report, name string) inspection.DeviceReport {
 	t.Helper()
 	for _, d := range rep.Devices {
 		if d.Name == name {
@@ -55,10 +56,10 @@ func deviceReport(t *testing.T, rep *pkcs11ha.Report, name string) pkcs11ha.Devi
 		}
 	}
 	t.Fatalf("no device %s in the report", name)
-	return pkcs11ha.DeviceReport{}
+	return inspection.DeviceReport{}
 }
 
-func keyReport(t *testing.T, rep *pkcs11ha.Report, partition, label string) pkcs11ha.KeyReport {
+func keyReport(t *testing.T, rep *inspection.Report, partition, label string) inspection.KeyReport {
 	t.Helper()
 	for _, p := range rep.Partitions {
 		for _, k := range p.Keys {
@@ -68,10 +69,10 @@ func keyReport(t *testing.T, rep *pkcs11ha.Report, partition, label string) pkcs
 		}
 	}
 	t.Fatalf("no key %s/%s in the report", partition, label)
-	return pkcs11ha.KeyReport{}
+	return inspection.KeyReport{}
 }
 
-func keyStatus(k pkcs11ha.KeyReport) map[string]string {
+func keyStatus(k inspection.KeyReport) map[string]string {
 	m := map[string]string{}
 	for _, d := range k.Devices {
 		m[d.Device] = d.Status
@@ -84,12 +85,12 @@ func keyStatus(k pkcs11ha.KeyReport) map[string]string {
 func TestInspect(t *testing.T) {
 	tests := []struct {
 		name  string
-		opts  []pkcs11ha.InspectOption
+		opts  inspection.Options
 		edit  func(devs []softhsmtest.DeviceSpec)
 		fault func(t *testing.T, topo *softhsmtest.Topology)
-		check func(t *testing.T, topo *softhsmtest.Topology, rep *pkcs11ha.Report)
+		check func(t *testing.T, topo *softhsmtest.Topology, rep *inspection.Report)
 	}{
-		{name: "healthy", check: func(t *testing.T, topo *softhsmtest.Topology, rep *pkcs11ha.Report) {
+		{name: "healthy", check: func(t *testing.T, topo *softhsmtest.Topology, rep *inspection.Report) {
 			for _, d := range rep.Devices {
 				assert.True(t, d.Reachable, d.Name)
 				assert.Empty(t, d.Error)
@@ -103,7 +104,7 @@ func TestInspect(t *testing.T) {
 					require.NotNil(t, p.Token)
 					assert.Equal(t, topo.Device(d.Name).Serials[p.Name], p.Token.Serial)
 					assert.Equal(t, p.Name, p.Token.Label)
-					assert.Equal(t, pkcs11ha.SessionsNoLimit, p.Token.MaxSessions.Kind, "SoftHSM has no session limit")
+					assert.Equal(t, inspection.SessionsNoLimit, p.Token.MaxSessions.Kind, "SoftHSM has no session limit")
 					assert.Equal(t, 17, p.SessionsPerClient, "pool of 16 and the login session")
 					assert.Equal(t, 4, p.Keys)
 				}
@@ -122,9 +123,9 @@ func TestInspect(t *testing.T) {
 			assert.Equal(t, 2048, r.Bits)
 			assert.Equal(t, map[string]string{"eastus-1": "match", "eastus-2": "match", "westus-1": "match", "westus-2": "match"}, keyStatus(r))
 		}},
-		{name: "killed device", opts: []pkcs11ha.InspectOption{pkcs11ha.WithLatencySamples(3)}, fault: func(t *testing.T, topo *softhsmtest.Topology) {
+		{name: "killed device", opts: inspection.Options{LatencySamples: 3}, fault: func(t *testing.T, topo *softhsmtest.Topology) {
 			require.NoError(t, topo.Device("eastus-2").Kill())
-		}, check: func(t *testing.T, topo *softhsmtest.Topology, rep *pkcs11ha.Report) {
+		}, check: func(t *testing.T, topo *softhsmtest.Topology, rep *inspection.Report) {
 			d := deviceReport(t, rep, "eastus-2")
 			assert.False(t, d.Reachable)
 			assert.Equal(t, "device_down", d.ErrorClass)
@@ -137,7 +138,7 @@ func TestInspect(t *testing.T) {
 		{name: "different and missing keys", edit: func(devs []softhsmtest.DeviceSpec) {
 			devs[0].DifferentKeys = []string{"ec-key"}
 			devs[3].MissingKeys = []string{"rsa-key"}
-		}, check: func(t *testing.T, topo *softhsmtest.Topology, rep *pkcs11ha.Report) {
+		}, check: func(t *testing.T, topo *softhsmtest.Topology, rep *inspection.Report) {
 			k := keyReport(t, rep, "payments", "ec-key")
 			assert.False(t, k.Consistent)
 			assert.Equal(t, map[string]string{"eastus-1": "different", "eastus-2": "match", "westus-1": "match", "westus-2": "match"}, keyStatus(k))
@@ -150,7 +151,7 @@ func TestInspect(t *testing.T) {
 		}},
 		{name: "wrong PIN", edit: func(devs []softhsmtest.DeviceSpec) {
 			devs[2].PINOverride = map[string]string{"ledger": "other-PIN-5502"}
-		}, check: func(t *testing.T, topo *softhsmtest.Topology, rep *pkcs11ha.Report) {
+		}, check: func(t *testing.T, topo *softhsmtest.Topology, rep *inspection.Report) {
 			d := deviceReport(t, rep, "westus-1")
 			assert.True(t, d.Reachable, "the device answered; one partition's login failed")
 			ledger := d.Partitions[1]
@@ -170,7 +171,7 @@ func TestInspect(t *testing.T) {
 		{name: "hung device", fault: func(t *testing.T, topo *softhsmtest.Topology) {
 			require.NoError(t, topo.Device("eastus-1").Pause())
 			t.Cleanup(func() { _ = topo.Device("eastus-1").Resume() })
-		}, check: func(t *testing.T, topo *softhsmtest.Topology, rep *pkcs11ha.Report) {
+		}, check: func(t *testing.T, topo *softhsmtest.Topology, rep *inspection.Report) {
 			d := deviceReport(t, rep, "eastus-1")
 			assert.False(t, d.Reachable)
 			assert.Equal(t, "device_down", d.ErrorClass)
@@ -190,7 +191,7 @@ func TestInspect(t *testing.T) {
 				tt.fault(t, topo)
 			}
 			start := time.Now()
-			rep, err := pkcs11ha.Inspect(context.Background(), cfg, tt.opts...)
+			rep, err := pkcs11ha.Inspect(context.Background(), cfg, tt.opts)
 			took := time.Since(start)
 			require.NoError(t, err)
 			b, _ := json.MarshalIndent(rep, "", "  ")
@@ -206,7 +207,7 @@ func TestInspect(t *testing.T) {
 func TestInspectConfigError(t *testing.T) {
 	cfg, err := pkcs11ha.ParseConfig([]byte("local_region: x\ndevices: []\npartitions: []\n"))
 	require.NoError(t, err)
-	_, err = pkcs11ha.Inspect(context.Background(), cfg)
+	_, err = pkcs11ha.Inspect(context.Background(), cfg, inspection.Options{})
 	var ce *pkcs11ha.ConfigError
 	require.True(t, errors.As(err, &ce), "%v", err)
 	assert.True(t, strings.HasPrefix(ce.Field, "devices"))

@@ -58,7 +58,7 @@ func (k *Key) SignContext(ctx context.Context, digest []byte, opts crypto.Signer
 	if err != nil {
 		return nil, err
 	}
-	sig, err := k.cl.do(ctx, "sign", k, k.checkedOp(plan, digest, opts), out)
+	sig, err := k.cl.do(ctx, "sign", k, plan.op(k.entry), k.check(plan, digest, opts), out)
 	if err != nil {
 		return nil, err
 	}
@@ -97,24 +97,24 @@ func (k *Key) decrypt(ctx context.Context, ciphertext []byte, opts crypto.Decryp
 	if len(ciphertext) != pub.Size() {
 		return nil, inputErr("decrypt: ciphertext has %d bytes, the key needs %d", len(ciphertext), pub.Size())
 	}
-	var mech []*pkcs11.Mechanism
-	var oaep *rsa.OAEPOptions
+	op := &deviceOp{Kind: kindDecrypt, Label: k.entry.label, PubDER: k.entry.pubDER, Input: ciphertext,
+		KeySize: pub.Size(), OAEPFallback: k.cl.s.own.OAEPFallback}
 	switch o := opts.(type) {
 	case nil, *rsa.PKCS1v15DecryptOptions:
-		mech = mechRSAPKCS
+		op.Mech = mechSpec{Type: pkcs11.CKM_RSA_PKCS}
 	case *rsa.OAEPOptions:
 		m, err := oaepMechanism(o, pub)
 		if err != nil {
 			return nil, err
 		}
-		mech, oaep = m, o
+		op.Mech, op.OAEPHash, op.OAEPMGFHash = m, o.Hash, o.MGFHash
+		if op.OAEPMGFHash == 0 {
+			op.OAEPMGFHash = o.Hash
+		}
 	default:
 		return nil, inputErr("decrypt: options %T not supported (want nil, *rsa.OAEPOptions or *rsa.PKCS1v15DecryptOptions)", opts)
 	}
-	fallback := k.cl.s.own.OAEPFallback
-	pt, err := k.cl.do(ctx, "decrypt", k, func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
-		return decryptOn(c, s, h, mech, ciphertext, oaep, pub, fallback)
-	}, out)
+	pt, err := k.cl.do(ctx, "decrypt", k, op, nil, out)
 	if err != nil {
 		var de *DeviceError
 		if errors.As(err, &de) && de.Class == ClassDecryptRefused {

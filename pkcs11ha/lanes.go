@@ -144,10 +144,10 @@ func (d *device) lanesDown() {
 
 // run executes op for partition p on one of its device's lanes (on the device itself when it has none),
 // holding that lane's instance for the call.
-func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op opFunc) ([]byte, error) {
+func (p *devPartition) run(ctx context.Context, op *deviceOp) ([]byte, error) {
 	d := p.dev
 	if d.lanes == nil {
-		return p.runHere(ctx, label, pubDER, op)
+		return p.runHere(ctx, op)
 	}
 	pi := 0
 	for i, q := range d.parts {
@@ -160,7 +160,7 @@ func (p *devPartition) run(ctx context.Context, label string, pubDER []byte, op 
 		return nil, err
 	}
 	defer d.giveLane(l, in)
-	return l.parts[pi].runHere(ctx, label, pubDER, op)
+	return l.parts[pi].runHere(ctx, op)
 }
 
 // laneWait bounds one wait for a free lane: a lane whose call is stuck in an instance that was retired
@@ -241,14 +241,4 @@ func (d *device) retiredCount() int64 {
 		n += l.mod.retired.Load()
 	}
 	return n
-}
-
-// LaneCount reports how many module instances device serves on (1 unless its module gets lanes).
-func (cl *Cluster) LaneCount(device string) int {
-	for _, d := range cl.devices {
-		if d.name == device {
-			return len(d.laneList())
-		}
-	}
-	return 0
 }

@@ -23,7 +23,7 @@ import (
 func waitLanesOpen(t *testing.T, cl *Cluster) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		for _, d := range cl.devices {
+		for _, d := range cl.inprocDevices() {
 			for _, l := range d.laneList() {
 				if l.mod.current() == nil || l.anyPartitionClosed() {
 					return false
@@ -55,14 +55,14 @@ func TestLanesOneCallPerInstance(t *testing.T) {
 	// A generous attempt deadline: this test is about where calls run, not how fast.
 	cl := openLaneCluster(t, topo, "p11kit_client_instances: 4\nattempt_timeout: {local: 2s}")
 	require.Equal(t, 4, cl.LaneCount("eastus-1"))
-	d := cl.devices[0]
+	d := cl.inproc(0)
 	require.Len(t, d.lanes, 4)
 	waitLanesOpen(t, cl)
 	require.Nil(t, d.mod.current().solo, "lane 0 carries any number of calls")
 	for _, l := range d.lanes[1:] {
 		require.NotNil(t, l.mod.current().solo, "lanes 1.. carry one call at a time")
 	}
-	require.EqualValues(t, 4, cl.LoginAttempts("eastus-1", "payments"), "one login per instance")
+	require.EqualValues(t, 4, loginAttempts(cl, "eastus-1", "payments"), "one login per instance")
 
 	k, err := cl.Key(context.Background(), "payments", "ec-key")
 	require.NoError(t, err)
@@ -135,7 +135,7 @@ func TestLanesKillRestart(t *testing.T) {
 	require.NoError(t, err)
 
 	dev := topo.Devices[0]
-	d := cl.devices[0]
+	d := cl.inproc(0)
 	var before []*instance
 	for _, l := range d.lanes {
 		before = append(before, l.mod.current())
@@ -169,6 +169,6 @@ func TestLanesOnlyForP11KitClient(t *testing.T) {
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "a", Region: "eastus", InProcess: true}}})
 	cl := openLaneCluster(t, topo, "")
 	require.Equal(t, 1, cl.LaneCount("a"))
-	require.Nil(t, cl.devices[0].lanes)
-	require.Nil(t, cl.devices[0].mod.current().solo)
+	require.Nil(t, cl.inproc(0).lanes)
+	require.Nil(t, cl.inproc(0).mod.current().solo)
 }

@@ -35,6 +35,8 @@ type metrics struct {
 	retiredMax      prometheus.Gauge
 	stuck           *stuckCollector        // stuck calls in retired instances (stuck.go)
 	badSignatures   *prometheus.CounterVec // device (verify.go)
+	workerStarts    *prometheus.CounterVec // device (worker.go)
+	workerExits     *prometheus.CounterVec // device, status ("signal: killed", "exit status 2")
 
 	attemptsC       childCache[prometheus.Counter]
 	attemptLatencyC childCache[prometheus.Observer]
@@ -81,6 +83,10 @@ func newMetrics(s *settings, reg prometheus.Registerer) (*metrics, error) {
 	m.stuck = newStuckCollector()
 	m.badSignatures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "bad_signatures_total",
 		Help: "Signatures a device returned that did not verify (never returned to the caller; the device is taken out)."}, []string{"device"})
+	m.workerStarts = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "worker_starts_total",
+		Help: "Device worker processes started (policy.isolation process)."}, []string{"device"})
+	m.workerExits = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "pkcs11ha", Name: "worker_exits_total",
+		Help: "Device worker processes that ended, by how: killed for a hang or stuck calls, crashed, exited."}, []string{"device", "status"})
 	m.attemptsC.get = func(l ...string) prometheus.Counter { return m.attempts.WithLabelValues(l...) }
 	m.attemptLatencyC.get = func(l ...string) prometheus.Observer { return m.attemptLatency.WithLabelValues(l...) }
 	m.operationsC.get = func(l ...string) prometheus.Counter { return m.operations.WithLabelValues(l...) }
@@ -110,6 +116,7 @@ func newMetrics(s *settings, reg prometheus.Registerer) (*metrics, error) {
 		m.info.WithLabelValues(d.Name, d.Region, strconv.Itoa(s.cfg.tierOf(i))).Set(1)
 		m.retired.WithLabelValues(d.Name).Set(0)
 		m.badSignatures.WithLabelValues(d.Name)
+		m.workerStarts.WithLabelValues(d.Name)
 	}
 	if reg != nil {
 		for _, c := range m.collectors() {
@@ -124,7 +131,7 @@ func newMetrics(s *settings, reg prometheus.Registerer) (*metrics, error) {
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.attempts, m.attemptLatency, m.operations, m.opLatency, m.breaker, m.state,
 		m.failovers, m.spills, m.retries, m.hedges, m.abandoned, m.reinits, m.keyInconsistent, m.info, m.retired, m.retiredMax,
-		m.stuck, m.badSignatures}
+		m.stuck, m.badSignatures, m.workerStarts, m.workerExits}
 }
 
 // childCache keeps the per-label-set children of a metric vector: WithLabelValues hashes its labels on
@@ -205,4 +212,10 @@ func (o *observer) Hedged(op string, primary, backup int) {
 
 func (o *observer) Abandoned(member int, perMember, total int) {
 	o.cl.metrics.abandoned.WithLabelValues(o.name(member)).Set(float64(perMember))
+}
+
+func (m *metrics) workerStart(device string) { m.workerStarts.WithLabelValues(device).Inc() }
+
+func (m *metrics) workerExit(device, status string) {
+	m.workerExits.WithLabelValues(device, status).Inc()
 }

@@ -132,7 +132,7 @@ func TestOpenWarmsOneSession(t *testing.T) {
 	cl, err := Open(context.Background(), cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, cl.Close()) })
-	for _, d := range cl.devices {
+	for _, d := range cl.inprocDevices() {
 		for _, p := range d.parts {
 			st := p.st.Load()
 			require.NotNil(t, st, "%s/%s open", d.name, p.cfg.Name)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -18,8 +19,17 @@ import (
 type Option func(*openOptions)
 
 type openOptions struct {
-	logger *slog.Logger
-	reg    prometheus.Registerer
+	logger    *slog.Logger
+	reg       prometheus.Registerer
+	workerCmd []string
+}
+
+// WithWorkerCommand sets the command that starts a device worker under policy.isolation "process": a
+// program whose main calls MaybeRunWorker first (the default is this program's own binary, with no
+// arguments). The arguments are for the process list only; the worker learns everything it needs from
+// its parent.
+func WithWorkerCommand(path string, args ...string) Option {
+	return func(o *openOptions) { o.workerCmd = append([]string{path}, args...) }
 }
 
 // WithLogger logs state changes (each once) and recoveries to l.
@@ -46,6 +56,15 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	if o.logger == nil {
 		o.logger = slog.New(slog.DiscardHandler)
 	}
+	if s.own.Isolation == IsolationProcess {
+		if s.workerCmd = o.workerCmd; s.workerCmd == nil {
+			exe, err := selfExe()
+			if err != nil {
+				return nil, fmt.Errorf("pkcs11ha: policy.isolation process: finding this program's binary: %w", err)
+			}
+			s.workerCmd = []string{exe}
+		}
+	}
 	cl, err := newCluster(s, o)
 	if err != nil {
 		return nil, err
@@ -57,9 +76,9 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	}
 	// Fix each key's reference by majority over every device that opened, not over whichever finished
 	// first: a device holding a different key must not become the reference because it was fastest.
-	cl.checkKeys(nil)
+	cl.checkKeys()
 	for _, d := range cl.devices {
-		d.onKeys = cl.checkKeys
+		d.be.setHooks(cl.checkKeys, func(reason string) { cl.monitors[d.idx].MarkDown(reason) })
 	}
 	if err := cl.startMonitors(up); err != nil {
 		cl.abort()
@@ -83,15 +102,21 @@ func newCluster(s *settings, o openOptions) (*Cluster, error) {
 		return nil, fmt.Errorf("pkcs11ha: %w", err)
 	}
 	for _, p := range s.cfg.Partitions {
-		cl.parts = append(cl.parts, &clusterPartition{name: p.Name, keys: map[string]*keyEntry{}})
+		cl.parts = append(cl.parts, &clusterPartition{name: p.Name, keys: map[string]*keyEntry{}, secrets: map[string]*secretEntry{}})
 	}
-	for i := range s.cfg.Devices {
-		d, err := newDevice(s, i, cl.log)
+	for i, dc := range s.cfg.Devices {
+		be, err := newBackend(s, i, cl.log, cl.metrics)
 		if err != nil {
 			cl.abort()
 			return nil, err
 		}
-		d.onDown = func(reason string) { cl.monitors[d.idx].MarkDown(reason) }
+		d := &clusterDevice{idx: i, name: dc.Name, cfg: dc, be: be}
+		// Before Open has monitors, traffic cannot prove a device down: only probes and opens run.
+		be.setHooks(nil, func(reason string) {
+			if d.idx < len(cl.monitors) {
+				cl.monitors[d.idx].MarkDown(reason)
+			}
+		})
 		cl.devices = append(cl.devices, d)
 	}
 	m.stuck.cl.Store(cl) // the devices exist: the collector may read them
@@ -107,7 +132,7 @@ func (cl *Cluster) openDevices(ctx context.Context) (up []bool, err error) {
 		wg.Go(func() {
 			octx, cancel := context.WithTimeout(ctx, cl.s.own.InitTimeout)
 			defer cancel()
-			errs[i] = d.open(octx)
+			errs[i] = d.be.open(octx)
 		})
 	}
 	wg.Wait()
@@ -155,11 +180,7 @@ func (cl *Cluster) abort() {
 	cl.releaseDevices()
 }
 
-func (cl *Cluster) newMonitor(i int, d *device, initial health.State) (*health.Monitor, error) {
-	var hk func(ctx context.Context) error
-	if cl.s.own.HealthKey != "" {
-		hk = func(ctx context.Context) error { return cl.healthKeySign(ctx, d) }
-	}
+func (cl *Cluster) newMonitor(i int, d *clusterDevice, initial health.State) (*health.Monitor, error) {
 	mc := cl.s.monitor
 	mc.Name, mc.InitialState = d.name, initial
 	// A recovery running past the probe timeout finishes on its own; the next probe sees it.
@@ -180,11 +201,15 @@ func (cl *Cluster) newMonitor(i int, d *device, initial health.State) (*health.M
 	return health.NewMonitor(mc, func(ctx context.Context) error {
 		cl.watchPINFiles()
 		start := time.Now()
-		reinits := d.reinitCount()
-		err := d.probe(ctx, cl.othersServing(d), hk)
-		cl.metrics.retired.WithLabelValues(d.name).Set(float64(d.retiredCount()))
+		reinits := d.be.counts().Reinits
+		err := d.be.probe(ctx, cl.othersServing(d))
+		if err == nil && cl.s.own.HealthKey != "" {
+			err = cl.healthKeySign(ctx, d)
+		}
+		after := d.be.counts()
+		cl.metrics.retired.WithLabelValues(d.name).Set(float64(after.Retired))
 		if err == nil {
-			if d.reinitCount() != reinits {
+			if after.Reinits != reinits {
 				// A fresh instance: what we knew about its latency is stale.
 				cl.router.ResetLatency(i)
 				cl.metrics.reinits.WithLabelValues(d.name).Inc()
@@ -202,9 +227,9 @@ func (cl *Cluster) newMonitor(i int, d *device, initial health.State) (*health.M
 
 // othersServing reports whether another device on d's module instance is up: then a full re-init of the
 // shared instance would hurt it, so d only reopens sessions.
-func (cl *Cluster) othersServing(d *device) bool {
+func (cl *Cluster) othersServing(d *clusterDevice) bool {
 	for j, o := range cl.devices {
-		if o != d && o.mod == d.mod && j < len(cl.monitors) && cl.monitors[j].Status().State != health.StateDown {
+		if o != d && d.be.shares(o.be) && j < len(cl.monitors) && cl.monitors[j].Status().State != health.StateDown {
 			return true
 		}
 	}
@@ -212,7 +237,7 @@ func (cl *Cluster) othersServing(d *device) bool {
 }
 
 // healthKeySign signs a fixed digest with policy.health_key on device d, in the first partition holding it.
-func (cl *Cluster) healthKeySign(ctx context.Context, d *device) error {
+func (cl *Cluster) healthKeySign(ctx context.Context, d *clusterDevice) error {
 	label := cl.s.own.HealthKey
 	for pi, cp := range cl.parts {
 		cp.mu.RLock()
@@ -227,9 +252,19 @@ func (cl *Cluster) healthKeySign(ctx context.Context, d *device) error {
 			return err
 		}
 		k := &Key{cl: cl, pidx: pi, part: cp.name, entry: e}
-		_, err = d.parts[pi].run(ctx, label, e.pubDER, k.checkedOp(plan, digest, healthHash{}))
-		cl.noteBadSignature(d.idx, err)
+		_, err = cl.runOn(ctx, d.idx, pi, plan.op(e), k.check(plan, digest, healthHash{}))
 		return err
 	}
 	return fmt.Errorf("health key %q not on this device", label)
+}
+
+// selfExe is the binary a worker is started from: on Linux /proc/self/exe, the very file this process
+// runs even after an upgrade replaced the one at its path (a worker restarted by the old process must
+// speak its protocol); elsewhere the path of the executable.
+func selfExe() (string, error) {
+	const proc = "/proc/self/exe"
+	if _, err := os.Stat(proc); err == nil {
+		return proc, nil
+	}
+	return os.Executable()
 }

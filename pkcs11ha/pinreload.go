@@ -42,21 +42,27 @@ func (p *devPartition) rejectPIN(pin string) {
 // usePIN makes pin the partition's PIN on every device, and lets each (device, partition) whose login was
 // refused try it once, unless its token refused this very PIN. It returns the devices given a new try.
 func (cl *Cluster) usePIN(pi int, pin string) []string {
-	h := pinHash(pin)
 	var retried []string
 	for _, d := range cl.devices {
-		p := d.parts[pi]
-		p.newPIN.Store(&pin)
-		if p.credFatal.Load() == nil {
-			continue
+		if d.be.usePIN(pi, pin) {
+			retried = append(retried, d.name)
 		}
-		if r := p.rejected.Load(); r != nil && *r == h {
-			continue // never twice with the same PIN
-		}
-		p.credFatal.Store(nil) // the next probe reopens the partition and logs in, once
-		retried = append(retried, d.name)
 	}
 	return retried
+}
+
+// usePIN is the in-process backend's: see backend.usePIN.
+func (d *device) usePIN(pi int, pin string) bool {
+	p := d.parts[pi]
+	p.newPIN.Store(&pin)
+	if p.credFatal.Load() == nil {
+		return false
+	}
+	if r := p.rejected.Load(); r != nil && *r == pinHash(pin) {
+		return false // never twice with the same PIN
+	}
+	p.credFatal.Store(nil) // the next probe reopens the partition and logs in, once
+	return true
 }
 
 // ReloadPINs reads every partition's PIN again from its source: the environment variable (pin_env), the
@@ -104,7 +110,7 @@ func (cl *Cluster) watchPINFiles() {
 			continue // a file being replaced; the next probe reads it again
 		}
 		pin := strings.TrimRight(string(b), "\r\n")
-		if pin == "" || pin == cl.devices[0].parts[pi].secret() {
+		if pin == "" || pinHash(pin) == cl.devices[0].be.partition(pi).PINHash {
 			continue
 		}
 		cl.retryWith(pi, pin, "pin_file changed")

@@ -56,7 +56,7 @@ func TestWrongPINFixed(t *testing.T) {
 			leakcheck.CloseCluster(t, cl)
 
 			attempts := func() (int64, int64) {
-				return cl.LoginAttempts("dev-a", "payments"), cl.LoginAttempts("dev-b", "payments")
+				return loginAttempts(cl, "dev-a", "payments"), loginAttempts(cl, "dev-b", "payments")
 			}
 			requireAttempts := func(want int64, why string) {
 				t.Helper()

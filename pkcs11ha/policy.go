@@ -33,6 +33,9 @@ type Policy struct {
 	CloseTimeout    Duration      `yaml:"close_timeout"`
 	MaxRetired      int           `yaml:"max_retired_instances"`
 	OAEPFallback    bool          `yaml:"oaep_fallback"`
+	// GCMFallback: when a device (or its transport: p11-kit 0.24's RPC) refuses CKM_AES_GCM, AES-GCM is
+	// computed in Go from AES-ECB blocks the token encrypts (docs/ARCHITECTURE.md, "Secret keys").
+	GCMFallback bool `yaml:"gcm_fallback"`
 	// DisablePanic turns off panic mode (one breaker-free attempt when breakers shut out every up device).
 	DisablePanic bool `yaml:"disable_panic"`
 	// StallThreshold: attempt timeouts spanning a stall of this process longer than this are not counted
@@ -48,6 +51,11 @@ type Policy struct {
 	// VerifySignatures: check signatures with the key's public key before returning them (verify.go):
 	// "rsa" (default), "all" (RSA, ECDSA, Ed25519) or "off".
 	VerifySignatures string `yaml:"verify_signatures"`
+	// Isolation: "none" (the library's default) loads every device's PKCS#11 module in this process;
+	// "process" (the sidecar's default) loads each in a worker process of its own (worker.go), so that a
+	// crash or hang inside a vendor's module never takes this process down. Process isolation re-executes
+	// this program's binary (or WithWorkerCommand's): main must call MaybeRunWorker first.
+	Isolation string `yaml:"isolation"`
 }
 
 // TierDurations is a duration per tier.
@@ -96,9 +104,11 @@ type ownSettings struct {
 	CloseTimeout     time.Duration
 	MaxRetired       int // 0: no cap of its own (MaxStuckCalls bounds what retired instances hold)
 	OAEPFallback     bool
+	GCMFallback      bool
 	MaxStuckCalls    int
 	P11KitInstances  int
 	VerifySignatures string
+	Isolation        string
 }
 
 // defaultOwn holds the library's own defaults (the router's and the probes' are in their packages).
@@ -112,7 +122,14 @@ var defaultOwn = ownSettings{
 	MaxStuckCalls:    1000, // Go stops the process at 10,000 threads
 	P11KitInstances:  1,    // lanes.go: opt-in
 	VerifySignatures: VerifyRSA,
+	Isolation:        IsolationNone,
 }
+
+// Values of policy.isolation.
+const (
+	IsolationNone    = "none"
+	IsolationProcess = "process"
+)
 
 // ownFieldError names an ownSettings field that is out of bounds.
 type ownFieldError struct{ field, msg string }
@@ -163,6 +180,13 @@ func (o ownSettings) resolve() (ownSettings, error) {
 	case VerifyRSA, VerifyAll, VerifyOff:
 	default:
 		errs = append(errs, &ownFieldError{"VerifySignatures", fmt.Sprintf("want rsa, all or off, got %q", o.VerifySignatures)})
+	}
+	switch o.Isolation {
+	case "":
+		o.Isolation = defaultOwn.Isolation
+	case IsolationNone, IsolationProcess:
+	default:
+		errs = append(errs, &ownFieldError{"Isolation", fmt.Sprintf("want none or process, got %q", o.Isolation)})
 	}
 	return o, errors.Join(errs...)
 }
@@ -236,9 +260,11 @@ func bindings(p *Policy, r *failover.Config, h *health.MonitorConfig, o *ownSett
 		bind("close_timeout", toOwn, "CloseTimeout", dur(&p.CloseTimeout), &o.CloseTimeout),
 		bind("max_retired_instances", toOwn, "MaxRetired", &p.MaxRetired, &o.MaxRetired),
 		bind("oaep_fallback", toOwn, "OAEPFallback", &p.OAEPFallback, &o.OAEPFallback),
+		bind("gcm_fallback", toOwn, "GCMFallback", &p.GCMFallback, &o.GCMFallback),
 		bind("max_stuck_calls", toOwn, "MaxStuckCalls", &p.MaxStuckCalls, &o.MaxStuckCalls),
 		bind("p11kit_client_instances", toOwn, "P11KitInstances", &p.P11KitInstances, &o.P11KitInstances),
 		bind("verify_signatures", toOwn, "VerifySignatures", &p.VerifySignatures, &o.VerifySignatures),
+		bind("isolation", toOwn, "Isolation", &p.Isolation, &o.Isolation),
 		bind("disable_panic", toRouter, "DisablePanic", &p.DisablePanic, &r.DisablePanic),
 		bind("stall_threshold", toRouter, "StallThreshold", dur(&p.StallThreshold), &r.StallThreshold),
 	}
@@ -254,6 +280,9 @@ type settings struct {
 	router  failover.Config
 	monitor health.MonitorConfig // each device's monitor adds its name, initial state and callback
 	own     ownSettings
+	// workerCmd starts a device worker (policy.isolation process): this program's binary unless
+	// WithWorkerCommand gave another.
+	workerCmd []string
 }
 
 // compile checks c and builds the settings from a copy of it; c is not changed.

@@ -14,41 +14,31 @@ import (
 
 // signPlan is a validated signing request: mechanism, input bytes and how to post-process the output.
 type signPlan struct {
-	mech  []*pkcs11.Mechanism
-	input []byte
-	ecdsa int // >0: convert raw r||s of this coordinate length to DER
-	salt  int // RSA-PSS: the salt length asked of the token (verifySignature checks with it)
+	mech   mechSpec
+	input  []byte
+	ecdsa  int // >0: convert raw r||s of this coordinate length to DER
+	salt   int // RSA-PSS: the salt length asked of the token (verifySignature checks with it)
+	outLen int // the signature's size, known from the key: one C_Sign call
 }
 
-// op is the PKCS#11 part of the plan: C_SignInit then C_Sign.
-func (p *signPlan) op() opFunc {
-	return func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
-		if err := c.SignInit(s, p.mech, h); err != nil {
-			return nil, opSignInit, err
-		}
-		out, err := c.Sign(s, p.input)
-		return out, opSign, err
-	}
+// op is the plan as a device operation on key k.
+func (p *signPlan) op(k *keyEntry) *deviceOp {
+	return &deviceOp{Kind: kindSign, Label: k.label, PubDER: k.pubDER, Mech: p.mech, Input: p.input, OutLen: p.outLen}
 }
 
-// checkedOp is plan's PKCS#11 operation, followed, when the policy covers the key, by a check of the
-// signature with the key's public key, inside the attempt: a bad one fails the attempt (and the call moves
-// on) instead of reaching the caller.
-func (k *Key) checkedOp(plan *signPlan, digest []byte, opts crypto.SignerOpts) opFunc {
-	op := plan.op()
+// check returns the verify-after-sign check of a signature by the key, when the policy covers the key:
+// run inside the attempt, so a bad signature fails the attempt (and the call moves on) instead of reaching
+// the caller. nil when the policy does not check this key.
+func (k *Key) check(plan *signPlan, digest []byte, opts crypto.SignerOpts) func([]byte) error {
 	pub := k.entry.pub
 	if !verifies(k.cl.s.own.VerifySignatures, pub) {
-		return op
+		return nil
 	}
-	return func(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
-		sig, step, err := op(c, s, h)
-		if err != nil {
-			return sig, step, err
-		}
+	return func(sig []byte) error {
 		if scheme, ok := verifySignature(pub, digest, opts, plan, sig); !ok {
-			return nil, step, &SignatureError{Partition: k.part, Key: k.entry.label, Scheme: scheme}
+			return &SignatureError{Partition: k.part, Key: k.entry.label, Scheme: scheme}
 		}
-		return sig, step, nil
+		return nil
 	}
 }
 
@@ -64,13 +54,6 @@ var hashMech = map[crypto.Hash]struct{ mech, mgf uint }{
 	crypto.SHA384: {pkcs11.CKM_SHA384, pkcs11.CKG_MGF1_SHA384},
 	crypto.SHA512: {pkcs11.CKM_SHA512, pkcs11.CKG_MGF1_SHA512},
 }
-
-// Mechanisms without parameters are shared: miekg/pkcs11 only reads them.
-var (
-	mechRSAPKCS = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)}
-	mechECDSA   = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}
-	mechEdDSA   = []*pkcs11.Mechanism{pkcs11.NewMechanism(ckmEdDSA, nil)}
-)
 
 // DigestInfo prefixes for PKCS#1 v1.5 signatures (RFC 8017 §9.2 note 1).
 var digestInfo = map[crypto.Hash][]byte{
@@ -97,7 +80,7 @@ func planSign(pub crypto.PublicKey, digest []byte, opts crypto.SignerOpts) (*sig
 		if opts.HashFunc() != 0 {
 			return nil, inputErr("sign: Ed25519 signs the message itself: use crypto.Hash(0)")
 		}
-		return &signPlan{mech: mechEdDSA, input: digest}, nil
+		return &signPlan{mech: mechSpec{Type: ckmEdDSA}, input: digest, outLen: ed25519.SignatureSize}, nil
 	}
 	return nil, inputErr("sign: unsupported public key type %T", pub)
 }
@@ -143,8 +126,8 @@ func planPSS(pk *rsa.PublicKey, digest []byte, pss *rsa.PSSOptions) (*signPlan, 
 	if salt > maxSalt || maxSalt < 0 {
 		return nil, inputErr("sign: PSS salt length %d too large for this key (max %d)", salt, maxSalt)
 	}
-	return &signPlan{mech: []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_PSS,
-		pkcs11.NewPSSParams(hm.mech, hm.mgf, uint(salt)))}, input: digest, salt: salt}, nil
+	return &signPlan{mech: mechSpec{Type: pkcs11.CKM_RSA_PKCS_PSS, PSSHash: hm.mech, PSSMGF: hm.mgf, PSSSalt: uint(salt)},
+		input: digest, salt: salt, outLen: pk.Size()}, nil
 }
 
 // planPKCS1: RSA PKCS#1 v1.5 over the DigestInfo of digest, or over a raw input when h is 0.
@@ -153,7 +136,7 @@ func planPKCS1(pk *rsa.PublicKey, digest []byte, h crypto.Hash) (*signPlan, erro
 		if len(digest) == 0 || len(digest) > pk.Size()-11 {
 			return nil, inputErr("sign: raw input of %d bytes does not fit the key", len(digest))
 		}
-		return &signPlan{mech: mechRSAPKCS, input: digest}, nil
+		return &signPlan{mech: mechSpec{Type: pkcs11.CKM_RSA_PKCS}, input: digest, outLen: pk.Size()}, nil
 	}
 	prefix, ok := digestInfo[h]
 	if !ok {
@@ -163,7 +146,7 @@ func planPKCS1(pk *rsa.PublicKey, digest []byte, h crypto.Hash) (*signPlan, erro
 		return nil, err
 	}
 	in := append(append(make([]byte, 0, len(prefix)+len(digest)), prefix...), digest...)
-	return &signPlan{mech: mechRSAPKCS, input: in}, nil
+	return &signPlan{mech: mechSpec{Type: pkcs11.CKM_RSA_PKCS}, input: in, outLen: pk.Size()}, nil
 }
 
 // planECDSA: CKM_ECDSA over the digest; the token's raw r||s is converted to DER afterwards.
@@ -178,7 +161,8 @@ func planECDSA(pk *ecdsa.PublicKey, digest []byte, opts crypto.SignerOpts) (*sig
 	} else if err := checkDigest(h, digest); err != nil {
 		return nil, err
 	}
-	return &signPlan{mech: mechECDSA, input: digest, ecdsa: (pk.Curve.Params().BitSize + 7) / 8}, nil
+	n := (pk.Curve.Params().BitSize + 7) / 8
+	return &signPlan{mech: mechSpec{Type: pkcs11.CKM_ECDSA}, input: digest, ecdsa: n, outLen: 2 * n}, nil
 }
 
 // ecdsaDER converts the PKCS#11 raw r||s signature into ASN.1 DER. It writes the DER directly (one

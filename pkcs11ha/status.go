@@ -33,6 +33,12 @@ type DeviceStatus struct {
 	// thread. They no longer count against the device (not in Abandoned, InFlight or State); see
 	// Cluster.StuckCalls for the total and its cap.
 	StuckCalls int64 `json:"stuck_calls"`
+	// WorkerPID is the device's worker process (policy.isolation "process"; 0 while none runs, and in
+	// process), WorkerRestarts counts its ends, and WorkerExit says how the last one ended ("killed: 3
+	// calls unanswered ... (signal: killed)", "exited (signal: segmentation fault)").
+	WorkerPID      int    `json:"worker_pid,omitempty"`
+	WorkerRestarts int64  `json:"worker_restarts,omitempty"`
+	WorkerExit     string `json:"worker_exit,omitempty"`
 
 	Partitions []PartitionStatus `json:"partitions"`
 	// ExcludedKeys maps "partition/label" to why this device does not serve that key.
@@ -44,6 +50,9 @@ type PartitionStatus struct {
 	Name  string `json:"name"`
 	Open  bool   `json:"open"`
 	Error string `json:"error,omitempty"`
+	// Logins counts C_Login calls for the partition on the device: one per (re)open of its module
+	// instance; a number that keeps growing is a device losing its logins.
+	Logins int64 `json:"logins"`
 }
 
 // Status returns a snapshot of every device, in config order.
@@ -55,38 +64,33 @@ func (cl *Cluster) Status() []DeviceStatus {
 		if i < len(cl.monitors) {
 			hs = cl.monitors[i].Status()
 		}
+		bc := d.be.counts()
 		ds := DeviceStatus{
 			Name: d.name, Region: d.cfg.Region, Tier: cl.s.cfg.tierOf(i),
 			Reason: hs.Reason, Since: hs.Since,
-			Reinits: d.reinitCount(), RetiredInstances: d.retiredCount(), StuckCalls: d.stuck.Load(),
+			Reinits: bc.Reinits, RetiredInstances: bc.Retired, StuckCalls: bc.Stuck,
+			WorkerPID: bc.WorkerPID, WorkerRestarts: bc.WorkerRestarts, WorkerExit: bc.WorkerExit,
 		}
 		var ms failover.MemberStatus
 		if i < len(rs) {
 			ms = rs[i]
 			ds.Breaker, ds.EWMA, ds.InFlight, ds.Abandoned = ms.Breaker, ms.EWMA, ms.InFlight, ms.Abandoned
 		}
-		if e := d.lastErr.Load(); e != nil {
+		if e := bc.LastErr; e != nil {
 			ds.LastError = e.msg
 			ds.LastErrorClass = e.class.String()
 		}
-		for _, p := range d.parts {
-			ps := PartitionStatus{Name: p.cfg.Name, Open: p.st.Load() != nil}
-			if why := p.credFatal.Load(); why != nil {
-				ps.Open, ps.Error = false, *why
-			}
-			ds.Partitions = append(ds.Partitions, ps)
+		for pi, pc := range cl.s.cfg.Partitions {
+			p := d.be.partition(pi)
+			ds.Partitions = append(ds.Partitions, PartitionStatus{Name: pc.Name, Open: p.Open, Error: p.CredFatal, Logins: p.Logins})
 		}
 		for _, cp := range cl.parts {
 			cp.mu.RLock()
 			for label, e := range cp.keys {
-				if ex := e.excluded.Load(); ex != nil {
-					if why, ok := (*ex)[d.name]; ok {
-						if ds.ExcludedKeys == nil {
-							ds.ExcludedKeys = map[string]string{}
-						}
-						ds.ExcludedKeys[cp.name+"/"+label] = why
-					}
-				}
+				ds.noteExcluded(cp.name, label, d.name, e.excluded.Load())
+			}
+			for label, e := range cp.secrets {
+				ds.noteExcluded(cp.name, label, d.name, e.excluded.Load())
 			}
 			cp.mu.RUnlock()
 		}
@@ -103,19 +107,32 @@ func (cl *Cluster) Status() []DeviceStatus {
 				ds.State = "degraded"
 			}
 		}
-		ds.Reason = reasonOf(hs, ms, &ds, d.capRefusal.Load())
+		ds.Reason = reasonOf(hs, ms, &ds, bc.CapRefusal)
 		out[i] = ds
 	}
 	return out
 }
 
+// noteExcluded records in ExcludedKeys why device dev does not serve key label of partition, if ex says so.
+func (ds *DeviceStatus) noteExcluded(partition, label, dev string, ex *map[string]string) {
+	if ex == nil {
+		return
+	}
+	if why, ok := (*ex)[dev]; ok {
+		if ds.ExcludedKeys == nil {
+			ds.ExcludedKeys = map[string]string{}
+		}
+		ds.ExcludedKeys[partition+"/"+label] = why
+	}
+}
+
 // reasonOf says what keeps a device out of rotation, or degraded, most decisive first, "; " between
 // them; for a device in rotation with nothing against it, why its health last changed.
-func reasonOf(hs health.Status, ms failover.MemberStatus, ds *DeviceStatus, capRefusal *string) string {
+func reasonOf(hs health.Status, ms failover.MemberStatus, ds *DeviceStatus, capRefusal string) string {
 	var why []string
 	switch {
-	case hs.State == health.StateDown && capRefusal != nil:
-		why = append(why, *capRefusal) // the probes only see their own symptom (a timeout); this is the cause
+	case hs.State == health.StateDown && capRefusal != "":
+		why = append(why, capRefusal) // the probes only see their own symptom (a timeout); this is the cause
 	case hs.State != health.StateUp:
 		why = append(why, hs.Reason)
 	}
@@ -169,7 +186,7 @@ func (cl *Cluster) Ready() bool {
 		cp.mu.RUnlock()
 		ok := false
 		for i, d := range cl.devices {
-			if st[i].State == "down" || d.parts[pi].st.Load() == nil {
+			if st[i].State == "down" || !d.be.partition(pi).Open {
 				continue
 			}
 			all := true

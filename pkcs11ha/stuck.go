@@ -217,7 +217,7 @@ func (c *stuckCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, d := range cl.devices {
-		ch <- prometheus.MustNewConstMetric(c.perDevice, prometheus.GaugeValue, float64(d.stuck.Load()), d.name)
+		ch <- prometheus.MustNewConstMetric(c.perDevice, prometheus.GaugeValue, float64(d.be.counts().Stuck), d.name)
 	}
 	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(cl.s.own.MaxStuckCalls))
 	ch <- prometheus.MustNewConstMetric(c.thrds, prometheus.GaugeValue, float64(osThreads()))

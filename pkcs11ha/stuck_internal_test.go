@@ -71,7 +71,7 @@ func strandCalls(t *testing.T, policy string, n int) (*Cluster, *softhsmtest.Dev
 // instances with held calls in them are retired.
 func retire(t *testing.T, cl *Cluster) error {
 	t.Helper()
-	d := cl.devices[0]
+	d := cl.inproc(0)
 	d.markInstanceDown(d.mod.cur.Load())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

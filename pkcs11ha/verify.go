@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
 // Verify-after-sign (policy.verify_signatures). A fault during an RSA-CRT signature (a flipped bit in one
@@ -42,9 +40,6 @@ func (e *SignatureError) Error() string {
 	return fmt.Sprintf("pkcs11ha: device %s partition %s: %s signature with key %q does not verify (device fault; not returned)",
 		e.Device, e.Partition, e.Scheme, e.Key)
 }
-
-// FailoverClass: a device fault, retried elsewhere, and one is enough to open the device's breaker.
-func (e *SignatureError) FailoverClass() failover.Class { return ClassBadSignature.route() }
 
 func (e *SignatureError) class() Class { return ClassBadSignature }
 
@@ -98,7 +93,7 @@ func (cl *Cluster) noteBadSignature(m int, err error) {
 	cl.metrics.badSignatures.WithLabelValues(d.name).Inc()
 	cl.log.Error("device returned a signature that does not verify: not returned, device taken out",
 		"device", d.name, "partition", se.Partition, "key", se.Key, "scheme", se.Scheme)
-	d.setErr(se)
+	d.be.noteError(se)
 	if m < len(cl.monitors) {
 		cl.monitors[m].MarkDown(se.Error())
 	}

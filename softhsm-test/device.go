@@ -61,6 +61,8 @@ type Device struct {
 	// Certificates are the certificates beside those keys with Options.Certificates (label -> DER), else
 	// empty.
 	Certificates map[string][]byte
+	// SecretKeys are the values of the secret keys this device's tokens hold (label -> value), like Keys.
+	SecretKeys map[string][]byte
 	// PINs are the user PINs this device's tokens really have (partition name -> PIN).
 	PINs map[string]string
 	// Serials are the serial numbers of this device's tokens (partition name -> serial). Every token of
@@ -330,6 +332,15 @@ func (d *Device) CorruptSignatures(on bool) error {
 	}
 	d.relay.corrupt.Store(on)
 	return nil
+}
+
+// SignReplies counts the C_Sign replies the device's relay carried since it started: those with a
+// signature, and those answering a length query (a NULL buffer).
+func (d *Device) SignReplies() (data, query int64) {
+	if d.relay == nil {
+		return 0, 0
+	}
+	return d.relay.signs.data.Load(), d.relay.signs.query.Load()
 }
 
 // Down closes every relayed connection and closes new connections as soon as they are accepted, until

@@ -48,6 +48,7 @@ type relay struct {
 	pairs             map[*pair]struct{}
 	closed            bool
 	corrupt           atomic.Bool // flip a bit in every C_Sign reply's signature (rpcframe.go)
+	signs             signCounts  // C_Sign replies carried (rpcframe.go)
 }
 
 // newRelay listens on (network, addr) and relays to (dialNet, dialAddr).
@@ -261,7 +262,7 @@ func (r *relay) serve(client net.Conn) {
 	for dir, ends := range [2][2]net.Conn{{client, server}, {server, client}} {
 		pp := &pipe{r: r, p: p, dir: dir, src: ends[0], dst: ends[1], notify: make(chan struct{}, 1)}
 		if dir == 1 {
-			pp.scan = &replyScanner{}
+			pp.scan = &replyScanner{counts: &r.signs}
 		}
 		wg.Add(2)
 		go func() { defer wg.Done(); pp.readLoop() }()

@@ -1,6 +1,9 @@
 package softhsmtest
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"sync/atomic"
+)
 
 // replyScanner follows the p11-kit RPC byte stream from a server to its client, for one fault: flipping a
 // bit in the signature of C_Sign replies (Device.CorruptSignatures). It is deliberately minimal, not a
@@ -20,6 +23,13 @@ type replyScanner struct {
 	pos         int // bytes of options + body consumed in the current frame
 	body        [replyPrefix]byte
 	target      int // body offset of the byte to flip in this frame; -1: none
+	counts      *signCounts
+}
+
+// signCounts counts the C_Sign replies a relay carried: with a signature, and answers to a length query
+// (a NULL buffer), to tell one-call signing from miekg/pkcs11's two calls.
+type signCounts struct {
+	data, query atomic.Int64
 }
 
 const (
@@ -67,6 +77,7 @@ func (s *replyScanner) step(b []byte, corrupt bool) int {
 		n := min(replyPrefix-off, len(b), left)
 		copy(s.body[off:], b[:n])
 		if off+n == replyPrefix {
+			s.count()
 			s.target = s.signatureMiddle()
 		}
 		return n
@@ -78,6 +89,19 @@ func (s *replyScanner) step(b []byte, corrupt bool) int {
 		s.target = -1
 	}
 	return min(left, len(b))
+}
+
+// count counts a C_Sign reply: with data (present flag 1) or a length answer (0).
+func (s *replyScanner) count() {
+	b := s.body[:]
+	if s.counts == nil || binary.BigEndian.Uint32(b[0:4]) != rpcCallSign || string(b[8:10]) != "ay" {
+		return
+	}
+	if b[10] == 1 {
+		s.counts.data.Add(1)
+	} else {
+		s.counts.query.Add(1)
+	}
 }
 
 // signatureMiddle is the body offset of the middle byte of a C_Sign reply's signature, or -1.

@@ -35,7 +35,7 @@ type importItem struct {
 // buildToken initialises one token in a scratch SoftHSM directory of its own (so that tokens can be built
 // concurrently without sharing a token directory) and imports the keys. It returns the token's directory
 // (<scratch>/tokens/<uuid>), to be moved or cloned into a device's token directory.
-func buildToken(ctx context.Context, tools Tools, scratch, label, pin, soPIN string, imports []importItem) (string, error) {
+func buildToken(ctx context.Context, tools Tools, scratch, label, pin, soPIN string, imports []importItem, secrets []secretItem) (string, error) {
 	tokens := filepath.Join(scratch, "tokens")
 	if err := os.MkdirAll(tokens, 0o700); err != nil {
 		return "", err
@@ -57,6 +57,9 @@ func buildToken(ctx context.Context, tools Tools, scratch, label, pin, soPIN str
 				return "", err
 			}
 		}
+	}
+	if err := createSecrets(ctx, tools, conf, label, pin, secrets); err != nil {
+		return "", err
 	}
 	ents, err := os.ReadDir(tokens)
 	if err != nil {

@@ -43,6 +43,10 @@ type Options struct {
 	LocalRegion string          // default "eastus"
 	Logf        func(format string, args ...any)
 
+	// SecretKeys are created in every token besides Keys (none by default: DefaultSecretKeys is opt-in).
+	// Devices' MissingKeys and DifferentKeys may name them too.
+	SecretKeys []SecretKeySpec
+
 	// Certificates puts a self-signed certificate (CN = label) for every imported key beside it in every
 	// token, with the key's CKA_LABEL and CKA_ID (certs.go); it needs pkcs11-tool (Debian package opensc).
 	Certificates bool
@@ -61,6 +65,10 @@ type Topology struct {
 	// Certificates are the DER certificates imported beside Keys with Options.Certificates (label ->
 	// certificate), else empty. Devices with MissingKeys or DifferentKeys hold Device.Certificates instead.
 	Certificates map[string][]byte
+	// SecretKeySpecs and SecretKeys: Options.SecretKeys and their values (label -> value). Devices with
+	// MissingKeys or DifferentKeys hold Device.SecretKeys instead.
+	SecretKeySpecs []SecretKeySpec
+	SecretKeys     map[string][]byte
 
 	logf      func(format string, args ...any)
 	ownDir    bool
@@ -142,6 +150,18 @@ func (o Options) validate() error {
 			bad("key %q: unknown kind %q (want %s, %s, %s or %s)", k.Label, k.Kind, KindRSA2048, KindECP256, KindECP384, KindEd25519)
 		}
 	}
+	for _, k := range o.SecretKeys {
+		if k.Label == "" || len(k.ID) == 0 {
+			bad("secret key %q: label and id are required", k.Label)
+		}
+		if keys[k.Label] || ids[string(k.ID)] {
+			bad("secret key %q (id %x): label or id used twice", k.Label, k.ID)
+		}
+		keys[k.Label], ids[string(k.ID)] = true, true
+		if _, ok := secretKinds[k.Kind]; !ok {
+			bad("secret key %q: unknown kind %q", k.Label, k.Kind)
+		}
+	}
 	devs := map[string]bool{}
 	for _, d := range o.Devices {
 		if !nameRE.MatchString(d.Name) {
@@ -197,6 +217,9 @@ func Start(ctx context.Context, opts Options) (*Topology, error) {
 		Keys:         make(map[string]crypto.Signer),
 		Certificates: make(map[string][]byte),
 		logf:         opts.Logf,
+
+		SecretKeySpecs: slices.Clone(opts.SecretKeys),
+		SecretKeys:     make(map[string][]byte),
 	}
 	if opts.Dir == "" {
 		if t.Dir, err = os.MkdirTemp("", "softhsmtest-"); err != nil {
@@ -331,6 +354,7 @@ func (t *Topology) createDevices(opts Options, tools Tools) error {
 			Dir:          filepath.Join(t.Dir, s.Name),
 			Keys:         make(map[string]crypto.Signer),
 			Certificates: make(map[string][]byte),
+			SecretKeys:   make(map[string][]byte),
 			PINs:         make(map[string]string),
 			Serials:      make(map[string]string),
 			tools:        tools,
@@ -481,6 +505,7 @@ func (t *Topology) buildTokens(ctx context.Context, opts Options, tools Tools) e
 		p       PartitionSpec
 		pin     string
 		imports []importItem
+		secrets []secretItem
 		recipe  string
 	}
 	var jobs []*job
@@ -510,9 +535,15 @@ func (t *Topology) buildTokens(ctx context.Context, opts Options, tools Tools) e
 				}
 				j.imports = append(j.imports, im)
 			}
+			if err := t.secretItems(opts, s, d, &j.secrets); err != nil {
+				return err
+			}
 			j.recipe = fmt.Sprintf("%q %q %q", p.TokenLabel, j.pin, p.SOPIN)
 			for _, im := range j.imports {
 				j.recipe += " " + strconv.Quote(im.ident)
+			}
+			for _, sk := range j.secrets {
+				j.recipe += fmt.Sprintf(" secret/%q/%x/%x", sk.Label, sk.ID, sk.Value)
 			}
 			jobs = append(jobs, j)
 			if _, ok := images[j.recipe]; !ok {
@@ -526,7 +557,7 @@ func (t *Topology) buildTokens(ctx context.Context, opts Options, tools Tools) e
 	for i, j := range builds {
 		g.Go(func(ctx context.Context) error {
 			img, err := cachedTokenImage(ctx, j.recipe, func(ctx context.Context) (*tokenImage, error) {
-				dir, err := buildToken(ctx, tools, filepath.Join(buildDir, strconv.Itoa(i)), j.p.TokenLabel, j.pin, j.p.SOPIN, j.imports)
+				dir, err := buildToken(ctx, tools, filepath.Join(buildDir, strconv.Itoa(i)), j.p.TokenLabel, j.pin, j.p.SOPIN, j.imports, j.secrets)
 				if err != nil {
 					return nil, err
 				}
@@ -551,7 +582,7 @@ func (t *Topology) buildTokens(ctx context.Context, opts Options, tools Tools) e
 		if err != nil {
 			// Unknown token file format: initialise this token for real.
 			t.logf("softhsmtest: device %s: cannot copy token %q (%v): initialising it", j.d.Name, j.p.TokenLabel, err)
-			dir, err := buildToken(ctx, tools, filepath.Join(buildDir, "direct", strconv.Itoa(i)), j.p.TokenLabel, j.pin, j.p.SOPIN, j.imports)
+			dir, err := buildToken(ctx, tools, filepath.Join(buildDir, "direct", strconv.Itoa(i)), j.p.TokenLabel, j.pin, j.p.SOPIN, j.imports, j.secrets)
 			if err != nil {
 				return err
 			}

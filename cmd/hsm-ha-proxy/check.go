@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
 )
 
@@ -27,13 +28,13 @@ device, failed login, key different or missing, session budget exceeded), 2 conf
 // checkResult is what check prints; --json prints exactly this. The field names are stable (README,
 // "check").
 type checkResult struct {
-	Config   string           `json:"config"`
-	Verdict  string           `json:"verdict"` // "ok" or "problems"
-	ExitCode int              `json:"exit_code"`
-	Problems []finding        `json:"problems"`
-	Advice   []finding        `json:"advice"`
-	Budget   sessionBudget    `json:"session_budget"`
-	Report   *pkcs11ha.Report `json:"report"`
+	Config   string             `json:"config"`
+	Verdict  string             `json:"verdict"` // "ok" or "problems"
+	ExitCode int                `json:"exit_code"`
+	Problems []finding          `json:"problems"`
+	Advice   []finding          `json:"advice"`
+	Budget   sessionBudget      `json:"session_budget"`
+	Report   *inspection.Report `json:"report"`
 }
 
 // runCheck is `hsm-ha-proxy check`.
@@ -68,7 +69,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	rep, err := pkcs11ha.Inspect(ctx, cfg.Library())
+	rep, err := pkcs11ha.Inspect(ctx, cfg.Library(), inspection.Options{})
 	if err != nil {
 		fmt.Fprintf(stderr, "hsm-ha-proxy check: %v\n", err)
 		var ce *pkcs11ha.ConfigError
@@ -92,7 +93,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 }
 
 // judge derives the budget, problems, advice and exit code from an inspection.
-func judge(configPath string, rep *pkcs11ha.Report, replicas int) *checkResult {
+func judge(configPath string, rep *inspection.Report, replicas int) *checkResult {
 	b := budget(rep, replicas)
 	res := &checkResult{Config: configPath, Verdict: "ok", Problems: problems(rep, b), Advice: advice(rep, b), Budget: b, Report: rep}
 	if len(res.Problems) > 0 {

@@ -3,7 +3,7 @@ package main
 import (
 	"fmt"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 )
 
 // sessionBudget is the session arithmetic of `check`: replicas × the sessions one replica opens at most,
@@ -17,19 +17,19 @@ type sessionBudget struct {
 
 // tokenBudget is one token (device, partition).
 type tokenBudget struct {
-	Device     string                `json:"device"`
-	Partition  string                `json:"partition"`
-	PerReplica int                   `json:"per_replica"` // sessions one replica opens at most: the pool plus the login session
-	Needed     int                   `json:"needed"`      // per_replica × replicas
-	Max        pkcs11ha.SessionCount `json:"max"`         // the token's ulMaxSessionCount
-	InUse      pkcs11ha.SessionCount `json:"in_use"`      // open by others: the token's ulSessionCount less this check's own
+	Device     string                  `json:"device"`
+	Partition  string                  `json:"partition"`
+	PerReplica int                     `json:"per_replica"` // sessions one replica opens at most: the pool plus the login session
+	Needed     int                     `json:"needed"`      // per_replica × replicas
+	Max        inspection.SessionCount `json:"max"`         // the token's ulMaxSessionCount
+	InUse      inspection.SessionCount `json:"in_use"`      // open by others: the token's ulSessionCount less this check's own
 	// MaxReplicas is the largest replica count this token fits; null when it states no limit.
 	MaxReplicas *int `json:"max_replicas"`
 	Fits        bool `json:"fits"`
 }
 
 // budget computes the session budget of every token found on a reachable device.
-func budget(rep *pkcs11ha.Report, replicas int) sessionBudget {
+func budget(rep *inspection.Report, replicas int) sessionBudget {
 	b := sessionBudget{Replicas: replicas, Tokens: []tokenBudget{}}
 	for _, d := range rep.Devices {
 		for _, p := range d.Partitions {
@@ -50,18 +50,18 @@ func budget(rep *pkcs11ha.Report, replicas int) sessionBudget {
 // tokenFit is the arithmetic for one token: perReplica × replicas sessions must fit in limit less what
 // others hold (count less own, this check's sessions; an unknown count is taken as none). A token without
 // a limit, or that does not state one, fits any count.
-func tokenFit(perReplica, replicas int, limit, count pkcs11ha.SessionCount, own int) tokenBudget {
+func tokenFit(perReplica, replicas int, limit, count inspection.SessionCount, own int) tokenBudget {
 	perReplica = max(perReplica, 1)
 	t := tokenBudget{PerReplica: perReplica, Needed: perReplica * replicas, Max: limit, Fits: true,
-		InUse: pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsUnknown}}
+		InUse: inspection.SessionCount{Kind: inspection.SessionsUnknown}}
 	var others uint64
-	if count.Kind == pkcs11ha.SessionsCount {
+	if count.Kind == inspection.SessionsCount {
 		if count.Value > uint64(own) {
 			others = count.Value - uint64(own)
 		}
-		t.InUse = pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsCount, Value: others}
+		t.InUse = inspection.SessionCount{Kind: inspection.SessionsCount, Value: others}
 	}
-	if limit.Kind != pkcs11ha.SessionsCount {
+	if limit.Kind != inspection.SessionsCount {
 		return t
 	}
 	var free uint64
@@ -75,11 +75,11 @@ func tokenFit(perReplica, replicas int, limit, count pkcs11ha.SessionCount, own 
 }
 
 // countText renders a session count for people.
-func countText(c pkcs11ha.SessionCount) string {
+func countText(c inspection.SessionCount) string {
 	switch c.Kind {
-	case pkcs11ha.SessionsNoLimit:
+	case inspection.SessionsNoLimit:
 		return "no limit"
-	case pkcs11ha.SessionsUnknown:
+	case inspection.SessionsUnknown:
 		return "unknown"
 	}
 	return fmt.Sprint(c.Value)

@@ -2,9 +2,10 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
 
@@ -48,7 +49,7 @@ const drFasterFactor = 0.5
 
 // problems lists what makes the estate unfit to serve as configured: unreachable devices, failed logins,
 // keys that differ or are missing (as Open decides), and session budgets exceeded.
-func problems(rep *pkcs11ha.Report, b sessionBudget) []finding {
+func problems(rep *inspection.Report, b sessionBudget) []finding {
 	out := []finding{}
 	for _, d := range rep.Devices {
 		if !d.Reachable {
@@ -73,16 +74,17 @@ func problems(rep *pkcs11ha.Report, b sessionBudget) []finding {
 		}
 	}
 	for _, p := range rep.Partitions {
-		for _, k := range p.Keys {
-			holders := devicesWith(k, pkcs11ha.KeyMatch)
+		for i, k := range slices.Concat(p.Keys, p.SecretKeys) {
+			fp := fingerprintName(i >= len(p.Keys))
+			holders := devicesWith(k, inspection.KeyMatch)
 			for _, kd := range k.Devices {
 				name := p.Name + "/" + k.Label
 				switch kd.Status {
-				case pkcs11ha.KeyDifferent:
+				case inspection.KeyDifferent:
 					out = append(out, finding{Code: codeKeyDifferent, Device: kd.Device, Partition: p.Name, Key: k.Label,
-						Message: fmt.Sprintf("%s on %s is a different key (sha256 %s, %s) from the one %s hold (sha256 %s, %s): Open excludes %s for this key",
-							name, kd.Device, short(kd.Fingerprint), kd.Algorithm, strings.Join(holders, ", "), short(k.Fingerprint), k.Algorithm, kd.Device)})
-				case pkcs11ha.KeyMissing:
+						Message: fmt.Sprintf("%s on %s is a different key (%s %s, %s) from the one %s hold (%s %s, %s): Open excludes %s for this key",
+							name, kd.Device, fp, short(kd.Fingerprint), kd.Algorithm, strings.Join(holders, ", "), fp, short(k.Fingerprint), k.Algorithm, kd.Device)})
+				case inspection.KeyMissing:
 					out = append(out, finding{Code: codeKeyMissing, Device: kd.Device, Partition: p.Name, Key: k.Label,
 						Message: fmt.Sprintf("%s is missing on %s (held by %s): Open excludes %s for this key",
 							name, kd.Device, strings.Join(holders, ", "), kd.Device)})
@@ -102,13 +104,13 @@ func problems(rep *pkcs11ha.Report, b sessionBudget) []finding {
 
 // advice compares the estate with the deployment guidance the project follows: an HA pair per region, a
 // DR pair in a second region, the HSMs nearest the applications in the local tier.
-func advice(rep *pkcs11ha.Report, b sessionBudget) []finding {
+func advice(rep *inspection.Report, b sessionBudget) []finding {
 	out := []finding{}
 	add := func(code, format string, args ...any) *finding {
 		out = append(out, finding{Code: code, Message: fmt.Sprintf(format, args...)})
 		return &out[len(out)-1]
 	}
-	var local, localUp, dr []pkcs11ha.DeviceReport
+	var local, localUp, dr []inspection.DeviceReport
 	drRegions := map[string][]string{}
 	var regionOrder []string
 	for _, d := range rep.Devices {
@@ -162,7 +164,7 @@ func advice(rep *pkcs11ha.Report, b sessionBudget) []finding {
 	}
 	out = append(out, partitionAdvice(rep)...)
 	for _, t := range b.Tokens {
-		if t.Max.Kind == pkcs11ha.SessionsUnknown {
+		if t.Max.Kind == inspection.SessionsUnknown {
 			f := add(adviceLimitUnknown, "%s's %s token does not report its max session count: the session budget cannot be checked there", t.Device, t.Partition)
 			f.Device, f.Partition = t.Device, t.Partition
 		}
@@ -172,7 +174,7 @@ func advice(rep *pkcs11ha.Report, b sessionBudget) []finding {
 
 // partitionAdvice: partitions missing from a reachable device, the same token behind two devices, and
 // partitions without keys.
-func partitionAdvice(rep *pkcs11ha.Report) []finding {
+func partitionAdvice(rep *inspection.Report) []finding {
 	var out []finding
 	for pi, p := range rep.Partitions {
 		seen := map[string]string{} // token serial -> device
@@ -210,7 +212,7 @@ func partitionAdvice(rep *pkcs11ha.Report) []finding {
 	return out
 }
 
-func devicesWith(k pkcs11ha.KeyReport, status string) []string {
+func devicesWith(k inspection.KeyReport, status string) []string {
 	var out []string
 	for _, kd := range k.Devices {
 		if kd.Status == status {
@@ -220,7 +222,7 @@ func devicesWith(k pkcs11ha.KeyReport, status string) []string {
 	return out
 }
 
-func names(ds []pkcs11ha.DeviceReport) string {
+func names(ds []inspection.DeviceReport) string {
 	out := make([]string, 0, len(ds))
 	for _, d := range ds {
 		out = append(out, d.Name)
@@ -237,4 +239,13 @@ func short(fp string) string {
 		return fp[:16] + "..."
 	}
 	return fp
+}
+
+// fingerprintName names what KeyReport.Fingerprint holds: the SHA-256 of a public key, or a secret key's
+// check value.
+func fingerprintName(secret bool) string {
+	if secret {
+		return "check value"
+	}
+	return "sha256"
 }

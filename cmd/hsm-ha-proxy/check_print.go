@@ -8,7 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
 
@@ -31,7 +31,7 @@ func printCheck(w io.Writer, r *checkResult) {
 	}
 }
 
-func printDevices(w io.Writer, rep *pkcs11ha.Report) {
+func printDevices(w io.Writer, rep *inspection.Report) {
 	fmt.Fprintln(w, "Devices")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  DEVICE\tREGION\tTIER\tSTATE\tPROBE MIN\tMEDIAN\tOPEN TOOK\tMODULE")
@@ -88,7 +88,7 @@ func printDevices(w io.Writer, rep *pkcs11ha.Report) {
 	fmt.Fprintln(w)
 }
 
-func anyToken(d pkcs11ha.DeviceReport) bool {
+func anyToken(d inspection.DeviceReport) bool {
 	for _, p := range d.Partitions {
 		if p.Token != nil {
 			return true
@@ -98,15 +98,15 @@ func anyToken(d pkcs11ha.DeviceReport) bool {
 }
 
 // sessionsText is "open/max", with the free count when both are known.
-func sessionsText(t *pkcs11ha.TokenInfo) string {
+func sessionsText(t *inspection.TokenInfo) string {
 	s := countText(t.Sessions) + "/" + countText(t.MaxSessions)
-	if t.Sessions.Kind == pkcs11ha.SessionsCount && t.MaxSessions.Kind == pkcs11ha.SessionsCount && t.MaxSessions.Value >= t.Sessions.Value {
+	if t.Sessions.Kind == inspection.SessionsCount && t.MaxSessions.Kind == inspection.SessionsCount && t.MaxSessions.Value >= t.Sessions.Value {
 		s += fmt.Sprintf(" (%d free)", t.MaxSessions.Value-t.Sessions.Value)
 	}
 	return s
 }
 
-func loginText(p pkcs11ha.DevicePartition) string {
+func loginText(p inspection.DevicePartition) string {
 	switch {
 	case p.LoggedIn:
 		return fmt.Sprintf("ok (%d C_Login)", p.LoginAttempts)
@@ -116,7 +116,7 @@ func loginText(p pkcs11ha.DevicePartition) string {
 	return "not tried"
 }
 
-func keysText(p pkcs11ha.DevicePartition) string {
+func keysText(p inspection.DevicePartition) string {
 	if !p.LoggedIn {
 		return "-"
 	}
@@ -124,39 +124,43 @@ func keysText(p pkcs11ha.DevicePartition) string {
 }
 
 // printKeys writes every key with its devices grouped by the public key they hold.
-func printKeys(w io.Writer, rep *pkcs11ha.Report) {
-	fmt.Fprintln(w, "Keys (reference: the public key most devices hold, as Open picks it; fingerprint: SHA-256 of the SubjectPublicKeyInfo DER)")
+func printKeys(w io.Writer, rep *inspection.Report) {
+	fmt.Fprintln(w, "Keys (reference: the public key most devices hold, as Open picks it; fingerprint: SHA-256 of the SubjectPublicKeyInfo DER, or a secret key's check value)")
 	for _, p := range rep.Partitions {
 		if len(p.Keys) == 0 {
 			fmt.Fprintf(w, "  %s: no keys found\n", p.Name)
 		}
-		for _, k := range p.Keys {
+		for i, k := range slices.Concat(p.Keys, p.SecretKeys) {
+			kind := "sha256"
+			if i >= len(p.Keys) {
+				kind = "kcv" // a secret key's check value (docs/ARCHITECTURE.md, "Secret keys")
+			}
 			verdict := "consistent"
 			if !k.Consistent {
 				verdict = "MISMATCH"
 			}
 			fmt.Fprintf(w, "  %s/%s  %s %d (%s)  %s\n", p.Name, k.Label, k.KeyType, k.Bits, k.Algorithm, verdict)
 			tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(tw, "    sha256 %s\t%s\n", k.Fingerprint, strings.Join(devicesWith(k, pkcs11ha.KeyMatch), ", "))
+			fmt.Fprintf(tw, "    %s %s\t%s\n", kind, k.Fingerprint, strings.Join(devicesWith(k, inspection.KeyMatch), ", "))
 			var others []string // other fingerprints in order of appearance
 			for _, kd := range k.Devices {
-				if kd.Status == pkcs11ha.KeyDifferent && !slices.Contains(others, kd.Fingerprint) {
+				if kd.Status == inspection.KeyDifferent && !slices.Contains(others, kd.Fingerprint) {
 					others = append(others, kd.Fingerprint)
 				}
 			}
 			for _, fp := range others {
 				var ds []string
 				for _, kd := range k.Devices {
-					if kd.Status == pkcs11ha.KeyDifferent && kd.Fingerprint == fp {
+					if kd.Status == inspection.KeyDifferent && kd.Fingerprint == fp {
 						ds = append(ds, fmt.Sprintf("%s (%s)", kd.Device, kd.Algorithm))
 					}
 				}
-				fmt.Fprintf(tw, "    sha256 %s\t%s: DIFFERENT, excluded for this key\n", fp, strings.Join(ds, ", "))
+				fmt.Fprintf(tw, "    %s %s\t%s: DIFFERENT, excluded for this key\n", kind, fp, strings.Join(ds, ", "))
 			}
-			if ds := devicesWith(k, pkcs11ha.KeyMissing); len(ds) > 0 {
+			if ds := devicesWith(k, inspection.KeyMissing); len(ds) > 0 {
 				fmt.Fprintf(tw, "    MISSING\t%s\n", strings.Join(ds, ", "))
 			}
-			if ds := devicesWith(k, pkcs11ha.KeyUnchecked); len(ds) > 0 {
+			if ds := devicesWith(k, inspection.KeyUnchecked); len(ds) > 0 {
 				fmt.Fprintf(tw, "    not checked\t%s (partition not open there)\n", strings.Join(ds, ", "))
 			}
 			_ = tw.Flush()

@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/leakcheck"
@@ -71,7 +71,13 @@ func checkDevices(t *testing.T, devs []testDev, kill ...string) string {
 		}
 		specs = append(specs, s)
 	}
-	topo := harnesstest.Start(t, softhsmtest.Options{Devices: specs, Partitions: parts, Keys: keys})
+	opts := softhsmtest.Options{Devices: specs, Partitions: parts, Keys: keys}
+	for _, d := range devs {
+		if d.differentKey == "aes-key" { // secret keys only where a test looks at them
+			opts.SecretKeys = softhsmtest.DefaultSecretKeys()
+		}
+	}
+	topo := harnesstest.Start(t, opts)
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: "init_timeout: 3s"}))
 	for _, n := range kill {
@@ -138,6 +144,20 @@ func TestCheckDevices(t *testing.T) {
 				assert.NotEqual(t, k.Fingerprint, k.Devices[1].Fingerprint)
 				assert.Equal(t, k.Fingerprint, k.Devices[0].Fingerprint, "the majority is the reference")
 			}},
+		{name: "secret key different on one device", code: 1,
+			devs: []testDev{{name: "eastus-1", region: "eastus"}, {name: "eastus-2", region: "eastus"},
+				{name: "westus-1", region: "westus", differentKey: "aes-key"}, {name: "westus-2", region: "westus"}},
+			problems: []string{"key_different westus-1 ledger aes-key", "key_different westus-1 payments aes-key"}, advice: []string{},
+			human: []string{"payments/aes-key  AES 256 (AES_256)  MISMATCH", "payments/hmac-key  HMAC 256 (HMAC_SHA256)  consistent",
+				"westus-1 (AES_256): DIFFERENT, excluded for this key", "payments/aes-key on westus-1 is a different key (check value"},
+			check: func(t *testing.T, res *checkResult) {
+				k := res.Report.Partitions[0].SecretKeys[0]
+				require.Equal(t, "aes-key", k.Label)
+				assert.Len(t, k.Fingerprint, 16, "a 64-bit check value")
+				assert.NotEqual(t, k.Fingerprint, k.Devices[2].Fingerprint)
+				assert.Equal(t, k.Fingerprint, k.Devices[3].Fingerprint, "the majority is the reference")
+				assert.Equal(t, inspection.KeyDifferent, k.Devices[2].Status)
+			}},
 		{name: "wrong PIN on one device", code: 1,
 			devs: []testDev{{name: "eastus-1", region: "eastus"}, {name: "eastus-2", region: "eastus"},
 				{name: "westus-1", region: "westus", wrongPIN: "payments"}, {name: "westus-2", region: "westus"}},
@@ -167,7 +187,7 @@ func TestCheckDevices(t *testing.T) {
 				assert.Nil(t, res.Budget.MaxReplicas)
 				require.Len(t, res.Budget.Tokens, 8)
 				for _, tb := range res.Budget.Tokens {
-					assert.Equal(t, pkcs11ha.SessionsNoLimit, tb.Max.Kind, "SoftHSM reports CK_EFFECTIVELY_INFINITE")
+					assert.Equal(t, inspection.SessionsNoLimit, tb.Max.Kind, "SoftHSM reports CK_EFFECTIVELY_INFINITE")
 					assert.Equal(t, 17*100000, tb.Needed)
 					assert.True(t, tb.Fits)
 				}
@@ -264,19 +284,19 @@ func TestCheckBinaryExitCode(t *testing.T) {
 // TestCheckTokenFit is the session arithmetic: replicas × (pool + login session) against the token's max less
 // what others hold.
 func TestCheckTokenFit(t *testing.T) {
-	n := func(v uint64) pkcs11ha.SessionCount {
-		return pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsCount, Value: v}
+	n := func(v uint64) inspection.SessionCount {
+		return inspection.SessionCount{Kind: inspection.SessionsCount, Value: v}
 	}
-	noLimit := pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsNoLimit}
-	unknown := pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsUnknown}
+	noLimit := inspection.SessionCount{Kind: inspection.SessionsNoLimit}
+	unknown := inspection.SessionCount{Kind: inspection.SessionsUnknown}
 	tests := []struct {
 		name                string
 		perReplica, replica int
-		max, count          pkcs11ha.SessionCount
+		max, count          inspection.SessionCount
 		own                 int
 		wantMax             int // -1: no limit
 		fits                bool
-		inUse               pkcs11ha.SessionCount
+		inUse               inspection.SessionCount
 	}{
 		{"no limit", 17, 1000, noLimit, unknown, 0, -1, true, unknown},
 		{"limit not stated", 17, 1000, unknown, n(3), 2, -1, true, n(1)},
@@ -305,29 +325,29 @@ func TestCheckTokenFit(t *testing.T) {
 }
 
 // healthyReport is two reachable local devices and two DR ones, two partitions, consistent keys.
-func healthyReport() *pkcs11ha.Report {
-	rep := &pkcs11ha.Report{LocalRegion: "eastus", SessionPoolSize: 16}
+func healthyReport() *inspection.Report {
+	rep := &inspection.Report{LocalRegion: "eastus", SessionPoolSize: 16}
 	for i, n := range []string{"eastus-1", "eastus-2", "westus-1", "westus-2"} {
 		local := i < 2
-		d := pkcs11ha.DeviceReport{Name: n, Region: "westus", Tier: 1, Reachable: true,
-			Latency: &pkcs11ha.LatencyReport{Samples: 5, Min: 20 * time.Millisecond, Median: 21 * time.Millisecond}}
+		d := inspection.DeviceReport{Name: n, Region: "westus", Tier: 1, Reachable: true,
+			Latency: &inspection.LatencyReport{Samples: 5, Min: 20 * time.Millisecond, Median: 21 * time.Millisecond}}
 		if local {
 			d.Region, d.Tier, d.Local = "eastus", 0, true
-			d.Latency = &pkcs11ha.LatencyReport{Samples: 5, Min: 200 * time.Microsecond, Median: 250 * time.Microsecond}
+			d.Latency = &inspection.LatencyReport{Samples: 5, Min: 200 * time.Microsecond, Median: 250 * time.Microsecond}
 		}
 		for _, p := range []string{"payments", "ledger"} {
-			d.Partitions = append(d.Partitions, pkcs11ha.DevicePartition{Name: p, TokenFound: true, LoggedIn: true,
-				LoginAttempts: 1, Keys: 1, SessionsPerClient: 17, Token: &pkcs11ha.TokenInfo{Label: p, Serial: n + "-" + p,
-					MaxSessions: pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsNoLimit}, Sessions: pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsUnknown}}})
+			d.Partitions = append(d.Partitions, inspection.DevicePartition{Name: p, TokenFound: true, LoggedIn: true,
+				LoginAttempts: 1, Keys: 1, SessionsPerClient: 17, Token: &inspection.TokenInfo{Label: p, Serial: n + "-" + p,
+					MaxSessions: inspection.SessionCount{Kind: inspection.SessionsNoLimit}, Sessions: inspection.SessionCount{Kind: inspection.SessionsUnknown}}})
 		}
 		rep.Devices = append(rep.Devices, d)
 	}
 	for _, p := range []string{"payments", "ledger"} {
-		k := pkcs11ha.KeyReport{Label: "ec-key", KeyType: "EC", Bits: 256, Algorithm: "EC_P256", Fingerprint: "aa", Consistent: true}
+		k := inspection.KeyReport{Label: "ec-key", KeyType: "EC", Bits: 256, Algorithm: "EC_P256", Fingerprint: "aa", Consistent: true}
 		for _, d := range rep.Devices {
-			k.Devices = append(k.Devices, pkcs11ha.KeyOnDevice{Device: d.Name, Status: pkcs11ha.KeyMatch, Fingerprint: "aa"})
+			k.Devices = append(k.Devices, inspection.KeyOnDevice{Device: d.Name, Status: inspection.KeyMatch, Fingerprint: "aa"})
 		}
-		rep.Partitions = append(rep.Partitions, pkcs11ha.PartitionReport{Name: p, Keys: []pkcs11ha.KeyReport{k}})
+		rep.Partitions = append(rep.Partitions, inspection.PartitionReport{Name: p, Keys: []inspection.KeyReport{k}})
 	}
 	return rep
 }
@@ -336,70 +356,70 @@ func healthyReport() *pkcs11ha.Report {
 func TestCheckJudge(t *testing.T) {
 	tests := []struct {
 		name     string
-		edit     func(r *pkcs11ha.Report)
+		edit     func(r *inspection.Report)
 		replicas int
 		problems []string
 		advice   []string
 	}{
-		{"healthy", func(r *pkcs11ha.Report) {}, 1, []string{}, []string{}},
-		{"session budget exceeded", func(r *pkcs11ha.Report) {
-			r.Devices[0].Partitions[1].Token.MaxSessions = pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsCount, Value: 40}
-			r.Devices[0].Partitions[1].Token.Sessions = pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsCount, Value: 10}
+		{"healthy", func(r *inspection.Report) {}, 1, []string{}, []string{}},
+		{"session budget exceeded", func(r *inspection.Report) {
+			r.Devices[0].Partitions[1].Token.MaxSessions = inspection.SessionCount{Kind: inspection.SessionsCount, Value: 40}
+			r.Devices[0].Partitions[1].Token.Sessions = inspection.SessionCount{Kind: inspection.SessionsCount, Value: 10}
 			r.Devices[0].Partitions[1].Token.OwnSessions = 2
 		}, 2, []string{"session_budget_exceeded eastus-1 ledger"}, []string{}},
-		{"session budget that fits", func(r *pkcs11ha.Report) {
-			r.Devices[0].Partitions[1].Token.MaxSessions = pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsCount, Value: 40}
+		{"session budget that fits", func(r *inspection.Report) {
+			r.Devices[0].Partitions[1].Token.MaxSessions = inspection.SessionCount{Kind: inspection.SessionsCount, Value: 40}
 		}, 2, []string{}, []string{}},
-		{"unreachable", func(r *pkcs11ha.Report) {
+		{"unreachable", func(r *inspection.Report) {
 			r.Devices[3].Reachable, r.Devices[3].Error = false, "gone"
 		}, 1, []string{"device_unreachable westus-2"}, []string{}},
-		{"login failed", func(r *pkcs11ha.Report) {
+		{"login failed", func(r *inspection.Report) {
 			p := &r.Devices[2].Partitions[0]
 			p.LoggedIn, p.ErrorClass, p.Error = false, "credential", "C_Login: CKR_PIN_INCORRECT"
 		}, 1, []string{"login_failed westus-1 payments"}, []string{}},
-		{"partition error", func(r *pkcs11ha.Report) {
+		{"partition error", func(r *inspection.Report) {
 			p := &r.Devices[2].Partitions[0]
 			p.LoggedIn, p.ErrorClass, p.Error = false, "busy", "C_FindObjects: CKR_FUNCTION_FAILED"
 		}, 1, []string{"partition_error westus-1 payments"}, []string{}},
-		{"key missing", func(r *pkcs11ha.Report) {
+		{"key missing", func(r *inspection.Report) {
 			k := &r.Partitions[1].Keys[0]
-			k.Consistent, k.Devices[0].Status, k.Devices[0].Fingerprint = false, pkcs11ha.KeyMissing, ""
+			k.Consistent, k.Devices[0].Status, k.Devices[0].Fingerprint = false, inspection.KeyMissing, ""
 		}, 1, []string{"key_missing eastus-1 ledger ec-key"}, []string{}},
-		{"local pair down to one", func(r *pkcs11ha.Report) {
+		{"local pair down to one", func(r *inspection.Report) {
 			r.Devices[1].Reachable = false
 		}, 1, []string{"device_unreachable eastus-2"}, []string{"local_pair_incomplete"}},
-		{"DR faster than local", func(r *pkcs11ha.Report) {
+		{"DR faster than local", func(r *inspection.Report) {
 			r.Devices[0].Latency.Median, r.Devices[1].Latency.Median = 30*time.Millisecond, 31*time.Millisecond
 			r.Devices[2].Latency.Median = 300 * time.Microsecond
 		}, 1, []string{}, []string{"dr_faster_than_local westus-1"}},
-		{"DR as fast as local is noise", func(r *pkcs11ha.Report) {
+		{"DR as fast as local is noise", func(r *inspection.Report) {
 			r.Devices[2].Latency.Median = 200 * time.Microsecond
 		}, 1, []string{}, []string{}},
-		{"remote device in tier 0", func(r *pkcs11ha.Report) {
+		{"remote device in tier 0", func(r *inspection.Report) {
 			r.Devices[3].Tier, r.Devices[3].TierOverride = 0, true
 		}, 1, []string{}, []string{"remote_device_in_tier0 westus-2"}},
-		{"local device out of tier 0", func(r *pkcs11ha.Report) {
+		{"local device out of tier 0", func(r *inspection.Report) {
 			r.Devices[1].Tier, r.Devices[1].TierOverride = 1, true
 		}, 1, []string{}, []string{"local_device_not_in_tier0 eastus-2"}},
-		{"single DR device", func(r *pkcs11ha.Report) {
+		{"single DR device", func(r *inspection.Report) {
 			r.Devices = r.Devices[:3]
 			for i := range r.Partitions {
 				r.Partitions[i].Keys[0].Devices = r.Partitions[i].Keys[0].Devices[:3]
 			}
 		}, 1, []string{}, []string{"dr_single_device westus-1"}},
-		{"partition not on every device", func(r *pkcs11ha.Report) {
+		{"partition not on every device", func(r *inspection.Report) {
 			p := &r.Devices[3].Partitions[1]
 			p.TokenFound, p.LoggedIn, p.Token, p.Error = false, false, nil, "token not found"
-			r.Partitions[1].Keys[0].Devices[3].Status = pkcs11ha.KeyUnchecked
+			r.Partitions[1].Keys[0].Devices[3].Status = inspection.KeyUnchecked
 		}, 1, []string{}, []string{"partition_not_on_every_device westus-2 ledger"}},
-		{"same token behind two devices", func(r *pkcs11ha.Report) {
+		{"same token behind two devices", func(r *inspection.Report) {
 			r.Devices[1].Partitions[0].Token.Serial = r.Devices[0].Partitions[0].Token.Serial
 		}, 1, []string{}, []string{"same_token_on_two_devices eastus-2 payments"}},
-		{"partition without keys", func(r *pkcs11ha.Report) {
+		{"partition without keys", func(r *inspection.Report) {
 			r.Partitions[0].Keys = nil
 		}, 1, []string{}, []string{"partition_without_keys payments"}},
-		{"session limit unknown", func(r *pkcs11ha.Report) {
-			r.Devices[2].Partitions[0].Token.MaxSessions = pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsUnknown}
+		{"session limit unknown", func(r *inspection.Report) {
+			r.Devices[2].Partitions[0].Token.MaxSessions = inspection.SessionCount{Kind: inspection.SessionsUnknown}
 		}, 1, []string{}, []string{"session_limit_unknown westus-1 payments"}},
 	}
 	for _, tt := range tests {
@@ -428,19 +448,19 @@ func TestCheckJudge(t *testing.T) {
 
 // TestCheckSessionsText: a token's sessions as the device table shows them.
 func TestCheckSessionsText(t *testing.T) {
-	n := func(v uint64) pkcs11ha.SessionCount {
-		return pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsCount, Value: v}
+	n := func(v uint64) inspection.SessionCount {
+		return inspection.SessionCount{Kind: inspection.SessionsCount, Value: v}
 	}
 	tests := []struct {
-		open, max pkcs11ha.SessionCount
+		open, max inspection.SessionCount
 		want      string
 	}{
-		{pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsUnknown}, pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsNoLimit}, "unknown/no limit"},
+		{inspection.SessionCount{Kind: inspection.SessionsUnknown}, inspection.SessionCount{Kind: inspection.SessionsNoLimit}, "unknown/no limit"},
 		{n(3), n(1024), "3/1024 (1021 free)"},
-		{n(3), pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsNoLimit}, "3/no limit"},
-		{pkcs11ha.SessionCount{Kind: pkcs11ha.SessionsUnknown}, n(64), "unknown/64"},
+		{n(3), inspection.SessionCount{Kind: inspection.SessionsNoLimit}, "3/no limit"},
+		{inspection.SessionCount{Kind: inspection.SessionsUnknown}, n(64), "unknown/64"},
 	}
 	for _, tt := range tests {
-		assert.Equal(t, tt.want, sessionsText(&pkcs11ha.TokenInfo{Sessions: tt.open, MaxSessions: tt.max}))
+		assert.Equal(t, tt.want, sessionsText(&inspection.TokenInfo{Sessions: tt.open, MaxSessions: tt.max}))
 	}
 }

@@ -6,6 +6,7 @@
 //	hsm-ha-proxy serve --config FILE [--log-level info] [--log-format json] [--metrics-addr HOST:PORT]
 //	hsm-ha-proxy status [--socket PATH | --addr https://HOST:PORT --cert FILE --key FILE --ca FILE] [--json | --ready | --live]
 //	hsm-ha-proxy check --config FILE [--json] [--replicas N]
+//	hsm-ha-proxy upgrade --pid-file FILE [--timeout 2m]
 //
 // serve reads the library's YAML config plus its server: and clients: sections, opens the cluster and
 // serves on server.listen (default unix:///run/hsm-ha-proxy.sock, mode 0600; tcp://HOST:PORT requires
@@ -15,6 +16,12 @@
 // clients: section and, on a tcp:// listener, the server.tls certificate, key and client CA (new
 // connections use them), and reads the partitions' PINs again: a partition whose login failed on a device
 // tries a changed PIN there once (nothing else is reloaded).
+//
+// SIGUSR2 is a hot upgrade (docs/upgrades.md): the binary at the path serve was started as runs as a new
+// process that inherits the listening sockets and takes over the connections, the PKCS#11 sessions and
+// logins; the old process exits once it has handed them over, or keeps serving if the new one does not
+// become ready within server.upgrade_timeout. server.pid_file names the serving process. `upgrade` sends
+// SIGUSR2 to the pid in that file and waits: exit 0 once a new process serves and the old one is gone.
 //
 // serve --metrics-addr also serves /metrics (only) over plain HTTP on HOST:PORT, for Prometheus.
 //

@@ -63,8 +63,11 @@ type DeviceStatus struct {
 	LastError        string            `json:"last_error,omitempty"`
 	LastErrorClass   string            `json:"last_error_class,omitempty"`
 	Reinits          int64             `json:"reinits"`
-	RetiredInstances int64             `json:"retired_instances"` // module instances retired with calls stuck in them
-	StuckCalls       int64             `json:"stuck_calls"`       // calls stuck in those instances; they no longer count against the device
+	RetiredInstances int64             `json:"retired_instances"`         // module instances retired with calls stuck in them
+	StuckCalls       int64             `json:"stuck_calls"`               // calls stuck in those instances; they no longer count against the device
+	WorkerPID        int               `json:"worker_pid,omitempty"`      // the device's worker process (isolation: process)
+	WorkerRestarts   int64             `json:"worker_restarts,omitempty"` // ends of its worker processes
+	WorkerExit       string            `json:"worker_exit,omitempty"`     // how the last one ended
 	Partitions       []PartitionStatus `json:"partitions"`
 	// ExcludedKeys maps "partition/label" to why this device does not serve that key.
 	ExcludedKeys map[string]string `json:"excluded_keys,omitempty"`
@@ -72,7 +75,8 @@ type DeviceStatus struct {
 
 // PartitionStatus is one partition on one device.
 type PartitionStatus struct {
-	Name  string `json:"name"`
-	Open  bool   `json:"open"`
-	Error string `json:"error,omitempty"`
+	Name   string `json:"name"`
+	Open   bool   `json:"open"`
+	Error  string `json:"error,omitempty"`
+	Logins int64  `json:"logins"` // C_Login calls on the device for the partition
 }

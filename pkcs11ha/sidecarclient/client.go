@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -166,6 +168,13 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if method == http.MethodPost {
+		// Sign and decrypt (the API's only POSTs) change nothing, so sending one again is safe. With this
+		// header net/http's Transport does so, on a new connection, when a kept-alive connection is closed
+		// before any byte of the response: what a sidecar's shutdown or hot upgrade does to an idle TLS
+		// connection at the moment a request is written on it (docs/upgrades.md).
+		req.Header.Set("Idempotency-Key", idempotencyKey())
+	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -186,6 +195,13 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("sidecarclient: %s %s: decoding response: %w", method, path, err)
 	}
 	return nil
+}
+
+// idempotencyKey names one request (a random 128-bit hex string).
+func idempotencyKey() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // apiError decodes the API's error body, or describes a body that is not one.

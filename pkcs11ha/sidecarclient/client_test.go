@@ -125,6 +125,8 @@ type fakeSidecar struct {
 	bodies []map[string]string
 	paths  []string
 	fail   atomic.Pointer[cannedError]
+	// intercept, when set, sees every request first; true means it has answered (or dropped) it.
+	intercept func(w http.ResponseWriter, r *http.Request) bool
 }
 
 type cannedError struct {
@@ -211,7 +213,12 @@ func (f *fakeSidecar) handler() http.Handler {
 		}
 		write(w, map[string]string{"plaintext": base64.StdEncoding.EncodeToString(pt)})
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f.intercept != nil && f.intercept(w, r) {
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // startFake serves a fakeSidecar on a unix socket and returns a client of it.
@@ -352,4 +359,42 @@ func TestParsePublicPEM(t *testing.T) {
 	require.Error(t, err)
 	_, err = parsePublicPEM(string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: []byte{1}})))
 	require.Error(t, err)
+}
+
+// TestRetryOnClosedIdleConnection: a kept-alive connection the server closes when a sign request arrives on
+// it, before any byte of a response (a sidecar shutting down or upgrading closes idle TLS connections so),
+// costs the caller nothing: the request is sent again on a new connection, and only sign and decrypt are
+// marked safe to send again.
+func TestRetryOnClosedIdleConnection(t *testing.T) {
+	f, c := startFake(t)
+	ctx := context.Background()
+	k := getKeys(t)
+	key, err := c.Key(ctx, "payments", "ec-key") // opens the connection that is kept alive
+	require.NoError(t, err)
+	var dropped atomic.Int32
+	var keys sync.Map
+	f.intercept = func(w http.ResponseWriter, r *http.Request) bool {
+		if r.Method == http.MethodPost {
+			keys.Store(r.Header.Get("Idempotency-Key"), true)
+		}
+		if r.Method != http.MethodPost || !dropped.CompareAndSwap(0, 1) {
+			return false
+		}
+		conn, _, err := http.NewResponseController(w).Hijack()
+		require.NoError(t, err)
+		conn.Close()
+		return true
+	}
+	d := sha256.Sum256([]byte("retried"))
+	sig, err := key.SignContext(ctx, d[:], crypto.SHA256)
+	require.NoError(t, err, "the request is sent again")
+	assert.True(t, ecdsa.VerifyASN1(k.EC.Public().(*ecdsa.PublicKey), d[:], sig))
+	assert.Equal(t, int32(1), dropped.Load())
+	n := 0
+	keys.Range(func(key, _ any) bool {
+		n++
+		assert.Len(t, key, 32)
+		return true
+	})
+	assert.Equal(t, 1, n, "both attempts carry the same Idempotency-Key")
 }

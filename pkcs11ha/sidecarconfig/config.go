@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/strictyaml"
 )
 
 // Config is hsm-ha-proxy's configuration file. Unknown keys are errors, as in the library's file.
@@ -21,6 +22,8 @@ type Config struct {
 	Policy            Policy         `yaml:"policy"`
 	Server            ServerConfig   `yaml:"server"`
 	Clients           []ClientConfig `yaml:"clients"`
+	// KMS is the key behind the Kubernetes KMS v2 door (server.kms; kms.go).
+	KMS KMSConfig `yaml:"kms"`
 }
 
 // Policy is the library's policy plus the sidecar's per-request deadline, which the file keeps under
@@ -57,6 +60,28 @@ type ServerConfig struct {
 	// off. PKCS11Group (a group name or numeric gid) makes it mode 0660 owned by that group; else 0600.
 	PKCS11      string `yaml:"pkcs11"`
 	PKCS11Group string `yaml:"pkcs11_group"`
+	// PIDFile holds the pid of the process serving now: written once it serves, and rewritten by the new
+	// process of a hot upgrade (SIGUSR2, `hsm-ha-proxy upgrade --pid-file`). Empty: none. A relative path is
+	// relative to the config file's directory.
+	PIDFile string `yaml:"pid_file"`
+	// UpgradeTimeout bounds a hot upgrade's new process: from its start to serving (its cluster open and,
+	// when the old process was ready, ready too). Past it the new process is killed and the old one keeps
+	// serving. Zero means DefaultUpgradeTimeout.
+	UpgradeTimeout pkcs11ha.Duration `yaml:"upgrade_timeout"`
+	// KMS is the Kubernetes KMS v2 plugin socket, unix:///PATH, for the API server on this host; empty:
+	// off. Its key is the top-level kms: section.
+	KMS string `yaml:"kms"`
+}
+
+// DefaultUpgradeTimeout applies when server.upgrade_timeout is zero.
+const DefaultUpgradeTimeout = time.Minute
+
+// UpgradeDeadline is server.upgrade_timeout in effect.
+func (s *ServerConfig) UpgradeDeadline() time.Duration {
+	if s.UpgradeTimeout <= 0 {
+		return DefaultUpgradeTimeout
+	}
+	return s.UpgradeTimeout.D()
 }
 
 // validateListenGroup: server.listen_group applies to a unix:// listener (the default) only.
@@ -123,27 +148,37 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// Parse decodes YAML strictly, with the library's rules (pkcs11ha.DecodeYAML); it does not validate.
+// Parse decodes YAML strictly, with the library's rules (unknown keys are errors; an error names its key);
+// it does not validate.
 func Parse(b []byte) (*Config, error) {
 	var cfg Config
-	if err := pkcs11ha.DecodeYAML(b, &cfg); err != nil {
-		return nil, err
+	if field, err := strictyaml.Decode(b, &cfg); err != nil {
+		if field != "" {
+			return nil, &pkcs11ha.ConfigError{Field: field, Msg: err.Error()}
+		}
+		return nil, fmt.Errorf("pkcs11ha: config: %w", err)
 	}
 	return &cfg, nil
 }
 
 func (c *Config) resolvePaths(dir string) {
 	c.Topology.ResolvePaths(dir)
-	for _, p := range []*string{&c.Server.TLS.Cert, &c.Server.TLS.Key, &c.Server.TLS.ClientCA} {
+	for _, p := range []*string{&c.Server.TLS.Cert, &c.Server.TLS.Key, &c.Server.TLS.ClientCA, &c.Server.PIDFile} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
 }
 
-// Library returns the library's part of the config, for pkcs11ha.Open.
+// Library returns the library's part of the config, for pkcs11ha.Open. The sidecar's default isolation is
+// "process": each device's module in a worker process of its own, so that a crash or a hang inside a
+// vendor's module never takes the sidecar, and every application behind it, down.
 func (c *Config) Library() *pkcs11ha.Config {
-	return &pkcs11ha.Config{Topology: c.Topology, Policy: c.Policy.Policy}
+	p := c.Policy.Policy
+	if p.Isolation == "" {
+		p.Isolation = pkcs11ha.IsolationProcess
+	}
+	return &pkcs11ha.Config{Topology: c.Topology, Policy: p}
 }
 
 // Validate checks the library's part (pkcs11ha.Config.Validate), the request timeout, the PKCS#11 socket
@@ -160,6 +195,12 @@ func (c *Config) Validate() error {
 		return err
 	}
 	if err := c.Server.validateListenGroup(); err != nil {
+		return err
+	}
+	if c.Server.UpgradeTimeout < 0 {
+		return &pkcs11ha.ConfigError{Field: "server.upgrade_timeout", Msg: fmt.Sprintf("must be positive, got %s", c.Server.UpgradeTimeout.D())}
+	}
+	if err := c.validateKMS(); err != nil {
 		return err
 	}
 	return CheckClients(c.Clients, c.PartitionNames())

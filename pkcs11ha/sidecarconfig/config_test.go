@@ -72,7 +72,9 @@ func TestLoadConfigSameYAML(t *testing.T) {
 
 	lib := cfg.Library()
 	require.Equal(t, cfg.Topology, lib.Topology)
-	require.Equal(t, cfg.Policy.Policy, lib.Policy)
+	wantPolicy := cfg.Policy.Policy
+	wantPolicy.Isolation = pkcs11ha.IsolationProcess // the sidecar's default: device workers
+	require.Equal(t, wantPolicy, lib.Policy)
 	require.NoError(t, lib.Validate())
 
 	// The library's own file is the same one without the sidecar's keys.
@@ -94,6 +96,7 @@ func TestLoadConfigSameYAML(t *testing.T) {
 	require.NoError(t, err)
 	want.Partitions[0].PINFile = lib.Partitions[0].PINFile // another temporary directory
 	want.Devices[0].Module, want.Devices[1].Module = lib.Devices[0].Module, lib.Devices[1].Module
+	want.Policy.Isolation = pkcs11ha.IsolationProcess
 	require.Equal(t, want, lib)
 }
 

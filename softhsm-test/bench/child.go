@@ -6,7 +6,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/json"
@@ -54,17 +53,21 @@ type Spec struct {
 	Partition  string            `json:"partition,omitempty"`   // pkcs11ha
 	KeyLabel   string            `json:"key_label"`
 	KeyID      []byte            `json:"key_id"`
-	PubDER     []byte            `json:"pub_der"` // PKIX public key: the first signature is verified against it
+	PubDER     []byte            `json:"pub_der"`          // PKIX public key: the first signature is verified against it
+	Secret     []byte            `json:"secret,omitempty"` // a secret-key cell's key value (test key): the first output is checked with it
 	CPUProfile string            `json:"cpu_profile,omitempty"`
 }
 
 // Slice is one measured slice of a cell.
 type Slice struct {
-	Ops      int64         `json:"ops"` // successful signatures
-	Errors   int64         `json:"errors"`
-	Seconds  float64       `json:"seconds"`
-	User     time.Duration `json:"user"` // CPU time of the child process during the slice
-	Sys      time.Duration `json:"sys"`
+	Ops     int64         `json:"ops"` // successful signatures
+	Errors  int64         `json:"errors"`
+	Seconds float64       `json:"seconds"`
+	User    time.Duration `json:"user"` // CPU time of the child process during the slice
+	Sys     time.Duration `json:"sys"`
+	// Workers is the CPU time of the child's own children during the slice: pkcs11ha's device workers
+	// under policy.isolation process.
+	Workers  time.Duration `json:"workers"`
 	Load     float64       `json:"load"`
 	FirstErr string        `json:"first_err,omitempty"`
 }
@@ -86,6 +89,8 @@ type Result struct {
 	LoadEnd   float64          `json:"load_end"`
 	UserPerOp time.Duration    `json:"user_per_op"` // CPU time of the whole child process per successful operation
 	SysPerOp  time.Duration    `json:"sys_per_op"`
+	// WorkersPerOp is the CPU time of the child's device workers (user + system) per operation.
+	WorkersPerOp time.Duration `json:"workers_per_op"`
 }
 
 // OpsPerSec is the cell's throughput over all its slices.
@@ -107,13 +112,14 @@ func (r Result) spread() float64 {
 	return (hi - lo) / median(ops)
 }
 
-// cpuTimes returns this process's user and system CPU time so far.
-func cpuTimes() (user, sys time.Duration) {
+// cpuTimes returns this process's user and system CPU time so far,
+// and the CPU time of its live children (device workers) so far.
+func cpuTimes() (user, sys, children time.Duration) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, 0
+		return 0, 0, 0
 	}
-	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano()), childrenCPU(os.Getpid())
 }
 
 // command is what the parent sends a child, one JSON object per line.
@@ -158,7 +164,7 @@ func RunChild(in io.Reader, out io.Writer) error {
 	}()
 	res := Result{LoadStart: math.NaN()}
 	var lats Latencies
-	var user, sys time.Duration
+	var user, sys, wcpu time.Duration
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		var cmd command
@@ -181,11 +187,11 @@ func RunChild(in io.Reader, out io.Writer) error {
 			if math.IsNaN(res.LoadStart) {
 				res.LoadStart = l0
 			}
-			u0, s0 := cpuTimes()
+			u0, s0, w0 := cpuTimes()
 			sl, l, devs := drive(workers, digest, cmd.D)
-			u1, s1 := cpuTimes()
-			sl.User, sl.Sys, sl.Load = u1-u0, s1-s0, loadAvg()
-			user, sys = user+sl.User, sys+sl.Sys
+			u1, s1, w1 := cpuTimes()
+			sl.User, sl.Sys, sl.Workers, sl.Load = u1-u0, s1-s0, w1-w0, loadAvg()
+			user, sys, wcpu = user+sl.User, sys+sl.Sys, wcpu+sl.Workers
 			res.LoadEnd = sl.Load
 			res.Slices = append(res.Slices, sl)
 			res.Ops += sl.Ops
@@ -208,6 +214,7 @@ func RunChild(in io.Reader, out io.Writer) error {
 			res.P50, res.P99 = lats.Quantile(0.50), lats.Quantile(0.99)
 			if res.Ops > 0 {
 				res.UserPerOp, res.SysPerOp = user/time.Duration(res.Ops), sys/time.Duration(res.Ops)
+				res.WorkersPerOp = wcpu / time.Duration(res.Ops)
 			}
 			return enc.Encode(res)
 		default:
@@ -219,20 +226,27 @@ func RunChild(in io.Reader, out io.Writer) error {
 
 // setup makes the contender and its workers, checks a first signature and runs the warm-up.
 func setup(s Spec) (contender, []signFunc, []byte, error) {
-	pub, err := x509.ParsePKIXPublicKey(s.PubDER)
-	if err != nil {
-		return nil, nil, nil, fmt.Errorf("public key: %w", err)
+	var pub any
+	var err error
+	if !isSecretAlg(s.Alg) {
+		if pub, err = x509.ParsePKIXPublicKey(s.PubDER); err != nil {
+			return nil, nil, nil, fmt.Errorf("public key: %w", err)
+		}
 	}
 	var c contender
-	switch s.Contender {
-	case Direct:
+	switch {
+	case s.Contender == Direct && isSecretAlg(s.Alg):
+		c, err = newDirectSecret(s)
+	case s.Contender == HA && isSecretAlg(s.Alg):
+		c, err = newHASecret(s)
+	case s.Contender == Direct:
 		c, err = newDirect(s)
-	case Crypto11:
+	case s.Contender == Crypto11:
 		c, err = newCrypto11(s)
-	case HA:
+	case s.Contender == HA:
 		c, err = newHA(s)
 	default:
-		err = fmt.Errorf("unknown contender %q", s.Contender)
+		err = fmt.Errorf("unknown contender %q for %s", s.Contender, s.Alg)
 	}
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: %w", s.Contender, err)
@@ -249,14 +263,18 @@ func setup(s Spec) (contender, []signFunc, []byte, error) {
 			return nil, nil, nil, fmt.Errorf("%s: worker %d: %w", s.Contender, i, err)
 		}
 	}
-	d := sha256.Sum256([]byte("hsm-bench " + s.Alg))
-	digest := d[:]
+	digest := benchInput(s)
 	sig, _, err := workers[0](digest)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("%s: first signature: %w", s.Contender, err)
 	}
-	if err := verify(pub, digest, sig, s.Contender == Direct); err != nil {
-		return nil, nil, nil, fmt.Errorf("%s: first signature does not verify: %w", s.Contender, err)
+	if isSecretAlg(s.Alg) {
+		err = verifySecret(s, digest, sig)
+	} else {
+		err = verify(pub, digest, sig, s.Contender == Direct)
+	}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: first output does not verify: %w", s.Contender, err)
 	}
 	// Warm-up: sessions opened, caches and latency estimates filled.
 	drive(workers, digest, s.Warmup)

@@ -38,47 +38,17 @@ type direct struct {
 }
 
 func newDirect(s Spec) (contender, error) {
-	if err := setEnv(s.ModuleEnv); err != nil {
+	d, ls, err := directLogin(s)
+	if err != nil {
 		return nil, err
 	}
-	c := pkcs11.New(s.Module)
-	if c == nil {
-		return nil, fmt.Errorf("cannot load %s", s.Module)
-	}
-	if err := c.Initialize(); err != nil {
-		c.Destroy()
-		return nil, fmt.Errorf("C_Initialize: %w", err)
-	}
-	d := &direct{ctx: c}
 	ok := false
 	defer func() {
 		if !ok {
 			d.close()
 		}
 	}()
-	slots, err := c.GetSlotList(true)
-	if err != nil {
-		return nil, err
-	}
-	found := false
-	for _, sl := range slots {
-		ti, err := c.GetTokenInfo(sl)
-		if err == nil && strings.TrimSpace(ti.Label) == s.TokenLabel {
-			d.slot, found = sl, true
-			break
-		}
-	}
-	if !found {
-		return nil, fmt.Errorf("token %q not found", s.TokenLabel)
-	}
-	ls, err := c.OpenSession(d.slot, pkcs11.CKF_SERIAL_SESSION)
-	if err != nil {
-		return nil, err
-	}
-	d.sess = append(d.sess, ls)
-	if err := c.Login(ls, pkcs11.CKU_USER, s.PIN); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
-		return nil, fmt.Errorf("C_Login: %w", err)
-	}
+	c := d.ctx
 	if err := c.FindObjectsInit(ls, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, s.KeyLabel),
@@ -105,6 +75,61 @@ func newDirect(s Spec) (contender, error) {
 	}
 	ok = true
 	return d, nil
+}
+
+// directLogin loads the module, finds the token and logs a first session in; the caller closes d.
+func directLogin(s Spec) (_ *direct, _ pkcs11.SessionHandle, err error) {
+	if err := setEnv(s.ModuleEnv); err != nil {
+		return nil, 0, err
+	}
+	c := pkcs11.New(s.Module)
+	if c == nil {
+		return nil, 0, fmt.Errorf("cannot load %s", s.Module)
+	}
+	if err := c.Initialize(); err != nil {
+		c.Destroy()
+		return nil, 0, fmt.Errorf("C_Initialize: %w", err)
+	}
+	d := &direct{ctx: c}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	slots, err := c.GetSlotList(true)
+	if err != nil {
+		return nil, 0, err
+	}
+	found := false
+	for _, sl := range slots {
+		ti, err := c.GetTokenInfo(sl)
+		if err == nil && strings.TrimSpace(ti.Label) == s.TokenLabel {
+			d.slot, found = sl, true
+			break
+		}
+	}
+	if !found {
+		return nil, 0, fmt.Errorf("token %q not found", s.TokenLabel)
+	}
+	ls, err := c.OpenSession(d.slot, pkcs11.CKF_SERIAL_SESSION)
+	if err != nil {
+		return nil, 0, err
+	}
+	d.sess = append(d.sess, ls)
+	if err := c.Login(ls, pkcs11.CKU_USER, s.PIN); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
+		return nil, 0, fmt.Errorf("C_Login: %w", err)
+	}
+	return d, ls, nil
+}
+
+// findObjects returns the handles of the objects matching tmpl (at most 16).
+func findObjects(c *pkcs11.Ctx, s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
+	if err := c.FindObjectsInit(s, tmpl); err != nil {
+		return nil, err
+	}
+	hs, _, err := c.FindObjects(s, 16)
+	_ = c.FindObjectsFinal(s)
+	return hs, err
 }
 
 func (d *direct) worker(int) (signFunc, error) {

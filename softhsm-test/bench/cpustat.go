@@ -61,3 +61,28 @@ func groupCPU(pgid int) time.Duration {
 	}
 	return sum
 }
+
+// childrenCPU is the CPU time so far of the live processes whose parent is pid.
+func childrenCPU(pid int) time.Duration {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	var sum time.Duration
+	for _, e := range ents {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c))
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			sum += processCPU(c)
+		}
+	}
+	return sum
+}

@@ -218,7 +218,10 @@ func startSidecar(ctx context.Context, topo *softhsmtest.Topology, bin, profile 
 }
 
 // cpu is the sidecar process's user+system CPU time so far.
-func (sc *sidecar) cpu() time.Duration { return processCPU(sc.cmd.Process.Pid) }
+// cpu is the sidecar's CPU time so far, its device workers' included.
+func (sc *sidecar) cpu() time.Duration {
+	return processCPU(sc.cmd.Process.Pid) + childrenCPU(sc.cmd.Process.Pid)
+}
 
 // stop ends the sidecar with SIGTERM (so that its CPU profile is written), SIGKILL after 15 s.
 func (sc *sidecar) stop(progress func(string, ...any)) {

@@ -30,17 +30,23 @@ const (
 	// policy.verify_signatures for the algorithm (the default "rsa" verifies RSA, not ECDSA).
 	labHA1Off = "pkcs11ha, 1 device, verify off"
 	labHA1All = "pkcs11ha, 1 device, verify all"
+	// What a device worker costs (policy.isolation process, the sidecar's default): one hop over a unix
+	// socket per call.
+	labHA1Proc = "pkcs11ha, 1 device, worker"
 )
 
-var contenderOrder = []string{labDirect, labC11, labHA1, labHA2, labHA1Off, labHA1All}
+var contenderOrder = []string{labDirect, labC11, labHA1, labHA2, labHA1Off, labHA1All, labHA1Proc}
 
 // defaultContenders are the contenders of a cell when none are named: the four, and the verification
 // counterpart of the default pkcs11ha row (RSA: verify off; ECDSA: verify all).
 func defaultContenders(alg string) []string {
-	if alg == RSA2048 {
-		return []string{labDirect, labC11, labHA1, labHA2, labHA1Off}
+	if isSecretAlg(alg) {
+		return []string{labDirect, labHA1} // crypto11 v1.6.2 has no HMAC; the verify rows do not apply
 	}
-	return []string{labDirect, labC11, labHA1, labHA2, labHA1All}
+	if alg == RSA2048 {
+		return []string{labDirect, labC11, labHA1, labHA2, labHA1Off, labHA1Proc}
+	}
+	return []string{labDirect, labC11, labHA1, labHA2, labHA1All, labHA1Proc}
 }
 
 type childRunner func(Spec, time.Duration) (Result, error)
@@ -70,6 +76,7 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 		},
 		Partitions: []softhsmtest.PartitionSpec{benchPartition},
 		Keys:       []softhsmtest.KeySpec{rsaKey, ecKey},
+		SecretKeys: []softhsmtest.SecretKeySpec{benchAESKey, benchHMACKey},
 	})
 	if err != nil {
 		return nil, err
@@ -80,24 +87,27 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 	ha2 := filepath.Join(dir, "hsm-ha-2.yaml")
 	ha1Off := filepath.Join(dir, "hsm-ha-1-verify-off.yaml")
 	ha1All := filepath.Join(dir, "hsm-ha-1-verify-all.yaml")
+	ha1Proc := filepath.Join(dir, "hsm-ha-1-worker.yaml")
 	for _, c := range []struct {
 		path, policy string
 		devs         []*softhsmtest.Device
-	}{{ha1, "", topo.Devices[:1]}, {ha2, "", topo.Devices}, {ha1Off, "off", topo.Devices[:1]}, {ha1All, "all", topo.Devices[:1]}} {
+	}{{ha1, "", topo.Devices[:1]}, {ha2, "", topo.Devices}, {ha1Off, "verify_signatures: off", topo.Devices[:1]},
+		{ha1All, "verify_signatures: all", topo.Devices[:1]}, {ha1Proc, "isolation: process", topo.Devices[:1]}} {
 		if err := writeHAConfig(c.path, c.devs, c.policy); err != nil {
 			return nil, err
 		}
 	}
 
 	specs := map[string]Spec{
-		labDirect: {Contender: Direct, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
-		labC11:    {Contender: Crypto11, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
-		labHA1:    {Contender: HA, ConfigPath: ha1, Partition: benchPartition.Name},
-		labHA2:    {Contender: HA, ConfigPath: ha2, Partition: benchPartition.Name},
-		labHA1Off: {Contender: HA, ConfigPath: ha1Off, Partition: benchPartition.Name},
-		labHA1All: {Contender: HA, ConfigPath: ha1All, Partition: benchPartition.Name},
+		labDirect:  {Contender: Direct, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
+		labC11:     {Contender: Crypto11, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
+		labHA1:     {Contender: HA, ConfigPath: ha1, Partition: benchPartition.Name},
+		labHA2:     {Contender: HA, ConfigPath: ha2, Partition: benchPartition.Name},
+		labHA1Off:  {Contender: HA, ConfigPath: ha1Off, Partition: benchPartition.Name},
+		labHA1All:  {Contender: HA, ConfigPath: ha1All, Partition: benchPartition.Name},
+		labHA1Proc: {Contender: HA, ConfigPath: ha1Proc, Partition: benchPartition.Name},
 	}
-	run := inprocRun{o: o, self: self, specs: specs, progress: progress}
+	run := inprocRun{o: o, self: self, specs: specs, progress: progress, secrets: topo.SecretKeys}
 	var cells []*InprocCell
 	for _, alg := range o.Algs {
 		run.contenders = o.Contenders
@@ -111,8 +121,10 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 			if alg == RSA2048 {
 				key = rsaKey
 			}
-			pub, err := pubDER(topo.Keys[key.Label])
-			if err != nil {
+			var pub []byte
+			if sk := secretKeyOf(alg); isSecretAlg(alg) {
+				key = softhsmtest.KeySpec{Label: sk.Label, ID: sk.ID}
+			} else if pub, err = pubDER(topo.Keys[key.Label]); err != nil {
 				return nil, err
 			}
 			if err := run.cell(ctx, c, key, pub); err != nil {
@@ -130,6 +142,7 @@ type inprocRun struct {
 	specs      map[string]Spec // contender label -> child spec, without the cell's algorithm and key
 	contenders []string
 	progress   func(string, ...any)
+	secrets    map[string][]byte // secret key values by label (test keys), for the first output's check
 	// turn, when set, is called before each measured slice with the contender's label and the cell; the
 	// function it returns is called after the slice (the front-end section reads the sidecar's CPU time).
 	turn func(lab string, c *InprocCell) func()
@@ -148,7 +161,7 @@ func (run inprocRun) cell(ctx context.Context, c *InprocCell, key softhsmtest.Ke
 	for _, lab := range run.contenders {
 		s := run.specs[lab]
 		s.Alg, s.Goroutines, s.Warmup = alg, g, o.Warmup
-		s.KeyLabel, s.KeyID, s.PubDER = key.Label, key.ID, pub
+		s.KeyLabel, s.KeyID, s.PubDER, s.Secret = key.Label, key.ID, pub, run.secrets[key.Label]
 		if o.ProfileDir != "" {
 			s.CPUProfile = filepath.Join(o.ProfileDir, fmt.Sprintf("%s-%s-g%d.pprof", slug(lab), slug(alg), g))
 		}
@@ -192,9 +205,9 @@ func (run inprocRun) cell(ctx context.Context, c *InprocCell, key softhsmtest.Ke
 
 // report prints one contender's result of a cell as progress.
 func (run inprocRun) report(c *InprocCell, lab string, res Result) {
-	run.progress("  %-12s %d gor  %-20s %8s ops/s  p50 %-7s p99 %-7s cpu/op %s usr + %s sys  errors %d  load %.2f",
+	run.progress("  %-12s %d gor  %-20s %8s ops/s  p50 %-7s p99 %-7s cpu/op %s usr + %s sys + %s workers  errors %d  load %.2f",
 		c.Alg, c.Goroutines, lab, fmtRate(res.OpsPerSec()), fmtDur(res.P50), fmtDur(res.P99),
-		fmtDur(res.UserPerOp), fmtDur(res.SysPerOp), res.Errors, res.LoadEnd)
+		fmtDur(res.UserPerOp), fmtDur(res.SysPerOp), fmtDur(res.WorkersPerOp), res.Errors, res.LoadEnd)
 	if res.Errors > 0 {
 		run.progress("    first error: %s", res.FirstErr)
 	}
@@ -220,8 +233,8 @@ func slug(s string) string {
 }
 
 // writeHAConfig writes a pkcs11ha configuration with the given in-process devices, all local, the
-// benchmark partition and the default policy, with policy.verify_signatures set to verify unless empty.
-func writeHAConfig(path string, devs []*softhsmtest.Device, verify string) error {
+// benchmark partition and the default policy, with the one policy line given unless it is empty.
+func writeHAConfig(path string, devs []*softhsmtest.Device, policy string) error {
 	var b strings.Builder
 	b.WriteString("local_region: eastus\ndevices:\n")
 	for _, d := range devs {
@@ -232,8 +245,8 @@ func writeHAConfig(path string, devs []*softhsmtest.Device, verify string) error
 	}
 	fmt.Fprintf(&b, "partitions:\n  - name: %s\n    token_label: %s\n    pin: %s\n",
 		strconv.Quote(benchPartition.Name), strconv.Quote(benchPartition.TokenLabel), strconv.Quote(benchPartition.PIN))
-	if verify != "" {
-		fmt.Fprintf(&b, "policy:\n  verify_signatures: %s\n", verify)
+	if policy != "" {
+		fmt.Fprintf(&b, "policy:\n  %s\n", policy)
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o600)
 }

@@ -20,7 +20,7 @@ type Options struct {
 	Rounds     int           // in-process: slices per cell, the contenders taking turns slice by slice; default 6
 	Cell       time.Duration // measured time per cell and contender (Rounds slices of Cell/Rounds); default 3 s
 	Warmup     time.Duration // unmeasured load before each cell; default 300 ms
-	Algs       []string      // default ECDSA P-256, RSA-2048
+	Algs       []string      // default ECDSA P-256, RSA-2048 and the secret-key rows (AES-256-GCM seal/open, HMAC-SHA256)
 	Goroutines []int         // in-process concurrencies; default 1, 8
 	Contenders []string      // in-process contender labels; default all four
 	P11Rounds  int           // p11-kit slow-device runs per pattern and hedge setting (steady: once); default 3
@@ -48,7 +48,7 @@ func (o Options) withDefaults() Options {
 		o.Warmup = 300 * time.Millisecond
 	}
 	if len(o.Algs) == 0 {
-		o.Algs = []string{ECP256, RSA2048}
+		o.Algs = []string{ECP256, RSA2048, AESSeal, AESOpen, HMAC256}
 	}
 	if len(o.Goroutines) == 0 {
 		o.Goroutines = []int{1, 8}

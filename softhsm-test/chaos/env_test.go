@@ -870,3 +870,15 @@ func (l *logBuffer) tail(n int) string {
 	defer l.mu.Unlock()
 	return strings.Join(l.lines[max(0, len(l.lines)-n):], "\n")
 }
+
+// loginAttempts is partition's C_Login count on device, from the cluster's Status.
+func loginAttempts(cl *pkcs11ha.Cluster, device, partition string) int64 {
+	for _, ds := range cl.Status() {
+		for _, p := range ds.Partitions {
+			if ds.Name == device && p.Name == partition {
+				return p.Logins
+			}
+		}
+	}
+	return 0
+}

@@ -272,17 +272,17 @@ func baseScenarios() []scenario {
 				return ds
 			},
 			run: func(e *env) {
-				if n := e.cl.LoginAttempts("eastus-1", "payments"); n != 1 {
+				if n := loginAttempts(e.cl, "eastus-1", "payments"); n != 1 {
 					e.t.Errorf("INVARIANT login attempts with the wrong PIN after Open: %d, want 1", n)
 				}
 				e.restartVictim("eastus-1", "ledger/ec-key")
 			},
 			check: func(e *env, ops []Op, _ Summary) {
-				if n := e.cl.LoginAttempts("eastus-1", "payments"); n != 1 {
+				if n := loginAttempts(e.cl, "eastus-1", "payments"); n != 1 {
 					e.t.Errorf("INVARIANT login attempts with the wrong PIN: %d, want exactly 1 (lockout)", n)
 				}
-				e.logf("C_Login attempts on eastus-1: payments %d (wrong PIN), ledger %d", e.cl.LoginAttempts("eastus-1", "payments"),
-					e.cl.LoginAttempts("eastus-1", "ledger"))
+				e.logf("C_Login attempts on eastus-1: payments %d (wrong PIN), ledger %d", loginAttempts(e.cl, "eastus-1", "payments"),
+					loginAttempts(e.cl, "eastus-1", "ledger"))
 				e.keyServedBy(ops, "payments/", "eastus-1", false)
 				e.keyServedBy(ops, "ledger/", "eastus-1", true)
 				st := e.cl.Status()[0]

@@ -18,10 +18,12 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/bench"
 )
 
 func main() {
+	pkcs11ha.MaybeRunWorker() // the device workers of the "worker" contender are this binary
 	if os.Getenv(bench.ChildEnv) != "" {
 		if err := bench.RunChild(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -38,7 +40,7 @@ func main() {
 	flag.IntVar(&o.LossTrials, "loss-trials", 0, "region-loss trials per mode (default 2)")
 	flag.StringVar(&sections, "sections", "", "comma-separated subset of routing,inproc,p11kit,frontend (default all)")
 	flag.StringVar(&gors, "goroutines", "", "in-process concurrencies, comma-separated (default 1,8)")
-	flag.StringVar(&algs, "algs", "", `in-process algorithms, comma-separated: "ECDSA P-256", "RSA-2048" (default both)`)
+	flag.StringVar(&algs, "algs", "", `in-process algorithms, comma-separated: "ECDSA P-256", "RSA-2048", "AES-256-GCM seal", "AES-256-GCM open", "HMAC-SHA256" (default all)`)
 	flag.StringVar(&contenders, "contenders", "", "in-process contenders, comma-separated labels (default the four and the verify row of each algorithm)")
 	flag.StringVar(&slowModes, "slow-modes", "", "slow-device patterns, comma-separated: onset,steady,spells,flicker (default all)")
 	flag.StringVar(&skip, "skip", "", "p11-kit parts to skip, comma-separated: healthy,loss")

@@ -14,6 +14,7 @@ import (
 type Backend interface {
 	Keys(partition string) ([]pkcs11ha.KeyInfo, error)
 	Key(ctx context.Context, partition, label string) (KeyHandle, error)
+	SecretBackend // secretbackend.go
 }
 
 // KeyHandle is what the front end needs of a *pkcs11ha.Key: its operations, each naming the device that

@@ -90,7 +90,12 @@ var envMu sync.Mutex
 // finalised when the test ends.
 func openClient(t testing.TB, socket string) *pkcs11.Ctx {
 	t.Helper()
-	module := clientModule(t)
+	return openClientModule(t, clientModule(t), socket)
+}
+
+// openClientModule is openClient with another p11-kit-client.so (a newer p11-kit's).
+func openClientModule(t testing.TB, module, socket string) *pkcs11.Ctx {
+	t.Helper()
 	envMu.Lock()
 	old, had := os.LookupEnv("P11_KIT_SERVER_ADDRESS")
 	os.Setenv("P11_KIT_SERVER_ADDRESS", "unix:path="+socket)

@@ -2,6 +2,7 @@ package p11front
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -38,17 +39,21 @@ type conn struct {
 	work     chan p11rpc.Frame
 	nworkers int
 	workers  sync.WaitGroup
+
+	// A hot upgrade stops the reader at a frame boundary (handover.go). shook says the version handshake
+	// is done; pending is input an earlier process read but did not serve (an adopted connection's).
+	shook   bool
+	pending *bytes.Reader
+	hmu     sync.Mutex // guards handover and idle
+	// handover: stop before the next frame; idle: the reader is waiting for a frame's first byte.
+	handover, idle bool
+	exported       *connState    // set when serve returned to hand the connection over
+	done           chan struct{} // closed when serve returns
 }
 
 // newConn identifies the peer and registers the connection; nil when the server is shutting down.
 func (s *Server) newConn(nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc, sess: newSessionTable(), sem: make(chan struct{}, maxConcurrent), work: make(chan p11rpc.Frame)}
-	if uc, ok := nc.(*net.UnixConn); ok {
-		c.cred, c.credErr = unixsock.PeerCred(uc)
-	} else {
-		c.credErr = errors.New("not a unix connection")
-	}
-	c.log = s.log.With("conn", s.nextConn.Add(1), "uid", c.cred.UID, "pid", c.cred.PID)
+	c := s.makeConn(nc)
 	if !s.track(c) {
 		nc.Close()
 		return nil
@@ -62,6 +67,19 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	default:
 		c.log.Debug("PKCS#11 connection", "client", name)
 	}
+	return c
+}
+
+// makeConn builds a connection's state and reads its peer's credentials.
+func (s *Server) makeConn(nc net.Conn) *conn {
+	c := &conn{s: s, nc: nc, sess: newSessionTable(), sem: make(chan struct{}, maxConcurrent), work: make(chan p11rpc.Frame),
+		done: make(chan struct{})}
+	if uc, ok := nc.(*net.UnixConn); ok {
+		c.cred, c.credErr = unixsock.PeerCred(uc)
+	} else {
+		c.credErr = errors.New("not a unix connection")
+	}
+	c.log = s.log.With("conn", s.nextConn.Add(1), "uid", c.cred.UID, "pid", c.cred.PID)
 	return c
 }
 
@@ -94,14 +112,29 @@ func (c *conn) clientName() string {
 // breaks, or the server shuts down. Calls that may wait for the cluster are served concurrently by
 // workers, the others at once by this goroutine (see inline); serve returns once they are all done.
 func (c *conn) serve() {
+	defer close(c.done)
 	defer c.s.untrack(c)
-	defer c.nc.Close()
-	br := bufio.NewReaderSize(c.nc, 64<<10)
-	if err := c.handshake(br); err != nil {
-		c.log.Debug("PKCS#11 connection closed before the handshake", "err", err)
-		return
+	var in io.Reader = c.nc
+	if c.pending != nil {
+		in = io.MultiReader(c.pending, c.nc)
 	}
+	br := bufio.NewReaderSize(in, 64<<10)
+	if !c.shook {
+		if c.waitFrame(br) {
+			c.export(br)
+			return
+		}
+		if err := c.handshake(br); err != nil {
+			c.nc.Close()
+			c.log.Debug("PKCS#11 connection closed before the handshake", "err", err)
+			return
+		}
+	}
+	handover := false
 	for {
+		if handover = c.waitFrame(br); handover {
+			break
+		}
 		f, err := p11rpc.ReadFrame(br, c.s.opts.MaxFrame)
 		var tooLarge *p11rpc.FrameTooLargeError
 		if errors.As(err, &tooLarge) {
@@ -123,7 +156,12 @@ func (c *conn) serve() {
 		c.toWorker(f)
 	}
 	close(c.work)
-	c.workers.Wait()
+	c.workers.Wait() // the calls in flight are answered
+	if handover {
+		c.export(br)
+		return
+	}
+	c.nc.Close()
 	c.s.m.sessions.Sub(float64(c.sess.removeSlot(allSlots)))
 }
 
@@ -131,8 +169,9 @@ func (c *conn) serve() {
 // every call that cannot wait for the cluster (nor for a long time on anything else). Going through a
 // worker costs two goroutine hand-offs; a signature is three calls (C_SignInit, the C_Sign size query,
 // C_Sign), of which only the last needs a device. Waiting is left to workers: C_Sign, C_SignFinal,
-// C_Decrypt and C_DecryptFinal with an output buffer (their size queries, a NULL buffer — the last
-// element "fy" reads 0 —, are answered from the plan), and any large message (a big C_Digest input is
+// C_Decrypt, C_DecryptFinal, C_Encrypt and C_EncryptFinal with an output buffer (their size queries, a NULL
+// buffer — the last element "fy" reads 0 —, are answered from the plan; an AES-GCM encryption runs on a
+// device), C_Verify and C_VerifyFinal (an HMAC is verified on a device), and any large message (a big C_Digest input is
 // hashed on a worker, so that other threads' calls on this connection do not queue behind it). A call
 // that a misbehaving application makes on a session busy with a signature waits for that signature's
 // session lock (at most the request timeout), delaying this connection's later calls only.
@@ -141,9 +180,12 @@ func inline(f p11rpc.Frame) bool {
 		return false
 	}
 	switch callIDOf(f.Body) {
-	case p11rpc.CallSign, p11rpc.CallSignFinal, p11rpc.CallDecrypt, p11rpc.CallDecryptFinal:
+	case p11rpc.CallSign, p11rpc.CallSignFinal, p11rpc.CallDecrypt, p11rpc.CallDecryptFinal,
+		p11rpc.CallEncrypt, p11rpc.CallEncryptFinal:
 		b := f.Body
 		return len(b) >= 4 && binary.BigEndian.Uint32(b[len(b)-4:]) == 0
+	case p11rpc.CallVerify, p11rpc.CallVerifyFinal:
+		return false
 	}
 	return true
 }
@@ -184,6 +226,7 @@ func (c *conn) handshake(br *bufio.Reader) error {
 		return err
 	}
 	c.version = p11rpc.Negotiate(v)
+	c.shook = true
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	_, err = c.nc.Write([]byte{c.version})

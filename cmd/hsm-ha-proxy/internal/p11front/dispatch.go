@@ -11,8 +11,10 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/p11rpc"
 )
 
-// handler serves one call: it reads the arguments from req in signature order (then req.Finish), does the
-// work and writes the results to w. An error becomes an error reply: an *rvError carries the CK_RV.
+// handler serves one call as p11-kit's rpc-server.c does, in three blocks: IN, it reads every argument
+// from req in signature order and checks req.Finish once (a Request keeps its first error); PROCESS, it
+// does the work; OUT, it writes the results to w. An error becomes an error reply: an *rvError carries
+// the CK_RV. The calls of sign, verify, encrypt, decrypt and digest share one lifecycle (lifecycle.go).
 type handler func(c *conn, req *p11rpc.Request, w *p11rpc.Reply) error
 
 // handlers is the dispatch table; a call without an entry answers CKR_FUNCTION_NOT_SUPPORTED.
@@ -39,26 +41,26 @@ func init() {
 		p11rpc.CallFindObjectsInit:   (*conn).cFindObjectsInit,
 		p11rpc.CallFindObjects:       (*conn).cFindObjects,
 		p11rpc.CallFindObjectsFinal:  (*conn).cFindObjectsFinal,
-		p11rpc.CallSignInit:          (*conn).cSignInit,
-		p11rpc.CallSign:              (*conn).cSign,
-		p11rpc.CallSignUpdate:        (*conn).cSignUpdate,
-		p11rpc.CallSignFinal:         (*conn).cSignFinal,
-		p11rpc.CallVerifyInit:        (*conn).cVerifyInit,
+		p11rpc.CallSignInit:          opInit(opSign),
+		p11rpc.CallSign:              opOutput(opSign, false),
+		p11rpc.CallSignUpdate:        opUpdate(opSign),
+		p11rpc.CallSignFinal:         opOutput(opSign, true),
+		p11rpc.CallVerifyInit:        opInit(opVerify),
 		p11rpc.CallVerify:            (*conn).cVerify,
-		p11rpc.CallVerifyUpdate:      (*conn).cVerifyUpdate,
+		p11rpc.CallVerifyUpdate:      opUpdate(opVerify),
 		p11rpc.CallVerifyFinal:       (*conn).cVerifyFinal,
-		p11rpc.CallDecryptInit:       (*conn).cDecryptInit,
-		p11rpc.CallDecrypt:           (*conn).cDecrypt,
-		p11rpc.CallDecryptUpdate:     (*conn).cDecryptUpdate,
-		p11rpc.CallDecryptFinal:      (*conn).cDecryptFinal,
-		p11rpc.CallEncryptInit:       (*conn).cEncryptInit,
-		p11rpc.CallEncrypt:           (*conn).cEncrypt,
-		p11rpc.CallEncryptUpdate:     (*conn).cEncryptUpdate,
-		p11rpc.CallEncryptFinal:      (*conn).cEncryptFinal,
-		p11rpc.CallDigestInit:        (*conn).cDigestInit,
-		p11rpc.CallDigest:            (*conn).cDigest,
-		p11rpc.CallDigestUpdate:      (*conn).cDigestUpdate,
-		p11rpc.CallDigestFinal:       (*conn).cDigestFinal,
+		p11rpc.CallDecryptInit:       opInit(opDecrypt),
+		p11rpc.CallDecrypt:           opOutput(opDecrypt, false),
+		p11rpc.CallDecryptUpdate:     opUpdateOut(opDecrypt),
+		p11rpc.CallDecryptFinal:      opOutput(opDecrypt, true),
+		p11rpc.CallEncryptInit:       opInit(opEncrypt),
+		p11rpc.CallEncrypt:           opOutput(opEncrypt, false),
+		p11rpc.CallEncryptUpdate:     opUpdateOut(opEncrypt),
+		p11rpc.CallEncryptFinal:      opOutput(opEncrypt, true),
+		p11rpc.CallDigestInit:        opInit(opDigest),
+		p11rpc.CallDigest:            opOutput(opDigest, false),
+		p11rpc.CallDigestUpdate:      opUpdate(opDigest),
+		p11rpc.CallDigestFinal:       opOutput(opDigest, true),
 		p11rpc.CallSeedRandom:        (*conn).cSeedRandom,
 		p11rpc.CallGenerateRandom:    (*conn).cGenerateRandom,
 	}

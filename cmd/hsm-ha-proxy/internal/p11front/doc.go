@@ -16,12 +16,17 @@
 //     a token holding one. A key whose devices hold an X.509 certificate for it (same CKA_ID or label, same
 //     public key; see pkcs11ha.KeyInfo.Certificate) also gets a CKO_CERTIFICATE object with its CKA_LABEL
 //     and CKA_ID: Java's SunPKCS11 KeyStore lists a private key only with its certificate.
+//   - Per secret key the cluster serves (pkcs11ha.SecretKeyInfo), a CKO_SECRET_KEY object with its CKA_LABEL,
+//     CKA_ID, CKA_KEY_TYPE and CKA_VALUE_LEN, sensitive and not extractable: HMAC keys sign and verify
+//     (CKM_SHA256/384/512_HMAC), AES keys encrypt and decrypt (CKM_AES_GCM, the client's CK_GCM_PARAMS),
+//     on the devices (secretobjects.go, secretmech.go, secretops.go).
 //   - Login is not required (the sidecar holds the partition PIN and access is decided by identity);
 //     C_Login succeeds whatever PIN it carries, which is never looked at, logged or kept.
 //   - Sign (RSA PKCS#1 v1.5, PSS, ECDSA, raw and hash-and-sign, single- and multi-part) and decrypt (RSA
 //     PKCS#1 v1.5, OAEP) go through the cluster: failover, deadlines, breakers and retries happen behind the
 //     connection, whose sessions and object handles belong to the front end and survive any device's
-//     failure. Verify, encrypt, digest and random are done in software. Everything else answers
+//     failure; so do HMAC and AES-GCM with secret keys. Verify, encrypt (with a public key), digest and
+//     random are done in software. Everything else answers
 //     CKR_FUNCTION_NOT_SUPPORTED.
 //
 // A connection is never dropped while the sidecar runs (p11-kit-client never reconnects), except when its

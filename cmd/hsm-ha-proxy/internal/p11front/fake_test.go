@@ -17,9 +17,10 @@ import (
 
 // fakeBackend is a cluster made of software keys: partition -> label -> key.
 type fakeBackend struct {
-	mu    sync.Mutex
-	parts map[string]map[string]*fakeKey
-	signs atomic.Int64
+	mu       sync.Mutex
+	parts    map[string]map[string]*fakeKey
+	signs    atomic.Int64
+	decrypts atomic.Int64
 }
 
 type fakeKey struct {
@@ -82,6 +83,18 @@ func (b *fakeBackend) Key(ctx context.Context, partition, label string) (KeyHand
 	return k, nil
 }
 
+// SecretKeys: the fake cluster has none (secret keys are tested on real devices, secret_test.go).
+func (b *fakeBackend) SecretKeys(partition string) ([]pkcs11ha.SecretKeyInfo, error) {
+	if _, err := b.Keys(partition); err != nil {
+		return nil, err
+	}
+	return nil, nil
+}
+
+func (b *fakeBackend) SecretKey(_ context.Context, _, label string) (SecretHandle, error) {
+	return nil, fmt.Errorf("%w: secret key %q", pkcs11ha.ErrUnknownKey, label)
+}
+
 func (k *fakeKey) Public() crypto.PublicKey { return k.priv.Public() }
 
 func (k *fakeKey) setFail(err error) {
@@ -124,6 +137,7 @@ func (k *fakeKey) DecryptDevice(ctx context.Context, ct []byte, opts crypto.Decr
 	if !ok {
 		return nil, "none", &pkcs11ha.InputError{Msg: "not RSA"}
 	}
+	k.be.decrypts.Add(1)
 	pt, err := d.Decrypt(rand.Reader, ct, opts)
 	if err != nil {
 		return nil, "soft-1", errors.Join(err, errors.New("refused"))

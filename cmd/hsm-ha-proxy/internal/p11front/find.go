@@ -9,12 +9,13 @@ import (
 )
 
 // findOp is an active C_FindObjects search: the handles that matched, and how many were handed out.
+// Plain data (see opState).
 type findOp struct {
-	handles []uint64
-	pos     int
+	Handles []uint64
+	Pos     int
 }
 
-// objectsIn returns the objects of partition's keys now.
+// objectsIn returns the objects of partition's keys now: key pairs, certificates, secret keys.
 func (c *conn) objectsIn(partition string) []*object {
 	infos, err := c.s.be.Keys(partition)
 	if err != nil {
@@ -26,47 +27,39 @@ func (c *conn) objectsIn(partition string) []*object {
 		c.log.Info("PKCS#11: key not presented (Ed25519 cannot travel over p11-kit's RPC; use the library or the HTTP API)",
 			"partition", partition, "key", label)
 	}
-	return objs
+	return append(objs, c.secretObjectsIn(partition)...)
 }
 
-// objectArg reads an object handle and returns the object, which must belong to the session's partition:
-// CKR_OBJECT_HANDLE_INVALID otherwise (a handle of another partition does not exist for this session).
-func (c *conn) objectArg(req *p11rpc.Request, s *session, invalid rv) (*object, error) {
-	h, err := req.Ulong()
+// grantedObject is object h of granted session sh (C_GetAttributeValue, C_GetObjectSize).
+func (c *conn) grantedObject(sh, h uint64) (*object, error) {
+	s, err := c.grantedSession(sh)
 	if err != nil {
 		return nil, err
 	}
-	o := c.s.objs.get(h)
-	if o == nil || o.partition != s.partition {
-		return nil, rvErr(invalid, "no such object in this session's token")
-	}
-	return o, nil
+	return c.object(s, h, pkcs11.CKR_OBJECT_HANDLE_INVALID)
 }
 
 func (c *conn) cFindObjectsInit(req *p11rpc.Request, _ *p11rpc.Reply) error {
-	s, err := c.grantedSession(req)
-	if err != nil {
-		return err
-	}
-	tmpl, err := req.Attributes()
-	if err != nil {
-		return err
-	}
+	h, tmpl := req.Ulong(), req.Attributes()
 	if err := req.Finish(); err != nil {
+		return err
+	}
+	s, err := c.grantedSession(h)
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.find != nil {
+	if s.ops.Find != nil {
 		return rvErr(pkcs11.CKR_OPERATION_ACTIVE, "a search is active")
 	}
 	op := &findOp{}
 	for _, o := range c.objectsIn(s.partition) {
 		if o.matches(tmpl) {
-			op.handles = append(op.handles, o.handle)
+			op.Handles = append(op.Handles, o.handle)
 		}
 	}
-	s.find = op
+	s.ops.Find = op
 	return nil
 }
 
@@ -99,46 +92,45 @@ func sameValue(kind attrKind, a, t p11rpc.Attribute) bool {
 }
 
 func (c *conn) cFindObjects(req *p11rpc.Request, w *p11rpc.Reply) error {
-	s, err := c.sessionArg(req)
-	if err != nil {
-		return err
-	}
-	n, null, err := req.UlongBuffer()
-	if err != nil {
-		return err
-	}
+	h := req.Ulong()
+	n, null := req.UlongBuffer()
 	if err := req.Finish(); err != nil {
+		return err
+	}
+	s, err := c.sess.get(h)
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.find == nil {
+	op := s.ops.Find
+	switch {
+	case op == nil:
 		return rvErr(pkcs11.CKR_OPERATION_NOT_INITIALIZED, "no search")
-	}
-	if null {
+	case null:
 		return rvErr(pkcs11.CKR_ARGUMENTS_BAD, "no buffer for the handles")
 	}
-	op := s.find
-	end := min(len(op.handles), op.pos+int(min(n, uint64(len(op.handles)))))
-	w.UlongArray(op.handles[op.pos:end])
-	op.pos = end
+	end := min(len(op.Handles), op.Pos+int(min(n, uint64(len(op.Handles)))))
+	w.UlongArray(op.Handles[op.Pos:end])
+	op.Pos = end
 	return nil
 }
 
 func (c *conn) cFindObjectsFinal(req *p11rpc.Request, _ *p11rpc.Reply) error {
-	s, err := c.sessionArg(req)
-	if err != nil {
+	h := req.Ulong()
+	if err := req.Finish(); err != nil {
 		return err
 	}
-	if err := req.Finish(); err != nil {
+	s, err := c.sess.get(h)
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.find == nil {
+	if s.ops.Find == nil {
 		return rvErr(pkcs11.CKR_OPERATION_NOT_INITIALIZED, "no search")
 	}
-	s.find = nil
+	s.ops.Find = nil
 	return nil
 }
 
@@ -148,19 +140,12 @@ func (c *conn) cFindObjectsFinal(req *p11rpc.Request, _ *p11rpc.Reply) error {
 // fit the caller's buffer with CKR_BUFFER_TOO_SMALL; a NULL buffer gets the length; the others get their
 // value. Every attribute is answered whatever happens to the others.
 func (c *conn) cGetAttributeValue(req *p11rpc.Request, w *p11rpc.Reply) error {
-	s, err := c.grantedSession(req)
-	if err != nil {
-		return err
-	}
-	o, err := c.objectArg(req, s, pkcs11.CKR_OBJECT_HANDLE_INVALID)
-	if err != nil {
-		return err
-	}
-	tmpl, err := req.AttributeBuffer()
-	if err != nil {
-		return err
-	}
+	h, oh, tmpl := req.Ulong(), req.Ulong(), req.AttributeBuffer()
 	if err := req.Finish(); err != nil {
+		return err
+	}
+	o, err := c.grantedObject(h, oh)
+	if err != nil {
 		return err
 	}
 	out := make([]p11rpc.Attribute, len(tmpl))
@@ -195,15 +180,12 @@ func (o *object) answer(t p11rpc.AttributeRequest) (p11rpc.Attribute, rv) {
 }
 
 func (c *conn) cGetObjectSize(req *p11rpc.Request, w *p11rpc.Reply) error {
-	s, err := c.grantedSession(req)
-	if err != nil {
-		return err
-	}
-	o, err := c.objectArg(req, s, pkcs11.CKR_OBJECT_HANDLE_INVALID)
-	if err != nil {
-		return err
-	}
+	h, oh := req.Ulong(), req.Ulong()
 	if err := req.Finish(); err != nil {
+		return err
+	}
+	o, err := c.grantedObject(h, oh)
+	if err != nil {
 		return err
 	}
 	w.Ulong(o.size)

@@ -33,7 +33,7 @@ func FuzzDispatch(f *testing.F) {
 		c.cred.UID = os.Getuid()
 		c.initialized.Store(true)
 		s, _ := c.sess.add(1, "payments", false)
-		s.find = &findOp{handles: []uint64{1, 2, 3}}
+		s.ops.Find = &findOp{Handles: []uint64{1, 2, 3}}
 		call, _, out := c.dispatch(body)
 		if len(out) < 4 {
 			t.Fatalf("reply of %d bytes to %s", len(out), callName(call))

@@ -44,6 +44,8 @@ type devices struct {
 	keys map[string]crypto.Signer // label -> the software original of every device's key
 	// certs are the certificates beside the keys (label -> DER) with startDevicesWith(t, true), else empty.
 	certs map[string][]byte
+	// secrets are the values of the secret keys (label -> value) with Options.SecretKeys, else empty.
+	secrets map[string][]byte
 }
 
 // startDevices starts the topology and opens the cluster (closed, with the leak check's allowance for
@@ -57,13 +59,19 @@ func startDevices(t testing.TB) *devices {
 // (CN = label) beside each key, with the key's label and id (the harness's Options.Certificates).
 func startDevicesWith(t testing.TB, certificates bool) *devices {
 	t.Helper()
+	return startDevicesOpts(t, softhsmtest.Options{Certificates: certificates}, "")
+}
+
+// startDevicesOpts is startDevices with the harness's options and more policy lines (YAML, "" for none).
+func startDevicesOpts(t testing.TB, opts softhsmtest.Options, policy string) *devices {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs SoftHSM devices")
 	}
-	topo := harnesstest.Start(t, softhsmtest.Options{Certificates: certificates})
+	topo := harnesstest.Start(t, opts)
 	path := filepath.Join(topo.Dir, "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{
-		PolicyYAML: "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true",
+		PolicyYAML: "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true\n" + policy,
 	}))
 	cfg, err := sidecarconfig.Load(path) // policy.request_timeout is the sidecar's
 	require.NoError(t, err)
@@ -72,7 +80,7 @@ func startDevicesWith(t testing.TB, certificates bool) *devices {
 	cl, err := pkcs11ha.Open(ctx, cfg.Library())
 	require.NoError(t, err)
 	t.Cleanup(func() { leakcheck.CloseCluster(t, cl) })
-	return &devices{topo: topo, cl: cl, keys: topo.Keys, certs: topo.Certificates}
+	return &devices{topo: topo, cl: cl, keys: topo.Keys, certs: topo.Certificates, secrets: topo.SecretKeys}
 }
 
 // kill SIGKILLs a device's server; hang makes its relay stop forwarding; heal ends a hang.

@@ -12,6 +12,13 @@ import (
 // group (server.pkcs11_group, a name or a numeric gid) when group is set. A stale socket is replaced only
 // when nothing answers on it; the socket is removed when the listener is closed.
 func Listen(addr, group string) (net.Listener, error) {
+	return ListenInherited(addr, group, nil)
+}
+
+// ListenInherited is Listen on the socket a previous process of a hot upgrade was serving on (inherited,
+// a *net.UnixListener): it is adopted, given the mode and group of group, instead of bound anew. A nil
+// inherited is Listen.
+func ListenInherited(addr, group string, inherited net.Listener) (net.Listener, error) {
 	path, ok := strings.CutPrefix(addr, "unix://")
 	if !ok || path == "" {
 		return nil, fmt.Errorf("p11front: server.pkcs11 %q: want unix:///PATH", addr)
@@ -20,7 +27,12 @@ func Listen(addr, group string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("p11front: server.pkcs11_group: %w", err)
 	}
-	ln, err := unixsock.Listen(path, opts)
+	var ln net.Listener
+	if ul, ok := inherited.(*net.UnixListener); ok {
+		ln, err = unixsock.Inherit(path, ul, opts)
+	} else {
+		ln, err = unixsock.Listen(path, opts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("p11front: %w", err)
 	}

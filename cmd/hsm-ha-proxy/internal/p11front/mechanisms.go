@@ -64,9 +64,12 @@ var mechanisms = []mech{
 }
 
 var mechByType = func() map[uint64]*mech {
-	m := make(map[uint64]*mech, len(mechanisms))
+	m := make(map[uint64]*mech, len(mechanisms)+len(secretMechanisms))
 	for i := range mechanisms {
 		m[mechanisms[i].typ] = &mechanisms[i]
+	}
+	for i := range secretMechanisms {
+		m[secretMechanisms[i].typ] = &secretMechanisms[i]
 	}
 	return m
 }()
@@ -90,36 +93,36 @@ func mechLabel(t uint64) string {
 }
 
 func (c *conn) cGetMechanismList(req *p11rpc.Request, w *p11rpc.Reply) error {
-	if _, _, err := c.slotArg(req); err != nil {
-		return err
-	}
-	n, null, err := req.UlongBuffer()
-	if err != nil {
-		return err
-	}
+	slot := req.Ulong()
+	n, null := req.UlongBuffer()
 	if err := req.Finish(); err != nil {
 		return err
 	}
-	list := make([]uint64, len(mechanisms))
+	part, err := c.slot(slot)
+	if err != nil {
+		return err
+	}
+	list := make([]uint64, len(mechanisms), len(mechanisms)+len(secretMechanisms))
 	for i, m := range mechanisms {
 		list[i] = m.typ
+	}
+	for _, m := range c.secretMechsOf(part) {
+		list = append(list, m.typ)
 	}
 	writeUlongs(w, list, n, null)
 	return nil
 }
 
 func (c *conn) cGetMechanismInfo(req *p11rpc.Request, w *p11rpc.Reply) error {
-	if _, _, err := c.slotArg(req); err != nil {
-		return err
-	}
-	t, err := req.Ulong()
-	if err != nil {
-		return err
-	}
+	slot, t := req.Ulong(), req.Ulong()
 	if err := req.Finish(); err != nil {
 		return err
 	}
-	m := mechByType[t]
+	part, err := c.slot(slot)
+	if err != nil {
+		return err
+	}
+	m := c.tokenMech(part, t)
 	if m == nil {
 		return rvErr(pkcs11.CKR_MECHANISM_INVALID, "unknown mechanism")
 	}

@@ -19,15 +19,15 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
-// object is one PKCS#11 object the front end presents: the private or the public half of a cluster key, or
-// its certificate (certobject.go). It is immutable once built; a key whose public key (or certificate)
+// object is one PKCS#11 object the front end presents: the private or the public half of a cluster key, its
+// certificate (certobject.go), or a secret key (secretobjects.go). It is immutable once built; a key whose public key (or certificate)
 // changes gets a new object under the same handle.
 type object struct {
 	handle    uint64
 	partition string
 	label     string
-	class     uint64           // CKO_PRIVATE_KEY, CKO_PUBLIC_KEY or CKO_CERTIFICATE
-	pub       crypto.PublicKey // nil for a certificate
+	class     uint64           // CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_CERTIFICATE or CKO_SECRET_KEY
+	pub       crypto.PublicKey // nil for a certificate or a secret key
 	attrs     map[uint64]p11rpc.Attribute
 	sensitive map[uint64]bool // attributes the object has but never reveals (CKA_PRIVATE_EXPONENT, ...)
 	kinds     map[uint64]attrKind
@@ -238,6 +238,8 @@ func (o *object) String() string {
 		kind = "private"
 	case pkcs11.CKO_CERTIFICATE:
 		kind = "certificate"
+	case pkcs11.CKO_SECRET_KEY:
+		kind = "secret"
 	}
 	return fmt.Sprintf("%s/%s (%s)", o.partition, o.label, kind)
 }

@@ -1,12 +1,14 @@
 package p11front
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/sha512"
+	"encoding/gob"
 	"errors"
 	"math/big"
 	"os"
@@ -105,7 +107,9 @@ func TestSignMechanisms(t *testing.T) {
 }
 
 // TestHashAndSignPlans covers the mechanisms p11-kit 0.24's client cannot carry (the 0.25.6+ clients do):
-// the front end hashes, the cluster signs the digest, the signature verifies.
+// the front end hashes, the cluster signs the digest, the signature verifies. Halfway through, the active
+// operation goes through encoding/gob and the copy goes on: its state is plain data, which a hot upgrade
+// hands to the next process.
 func TestHashAndSignPlans(t *testing.T) {
 	rsaKey, ecKey, _ := softSigners(t)
 	objs, _ := newRegistry().objectsOf("p", []pkcs11ha.KeyInfo{
@@ -133,11 +137,22 @@ func TestHashAndSignPlans(t *testing.T) {
 			m, err := mechNamed(tt.mech, pkcs11.CKF_SIGN)
 			require.NoError(t, err)
 			tt.param.Type = tt.mech
-			plan, err := newSigPlan(m, tt.param, tt.obj)
+			plan, err := sigPlan(m, tt.param, tt.obj)
 			require.NoError(t, err)
-			require.NoError(t, plan.update(msg[:4]))
-			require.NoError(t, plan.update(msg[4:]))
-			digest := plan.digest(nil)
+			op := &activeOp{Mech: *tt.param.Clone(), Key: tt.obj.handle}
+			require.NoError(t, op.update(plan, msg[:4], false, pkcs11.CKR_DATA_LEN_RANGE))
+
+			var buf bytes.Buffer
+			require.NoError(t, gob.NewEncoder(&buf).Encode(op))
+			moved := &activeOp{}
+			require.NoError(t, gob.NewDecoder(&buf).Decode(moved))
+			require.Equal(t, op, moved)
+
+			require.NoError(t, moved.update(plan, msg[4:], false, pkcs11.CKR_DATA_LEN_RANGE))
+			src, err := moved.source(plan, nil, true, pkcs11.CKR_DATA_LEN_RANGE)
+			require.NoError(t, err)
+			digest, err := plan.message(src, true)
+			require.NoError(t, err)
 			h := m.hash.New()
 			h.Write(msg)
 			require.Equal(t, h.Sum(nil), digest)
@@ -148,7 +163,7 @@ func TestHashAndSignPlans(t *testing.T) {
 			sig, err := signer.Sign(rand.Reader, digest, plan.signerOpts())
 			require.NoError(t, err)
 			if m.kind == kindECDSA {
-				sig, err = rawECDSA(sig, plan.sigLen/2)
+				sig, err = rawECDSA(sig, plan.outLen/2)
 				require.NoError(t, err)
 			}
 			require.NoError(t, tt.verify(digest, sig))

@@ -15,20 +15,20 @@ const oversizeHead = 64
 // oversizeEnds are the calls that carry data, with the CK_RV a token gives for data it cannot take and the
 // operation such a failure ends (PKCS#11: an error other than CKR_BUFFER_TOO_SMALL ends the operation).
 var oversizeEnds = map[p11rpc.CallID]struct {
-	rv  rv
-	end func(*ops)
+	rv   rv
+	kind opKind
 }{
-	p11rpc.CallSign:          {pkcs11.CKR_DATA_LEN_RANGE, func(o *ops) { o.sign = nil }},
-	p11rpc.CallSignUpdate:    {pkcs11.CKR_DATA_LEN_RANGE, func(o *ops) { o.sign = nil }},
-	p11rpc.CallVerify:        {pkcs11.CKR_DATA_LEN_RANGE, func(o *ops) { o.verify = nil }},
-	p11rpc.CallVerifyUpdate:  {pkcs11.CKR_DATA_LEN_RANGE, func(o *ops) { o.verify = nil }},
-	p11rpc.CallVerifyFinal:   {pkcs11.CKR_SIGNATURE_LEN_RANGE, func(o *ops) { o.verify = nil }},
-	p11rpc.CallDecrypt:       {pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE, func(o *ops) { o.decrypt = nil }},
-	p11rpc.CallDecryptUpdate: {pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE, func(o *ops) { o.decrypt = nil }},
-	p11rpc.CallEncrypt:       {pkcs11.CKR_DATA_LEN_RANGE, func(o *ops) { o.encrypt = nil }},
-	p11rpc.CallEncryptUpdate: {pkcs11.CKR_DATA_LEN_RANGE, func(o *ops) { o.encrypt = nil }},
-	p11rpc.CallDigest:        {pkcs11.CKR_DATA_LEN_RANGE, func(o *ops) { o.digest = nil }},
-	p11rpc.CallDigestUpdate:  {pkcs11.CKR_DATA_LEN_RANGE, func(o *ops) { o.digest = nil }},
+	p11rpc.CallSign:          {pkcs11.CKR_DATA_LEN_RANGE, opSign},
+	p11rpc.CallSignUpdate:    {pkcs11.CKR_DATA_LEN_RANGE, opSign},
+	p11rpc.CallVerify:        {pkcs11.CKR_DATA_LEN_RANGE, opVerify},
+	p11rpc.CallVerifyUpdate:  {pkcs11.CKR_DATA_LEN_RANGE, opVerify},
+	p11rpc.CallVerifyFinal:   {pkcs11.CKR_SIGNATURE_LEN_RANGE, opVerify},
+	p11rpc.CallDecrypt:       {pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE, opDecrypt},
+	p11rpc.CallDecryptUpdate: {pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE, opDecrypt},
+	p11rpc.CallEncrypt:       {pkcs11.CKR_DATA_LEN_RANGE, opEncrypt},
+	p11rpc.CallEncryptUpdate: {pkcs11.CKR_DATA_LEN_RANGE, opEncrypt},
+	p11rpc.CallDigest:        {pkcs11.CKR_DATA_LEN_RANGE, opDigest},
+	p11rpc.CallDigestUpdate:  {pkcs11.CKR_DATA_LEN_RANGE, opDigest},
 }
 
 // oversize answers a message over the size limit without reading it into memory: it is skipped, and its
@@ -50,7 +50,7 @@ func (c *conn) oversize(r io.Reader, e *p11rpc.FrameTooLargeError) error {
 		code = oe.rv
 		if s, err := c.sess.get(handle); hasSession && err == nil {
 			s.mu.Lock()
-			oe.end(&s.ops)
+			s.ops.Active[oe.kind] = nil
 			s.mu.Unlock()
 		}
 	}

@@ -60,9 +60,15 @@ type Server struct {
 	serving  atomic.Bool
 	draining atomic.Bool
 	base     context.Context // parent of every call's context; cancelled when the grace period runs out
-	inFlight atomic.Int64    // calls being served
-	connWG   sync.WaitGroup
-	nextConn atomic.Uint64
+	// cancelBase cancels base; ln is the listener; both set by Serve before started is closed.
+	cancelBase  context.CancelFunc
+	ln          net.Listener
+	started     chan struct{}
+	acceptDone  chan struct{} // closed when the accept loop has returned
+	handingOver atomic.Bool   // HandOver closed the listener: Serve waits for its context
+	inFlight    atomic.Int64  // calls being served
+	connWG      sync.WaitGroup
+	nextConn    atomic.Uint64
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
@@ -83,7 +89,8 @@ func New(be Backend, auth Authorizer, opts Options) *Server {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{be: be, auth: auth, opts: opts, log: opts.Logger, m: newMetrics(opts.Registerer),
-		objs: newRegistry(), slots: map[string]uint64{}, conns: map[*conn]struct{}{}, base: context.Background()}
+		objs: newRegistry(), slots: map[string]uint64{}, conns: map[*conn]struct{}{}, base: context.Background(),
+		started: make(chan struct{}), acceptDone: make(chan struct{})}
 	for i, p := range opts.Partitions {
 		s.slots[p] = uint64(i) + 1
 	}
@@ -108,14 +115,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	base, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelBase()
-	s.base = base
+	s.base, s.cancelBase, s.ln = base, cancelBase, ln
+	close(s.started)
 	errc := make(chan error, 1)
-	go func() { errc <- s.accept(ln) }()
+	go func() {
+		defer close(s.acceptDone)
+		errc <- s.accept(ln)
+	}()
 	s.log.Info("PKCS#11 front end serving", "addr", ln.Addr().String(), "partitions", len(s.opts.Partitions))
 
 	var serveErr error
 	select {
 	case serveErr = <-errc:
+		if s.handingOver.Load() {
+			<-ctx.Done() // the connections are being handed over; the caller says when we are done
+		}
 	case <-ctx.Done():
 		s.draining.Store(true)
 		ln.Close()

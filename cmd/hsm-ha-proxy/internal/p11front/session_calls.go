@@ -6,38 +6,13 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/p11rpc"
 )
 
-// sessionArg reads a session handle argument: the session, or CKR_SESSION_HANDLE_INVALID.
-func (c *conn) sessionArg(req *p11rpc.Request) (*session, error) {
-	h, err := req.Ulong()
-	if err != nil {
-		return nil, err
-	}
-	return c.sess.get(h)
-}
-
-// grantedSession is sessionArg for calls that use the token: the peer must still be granted the session's
-// partition (a SIGHUP reload may have revoked it; the token is then gone for this peer).
-func (c *conn) grantedSession(req *p11rpc.Request) (*session, error) {
-	s, err := c.sessionArg(req)
-	if err != nil {
-		return nil, err
-	}
-	if !c.granted(s.partition) {
-		return nil, rvErr(pkcs11.CKR_TOKEN_NOT_PRESENT, "partition no longer granted to this client")
-	}
-	return s, nil
-}
-
 func (c *conn) cOpenSession(req *p11rpc.Request, w *p11rpc.Reply) error {
-	slot, part, err := c.slotArg(req)
-	if err != nil {
-		return err
-	}
-	flags, err := req.Ulong()
-	if err != nil {
-		return err
-	}
+	slot, flags := req.Ulong(), req.Ulong()
 	if err := req.Finish(); err != nil {
+		return err
+	}
+	part, err := c.slot(slot)
+	if err != nil {
 		return err
 	}
 	if flags&pkcs11.CKF_SERIAL_SESSION == 0 {
@@ -54,14 +29,11 @@ func (c *conn) cOpenSession(req *p11rpc.Request, w *p11rpc.Reply) error {
 }
 
 func (c *conn) cCloseSession(req *p11rpc.Request, _ *p11rpc.Reply) error {
-	s, err := c.sessionArg(req)
-	if err != nil {
-		return err
-	}
+	h := req.Ulong()
 	if err := req.Finish(); err != nil {
 		return err
 	}
-	if err := c.sess.remove(s.handle); err != nil {
+	if err := c.sess.remove(h); err != nil {
 		return err
 	}
 	c.s.m.sessions.Dec()
@@ -69,11 +41,11 @@ func (c *conn) cCloseSession(req *p11rpc.Request, _ *p11rpc.Reply) error {
 }
 
 func (c *conn) cCloseAllSessions(req *p11rpc.Request, _ *p11rpc.Reply) error {
-	slot, _, err := c.slotArg(req)
-	if err != nil {
+	slot := req.Ulong()
+	if err := req.Finish(); err != nil {
 		return err
 	}
-	if err := req.Finish(); err != nil {
+	if _, err := c.slot(slot); err != nil {
 		return err
 	}
 	c.s.m.sessions.Sub(float64(c.sess.removeSlot(slot)))
@@ -81,11 +53,12 @@ func (c *conn) cCloseAllSessions(req *p11rpc.Request, _ *p11rpc.Reply) error {
 }
 
 func (c *conn) cGetSessionInfo(req *p11rpc.Request, w *p11rpc.Reply) error {
-	s, err := c.sessionArg(req)
-	if err != nil {
+	h := req.Ulong()
+	if err := req.Finish(); err != nil {
 		return err
 	}
-	if err := req.Finish(); err != nil {
+	s, err := c.sess.get(h)
+	if err != nil {
 		return err
 	}
 	flags := uint64(pkcs11.CKF_SERIAL_SESSION)
@@ -102,20 +75,13 @@ func (c *conn) cGetSessionInfo(req *p11rpc.Request, w *p11rpc.Reply) error {
 // cLogin accepts any PIN from a granted client: the partition's PIN stays in the sidecar and access is
 // decided by the peer's identity. The PIN is wiped from the request buffer and never looked at.
 func (c *conn) cLogin(req *p11rpc.Request, _ *p11rpc.Reply) error {
-	s, err := c.grantedSession(req)
-	if err != nil {
-		return err
-	}
-	userType, err := req.Ulong()
-	if err != nil {
-		return err
-	}
-	pin, err := req.ByteArray()
-	clear(pin)
-	if err != nil {
-		return err
-	}
+	h, userType := req.Ulong(), req.Ulong()
+	clear(req.ByteArray())
 	if err := req.Finish(); err != nil {
+		return err
+	}
+	s, err := c.grantedSession(h)
+	if err != nil {
 		return err
 	}
 	switch userType {
@@ -128,11 +94,12 @@ func (c *conn) cLogin(req *p11rpc.Request, _ *p11rpc.Reply) error {
 }
 
 func (c *conn) cLogout(req *p11rpc.Request, _ *p11rpc.Reply) error {
-	s, err := c.sessionArg(req)
-	if err != nil {
+	h := req.Ulong()
+	if err := req.Finish(); err != nil {
 		return err
 	}
-	if err := req.Finish(); err != nil {
+	s, err := c.sess.get(h)
+	if err != nil {
 		return err
 	}
 	return c.sess.logout(s.slot)

@@ -18,18 +18,8 @@ type session struct {
 	partition string
 	rw        bool
 
-	mu sync.Mutex // guards the operations below (an application may misuse a session from two threads)
-	ops
-}
-
-// ops are the operations a session can have active, one of each kind.
-type ops struct {
-	find    *findOp
-	sign    *signOp
-	verify  *verifyOp
-	decrypt *decryptOp
-	encrypt *encryptOp
-	digest  *digestOp
+	mu  sync.Mutex // guards ops (an application may misuse a session from two threads)
+	ops opState
 }
 
 // sessionTable is a connection's sessions and its login state (per slot, as PKCS#11 has it: logging in on

@@ -1,124 +1,42 @@
 package p11front
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"errors"
 	"math/big"
 	"time"
-
-	"github.com/miekg/pkcs11"
-
-	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/p11rpc"
 )
 
-// signOp is an active signature: the plan and the cluster's key.
-type signOp struct {
-	*sigPlan
-	key KeyHandle
-}
-
-func (c *conn) cSignInit(req *p11rpc.Request, _ *p11rpc.Reply) error {
-	a, err := c.readKeyInit(req, pkcs11.CKO_PRIVATE_KEY)
-	if err != nil {
-		return err
-	}
-	a.s.mu.Lock()
-	defer a.s.mu.Unlock()
-	if a.mech == nil {
-		a.s.sign = nil
-		return nil
-	}
-	if a.s.sign != nil {
-		return rvErr(pkcs11.CKR_OPERATION_ACTIVE, "a signature is active")
-	}
-	m, err := mechNamed(a.mech.Type, pkcs11.CKF_SIGN)
-	if err != nil {
-		return err
-	}
-	plan, err := c.planSig("C_SignInit", m, a.mech, a.obj)
-	if err != nil {
-		return err
-	}
-	key, err := c.s.be.Key(c.s.base, a.obj.partition, a.obj.label)
-	if err != nil {
-		return rvErr(clusterRV(c.s.base, err), err.Error())
-	}
-	a.s.sign = &signOp{sigPlan: plan, key: key}
-	return nil
-}
-
-func (c *conn) cSign(req *p11rpc.Request, w *p11rpc.Reply) error {
-	a, err := c.readOutput(req, true)
-	if err != nil {
-		return err
-	}
-	return c.signOut(a, w, false)
-}
-
-func (c *conn) cSignUpdate(req *p11rpc.Request, _ *p11rpc.Reply) error {
-	s, part, err := c.readUpdate(req)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.sign == nil {
-		return rvErr(pkcs11.CKR_OPERATION_NOT_INITIALIZED, "no signature")
-	}
-	if err := s.sign.update(part); err != nil {
-		s.sign = nil
-		return err
-	}
-	return nil
-}
-
-func (c *conn) cSignFinal(req *p11rpc.Request, w *p11rpc.Reply) error {
-	a, err := c.readOutput(req, false)
-	if err != nil {
-		return err
-	}
-	return c.signOut(a, w, true)
-}
-
-// signOut ends a signature (C_Sign, or C_SignFinal when final): a size query or a too-small buffer is
-// answered with the length and leaves the operation active; anything else ends it.
-func (c *conn) signOut(a outputArgs, w *p11rpc.Reply, final bool) error {
-	a.s.mu.Lock()
-	defer a.s.mu.Unlock()
-	op := a.s.sign
-	switch {
-	case op == nil:
-		return rvErr(pkcs11.CKR_OPERATION_NOT_INITIALIZED, "no signature")
-	case op.multi && !final:
-		a.s.sign = nil
-		return rvErr(pkcs11.CKR_OPERATION_ACTIVE, "C_Sign after C_SignUpdate")
-	case a.sized(w, op.sigLen):
-		return nil
-	}
-	a.s.sign = nil
-	sig, err := c.sign(a.s, op, op.digest(a.data))
-	if err != nil {
-		return err
-	}
-	w.ByteArray(sig)
-	return nil
-}
-
-// sign signs through the cluster and writes the access log line and the metrics.
-func (c *conn) sign(s *session, op *signOp, digest []byte) ([]byte, error) {
+// sign is the signature family's output: the digest (or raw input) signed through the cluster, with the
+// access log line and the metrics; an ECDSA signature in PKCS#11's r||s form.
+func (c *conn) sign(s *session, p *opPlan, digest []byte) ([]byte, error) {
 	ctx, cancel := c.callCtx()
 	defer cancel()
+	key, err := c.clusterKey(ctx, p.obj)
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
-	sig, dev, err := op.key.SignDevice(ctx, digest, op.signerOpts())
-	if err == nil && op.mech.kind == kindECDSA {
-		sig, err = rawECDSA(sig, op.sigLen/2)
+	sig, dev, err := key.SignDevice(ctx, digest, p.signerOpts())
+	if err == nil && p.mech.kind == kindECDSA {
+		sig, err = rawECDSA(sig, p.outLen/2)
 	}
 	code := clusterRV(ctx, err)
-	c.access("sign", s, op.obj, op.mech.name, dev, code, err, time.Since(start))
+	c.access("sign", s, p.obj, p.mech.name, dev, code, err, time.Since(start))
 	if err != nil {
 		return nil, rvErr(code, err.Error())
 	}
 	return sig, nil
+}
+
+// clusterKey is the cluster's key of object o: CKR_KEY_HANDLE_INVALID when the cluster no longer has it.
+func (c *conn) clusterKey(ctx context.Context, o *object) (KeyHandle, error) {
+	key, err := c.s.be.Key(ctx, o.partition, o.label)
+	if err != nil {
+		return nil, rvErr(clusterRV(ctx, err), err.Error())
+	}
+	return key, nil
 }
 
 // rawECDSA converts the cluster's ASN.1 DER ECDSA signature, SEQUENCE { r INTEGER, s INTEGER }, into

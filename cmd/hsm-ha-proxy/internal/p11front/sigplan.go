@@ -5,7 +5,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"errors"
-	"hash"
 
 	"github.com/miekg/pkcs11"
 
@@ -16,31 +15,19 @@ import (
 // C_SignUpdate/C_VerifyUpdate: it is a digest or a DigestInfo, never more than a few hundred bytes.
 const maxRawInput = 4096
 
-// sigPlan is a signature operation (sign or verify) set up by its Init call: the mechanism, the key and
-// the input gathered so far. Hash-and-sign mechanisms hash their input as it comes, in the sidecar, and
-// sign the digest; raw ones buffer it, bounded.
-type sigPlan struct {
-	mech   *mech
-	obj    *object
-	hash   crypto.Hash     // the digest's hash: the mechanism's, or PSS's parameter; 0 for raw RSA/ECDSA
-	pss    *rsa.PSSOptions // kindPSS
-	h      hash.Hash       // hash-and-sign: the running hash
-	buf    []byte          // raw forms: the input so far
-	multi  bool            // an Update call was made: the single-part call is out of order now
-	sigLen int
-}
-
-// newSigPlan checks the mechanism and its parameters against the key.
-func newSigPlan(m *mech, p *p11rpc.Mechanism, o *object) (*sigPlan, error) {
-	plan := &sigPlan{mech: m, obj: o, hash: m.hash}
+// sigPlan is the plan of a signature operation (sign or verify): the mechanism's key type, the
+// signature's length, the digest's hash and PSS's parameters. Hash-and-sign mechanisms hash their input as
+// it comes, in the sidecar, and sign the digest; raw ones gather it, bounded.
+func sigPlan(m *mech, mp *p11rpc.Mechanism, o *object) (*opPlan, error) {
+	p := &opPlan{mech: m, obj: o, maxInput: maxRawInput, sigHash: m.hash}
 	switch pk := o.pub.(type) {
 	case *rsa.PublicKey:
 		if m.keyType != pkcs11.CKK_RSA {
 			return nil, rvErr(pkcs11.CKR_KEY_TYPE_INCONSISTENT, "an RSA key for "+m.name)
 		}
-		plan.sigLen = pk.Size()
+		p.outLen = pk.Size()
 		if m.kind == kindPSS {
-			if err := plan.setPSS(p, pk); err != nil {
+			if err := p.setPSS(mp, pk); err != nil {
 				return nil, err
 			}
 		}
@@ -48,14 +35,11 @@ func newSigPlan(m *mech, p *p11rpc.Mechanism, o *object) (*sigPlan, error) {
 		if m.keyType != pkcs11.CKK_EC {
 			return nil, rvErr(pkcs11.CKR_KEY_TYPE_INCONSISTENT, "an EC key for "+m.name)
 		}
-		plan.sigLen = 2 * coordLen(pk)
+		p.outLen = 2 * coordLen(pk)
 	default:
 		return nil, rvErr(pkcs11.CKR_KEY_TYPE_INCONSISTENT, "unsupported key type")
 	}
-	if m.hash != 0 {
-		plan.h = m.hash.New()
-	}
-	return plan, nil
+	return p, nil
 }
 
 // errPSSSaltZero refuses RSA-PSS with a salt length of 0 (deterministic PSS): the cluster signs through
@@ -63,22 +47,20 @@ func newSigPlan(m *mech, p *p11rpc.Mechanism, o *object) (*sigPlan, error) {
 // was asked cannot be expressed; and verifying with 0 would accept any salt length. The caller logs it.
 var errPSSSaltZero = &rvError{rv: pkcs11.CKR_MECHANISM_PARAM_INVALID, msg: "RSA-PSS with a salt length of 0"}
 
-// planSig is newSigPlan for C_SignInit and C_VerifyInit (named by call), with a log line for a zero PSS
-// salt: the application gets only CKR_MECHANISM_PARAM_INVALID, the operator should learn why.
-func (c *conn) planSig(call string, m *mech, p *p11rpc.Mechanism, o *object) (*sigPlan, error) {
-	plan, err := newSigPlan(m, p, o)
+// warnPSSZero logs a C_SignInit or C_VerifyInit (call) refused for a zero PSS salt: the application gets
+// only CKR_MECHANISM_PARAM_INVALID, the operator should learn why.
+func (c *conn) warnPSSZero(call string, err error, o *object, m *mech) {
 	if errors.Is(err, errPSSSaltZero) {
 		c.log.Warn("PKCS#11 "+call+" refused with CKR_MECHANISM_PARAM_INVALID: RSA-PSS with a salt length of 0 is not supported "+
 			"(the cluster signs through Go's crypto/rsa, which reads 0 as \"auto\"); use a salt length of at least 1, usually the hash length",
 			"client", c.clientName(), "key", o.label, "mechanism", m.name)
 	}
-	return plan, err
 }
 
 // setPSS reads CK_RSA_PKCS_PSS_PARAMS: the digest's hash (for the hash-and-sign forms, the mechanism's
 // own), MGF1 with that same hash (what the cluster's tokens are asked for) and a salt length from 1 to the
 // largest the key allows (0: errPSSSaltZero).
-func (p *sigPlan) setPSS(mp *p11rpc.Mechanism, pk *rsa.PublicKey) error {
+func (p *opPlan) setPSS(mp *p11rpc.Mechanism, pk *rsa.PublicKey) error {
 	if mp.PSS == nil {
 		return rvErr(pkcs11.CKR_MECHANISM_PARAM_INVALID, "RSA-PSS needs CK_RSA_PKCS_PSS_PARAMS")
 	}
@@ -96,45 +78,18 @@ func (p *sigPlan) setPSS(mp *p11rpc.Mechanism, pk *rsa.PublicKey) error {
 	if mp.PSS.SaltLen > uint64(max(maxSalt, 0)) {
 		return rvErr(pkcs11.CKR_MECHANISM_PARAM_INVALID, "RSA-PSS salt length")
 	}
-	p.hash = h
+	p.sigHash = h
 	p.pss = &rsa.PSSOptions{SaltLength: int(mp.PSS.SaltLen), Hash: h}
 	return nil
 }
 
-// update adds a part of the input (C_SignUpdate, C_VerifyUpdate).
-func (p *sigPlan) update(part []byte) error {
-	p.multi = true
-	if p.h != nil {
-		p.h.Write(part)
-		return nil
-	}
-	if len(p.buf)+len(part) > maxRawInput {
-		return rvErr(pkcs11.CKR_DATA_LEN_RANGE, "input too long for "+p.mech.name)
-	}
-	p.buf = append(p.buf, part...)
-	return nil
-}
-
-// digest returns what is signed: the hash of the whole input for hash-and-sign mechanisms, the input
-// itself for raw ones. data is the single-part input (nil after Update calls).
-func (p *sigPlan) digest(data []byte) []byte {
-	if p.h != nil {
-		p.h.Write(data)
-		return p.h.Sum(nil)
-	}
-	if p.multi {
-		return p.buf
-	}
-	return data
-}
-
 // signerOpts are the options of the cluster's Sign: PSS options, the hash of a hash-and-sign mechanism,
 // or crypto.Hash(0) for a raw input (a DigestInfo for CKM_RSA_PKCS, which the cluster signs as it is).
-func (p *sigPlan) signerOpts() crypto.SignerOpts {
+func (p *opPlan) signerOpts() crypto.SignerOpts {
 	if p.pss != nil {
 		return p.pss
 	}
-	return p.hash
+	return p.sigHash
 }
 
 // hashOfMech maps CKM_SHA* (the hash parameter of PSS and OAEP) to crypto.Hash.

@@ -26,16 +26,9 @@ const tokenFlags = pkcs11.CKF_TOKEN_INITIALIZED | pkcs11.CKF_USER_PIN_INITIALIZE
 	pkcs11.CKF_PROTECTED_AUTHENTICATION_PATH
 
 func (c *conn) cInitialize(req *p11rpc.Request, _ *p11rpc.Reply) error {
-	hs, err := req.ByteArray()
-	if err != nil {
-		return err
-	}
-	if _, err := req.Byte(); err != nil {
-		return err
-	}
-	if _, err := req.ByteArray(); err != nil {
-		return err
-	}
+	hs := req.ByteArray()
+	req.Byte()      // reserved
+	req.ByteArray() // the client's initialization arguments, nothing the server uses
 	if err := req.Finish(); err != nil {
 		return err
 	}
@@ -86,13 +79,8 @@ func (c *conn) visibleSlots() []uint64 {
 }
 
 func (c *conn) cGetSlotList(req *p11rpc.Request, w *p11rpc.Reply) error {
-	if _, err := req.Byte(); err != nil { // tokenPresent: every slot has its token
-		return err
-	}
-	n, null, err := req.UlongBuffer()
-	if err != nil {
-		return err
-	}
+	req.Byte() // tokenPresent: every slot has its token
+	n, null := req.UlongBuffer()
 	if err := req.Finish(); err != nil {
 		return err
 	}
@@ -112,26 +100,13 @@ func writeUlongs(w *p11rpc.Reply, v []uint64, n uint64, null bool) {
 	w.UlongArray(append([]uint64{}, v...))
 }
 
-// slotArg reads a slot id argument and checks that the peer may see it: CKR_SLOT_ID_INVALID otherwise
-// (a slot of a partition the peer is not granted does not exist for it).
-func (c *conn) slotArg(req *p11rpc.Request) (uint64, string, error) {
-	slot, err := req.Ulong()
-	if err != nil {
-		return 0, "", err
-	}
-	part, ok := c.s.partitionOf(slot)
-	if !ok || !c.granted(part) {
-		return 0, "", rvErr(pkcs11.CKR_SLOT_ID_INVALID, "no such slot for this client")
-	}
-	return slot, part, nil
-}
-
 func (c *conn) cGetSlotInfo(req *p11rpc.Request, w *p11rpc.Reply) error {
-	_, part, err := c.slotArg(req)
-	if err != nil {
+	slot := req.Ulong()
+	if err := req.Finish(); err != nil {
 		return err
 	}
-	if err := req.Finish(); err != nil {
+	part, err := c.slot(slot)
+	if err != nil {
 		return err
 	}
 	w.String("pkcs11-ha partition " + part)
@@ -143,11 +118,12 @@ func (c *conn) cGetSlotInfo(req *p11rpc.Request, w *p11rpc.Reply) error {
 }
 
 func (c *conn) cGetTokenInfo(req *p11rpc.Request, w *p11rpc.Reply) error {
-	slot, part, err := c.slotArg(req)
-	if err != nil {
+	slot := req.Ulong()
+	if err := req.Finish(); err != nil {
 		return err
 	}
-	if err := req.Finish(); err != nil {
+	part, err := c.slot(slot)
+	if err != nil {
 		return err
 	}
 	all, rw := c.sess.counts(slot)

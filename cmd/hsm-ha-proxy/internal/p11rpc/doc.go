@@ -120,7 +120,9 @@
 //
 // # Changes to the contract the front end was first given
 //
-// ByteBuffer and UlongBuffer return (n, null, err) rather than (n, err). Added: Request.Version,
+// The readers return values only: like Reply, a Request keeps its first error, which Finish returns (a
+// handler reads all its arguments, then checks once); ByteBuffer and UlongBuffer return (n, null); 'z' is
+// read by CString. Added: Request.Version,
 // Request.MechanismV2, Request.Next, Request.SpaceString (C_InitToken2), CallID.String, Attribute.Len,
 // Attribute.Template, Attribute.CLen, AttrUlong, AttrBool, AttrBytes, AttrTemplate, AttrInvalid, AttrSize,
 // ValueKind and KindOf, Carried, Parameterless, PadString, ProtocolError's fields Call, Offset and Msg.

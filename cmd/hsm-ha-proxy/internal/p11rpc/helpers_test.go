@@ -8,33 +8,29 @@ import (
 // server does, driven by the signature alone.
 func walkRequest(r *Request) error {
 	for e := r.Next(); e != ""; e = r.Next() {
-		var err error
 		switch e {
 		case "u":
-			_, err = r.Ulong()
+			r.Ulong()
 		case "y":
-			_, err = r.Byte()
+			r.Byte()
 		case "ay":
-			_, err = r.ByteArray()
+			r.ByteArray()
 		case "fy":
-			_, _, err = r.ByteBuffer()
+			r.ByteBuffer()
 		case "fu":
-			_, _, err = r.UlongBuffer()
+			r.UlongBuffer()
 		case "fA":
-			_, err = r.AttributeBuffer()
+			r.AttributeBuffer()
 		case "aA":
-			_, err = r.Attributes()
+			r.Attributes()
 		case "M":
-			_, err = r.Mechanism()
+			r.Mechanism()
 		case "z":
-			_, err = r.String()
+			r.CString()
 		case "s":
-			_, err = r.SpaceString()
+			r.SpaceString()
 		default:
-			err = fmt.Errorf("no reader for %q", e)
-		}
-		if err != nil {
-			return err
+			return fmt.Errorf("no reader for %q", e)
 		}
 	}
 	return r.Finish()

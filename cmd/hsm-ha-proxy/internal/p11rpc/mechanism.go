@@ -1,5 +1,7 @@
 package p11rpc
 
+import "bytes"
+
 // Mechanism is a decoded CK_MECHANISM.
 //
 // PSS is set for CKM_RSA_PKCS_PSS and CKM_SHA{1,224,256,384,512}_RSA_PKCS_PSS, OAEP for CKM_RSA_PKCS_OAEP,
@@ -12,6 +14,25 @@ type Mechanism struct {
 	Param []byte
 	PSS   *PSSParams
 	OAEP  *OAEPParams
+}
+
+// Clone is a deep copy of m, sharing nothing with the request body it was read from (nil for nil): what a
+// server keeps past the call.
+func (m *Mechanism) Clone() *Mechanism {
+	if m == nil {
+		return nil
+	}
+	c := &Mechanism{Type: m.Type, Param: bytes.Clone(m.Param)}
+	if m.PSS != nil {
+		pss := *m.PSS
+		c.PSS = &pss
+	}
+	if m.OAEP != nil {
+		oaep := *m.OAEP
+		oaep.Label = bytes.Clone(m.OAEP.Label)
+		c.OAEP = &oaep
+	}
+	return c
 }
 
 // PSSParams is CK_RSA_PKCS_PSS_PARAMS.

@@ -6,8 +6,11 @@ import (
 )
 
 // Request is a decoded request body. ParseRequest decodes and checks all of it against the call's signature;
-// the readers then hand out the arguments in signature order, each failing with a *ProtocolError when the
-// next element of the signature is another one (or none is left). The slices returned alias the body.
+// the readers then hand out the arguments in signature order. Like Reply, a Request keeps its first error:
+// a read of the wrong element (or past the last) records a *ProtocolError, returns the zero value, and
+// makes every later read do the same; Finish returns it. So a handler reads like p11-kit's rpc-server.c,
+// IN block then PROCESS then OUT: read every argument, check Finish once, do the work, write the reply.
+// The slices returned alias the body.
 type Request struct {
 	Call    CallID
 	Version byte // the negotiated protocol version the request was parsed with
@@ -15,6 +18,7 @@ type Request struct {
 	MechanismV2 bool
 	args        []arg
 	next        int
+	err         error // the first failed read
 }
 
 // arg is one decoded argument; elem says which fields hold it.
@@ -180,126 +184,127 @@ func (d *decoder) byteArrayArg() ([]byte, error) {
 	return nil, d.fail("array presence byte %d", present)
 }
 
-// take returns the next argument if it is elem.
-func (r *Request) take(elem string) (*arg, error) {
+// take returns the next argument if it is elem. Otherwise it records the error (the first one sticks;
+// Finish returns it) and returns nil, and so do all later reads.
+func (r *Request) take(elem string) *arg {
+	if r.err != nil {
+		return nil
+	}
 	if r.next >= len(r.args) {
-		return nil, &ProtocolError{Call: r.Call, Msg: fmt.Sprintf("read %q: all %d arguments already read", elem, len(r.args))}
+		r.err = &ProtocolError{Call: r.Call, Msg: fmt.Sprintf("read %q: all %d arguments already read", elem, len(r.args))}
+		return nil
 	}
 	a := &r.args[r.next]
 	if a.elem != elem {
-		return nil, &ProtocolError{Call: r.Call, Offset: a.off, Msg: fmt.Sprintf("read %q: argument %d is %q", elem, r.next, a.elem)}
+		r.err = &ProtocolError{Call: r.Call, Offset: a.off, Msg: fmt.Sprintf("read %q: argument %d is %q", elem, r.next, a.elem)}
+		return nil
 	}
 	r.next++
-	return a, nil
+	return a
 }
 
 // Next is the next signature element to read ("u", "y", "ay", "fy", "fu", "fA", "aA", "M", "z", "s"), or ""
-// when all are read.
+// when all are read (or a read failed).
 func (r *Request) Next() string {
-	if r.next >= len(r.args) {
+	if r.err != nil || r.next >= len(r.args) {
 		return ""
 	}
 	return r.args[r.next].elem
 }
 
 // Ulong reads a 'u': a CK_ULONG (8 bytes on the wire whatever the client's word size).
-func (r *Request) Ulong() (uint64, error) {
-	a, err := r.take("u")
-	if err != nil {
-		return 0, err
+func (r *Request) Ulong() uint64 {
+	if a := r.take("u"); a != nil {
+		return a.u
 	}
-	return a.u, nil
+	return 0
 }
 
 // Byte reads a 'y'.
-func (r *Request) Byte() (byte, error) {
-	a, err := r.take("y")
-	if err != nil {
-		return 0, err
+func (r *Request) Byte() byte {
+	if a := r.take("y"); a != nil {
+		return byte(a.u)
 	}
-	return byte(a.u), nil
+	return 0
 }
 
 // ByteArray reads an 'ay': nil for an absent (NULL) array, a non-nil (possibly empty) slice otherwise.
-func (r *Request) ByteArray() ([]byte, error) {
-	a, err := r.take("ay")
-	if err != nil {
-		return nil, err
+func (r *Request) ByteArray() []byte {
+	if a := r.take("ay"); a != nil {
+		return a.bytes
 	}
-	return a.bytes, nil
+	return nil
 }
 
 // ByteBuffer reads an 'fy': n is the size of the output buffer the caller passed; null is true when the
 // caller passed NULL, a size query. On the wire 0 is NULL, and p11-kit 0.25+ sends 0xffffffff for a non-NULL
 // buffer of 0 bytes (n = 0, null = false); p11-kit 0.24 sends 0 for both, so for it a 0-byte buffer reads as
 // a size query (which is also how p11-kit's own server treats it).
-func (r *Request) ByteBuffer() (n uint64, null bool, err error) {
-	a, err := r.take("fy")
-	if err != nil {
-		return 0, false, err
+func (r *Request) ByteBuffer() (n uint64, null bool) {
+	if a := r.take("fy"); a != nil {
+		return a.u, a.null
 	}
-	return a.u, a.null, nil
+	return 0, false
 }
 
 // UlongBuffer reads an 'fu': the number of CK_ULONGs the caller has room for; null (n = 0) when it passed NULL
 // or room for none — all client versions send 0 for both.
-func (r *Request) UlongBuffer() (n uint64, null bool, err error) {
-	a, err := r.take("fu")
-	if err != nil {
-		return 0, false, err
+func (r *Request) UlongBuffer() (n uint64, null bool) {
+	if a := r.take("fu"); a != nil {
+		return a.u, a.null
 	}
-	return a.u, a.null, nil
+	return 0, false
 }
 
 // AttributeBuffer reads an 'fA' (C_GetAttributeValue's template): for each attribute its type and the size
 // of the caller's buffer, or Null.
-func (r *Request) AttributeBuffer() ([]AttributeRequest, error) {
-	a, err := r.take("fA")
-	if err != nil {
-		return nil, err
+func (r *Request) AttributeBuffer() []AttributeRequest {
+	if a := r.take("fA"); a != nil {
+		return a.areqs
 	}
-	return a.areqs, nil
+	return nil
 }
 
 // Attributes reads an 'aA': a template with values (C_FindObjectsInit, C_CreateObject, ...).
-func (r *Request) Attributes() ([]Attribute, error) {
-	a, err := r.take("aA")
-	if err != nil {
-		return nil, err
+func (r *Request) Attributes() []Attribute {
+	if a := r.take("aA"); a != nil {
+		return a.attrs
 	}
-	return a.attrs, nil
+	return nil
 }
 
 // Mechanism reads an 'M'. It returns nil when the client sent the NULL mechanism (p11-kit 0.25.3+: an Init
 // call that cancels the operation).
-func (r *Request) Mechanism() (*Mechanism, error) {
-	a, err := r.take("M")
-	if err != nil {
-		return nil, err
+func (r *Request) Mechanism() *Mechanism {
+	if a := r.take("M"); a != nil {
+		return a.mech
 	}
-	return a.mech, nil
+	return nil
 }
 
-// String reads a 'z' (C_InitToken's label), without the terminating NUL.
-func (r *Request) String() (string, error) {
-	a, err := r.take("z")
-	if err != nil {
-		return "", err
+// CString reads a 'z' (C_InitToken's label), without the terminating NUL. (Not String: a Request is no
+// fmt.Stringer, whose printing would consume an argument.)
+func (r *Request) CString() string {
+	if a := r.take("z"); a != nil {
+		return string(a.bytes)
 	}
-	return string(a.bytes), nil
+	return ""
 }
 
 // SpaceString reads an 's' (C_InitToken2's label: 32 space-padded bytes), as sent.
-func (r *Request) SpaceString() (string, error) {
-	a, err := r.take("s")
-	if err != nil {
-		return "", err
+func (r *Request) SpaceString() string {
+	if a := r.take("s"); a != nil {
+		return string(a.bytes)
 	}
-	return string(a.bytes), nil
+	return ""
 }
 
-// Finish fails unless every argument has been read: a server that forgets one has a bug.
+// Finish ends the reading: the first read that failed, else an error unless every argument has been read
+// (a server that forgets one has a bug). A handler reads all its arguments, then checks Finish once.
 func (r *Request) Finish() error {
+	if r.err != nil {
+		return r.err
+	}
 	if r.next != len(r.args) {
 		return &ProtocolError{Call: r.Call, Offset: r.args[r.next].off, Msg: fmt.Sprintf("%d of %d arguments not read", len(r.args)-r.next, len(r.args))}
 	}

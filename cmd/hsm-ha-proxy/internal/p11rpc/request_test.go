@@ -109,23 +109,23 @@ func TestParseRequest(t *testing.T) {
 			request(CallDigestInit).u64(7).u32(ckmSHA256).array(nil),
 			func(t *testing.T, r *Request) {
 				mustUlong(t, r, 7)
-				m, err := r.Mechanism()
-				if err != nil || m == nil || m.Type != ckmSHA256 || r.MechanismV2 {
-					t.Fatalf("Mechanism = %+v, %v (v2 %v)", m, err, r.MechanismV2)
+				m := r.Mechanism()
+				if m == nil || m.Type != ckmSHA256 || r.MechanismV2 {
+					t.Fatalf("Mechanism = %+v (v2 %v)", m, r.MechanismV2)
 				}
 			}},
 		{"C_DeriveKey2 with ECDH1 parameters (structured, kept raw)", 2,
 			request(CallDeriveKey2).u64(7).u32(ckmECDH1Derive).y(1).u64(1).array(nil).array([]byte{4, 1, 2}).u64(9).u32(0),
 			func(t *testing.T, r *Request) {
 				mustUlong(t, r, 7)
-				m, err := r.Mechanism()
+				m := r.Mechanism()
 				raw := msg(nil).u64(1).array(nil).array([]byte{4, 1, 2})
-				if err != nil || m.Type != ckmECDH1Derive || !bytes.Equal(m.Param, raw) || m.PSS != nil || m.OAEP != nil {
-					t.Fatalf("Mechanism = %+v, %v", m, err)
+				if m == nil || m.Type != ckmECDH1Derive || !bytes.Equal(m.Param, raw) || m.PSS != nil || m.OAEP != nil {
+					t.Fatalf("Mechanism = %+v", m)
 				}
 				mustUlong(t, r, 9)
-				if a, err := r.Attributes(); err != nil || len(a) != 0 {
-					t.Fatalf("Attributes = %v, %v", a, err)
+				if a := r.Attributes(); len(a) != 0 || r.Finish() != nil {
+					t.Fatalf("Attributes = %v, %v", a, r.Finish())
 				}
 			}},
 		{"fy: 0 is NULL (size query)", 0,
@@ -168,8 +168,8 @@ func TestParseRequest(t *testing.T) {
 			func(t *testing.T, r *Request) {
 				mustUlong(t, r, 1)
 				mustBytes(t, r, []byte("so"))
-				if s, err := r.SpaceString(); err != nil || s != PadString("tok", 32) {
-					t.Fatalf("SpaceString = %q, %v", s, err)
+				if s := r.SpaceString(); s != PadString("tok", 32) {
+					t.Fatalf("SpaceString = %q, %v", s, r.Finish())
 				}
 			}},
 		{"C_InitToken: z label", 0,
@@ -177,8 +177,8 @@ func TestParseRequest(t *testing.T) {
 			func(t *testing.T, r *Request) {
 				mustUlong(t, r, 1)
 				mustBytes(t, r, []byte("so"))
-				if s, err := r.String(); err != nil || s != "tok" {
-					t.Fatalf("String = %q, %v", s, err)
+				if s := r.CString(); s != "tok" {
+					t.Fatalf("CString = %q, %v", s, r.Finish())
 				}
 			}},
 		{"C_LoginUser (PKCS#11 3.0 id 66)", 2,
@@ -227,8 +227,8 @@ func TestParseRequest(t *testing.T) {
 				attr(ckaLabel, 0, msg(nil).array(nil)),
 			func(t *testing.T, r *Request) {
 				mustUlong(t, r, 7)
-				a, err := r.Attributes()
-				if err != nil {
+				a := r.Attributes()
+				if err := r.Finish(); err != nil {
 					t.Fatal(err)
 				}
 				want := []Attribute{
@@ -253,8 +253,8 @@ func TestParseRequest(t *testing.T) {
 			request(CallCreateObject).u64(7).u32(1).attr(ckaDeriveTmpl, 2, msg(nil).array([]byte{1, 2})),
 			func(t *testing.T, r *Request) {
 				mustUlong(t, r, 7)
-				a, err := r.Attributes()
-				if err != nil {
+				a := r.Attributes()
+				if err := r.Finish(); err != nil {
 					t.Fatal(err)
 				}
 				checkAttrs(t, a, []Attribute{AttrBytes(ckaDeriveTmpl, []byte{1, 2})})
@@ -262,7 +262,8 @@ func TestParseRequest(t *testing.T) {
 		{"templates nested 8 deep", 2, nestedTemplates(request(CallCreateObject).u64(7).u32(1), 8),
 			func(t *testing.T, r *Request) {
 				mustUlong(t, r, 7)
-				if _, err := r.Attributes(); err != nil {
+				r.Attributes()
+				if err := r.Finish(); err != nil {
 					t.Fatal(err)
 				}
 			}},
@@ -277,8 +278,9 @@ func TestParseRequest(t *testing.T) {
 			if err := r.Finish(); err != nil {
 				t.Fatal(err)
 			}
-			// Every reader fails once all are read.
-			if _, err := r.Ulong(); err == nil {
+			// A read past the last argument fails, and the failure sticks.
+			r.Ulong()
+			if err := r.Finish(); err == nil {
 				t.Fatal("Ulong after the last argument succeeded")
 			}
 		})
@@ -341,32 +343,52 @@ func TestParseRequestErrors(t *testing.T) {
 }
 
 func TestReadersFollowTheSignature(t *testing.T) {
-	r, err := ParseRequest(request(CallSign).u64(7).ay([]byte{1}).u32(64), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Next() != "u" {
-		t.Fatalf("Next = %q", r.Next())
-	}
-	if _, err := r.ByteArray(); err == nil {
-		t.Fatal("ByteArray where a ulong is due succeeded")
-	}
-	var pe *ProtocolError
-	if _, err := r.Mechanism(); !errors.As(err, &pe) || pe.Call != CallSign {
-		t.Fatalf("Mechanism where a ulong is due: %v", err)
-	}
-	mustUlong(t, r, 7)
-	if err := r.Finish(); err == nil || !strings.Contains(err.Error(), "2 of 3 arguments not read") {
-		t.Fatalf("Finish with two arguments unread = %v", err)
-	}
-	mustBytes(t, r, []byte{1})
-	checkBuffer(t, r, 64, false)
-	if r.Next() != "" {
-		t.Fatalf("Next after the last = %q", r.Next())
-	}
-	if err := r.Finish(); err != nil {
-		t.Fatal(err)
-	}
+	body := request(CallSign).u64(7).ay([]byte{1}).u32(64)
+	t.Run("in order", func(t *testing.T) {
+		r, err := ParseRequest(body, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Next() != "u" {
+			t.Fatalf("Next = %q", r.Next())
+		}
+		mustUlong(t, r, 7)
+		if err := r.Finish(); err == nil || !strings.Contains(err.Error(), "2 of 3 arguments not read") {
+			t.Fatalf("Finish with two arguments unread = %v", err)
+		}
+		mustBytes(t, r, []byte{1})
+		checkBuffer(t, r, 64, false)
+		if r.Next() != "" {
+			t.Fatalf("Next after the last = %q", r.Next())
+		}
+		if err := r.Finish(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("the first wrong read sticks", func(t *testing.T) {
+		r, err := ParseRequest(body, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := r.ByteArray(); b != nil {
+			t.Fatalf("ByteArray where a ulong is due = %v", b)
+		}
+		// Every later read, even of the element due, gives the zero value: the handler checks Finish once.
+		if v := r.Ulong(); v != 0 {
+			t.Fatalf("Ulong after a failed read = %d", v)
+		}
+		if n, null := r.ByteBuffer(); n != 0 || null {
+			t.Fatalf("ByteBuffer after a failed read = %d, %v", n, null)
+		}
+		if r.Next() != "" {
+			t.Fatalf("Next after a failed read = %q", r.Next())
+		}
+		var pe *ProtocolError
+		err = r.Finish()
+		if !errors.As(err, &pe) || pe.Call != CallSign || pe.Offset == 0 || !strings.Contains(err.Error(), `read "ay": argument 0 is "u"`) {
+			t.Fatalf("Finish = %v; want the first failure", err)
+		}
+	})
 }
 
 func TestCarried(t *testing.T) {
@@ -402,10 +424,7 @@ func TestCarried(t *testing.T) {
 func checkMech(t *testing.T, r *Request, session uint64, want *Mechanism, key uint64, v2 bool) {
 	t.Helper()
 	mustUlong(t, r, session)
-	m, err := r.Mechanism()
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := r.Mechanism() // a failed read gives nil, and the caller's Finish fails
 	if !mechEqual(m, want) {
 		t.Fatalf("Mechanism = %+v, want %+v", m, want)
 	}
@@ -413,6 +432,43 @@ func checkMech(t *testing.T, r *Request, session uint64, want *Mechanism, key ui
 		t.Fatalf("MechanismV2 = %v, want %v", r.MechanismV2, v2)
 	}
 	mustUlong(t, r, key)
+}
+
+// TestMechanismClone: a clone is equal to the mechanism and shares no byte with the body it was read from.
+func TestMechanismClone(t *testing.T) {
+	for _, m := range []*Mechanism{
+		nil,
+		{Type: ckmECDSA},
+		{Type: ckmRSAPKCSPSS, PSS: &PSSParams{Hash: 0x250, MGF: 2, SaltLen: 32}},
+		{Type: ckmRSAPKCSOAEP, OAEP: &OAEPParams{Hash: 0x250, MGF: 2, Source: 1, Label: []byte("label")}},
+		{Type: ckmAESCBC, Param: []byte("0123456789abcdef")},
+	} {
+		c := m.Clone()
+		if !mechEqual(c, m) {
+			t.Fatalf("Clone(%+v) = %+v", m, c)
+		}
+		if m == nil {
+			continue
+		}
+		for _, b := range [][]byte{m.Param, oaepLabel(m)} {
+			for i := range b {
+				b[i] ^= 0xff
+			}
+		}
+		if m.PSS != nil {
+			m.PSS.SaltLen++
+		}
+		if (m.Param != nil || m.PSS != nil || m.OAEP != nil) && mechEqual(c, m) {
+			t.Fatalf("the clone of %+v changed with it", m)
+		}
+	}
+}
+
+func oaepLabel(m *Mechanism) []byte {
+	if m.OAEP == nil {
+		return nil
+	}
+	return m.OAEP.Label
 }
 
 func mechEqual(a, b *Mechanism) bool {
@@ -434,33 +490,30 @@ func mechEqual(a, b *Mechanism) bool {
 
 func mustUlong(t *testing.T, r *Request, want uint64) {
 	t.Helper()
-	if v, err := r.Ulong(); err != nil || v != want {
-		t.Fatalf("Ulong = %d, %v; want %d", v, err, want)
+	if v := r.Ulong(); v != want {
+		t.Fatalf("Ulong = %d, %v; want %d", v, r.Finish(), want)
 	}
 }
 
 func mustBytes(t *testing.T, r *Request, want []byte) {
 	t.Helper()
-	v, err := r.ByteArray()
-	if err != nil || !bytes.Equal(v, want) || (v == nil) != (want == nil) {
-		t.Fatalf("ByteArray = %#v, %v; want %#v", v, err, want)
+	v := r.ByteArray()
+	if !bytes.Equal(v, want) || (v == nil) != (want == nil) {
+		t.Fatalf("ByteArray = %#v, %v; want %#v", v, r.Finish(), want)
 	}
 }
 
 func checkBuffer(t *testing.T, r *Request, n uint64, null bool) {
 	t.Helper()
-	gn, gnull, err := r.ByteBuffer()
-	if err != nil || gn != n || gnull != null {
-		t.Fatalf("ByteBuffer = %d, %v, %v; want %d, %v", gn, gnull, err, n, null)
+	gn, gnull := r.ByteBuffer()
+	if gn != n || gnull != null {
+		t.Fatalf("ByteBuffer = %d, %v, %v; want %d, %v", gn, gnull, r.Finish(), n, null)
 	}
 }
 
 func checkAttrBuffer(t *testing.T, r *Request, want []AttributeRequest) {
 	t.Helper()
-	got, err := r.AttributeBuffer()
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := r.AttributeBuffer()
 	if len(got) != len(want) {
 		t.Fatalf("AttributeBuffer = %+v, want %+v", got, want)
 	}

@@ -57,8 +57,13 @@ type peerCreds struct {
 // connContext stashes the peer credentials of a unix connection in its context: they are read once per
 // connection, when it is accepted.
 func connContext(ctx context.Context, c net.Conn) context.Context {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
+	var uc *net.UnixConn
+	switch c := c.(type) {
+	case *net.UnixConn:
+		uc = c
+	case *hconn:
+		uc = c.UnixConn
+	default:
 		return ctx
 	}
 	cr, err := unixsock.PeerCred(uc)

@@ -40,8 +40,10 @@ func classify(ctx context.Context, err error) *apiError {
 		return errorf(http.StatusGatewayTimeout, sidecarapi.CodeDeadlineExceeded, "the request deadline passed before a device answered")
 	case errors.Is(ctx.Err(), context.Canceled):
 		return errorf(statusClientClosed, codeCanceled, "the request was cancelled")
-	case errors.Is(err, rsa.ErrDecryption):
+	case errors.Is(err, rsa.ErrDecryption), errors.Is(err, pkcs11ha.ErrAuthentication):
 		return errorf(http.StatusBadRequest, sidecarapi.CodeDecryptionFailed, "decryption failed")
+	case errors.Is(err, pkcs11ha.ErrMACMismatch):
+		return errorf(http.StatusBadRequest, sidecarapi.CodeMACMismatch, "the MAC does not match")
 	case errors.Is(err, pkcs11ha.ErrUnsupported):
 		return errorf(http.StatusBadRequest, sidecarapi.CodeUnsupportedMechanism, "%s", err.Error())
 	case errors.Is(err, pkcs11ha.ErrUnknownPartition):

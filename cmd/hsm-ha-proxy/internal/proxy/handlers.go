@@ -19,14 +19,22 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 		h            http.Handler
 	}
 	const (
-		keysPath = "/v1/partitions/{p}/keys"
-		keyPath  = "/v1/partitions/{p}/keys/{label}"
+		keysPath    = "/v1/partitions/{p}/keys"
+		keyPath     = "/v1/partitions/{p}/keys/{label}"
+		secretsPath = "/v1/partitions/{p}/secret-keys"
+		secretPath  = "/v1/partitions/{p}/secret-keys/{label}"
 	)
 	for _, rt := range []route{
 		{http.MethodGet, keysPath, s.api("list_keys", true, s.listKeys)},
 		{http.MethodGet, keyPath, s.api("get_key", true, s.getKey)},
 		{http.MethodPost, keyPath + "/sign", s.api("sign", true, s.sign)},
 		{http.MethodPost, keyPath + "/decrypt", s.api("decrypt", true, s.decrypt)},
+		{http.MethodGet, secretsPath, s.api("list_secret_keys", true, s.listSecretKeys)},
+		{http.MethodGet, secretPath, s.api("get_secret_key", true, s.getSecretKey)},
+		{http.MethodPost, secretPath + "/encrypt", s.api("encrypt", true, s.encrypt)},
+		{http.MethodPost, secretPath + "/decrypt", s.api("decrypt_secret", true, s.decryptSecret)},
+		{http.MethodPost, secretPath + "/mac", s.api("mac", true, s.mac)},
+		{http.MethodPost, secretPath + "/verify-mac", s.api("verify_mac", true, s.verifyMAC)},
 		{http.MethodGet, "/v1/status", s.api("status", false, s.status)},
 		{http.MethodGet, "/healthz", http.HandlerFunc(s.healthz)},
 		{http.MethodGet, "/readyz", http.HandlerFunc(s.readyz)},

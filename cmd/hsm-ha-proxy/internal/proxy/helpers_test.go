@@ -64,8 +64,26 @@ func (k *fakeKey) DecryptDevice(ctx context.Context, ct []byte, opts crypto.Decr
 
 // fakeBackend serves fake keys: partition -> label -> key.
 type fakeBackend struct {
-	keys  map[string]map[string]*fakeKey
-	ready bool
+	keys    map[string]map[string]*fakeKey
+	secrets map[string]*fakeSecret // "partition/label"
+	ready   bool
+}
+
+func (b *fakeBackend) SecretKey(_ context.Context, partition, label string) (secretHandle, error) {
+	if k, ok := b.secrets[partition+"/"+label]; ok {
+		return k, nil
+	}
+	return nil, fmt.Errorf("%w: secret key %q in partition %q", pkcs11ha.ErrUnknownKey, label, partition)
+}
+
+func (b *fakeBackend) SecretKeys(partition string) ([]pkcs11ha.SecretKeyInfo, error) {
+	var out []pkcs11ha.SecretKeyInfo
+	for name, k := range b.secrets {
+		if strings.HasPrefix(name, partition+"/") {
+			out = append(out, k.info)
+		}
+	}
+	return out, nil
 }
 
 func (b *fakeBackend) Key(_ context.Context, partition, label string) (keyHandle, error) {

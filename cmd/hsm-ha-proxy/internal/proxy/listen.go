@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/unixsock"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
@@ -39,6 +40,22 @@ func SocketPath(listen string) string {
 //   - tcp://HOST:PORT: TLS with server.tls (cert, key and client_ca are all required), requiring and
 //     verifying a client certificate signed by client_ca.
 func Listen(sc sidecarconfig.ServerConfig) (net.Listener, error) {
+	return ListenInherited(sc, nil)
+}
+
+// ListenAddr is the network and address of server.listen's socket ("unix", PATH or "tcp", HOST:PORT): the
+// name under which a hot upgrade passes the listener to the new process.
+func ListenAddr(sc sidecarconfig.ServerConfig) (network, addr string) {
+	if p := SocketPath(sc.Listen); p != "" {
+		return "unix", p
+	}
+	return "tcp", strings.TrimPrefix(sc.Listen, "tcp://")
+}
+
+// ListenInherited is Listen on a socket that a previous process of a hot upgrade was serving on (a
+// *net.UnixListener or *net.TCPListener for ListenAddr's name): it is adopted instead of bound anew. A nil
+// inherited is Listen. The returned listener's SyscallConn reaches the bound socket, to pass it on again.
+func ListenInherited(sc sidecarconfig.ServerConfig, inherited net.Listener) (net.Listener, error) {
 	addr := sc.Listen
 	if addr == "" {
 		addr = DefaultListen
@@ -52,7 +69,7 @@ func Listen(sc sidecarconfig.ServerConfig) (net.Listener, error) {
 		if sc.TLS != (sidecarconfig.TLSConfig{}) {
 			return nil, &pkcs11ha.ConfigError{Field: "server.tls", Msg: "TLS is only used with a tcp:// listener; a unix socket is protected by its mode (0600) and peer credentials"}
 		}
-		return listenUnix(path, sc.ListenGroup)
+		return listenUnix(path, sc.ListenGroup, inherited)
 	case strings.HasPrefix(addr, "tcp://"):
 		if sc.ListenGroup != "" {
 			return nil, &pkcs11ha.ConfigError{Field: "server.listen_group", Msg: "only used with a unix:// listener"}
@@ -65,11 +82,17 @@ func Listen(sc sidecarconfig.ServerConfig) (net.Listener, error) {
 		if err != nil {
 			return nil, err
 		}
-		ln, err := net.Listen("tcp", hostport)
-		if err != nil {
-			return nil, fmt.Errorf("proxy: listen %s: %w", addr, err)
+		ln := inherited
+		if ln == nil {
+			if ln, err = net.Listen("tcp", hostport); err != nil {
+				return nil, fmt.Errorf("proxy: listen %s: %w", addr, err)
+			}
 		}
-		tl := &tlsListener{}
+		raw, ok := ln.(syscall.Conn)
+		if !ok {
+			return nil, fmt.Errorf("proxy: listen %s: inherited %T is not a socket", addr, ln)
+		}
+		tl := &tlsListener{raw: raw}
 		tl.cur.Store(tc)
 		// Every handshake takes the current configuration, so ReloadTLS affects new connections only.
 		tl.Listener = tls.NewListener(ln, &tls.Config{
@@ -84,8 +107,12 @@ func Listen(sc sidecarconfig.ServerConfig) (net.Listener, error) {
 // tlsListener is the tcp:// listener: TLS with a configuration that ReloadTLS can replace.
 type tlsListener struct {
 	net.Listener
+	raw syscall.Conn // the TCP socket under TLS
 	cur atomic.Pointer[tls.Config]
 }
+
+// SyscallConn reaches the TCP socket, so that a hot upgrade can pass it on.
+func (l *tlsListener) SyscallConn() (syscall.RawConn, error) { return l.raw.SyscallConn() }
 
 // ReloadTLS loads server.tls again (certificate, key, client CA) for the listener Listen returned, so that
 // certificates can be rotated without a restart: new connections use the new files, established ones
@@ -133,12 +160,17 @@ func serverTLS(c sidecarconfig.TLSConfig) (*tls.Config, error) {
 
 // listenUnix creates the socket with its final mode from the first moment (see unixsock.Listen): 0600, or
 // 0660 owned by group (server.listen_group).
-func listenUnix(path, group string) (net.Listener, error) {
+func listenUnix(path, group string, inherited net.Listener) (net.Listener, error) {
 	opts, err := unixsock.ForGroup(group)
 	if err != nil {
 		return nil, &pkcs11ha.ConfigError{Field: "server.listen_group", Msg: err.Error()}
 	}
-	ln, err := unixsock.Listen(path, opts)
+	var ln net.Listener
+	if ul, ok := inherited.(*net.UnixListener); ok {
+		ln, err = unixsock.Inherit(path, ul, opts)
+	} else {
+		ln, err = unixsock.Listen(path, opts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}

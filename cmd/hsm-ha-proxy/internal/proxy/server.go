@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +37,8 @@ const (
 type backend interface {
 	Key(ctx context.Context, partition, label string) (keyHandle, error)
 	Keys(partition string) ([]pkcs11ha.KeyInfo, error)
+	SecretKey(ctx context.Context, partition, label string) (secretHandle, error)
+	SecretKeys(partition string) ([]pkcs11ha.SecretKeyInfo, error)
 	Status() []pkcs11ha.DeviceStatus
 	Ready() bool
 }
@@ -78,6 +81,15 @@ type Server struct {
 	reqTimeout time.Duration
 	grace      time.Duration
 
+	// Hot upgrade (handover.go): hl is Serve's listener, started closed once it is set; conns are the
+	// unix connections; send is where HandOver passes them (nil until it is called).
+	hl      *handoffListener
+	started chan struct{}
+	hmu     sync.Mutex
+	conns   map[*hconn]struct{}
+	send    Sender
+	passed  atomic.Int64
+
 	serving  atomic.Bool
 	draining atomic.Bool // Serve's context ended: shutting down
 	forced   atomic.Bool // the grace period ran out: requests were cancelled
@@ -106,6 +118,8 @@ func newServer(cfg *sidecarconfig.Config, be backend, logger *slog.Logger, reg *
 		m:          newHTTPMetrics(reg),
 		reqTimeout: cfg.Policy.RequestDeadline(),
 		grace:      cfg.Server.ShutdownGrace.D(),
+		started:    make(chan struct{}),
+		conns:      map[*hconn]struct{}{},
 	}
 	if s.grace <= 0 {
 		s.grace = DefaultShutdownGrace
@@ -155,6 +169,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           s.handler,
 		ConnContext:       connContext,
+		ConnState:         s.connState,
 		BaseContext:       func(net.Listener) context.Context { return base },
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -162,8 +177,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelInfo),
 	}
+	s.hl = newHandoffListener(ln, s)
+	close(s.started)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- srv.Serve(s.hl) }()
 	s.log.Info("serving", "addr", ln.Addr().String(), "request_timeout", s.reqTimeout.String())
 
 	select {

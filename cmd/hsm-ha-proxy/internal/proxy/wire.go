@@ -39,11 +39,12 @@ func toDeviceStatuses(in []pkcs11ha.DeviceStatus) []sidecarapi.DeviceStatus {
 			Breaker: d.Breaker, EWMA: d.EWMA, InFlight: d.InFlight, Abandoned: d.Abandoned,
 			LastError: d.LastError, LastErrorClass: d.LastErrorClass,
 			Reinits: d.Reinits, RetiredInstances: d.RetiredInstances, StuckCalls: d.StuckCalls, ExcludedKeys: d.ExcludedKeys,
+			WorkerPID: d.WorkerPID, WorkerRestarts: d.WorkerRestarts, WorkerExit: d.WorkerExit,
 		}
 		if d.Partitions != nil {
 			out[i].Partitions = make([]sidecarapi.PartitionStatus, len(d.Partitions))
 			for j, p := range d.Partitions {
-				out[i].Partitions[j] = sidecarapi.PartitionStatus{Name: p.Name, Open: p.Open, Error: p.Error}
+				out[i].Partitions[j] = sidecarapi.PartitionStatus{Name: p.Name, Open: p.Open, Error: p.Error, Logins: p.Logins}
 			}
 		}
 	}

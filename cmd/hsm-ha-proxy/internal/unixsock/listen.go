@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -101,12 +102,48 @@ func checkStale(path string) error {
 	return fmt.Errorf("%s exists and cannot be probed (%w); not replacing it", path, err)
 }
 
-// listener removes its socket file on Close, if the file is still the one it created.
+// Inherit adopts a listener a previous process of a hot upgrade was serving on path (docs/ARCHITECTURE.md,
+// "Hot upgrade"): the socket file is left where it is and given the mode and group of opts (the new config's),
+// and Close removes it as Listen's does.
+func Inherit(path string, ln *net.UnixListener, opts Options) (net.Listener, error) {
+	if opts.Mode == 0 {
+		opts.Mode = 0o600
+	}
+	ln.SetUnlinkOnClose(false)
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil, fmt.Errorf("inherited socket %s: %w", path, err)
+	}
+	if fi.Mode()&fs.ModeSocket == 0 {
+		return nil, fmt.Errorf("inherited socket %s: the file there is not a socket", path)
+	}
+	if opts.GID >= 0 {
+		if err := os.Lchown(path, -1, opts.GID); err != nil {
+			return nil, fmt.Errorf("giving the socket group %d: %w", opts.GID, err)
+		}
+	}
+	if err := os.Chmod(path, opts.Mode.Perm()); err != nil {
+		return nil, fmt.Errorf("chmod socket: %w", err)
+	}
+	return &listener{UnixListener: ln, path: path, fi: fi}, nil
+}
+
+// KeepSocket makes a listener of Listen or Inherit leave its socket file on Close: the new process of a hot
+// upgrade serves on it. Other listeners are left alone.
+func KeepSocket(ln net.Listener) {
+	if l, ok := ln.(*listener); ok {
+		l.keep.Store(true)
+	}
+}
+
+// listener removes its socket file on Close, if the file is still the one it created (and KeepSocket was
+// not called).
 type listener struct {
 	*net.UnixListener
 	path string
 	fi   os.FileInfo
 	once sync.Once
+	keep atomic.Bool
 }
 
 // Addr returns the socket's path (the name it was bound under is a temporary one).
@@ -116,6 +153,9 @@ func (l *listener) Addr() net.Addr { return &net.UnixAddr{Name: l.path, Net: "un
 func (l *listener) Close() error {
 	err := l.UnixListener.Close()
 	l.once.Do(func() {
+		if l.keep.Load() {
+			return
+		}
 		if fi, serr := os.Lstat(l.path); serr == nil && os.SameFile(fi, l.fi) {
 			_ = os.Remove(l.path)
 		}

@@ -185,7 +185,8 @@ func appendAttrs(b []byte, attrs []p11rpc.Attribute) []byte {
 
 // Mechanism adds an 'M' (nil: the NULL mechanism) in the encoding of the connection's version: from version
 // 2 a parameterless mechanism is its type alone and others carry a has-parameter byte. PSS and OAEP are
-// encoded from their fields; any other parameter is Param as a byte array.
+// encoded from their fields, AES-GCM's Param is its encoded fields (GCMParam); any other parameter is Param
+// as a byte array.
 func (c *Call) Mechanism(m *p11rpc.Mechanism) *Call {
 	if !c.put("M") {
 		return c
@@ -211,10 +212,18 @@ func (c *Call) Mechanism(m *p11rpc.Mechanism) *Call {
 		c.buf = u64(u64(u64(c.buf, m.PSS.Hash), m.PSS.MGF), m.PSS.SaltLen)
 	case m.OAEP != nil:
 		c.buf = array(u64(u64(u64(c.buf, m.OAEP.Hash), m.OAEP.MGF), m.OAEP.Source), m.OAEP.Label)
+	case m.Type == p11rpc.CKMAESGCM:
+		c.buf = append(c.buf, m.Param...) // GCMParam's fields, as p11-kit writes CK_GCM_PARAMS
 	default:
 		c.buf = array(c.buf, m.Param)
 	}
 	return c
+}
+
+// GCMParam is the Param of a CKM_AES_GCM Mechanism: CK_GCM_PARAMS' fields as p11-kit 0.25+ writes them
+// (pIv, ulIvBits, pAAD, ulTagBits), which Call.Mechanism sends as they are.
+func GCMParam(iv []byte, ivBits uint64, aad []byte, tagBits uint64) []byte {
+	return u64(array(u64(array(nil, iv), ivBits), aad), tagBits)
 }
 
 // String adds a 'z'.

@@ -26,51 +26,32 @@ func reencode(t *testing.T, r *p11rpc.Request) []byte {
 	}
 	c := NewCall(r.Call, enc)
 	for e := r.Next(); e != ""; e = r.Next() {
-		var err error
 		switch e {
 		case "u":
-			var v uint64
-			v, err = r.Ulong()
-			c.Ulong(v)
+			c.Ulong(r.Ulong())
 		case "y":
-			var v byte
-			v, err = r.Byte()
-			c.Byte(v)
+			c.Byte(r.Byte())
 		case "ay":
-			var v []byte
-			v, err = r.ByteArray()
-			c.ByteArray(v)
+			c.ByteArray(r.ByteArray())
 		case "fy":
-			var n uint64
-			var null bool
-			n, null, err = r.ByteBuffer()
-			c.ByteBuffer(n, null)
+			c.ByteBuffer(r.ByteBuffer())
 		case "fu":
-			var n uint64
-			n, _, err = r.UlongBuffer()
+			n, _ := r.UlongBuffer()
 			c.UlongBuffer(n)
 		case "fA":
-			var v []p11rpc.AttributeRequest
-			v, err = r.AttributeBuffer()
-			c.AttributeBuffer(v)
+			c.AttributeBuffer(r.AttributeBuffer())
 		case "aA":
-			var v []p11rpc.Attribute
-			v, err = r.Attributes()
-			c.Attributes(v)
+			c.Attributes(r.Attributes())
 		case "M":
-			var m *p11rpc.Mechanism
-			m, err = r.Mechanism()
-			c.Mechanism(m)
+			c.Mechanism(r.Mechanism())
 		case "z":
-			var s string
-			s, err = r.String()
-			c.String(s)
+			c.String(r.CString())
 		default:
 			t.Fatalf("element %q", e)
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
+	}
+	if err := r.Finish(); err != nil {
+		t.Fatal(err)
 	}
 	b, err := c.Body()
 	if err != nil {
@@ -148,8 +129,10 @@ func TestCallVersion2(t *testing.T) {
 			if err != nil {
 				t.Fatalf("version %d %+v: %v", version, m, err)
 			}
-			_, _ = r.Ulong()
-			got, err := r.Mechanism()
+			_ = r.Ulong()
+			got := r.Mechanism()
+			_ = r.Ulong()
+			err = r.Finish()
 			if err != nil || (got == nil) != (m == nil) || (m != nil && (got.Type != m.Type || (got.PSS == nil) != (m.PSS == nil) ||
 				(got.OAEP == nil) != (m.OAEP == nil) || (m.OAEP != nil && !bytes.Equal(got.OAEP.Label, m.OAEP.Label)))) {
 				t.Fatalf("version %d: Mechanism = %+v, %v; want %+v", version, got, err, m)
@@ -167,10 +150,10 @@ func TestCallVersion2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _ = r.Ulong()
-	_, _ = r.ByteArray()
-	if n, null, err := r.ByteBuffer(); n != 0 || null || err != nil {
-		t.Fatalf("0-byte buffer read as %d, %v, %v", n, null, err)
+	_ = r.Ulong()
+	_ = r.ByteArray()
+	if n, null := r.ByteBuffer(); n != 0 || null || r.Finish() != nil {
+		t.Fatalf("0-byte buffer read as %d, %v, %v", n, null, r.Finish())
 	}
 }
 
@@ -245,8 +228,8 @@ func serveOne(conn net.Conn) error {
 		case err != nil:
 			reply = p11rpc.ErrorReply(0x30)
 		case r.Call == p11rpc.CallGetSlotList:
-			_, _ = r.Byte()
-			n, null, _ := r.UlongBuffer()
+			_ = r.Byte()
+			n, null := r.UlongBuffer()
 			w := p11rpc.NewReply(r.Call, version)
 			if null || n < 1 {
 				w.UlongArrayLen(1)

@@ -1,0 +1,143 @@
+package pkcs11ha
+
+import (
+	"crypto"
+	"crypto/rsa"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall"
+)
+
+// A device operation is plain data — what to do with which key, never a closure — so that the same
+// request runs on an in-process device or is carried to a device worker process (worker.go) unchanged.
+
+// opKind is what a deviceOp does on the token.
+type opKind uint8
+
+const (
+	kindSign    opKind = iota + 1 // C_SignInit + C_Sign with the private key
+	kindDecrypt                   // C_DecryptInit + C_Decrypt with the private key
+	kindSeal                      // AES-GCM encryption with a secret key (secretops.go)
+	kindOpen                      // AES-GCM decryption with a secret key
+	kindMAC                       // HMAC (C_SignInit + C_Sign) with a secret key
+)
+
+// secret reports whether the operation uses a secret key (CKO_SECRET_KEY) rather than a private key.
+func (k opKind) secret() bool { return k == kindSeal || k == kindOpen || k == kindMAC }
+
+// mechSpec is a PKCS#11 mechanism with its parameters as values.
+type mechSpec struct {
+	Type uint
+	// RSA-PSS (CKM_RSA_PKCS_PSS): hash mechanism, MGF, salt length.
+	PSSHash, PSSMGF, PSSSalt uint
+	// RSA-OAEP (CKM_RSA_PKCS_OAEP): hash mechanism, MGF, and the label when one is given.
+	OAEPHash, OAEPMGF uint
+	OAEPLabel         []byte
+	// AES-GCM (CKM_AES_GCM): the 96-bit nonce, the additional authenticated data and the tag size in bits.
+	GCMIV, GCMAAD []byte
+	GCMTagBits    uint
+}
+
+// Mechanisms without parameters are shared: miekg/pkcs11 only reads them.
+var plainMechs = map[uint][]*pkcs11.Mechanism{
+	pkcs11.CKM_RSA_PKCS:    {pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)},
+	pkcs11.CKM_ECDSA:       {pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)},
+	ckmEdDSA:               {pkcs11.NewMechanism(ckmEdDSA, nil)},
+	pkcs11.CKM_RSA_X_509:   {pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil)},
+	pkcs11.CKM_AES_ECB:     {pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)},
+	pkcs11.CKM_SHA256_HMAC: {pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)},
+	pkcs11.CKM_SHA384_HMAC: {pkcs11.NewMechanism(pkcs11.CKM_SHA384_HMAC, nil)},
+	pkcs11.CKM_SHA512_HMAC: {pkcs11.NewMechanism(pkcs11.CKM_SHA512_HMAC, nil)},
+}
+
+// p11 returns the mechanism in miekg/pkcs11's form.
+func (m *mechSpec) p11() []*pkcs11.Mechanism {
+	switch m.Type {
+	case pkcs11.CKM_RSA_PKCS_PSS:
+		return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.Type, pkcs11.NewPSSParams(m.PSSHash, m.PSSMGF, m.PSSSalt))}
+	case pkcs11.CKM_RSA_PKCS_OAEP:
+		var src uint
+		if len(m.OAEPLabel) > 0 {
+			src = pkcs11.CKZ_DATA_SPECIFIED
+		}
+		return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.Type, pkcs11.NewOAEPParams(m.OAEPHash, m.OAEPMGF, src, m.OAEPLabel))}
+	}
+	if ms, ok := plainMechs[m.Type]; ok {
+		return ms
+	}
+	return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.Type, nil)}
+}
+
+// deviceOp is one operation on one key of one partition.
+type deviceOp struct {
+	Kind opKind
+	// Label and PubDER name the key: a handle found stale is looked up again by label and must still have
+	// this public key (SubjectPublicKeyInfo DER) — for a secret key, this key check value (secretkeys.go).
+	Label  string
+	PubDER []byte
+	Mech   mechSpec
+	Input  []byte
+	// OutLen is the output size when it is known from the key (RSA: modulus bytes; ECDSA: twice the field
+	// size; Ed25519: 64): the operation is then one C_Sign/C_Decrypt call into a buffer of that size.
+	OutLen int
+	// OAEP decryption in Go after raw RSA on the token, when the token lacks the OAEP parameters
+	// (policy.oaep_fallback): the hashes and label, and the key's modulus size.
+	OAEPFallback bool
+	OAEPHash     crypto.Hash
+	OAEPMGFHash  crypto.Hash
+	KeySize      int
+	// GCMFallback: AES-GCM built in Go from AES-ECB blocks the token encrypts, when the token or its
+	// transport refuses CKM_AES_GCM parameters (policy.gcm_fallback; secretops.go).
+	GCMFallback bool
+}
+
+// exec runs the operation on session s with key handle h; it returns the output and the PKCS#11 function
+// that failed, for the error table.
+func (op *deviceOp) exec(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
+	switch op.Kind {
+	case kindSign:
+		if err := c.SignInit(s, op.Mech.p11(), h); err != nil {
+			return nil, opSignInit, err
+		}
+		out, err := oneCall(c, s, op.Input, op.OutLen, onecall.Sign, c.Sign)
+		return out, opSign, err
+	case kindDecrypt:
+		return op.decrypt(c, s, h)
+	case kindSeal, kindOpen:
+		return op.gcm(c, s, h)
+	case kindMAC:
+		if err := c.SignInit(s, op.Mech.p11(), h); err != nil {
+			return nil, opSignInit, err
+		}
+		out, err := oneCall(c, s, op.Input, op.OutLen, onecall.Sign, c.Sign)
+		return out, opSign, err
+	}
+	return nil, opSign, inputErr("unknown operation %d", op.Kind)
+}
+
+// oneCall runs a single-part call into a buffer of size n (one round trip); when n is unknown or too
+// small it takes miekg/pkcs11's path, which asks for the size first.
+func oneCall(c *pkcs11.Ctx, s pkcs11.SessionHandle, in []byte, n int,
+	once func(*pkcs11.Ctx, pkcs11.SessionHandle, []byte, []byte) (int, error),
+	twice func(pkcs11.SessionHandle, []byte) ([]byte, error)) ([]byte, error) {
+	if n > 0 {
+		out := make([]byte, n)
+		got, err := once(c, s, in, out)
+		if err == nil {
+			return out[:got], nil
+		}
+		if !onecall.TooSmall(err) {
+			return nil, err
+		}
+	}
+	return twice(s, in)
+}
+
+// oaepOptions is the fallback's OAEP parameters in crypto/rsa's form.
+func (op *deviceOp) oaepOptions() *rsa.OAEPOptions {
+	if op.Mech.Type != pkcs11.CKM_RSA_PKCS_OAEP {
+		return nil
+	}
+	return &rsa.OAEPOptions{Hash: op.OAEPHash, MGFHash: op.OAEPMGFHash, Label: op.Mech.OAEPLabel}
+}

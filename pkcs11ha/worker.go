@@ -1,0 +1,631 @@
+package pkcs11ha
+
+import (
+	"bufio"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// workerDevice is the backend of policy.isolation "process" (docs/ARCHITECTURE.md, "Process model"): the
+// device's PKCS#11 module runs in a worker process of its own, and this process loads none. Deadlines are
+// this side's: a call returns at its context's end whatever the worker does. A worker that dies, that
+// leaves a call unanswered for policy.reinit_grace past its deadline, or whose stuck calls exceed
+// policy.max_stuck_calls is killed and started again with backoff; the device is down meanwhile.
+type workerDevice struct {
+	idx  int
+	name string
+	s    *settings
+	cmd  []string // the worker command: path and arguments
+	log  *slog.Logger
+	h    hooks
+	m    *metrics
+
+	// proc is the running worker (nil: none), read without a lock on the call path; startMu serialises
+	// starts and guards backoff, nextTry and closed, so a start in progress never blocks a call.
+	proc    atomic.Pointer[workerProc]
+	startMu sync.Mutex
+	backoff time.Duration
+	nextTry time.Time // no start before this (backoff after a failure)
+	closed  bool
+
+	// The device as the worker last described it.
+	state    atomic.Pointer[workerState]
+	keysMu   sync.RWMutex
+	keyCache []map[string]*keyObject // per partition; nil: not open
+	secrets  []map[string]*secretObject
+	keysGen  uint64
+	lastErr  atomic.Pointer[lastError] // this side's verdicts (worker exits, bad signatures)
+	restarts atomic.Int64
+	exit     atomic.Pointer[string]
+	pins     []atomic.Pointer[string] // reloaded PINs, sent to every new worker
+}
+
+// Worker restart backoff: doubling from the first to the last, with the probes as the clock.
+const (
+	workerBackoffMin = 200 * time.Millisecond
+	workerBackoffMax = 30 * time.Second
+)
+
+func newWorkerDevice(s *settings, i int, log *slog.Logger, m *metrics) *workerDevice {
+	w := &workerDevice{idx: i, name: s.cfg.Devices[i].Name, s: s, cmd: s.workerCmd, log: log, m: m,
+		pins: make([]atomic.Pointer[string], len(s.cfg.Partitions))}
+	w.state.Store(&workerState{Parts: make([]partInfo, len(s.cfg.Partitions))})
+	w.keyCache = make([]map[string]*keyObject, len(s.cfg.Partitions))
+	return w
+}
+
+var _ backend = (*workerDevice)(nil)
+
+// current returns the running worker, starting one when none runs and the backoff allows; errors are
+// device-down.
+// Only opens and probes start workers (start): a call never waits for a process to start.
+func (w *workerDevice) current(ctx context.Context, start bool) (*workerProc, error) {
+	if p := w.proc.Load(); p != nil && !p.dead.Load() {
+		return p, nil
+	}
+	if !start {
+		return nil, downErr(w.name, "", opWorker, "worker process not running")
+	}
+	w.startMu.Lock()
+	defer w.startMu.Unlock()
+	if w.closed {
+		return nil, downErr(w.name, "", opWorker, "cluster closed")
+	}
+	if p := w.proc.Load(); p != nil && !p.dead.Load() {
+		return p, nil // started by another probe meanwhile
+	}
+	if wait := time.Until(w.nextTry); wait > 0 {
+		return nil, downErr(w.name, "", opWorker, fmt.Sprintf("worker process restarting in %v", wait.Round(time.Millisecond)))
+	}
+	p, err := startWorker(ctx, w)
+	if err != nil {
+		w.failedStart()
+		err = downErr(w.name, "", opWorker, err.Error())
+		w.noteError(err)
+		return nil, err
+	}
+	w.proc.Store(p)
+	return p, nil
+}
+
+// failedStart pushes the next start back (caller holds w.startMu).
+func (w *workerDevice) failedStart() {
+	w.backoff = min(max(2*w.backoff, workerBackoffMin), workerBackoffMax)
+	w.nextTry = time.Now().Add(w.backoff)
+}
+
+// exited is called once per worker when it ends: pending calls fail, the device goes down, and the next
+// start waits for the backoff (reset once a worker serves a probe).
+func (w *workerDevice) exited(p *workerProc, why, status string) {
+	w.startMu.Lock()
+	if w.proc.CompareAndSwap(p, nil) {
+		w.failedStart()
+	}
+	closed := w.closed
+	w.startMu.Unlock()
+	if closed {
+		return
+	}
+	w.restarts.Add(1)
+	w.exit.Store(&why)
+	err := downErr(w.name, "", opWorker, "worker process "+why)
+	w.noteError(err)
+	w.m.workerExit(w.name, status)
+	w.log.Warn("device worker ended; it is started again by the next probe", "device", w.name, "pid", p.pid, "how", why)
+	w.h.onDown(err.Error())
+}
+
+func (w *workerDevice) open(ctx context.Context) error { return w.probeOrOpen(ctx, msgOpen, false) }
+
+func (w *workerDevice) probe(ctx context.Context, othersServing bool) error {
+	return w.probeOrOpen(ctx, msgProbe, othersServing)
+}
+
+// probeOrOpen asks the worker (started if need be) to open or probe its device, and caches what it says.
+func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) error {
+	p, err := w.current(ctx, true)
+	if err != nil {
+		return err
+	}
+	w.keysMu.RLock()
+	have := w.keysGen
+	w.keysMu.RUnlock()
+	if p.fresh.Load() {
+		have = ^uint64(0) // a new worker's keys are new whatever its generation says
+	}
+	timeout := time.Until(deadlineOr(ctx, w.s.own.InitTimeout))
+	b, err := p.call(ctx, typ, marshal(&workerProbe{OthersServing: others, Timeout: timeout, HaveKeys: have}))
+	if err != nil {
+		return err
+	}
+	var st workerState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return downErr(w.name, "", opWorker, "worker protocol: "+err.Error())
+	}
+	w.state.Store(&st)
+	if st.Keys != nil {
+		p.fresh.Store(false)
+		w.setKeys(st.KeysGen, st.Keys, st.Secrets)
+	}
+	if st.Err != nil {
+		return st.Err.err()
+	}
+	w.startMu.Lock()
+	w.backoff = 0
+	w.startMu.Unlock()
+	p.checkStuck(w, st.Counts.Stuck)
+	return nil
+}
+
+// setKeys replaces the cached keys and tells the cluster.
+func (w *workerDevice) setKeys(gen uint64, parts [][]wireKey, secretParts [][]wireSecret) {
+	keys := make([]map[string]*keyObject, len(w.keyCache))
+	for pi := range keys {
+		if pi >= len(parts) || parts[pi] == nil {
+			continue
+		}
+		keys[pi] = make(map[string]*keyObject, len(parts[pi]))
+		for _, wk := range parts[pi] {
+			pub, err := x509.ParsePKIXPublicKey(wk.PubDER)
+			if err != nil {
+				w.log.Warn("worker sent a public key that does not parse; key ignored", "device", w.name, "key", wk.Label, "err", err)
+				continue
+			}
+			keys[pi][wk.Label] = &keyObject{label: wk.Label, id: wk.ID, pub: pub, pubDER: wk.PubDER, alg: wk.Alg,
+				cert: wk.Cert, certIgnored: wk.CertIgnored}
+		}
+	}
+	secrets := w.cacheSecrets(secretParts)
+	w.keysMu.Lock()
+	w.keyCache, w.secrets, w.keysGen = keys, secrets, gen
+	w.keysMu.Unlock()
+	w.h.onKeys()
+}
+
+func (w *workerDevice) run(ctx context.Context, pi int, op *deviceOp) ([]byte, error) {
+	p, err := w.current(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	return p.call(ctx, msgRun, encodeRun(pi, time.Until(deadlineOr(ctx, w.s.own.OperationTimeout)), op))
+}
+
+func (w *workerDevice) keys(pi int) map[string]*keyObject {
+	w.keysMu.RLock()
+	defer w.keysMu.RUnlock()
+	return w.keyCache[pi]
+}
+
+func (w *workerDevice) secretKeys(pi int) map[string]*secretObject {
+	w.keysMu.RLock()
+	defer w.keysMu.RUnlock()
+	if pi >= len(w.secrets) {
+		return nil
+	}
+	return w.secrets[pi]
+}
+
+// cacheSecrets turns the worker's secret keys into this side's catalogue entries (no handles).
+func (w *workerDevice) cacheSecrets(parts [][]wireSecret) []map[string]*secretObject {
+	out := make([]map[string]*secretObject, len(w.pins)) // one per partition
+	for pi := range out {
+		if pi >= len(parts) || parts[pi] == nil {
+			continue
+		}
+		out[pi] = make(map[string]*secretObject, len(parts[pi]))
+		for _, ws := range parts[pi] {
+			alg, h, ok := secretAlg(ws.KeyType, ws.Size)
+			if !ok {
+				continue
+			}
+			out[pi][ws.Label] = &secretObject{label: ws.Label, id: ws.ID, keyType: ws.KeyType, size: ws.Size, alg: alg, hash: h, kcv: ws.KCV}
+		}
+	}
+	return out
+}
+
+func (w *workerDevice) partition(pi int) partInfo {
+	st := w.state.Load()
+	if pi < len(st.Parts) {
+		return st.Parts[pi]
+	}
+	return partInfo{}
+}
+
+func (w *workerDevice) usePIN(pi int, pin string) bool {
+	w.pins[pi].Store(&pin)
+	p, err := w.current(context.Background(), false)
+	if err != nil {
+		return false // the next worker starts with the new PIN, and opens the partition
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.s.own.InitTimeout)
+	defer cancel()
+	b, err := p.call(ctx, msgPIN, marshal(&workerPIN{Partition: pi, PIN: pin}))
+	var retry bool
+	return err == nil && json.Unmarshal(b, &retry) == nil && retry
+}
+
+func (w *workerDevice) counts() backendCounts {
+	st := w.state.Load()
+	c := backendCounts{Reinits: st.Counts.Reinits, Retired: st.Counts.Retired, Stuck: st.Counts.Stuck,
+		CapRefusal: st.Counts.CapRefusal, WorkerRestarts: w.restarts.Load()}
+	if st.Counts.LastErr != "" {
+		c.LastErr = &lastError{msg: st.Counts.LastErr, class: st.Counts.LastErrClass}
+	}
+	if e := w.lastErr.Load(); e != nil {
+		c.LastErr = e // this side's verdict is the newer one
+	}
+	if e := w.exit.Load(); e != nil {
+		c.WorkerExit = *e
+	}
+	if p := w.proc.Load(); p != nil {
+		c.WorkerPID = p.pid
+	}
+	return c
+}
+
+// shares: each worker loads its own module instance, so no two devices share one.
+func (w *workerDevice) shares(backend) bool { return false }
+
+func (w *workerDevice) setHooks(keysChanged func(), down func(string)) { w.h.set(keysChanged, down) }
+
+func (w *workerDevice) noteError(err error) {
+	if err != nil {
+		w.lastErr.Store(&lastError{msg: err.Error(), class: classOf(err)})
+	}
+}
+
+func (w *workerDevice) close(timeout time.Duration) {
+	w.startMu.Lock() // after a start in progress: its worker is stopped here too
+	w.closed = true
+	p := w.proc.Swap(nil)
+	w.startMu.Unlock()
+	if p != nil {
+		p.stop(timeout)
+	}
+}
+
+// deadlineOr is ctx's deadline, or now+d when it has none.
+func deadlineOr(ctx context.Context, d time.Duration) time.Time {
+	if dl, ok := ctx.Deadline(); ok {
+		return dl
+	}
+	return time.Now().Add(d)
+}
+
+// opWorker names the worker process in errors (DeviceError.Op).
+const opWorker = "worker"
+
+// workerProc is one running worker process.
+type workerProc struct {
+	w     *workerDevice
+	pid   int
+	cmd   *exec.Cmd
+	conn  net.Conn
+	rd    *bufio.Reader
+	wmu   sync.Mutex
+	dead  atomic.Bool
+	fresh atomic.Bool // no key listing received yet
+	done  chan struct{}
+	why   string // how it ended; set before done closes
+
+	pmu     sync.Mutex
+	nextID  uint32
+	pending map[uint32]*pendingCall
+}
+
+// pendingCall is a request waiting for its reply. deadline is when the caller gave up, for the hang watch.
+type pendingCall struct {
+	ch       chan frame
+	deadline time.Time
+}
+
+// startWorker starts a worker for w and sends it its init message. Caller holds w.startMu.
+func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
+	if len(w.cmd) == 0 {
+		return nil, errors.New("no worker command (policy.isolation process needs the program to call pkcs11ha.MaybeRunWorker)")
+	}
+	if os.Getenv(workerEnv) != "" {
+		// A program that forgot MaybeRunWorker would run its own main as the worker, which would start
+		// workers in turn: refuse instead of multiplying processes.
+		return nil, errors.New("a device worker cannot start workers: the worker command's main must call pkcs11ha.MaybeRunWorker first")
+	}
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("worker socketpair: %w", err)
+	}
+	mine, theirs := os.NewFile(uintptr(fds[0]), "worker"), os.NewFile(uintptr(fds[1]), "worker-child")
+	cmd := exec.Command(w.cmd[0], w.cmd[1:]...)
+	if len(w.cmd) == 1 {
+		// The process list names the program and the device (the worker itself reads neither).
+		cmd.Args = []string{os.Args[0], "device-worker", w.name}
+	}
+	cmd.Env = append(os.Environ(), workerEnv+"=1")
+	cmd.ExtraFiles = []*os.File{theirs}
+	// Its own process group: a signal meant for the sidecar (Ctrl-C in a terminal) is not the worker's.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		mine.Close()
+		theirs.Close()
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		mine.Close()
+		theirs.Close()
+		return nil, fmt.Errorf("starting worker %s: %w", w.cmd[0], err)
+	}
+	theirs.Close()
+	// Through the runtime's poller, not a blocking read holding a thread; buffered, so that a frame's
+	// header and body are one read.
+	conn, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		return nil, fmt.Errorf("worker socket: %w", err)
+	}
+	p := &workerProc{w: w, pid: cmd.Process.Pid, cmd: cmd, conn: conn, rd: bufio.NewReaderSize(conn, 64<<10),
+		done: make(chan struct{}), pending: map[uint32]*pendingCall{}}
+	p.fresh.Store(true)
+	go p.logStderr(stderr)
+	go p.readLoop()
+	go p.watch()
+	if err := p.init(ctx); err != nil {
+		p.kill("did not start: " + err.Error())
+		return nil, err
+	}
+	w.m.workerStart(w.name)
+	w.log.Info("device worker started", "device", w.name, "pid", p.pid)
+	return p, nil
+}
+
+// init sends the worker its device, partitions (PIN sources removed), PINs and settings.
+func (p *workerProc) init(ctx context.Context) error {
+	w := p.w
+	in := workerInit{Protocol: workerProtocol, Device: w.s.cfg.Devices[w.idx], Own: w.s.own, LogLevel: int(workerLogLevel(w.log))}
+	for pi, pc := range w.s.cfg.Partitions {
+		pc.PIN, pc.PINEnv, pc.PINFile = "", "", ""
+		in.Partitions = append(in.Partitions, pc)
+		pin := w.s.pins[pi]
+		if np := w.pins[pi].Load(); np != nil {
+			pin = *np
+		}
+		in.PINs = append(in.PINs, pin)
+	}
+	ictx, cancel := context.WithTimeout(ctx, w.s.own.InitTimeout)
+	defer cancel()
+	_, err := p.call(ictx, msgInit, marshal(&in))
+	return err
+}
+
+// workerLogLevel is the lowest level l logs, so the worker logs no more than the parent keeps.
+func workerLogLevel(l *slog.Logger) slog.Level {
+	for _, lv := range []slog.Level{slog.LevelDebug, slog.LevelInfo, slog.LevelWarn} {
+		if l.Enabled(context.Background(), lv) {
+			return lv
+		}
+	}
+	return slog.LevelError
+}
+
+// call sends one request and waits for its reply until ctx ends or the worker dies.
+func (p *workerProc) call(ctx context.Context, typ byte, payload []byte) ([]byte, error) {
+	pc := &pendingCall{ch: make(chan frame, 1)}
+	pc.deadline = deadlineOr(ctx, p.w.s.own.OperationTimeout)
+	p.pmu.Lock()
+	if p.dead.Load() {
+		p.pmu.Unlock()
+		return nil, p.deadErr()
+	}
+	p.nextID++
+	if p.nextID == 0 {
+		p.nextID = 1 // id 0 is the worker's events
+	}
+	id := p.nextID
+	p.pending[id] = pc
+	p.pmu.Unlock()
+	p.wmu.Lock()
+	err := writeFrame(p.conn, id, typ, payload)
+	p.wmu.Unlock()
+	if err != nil {
+		p.forget(id)
+		p.kill("unreachable: " + err.Error())
+		return nil, p.deadErr()
+	}
+	select {
+	case f := <-pc.ch:
+		return replyPayload(f)
+	case <-p.done:
+		return nil, p.deadErr()
+	case <-ctx.Done():
+		// The call stays pending: the watch kills a worker that never answers it.
+		return nil, ctx.Err()
+	}
+}
+
+// replyPayload splits a reply into its payload or its error.
+func replyPayload(f frame) ([]byte, error) {
+	if len(f.payload) == 0 {
+		return nil, errors.New("worker protocol: empty reply")
+	}
+	if f.payload[0] == replyOK {
+		return f.payload[1:], nil
+	}
+	var we wireError
+	if err := json.Unmarshal(f.payload[1:], &we); err != nil {
+		return nil, fmt.Errorf("worker protocol: %w", err)
+	}
+	return nil, we.err()
+}
+
+func (p *workerProc) deadErr() error {
+	<-p.done
+	return downErr(p.w.name, "", opWorker, "worker process "+p.why)
+}
+
+func (p *workerProc) forget(id uint32) *pendingCall {
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	pc := p.pending[id]
+	delete(p.pending, id)
+	return pc
+}
+
+// readLoop delivers replies and events until the worker's end of the socket closes.
+func (p *workerProc) readLoop() {
+	for {
+		f, err := readFrame(p.rd)
+		if err != nil {
+			// Usually the process is exiting (a crash): let its exit status be the reason.
+			select {
+			case <-p.done:
+			case <-time.After(time.Second):
+				p.kill("killed: closed its connection")
+			}
+			return
+		}
+		if f.id == 0 && f.typ == msgEvent {
+			var e workerEvent
+			if json.Unmarshal(f.payload, &e) == nil && e.Down != "" {
+				p.w.h.onDown(e.Down)
+			}
+			continue
+		}
+		if pc := p.forget(f.id); pc != nil {
+			pc.ch <- f
+		}
+	}
+}
+
+// watch kills a worker that leaves a call unanswered for policy.reinit_grace past the call's deadline (a
+// module hung for good holds every call sent to it), and reaps it.
+func (p *workerProc) watch() {
+	grace := p.w.s.own.ReinitGrace
+	t := time.NewTicker(min(grace/4, 250*time.Millisecond))
+	defer t.Stop()
+	exited := make(chan error, 1)
+	go func() { exited <- p.cmd.Wait() }()
+	for {
+		select {
+		case err := <-exited:
+			p.end(exitReason(err))
+			return
+		case <-t.C:
+			if late := p.overdue(grace); late > 0 {
+				p.kill(fmt.Sprintf("killed: %d calls unanswered for %v past their deadlines", late, grace))
+			}
+		}
+	}
+}
+
+// overdue counts the calls whose deadline passed more than grace ago.
+func (p *workerProc) overdue(grace time.Duration) int {
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	n := 0
+	now := time.Now()
+	for _, pc := range p.pending {
+		if now.Sub(pc.deadline) > grace {
+			n++
+		}
+	}
+	return n
+}
+
+// checkStuck recycles a worker whose calls stuck in retired module instances exceed policy.max_stuck_calls:
+// killing it frees their threads (in process, the device would have to stay down instead).
+func (p *workerProc) checkStuck(w *workerDevice, stuck int64) {
+	if stuck > int64(w.s.own.MaxStuckCalls) {
+		p.kill(fmt.Sprintf("killed: %d calls stuck in retired module instances (policy.max_stuck_calls %d)", stuck, w.s.own.MaxStuckCalls))
+	}
+}
+
+// kill ends the worker (SIGKILL) with a reason; its exit is reported once by watch.
+func (p *workerProc) kill(why string) {
+	p.pmu.Lock()
+	if p.why == "" {
+		p.why = why
+	}
+	p.pmu.Unlock()
+	_ = p.cmd.Process.Kill()
+}
+
+// end runs once the process has exited: every pending call fails now.
+func (p *workerProc) end(status string) {
+	p.pmu.Lock()
+	if p.why == "" {
+		p.why = "exited (" + status + ")"
+	} else {
+		p.why += " (" + status + ")"
+	}
+	p.dead.Store(true)
+	p.pending = map[uint32]*pendingCall{}
+	p.pmu.Unlock()
+	_ = p.conn.Close()
+	close(p.done)
+	p.w.exited(p, p.why, status)
+}
+
+// stop asks the worker to close its device and exit, and kills it after timeout.
+func (p *workerProc) stop(timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	_, _ = p.call(ctx, msgClose, nil)
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		p.kill("killed: did not close in time")
+		<-p.done
+	}
+}
+
+// exitReason says how a process ended: "exit status 2", "signal: killed", "signal: segmentation fault".
+func exitReason(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ProcessState.String()
+	}
+	return err.Error()
+}
+
+// logStderr re-logs the worker's JSON log lines (and anything else it prints, such as a Go panic or a
+// module's own messages) under the device's name.
+func (p *workerProc) logStderr(r interface{ Read([]byte) (int, error) }) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		var rec map[string]any
+		if json.Unmarshal(line, &rec) == nil && rec["msg"] != nil {
+			lvl := slog.LevelInfo
+			if s, ok := rec["level"].(string); ok {
+				_ = lvl.UnmarshalText([]byte(s))
+			}
+			msg, _ := rec["msg"].(string)
+			args := []any{"device", p.w.name, "worker_pid", p.pid}
+			for k, v := range rec {
+				if k != "msg" && k != "level" && k != "time" {
+					args = append(args, k, v)
+				}
+			}
+			p.w.log.Log(context.Background(), lvl, msg, args...)
+			continue
+		}
+		p.w.log.Warn("device worker output", "device", p.w.name, "worker_pid", p.pid, "line", string(line))
+	}
+}

@@ -19,14 +19,14 @@ type MemberConfig struct {
 	Name     string
 	Tier     int // 0 local, 1 DR (more tiers allowed, tried in order)
 	Capacity int // max concurrent attempts (= the device's session pool size); 0 = unlimited
-	// Inline declares that fn never blocks on this member past its deadline: a library that computes in
-	// this process (a software token), not a client of a network or a device. Do then runs fn on the
-	// caller's goroutine instead of handing it to a worker (the hand-off and its thread wake-ups cost as
-	// much as 30 % of an in-process signature on 2 cores). The hang guarantee is given up for the calls
-	// running on it when it does hang: a watchdog reports each past its attempt deadline (breaker,
-	// abandoned count), and while any is abandoned the member's calls go through workers again, so the
-	// calls caught are at most those running when the hang began (Capacity bounds them). Never for
-	// hedges: those always run on workers.
+	// Inline declares that fn on this member returns when its context ends, or never blocks: a backend
+	// that waits on another process under the context (pkcs11ha's process isolation), or a library that
+	// computes in this process. Do then runs fn on the caller's goroutine instead of handing it to a
+	// worker (the hand-off and its thread wake-ups cost as much as 30 % of an in-process signature on 2
+	// cores). A watchdog ends fn's context at the attempt deadline and reports the overrun (breaker,
+	// abandoned count), so the hang guarantee holds as long as the declaration does; if fn blocks anyway,
+	// only the calls running on it then are caught (Capacity bounds them): while any is abandoned, the
+	// member's calls go through workers again. Hedges always run on workers.
 	Inline bool
 }
 

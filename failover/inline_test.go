@@ -102,3 +102,35 @@ func TestDoInlineFollowsTheCaller(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	require.Equal(t, ClassCaller, e.obs.attemptsOf(0)[0].class)
 }
+
+// TestDoInlineContextBound: an inline fn that returns when its context ends keeps the hang guarantee:
+// the watchdog ends the context at the attempt deadline, and the call moves on to the next member.
+func TestDoInlineContextBound(t *testing.T) {
+	e := newEnv(t, Config{}, inlineMembers(2))
+	e.r.Latency(1).Reset(time.Second) // member 0 first
+	entered := make(chan struct{})
+	fn := func(ctx context.Context, m int) (int, error) {
+		if m == 0 {
+			close(entered)
+			<-ctx.Done() // a backend that waits on another process under the context
+			return m, ctx.Err()
+		}
+		return m, nil
+	}
+	res := make(chan doResult, 1)
+	go func() {
+		v, out, err := Do(context.Background(), e.r, "sign", AllMembers, fn)
+		res <- doResult{v, out, err}
+	}()
+	<-entered
+	e.blockUntil(1) // the watchdog
+	e.clk.Advance(50 * time.Millisecond)
+	r := recv(t, res)
+	require.NoError(t, r.err)
+	require.Equal(t, Outcome{Member: 1, Attempts: 2}, r.out, "moved on at the attempt deadline")
+	a0 := e.obs.attemptsOf(0)
+	require.Len(t, a0, 1)
+	require.Equal(t, ClassDown, a0[0].class, "reported as the timeout it was")
+	e.waitIdle(0)
+	require.Zero(t, e.abandoned())
+}

@@ -37,6 +37,8 @@ type attempt[T any] struct {
 	m     *member
 	op    string
 	hedge bool
+	// inline: fn runs on the caller's goroutine (MemberConfig.Inline).
+	inline bool
 	// lastResort: no other member could take the call when this attempt began, so it runs to the caller's
 	// deadline instead of the attempt timeout (docs/ARCHITECTURE.md, "Routing defaults", last resort).
 	lastResort bool
@@ -48,7 +50,8 @@ type attempt[T any] struct {
 	done      func(error) // breaker report
 	actx      attemptContext
 	ctx       context.Context // &actx
-	cancel    context.CancelCauseFunc
+	fn        func(context.Context, int) (T, error)
+	caller    context.Context
 	timer     health.Timer // attempt deadline
 	ch        chan result[T]
 	class     Class // set before the result is sent on ch
@@ -57,17 +60,9 @@ type attempt[T any] struct {
 	state attemptState
 	// disownPending: Disown came while running; the attempt is disowned when it is abandoned.
 	disownPending bool
+	// capped: abandoned as a sign of a hung member (member.hung counts it).
+	capped bool
 }
-
-// attemptContext carries the attempt deadline for fn's benefit; cancellation itself is driven by the
-// clock timer, so a fake clock controls it in tests.
-type attemptContext struct {
-	context.Context
-	deadline time.Time
-	owner    Attempt // for AttemptOf
-}
-
-func (c *attemptContext) Deadline() (time.Time, bool) { return c.deadline, true }
 
 // start launches fn on member mi: slot first (so a refused breaker can give it back), then the breaker
 // (unless bypass: a panic-mode attempt reports to no breaker).
@@ -95,21 +90,49 @@ func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 		switch {
 		case d.Before(deadline):
 			deadline = d // the caller's context ends first: callerGone, not the timer, ends the attempt
-		case !hedge && c.lastResort(mi):
+		case !hedge && c.lastResort(mi, c.out.Attempts+1):
 			deadline, a.lastResort, a.timeout = d, true, d.Sub(a.start)
 		}
 	}
-	cctx, cancel := context.WithCancelCause(c.ctx)
-	a.actx, a.cancel = attemptContext{cctx, deadline, a}, cancel
+	// The attempt context's deadline is on Config.Clock; the clock timer, not the context, ends the attempt,
+	// so a fake clock controls it in tests.
+	a.actx = attemptContext{parent: c.ctx, deadline: deadline, owner: a}
 	a.ctx = &a.actx // no separate allocation for the interface value
-	a.timer = r.clock.NewTimer(a.timeout)
+	a.fn, a.caller = c.fn, c.ctx
 	c.tried |= 1 << mi
 	c.ran |= 1 << mi
 	c.out.Attempts++
-	fn, ctx := c.fn, c.ctx
-	r.spawn(func() { a.run(fn, ctx) })
+	if m.inline && !hedge && m.abandoned.Load() == 0 {
+		a.runInline()
+		return a, nil
+	}
+	a.timer = r.clock.NewTimer(a.timeout)
+	r.spawn(a)
 	return a, nil
 }
+
+// runInline runs fn on the caller's goroutine (MemberConfig.Inline); its result is on a.ch when it
+// returns. Nobody waits on the attempt deadline: a watchdog abandons the attempt there instead, so that
+// the member's breaker, abandoned count and latency see the hang while fn still runs.
+func (a *attempt[T]) runInline() {
+	a.inline = true
+	a.actx.follow = true // the caller is busy in fn: its cancellation is not passed on by Do
+	a.timer = a.r.clock.AfterFunc(a.timeout, a.overrun)
+	a.run(a.fn, a.caller)
+	a.timer.Stop() // its C is nil: the call sees only the result
+}
+
+// overrun is the watchdog of an inline attempt.
+func (a *attempt[T]) overrun() {
+	terr := a.timeoutError()
+	a.abandon(terr.FailoverClass(), terr)
+}
+
+// cancel ends fn's context.
+func (a *attempt[T]) cancel(cause error) { a.actx.cancel(cause) }
+
+// runAttempt runs the attempt on the worker that took it (workers.go).
+func (a *attempt[T]) runAttempt() { a.run(a.fn, a.caller) }
 
 func (a *attempt[T]) run(fn func(context.Context, int) (T, error), caller context.Context) {
 	var res result[T]
@@ -147,6 +170,14 @@ func (a *attempt[T]) run(fn func(context.Context, int) (T, error), caller contex
 	a.mu.Unlock()
 	if owned {
 		a.r.release(a.m)
+	}
+	if a.inline {
+		// The caller ran fn itself and waits for nothing else: it gets the late result (a success is
+		// returned, a failure moves on), whose outcome the watchdog reported at the deadline.
+		a.class = classify(res, caller)
+		a.cancel(nil)
+		a.ch <- res
+		return
 	}
 	if res.panicked {
 		panic(res.pval) // nobody is left to take it; swallowing it would hide the bug
@@ -200,6 +231,9 @@ func (a *attempt[T]) abandon(class Class, cause error) bool {
 		a.state = attemptDisowned
 	} else {
 		per, tot := a.m.abandoned.Add(1), a.r.abandonedTotal.Add(1)
+		if a.capped = class != ClassStalled; a.capped {
+			a.m.hung.Add(1)
+		}
 		a.r.obs.Abandoned(a.m.idx, int(per), int(tot))
 	}
 	a.mu.Unlock()
@@ -223,6 +257,7 @@ func (a *attempt[T]) timeoutError() *AttemptTimeoutError {
 // watch outlives Do for an attempt that lost a hedge race or was left running when Do returned: it
 // enforces that attempt's deadline so its breaker outcome is still reported in bounded time.
 func (a *attempt[T]) watch() {
+	a.actx.watchCaller() // Do no longer passes the caller's cancellation on (attemptctx.go)
 	select {
 	case <-a.ch:
 	case <-a.timer.C():

@@ -53,3 +53,24 @@ func BenchmarkDoParallel(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkDoInline is BenchmarkDo on members declared Inline: no hand-off to a worker.
+func BenchmarkDoInline(b *testing.B) {
+	ms := members(0, 0, 1, 1)
+	for i := range ms {
+		ms[i].Inline = true
+	}
+	r, err := New(Config{}, ms)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	fn := func(context.Context, int) (int, error) { return 1, nil }
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := Do(ctx, r, "sign", AllMembers, fn); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

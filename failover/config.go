@@ -19,6 +19,15 @@ type MemberConfig struct {
 	Name     string
 	Tier     int // 0 local, 1 DR (more tiers allowed, tried in order)
 	Capacity int // max concurrent attempts (= the device's session pool size); 0 = unlimited
+	// Inline declares that fn on this member returns when its context ends, or never blocks: a backend
+	// that waits on another process under the context (pkcs11ha's process isolation), or a library that
+	// computes in this process. Do then runs fn on the caller's goroutine instead of handing it to a
+	// worker (the hand-off and its thread wake-ups cost as much as 30 % of an in-process signature on 2
+	// cores). A watchdog ends fn's context at the attempt deadline and reports the overrun (breaker,
+	// abandoned count), so the hang guarantee holds as long as the declaration does; if fn blocks anyway,
+	// only the calls running on it then are caught (Capacity bounds them): while any is abandoned, the
+	// member's calls go through workers again. Hedges always run on workers.
+	Inline bool
 }
 
 // BreakerConfig configures the per-member circuit breakers.
@@ -56,7 +65,7 @@ type Config struct {
 	// SpillWait is how long a call waits for a slot on a saturated tier before spilling to the next one;
 	// default 2 ms, negative = do not wait.
 	SpillWait             time.Duration
-	MaxAbandonedPerMember int             // default 4
+	MaxAbandonedPerMember int             // default 4; attempts given up on during a stall of this process do not count
 	MaxAbandonedTotal     int             // default 64
 	EWMADecay             time.Duration   // default 10 s
 	InitialLatency        []time.Duration // per tier: [5ms, 100ms]; like AttemptTimeout

@@ -45,5 +45,8 @@ func (a *attempt[T]) Disown() {
 // unabandonLocked undoes the abandoned-call counting of a. a.mu must be held.
 func (a *attempt[T]) unabandonLocked() {
 	per, tot := a.m.abandoned.Add(-1), a.r.abandonedTotal.Add(-1)
+	if a.capped {
+		a.m.hung.Add(-1)
+	}
 	a.r.obs.Abandoned(a.m.idx, int(per), int(tot))
 }

@@ -269,7 +269,7 @@ func TestDoAttemptContext(t *testing.T) {
 		d, _ := ctx.Deadline()
 		deadlines <- d
 		<-ctx.Done()
-		causes <- context.Cause(ctx)
+		causes <- ctx.Err()
 		return 0, ctx.Err()
 	}
 	res := make(chan error, 1)
@@ -280,13 +280,71 @@ func TestDoAttemptContext(t *testing.T) {
 	require.Equal(t, ft0.Add(50*time.Millisecond), recv(t, deadlines))
 	e.blockUntil(1)
 	e.clk.Advance(50 * time.Millisecond)
+	require.Equal(t, context.DeadlineExceeded, recv(t, causes), "fn's context ends at the attempt deadline")
 	var te *AttemptTimeoutError
-	require.ErrorAs(t, recv(t, causes), &te, "fn's context is cancelled at the attempt deadline")
 	err := recv(t, res)
 	require.ErrorIs(t, err, ErrNoMember)
 	require.ErrorAs(t, err, &te)
 	require.Equal(t, "m0", te.Member)
 	require.Equal(t, ClassDown, ClassOf(err))
+}
+
+// fn's context carries the caller's values, and ends when the caller's context does: while Do waits, and
+// for an attempt still running after Do returned (a hedge that lost).
+func TestDoAttemptContextFollowsTheCaller(t *testing.T) {
+	type key struct{}
+	t.Run("while Do waits", func(t *testing.T) {
+		e := newEnv(t, Config{}, members(0))
+		ctx, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
+		seen := make(chan error, 1)
+		fn := func(actx context.Context, _ int) (int, error) {
+			require.Equal(t, "v", actx.Value(key{}))
+			require.NotNil(t, AttemptOf(actx))
+			cancel()
+			<-actx.Done()
+			seen <- actx.Err()
+			return 0, actx.Err()
+		}
+		_, _, err := Do(ctx, e.r, "sign", AllMembers, fn)
+		require.ErrorIs(t, err, context.Canceled)
+		require.Equal(t, context.Canceled, recv(t, seen))
+	})
+	t.Run("after Do returned", func(t *testing.T) {
+		e := newEnv(t, Config{Hedge: HedgeConfig{Enabled: true}}, members(0, 0))
+		e.r.Latency(1).Reset(time.Second)
+		for range health.MinQuantileSamples { // a latency quantile, so the hedge is armed
+			_, _, err := e.do(1 << 0)
+			require.NoError(t, err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		entered, release := make(chan struct{}), make(chan struct{})
+		seen := make(chan error, 1)
+		fn := func(actx context.Context, m int) (int, error) {
+			if m == 1 {
+				return m, nil
+			}
+			close(entered)
+			<-release
+			<-actx.Done()
+			seen <- actx.Err()
+			return m, nil
+		}
+		res := make(chan doResult, 1)
+		go func() {
+			v, out, err := Do(ctx, e.r, "sign", AllMembers, fn)
+			res <- doResult{v, out, err}
+		}()
+		<-entered
+		e.blockUntil(2) // attempt deadline and hedge timer
+		e.clk.Advance(e.r.cfg.Hedge.Floor)
+		r := recv(t, res)
+		require.NoError(t, r.err)
+		require.Equal(t, 1, r.v, "the hedge won")
+		cancel()
+		close(release)
+		require.Equal(t, context.Canceled, recv(t, seen), "the loser's context ends with the caller's")
+	})
 }
 
 func TestDoAbandonedCap(t *testing.T) {
@@ -530,8 +588,39 @@ func TestDoStalledTimeoutNotCounted(t *testing.T) {
 	require.Zero(t, counts.TotalFailures, "a stall is not the device's fault")
 	require.Equal(t, uint32(1), counts.TotalExclusions)
 	require.Equal(t, 5*time.Millisecond, e.r.Latency(0).Value(), "no latency peak from a stall")
+	st := e.r.Status()[0]
+	require.Equal(t, 1, st.Abandoned, "the call still holds its thread")
+	require.False(t, st.AbandonedCap)
+	require.Zero(t, e.r.members[0].hung.Load(), "nor is it a sign of a hung member (MaxAbandonedPerMember)")
 
 	e.fakes[0].release <- struct{}{}
+	e.waitIdle(0)
+	require.Zero(t, e.r.Status()[0].Abandoned)
+}
+
+// TestDoStallFillsNoAbandonedCap: a stall of this process that abandons more calls on a member than
+// MaxAbandonedPerMember leaves the member eligible: its calls were not hung, only not run.
+func TestDoStallFillsNoAbandonedCap(t *testing.T) {
+	e := newEnv(t, Config{StallThreshold: time.Hour, MaxAbandonedPerMember: 2}, members(0))
+	e.fakes[0].hold.Store(true)
+	var calls []<-chan doResult
+	for range 3 {
+		calls = append(calls, e.goDo(context.Background(), AllMembers))
+		e.entered(0)
+	}
+	e.blockUntil(3)
+	e.r.lastStall.Store(e.r.mono())
+	e.clk.Advance(50 * time.Millisecond)
+	for _, c := range calls {
+		require.ErrorIs(t, recv(t, c).err, ErrNoMember) // one member, tried once: no retry after a stall
+	}
+	require.Equal(t, 3, e.abandoned())
+	_, ok := e.r.Pick(AllMembers, 0)
+	require.True(t, ok, "still eligible with 3 calls abandoned during a stall, over the cap of 2")
+	e.fakes[0].hold.Store(false)
+	for range 3 {
+		e.fakes[0].release <- struct{}{}
+	}
 	e.waitIdle(0)
 }
 

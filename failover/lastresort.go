@@ -6,8 +6,10 @@ package failover
 // than the attempt timeout: leaving it could only turn its slowness into the caller's error. A member
 // that is merely full counts as eligible: a slot may free up, so the hang guarantee keeps the attempt
 // timeout (docs/ARCHITECTURE.md, "Routing defaults", last resort).
-func (c *call[T]) lastResort(mi int) bool {
-	if c.out.Attempts+1 >= c.r.cfg.MaxAttempts {
+//
+// attempts is how many attempts the call has started, the one on mi included.
+func (c *call[T]) lastResort(mi, attempts int) bool {
+	if attempts >= c.r.cfg.MaxAttempts {
 		return true
 	}
 	return !c.r.anyEligible(c.mask, c.tried&^c.stalled|1<<mi)
@@ -40,7 +42,7 @@ func (r *Router) anyEligible(mask, tried Mask) bool {
 					continue
 				}
 			}
-			if m.abandoned.Load() < r.maxAbPer {
+			if m.hung.Load() < r.maxAbPer {
 				return true
 			}
 		}

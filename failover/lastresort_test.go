@@ -155,3 +155,33 @@ func TestDoLastResortHangsToTheCallerDeadline(t *testing.T) {
 		})
 	}
 }
+
+// TestDoLastResortByTheDeadline: an attempt that reaches its deadline when no other member is left to go
+// to (shut out while it ran) is not given up on: it runs on to the caller's deadline, whether this process
+// stalled or the device was slow.
+func TestDoLastResortByTheDeadline(t *testing.T) {
+	for _, stalled := range []bool{false, true} {
+		t.Run(map[bool]string{false: "slow device", true: "stalled process"}[stalled], func(t *testing.T) {
+			e := newEnv(t, Config{StallThreshold: time.Hour}, members(0, 0))
+			e.r.Latency(1).Reset(time.Second) // member 0 first
+			e.fakes[0].hold.Store(true)
+			ctx, _ := withFakeDeadline(t, ft0.Add(2*time.Second))
+			res := e.goDo(ctx, AllMembers)
+			e.entered(0)
+			e.blockUntil(1) // the attempt timeout: member 1 could serve when the attempt began
+			e.r.SetUp(1, false)
+			if stalled {
+				e.r.lastStall.Store(e.r.mono()) // a host hiccup while the attempt ran
+			}
+			e.clk.Advance(50 * time.Millisecond)
+			e.blockUntil(1) // the new deadline
+			require.Zero(t, e.abandoned(), "not given up on")
+			notYet(t, res)
+			e.fakes[0].release <- struct{}{}
+			r := recv(t, res)
+			require.NoError(t, r.err)
+			require.Equal(t, Outcome{Member: 0, Attempts: 1}, r.out)
+			require.Equal(t, ClassNone, e.obs.attemptsOf(0)[0].class)
+		})
+	}
+}

@@ -23,7 +23,7 @@ func (r *Router) pickPanic(mask, ran Mask) int {
 		best, bestCost := -1, 0.0
 		for _, i := range tv.members {
 			m := r.members[i]
-			if allowed&(1<<i) == 0 || m.abandoned.Load() >= r.maxAbPer || (m.capacity > 0 && m.inFlight.Load() >= m.capacity) {
+			if allowed&(1<<i) == 0 || m.hung.Load() >= r.maxAbPer || (m.capacity > 0 && m.inFlight.Load() >= m.capacity) {
 				continue
 			}
 			if c := r.cost(i); best < 0 || c < bestCost {

@@ -5,7 +5,8 @@ import ()
 // Pick is the routing decision alone: the lowest tier with an eligible member in mask and not in tried,
 // then power-of-two-choices on cost = peak-EWMA × (in-flight + 1) (with two candidates, both compared;
 // ties broken at random). Eligible = up, breaker not open (and past its backoff), in-flight < Capacity,
-// abandoned < MaxAbandonedPerMember and total abandoned < MaxAbandonedTotal. Lock-free, no allocation.
+// abandoned < MaxAbandonedPerMember (not counting attempts given up on during a stall of this process) and
+// total abandoned < MaxAbandonedTotal. Lock-free, no allocation.
 func (r *Router) Pick(mask, tried Mask) (member int, ok bool) {
 	member, ok, _ = r.pick(mask, tried, false, false)
 	return member, ok
@@ -44,7 +45,7 @@ func (r *Router) pick(mask, tried Mask, tier0Only, stopAtSaturated bool) (member
 					continue
 				}
 			}
-			if m.abandoned.Load() >= r.maxAbPer {
+			if m.hung.Load() >= r.maxAbPer {
 				continue
 			}
 			if m.capacity > 0 && m.inFlight.Load() >= m.capacity {

@@ -67,3 +67,28 @@ func TestStallRecovery(t *testing.T) {
 	require.Equal(t, first, backAfter(time.Minute))
 	t.Logf("back after %v, %v, %v; forgiven: %v", first, second, third, first)
 }
+
+// TestObserveProbe: a probe round trip is a latency sample, unless it is slower than the attempt timeout:
+// then it spanned a stall (a paused server) and is the same penalty as a timed-out attempt, worked off by
+// the next fast probes within seconds rather than a peak that lasts several decays.
+func TestObserveProbe(t *testing.T) {
+	tests := []struct {
+		name      string
+		rtt       time.Duration
+		want      time.Duration // right after
+		wantAfter time.Duration // after 3 s and a 1 ms probe, within 0.1 ms
+	}{
+		{"sample", 20 * time.Millisecond, 20 * time.Millisecond, 20*time.Millisecond*74/100 + time.Millisecond*26/100},
+		{"stall", 300 * time.Millisecond, 50 * time.Millisecond, time.Millisecond + 49*time.Millisecond/20},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, Config{}, members(0))
+			e.r.ObserveProbe(0, tc.rtt)
+			require.Equal(t, tc.want, e.r.Latency(0).Value())
+			e.clk.Advance(3 * time.Second)
+			e.r.ObserveProbe(0, time.Millisecond)
+			require.InDelta(t, float64(tc.wantAfter), float64(e.r.Latency(0).Value()), float64(100*time.Microsecond))
+		})
+	}
+}

@@ -55,7 +55,9 @@ func (c *call[T]) startNext() error {
 			c.spilled = true
 			r.obs.Spill(c.op, mi)
 		}
-		c.armHedge(a)
+		if !a.inline { // an inline attempt has finished already
+			c.armHedge(a)
+		}
 		return nil
 	}
 }
@@ -81,11 +83,15 @@ func (c *call[T]) finished(i int, res result[T]) (v T, err error, done bool) {
 	return v, nil, false
 }
 
-// expired handles attempt i's deadline: the attempt is abandoned (reported Down, or Stalled) and the call
-// goes on; a member that timed out only because this process stood still gets a second chance.
+// expired handles attempt i's deadline: a last resort by now runs on (runOn); otherwise the attempt is
+// abandoned (reported Down, or Stalled) and the call goes on, and a member that timed out only because this
+// process stood still gets a second chance.
 func (c *call[T]) expired(i int) (v T, err error, done bool) {
 	a := c.live[i]
 	terr := a.timeoutError()
+	if c.runOn(a) {
+		return v, nil, false
+	}
 	if !a.abandon(terr.FailoverClass(), terr) {
 		return c.finished(i, <-a.ch) // the result won the race by a hair
 	}
@@ -96,4 +102,20 @@ func (c *call[T]) expired(i int) (v T, err error, done bool) {
 		c.stalled |= 1 << a.m.idx
 	}
 	return v, nil, false
+}
+
+// runOn: attempt a reached its deadline, and no other member could take the call now (they were shut out
+// while it ran): rather than give up on it and fail the call, its deadline becomes the caller's, as it
+// would have been had it started as a last resort (lastresort.go). False when the caller has no deadline
+// or it has passed.
+func (c *call[T]) runOn(a *attempt[T]) bool {
+	d, ok := c.ctx.Deadline()
+	now := c.r.clock.Now()
+	if !ok || !d.After(now) || a.hedge || !c.lastResort(a.m.idx, c.out.Attempts) {
+		return false
+	}
+	a.timer.Stop()
+	a.timer = c.r.clock.NewTimer(d.Sub(now))
+	a.lastResort, a.timeout = true, d.Sub(a.start)
+	return true
 }

@@ -26,14 +26,18 @@ type member struct {
 	_         [64]byte
 	inFlight  atomic.Int32 // attempts whose fn has not returned, abandoned ones included (they hold a session)
 	abandoned atomic.Int32 // attempts given up on whose fn has not returned yet
-	gate      atomic.Int64 // Router.mono() value until which the breaker keeps the member out; 0 = none
-	tripNow   atomic.Bool  // the failure being reported trips the breaker whatever the counts (breaker.go)
-	_         [64]byte
+	// hung: the abandoned attempts that count against MaxAbandonedPerMember, i.e. all but those given up on
+	// during a stall of this process (class Stalled), which say nothing about the member.
+	hung    atomic.Int32
+	gate    atomic.Int64 // Router.mono() value until which the breaker keeps the member out; 0 = none
+	tripNow atomic.Bool  // the failure being reported trips the breaker whatever the counts (breaker.go)
+	_       [64]byte
 
 	idx      int
 	name     string
 	tier     int
 	capacity int32
+	inline   bool // MemberConfig.Inline
 	timeout  time.Duration
 	initial  time.Duration // the tier's InitialLatency
 	upFlag   atomic.Bool   // for Status; routing reads the view
@@ -87,7 +91,7 @@ type Router struct {
 	// lastStall is the mono() time at which the stall watchdog last woke up late (0 = never).
 	lastStall atomic.Int64
 
-	work chan func() // unbuffered: a send succeeds only when an idle worker takes it
+	work chan task // unbuffered: a send succeeds only when an idle worker takes it
 
 	mu        sync.Mutex // serialises view rebuilds
 	closed    atomic.Bool
@@ -112,7 +116,7 @@ func New(cfg Config, members []MemberConfig) (*Router, error) {
 		budget:     int64(cfg.Hedge.Budget * tokenUnit),
 		epoch:      time.Now(),
 		closeCh:    make(chan struct{}),
-		work:       make(chan func()),
+		work:       make(chan task),
 	}
 	r.forgiveAfter = min(cfg.Breaker.OpenMax, 10*cfg.Breaker.Window)
 	ch := make(chan struct{})
@@ -123,6 +127,7 @@ func New(cfg Config, members []MemberConfig) (*Router, error) {
 			name:     mc.Name,
 			tier:     mc.Tier,
 			capacity: int32(min(mc.Capacity, math.MaxInt32)),
+			inline:   mc.Inline,
 			timeout:  perTier(cfg.AttemptTimeout, mc.Tier),
 			initial:  perTier(cfg.InitialLatency, mc.Tier),
 			hist:     health.NewLatencyHistogram(cfg.Clock, histWindow),
@@ -185,8 +190,21 @@ func (r *Router) rebuildLocked() {
 	r.view.Store(v)
 }
 
-// Latency is the member's latency tracker; pkcs11ha feeds probe latencies into it too.
+// Latency is the member's latency tracker.
 func (r *Router) Latency(member int) *health.PeakEWMA { return r.members[member].ewma }
+
+// ObserveProbe folds a health probe's round trip into the member's latency estimate. A probe slower than
+// the member's attempt timeout spanned a stall of the device (a paused server): an attempt would have
+// timed out, so it is the same penalty (health.PeakEWMA.Penalize), which the next fast probes work off,
+// not a peak that keeps the device out for several decays.
+func (r *Router) ObserveProbe(member int, rtt time.Duration) {
+	m := r.members[member]
+	if rtt > m.timeout {
+		m.ewma.Penalize(m.timeout)
+		return
+	}
+	m.ewma.Observe(rtt)
+}
 
 // ResetLatency forgets what was measured on member (a re-initialised or recovered device is a new one):
 // its latency is its tier's InitialLatency again.

@@ -40,7 +40,7 @@ func (r *Router) Status() []MemberStatus {
 			Offenses:  int(m.offenses.Load()),
 			Abandoned: int(m.abandoned.Load()),
 		}
-		s.AbandonedCap = m.abandoned.Load() >= r.maxAbPer || r.abandonedTotal.Load() >= r.maxAbTotal
+		s.AbandonedCap = m.hung.Load() >= r.maxAbPer || r.abandonedTotal.Load() >= r.maxAbTotal
 		// What routing sees is what counts: our backoff (the gate) outlasts gobreaker's own open timeout,
 		// and once it has passed, the next call the member gets is a half-open trial.
 		if g := m.gate.Load(); g != 0 {

@@ -11,19 +11,23 @@ const workerIdle = 10 * time.Second
 // call stuck in cgo never holds the caller; reusing workers keeps their grown stacks (a fresh goroutine
 // per attempt grew its stack again on every call: ~8 µs of an in-process signature). A worker stuck in a
 // hung call is simply not idle: new work gets a new worker.
-func (r *Router) spawn(f func()) {
+func (r *Router) spawn(t task) {
 	select {
-	case r.work <- f:
+	case r.work <- t:
 	default:
-		go r.worker(f)
+		go r.worker(t)
 	}
 }
 
-func (r *Router) worker(f func()) {
+// task is an attempt as a worker sees it: an interface, not a closure, so handing it over allocates
+// nothing.
+type task interface{ runAttempt() }
+
+func (r *Router) worker(f task) {
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {
-		f()
+		f.runAttempt()
 		f = nil
 		idle.Reset(workerIdle)
 		select {

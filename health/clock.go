@@ -7,6 +7,9 @@ import "time"
 type Clock interface {
 	Now() time.Time
 	NewTimer(d time.Duration) Timer
+	// AfterFunc calls f in its own goroutine once d has passed, unless stopped first (as time.AfterFunc);
+	// the Timer's C is nil.
+	AfterFunc(d time.Duration, f func()) Timer
 }
 
 // Timer is the subset of *time.Timer that the schedulers need.
@@ -24,6 +27,8 @@ type realTimer struct{ t *time.Timer }
 func (realClock) Now() time.Time { return time.Now() }
 
 func (realClock) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
+
+func (realClock) AfterFunc(d time.Duration, f func()) Timer { return realTimer{time.AfterFunc(d, f)} }
 
 func (t realTimer) C() <-chan time.Time { return t.t.C }
 

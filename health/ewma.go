@@ -117,13 +117,13 @@ func (p *PeakEWMA) recoveryDecay() float64 {
 // Value returns the current estimate. Lock-free and allocation-free.
 func (p *PeakEWMA) Value() time.Duration { return time.Duration(p.cost.Load()) }
 
-// Reset forgets the measurements, e.g. after the device was re-initialised and its latency is unknown
-// again. The stalls remembered for Penalize's damping are kept: they are the device's history, not its
-// latency's.
+// Reset forgets the history, e.g. after the device was re-initialised and its latency is unknown again:
+// its stalls too (a device that keeps going down is kept out by its breaker's backoff, not by this).
 func (p *PeakEWMA) Reset(initial time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.stamp = p.clock.Now()
 	p.penalized, p.stalling = false, false
+	p.strikes, p.lastPenalty = 0, time.Time{}
 	p.cost.Store(int64(max(initial, 0)))
 }

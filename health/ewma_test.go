@@ -195,16 +195,16 @@ func TestPeakEWMAPenalty(t *testing.T) {
 		p.Observe(fast)
 		require.InDelta(t, float64(ms(1+99*math.Exp(-0.3))), float64(p.Value()), float64(time.Microsecond))
 	})
-	t.Run("reset keeps the stall history", func(t *testing.T) {
+	t.Run("reset forgets the stalls too", func(t *testing.T) {
 		clk := fakeclock.New(t0)
 		p := health.NewPeakEWMA(clk, decay, 5*time.Millisecond)
 		p.Penalize(penalty)
 		clk.Advance(time.Second)
-		p.Reset(5 * time.Millisecond)
+		p.Reset(5 * time.Millisecond) // a new device (re-initialised)
 		clk.Advance(time.Second)
-		p.Penalize(penalty) // a second stall, 2 s after the first
+		p.Penalize(penalty) // 2 s after the first stall, but the first of the new device
 		clk.Advance(3 * time.Second)
 		p.Observe(fast)
-		require.InDelta(t, float64(after(3, 4)), float64(p.Value()), float64(time.Microsecond))
+		require.InDelta(t, float64(after(3, 1)), float64(p.Value()), float64(time.Microsecond))
 	})
 }

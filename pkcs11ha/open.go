@@ -220,8 +220,9 @@ func (cl *Cluster) newMonitor(i int, d *clusterDevice, initial health.State) (*h
 				cl.log.Info("device re-initialised", "device", d.name)
 			} else if el := time.Since(start); el <= cl.s.monitor.Timeout {
 				// A probe that outlived its deadline (blocked on a paused server) is not a latency sample:
-				// seconds of it would keep a resumed device out of rotation for a minute.
-				cl.router.Latency(i).Observe(el)
+				// seconds of it would keep a resumed device out of rotation for a minute. One slower than
+				// the attempt timeout is a stall's penalty, not a peak (ObserveProbe).
+				cl.router.ObserveProbe(i, el)
 			}
 		}
 		return err

@@ -29,7 +29,8 @@ type waiter struct {
 
 type timer struct {
 	clock *Clock
-	ch    chan time.Time
+	ch    chan time.Time // nil for AfterFunc
+	f     func()         // AfterFunc's
 	when  time.Time
 	seq   uint64
 }
@@ -55,6 +56,22 @@ func (c *Clock) NewTimer(d time.Duration) health.Timer {
 	t := &timer{clock: c, ch: make(chan time.Time, 1), when: c.now.Add(d), seq: c.seq}
 	if d <= 0 {
 		t.ch <- c.now
+		return t
+	}
+	c.timers = append(c.timers, t)
+	c.notifyLocked()
+	return t
+}
+
+// AfterFunc arms a timer that calls f in its own goroutine when the fake time reaches Now()+d (at once
+// for d <= 0). Its C is nil.
+func (c *Clock) AfterFunc(d time.Duration, f func()) health.Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	t := &timer{clock: c, f: f, when: c.now.Add(d), seq: c.seq}
+	if d <= 0 {
+		go f()
 		return t
 	}
 	c.timers = append(c.timers, t)
@@ -133,6 +150,10 @@ func (c *Clock) setLocked(t time.Time) {
 		return due[i].seq < due[j].seq
 	})
 	for _, tm := range due {
+		if tm.f != nil {
+			go tm.f()
+			continue
+		}
 		// The channel has room for one value and a pending timer has never sent: this cannot block.
 		tm.ch <- tm.when
 	}

@@ -112,3 +112,32 @@ func TestBlockUntil(t *testing.T) {
 	defer cancel2()
 	require.ErrorIs(t, c.BlockUntilContext(ctx2, 5), context.DeadlineExceeded)
 }
+
+func TestAfterFunc(t *testing.T) {
+	c := fakeclock.New(t0)
+	calls := make(chan time.Time, 3)
+	a := c.AfterFunc(time.Second, func() { calls <- c.Now() })
+	stopped := c.AfterFunc(time.Second, func() { t.Error("a stopped AfterFunc ran") })
+	require.Nil(t, a.C())
+	require.Equal(t, 2, c.Pending())
+	require.True(t, stopped.Stop())
+
+	c.Advance(time.Second - 1)
+	require.Empty(t, calls)
+	c.Advance(1)
+	select {
+	case at := <-calls:
+		require.Equal(t, t0.Add(time.Second), at)
+	case <-time.After(10 * time.Second):
+		t.Fatal("f never ran")
+	}
+	require.False(t, a.Stop(), "already fired")
+	require.Zero(t, c.Pending())
+
+	c.AfterFunc(0, func() { calls <- c.Now() })
+	select {
+	case <-calls:
+	case <-time.After(10 * time.Second):
+		t.Fatal("f with d <= 0 never ran")
+	}
+}

@@ -111,7 +111,8 @@ func (s *soakState) run(e *env) {
 	// its breaker a repeat offender: the flapping bound). A short pause takes no device down: the timeouts
 	// it caused are a penalty on the device's latency estimate, which its fast probes work off with
 	// decay/10 (from a 50 ms penalty to a ~1 ms partner: ~4 such decays), four times more slowly when the
-	// device stalled less than 3 decays before (health.PeakEWMA.Penalize): plus a probe interval and slack.
+	// device stalled less than 3 decays before and was not re-initialised since (a kill re-initialises it:
+	// health.PeakEWMA.Penalize, Reset): plus a probe interval and slack.
 	killBound := e.recBound
 	pol := &e.cfg.Policy
 	pauseBound := func(repeat bool) time.Duration {
@@ -121,7 +122,7 @@ func (s *soakState) run(e *env) {
 		}
 		return work + pol.Health.Interval.D() + slack
 	}
-	lastPause := map[string]time.Time{}
+	lastPause := map[string]time.Time{} // since the device's last re-init
 	for i := range n {
 		// Kills and pauses each alternate between the local devices; the last cycle is a kill (a paused
 		// device comes back looking slow for a few seconds: its timeouts are a penalty it works off).
@@ -145,6 +146,7 @@ func (s *soakState) run(e *env) {
 			e.remove(fmt.Sprintf("#%d %s resumed", i+1, victim), d.Resume)
 			lastPause[victim] = time.Now()
 		} else {
+			delete(lastPause, victim)
 			e.inject(fmt.Sprintf("#%d %s killed", i+1, victim), false, []string{victim}, d.Kill)
 			e.hold(s.plan.down)
 			e.remove(fmt.Sprintf("#%d %s restarted", i+1, victim), func() error { return d.Start(e.ctx) })

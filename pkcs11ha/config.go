@@ -70,6 +70,12 @@ type DeviceConfig struct {
 	// several devices share one module instance (a Luna client lists every appliance's partitions as slots
 	// of one module, with the same label): the label alone would find the same slot for each of them.
 	TokenSerials map[string]string `yaml:"token_serials"`
+	// NonBlocking declares that the module never blocks a call past a moment's computation: an in-process
+	// software token such as SoftHSM, not a network HSM's client. Calls then run on the caller's goroutine
+	// instead of being handed to an attempt worker (cheaper by a goroutine hand-off per call); a watchdog
+	// still ends each call's wait at its deadline, but a call stuck in a module that does block after all
+	// holds its caller. Ignored under policy.isolation process, whose calls never block the caller.
+	NonBlocking bool `yaml:"non_blocking"`
 }
 
 // PartitionConfig is one application's HA group: the same token cloned on every device.

@@ -316,7 +316,12 @@ func compile(c *Config) (*settings, error) {
 	errs := policyErrors(err, bs, toOwn)
 	for i, d := range s.cfg.Devices {
 		// A device serves every partition from one pool each: that many attempts at once, no more.
-		s.members = append(s.members, failover.MemberConfig{Name: d.Name, Tier: s.cfg.tierOf(i), Capacity: own.SessionPoolSize * len(s.cfg.Partitions)})
+		// Inline (no hand-off to an attempt worker) where the backend cannot hold the caller past its
+		// deadline: a device worker's calls return when their context ends; a module the operator declared
+		// non-blocking computes in this process (docs/ARCHITECTURE.md, "One call, end to end").
+		inline := own.Isolation == IsolationProcess || d.NonBlocking
+		s.members = append(s.members, failover.MemberConfig{Name: d.Name, Tier: s.cfg.tierOf(i),
+			Capacity: own.SessionPoolSize * len(s.cfg.Partitions), Inline: inline})
 	}
 	router, err := s.router.Resolve(s.members)
 	errs = append(errs, policyErrors(err, bs, toRouter)...)

@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"encoding/asn1"
 	"fmt"
+	"slices"
 
 	"github.com/miekg/pkcs11"
 
@@ -189,7 +190,7 @@ func (g *genTemplate) boolAttr(a p11rpc.Attribute, class uint64, bad func(rv, st
 		return bad(pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, "not a CK_BBOOL")
 	}
 	if name, ok := notGrantable[a.Type]; ok {
-		if v {
+		if v && !slices.Contains(g.notGranted, name) {
 			g.notGranted = append(g.notGranted, name)
 		}
 		return nil

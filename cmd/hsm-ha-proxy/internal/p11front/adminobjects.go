@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/asn1"
+	"errors"
 	"fmt"
 
 	"github.com/miekg/pkcs11"
 
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/p11rpc"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
 // cCreateObject ("uaA" -> "u") stores an X.509 certificate of one of the partition's keys on every device
@@ -31,6 +33,9 @@ func (c *conn) cCreateObject(req *p11rpc.Request, w *p11rpc.Reply) error {
 		return err
 	}
 	label, err := ka.PutCertificate(ctx, s.partition, ct.label, ct.id, ct.der)
+	if errors.Is(err, pkcs11ha.ErrUnknownKey) {
+		err = rvErr(pkcs11.CKR_ATTRIBUTE_VALUE_INVALID, "CKA_VALUE: "+err.Error()) // it certifies no key of the token
+	}
 	if err != nil {
 		return c.adminRV("C_CreateObject", s.partition, ct.label, err)
 	}

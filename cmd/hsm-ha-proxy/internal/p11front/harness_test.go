@@ -3,6 +3,8 @@ package p11front
 import (
 	"context"
 	"crypto"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -65,13 +67,27 @@ func startDevicesWith(t testing.TB, certificates bool) *devices {
 // startDevicesOpts is startDevices with the harness's options and more policy lines (YAML, "" for none).
 func startDevicesOpts(t testing.TB, opts softhsmtest.Options, policy string) *devices {
 	t.Helper()
+	return startDevicesPart(t, opts, policy, "")
+}
+
+// startKeyDevices is startDevicesOpts for key management: key_replication import (the harness's p11-kit
+// 0.24 devices cannot carry CKM_AES_KEY_WRAP_PAD, docs/keys.md) and quick probes.
+func startKeyDevices(t testing.TB, opts softhsmtest.Options) *devices {
+	t.Helper()
+	return startDevicesPart(t, opts, "breaker: {open_base: 200ms, open_max: 400ms}\n", "key_replication: import")
+}
+
+// startDevicesPart is startDevicesOpts with lines added to every partition (YAML, "" for none).
+func startDevicesPart(t testing.TB, opts softhsmtest.Options, policy, partition string) *devices {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs SoftHSM devices")
 	}
 	topo := harnesstest.Start(t, opts)
 	path := filepath.Join(topo.Dir, "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{
-		PolicyYAML: "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true\n" + policy,
+		PolicyYAML:    "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true\n" + policy,
+		PartitionYAML: partition,
 	}))
 	cfg, err := sidecarconfig.Load(path) // policy.request_timeout is the sidecar's
 	require.NoError(t, err)
@@ -100,4 +116,38 @@ func (d *devices) pin(partition string) string {
 		}
 	}
 	return ""
+}
+
+// deviceObject reads the object of pkcs11-tool --type typ labelled label from a device itself — its own
+// module and token, not through the cluster — or nil when the device holds none.
+func (d *devices) deviceObject(t testing.TB, device, partition, typ, label string) []byte {
+	t.Helper()
+	tools, err := softhsmtest.LookupTools()
+	require.NoError(t, err)
+	if tools.PKCS11Tool == "" {
+		t.Skip("pkcs11-tool not installed (Debian package opensc)")
+	}
+	dev := d.topo.Device(device)
+	out := filepath.Join(t.TempDir(), "obj.der")
+	cmd := exec.Command(tools.PKCS11Tool, "--module", dev.ModulePath, "--token-label", partition, "--read-object", "--type", typ,
+		"--label", label, "--output-file", out)
+	cmd.Env = os.Environ()
+	for k, v := range dev.ModuleEnv {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	if cmd.Run() != nil {
+		return nil
+	}
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	return b
+}
+
+// deviceNames are the harness's devices, in config order.
+func (d *devices) deviceNames() []string {
+	var out []string
+	for _, dev := range d.topo.Devices {
+		out = append(out, dev.Name)
+	}
+	return out
 }

@@ -121,19 +121,21 @@ func TestBinaryPKCS11KeyAdmin(t *testing.T) {
 	t.Run("a certificate lands on every device and is presented", func(t *testing.T) { testDoorCertificate(t, p, topo, pubs["p11-ec"]) })
 	t.Run("a client without admin is refused", func(t *testing.T) { testDoorNotAdmin(t, p, topo) })
 
-	// pkcs11-tool signs with the first private key unless given --id: every signature above names its key.
+	t.Run("p11tool renames a key", func(t *testing.T) { testDoorRename(t, p, topo) })
+
 	p.must(t, append(tok, "--delete-object", "--type", "privkey", "--label", "p11-ec")...)
 	for _, d := range topo.Devices {
 		assert.Nil(t, devicePub(t, d, "p11-ec"), "the key left %s", d.Name)
 	}
 	out = p.must(t, append(tok, "-O")...)
 	assert.NotContains(t, out, "p11-ec")
-	assert.Contains(t, out, "p11-rsa")
+	assert.Contains(t, out, "p11-rsa-2")
 	logs := stderr.String()
 	assert.Contains(t, logs, `action=generate who="pkcs11 client ops (uid=`, "the audit line names the PKCS#11 client")
 	assert.Contains(t, logs, "action=destroy")
 }
 
+// testDoorSigns: pkcs11-tool signs with the first private key unless given --id, so each names its key.
 func testDoorSigns(t *testing.T, p *p11Admin, pubs map[string]crypto.PublicKey) {
 	digest := sha256.Sum256([]byte("signed through the PKCS#11 door by a key made through it"))
 	require.NoError(t, os.WriteFile(p.path("digest"), digest[:], 0o644))
@@ -186,6 +188,9 @@ func testDoorNotAdmin(t *testing.T, p *p11Admin, topo *softhsmtest.Topology) {
 	out, err = p.tool(t, p11AppUID, append(tok, "-M")...)
 	require.NoError(t, err, out)
 	assert.NotContains(t, out, "KEY-PAIR-GEN", "no key-pair generation mechanism is listed to it")
+	out, err = p.tool(t, p11AppUID, append(tok, "--keypairgen", "--key-type", "EC:prime256v1", "--label", "app-key")...)
+	assert.Error(t, err)
+	assert.Contains(t, out, "Generate EC key mechanism", "pkcs11-tool finds no generation mechanism")
 	out, err = p.tool(t, p11AppUID, append(tok, "--keypairgen", "-m", "ECDSA-KEY-PAIR-GEN", "--key-type", "EC:prime256v1", "--label", "app-key")...)
 	assert.Error(t, err)
 	assert.Contains(t, out, "CKR_TOKEN_WRITE_PROTECTED")
@@ -195,6 +200,19 @@ func testDoorNotAdmin(t *testing.T, p *p11Admin, topo *softhsmtest.Topology) {
 	for _, d := range topo.Devices {
 		assert.NotNil(t, devicePub(t, d, "p11-rsa"), "the key stays on %s", d.Name)
 		assert.Nil(t, devicePub(t, d, "app-key"))
+	}
+}
+
+func testDoorRename(t *testing.T, p *p11Admin, topo *softhsmtest.Topology) {
+	ref := devicePub(t, topo.Devices[0], "p11-rsa")
+	require.NotNil(t, ref)
+	cmd := exec.Command("p11tool", "--provider", p.module, "--set-label", "p11-rsa-2", "pkcs11:token=payments;object=p11-rsa;type=private")
+	cmd.Env = append(os.Environ(), "P11_KIT_SERVER_ADDRESS=unix:path="+p.socket)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "p11tool --set-label:\n%s", out)
+	for _, d := range topo.Devices {
+		assert.Equal(t, ref, devicePub(t, d, "p11-rsa-2"), "renamed on %s", d.Name)
+		assert.Nil(t, devicePub(t, d, "p11-rsa"), "the old label is gone from %s", d.Name)
 	}
 }
 

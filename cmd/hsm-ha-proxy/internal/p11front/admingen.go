@@ -88,7 +88,6 @@ type genTemplate struct {
 	hasLabel   bool
 	hasID      bool
 	bits       uint64
-	exponent   []byte
 	ecParams   []byte
 	notGranted []string
 }

@@ -67,17 +67,29 @@ func startDevicesWith(t testing.TB, certificates bool) *devices {
 // startDevicesOpts is startDevices with the harness's options and more policy lines (YAML, "" for none).
 func startDevicesOpts(t testing.TB, opts softhsmtest.Options, policy string) *devices {
 	t.Helper()
-	return startDevicesPart(t, opts, policy, "")
+	return startDevicesPart(t, opts, "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true\n"+policy, "")
 }
 
 // startKeyDevices is startDevicesOpts for key management: key_replication import (the harness's p11-kit
-// 0.24 devices cannot carry CKM_AES_KEY_WRAP_PAD, docs/keys.md) and quick probes.
+// 0.24 devices cannot carry CKM_AES_KEY_WRAP_PAD, docs/keys.md), and probes that do not call a device down
+// for being slow on a loaded host (a creation succeeds without a device that is down, and these tests read
+// every device). It returns once every device is up.
 func startKeyDevices(t testing.TB, opts softhsmtest.Options) *devices {
 	t.Helper()
-	return startDevicesPart(t, opts, "breaker: {open_base: 200ms, open_max: 400ms}\n", "key_replication: import")
+	d := startDevicesPart(t, opts, "request_timeout: 20s\nattempt_timeout: {local: 5s, dr: 5s}\nhealth: {interval: 500ms, down_interval: 200ms, timeout: 5s, fall: 10}\n",
+		"key_replication: import")
+	require.Eventually(t, func() bool {
+		for _, s := range d.cl.Status() {
+			if s.State != "up" && s.State != "degraded" {
+				return false
+			}
+		}
+		return true
+	}, time.Minute, 50*time.Millisecond, "every device up")
+	return d
 }
 
-// startDevicesPart is startDevicesOpts with lines added to every partition (YAML, "" for none).
+// startDevicesPart starts the devices with policy (YAML lines) and lines added to every partition.
 func startDevicesPart(t testing.TB, opts softhsmtest.Options, policy, partition string) *devices {
 	t.Helper()
 	if testing.Short() {
@@ -86,7 +98,7 @@ func startDevicesPart(t testing.TB, opts softhsmtest.Options, policy, partition 
 	topo := harnesstest.Start(t, opts)
 	path := filepath.Join(topo.Dir, "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{
-		PolicyYAML:    "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true\n" + policy,
+		PolicyYAML:    policy,
 		PartitionYAML: partition,
 	}))
 	cfg, err := sidecarconfig.Load(path) // policy.request_timeout is the sidecar's

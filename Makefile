@@ -71,7 +71,7 @@ bench: deps
 chaos: deps
 	# Live output and a log; the tests' own exit status decides (sh has no pipefail).
 	{ CHAOS_LONG=1 $(GO) test -count=1 -timeout 90m -run 'TestChaos|TestSoak' -v ./softhsm-test/chaos/ && \
-		CHAOS_LONG=1 $(GO) test -count=1 -timeout 30m -run '^TestHotUpgrade$$' -v ./cmd/hsm-ha-proxy/; \
+		CHAOS_LONG=1 $(GO) test -count=1 -timeout 30m -run '^(TestHotUpgrade|TestWorkerFaults)$$' -v ./cmd/hsm-ha-proxy/; \
 		echo $$? > chaos.status; } 2>&1 | tee chaos.log; status=$$(cat chaos.status); rm -f chaos.status; exit $$status
 
 lint:

@@ -144,8 +144,23 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 	if p.fresh.Load() {
 		have = ^uint64(0) // a new worker's keys are new whatever its generation says
 	}
-	timeout := time.Until(deadlineOr(ctx, w.s.own.InitTimeout))
-	b, err := p.call(ctx, typ, marshal(&workerProbe{OthersServing: others, Timeout: timeout, HaveKeys: have}))
+	// One probe at a time, as in process, where a probe blocked in the module keeps the next from starting:
+	// the caller gives up at its deadline but the worker still runs the probe (a recovery, or a new worker's
+	// open, finishes on its own), and probes sent meanwhile would queue behind it and pile up.
+	if id := p.probeID.Load(); id != 0 && p.isPending(id) {
+		return downErr(w.name, "", opWorker, "the worker is still running the previous probe")
+	}
+	// The worker has until the caller's deadline, or init_timeout without one (the health monitor's probes),
+	// and the hang watch holds it to that same deadline, not to operation_timeout: a slow open is no hang.
+	deadline := deadlineOr(ctx, w.s.own.InitTimeout)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	id, pc, err := p.send(ctx, typ, marshal(&workerProbe{OthersServing: others, Timeout: time.Until(deadline), HaveKeys: have}))
+	if err != nil {
+		return err
+	}
+	p.probeID.Store(id)
+	b, err := p.wait(ctx, pc)
 	if err != nil {
 		return err
 	}
@@ -317,8 +332,10 @@ type workerProc struct {
 	wmu   sync.Mutex
 	dead  atomic.Bool
 	fresh atomic.Bool // no key listing received yet
-	done  chan struct{}
-	why   string // how it ended; set before done closes
+	// probeID is the last open or probe sent (0: none), for one probe at a time.
+	probeID atomic.Uint32
+	done    chan struct{}
+	why     string // how it ended; set before done closes
 
 	pmu     sync.Mutex
 	nextID  uint32
@@ -422,12 +439,21 @@ func workerLogLevel(l *slog.Logger) slog.Level {
 
 // call sends one request and waits for its reply until ctx ends or the worker dies.
 func (p *workerProc) call(ctx context.Context, typ byte, payload []byte) ([]byte, error) {
+	_, pc, err := p.send(ctx, typ, payload)
+	if err != nil {
+		return nil, err
+	}
+	return p.wait(ctx, pc)
+}
+
+// send sends one request; its reply is awaited with wait.
+func (p *workerProc) send(ctx context.Context, typ byte, payload []byte) (uint32, *pendingCall, error) {
 	pc := &pendingCall{ch: make(chan frame, 1)}
 	pc.deadline = deadlineOr(ctx, p.w.s.own.OperationTimeout)
 	p.pmu.Lock()
 	if p.dead.Load() {
 		p.pmu.Unlock()
-		return nil, p.deadErr()
+		return 0, nil, p.deadErr()
 	}
 	p.nextID++
 	if p.nextID == 0 {
@@ -442,8 +468,13 @@ func (p *workerProc) call(ctx context.Context, typ byte, payload []byte) ([]byte
 	if err != nil {
 		p.forget(id)
 		p.kill("unreachable: " + err.Error())
-		return nil, p.deadErr()
+		return 0, nil, p.deadErr()
 	}
+	return id, pc, nil
+}
+
+// wait waits for the reply to a request sent, until ctx ends or the worker dies.
+func (p *workerProc) wait(ctx context.Context, pc *pendingCall) ([]byte, error) {
 	select {
 	case f := <-pc.ch:
 		return replyPayload(f)
@@ -473,6 +504,14 @@ func replyPayload(f frame) ([]byte, error) {
 func (p *workerProc) deadErr() error {
 	<-p.done
 	return downErr(p.w.name, "", opWorker, "worker process "+p.why)
+}
+
+// isPending tells whether request id is still unanswered.
+func (p *workerProc) isPending(id uint32) bool {
+	p.pmu.Lock()
+	defer p.pmu.Unlock()
+	_, ok := p.pending[id]
+	return ok
 }
 
 func (p *workerProc) forget(id uint32) *pendingCall {

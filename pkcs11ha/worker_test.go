@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
@@ -307,4 +308,30 @@ func TestOneCallSign(t *testing.T) {
 			require.Equal(t, int64(0), query-query0, "no length query")
 		})
 	}
+}
+
+// TestWorkerSlowOpen: a new worker opening its device (C_Initialize, logins, the key listing) over a slow
+// link takes longer than operation_timeout + reinit_grace, well within init_timeout. It is not a hang: the
+// worker is not killed for it (before, every new worker of a distant device under load was killed half-way
+// through its open, and the device never came back), and the device comes back with it.
+func TestWorkerSlowOpen(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
+		{Name: "eastus-1", Region: "eastus"}, {Name: "eastus-2", Region: "eastus"}}})
+	cl, _ := openCluster(t, topo, "{isolation: process, operation_timeout: 300ms, reinit_grace: 300ms, init_timeout: 60s, "+
+		"attempt_timeout: {local: 1s}, health: {interval: 500ms, down_interval: 200ms, timeout: 300ms}}")
+	before := workerPIDs(t, cl)["eastus-1"]
+	require.NotZero(t, before)
+	// 20 ms each way: the open's dozens of round trips take seconds.
+	require.NoError(t, topo.Device("eastus-1").SetDelay(20*time.Millisecond, 20*time.Millisecond))
+	require.NoError(t, syscall.Kill(before, syscall.SIGKILL))
+	killed := time.Now()
+	var st pkcs11ha.DeviceStatus
+	ok := assert.Eventually(t, func() bool {
+		st = cl.Status()[0]
+		return st.WorkerPID != 0 && st.WorkerPID != before && st.State == "up"
+	}, 90*time.Second, 50*time.Millisecond, "eastus-1 back with a new worker")
+	require.True(t, ok, "eastus-1: %d restarts, the last: %s", st.WorkerRestarts, st.WorkerExit)
+	t.Logf("back with a new worker %v after the kill", time.Since(killed).Round(time.Millisecond))
+	require.Equal(t, int64(1), st.WorkerRestarts, "only the kill ended a worker: %s", st.WorkerExit)
+	require.Contains(t, st.WorkerExit, "signal: killed")
 }

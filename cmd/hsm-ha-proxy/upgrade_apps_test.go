@@ -24,13 +24,17 @@ import (
 	"time"
 
 	"github.com/ThalesGroup/crypto11"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
 )
 
-// The applications of the hot-upgrade test: each signs continuously, verifies every signature with the Go
-// standard library (the external ones print theirs) and counts.
+// The applications of the hot-upgrade and worker-fault tests: each signs continuously, verifies every
+// signature with the Go standard library (the external ones print theirs) and counts.
 
 // appStats is what one application saw.
 type appStats struct {
@@ -99,6 +103,115 @@ func (a *appStats) maxLatency() time.Duration {
 type app struct {
 	stats *appStats
 	stop  func()
+}
+
+// appSet is the applications of one test, stopped once (by stop or when the test ends).
+type appSet struct {
+	apps []*app
+	once sync.Once
+}
+
+func newAppSet(t *testing.T, apps ...*app) *appSet {
+	s := &appSet{apps: apps}
+	t.Cleanup(s.stop)
+	return s
+}
+
+// startApps starts the four applications on r's sidecar: PyKCS11, Java's SunPKCS11 and crypto11 through the
+// stock p11-kit-client.so (RSA), and the Go client over the HTTP API (ECDSA); it returns once each has
+// signed 20 times.
+func startApps(t *testing.T, r *upgradeRig) *appSet {
+	t.Helper()
+	rsaPub, ecPub := r.topo.Keys["rsa-key"].Public(), r.topo.Keys["ec-key"].Public()
+	s := newAppSet(t,
+		startPyKCS11App(t, r.module, r.p11sock, rsaPub),
+		startJavaApp(t, r.module, r.p11sock, rsaPub),
+		startCrypto11App(t, r.module, r.p11sock, rsaPub),
+		startHTTPApp(t, r.sock, ecPub),
+	)
+	s.waitProgress(t, 20)
+	return s
+}
+
+func (s *appSet) stop() {
+	s.once.Do(func() {
+		for _, a := range s.apps {
+			a.stop()
+		}
+	})
+}
+
+// waitProgress waits until every application has made n more successful calls.
+func (s *appSet) waitProgress(t *testing.T, n int) {
+	t.Helper()
+	base := make([]int, len(s.apps))
+	for i, a := range s.apps {
+		base[i] = a.stats.okCount()
+	}
+	for i, a := range s.apps {
+		require.Eventually(t, func() bool { return a.stats.okCount() >= base[i]+n }, time.Minute, 5*time.Millisecond,
+			"%s makes progress", a.stats.name)
+	}
+}
+
+// check stops the applications and asserts what each saw: no failed call, no bad signature, and PyKCS11 (if
+// it ran) kept one session handle, logged in (CKS_RO_USER_FUNCTIONS = 1), all along. It returns the slowest
+// call of any application.
+func (s *appSet) check(t *testing.T) time.Duration {
+	t.Helper()
+	s.stop()
+	var slowest time.Duration
+	for _, a := range s.apps {
+		t.Log(a.stats.summary())
+		assert.Zero(t, a.stats.failed, "%s: failed calls: %v", a.stats.name, a.stats.errs)
+		assert.Zero(t, a.stats.bad, "%s: bad signatures", a.stats.name)
+		assert.NotZero(t, a.stats.ok, "%s: signed", a.stats.name)
+		slowest = max(slowest, a.stats.maxLatency())
+		if a.stats.name != pykcs11Name {
+			continue
+		}
+		assert.Len(t, a.stats.sessions, 1, "PyKCS11 kept one session handle: %v", a.stats.sessions)
+		for k := range a.stats.sessions {
+			assert.True(t, strings.HasSuffix(k, " state 1"), "logged in: %s", k)
+		}
+	}
+	return slowest
+}
+
+// frontEndLogins is how many C_Login calls the serving process's PKCS#11 front end has had (applications
+// logging in, all partitions).
+func frontEndLogins(t *testing.T, sock string) float64 {
+	t.Helper()
+	var n float64
+	for _, m := range scrapeFamilies(t, sock)["hsm_ha_proxy_pkcs11_calls_total"].GetMetric() {
+		if labelOf(m, "call") == "C_Login" {
+			n += m.GetCounter().GetValue()
+		}
+	}
+	return n
+}
+
+// scrapeFamilies fetches and parses the sidecar's /metrics on its unix socket.
+func scrapeFamilies(t *testing.T, sock string) map[string]*dto.MetricFamily {
+	t.Helper()
+	text, err := scrape(sock)
+	require.NoError(t, err)
+	_, body, ok := strings.Cut(text, "\r\n\r\n")
+	require.True(t, ok, "an HTTP response: %q", text)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	require.NoError(t, err)
+	return mfs
+}
+
+// labelOf is the value of m's label name ("" without it).
+func labelOf(m *dto.Metric, name string) string {
+	for _, lp := range m.GetLabel() {
+		if lp.GetName() == name {
+			return lp.GetValue()
+		}
+	}
+	return ""
 }
 
 // verifyRSA checks an RSA PKCS#1 v1.5 SHA-256 signature of msg.
@@ -221,6 +334,8 @@ func startLineApp(t *testing.T, name string, env []string, check func(st *appSta
 	}}
 }
 
+const pykcs11Name = "PyKCS11"
+
 // startPyKCS11App runs testdata/pykcs11_signer.py (PyKCS11 through the stock p11-kit-client.so): one session
 // logged in once, signing with CKM_SHA256_RSA_PKCS; it records the session handle and state of every call.
 func startPyKCS11App(t *testing.T, module, p11sock string, pub crypto.PublicKey) *app {
@@ -231,7 +346,7 @@ func startPyKCS11App(t *testing.T, module, p11sock string, pub crypto.PublicKey)
 	script, err := filepath.Abs(filepath.Join("testdata", "pykcs11_signer.py"))
 	require.NoError(t, err)
 	env := append(os.Environ(), "P11_KIT_SERVER_ADDRESS=unix:path="+p11sock)
-	return startLineApp(t, "PyKCS11", env, func(st *appStats, i int, f []string) bool {
+	return startLineApp(t, pykcs11Name, env, func(st *appStats, i int, f []string) bool {
 		if len(f) != 3 {
 			return false
 		}

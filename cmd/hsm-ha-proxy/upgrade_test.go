@@ -220,19 +220,6 @@ func sidecarProcesses(parent int) map[int]bool {
 	return out
 }
 
-// waitProgress waits until every application has made n more successful calls.
-func waitProgress(t *testing.T, apps []*app, n int) {
-	t.Helper()
-	base := make([]int, len(apps))
-	for i, a := range apps {
-		base[i] = a.stats.okCount()
-	}
-	for i, a := range apps {
-		require.Eventually(t, func() bool { return a.stats.okCount() >= base[i]+n }, time.Minute, 5*time.Millisecond,
-			"%s makes progress", a.stats.name)
-	}
-}
-
 // hotUpgrades is the number of upgrades of TestHotUpgrade: 5, or 50 with CHAOS_LONG (make chaos).
 func hotUpgrades() int {
 	if os.Getenv("CHAOS_LONG") != "" {
@@ -249,24 +236,7 @@ func hotUpgrades() int {
 // serving and no call fails.
 func TestHotUpgrade(t *testing.T) {
 	r := startUpgradeRig(t, nil)
-	rsaPub, ecPub := r.topo.Keys["rsa-key"].Public(), r.topo.Keys["ec-key"].Public()
-	apps := []*app{
-		startPyKCS11App(t, r.module, r.p11sock, rsaPub),
-		startJavaApp(t, r.module, r.p11sock, rsaPub),
-		startCrypto11App(t, r.module, r.p11sock, rsaPub),
-		startHTTPApp(t, r.sock, ecPub),
-	}
-	stopped := false
-	stopApps := func() {
-		if !stopped {
-			stopped = true
-			for _, a := range apps {
-				a.stop()
-			}
-		}
-	}
-	t.Cleanup(stopApps)
-	waitProgress(t, apps, 20)
+	apps := startApps(t, r)
 	pids := []int{r.servingPID()}
 
 	n := hotUpgrades()
@@ -274,7 +244,7 @@ func TestHotUpgrade(t *testing.T) {
 	for range n {
 		r.upgrade()
 		pids = append(pids, r.servingPID())
-		waitProgress(t, apps, 5)
+		apps.waitProgress(t, 5)
 	}
 	t.Logf("%d hot upgrades in %v (pids %v)", n, time.Since(began).Round(time.Millisecond), pids)
 
@@ -284,7 +254,7 @@ func TestHotUpgrade(t *testing.T) {
 		require.NoError(t, os.WriteFile(r.bin, []byte("#!/bin/sh\necho 'broken build' >&2\nexit 3\n"), 0o755))
 		r.failedUpgrade("the new binary exits")
 		require.NoError(t, os.Rename(real, r.bin))
-		waitProgress(t, apps, 5)
+		apps.waitProgress(t, 5)
 	})
 	t.Run("an upgrade to a binary that never becomes ready", func(t *testing.T) {
 		real := r.bin + ".real"
@@ -293,34 +263,21 @@ func TestHotUpgrade(t *testing.T) {
 		r.failedUpgrade("the new process is not ready within server.upgrade_timeout")
 		assert.Contains(t, r.logs(), "timed out")
 		require.NoError(t, os.Rename(real, r.bin))
-		waitProgress(t, apps, 5)
+		apps.waitProgress(t, 5)
 	})
 	t.Run("an upgrade whose config does not validate", func(t *testing.T) {
 		r.writeCfg("frobnicate: yes\n")
 		r.failedUpgrade("the config is invalid")
 		assert.Contains(t, r.logs(), "frobnicate", "the new process said why")
 		r.writeCfg("")
-		waitProgress(t, apps, 5)
+		apps.waitProgress(t, 5)
 	})
 	t.Run("and then an upgrade that works", func(t *testing.T) {
 		r.upgrade()
-		waitProgress(t, apps, 5)
+		apps.waitProgress(t, 5)
 	})
-	stopApps()
-
-	var blip time.Duration
-	for _, a := range apps {
-		t.Log(a.stats.summary())
-		assert.Zero(t, a.stats.failed, "%s: failed calls: %v", a.stats.name, a.stats.errs)
-		assert.Zero(t, a.stats.bad, "%s: bad signatures", a.stats.name)
-		blip = max(blip, a.stats.maxLatency())
-	}
+	blip := apps.check(t)
 	t.Logf("upgrade blip: the slowest call of any application over %d upgrades took %v", n+1, blip.Round(time.Microsecond))
-	py := apps[0].stats
-	assert.Len(t, py.sessions, 1, "PyKCS11 kept one session handle, logged in (CKS_RO_USER_FUNCTIONS = 1): %v", py.sessions)
-	for k := range py.sessions {
-		assert.True(t, strings.HasSuffix(k, " state 1"), "logged in: %s", k)
-	}
 	text, err := scrape(r.sock)
 	require.NoError(t, err)
 	assert.Contains(t, text, `hsm_ha_proxy_pkcs11_calls_total{`, "the last process served PKCS#11 calls")
@@ -377,32 +334,16 @@ func TestHotUpgradeTLS(t *testing.T) {
 	t.Cleanup(func() { c.Close() })
 	ecPub := r.topo.Keys["ec-key"].Public()
 	k := c.KeyWithPublic("payments", "ec-key", ecPub)
-	apps := []*app{
+	apps := newAppSet(t,
 		startPyKCS11App(t, r.module, r.p11sock, r.topo.Keys["rsa-key"].Public()),
 		signLoop("sidecarclient over TLS", 4, ecPub, func(d []byte) ([]byte, error) {
 			return k.SignContext(context.Background(), d, crypto.SHA256)
 		}),
-	}
-	stopped := false
-	stopApps := func() {
-		if !stopped {
-			stopped = true
-			for _, a := range apps {
-				a.stop()
-			}
-		}
-	}
-	t.Cleanup(stopApps)
-	waitProgress(t, apps, 20)
+	)
+	apps.waitProgress(t, 20)
 	for range 3 {
 		r.upgrade()
-		waitProgress(t, apps, 5)
+		apps.waitProgress(t, 5)
 	}
-	stopApps()
-	for _, a := range apps {
-		t.Log(a.stats.summary())
-		assert.Zero(t, a.stats.failed, "%s: failed calls: %v", a.stats.name, a.stats.errs)
-		assert.Zero(t, a.stats.bad, "%s: bad signatures", a.stats.name)
-	}
-	assert.Len(t, apps[0].stats.sessions, 1, "PyKCS11 kept its session: %v", apps[0].stats.sessions)
+	apps.check(t)
 }

@@ -70,6 +70,16 @@ type Slice struct {
 	Workers  time.Duration `json:"workers"`
 	Load     float64       `json:"load"`
 	FirstErr string        `json:"first_err,omitempty"`
+	// Calls is every call of the slice, failures included, when it was run with the "trace" command.
+	Calls []Call `json:"calls,omitempty"`
+}
+
+// Call is one traced call: when it started (Unix nanoseconds, the machine's clock as the parent reads it),
+// how long it took, and whether it failed.
+type Call struct {
+	Start  int64 `json:"s"`
+	Nanos  int64 `json:"n"`
+	Failed bool  `json:"f,omitempty"`
 }
 
 // OpsPerSec is the slice's throughput.
@@ -124,7 +134,7 @@ func cpuTimes() (user, sys, children time.Duration) {
 
 // command is what the parent sends a child, one JSON object per line.
 type command struct {
-	Cmd string        `json:"cmd"` // "run" (one measured slice of D) or "done" (report the Result and exit)
+	Cmd string        `json:"cmd"` // "run" (one measured slice of D), "trace" (the same with every call's Call) or "done" (report the Result and exit)
 	D   time.Duration `json:"d,omitempty"`
 }
 
@@ -172,7 +182,7 @@ func RunChild(in io.Reader, out io.Writer) error {
 			return fmt.Errorf("hsm-bench child: bad command %q: %w", sc.Text(), err)
 		}
 		switch cmd.Cmd {
-		case "run":
+		case "run", "trace":
 			if stopProfile == nil && s.CPUProfile != "" {
 				f, err := os.Create(s.CPUProfile)
 				if err != nil {
@@ -188,7 +198,7 @@ func RunChild(in io.Reader, out io.Writer) error {
 				res.LoadStart = l0
 			}
 			u0, s0, w0 := cpuTimes()
-			sl, l, devs := drive(workers, digest, cmd.D)
+			sl, l, devs := drive(workers, digest, cmd.D, cmd.Cmd == "trace")
 			u1, s1, w1 := cpuTimes()
 			sl.User, sl.Sys, sl.Workers, sl.Load = u1-u0, s1-s0, w1-w0, loadAvg()
 			user, sys, wcpu = user+sl.User, sys+sl.Sys, wcpu+sl.Workers
@@ -277,20 +287,21 @@ func setup(s Spec) (contender, []signFunc, []byte, error) {
 		return nil, nil, nil, fmt.Errorf("%s: first output does not verify: %w", s.Contender, err)
 	}
 	// Warm-up: sessions opened, caches and latency estimates filled.
-	drive(workers, digest, s.Warmup)
+	drive(workers, digest, s.Warmup, false)
 	runtime.GC()
 	ok = true
 	return c, workers, digest, nil
 }
 
 // drive runs every worker in a closed loop for d and measures each operation: the slice's counts, every
-// successful operation's latency and the serving devices.
-func drive(workers []signFunc, digest []byte, d time.Duration) (Slice, Latencies, map[string]int64) {
+// successful operation's latency and the serving devices; with trace, the slice's Calls too.
+func drive(workers []signFunc, digest []byte, d time.Duration, trace bool) (Slice, Latencies, map[string]int64) {
 	var stop atomic.Bool
 	var errs atomic.Int64
 	var firstErr atomic.Pointer[string]
 	lats := make([]Latencies, len(workers))
 	devs := make([]map[string]int64, len(workers))
+	calls := make([][]Call, len(workers))
 	var wg, ready sync.WaitGroup
 	startGate := make(chan struct{})
 	for i, w := range workers {
@@ -306,6 +317,9 @@ func drive(workers []signFunc, digest []byte, d time.Duration) (Slice, Latencies
 				t0 := time.Now()
 				_, dev, err := w(digest)
 				el := time.Since(t0)
+				if trace {
+					calls[i] = append(calls[i], Call{Start: t0.UnixNano(), Nanos: int64(el), Failed: err != nil})
+				}
 				if err != nil {
 					if errs.Add(1) == 1 {
 						s := err.Error()
@@ -336,6 +350,7 @@ func drive(workers []signFunc, digest []byte, d time.Duration) (Slice, Latencies
 	dv := map[string]int64{}
 	for i := range lats {
 		all = append(all, lats[i]...)
+		sl.Calls = append(sl.Calls, calls[i]...)
 		for k, v := range devs[i] {
 			dv[k] += v
 		}

@@ -1,7 +1,7 @@
 // Package bench is `make bench` (run by softhsm-test/cmd/hsm-bench): in one run on one machine, what the
 // pkcs11-ha layer costs and what it buys, against direct PKCS#11 calls (the limit) and crypto11 (the peer).
 //
-// It measures four things.
+// It measures five things.
 //
 //   - [routing] failover.Router.Pick with four members, through testing.Benchmark: ns/op and allocs/op.
 //   - [in-process] on one in-process SoftHSM token (a private copy of libsofthsm2.so with its own
@@ -34,6 +34,11 @@
 //     The two clients take turns as the in-process contenders do; the CPU time per signature of the client,
 //     the sidecar and the devices' process groups is read from /proc over each contender's own turns. With
 //     Options.ProfileDir the sidecar is built with -tags cpuprofile and writes its CPU profile there.
+//   - [upgrade] the upgrade blip: the same client, at the largest goroutine count, signs through the front
+//     end while the sidecar is upgraded in place Options.Upgrades times (SIGUSR2 to the pid in
+//     server.pid_file). Each upgrade runs in a traced slice of the client (every call's start and latency);
+//     the calls that overlap a handover (from the signal until the old process is gone) are reported apart
+//     (p50, p99, max), with the failed calls and each handover's durations.
 //
 // With Options.PlotDir (hsm-bench -plots, default bench-plots/) it also draws, with package timeline,
 // the first region-loss trial of each mode (every call's latency and serving device, the region shaded

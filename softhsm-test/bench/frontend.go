@@ -151,11 +151,12 @@ func sidecarBinary(ctx context.Context, o Options, dir string) (string, error) {
 
 // sidecar is a running `hsm-ha-proxy serve`.
 type sidecar struct {
-	cmd     *exec.Cmd
+	cmd     *exec.Cmd // the first process (a hot upgrade's are not this program's children)
 	exited  chan error
 	socket  string // server.pkcs11
 	sockDir string
 	logPath string
+	pidFile string // server.pid_file: the serving process
 }
 
 // startSidecar writes the sidecar's config (the devices on their own server sockets, this uid granted the
@@ -167,11 +168,12 @@ func startSidecar(ctx context.Context, topo *softhsmtest.Topology, bin, profile 
 		return nil, err
 	}
 	sc := &sidecar{sockDir: sockDir, socket: filepath.Join(sockDir, "pkcs11.sock"), logPath: filepath.Join(topo.Dir, "sidecar.log"),
-		exited: make(chan error, 1)}
+		pidFile: filepath.Join(sockDir, "hsm-ha-proxy.pid"), exited: make(chan error, 1)}
 	cfgPath := filepath.Join(topo.Dir, "sidecar.yaml")
 	if err := topo.WriteConfig(cfgPath, softhsmtest.ConfigOptions{
-		NoRelays:    true,
-		ServerYAML:  fmt.Sprintf("listen: unix://%s\npkcs11: unix://%s", filepath.Join(sockDir, "http.sock"), sc.socket),
+		NoRelays: true,
+		ServerYAML: fmt.Sprintf("listen: unix://%s\npkcs11: unix://%s\npid_file: %s",
+			filepath.Join(sockDir, "http.sock"), sc.socket, sc.pidFile),
 		ClientsYAML: fmt.Sprintf("- {name: hsm-bench, unix_uid: %d, partitions: [%s]}", os.Getuid(), strconv.Quote(benchPartition.Name)),
 	}); err != nil {
 		os.RemoveAll(sockDir)
@@ -217,15 +219,25 @@ func startSidecar(ctx context.Context, topo *softhsmtest.Topology, bin, profile 
 	}
 }
 
-// cpu is the sidecar process's user+system CPU time so far.
 // cpu is the sidecar's CPU time so far, its device workers' included.
 func (sc *sidecar) cpu() time.Duration {
 	return processCPU(sc.cmd.Process.Pid) + childrenCPU(sc.cmd.Process.Pid)
 }
 
-// stop ends the sidecar with SIGTERM (so that its CPU profile is written), SIGKILL after 15 s.
+// stop ends the sidecar with SIGTERM (so that its CPU profile is written), SIGKILL after 15 s: the process
+// that serves after hot upgrades, and the first one.
 func (sc *sidecar) stop(progress func(string, ...any)) {
 	defer os.RemoveAll(sc.sockDir)
+	if pid, err := readPID(sc.pidFile); err == nil && pid != sc.cmd.Process.Pid && !processGone(pid) {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		for deadline := time.Now().Add(15 * time.Second); !processGone(pid); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				progress("  sidecar %d killed after 15 s: %s", pid, logTail(sc.logPath))
+				break
+			}
+		}
+	}
 	_ = sc.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-sc.exited:

@@ -43,6 +43,9 @@ func (rep *Report) write(w io.Writer) {
 	if rep.Frontend != nil {
 		rep.writeFrontend(w)
 	}
+	if rep.Upgrade != nil {
+		rep.writeUpgrade(w)
+	}
 	rep.writeTargets(w, hedgeOK)
 }
 
@@ -274,6 +277,9 @@ func (rep *Report) writeTargets(w io.Writer, hedgeOK []string) {
 		fmt.Fprintf(w, "  frontend_p50_vs_p11kit <= 1.6  (ECDSA P-256, 1 goroutine, device workers): %.2f  %s\n", x, okStr(x <= 1.6))
 		bench = append(bench, fmt.Sprintf("frontend_p50_vs_p11kit=%.2f", x))
 	}
+	if u := rep.Upgrade; u != nil {
+		fmt.Fprintf(w, "  hot upgrade: 0 failed calls (%d upgrades, %d calls): %d  %s\n", len(u.Handovers), u.Calls, u.Failed, okStr(u.Failed == 0))
+	}
 	if len(bench) > 0 {
 		fmt.Fprintf(w, "BENCH %s\n", strings.Join(bench, " "))
 	}
@@ -330,4 +336,46 @@ func (fr *FrontendRun) cell(g int) *InprocCell {
 		}
 	}
 	return nil
+}
+
+// writeUpgrade writes the upgrade section: the calls during handovers, and the handovers' durations.
+func (rep *Report) writeUpgrade(w io.Writer) {
+	u := rep.Upgrade
+	if len(u.Handovers) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\n[upgrade] ECDSA P-256: a Go client (miekg/pkcs11 through the stock p11-kit-client.so, a session per goroutine,\n")
+	fmt.Fprintf(w, "  %d goroutines, in a child process) signs in a closed loop through the front end while the sidecar (local pair,\n", u.Goroutines)
+	fmt.Fprintf(w, "  device workers) is upgraded in place %d times (SIGUSR2 to the pid in server.pid_file, the same binary). A handover\n", len(u.Handovers))
+	fmt.Fprintf(w, "  lasts from the signal until the old process is gone; a call that overlaps one is \"during\" it\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "  calls\tcount\tp50\tp99\tmax\t\n")
+	for _, r := range []struct {
+		name string
+		l    Latencies
+	}{{"during a handover", u.During}, {"outside", u.Outside}} {
+		top := time.Duration(0)
+		if len(r.l) > 0 {
+			top = time.Duration(slices.Max(r.l))
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%s\t\n", r.name, len(r.l), fmtDur(r.l.Quantile(0.5)), fmtDur(r.l.Quantile(0.99)), fmtDur(top))
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "  failed calls: %d of %d (%d during a handover)", u.Failed, u.Calls, u.FailedDuring)
+	if u.FirstErr != "" {
+		fmt.Fprintf(w, " (first: %s)", u.FirstErr)
+	}
+	fmt.Fprintf(w, "; load %s\n", u.Load)
+	var serving, gone, conns []time.Duration
+	for _, h := range u.Handovers {
+		serving, gone = append(serving, h.Serving), append(gone, h.OldGone)
+		if h.Connections > 0 {
+			conns = append(conns, h.Connections)
+		}
+	}
+	fmt.Fprintf(w, "  handover, median / max: new process serving %s / %s after the signal, old process gone %s / %s;\n",
+		fmtDur(medianDur(serving)), fmtDur(slices.Max(serving)), fmtDur(medianDur(gone)), fmtDur(slices.Max(gone)))
+	if len(conns) > 0 {
+		fmt.Fprintf(w, "  the connections' own handover (handover_ms in the old process's log) %s / %s\n", fmtDur(medianDur(conns)), fmtDur(slices.Max(conns)))
+	}
 }

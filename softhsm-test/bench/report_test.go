@@ -52,6 +52,10 @@ func sampleReport() *Report {
 		DeviceCPU: map[string]map[int]time.Duration{labFront: {1: 200 * time.Microsecond, 8: 180 * time.Microsecond},
 			labP11Kit: {1: 190 * time.Microsecond, 8: 170 * time.Microsecond}},
 	}
+	rep.Upgrade = &UpgradeRun{Goroutines: 8, Calls: 5000, Load: loadRange{4, 5},
+		During:    Latencies{int64(4 * time.Millisecond), int64(9 * time.Millisecond), int64(31 * time.Millisecond)},
+		Outside:   Latencies{int64(3 * time.Millisecond), int64(5 * time.Millisecond)},
+		Handovers: []Handover{{Serving: 90 * time.Millisecond, OldGone: 110 * time.Millisecond, Connections: 4 * time.Millisecond}}}
 	for _, mode := range slowModes {
 		for _, hedge := range []bool{false, true} {
 			c := SlowCell{Mode: mode, Hedge: hedge, Sum: latencySummary{OpsPerSec: 2000, P50: time.Millisecond, P99: 15 * time.Millisecond, Max: 34 * time.Millisecond},
@@ -89,6 +93,11 @@ func TestReportWrite(t *testing.T) {
 		"557µs", // total CPU of (a) at 8 goroutines: client 127 + sidecar 250 + devices 180
 		"frontend_vs_p11kit >= 0.85  (ECDSA P-256, 8 goroutines, through p11-kit-client.so, device workers): 0.950  met",
 		"frontend_p50_vs_p11kit <= 1.6  (ECDSA P-256, 1 goroutine, device workers): 1.00  met",
+		"[upgrade] ECDSA P-256",
+		"during a handover      3  9.00ms  31.0ms  31.0ms",
+		"failed calls: 0 of 5000 (0 during a handover)",
+		"new process serving 90.0ms / 90.0ms after the signal, old process gone 110ms / 110ms",
+		"hot upgrade: 0 failed calls (1 upgrades, 5000 calls): 0  met",
 	} {
 		assert.Contains(t, out, want)
 	}

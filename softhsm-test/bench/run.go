@@ -25,7 +25,8 @@ type Options struct {
 	Contenders []string      // in-process contender labels; default all four
 	P11Rounds  int           // p11-kit slow-device runs per pattern and hedge setting (steady: once); default 3
 	LossTrials int           // region-loss trials per mode; default 2
-	Sections   []string      // "routing", "inproc", "p11kit", "frontend"; default all
+	Upgrades   int           // upgrade: hot upgrades under load; default 5
+	Sections   []string      // "routing", "inproc", "p11kit", "frontend", "upgrade"; default all
 	SlowModes  []string      // slow-device patterns; default all (see slowModes)
 	SkipP11    []string      // p11-kit parts to skip: "healthy", "loss" (for focused runs)
 	ProfileDir string        // when set, in-process and front-end children, and the sidecar, write CPU profiles here
@@ -59,8 +60,11 @@ func (o Options) withDefaults() Options {
 	if o.LossTrials <= 0 {
 		o.LossTrials = 2
 	}
+	if o.Upgrades <= 0 {
+		o.Upgrades = 5
+	}
 	if len(o.Sections) == 0 {
-		o.Sections = []string{"routing", "inproc", "p11kit", "frontend"}
+		o.Sections = []string{"routing", "inproc", "p11kit", "frontend", "upgrade"}
 	}
 	if o.Out == nil {
 		o.Out = os.Stdout
@@ -92,6 +96,7 @@ type Report struct {
 	Loss     []LossTrial
 	Slow     []SlowCell
 	Frontend *FrontendRun
+	Upgrade  *UpgradeRun
 	LoadBeg  float64
 	LoadEnd  float64
 }
@@ -154,6 +159,14 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 		rep.Frontend = fr
+	}
+	if o.has("upgrade") {
+		progress("hot upgrades: %d, a client signing through the front end ...", o.Upgrades)
+		ur, err := upgrades(ctx, o, filepath.Join(dir, "upgrade"), self, progress)
+		if err != nil {
+			return err
+		}
+		rep.Upgrade = ur
 	}
 	rep.Elapsed = time.Since(rep.Started)
 	rep.LoadEnd = loadAvg()
@@ -292,8 +305,11 @@ func (c *childProc) send(cmd command) error {
 }
 
 // slice runs one measured slice of d.
-func (c *childProc) slice(d time.Duration) (Slice, error) {
-	if err := c.send(command{Cmd: "run", D: d}); err != nil {
+func (c *childProc) slice(d time.Duration) (Slice, error) { return c.measure("run", d) }
+
+// measure runs one slice of d with command cmd ("run" or "trace").
+func (c *childProc) measure(cmd string, d time.Duration) (Slice, error) {
+	if err := c.send(command{Cmd: cmd, D: d}); err != nil {
 		return Slice{}, err
 	}
 	var s Slice

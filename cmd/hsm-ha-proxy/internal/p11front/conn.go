@@ -171,7 +171,8 @@ func (c *conn) serve() {
 // C_Sign), of which only the last needs a device. Waiting is left to workers: C_Sign, C_SignFinal,
 // C_Decrypt, C_DecryptFinal, C_Encrypt and C_EncryptFinal with an output buffer (their size queries, a NULL
 // buffer — the last element "fy" reads 0 —, are answered from the plan; an AES-GCM encryption runs on a
-// device), C_Verify and C_VerifyFinal (an HMAC is verified on a device), and any large message (a big C_Digest input is
+// device), C_Verify and C_VerifyFinal (an HMAC is verified on a device), the key-management calls
+// (admin.go: every device of a partition), and any large message (a big C_Digest input is
 // hashed on a worker, so that other threads' calls on this connection do not queue behind it). A call
 // that a misbehaving application makes on a session busy with a signature waits for that signature's
 // session lock (at most the request timeout), delaying this connection's later calls only.
@@ -184,7 +185,8 @@ func inline(f p11rpc.Frame) bool {
 		p11rpc.CallEncrypt, p11rpc.CallEncryptFinal:
 		b := f.Body
 		return len(b) >= 4 && binary.BigEndian.Uint32(b[len(b)-4:]) == 0
-	case p11rpc.CallVerify, p11rpc.CallVerifyFinal:
+	case p11rpc.CallVerify, p11rpc.CallVerifyFinal, p11rpc.CallGenerateKeyPair, p11rpc.CallCreateObject,
+		p11rpc.CallDestroyObject, p11rpc.CallSetAttributeValue:
 		return false
 	}
 	return true

@@ -63,6 +63,10 @@ func init() {
 		p11rpc.CallDigestFinal:       opOutput(opDigest, true),
 		p11rpc.CallSeedRandom:        (*conn).cSeedRandom,
 		p11rpc.CallGenerateRandom:    (*conn).cGenerateRandom,
+		p11rpc.CallGenerateKeyPair:   (*conn).cGenerateKeyPair, // key management, admin clients only (admin.go)
+		p11rpc.CallCreateObject:      (*conn).cCreateObject,
+		p11rpc.CallDestroyObject:     (*conn).cDestroyObject,
+		p11rpc.CallSetAttributeValue: (*conn).cSetAttributeValue,
 	}
 }
 

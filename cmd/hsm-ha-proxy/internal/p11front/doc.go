@@ -26,8 +26,13 @@
 //     PKCS#1 v1.5, OAEP) go through the cluster: failover, deadlines, breakers and retries happen behind the
 //     connection, whose sessions and object handles belong to the front end and survive any device's
 //     failure; so do HMAC and AES-GCM with secret keys. Verify, encrypt (with a public key), digest and
-//     random are done in software. Everything else answers
-//     CKR_FUNCTION_NOT_SUPPORTED.
+//     random are done in software.
+//   - For clients the table grants admin: true, key management replicated to every device of the partition
+//     (admin.go, admingen.go, adminobjects.go): C_GenerateKeyPair (RSA 2048-4096, EC P-256/P-384),
+//     C_CreateObject of a key's X.509 certificate, C_DestroyObject, C_SetAttributeValue of CKA_LABEL
+//     (rename). Other clients get CKR_TOKEN_WRITE_PROTECTED and see no generation mechanism.
+//
+// Everything else answers CKR_FUNCTION_NOT_SUPPORTED.
 //
 // A connection is never dropped while the sidecar runs (p11-kit-client never reconnects), except when its
 // framing is broken beyond repair (a truncated frame, frame code 0): a malformed call is answered with a

@@ -3,6 +3,8 @@ package p11front
 import (
 	"context"
 	"crypto"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -65,13 +67,39 @@ func startDevicesWith(t testing.TB, certificates bool) *devices {
 // startDevicesOpts is startDevices with the harness's options and more policy lines (YAML, "" for none).
 func startDevicesOpts(t testing.TB, opts softhsmtest.Options, policy string) *devices {
 	t.Helper()
+	return startDevicesPart(t, opts, "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true\n"+policy, "")
+}
+
+// startKeyDevices is startDevicesOpts for key management: key_replication import (the harness's p11-kit
+// 0.24 devices cannot carry CKM_AES_KEY_WRAP_PAD, docs/keys.md), and probes that do not call a device down
+// for being slow on a loaded host (a creation succeeds without a device that is down, and these tests read
+// every device). It returns once every device is up.
+func startKeyDevices(t testing.TB, opts softhsmtest.Options) *devices {
+	t.Helper()
+	d := startDevicesPart(t, opts, "request_timeout: 20s\nattempt_timeout: {local: 5s, dr: 5s}\nhealth: {interval: 500ms, down_interval: 200ms, timeout: 5s, fall: 10}\n",
+		"key_replication: import")
+	require.Eventually(t, func() bool {
+		for _, s := range d.cl.Status() {
+			if s.State != "up" && s.State != "degraded" {
+				return false
+			}
+		}
+		return true
+	}, time.Minute, 50*time.Millisecond, "every device up")
+	return d
+}
+
+// startDevicesPart starts the devices with policy (YAML lines) and lines added to every partition.
+func startDevicesPart(t testing.TB, opts softhsmtest.Options, policy, partition string) *devices {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs SoftHSM devices")
 	}
 	topo := harnesstest.Start(t, opts)
 	path := filepath.Join(topo.Dir, "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{
-		PolicyYAML: "request_timeout: 10s\nattempt_timeout: {local: 1s, dr: 2s}\nhealth: {interval: 200ms, down_interval: 100ms}\noaep_fallback: true\n" + policy,
+		PolicyYAML:    policy,
+		PartitionYAML: partition,
 	}))
 	cfg, err := sidecarconfig.Load(path) // policy.request_timeout is the sidecar's
 	require.NoError(t, err)
@@ -100,4 +128,38 @@ func (d *devices) pin(partition string) string {
 		}
 	}
 	return ""
+}
+
+// deviceObject reads the object of pkcs11-tool --type typ labelled label from a device itself — its own
+// module and token, not through the cluster — or nil when the device holds none.
+func (d *devices) deviceObject(t testing.TB, device, partition, typ, label string) []byte {
+	t.Helper()
+	tools, err := softhsmtest.LookupTools()
+	require.NoError(t, err)
+	if tools.PKCS11Tool == "" {
+		t.Skip("pkcs11-tool not installed (Debian package opensc)")
+	}
+	dev := d.topo.Device(device)
+	out := filepath.Join(t.TempDir(), "obj.der")
+	cmd := exec.Command(tools.PKCS11Tool, "--module", dev.ModulePath, "--token-label", partition, "--read-object", "--type", typ,
+		"--label", label, "--output-file", out)
+	cmd.Env = os.Environ()
+	for k, v := range dev.ModuleEnv {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	if cmd.Run() != nil {
+		return nil
+	}
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	return b
+}
+
+// deviceNames are the harness's devices, in config order.
+func (d *devices) deviceNames() []string {
+	var out []string
+	for _, dev := range d.topo.Devices {
+		out = append(out, dev.Name)
+	}
+	return out
 }

@@ -109,6 +109,9 @@ func (c *conn) cGetMechanismList(req *p11rpc.Request, w *p11rpc.Reply) error {
 	for _, m := range c.secretMechsOf(part) {
 		list = append(list, m.typ)
 	}
+	for _, m := range c.keygenMechsFor() {
+		list = append(list, m.typ)
+	}
 	writeUlongs(w, list, n, null)
 	return nil
 }
@@ -123,6 +126,9 @@ func (c *conn) cGetMechanismInfo(req *p11rpc.Request, w *p11rpc.Reply) error {
 		return err
 	}
 	m := c.tokenMech(part, t)
+	if m == nil {
+		m = c.keygenMech(t)
+	}
 	if m == nil {
 		return rvErr(pkcs11.CKR_MECHANISM_INVALID, "unknown mechanism")
 	}

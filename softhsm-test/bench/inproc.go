@@ -33,9 +33,12 @@ const (
 	// What a device worker costs (policy.isolation process, the sidecar's default): one hop over a unix
 	// socket per call.
 	labHA1Proc = "pkcs11ha, 1 device, worker"
+	// A device declared non_blocking (an in-process software token): attempts run on the caller's
+	// goroutine, without the hand-off to an attempt worker.
+	labHA1Inline = "pkcs11ha, 1 device, non_blocking"
 )
 
-var contenderOrder = []string{labDirect, labC11, labHA1, labHA2, labHA1Off, labHA1All, labHA1Proc}
+var contenderOrder = []string{labDirect, labC11, labHA1, labHA2, labHA1Off, labHA1All, labHA1Proc, labHA1Inline}
 
 // defaultContenders are the contenders of a cell when none are named: the four, and the verification
 // counterpart of the default pkcs11ha row (RSA: verify off; ECDSA: verify all).
@@ -44,9 +47,9 @@ func defaultContenders(alg string) []string {
 		return []string{labDirect, labHA1} // crypto11 v1.6.2 has no HMAC; the verify rows do not apply
 	}
 	if alg == RSA2048 {
-		return []string{labDirect, labC11, labHA1, labHA2, labHA1Off, labHA1Proc}
+		return []string{labDirect, labC11, labHA1, labHA2, labHA1Off, labHA1Proc, labHA1Inline}
 	}
-	return []string{labDirect, labC11, labHA1, labHA2, labHA1All, labHA1Proc}
+	return []string{labDirect, labC11, labHA1, labHA2, labHA1All, labHA1Proc, labHA1Inline}
 }
 
 type childRunner func(Spec, time.Duration) (Result, error)
@@ -88,24 +91,27 @@ func inproc(ctx context.Context, o Options, dir, self string, progress func(stri
 	ha1Off := filepath.Join(dir, "hsm-ha-1-verify-off.yaml")
 	ha1All := filepath.Join(dir, "hsm-ha-1-verify-all.yaml")
 	ha1Proc := filepath.Join(dir, "hsm-ha-1-worker.yaml")
+	ha1Inline := filepath.Join(dir, "hsm-ha-1-non-blocking.yaml")
 	for _, c := range []struct {
 		path, policy string
 		devs         []*softhsmtest.Device
 	}{{ha1, "", topo.Devices[:1]}, {ha2, "", topo.Devices}, {ha1Off, "verify_signatures: off", topo.Devices[:1]},
-		{ha1All, "verify_signatures: all", topo.Devices[:1]}, {ha1Proc, "isolation: process", topo.Devices[:1]}} {
+		{ha1All, "verify_signatures: all", topo.Devices[:1]}, {ha1Proc, "isolation: process", topo.Devices[:1]},
+		{ha1Inline, nonBlocking, topo.Devices[:1]}} {
 		if err := writeHAConfig(c.path, c.devs, c.policy); err != nil {
 			return nil, err
 		}
 	}
 
 	specs := map[string]Spec{
-		labDirect:  {Contender: Direct, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
-		labC11:     {Contender: Crypto11, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
-		labHA1:     {Contender: HA, ConfigPath: ha1, Partition: benchPartition.Name},
-		labHA2:     {Contender: HA, ConfigPath: ha2, Partition: benchPartition.Name},
-		labHA1Off:  {Contender: HA, ConfigPath: ha1Off, Partition: benchPartition.Name},
-		labHA1All:  {Contender: HA, ConfigPath: ha1All, Partition: benchPartition.Name},
-		labHA1Proc: {Contender: HA, ConfigPath: ha1Proc, Partition: benchPartition.Name},
+		labDirect:    {Contender: Direct, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
+		labC11:       {Contender: Crypto11, Module: d1.ModulePath, ModuleEnv: d1.ModuleEnv, TokenLabel: benchPartition.TokenLabel, PIN: benchPartition.PIN},
+		labHA1:       {Contender: HA, ConfigPath: ha1, Partition: benchPartition.Name},
+		labHA2:       {Contender: HA, ConfigPath: ha2, Partition: benchPartition.Name},
+		labHA1Off:    {Contender: HA, ConfigPath: ha1Off, Partition: benchPartition.Name},
+		labHA1All:    {Contender: HA, ConfigPath: ha1All, Partition: benchPartition.Name},
+		labHA1Proc:   {Contender: HA, ConfigPath: ha1Proc, Partition: benchPartition.Name},
+		labHA1Inline: {Contender: HA, ConfigPath: ha1Inline, Partition: benchPartition.Name},
 	}
 	run := inprocRun{o: o, self: self, specs: specs, progress: progress, secrets: topo.SecretKeys}
 	var cells []*InprocCell
@@ -233,19 +239,27 @@ func slug(s string) string {
 }
 
 // writeHAConfig writes a pkcs11ha configuration with the given in-process devices, all local, the
-// benchmark partition and the default policy, with the one policy line given unless it is empty.
+// benchmark partition and the default policy, with the one policy line given unless it is empty (or, for
+// nonBlocking, every device declared non_blocking).
+// nonBlocking, as writeHAConfig's policy, declares the devices non_blocking instead.
+const nonBlocking = "non_blocking"
+
 func writeHAConfig(path string, devs []*softhsmtest.Device, policy string) error {
 	var b strings.Builder
 	b.WriteString("local_region: eastus\ndevices:\n")
 	for _, d := range devs {
-		fmt.Fprintf(&b, "  - name: %s\n    region: %s\n    module: %s\n    module_env:\n", strconv.Quote(d.Name), strconv.Quote(d.Region), strconv.Quote(d.ModulePath))
+		fmt.Fprintf(&b, "  - name: %s\n    region: %s\n    module: %s\n", strconv.Quote(d.Name), strconv.Quote(d.Region), strconv.Quote(d.ModulePath))
+		if policy == nonBlocking {
+			b.WriteString("    non_blocking: true\n")
+		}
+		b.WriteString("    module_env:\n")
 		for k, v := range d.ModuleEnv {
 			fmt.Fprintf(&b, "      %s: %s\n", strconv.Quote(k), strconv.Quote(v))
 		}
 	}
 	fmt.Fprintf(&b, "partitions:\n  - name: %s\n    token_label: %s\n    pin: %s\n",
 		strconv.Quote(benchPartition.Name), strconv.Quote(benchPartition.TokenLabel), strconv.Quote(benchPartition.PIN))
-	if policy != "" {
+	if policy != "" && policy != nonBlocking {
 		fmt.Fprintf(&b, "policy:\n  %s\n", policy)
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o600)

@@ -248,6 +248,17 @@ func (rep *Report) writeTargets(w io.Writer, hedgeOK []string) {
 		fmt.Fprintf(w, "  ha_vs_direct   >= 0.97  (ECDSA P-256, 8 goroutines, 1 device): %.3f  %s\n", vsDirect, okStr(vsDirect >= 0.97))
 		fmt.Fprintf(w, "  ha_vs_crypto11 >= 1.00  (ECDSA P-256, 8 goroutines, 1 device): %.3f  %s\n", vsC11, okStr(vsC11 >= 1.0))
 	}
+	for _, c := range rep.Inproc {
+		if c.Alg != ECP256 || c.Goroutines != 1 {
+			continue
+		}
+		for _, lab := range []string{labHA1, labHA1Inline} {
+			if _, ok := c.Results[lab]; ok {
+				x := c.ratio(lab, labDirect)
+				fmt.Fprintf(w, "  %-33s >= 0.80  (ECDSA P-256, 1 goroutine vs direct): %.3f  %s\n", lab, x, okStr(x >= 0.8))
+			}
+		}
+	}
 	if rep.Routing != nil {
 		fmt.Fprintf(w, "  routing decision < 2µs and 0 allocs/op: %.1f ns/op, %d allocs/op  %s\n", rep.Routing.NsPerOp, rep.Routing.AllocsPerOp, okStr(rep.Routing.ok()))
 	}

@@ -330,7 +330,7 @@ type workerProc struct {
 	cmd   *exec.Cmd
 	conn  net.Conn
 	rd    *bufio.Reader
-	wmu   sync.Mutex
+	fw    *frameWriter
 	dead  atomic.Bool
 	fresh atomic.Bool // no key listing received yet
 	// probeID is the last open or probe sent (0: none), for one probe at a time.
@@ -400,7 +400,7 @@ func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
 		stderr.Close()
 		return nil, fmt.Errorf("worker socket: %w", err)
 	}
-	p := &workerProc{w: w, pid: cmd.Process.Pid, cmd: cmd, conn: conn, rd: bufio.NewReaderSize(conn, 64<<10),
+	p := &workerProc{w: w, pid: cmd.Process.Pid, cmd: cmd, conn: conn, rd: bufio.NewReaderSize(conn, 64<<10), fw: &frameWriter{w: conn},
 		done: make(chan struct{}), pending: map[uint32]*pendingCall{}}
 	p.fresh.Store(true)
 	go p.logStderr(stderr)
@@ -469,10 +469,7 @@ func (p *workerProc) send(ctx context.Context, typ byte, payload []byte) (uint32
 	id := p.nextID
 	p.pending[id] = pc
 	p.pmu.Unlock()
-	p.wmu.Lock()
-	err := writeFrame(p.conn, id, typ, payload)
-	p.wmu.Unlock()
-	if err != nil {
+	if err := p.fw.write(id, typ, payload); err != nil {
 		p.forget(id)
 		p.kill("unreachable: " + err.Error())
 		return 0, nil, p.deadErr()

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 )
 
@@ -44,7 +43,7 @@ func MaybeRunWorker() {
 type workerServer struct {
 	conn    net.Conn
 	rd      *bufio.Reader
-	wmu     sync.Mutex
+	fw      *frameWriter
 	dev     *device
 	keysGen atomic.Uint64
 	log     *slog.Logger
@@ -66,7 +65,7 @@ func runWorker(conn net.Conn) int {
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(in.LogLevel)}))
-	w := &workerServer{conn: conn, rd: rd, log: log}
+	w := &workerServer{conn: conn, rd: rd, fw: &frameWriter{w: conn}, log: log}
 	s := &settings{cfg: Config{Topology: Topology{Devices: []DeviceConfig{in.Device}, Partitions: in.Partitions}},
 		pins: in.PINs, own: in.Own}
 	d, err := newDevice(s, 0, log)
@@ -185,12 +184,8 @@ func (w *workerServer) reply(f frame, payload []byte, err error) {
 func (w *workerServer) event(e workerEvent) { w.write(0, msgEvent, marshal(e)) }
 
 func (w *workerServer) write(id uint32, typ byte, b []byte) {
-	w.wmu.Lock()
-	defer w.wmu.Unlock()
-	if err := writeFrame(w.conn, id, typ, b); err != nil {
-		// The parent is gone: the reader sees EOF and the worker exits.
-		return
-	}
+	// An error means the parent is gone: the reader sees EOF and the worker exits.
+	_ = w.fw.write(id, typ, b)
 }
 
 // wireSecrets is d's secret keys per partition, for the parent.

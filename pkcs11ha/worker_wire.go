@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/miekg/pkcs11"
@@ -57,6 +58,52 @@ func writeFrame(w io.Writer, id uint32, typ byte, payload []byte) error {
 	binary.BigEndian.PutUint32(buf[4:8], id)
 	buf[8] = typ
 	_, err := w.Write(append(buf, payload...))
+	return err
+}
+
+// frameWriter writes frames from many goroutines with as few syscalls as the load allows: a goroutine
+// that finds another writing leaves its frame in the buffer and returns, and the writer sends everything
+// that piled up in one write before it lets go (flat combining; no goroutine of its own, so a lone call pays
+// no extra wake-up). An error is the writer's to report: a frame left in the buffer by a caller that
+// returned is lost with the connection, and that caller learns it from the connection's end.
+type frameWriter struct {
+	w       io.Writer
+	mu      sync.Mutex
+	pending []byte
+	spare   []byte
+	busy    bool
+	err     error
+}
+
+// write queues one frame and, unless another goroutine is writing, writes the queue.
+func (fw *frameWriter) write(id uint32, typ byte, payload []byte) error {
+	var hdr [9]byte
+	binary.BigEndian.PutUint32(hdr[0:4], uint32(5+len(payload)))
+	binary.BigEndian.PutUint32(hdr[4:8], id)
+	hdr[8] = typ
+	fw.mu.Lock()
+	if fw.err != nil {
+		err := fw.err
+		fw.mu.Unlock()
+		return err
+	}
+	fw.pending = append(append(fw.pending, hdr[:]...), payload...)
+	if fw.busy {
+		fw.mu.Unlock()
+		return nil
+	}
+	fw.busy = true
+	for len(fw.pending) > 0 && fw.err == nil {
+		buf := fw.pending
+		fw.pending = fw.spare[:0]
+		fw.mu.Unlock()
+		_, err := fw.w.Write(buf)
+		fw.mu.Lock()
+		fw.spare, fw.err = buf, err
+	}
+	fw.busy = false
+	err := fw.err
+	fw.mu.Unlock()
 	return err
 }
 

@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -115,29 +113,8 @@ func TestWorkerCrash(t *testing.T) {
 			before := workerPIDs(t, cl)["eastus-1"]
 			require.NotZero(t, before)
 			stop := make(chan struct{})
-			var failed atomic.Int64
-			var calls atomic.Int64
-			var wg sync.WaitGroup
-			for w := range 4 {
-				wg.Go(func() {
-					for i := 0; ; i++ {
-						select {
-						case <-stop:
-							return
-						default:
-						}
-						d := sha256.Sum256(fmt.Appendf(nil, "%d-%d", w, i))
-						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-						s, err := k.SignContext(ctx, d[:], crypto.SHA256)
-						cancel()
-						calls.Add(1)
-						if err != nil || !ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d[:], s) {
-							failed.Add(1)
-							t.Logf("call failed: %v", err)
-						}
-					}
-				})
-			}
+			loaded := make(chan *loadResult, 1)
+			go func() { loaded <- runLoad(k, 4, 10*time.Second, stop) }()
 			time.Sleep(200 * time.Millisecond)
 			require.NoError(t, syscall.Kill(before, sig))
 			require.Eventually(t, func() bool {
@@ -145,11 +122,11 @@ func TestWorkerCrash(t *testing.T) {
 				return st.WorkerPID != 0 && st.WorkerPID != before && st.State == "up"
 			}, 20*time.Second, 20*time.Millisecond, "eastus-1 back with a new worker")
 			close(stop)
-			wg.Wait()
+			res := <-loaded
 			st := cl.Status()[0]
 			require.Contains(t, st.WorkerExit, tc.exit, "the exit is reported with how it ended")
 			require.GreaterOrEqual(t, st.WorkerRestarts, int64(1))
-			require.Zero(t, failed.Load(), "of %d calls", calls.Load())
+			require.Zero(t, res.failed, "of %d calls: %v", res.ops, res.errs)
 			require.Equal(t, topo.Device("eastus-1").Name, st.Name)
 		})
 	}
@@ -166,28 +143,8 @@ func TestWorkerHungDevice(t *testing.T) {
 	require.NoError(t, err)
 	before := workerPIDs(t, cl)["eastus-1"]
 	stop := make(chan struct{})
-	var failed, calls atomic.Int64
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				d := sha256.Sum256(fmt.Appendf(nil, "%d-%d", w, i))
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				s, err := k.SignContext(ctx, d[:], crypto.SHA256)
-				cancel()
-				calls.Add(1)
-				if err != nil || !ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d[:], s) {
-					failed.Add(1)
-					t.Logf("call failed: %v", err)
-				}
-			}
-		})
-	}
+	loaded := make(chan *loadResult, 1)
+	go func() { loaded <- runLoad(k, 4, 10*time.Second, stop) }()
 	dev := topo.Device("eastus-1")
 	require.NoError(t, dev.Pause())
 	require.Eventually(t, func() bool {
@@ -201,8 +158,8 @@ func TestWorkerHungDevice(t *testing.T) {
 		return st.State == "up" && st.WorkerPID != 0
 	}, 30*time.Second, 50*time.Millisecond, "eastus-1 back after the server resumes")
 	close(stop)
-	wg.Wait()
-	require.Zero(t, failed.Load(), "of %d calls", calls.Load())
+	res := <-loaded
+	require.Zero(t, res.failed, "of %d calls: %v", res.ops, res.errs)
 }
 
 // procCounts is this process's OS threads, open fds, and children (zombies among them).

@@ -2,7 +2,11 @@
 SHELL := /bin/bash
 GO ?= go
 DEB_PACKAGES := softhsm2 p11-kit p11-kit-modules opensc openssl libengine-pkcs11-openssl gnutls-bin prometheus openjdk-17-jdk-headless systemd curl
-GOTESTSUM := $(GO) run gotest.tools/gotestsum@v1.13.0
+# The test runner and the linter are pinned as `tool` directives in tools/go.mod (a module of their own, so that
+# their dependencies take no part in the project's version selection).
+TOOL := $(GO) tool -modfile=tools/go.mod
+GOTESTSUM := $(TOOL) gotestsum
+STATICCHECK := $(TOOL) staticcheck
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps test run bench chaos lint fmt build clean
@@ -28,6 +32,7 @@ deps:
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
 	fi
 	@$(GO) mod download
+	@$(GO) mod download -modfile=tools/go.mod
 
 build: deps
 	$(GO) build ./...
@@ -76,7 +81,7 @@ lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet ./...
 	# SA1019 is off: PKCS#1 v1.5 decryption is deprecated in Go 1.26 but a required, supported mechanism here.
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -checks 'inherit,-SA1019' ./...
+	$(STATICCHECK) -checks 'inherit,-SA1019' ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -2,14 +2,19 @@
 SHELL := /bin/bash
 GO ?= go
 DEB_PACKAGES := softhsm2 p11-kit p11-kit-modules opensc openssl libengine-pkcs11-openssl gnutls-bin prometheus openjdk-17-jdk-headless systemd curl
-# The test runner and the linter are pinned as `tool` directives in tools/go.mod (a module of their own, so that
-# their dependencies take no part in the project's version selection).
-TOOL := $(GO) tool -modfile=tools/go.mod
-GOTESTSUM := $(TOOL) gotestsum
-STATICCHECK := $(TOOL) staticcheck
+# The modules of the workspace (go.work): the library, the sidecar, the deploy checks, the lab. See
+# docs/ARCHITECTURE.md, "Modules". `go <cmd> work` runs over the packages of all of them.
+MODULES := . cmd/hsm-ha-proxy deploy lab
+# The test runner and the linter are pinned as `tool` directives in tools/go.mod, a module outside the workspace
+# so that their dependencies take no part in the project's version selection. `go tool -n` builds the pinned
+# tool into the build cache and prints its path (GOWORK=off: -modfile cannot be used in workspace mode); the
+# tool itself then runs in the workspace.
+TOOL = "$$(GOWORK=off $(GO) tool -modfile=tools/go.mod -n $(1))"
+GOTESTSUM = $(call TOOL,gotestsum)
+STATICCHECK = $(call TOOL,staticcheck)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps test run bench chaos lint fmt build clean
+.PHONY: all deps test run bench chaos lint fmt tidy build clean
 
 all: build
 
@@ -32,17 +37,17 @@ deps:
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES) >/dev/null; \
 	fi
 	@$(GO) mod download
-	@$(GO) mod download -modfile=tools/go.mod
+	@GOWORK=off $(GO) mod download -modfile=tools/go.mod
 
 build: deps
-	$(GO) build ./...
+	$(GO) build work
 
 # Unit tests (race detector on the pure-Go routing packages), integration tests on real SoftHSM2 devices,
 # the short chaos suite, and the checks of deploy/ (promtool, systemd-analyze, a real sidecar's metrics).
 # Well under 10 minutes on 2 cores.
 # The device suites run one package at a time (-p 1): their latency assertions need the 2 cores.
 test: deps
-	$(GO) vet ./...
+	$(GO) vet work
 	$(GO) test -race -count=1 -timeout 5m ./failover/... ./health/...
 	# The device suites. Their invariants are strict (a single call sent to DR while the other local device is
 	# healthy fails a chaos scenario), and a shared 2-vCPU host now and then stalls long enough to break one: a
@@ -50,7 +55,7 @@ test: deps
 	# regression still fails, twice. More than 10 failures are not re-run.
 	@rm -f rerun-report.txt
 	$(GOTESTSUM) --format standard-quiet --rerun-fails=1 --rerun-fails-report=rerun-report.txt \
-		--packages="./pkcs11ha/... ./softhsm-test/... ./cmd/... ./deploy/..." -- -p 1 -count=1 -timeout 9m
+		--packages="./pkcs11ha/... ./softhsm-test/... ./cmd/hsm-ha-proxy/... ./deploy/... ./lab/..." -- -p 1 -count=1 -timeout 9m
 	@if [ -s rerun-report.txt ]; then echo "re-run once after a failure (passed the second time):"; cat rerun-report.txt; fi
 	# A count, not a duration: a duration -fuzztime can fail a clean run with "context deadline exceeded"
 	# (a race in Go's fuzz coordinator, go.dev/issue/75804, fixed in Go 1.27). ~10 s here.
@@ -58,33 +63,45 @@ test: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 20000x ./cmd/hsm-ha-proxy/internal/p11rpc/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 20000x ./cmd/hsm-ha-proxy/internal/p11rpc/
 
-# The demo (cmd/hsm-ha-demo): four SoftHSM2 devices in two regions behind the sidecar, with a scripted failover.
+# The demo (lab/cmd/hsm-ha-demo): four SoftHSM2 devices in two regions behind the sidecar, with a scripted failover.
 # Both binaries are built into one directory: the demo runs the hsm-ha-proxy beside it as its sidecar.
 # Built, not `go run`, so that Ctrl-C reaches the demo itself; DEMO_ARGS adds flags (`--duration 30s`, `--no-failover`).
 run: deps
 	@bindir=$$(mktemp -d) && trap 'rm -rf "$$bindir"' EXIT && \
-		$(GO) build -o "$$bindir/" ./cmd/hsm-ha-proxy ./cmd/hsm-ha-demo && "$$bindir/hsm-ha-demo" $(DEMO_ARGS)
+		$(GO) build -o "$$bindir/" ./cmd/hsm-ha-proxy ./lab/cmd/hsm-ha-demo && "$$bindir/hsm-ha-demo" $(DEMO_ARGS)
 
 # Side-by-side figures against direct miekg/pkcs11 and crypto11; the last line is the BENCH summary.
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./failover/
-	$(GO) run ./softhsm-test/cmd/hsm-bench
+	$(GO) run ./lab/cmd/hsm-bench
 
 # The long chaos run (>= 100,000 operations, minutes of flapping) and the soak (>= 100 kill cycles). Results
 # table in chaos-results.txt.
 chaos: deps
 	# Live output and a log; the test's own exit status decides (sh has no pipefail).
-	{ CHAOS_LONG=1 $(GO) test -count=1 -timeout 90m -run 'TestChaos|TestSoak' -v ./softhsm-test/chaos/; \
+	{ CHAOS_LONG=1 $(GO) test -count=1 -timeout 90m -run 'TestChaos|TestSoak' -v ./lab/chaos/; \
 		echo $$? > chaos.status; } 2>&1 | tee chaos.log; status=$$(cat chaos.status); rm -f chaos.status; exit $$status
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
-	$(GO) vet ./...
+	$(GO) vet work
 	# SA1019 is off: PKCS#1 v1.5 decryption is deprecated in Go 1.26 but a required, supported mechanism here.
-	$(STATICCHECK) -checks 'inherit,-SA1019' ./...
+	$(STATICCHECK) -checks 'inherit,-SA1019' work
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+# go mod tidy ignores go.work. deploy/ and lab/ reach the library through a replace directive, so they tidy as
+# they are; cmd/hsm-ha-proxy must have none (`go install .../cmd/hsm-ha-proxy@version` refuses one), so it is
+# tidied through a copy of its go.mod that has one.
+tidy:
+	for m in . deploy lab; do (cd $$m && $(GO) mod tidy) || exit 1; done
+	cd cmd/hsm-ha-proxy && cp go.mod tidy.mod && cp go.sum tidy.sum && \
+		$(GO) mod edit -modfile=tidy.mod -replace=github.com/pkcs11-ha/pkcs11-ha=../.. && \
+		GOWORK=off $(GO) mod tidy -modfile=tidy.mod && \
+		$(GO) mod edit -modfile=tidy.mod -dropreplace=github.com/pkcs11-ha/pkcs11-ha && \
+		mv tidy.mod go.mod && mv tidy.sum go.sum
+	cd tools && GOWORK=off $(GO) mod tidy
 
 clean:
 	rm -f chaos.log chaos-results.txt rerun-report.txt

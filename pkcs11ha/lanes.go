@@ -12,7 +12,7 @@ import (
 // instance (README, "Facts about SoftHSM and p11-kit"): the threads sharing its socket wait for a pending
 // reply header to change, and one whose connection dies between a header and its body leaves that header
 // pending for ever. With one call in flight per instance nobody waits on another's reply (measured:
-// TestStrandingPerKill in softhsm-test/chaos).
+// TestStrandingPerKill in lab/chaos).
 // Every load of p11-kit-client.so is an instance of its own (its own connection, and on the server side its
 // own p11-kit-remote process), so a device whose module is p11-kit-client.so gets
 // policy.p11kit_client_instances of them: its lanes. Lane 0 is the device itself and carries any number of

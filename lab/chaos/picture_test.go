@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/timeline"
+	"github.com/pkcs11-ha/pkcs11-ha/lab/timeline"
 )
 
 // timelineDir is where the scenarios' pictures go: chaos-timelines/ next to the results table.

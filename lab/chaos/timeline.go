@@ -4,7 +4,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/timeline"
+	"github.com/pkcs11-ha/pkcs11-ha/lab/timeline"
 )
 
 // Mark names that open and close a fault window (see the scenarios' inject and remove).

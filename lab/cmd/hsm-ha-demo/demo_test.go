@@ -344,7 +344,7 @@ func buildBinaries(t *testing.T) string {
 		}
 	}
 	dir := t.TempDir()
-	for _, pkg := range []string{".", "../hsm-ha-proxy"} {
+	for _, pkg := range []string{".", "github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy"} {
 		out, err := exec.Command(goCmd, "build", "-o", dir+string(os.PathSeparator), pkg).CombinedOutput()
 		require.NoError(t, err, "go build %s: %s", pkg, out)
 	}

@@ -6,8 +6,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/lab/timeline"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
-	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/timeline"
 )
 
 // pictureBase is the name of the pictures the demo writes into --report: base.svg and base.png.

@@ -208,19 +208,20 @@ func rotation(r *row) string {
 	return ms(r.rotation)
 }
 
-// repoRoot is the directory holding go.mod, from the test's working directory up.
+// repoRoot is the repository's root: the directory holding go.work, from the test's working directory up
+// (lab/ has a go.mod of its own).
 func repoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
 			return dir, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", fmt.Errorf("no go.mod above %s", dir)
+			return "", fmt.Errorf("no go.work above %s", dir)
 		}
 		dir = parent
 	}

@@ -12,9 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/lab/timeline"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarclient"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
-	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/timeline"
 )
 
 // demoPolicy makes health probes frequent enough for the table to follow the script; routing (attempt

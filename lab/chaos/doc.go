@@ -11,7 +11,7 @@
 // script it started in, Summarize turns them into the figures of the results table, and
 // Recorder.Timeline (timeline.go) into a timeline picture's input.
 //
-// Run the short form with `go test ./softhsm-test/chaos/` (part of `make test`, at most 3 minutes) and the
+// Run the short form with `go test ./lab/chaos/` (part of `make test`, at most 3 minutes) and the
 // long form with `CHAOS_LONG=1` (`make chaos`: at least 100,000 operations, minutes of flapping). The table
 // is logged and written to $CHAOS_RESULTS (default chaos-results.txt in the repository root for the long
 // form, a temporary directory for the short one), with one timeline picture per scenario (SVG and PNG, see

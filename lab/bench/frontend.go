@@ -144,7 +144,7 @@ func sidecarBinary(ctx context.Context, o Options, dir string) (string, error) {
 	}
 	out, err := exec.CommandContext(ctx, "go", append(args, sidecarPkg)...).CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("building %s (run hsm-bench inside the module, or pass -sidecar): %w: %s", sidecarPkg, err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("building %s (run hsm-bench inside the repository's workspace, or pass -sidecar): %w: %s", sidecarPkg, err, strings.TrimSpace(string(out)))
 	}
 	return bin, nil
 }

@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/timeline"
+	"github.com/pkcs11-ha/pkcs11-ha/lab/timeline"
 )
 
 // The adapter alone, on a hand-made record: no devices.

@@ -28,7 +28,7 @@ import (
 // not returned 3 s later; they are left blocked (finalising under them can abort the process) and allowed
 // by the leak check. Run with CHAOS_STRAND=<kills per mode>:
 //
-//	CHAOS_STRAND=50 go test -count=1 -run TestStrandingPerKill -v ./softhsm-test/chaos/
+//	CHAOS_STRAND=50 go test -count=1 -run TestStrandingPerKill -v ./lab/chaos/
 func TestStrandingPerKill(t *testing.T) {
 	kills, _ := strconv.Atoi(os.Getenv("CHAOS_STRAND"))
 	if kills <= 0 {

@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/timeline"
+	"github.com/pkcs11-ha/pkcs11-ha/lab/timeline"
 )
 
 // Pictures of the p11-kit scenarios (package timeline), written to Options.PlotDir when it is set.

@@ -1,4 +1,4 @@
-// Package bench is `make bench` (run by softhsm-test/cmd/hsm-bench): in one run on one machine, what the
+// Package bench is `make bench` (run by lab/cmd/hsm-bench): in one run on one machine, what the
 // pkcs11-ha layer costs and what it buys, against direct PKCS#11 calls (the limit) and crypto11 (the peer).
 //
 // It measures four things.

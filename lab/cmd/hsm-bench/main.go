@@ -1,6 +1,6 @@
 // Command hsm-bench is `make bench`: in one run on one machine, what the pkcs11-ha layer costs and what
 // it buys, against direct miekg/pkcs11 calls (the limit) and crypto11 (the peer). See package
-// softhsm-test/bench for what is measured and how. The table goes to stdout, its last line being
+// lab/bench for what is measured and how. The table goes to stdout, its last line being
 //
 //	BENCH ha_vs_direct=<ratio> ha_vs_crypto11=<ratio> frontend_vs_p11kit=<ratio>
 //
@@ -18,7 +18,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/bench"
+	"github.com/pkcs11-ha/pkcs11-ha/lab/bench"
 )
 
 func main() {

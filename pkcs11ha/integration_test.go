@@ -484,35 +484,37 @@ partitions:
 	k, err := cl.Key(context.Background(), "payments", "ec-key")
 	require.NoError(t, err)
 	require.Equal(t, []string{"appliance-1", "appliance-2"}, k.Info().Devices)
-	// Both are probed at Open, so neither is routed on the initial-latency guess.
-	require.Eventually(t, func() bool {
-		st := cl.Status()
-		return st[0].EWMA < 5*time.Millisecond && st[1].EWMA < 5*time.Millisecond
-	}, 5*time.Second, 10*time.Millisecond)
-	var mu sync.Mutex
+	// Which appliance serves a call follows the latency estimates (a probe slowed by a busy host raises one
+	// for seconds), so calls run in rounds of 4 x 50 until both have served, each signature verified.
 	served := map[string]int{}
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var out pkcs11ha.Outcome
-			octx := pkcs11ha.WithOutcome(context.Background(), &out)
-			for range 100 {
-				d := digest(crypto.SHA256, "shared")
-				sig, err := k.SignContext(octx, d, crypto.SHA256)
-				dev := out.Device
-				if !assert.NoError(t, err) || !assert.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig)) {
-					return
+	pub := k.Public().(*ecdsa.PublicKey)
+	for start := time.Now(); len(served) < 2; {
+		require.Less(t, time.Since(start), 30*time.Second, "both appliances serve: %v", served)
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var out pkcs11ha.Outcome
+				octx := pkcs11ha.WithOutcome(context.Background(), &out)
+				for range 50 {
+					d := digest(crypto.SHA256, "shared")
+					sig, err := k.SignContext(octx, d, crypto.SHA256)
+					dev := out.Device
+					if !assert.NoError(t, err) || !assert.True(t, ecdsa.VerifyASN1(pub, d, sig)) {
+						return
+					}
+					mu.Lock()
+					served[dev]++
+					mu.Unlock()
 				}
-				mu.Lock()
-				served[dev]++
-				mu.Unlock()
-			}
-		}()
+			}()
+		}
+		wg.Wait()
+		require.False(t, t.Failed())
 	}
-	wg.Wait()
-	require.Len(t, served, 2, "both appliances serve: %v", served)
+	t.Logf("served: %v", served)
 }
 
 // TestClusterOwnsItsConfig: Open runs on its own copy: changing the caller's config afterwards changes

@@ -18,15 +18,20 @@ import (
 //     test counts separately as "allowed": calls whose own deadline (1 in 50, 20 ms) is shorter than one
 //     local attempt deadline (50 ms), and, in "all-down" only, calls made while no device at all could
 //     serve, which must fail with ErrNoDevice;
-//   - every call returns within its own deadline (plus scheduling slack): a hung HSM never hangs a caller;
+//   - every call returns by its own deadline: a hung HSM never hangs a caller (plus 150 ms of scheduling
+//     slack in the long form; the short form only detects hangs, with 1 s);
 //   - zero invalid signatures or decryptions;
-//   - DR share 0 % while the local tier is healthy (and, in single-device scenarios, 0 % throughout: the
-//     other local device is healthy all along);
-//   - the p99 bound and the recovery-time bound stated in each scenario; the same bound for "rotation": a
-//     recovered device must take >= 20 % of the local calls it can serve again, not just one call;
+//   - every faulted device comes back and serves again;
 //   - key consistency: the reference public key is the majority's (key-different makes the odd device
 //     finish opening first) and a device holding another key never serves it;
 //   - no goroutine leak (goleak after each scenario and for the whole binary); the process never aborts.
+//
+// And the timing bounds (env.bound), which depend on how loaded the host is: the DR share 0 % while the
+// local tier is healthy (and, in single-device scenarios, 0 % throughout: the other local device is healthy
+// all along); the p99 bound and the recovery-time bound stated in each scenario; the same bound for
+// "rotation": a recovered device must take >= 20 % of the local calls it can serve again, not just one call.
+// The long form (make chaos) fails a scenario that misses one. The short form (make test, a deterministic
+// gate) reports them, in the log and in the results table, and asserts the functional invariants above.
 //
 // Short form by default (a few seconds per scenario, at most 3 minutes in all); CHAOS_LONG=1 for the long
 // form (>= 100,000 operations, flapping for 2.5 minutes). The results table is logged at the end and written

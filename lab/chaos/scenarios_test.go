@@ -129,9 +129,12 @@ func baseScenarios() []scenario {
 					}
 				}
 				e.logf("while slow: eastus-1 served %d of %d calls (%.1f%%)", slow, n, 100*float64(slow)/float64(max(n, 1)))
-				if n == 0 || float64(slow) > 0.15*float64(n) {
-					e.t.Errorf("INVARIANT slow device: eastus-1 served %d of %d calls while slow, want at most 15%%", slow, n)
+				if n == 0 {
+					e.t.Errorf("no call was served while eastus-1 was slow")
 				}
+				// How fast the EWMA tells 25 ms from a healthy device's latency depends on the host's load: a
+				// bound (failover's unit tests prove with fake latencies that P2C sheds the slower device).
+				e.bound(float64(slow) <= 0.15*float64(n), "INVARIANT slow device: eastus-1 served %d of %d calls while slow, want at most 15%%", slow, n)
 			},
 		},
 		{
@@ -236,17 +239,28 @@ func baseScenarios() []scenario {
 				drs := []string{"westus-1", "westus-2"}
 				e.inject("DR region down", true, drs, func() error { return e.each(drs, (*softhsmtest.Device).Down) })
 				e.hold(e.tm.fault)
-				down := 0
-				for _, st := range e.cl.Status() {
-					if slices.Contains(drs, st.Name) && st.State != "up" {
-						down++
+				// The probes must notice (a function of the probe schedule: a bound on the fault's length); in the
+				// short form the fault is held until they do.
+				drDown := func() int {
+					down := 0
+					for _, st := range e.cl.Status() {
+						if slices.Contains(drs, st.Name) && st.State != "up" {
+							down++
+						}
 					}
+					return down
 				}
+				down := drDown()
 				e.logf("%d of 2 DR devices seen not up by the end of the fault", down)
-				e.removeAs("DR region back", true, func() error { return e.each(drs, (*softhsmtest.Device).Pass) })
-				if down < 2 {
-					e.t.Errorf("the DR devices' probes did not notice the DR region down within %v", e.tm.fault)
+				e.bound(down == 2, "the DR devices' probes did not notice the DR region down within %v", e.tm.fault)
+				for waited := time.Duration(0); drDown() < 2 && !e.tm.long; waited += 50 * time.Millisecond {
+					if waited > livenessWait {
+						e.t.Errorf("the DR devices' probes did not notice the DR region down within %v", e.tm.fault+livenessWait)
+						break
+					}
+					time.Sleep(50 * time.Millisecond)
 				}
+				e.removeAs("DR region back", true, func() error { return e.each(drs, (*softhsmtest.Device).Pass) })
 				back := e.rec.Origin().Add(e.removedAt)
 				e.waitStatus("both DR devices up again", func(st []pkcs11ha.DeviceStatus) bool {
 					for _, s := range st {
@@ -387,7 +401,7 @@ const rotationShare = 0.2
 func (e *env) waitRotation(dev string, only func(*Op) bool) {
 	e.t.Helper()
 	const window = time.Second
-	limit := e.recBound + min(e.recBound, 20*time.Second)
+	limit := e.waitLimit()
 	next := e.removedAt + window
 	for {
 		now := e.rec.Now()
@@ -407,9 +421,8 @@ func (e *env) waitRotation(dev string, only func(*Op) bool) {
 				if n > 0 && float64(k) >= rotationShare*float64(n) {
 					e.rotation = end - e.removedAt
 					e.logf("back in rotation: %s served %d of %d local calls in the 1s window ending %v after the fault was removed", dev, k, n, e.rotation.Round(time.Millisecond))
-					if e.rotation > e.recBound {
-						e.t.Errorf("INVARIANT rotation: %s took %v to serve %.0f%% of the local calls again, bound %v\n%s", dev, e.rotation.Round(time.Millisecond), 100*rotationShare, e.recBound, e.statusTable())
-					}
+					e.bound(e.rotation <= e.recBound, "INVARIANT rotation: %s took %v to serve %.0f%% of the local calls again, bound %v\n%s",
+						dev, e.rotation.Round(time.Millisecond), 100*rotationShare, e.recBound, e.statusTable())
 					return
 				}
 				next = end + 100*time.Millisecond
@@ -493,7 +506,7 @@ func (e *env) each(names []string, fn func(*softhsmtest.Device) error) error {
 // waitStatus polls Cluster.Status until pred holds, and records the recovery time.
 func (e *env) waitStatus(what string, pred func([]pkcs11ha.DeviceStatus) bool) {
 	e.t.Helper()
-	limit := e.recBound + min(e.recBound, 20*time.Second)
+	limit := e.waitLimit()
 	for {
 		if pred(e.cl.Status()) {
 			e.setRecovery(what, e.rec.Now()-e.removedAt)
@@ -541,7 +554,7 @@ func (e *env) failback() {
 // waitBothLocal waits (bounded) until each local device has served a call since the fault was removed.
 func (e *env) waitBothLocal() {
 	for _, d := range e.localDevices() {
-		ctx, cancel := context.WithTimeout(context.Background(), e.recBound+min(e.recBound, 20*time.Second))
+		ctx, cancel := context.WithTimeout(context.Background(), e.waitLimit())
 		from := e.removedAt
 		op, ok := e.rec.WaitFor(ctx, e.removedIdx, func(o *Op) bool { return o.Start >= from && servedBy(d)(o) })
 		cancel()

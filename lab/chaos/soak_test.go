@@ -8,12 +8,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
 // The soak: months of HSM maintenance in minutes. The two local devices are killed and restarted in turn
 // (plus SIGSTOP/SIGCONT cycles) under the usual load, each cycle waiting until both local devices are up
 // again, and the run asserts, beyond the invariants every scenario shares (no failed call: in the soak every
-// caller has the full deadline; no invalid result; no DR traffic while the local pair is healthy):
+// caller has the full deadline; no invalid result; no DR traffic while the local pair is healthy, a timing
+// bound: see chaos_test.go):
 //
 //   - every device is up at the end, and each local device serves its fair share (>= 30 %) of the calls of
 //     the healthy tail;
@@ -22,7 +25,7 @@ import (
 //     threads and the router's idle attempt workers, which do not depend on the number of cycles);
 //   - the stuck-call account (Cluster.StuckCalls) matches the devices' rows and stays under its cap.
 //
-// It also measures how often a kill strands calls for good (the p11-kit 0.24 client bug, see the README)
+// It also measures how often a kill strands calls for good (the p11-kit 0.24 client bug, see docs/ARCHITECTURE.md, "Facts about SoftHSM and p11-kit")
 // and logs it as the SOAK line. Short form in `make test` (< 60 s); CHAOS_LONG=1 for >= 100 kill cycles.
 
 // soakPlan is the shape of a soak run.
@@ -182,10 +185,15 @@ func (e *env) stuckOf(device string) int64 {
 	return 0
 }
 
-// waitLocalUp waits (bounded by the recovery bound) until every local device's state is "up".
+// waitLocalUp waits until every local device's state is "up": within the recovery bound in the long form,
+// within the liveness wait past it in the short form.
 func (e *env) waitLocalUp(locals []string) bool {
 	e.t.Helper()
-	deadline := time.Now().Add(e.recBound)
+	began := time.Now()
+	deadline := began.Add(e.recBound)
+	if !e.tm.long {
+		deadline = deadline.Add(livenessWait)
+	}
 	for {
 		up := 0
 		for _, st := range e.cl.Status() {
@@ -196,10 +204,12 @@ func (e *env) waitLocalUp(locals []string) bool {
 			}
 		}
 		if up == len(locals) {
+			took := time.Since(began)
+			e.bound(took <= e.recBound, "the local devices were all up %v after the fault was removed, bound %v", took.Round(time.Millisecond), e.recBound)
 			return true
 		}
 		if time.Now().After(deadline) {
-			e.t.Errorf("INVARIANT the local devices are not all up %v after the fault was removed\n%s", e.recBound, e.statusTable())
+			e.t.Errorf("INVARIANT the local devices are not all up %v after the fault was removed\n%s", time.Since(began).Round(time.Millisecond), e.statusTable())
 			return false
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -211,7 +221,11 @@ func (s *soakState) check(e *env, ops []Op, _ Summary) {
 	if len(s.samples) < 2 {
 		return // the script failed; its error says why
 	}
-	// Every device up at the end, and the stuck-call account consistent with the devices' rows.
+	// Every device up at the end (in the short form, once a probe slowed by a loaded host has been followed
+	// by good ones: up within the liveness wait), and the stuck-call account consistent with the devices' rows.
+	for waited := time.Duration(0); !e.tm.long && waited < livenessWait && !allUp(e.cl.Status()); waited += 100 * time.Millisecond {
+		time.Sleep(100 * time.Millisecond)
+	}
 	sts := e.cl.Status()
 	var stuck int64
 	for _, st := range sts {
@@ -242,10 +256,13 @@ func (s *soakState) check(e *env, ops []Op, _ Summary) {
 			}
 		}
 	}
+	// Each local device serves in the tail; its share follows the latency estimates, which follow the host's
+	// load: the share is a bound.
 	for _, l := range e.localDevices() {
-		if float64(by[l]) < soakFairShare*float64(n) {
-			t.Errorf("INVARIANT fair share: %s served %d of the %d local calls of the healthy tail, want >= %.0f%%", l, by[l], n, 100*soakFairShare)
+		if by[l] == 0 {
+			t.Errorf("INVARIANT %s served none of the %d local calls of the healthy tail", l, n)
 		}
+		e.bound(float64(by[l]) >= soakFairShare*float64(n), "INVARIANT fair share: %s served %d of the %d local calls of the healthy tail, want >= %.0f%%", l, by[l], n, 100*soakFairShare)
 	}
 
 	// Threads and goroutines: growth within the stuck calls, from the sample after the second cycle (by
@@ -322,4 +339,13 @@ func osThreads(e *env) int {
 	}
 	e.t.Errorf("no Threads: line in /proc/self/status")
 	return 0
+}
+
+func allUp(sts []pkcs11ha.DeviceStatus) bool {
+	for _, st := range sts {
+		if st.State != "up" {
+			return false
+		}
+	}
+	return true
 }

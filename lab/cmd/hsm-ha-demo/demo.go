@@ -180,7 +180,7 @@ func (d *demo) writeConfig(path string) error {
 		partitions = append(partitions, p.Name)
 	}
 	return d.topo.WriteConfig(path, softhsmtest.ConfigOptions{
-		PolicyYAML: demoPolicy,
+		PolicyYAML: strings.TrimSpace(demoPolicy + "\n" + d.opts.policy),
 		ServerYAML: fmt.Sprintf("listen: %q\npkcs11: %q", "unix://"+d.sidecarSocket(), "unix://"+d.pkcs11Socket()),
 		ClientsYAML: fmt.Sprintf("- {name: demo-user, unix_uid: %d, partitions: [%s]}",
 			os.Getuid(), strings.Join(partitions, ", ")),

@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	hsm-ha-demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--report DIR] [--plain] [--keep] [--proxy-bin PATH]
+//	hsm-ha-demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D] [--report DIR] [--plain] [--keep] [--proxy-bin PATH] [--policy YAML]
 //
 // The sidecar binary is --proxy-bin, else hsm-ha-proxy in the directory of this program (`make run`
 // builds both there), else hsm-ha-proxy on PATH.

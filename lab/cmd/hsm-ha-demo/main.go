@@ -15,7 +15,7 @@ import (
 )
 
 const usage = `usage: hsm-ha-demo [--duration D] [--no-failover] [--workers N] [--rate R] [--step D] [--dr-delay D]
-                   [--report DIR] [--plain] [--keep] [--proxy-bin PATH]
+                   [--report DIR] [--plain] [--keep] [--proxy-bin PATH] [--policy YAML]
 
 Runs four SoftHSM2 devices in two regions (eastus local pair, westus DR pair behind a relay with a
 one-way delay) and the real sidecar ("hsm-ha-proxy serve", found beside this program, else on PATH, or
@@ -46,6 +46,7 @@ type demoOptions struct {
 	keep       bool          // keep the temporary directory (logs, config, keys)
 	report     string        // where the pictures go (absolute); "": none
 	proxyBin   string        // the hsm-ha-proxy executable; "": beside this program, else on PATH
+	policy     string        // extra policy keys for the sidecar's config (YAML lines)
 }
 
 func main() {
@@ -107,6 +108,7 @@ func parseFlags(args []string, stderr io.Writer) (demoOptions, int) {
 	fs.BoolVar(&o.plain, "plain", false, "print the table as plain lines even on a terminal")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (sidecar and device logs, config) instead of removing it")
 	fs.StringVar(&o.report, "report", ".", "directory for the pictures of the run, "+pictureBase+".svg and .png (\"\": none)")
+	fs.StringVar(&o.policy, "policy", "", "extra policy keys for the sidecar, as YAML lines (e.g. \"attempt_timeout: {local: 1s}\" on a host too loaded for the default deadlines)")
 	fs.StringVar(&o.proxyBin, "proxy-bin", "", "the hsm-ha-proxy executable to run as the sidecar (default: the one beside this program, else on PATH)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -21,7 +21,7 @@ import (
 // of the demo behind.
 func TestDemoInterrupted(t *testing.T) {
 	report := t.TempDir()
-	run := startDemo(t, buildBinaries(t), "--step", "1s", "--workers", "4", "--rate", "150", "--report", report)
+	run := startDemo(t, buildBinaries(t), "--step", "1s", "--workers", "4", "--rate", "150", "--report", report, "--policy", gatePolicy)
 	waitLine(t, run.lines, "step 2/4: pause eastus-2", 120*time.Second)
 	time.Sleep(300 * time.Millisecond) // some calls in the outage
 	require.NoError(t, run.proc.Signal(syscall.SIGINT))

@@ -53,7 +53,7 @@ build: deps
 # (50 ms local) under load, which the detector's slowdown would turn into timeouts on every device. The
 # concurrency they drive is raced in the library's, the sidecar's and the harness's own tests.
 PURE_PACKAGES := ./failover/... ./health/... ./pkcs11ha/sessionkey/ ./pkcs11ha/sidecarapi/ ./pkcs11ha/sidecarconfig/ \
-	./cmd/hsm-ha-proxy/internal/p11rpc/... ./cmd/hsm-ha-proxy/internal/unixsock/ ./softhsm-test/leakcheck/ ./lab/timeline/
+	./cmd/hsm-ha-proxy/internal/p11rpc/... ./cmd/hsm-ha-proxy/internal/unixsock/ ./softhsm-test/leakcheck/ ./lab/timeline/ ./docs/
 NORACE_PACKAGES := ./lab/chaos/ ./lab/cmd/hsm-ha-demo/
 test: deps
 	$(GO) vet work

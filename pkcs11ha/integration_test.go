@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,9 +36,17 @@ import (
 // good in retired module instances (a p11-kit bug; see package leakcheck).
 func TestMain(m *testing.M) { leakcheck.Main(m) }
 
+// gateDeadlines is what openCluster adds to a policy that does not set attempt_timeout: deadlines no
+// healthy device misses on a loaded host (with the default 50 ms, one device that a busy host schedules late
+// fails the call: there is nowhere else to go). Tests about deadlines set their own.
+const gateDeadlines = "attempt_timeout: {local: 1s, dr: 2s}"
+
 // openCluster writes the topology's config and opens a cluster on it; the cluster is closed at cleanup.
 func openCluster(t *testing.T, topo *softhsmtest.Topology, policy string, opts ...pkcs11ha.Option) (*pkcs11ha.Cluster, *pkcs11ha.Config) {
 	t.Helper()
+	if !strings.Contains(policy, "attempt_timeout") {
+		policy = strings.TrimSpace(policy + "\n" + gateDeadlines)
+	}
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: policy}))
 	cfg, err := pkcs11ha.LoadConfig(path)

@@ -80,6 +80,14 @@ func startSidecar(t *testing.T, topo *softhsmtest.Topology, o e2eOptions) *testS
 	if o.clients == "" {
 		o.clients = meClients("payments", "ledger")
 	}
+	// Attempt deadlines no healthy device misses on a loaded host, unless the test is about deadlines: with the
+	// defaults (50 ms local) a busy host makes every device time out and the request fail.
+	if !strings.Contains(o.policy, "attempt_timeout") {
+		o.policy = strings.TrimSpace(o.policy + "\nattempt_timeout: {local: 1s, dr: 2s}")
+		if !strings.Contains(o.policy, "request_timeout") {
+			o.policy += "\nrequest_timeout: 10s"
+		}
+	}
 	path := filepath.Join(topo.Dir, fmt.Sprintf("sidecar-%d.yaml", configSeq.Add(1)))
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: o.policy, ClientsYAML: o.clients}))
 	cfg, err := sidecarconfig.Load(path)

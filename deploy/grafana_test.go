@@ -90,7 +90,7 @@ func dashboardSelectors(t *testing.T, d dashboard) []selectorUse {
 
 // TestDashboard: the dashboard is a Grafana JSON model whose panels each have a unique id, a place on
 // the grid and PromQL that parses, all on the dashboard's data source variable, and it shows what an
-// operator needs (the panels the README promises).
+// operator needs (the panels docs/operations.md promises).
 func TestDashboard(t *testing.T) {
 	d := readDashboard(t)
 	assert.NotEmpty(t, d.UID)

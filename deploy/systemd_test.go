@@ -14,7 +14,7 @@ import (
 
 var unitPath = filepath.Join("systemd", "hsm-ha-proxy.service")
 
-// unitBinary is the ExecStart binary the unit names (the install path of README.md).
+// unitBinary is the ExecStart binary the unit names (the install path of docs/operations.md).
 const unitBinary = "/usr/local/bin/hsm-ha-proxy"
 
 // readUnit returns the unit's [Service] settings (a key set several times keeps every value).
@@ -42,7 +42,7 @@ func readUnit(t *testing.T) map[string][]string {
 	return out
 }
 
-// TestSystemdUnitSettings: the unit runs the sidecar as its own user with the hardening the README
+// TestSystemdUnitSettings: the unit runs the sidecar as its own user with the hardening docs/operations.md
 // lists, reloads with SIGHUP, follows a hot upgrade's new process and gets its socket directory from
 // systemd.
 func TestSystemdUnitSettings(t *testing.T) {

@@ -36,6 +36,8 @@ func (e *env) transitions(m int) []string {
 func TestBreakerOpensAfterThreeDeviceDownErrors(t *testing.T) {
 	e := newEnv(t, Config{DisablePanic: true}, members(0, 0))
 	e.fakes[0].setErr(errClass(ClassDown))
+	// Breakers run on the real clock: the breaker opened between these two instants.
+	before := time.Now()
 	for i := range 3 {
 		require.Equal(t, gobreaker.StateClosed, e.breakerState(0), "before failure %d", i+1)
 		_, out, err := e.do(1 << 0)
@@ -45,6 +47,7 @@ func TestBreakerOpensAfterThreeDeviceDownErrors(t *testing.T) {
 	require.Equal(t, gobreaker.StateOpen, e.breakerState(0))
 	require.Equal(t, []string{"closed>open"}, e.transitions(0))
 	require.Equal(t, 5*time.Second, e.openFor(0))
+	after := time.Now()
 
 	_, out, err := e.do(1 << 0)
 	require.ErrorIs(t, err, ErrNoMember)
@@ -58,7 +61,8 @@ func TestBreakerOpensAfterThreeDeviceDownErrors(t *testing.T) {
 	st := e.r.Status()[0]
 	require.Equal(t, "open", st.Breaker)
 	require.Equal(t, 1, st.Offenses)
-	require.WithinDuration(t, time.Now().Add(5*time.Second), st.OpenUntil, time.Second)
+	require.False(t, st.OpenUntil.Before(before.Add(5*time.Second)), "open until %v, opened after %v", st.OpenUntil, before)
+	require.False(t, st.OpenUntil.After(after.Add(5*time.Second)), "open until %v, opened before %v", st.OpenUntil, after)
 }
 
 // TestPanicMode: when breakers shut out every member that health calls up, one breaker-free attempt per

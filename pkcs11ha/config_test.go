@@ -155,7 +155,7 @@ func TestConfigDefaultsAndTiers(t *testing.T) {
 	require.Equal(t, 2*time.Millisecond, s.router.SpillWait)
 }
 
-// TestPolicyInEffect: an empty policy runs with the documented defaults (README's policy table), decided by
+// TestPolicyInEffect: an empty policy runs with the documented defaults (docs/configuration.md's policy table), decided by
 // the router, the probes and the library; what is set explicitly is kept, negative "off" values included.
 func TestPolicyInEffect(t *testing.T) {
 	cfg := testConfig(t)

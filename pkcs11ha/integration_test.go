@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,9 +36,17 @@ import (
 // good in retired module instances (a p11-kit bug; see package leakcheck).
 func TestMain(m *testing.M) { leakcheck.Main(m) }
 
+// gateDeadlines is what openCluster adds to a policy that does not set attempt_timeout: deadlines no
+// healthy device misses on a loaded host (with the default 50 ms, one device that a busy host schedules late
+// fails the call: there is nowhere else to go). Tests about deadlines set their own.
+const gateDeadlines = "attempt_timeout: {local: 1s, dr: 2s}"
+
 // openCluster writes the topology's config and opens a cluster on it; the cluster is closed at cleanup.
 func openCluster(t testing.TB, topo *softhsmtest.Topology, policy string, opts ...pkcs11ha.Option) (*pkcs11ha.Cluster, *pkcs11ha.Config) {
 	t.Helper()
+	if !strings.Contains(policy, "attempt_timeout") {
+		policy = strings.TrimSpace(policy + "\n" + gateDeadlines)
+	}
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
 	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{PolicyYAML: policy}))
 	cfg, err := pkcs11ha.LoadConfig(path)
@@ -492,35 +501,37 @@ partitions:
 	k, err := cl.Key(context.Background(), "payments", "ec-key")
 	require.NoError(t, err)
 	require.Equal(t, []string{"appliance-1", "appliance-2"}, k.Info().Devices)
-	// Both are probed at Open, so neither is routed on the initial-latency guess.
-	require.Eventually(t, func() bool {
-		st := cl.Status()
-		return st[0].EWMA < 5*time.Millisecond && st[1].EWMA < 5*time.Millisecond
-	}, 5*time.Second, 10*time.Millisecond)
-	var mu sync.Mutex
+	// Which appliance serves a call follows the latency estimates (a probe slowed by a busy host raises one
+	// for seconds), so calls run in rounds of 4 x 50 until both have served, each signature verified.
 	served := map[string]int{}
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var out pkcs11ha.Outcome
-			octx := pkcs11ha.WithOutcome(context.Background(), &out)
-			for range 100 {
-				d := digest(crypto.SHA256, "shared")
-				sig, err := k.SignContext(octx, d, crypto.SHA256)
-				dev := out.Device
-				if !assert.NoError(t, err) || !assert.True(t, ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), d, sig)) {
-					return
+	pub := k.Public().(*ecdsa.PublicKey)
+	for start := time.Now(); len(served) < 2; {
+		require.Less(t, time.Since(start), 30*time.Second, "both appliances serve: %v", served)
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var out pkcs11ha.Outcome
+				octx := pkcs11ha.WithOutcome(context.Background(), &out)
+				for range 50 {
+					d := digest(crypto.SHA256, "shared")
+					sig, err := k.SignContext(octx, d, crypto.SHA256)
+					dev := out.Device
+					if !assert.NoError(t, err) || !assert.True(t, ecdsa.VerifyASN1(pub, d, sig)) {
+						return
+					}
+					mu.Lock()
+					served[dev]++
+					mu.Unlock()
 				}
-				mu.Lock()
-				served[dev]++
-				mu.Unlock()
-			}
-		}()
+			}()
+		}
+		wg.Wait()
+		require.False(t, t.Failed())
 	}
-	wg.Wait()
-	require.Len(t, served, 2, "both appliances serve: %v", served)
+	t.Logf("served: %v", served)
 }
 
 // TestClusterOwnsItsConfig: Open runs on its own copy: changing the caller's config afterwards changes

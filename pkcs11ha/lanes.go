@@ -9,10 +9,10 @@ import (
 // Lanes: a small pool of module instances per device, each carrying one call at a time.
 //
 // p11-kit-client 0.24 strands calls for good when its server dies with several calls in flight on one
-// instance (README, "Facts about SoftHSM and p11-kit"): the threads sharing its socket wait for a pending
+// instance (docs/ARCHITECTURE.md, "Facts about SoftHSM and p11-kit"): the threads sharing its socket wait for a pending
 // reply header to change, and one whose connection dies between a header and its body leaves that header
 // pending for ever. With one call in flight per instance nobody waits on another's reply (measured:
-// TestStrandingPerKill in softhsm-test/chaos).
+// TestStrandingPerKill in lab/chaos).
 // Every load of p11-kit-client.so is an instance of its own (its own connection, and on the server side its
 // own p11-kit-remote process), so a device whose module is p11-kit-client.so gets
 // policy.p11kit_client_instances of them: its lanes. Lane 0 is the device itself and carries any number of

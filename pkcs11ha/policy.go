@@ -9,47 +9,78 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/health"
 )
 
-// Policy holds every routing knob. A zero field takes the default of the layer that uses it: the router's
-// (failover.DefaultConfig), the health probes' (health.Default*) or the library's own (defaultOwn); the
-// README's table lists them all, and Cluster.Config shows the values a cluster runs with.
+// Policy holds every routing knob: the policy: section of the config. Each field is documented here, once;
+// docs/configuration.md's policy table is generated from these comments and the defaults in effect
+// (TestPolicyTable). A zero field takes the default of the layer that uses it: the router's
+// (failover.DefaultConfig), the health probes' (health.Default*) or the library's own (defaultOwn), and
+// Cluster.Config shows the values a cluster runs with.
 type Policy struct {
-	AttemptTimeout   TierDurations `yaml:"attempt_timeout"`
-	OperationTimeout Duration      `yaml:"operation_timeout"`
-	MaxAttempts      int           `yaml:"max_attempts"`
+	// AttemptTimeout is the deadline of one attempt on a device, per tier, never past the caller's: past it
+	// the call moves on to the next device and the attempt is abandoned (it keeps running in the module).
+	AttemptTimeout TierDurations `yaml:"attempt_timeout"`
+	// OperationTimeout is the deadline of Sign and Decrypt calls made without a context.
+	OperationTimeout Duration `yaml:"operation_timeout"`
+	// MaxAttempts is how many attempts one operation may make: each device at most once, except a second
+	// try in its tier after a stall of this process.
+	MaxAttempts int `yaml:"max_attempts"`
 	// SpillWait is how long a call waits for a busy local device before spilling to DR; negative (e.g.
 	// "-1ms") never waits.
-	SpillWait       Duration      `yaml:"spill_wait"`
-	SessionPoolSize int           `yaml:"session_pool_size"`
-	MaxAbandoned    int           `yaml:"max_abandoned_per_device"`
-	MaxAbandonedAll int           `yaml:"max_abandoned_total"`
-	EWMADecay       Duration      `yaml:"ewma_decay"`
-	InitialLatency  TierDurations `yaml:"initial_latency"`
-	Breaker         BreakerPolicy `yaml:"breaker"`
-	Hedge           HedgePolicy   `yaml:"hedge"`
-	Health          HealthPolicy  `yaml:"health"`
-	HealthKey       string        `yaml:"health_key"`
-	ReinitGrace     Duration      `yaml:"reinit_grace"`
-	InitTimeout     Duration      `yaml:"init_timeout"`
-	CloseTimeout    Duration      `yaml:"close_timeout"`
-	MaxRetired      int           `yaml:"max_retired_instances"`
-	OAEPFallback    bool          `yaml:"oaep_fallback"`
+	SpillWait Duration `yaml:"spill_wait"`
+	// SessionPoolSize is the number of sessions per (device, partition), capped by the token's maximum
+	// session count; one is opened at start.
+	SessionPoolSize int `yaml:"session_pool_size"`
+	// MaxAbandoned is how many calls past their deadline may still run in a device's current module
+	// instance; past it the device counts as down. Calls stuck in a retired instance no longer count (see
+	// MaxStuckCalls).
+	MaxAbandoned int `yaml:"max_abandoned_per_device"`
+	// MaxAbandonedAll is the same cap over all devices.
+	MaxAbandonedAll int `yaml:"max_abandoned_total"`
+	// EWMADecay is the decay time of the peak-EWMA latency estimate that routing inside a tier follows.
+	EWMADecay Duration `yaml:"ewma_decay"`
+	// InitialLatency is the latency assumed for a device not yet measured, per tier.
+	InitialLatency TierDurations `yaml:"initial_latency"`
+	// Breaker configures the per-device circuit breakers (sony/gobreaker v2).
+	Breaker BreakerPolicy `yaml:"breaker"`
+	// Hedge configures opt-in hedged requests inside the local tier.
+	Hedge HedgePolicy `yaml:"hedge"`
+	// Health configures the active probes of each device.
+	Health HealthPolicy `yaml:"health"`
+	// HealthKey is the label of a key each probe signs with, in addition to C_GetTokenInfo; empty: none.
+	HealthKey string `yaml:"health_key"`
+	// ReinitGrace is how long recovery waits for the calls in flight on a module instance before it retires
+	// the instance and loads a fresh one.
+	ReinitGrace Duration `yaml:"reinit_grace"`
+	// InitTimeout is the deadline for loading and initialising a module (a paused server blocks
+	// C_Initialize).
+	InitTimeout Duration `yaml:"init_timeout"`
+	// CloseTimeout bounds Cluster.Close.
+	CloseTimeout Duration `yaml:"close_timeout"`
+	// MaxRetired is how many module instances a device may retire with calls still stuck in them before it
+	// stays down (an instance whose stuck calls all return stops counting); 0: no cap of its own,
+	// MaxStuckCalls bounds them.
+	MaxRetired int `yaml:"max_retired_instances"`
+	// OAEPFallback: when the token lacks native OAEP for a hash, decrypt with raw RSA on the token and decode
+	// OAEP in Go (constant time).
+	OAEPFallback bool `yaml:"oaep_fallback"`
 	// GCMFallback: when a device (or its transport: p11-kit 0.24's RPC) refuses CKM_AES_GCM, AES-GCM is
 	// computed in Go from AES-ECB blocks the token encrypts (docs/ARCHITECTURE.md, "Secret keys").
 	GCMFallback bool `yaml:"gcm_fallback"`
-	// DisablePanic turns off panic mode (one breaker-free attempt when breakers shut out every up device).
+	// DisablePanic turns off panic mode (one breaker-free attempt when breakers shut out every device that
+	// health calls up).
 	DisablePanic bool `yaml:"disable_panic"`
-	// StallThreshold: attempt timeouts spanning a stall of this process longer than this are not counted
-	// on breakers; negative turns the watchdog off.
+	// StallThreshold: attempt timeouts that span a stall of this process longer than this are retried
+	// (first in the same tier) but not counted on breakers; negative turns the watchdog off.
 	StallThreshold Duration `yaml:"stall_threshold"`
 	// MaxStuckCalls caps the calls stuck in retired module instances, process-wide (each holds an OS
-	// thread): past it no more instances are retired, and their devices stay down.
+	// thread; Go stops at 10,000): past it no more instances are retired, and their devices stay down,
+	// saying why.
 	MaxStuckCalls int `yaml:"max_stuck_calls"`
 	// P11KitInstances is how many instances of p11-kit-client.so each device using it gets: one that
 	// carries any number of calls and the others one call at a time (several calls on one instance can be
-	// stranded when its server dies). 1 (the default): one instance carries every call.
+	// stranded when its server dies). Opt-in: see docs/failures.md.
 	P11KitInstances int `yaml:"p11kit_client_instances"`
-	// VerifySignatures: check signatures with the key's public key before returning them (verify.go):
-	// "rsa" (default), "all" (RSA, ECDSA, Ed25519) or "off".
+	// VerifySignatures checks each signature with the key's public key before returning it: "rsa" (RSA
+	// PKCS#1 v1.5 and PSS), "all" (also ECDSA and Ed25519) or "off".
 	VerifySignatures string `yaml:"verify_signatures"`
 	// Isolation: "none" (the library's default) loads every device's PKCS#11 module in this process;
 	// "process" (the sidecar's default) loads each in a worker process of its own (worker.go), so that a
@@ -57,46 +88,69 @@ type Policy struct {
 	// this program's binary (or WithWorkerCommand's): main must call MaybeRunWorker first.
 	Isolation string `yaml:"isolation"`
 	// AdminTimeout bounds one key-management call on one device (generating an RSA-4096 key takes
-	// seconds on some HSMs); KeySyncInterval is how often a running cluster brings every device's keys
-	// and tombstones up to date (keysync.go), negative (e.g. "-1s") never.
-	AdminTimeout    Duration `yaml:"admin_timeout"`
+	// seconds on some HSMs).
+	AdminTimeout Duration `yaml:"admin_timeout"`
+	// KeySyncInterval is how often a running cluster brings every device's keys and tombstones up to date
+	// (keysync.go); negative (e.g. "-1s") never.
 	KeySyncInterval Duration `yaml:"key_sync_interval"`
 }
 
 // TierDurations is a duration per tier.
 type TierDurations struct {
+	// Local is for tier-0 devices (local_region, unless a device's tier says otherwise).
 	Local Duration `yaml:"local"`
-	DR    Duration `yaml:"dr"`
+	// DR is for tier-1 devices (the disaster-recovery region).
+	DR Duration `yaml:"dr"`
 }
 
-// BreakerPolicy configures the per-device circuit breakers.
+// BreakerPolicy configures the per-device circuit breakers. Caller errors, refused decrypts and PIN errors
+// never count.
 type BreakerPolicy struct {
-	ConsecutiveFailures uint32   `yaml:"consecutive_failures"`
-	FailureRatio        float64  `yaml:"failure_ratio"`
-	MinRequests         uint32   `yaml:"min_requests"`
-	Window              Duration `yaml:"window"`
-	OpenBase            Duration `yaml:"open_base"`
-	OpenMax             Duration `yaml:"open_max"`
-	HalfOpenMax         uint32   `yaml:"half_open_max"`
+	// ConsecutiveFailures trips the breaker after this many failures in a row.
+	ConsecutiveFailures uint32 `yaml:"consecutive_failures"`
+	// FailureRatio trips it when at least this share of the calls in the window failed (with MinRequests).
+	FailureRatio float64 `yaml:"failure_ratio"`
+	// MinRequests is how many calls the window must hold before FailureRatio applies.
+	MinRequests uint32 `yaml:"min_requests"`
+	// Window is the rolling window FailureRatio is counted over.
+	Window Duration `yaml:"window"`
+	// OpenBase is how long a tripped breaker stays open the first time.
+	OpenBase Duration `yaml:"open_base"`
+	// OpenMax caps the open time, which doubles with ±20 % jitter for repeat offenders.
+	OpenMax Duration `yaml:"open_max"`
+	// HalfOpenMax is how many trial calls a half-open breaker admits; that many successes close it.
+	HalfOpenMax uint32 `yaml:"half_open_max"`
 }
 
-// HedgePolicy configures opt-in hedged requests inside the local tier.
+// HedgePolicy configures opt-in hedged requests inside the local tier: one backup attempt on another tier-0
+// device, never into DR.
 type HedgePolicy struct {
-	Enabled  bool     `yaml:"enabled"`
-	Budget   float64  `yaml:"budget"`
-	Floor    Duration `yaml:"floor"`
-	Quantile float64  `yaml:"quantile"`
+	// Enabled turns hedging on: a call still unanswered after Quantile of recent latency gets one backup
+	// attempt on another tier-0 device.
+	Enabled bool `yaml:"enabled"`
+	// Budget is the extra load hedges may add, as a fraction of calls (a token bucket).
+	Budget float64 `yaml:"budget"`
+	// Floor is the earliest a hedge starts.
+	Floor Duration `yaml:"floor"`
+	// Quantile is the quantile of recent latency after which the backup starts, taken on the fastest tier-0
+	// device that may serve the call.
+	Quantile float64 `yaml:"quantile"`
 }
 
 // HealthPolicy configures active probes.
 type HealthPolicy struct {
-	Interval     Duration `yaml:"interval"`
+	// Interval is the time between probes of a device that is up or degraded.
+	Interval Duration `yaml:"interval"`
+	// DownInterval is the time between probes of a device that is down.
 	DownInterval Duration `yaml:"down_interval"`
 	// Jitter is the ± fraction applied to every probe wait, at most 1; negative (e.g. -1) means none.
-	Jitter  float64  `yaml:"jitter"`
+	Jitter float64 `yaml:"jitter"`
+	// Timeout is the deadline of one probe.
 	Timeout Duration `yaml:"timeout"`
-	Fall    int      `yaml:"fall"`
-	Rise    int      `yaml:"rise"`
+	// Fall is how many failed probes in a row mark a device down.
+	Fall int `yaml:"fall"`
+	// Rise is how many successful probes in a row mark a down device up.
+	Rise int `yaml:"rise"`
 }
 
 // ownSettings are the settings that neither the router nor the monitors read.

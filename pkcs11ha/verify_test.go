@@ -44,7 +44,9 @@ func TestVerifyAfterSign(t *testing.T) {
 				{Name: "eastus-1", Region: "eastus"}, {Name: "eastus-2", Region: "eastus"}}})
 			var logBuf softhsmtest.LogBuffer
 			reg := prometheus.NewRegistry()
-			policy := "health: {interval: 200ms, down_interval: 100ms}\nbreaker: {open_base: 3s, open_max: 3s}"
+			// Attempt deadlines no healthy device misses on a loaded host (eastus-2 answers through a 5 ms relay
+			// delay each way): which device serves is decided by the fault alone.
+			policy := "health: {interval: 200ms, down_interval: 100ms}\nbreaker: {open_base: 3s, open_max: 3s}\nattempt_timeout: {local: 1s}"
 			if tc.mode != "" {
 				policy += "\nverify_signatures: " + tc.mode
 			}

@@ -305,11 +305,11 @@ func encodeRun(pi int, timeout time.Duration, op *deviceOp) []byte {
 	w = w.u64(uint64(m.Type)).u64(uint64(m.PSSHash)).u64(uint64(m.PSSMGF)).u64(uint64(m.PSSSalt))
 	w = w.u64(uint64(m.OAEPHash)).u64(uint64(m.OAEPMGF)).bytes(m.OAEPLabel)
 	w = w.bytes(m.GCMIV).bytes(m.GCMAAD).u64(uint64(m.GCMTagBits))
-	w = w.u64(uint64(op.OutLen)).u8(flag(op.OAEPFallback)).u8(byte(op.OAEPHash)).u8(byte(op.OAEPMGFHash)).u64(uint64(op.KeySize))
-	return w.u8(flag(op.GCMFallback))
+	w = w.u64(uint64(op.OutLen)).u8(boolByte(op.OAEPFallback)).u8(byte(op.OAEPHash)).u8(byte(op.OAEPMGFHash)).u64(uint64(op.KeySize))
+	return w.u8(boolByte(op.GCMFallback))
 }
 
-func flag(b bool) byte {
+func boolByte(b bool) byte {
 	if b {
 		return 1
 	}

@@ -42,7 +42,7 @@
 // The harness needs the Debian packages softhsm2, p11-kit and p11-kit-modules (see LookupTools), and opensc
 // (pkcs11-tool) for Options.Certificates.
 //
-// This package does not import "testing": the demo (cmd/hsm-ha-demo) and the benchmark use it as an
+// This package does not import "testing": the demo (lab/cmd/hsm-ha-demo) and the benchmark use it as an
 // ordinary package, with Start and Close. Tests use the testing.TB helpers of softhsm-test/harnesstest:
 //
 //	topo := harnesstest.Start(t, softhsmtest.Options{})

@@ -25,8 +25,8 @@ device, failed login, key different or missing, session budget exceeded), 2 conf
 
 `
 
-// checkResult is what check prints; --json prints exactly this. The field names are stable (README,
-// "check").
+// checkResult is what check prints; --json prints exactly this. The field names are stable
+// (docs/operations.md, "Preflight").
 type checkResult struct {
 	Config   string             `json:"config"`
 	Verdict  string             `json:"verdict"` // "ok" or "problems"

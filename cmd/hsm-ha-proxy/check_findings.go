@@ -9,7 +9,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarapi"
 )
 
-// finding is one problem or one piece of advice of `check`. Code is stable (see README, "check").
+// finding is one problem or one piece of advice of `check`. Code is stable (see docs/operations.md, "Preflight").
 type finding struct {
 	Code      string `json:"code"`
 	Device    string `json:"device,omitempty"`

@@ -9,7 +9,7 @@ import (
 )
 
 // cpuProfileEnv names the file a binary built with -tags cpuprofile writes the CPU profile of
-// `hsm-ha-proxy serve` to, from start to shutdown. The benchmark (softhsm-test/bench, hsm-bench
+// `hsm-ha-proxy serve` to, from start to shutdown. The benchmark (lab/bench, hsm-bench
 // -cpuprofile-dir) builds the sidecar so to profile the PKCS#11 front end under load; the deployed
 // binary has no such hook.
 const cpuProfileEnv = "HSM_HA_PROXY_CPUPROFILE"

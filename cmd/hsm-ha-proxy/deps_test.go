@@ -10,7 +10,7 @@ import (
 
 // TestDeployedBinaryLinksNoTestCode: the binary operators deploy must not link package testing, the
 // SoftHSM2 harness (process spawning, fault relays, inline PINs) or test libraries. The demo, which needs
-// the harness, is cmd/hsm-ha-demo.
+// the harness, is lab/cmd/hsm-ha-demo.
 func TestDeployedBinaryLinksNoTestCode(t *testing.T) {
 	out, err := exec.Command(goTool(t), "list", "-deps", "-f", "{{.ImportPath}}", ".").CombinedOutput()
 	require.NoError(t, err, "go list: %s", out)

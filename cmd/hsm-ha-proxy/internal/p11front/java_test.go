@@ -30,7 +30,7 @@ func TestJavaSunPKCS11(t *testing.T) {
 	d := startDevicesWith(t, true)
 	f := startFront(t, ClusterBackend(d.cl), fakeAuth{os.Getuid(): {"payments", "ledger"}}, d.cl.Config().PartitionNames())
 	e := newToolEnv(t, f.socket, d.keys)
-	// The README's configuration, with the payments token's slot (its position in the config).
+	// docs/pkcs11-front-end.md's configuration, with the payments token's slot (its position in the config).
 	cfg := e.write(t, "pkcs11-ha.cfg", []byte(fmt.Sprintf("name = pkcs11-ha\nlibrary = %s\nslot = %d\n", e.module, slotOf(t, d, "payments"))))
 
 	// slotListIndex = 0 is the first granted partition's token: payments here too.

@@ -351,9 +351,11 @@ func TestShutdownGraceExpires(t *testing.T) {
 		}
 	}()
 	<-entered
+	// The handler waits for its context, which only the end of the grace period cancels (the request timeout
+	// is a minute): stop returning well before the request timeout shows the grace period ended it.
 	start := time.Now()
 	require.NoError(t, ts.stop())
-	assert.Less(t, time.Since(start), 3*time.Second)
+	assert.Less(t, time.Since(start), 30*time.Second)
 	<-done
 	assert.Contains(t, ts.logs.String(), "grace period over")
 }

@@ -97,9 +97,12 @@ func (cl *Cluster) Close() error {
 }
 
 func (cl *Cluster) releaseDevices() {
+	// At once, not one after the other: each close is bounded by close_timeout, and so is their sum.
+	var wg sync.WaitGroup
 	for _, d := range cl.devices {
-		d.be.close(cl.s.own.CloseTimeout)
+		wg.Go(func() { d.be.close(cl.s.own.CloseTimeout) })
 	}
+	wg.Wait()
 }
 
 // Config returns a copy of the configuration the cluster runs with, its policy holding the values in

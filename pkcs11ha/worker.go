@@ -622,8 +622,11 @@ func (p *workerProc) end(status string) {
 }
 
 // stop asks the worker to close its device and exit, and kills it after timeout.
+//
+// Half the time goes to the orderly close, so that the kill and the reaping still fit in it: a worker's
+// module dies with its process anyway (docs/ARCHITECTURE.md, "Process model").
 func (p *workerProc) stop(timeout time.Duration) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout/2)
 	defer cancel()
 	_, _ = p.call(ctx, msgClose, nil)
 	select {

@@ -203,17 +203,10 @@ func (cl *Cluster) noteExclusions(cp *clusterPartition, label string, old *map[s
 
 // Key returns the key with the given label in the named partition.
 func (cl *Cluster) Key(ctx context.Context, partition, label string) (*Key, error) {
-	if cl.closed.Load() {
-		return nil, ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	pi, err := cl.partIndex(partition)
+	pi, cp, err := cl.lookupStart(ctx, partition)
 	if err != nil {
 		return nil, err
 	}
-	cp := cl.parts[pi]
 	cp.mu.RLock()
 	e := cp.keys[label]
 	cp.mu.RUnlock()
@@ -226,6 +219,22 @@ func (cl *Cluster) Key(ctx context.Context, partition, label string) (*Key, erro
 		return nil, fmt.Errorf("%w: %q in partition %q", ErrUnknownKey, label, partition)
 	}
 	return &Key{cl: cl, pidx: pi, part: partition, entry: e}, nil
+}
+
+// lookupStart is the start of Key and SecretKey: the cluster open, ctx live, and the partition's index and
+// catalogue.
+func (cl *Cluster) lookupStart(ctx context.Context, partition string) (int, *clusterPartition, error) {
+	if cl.closed.Load() {
+		return 0, nil, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, nil, err
+	}
+	pi, err := cl.partIndex(partition)
+	if err != nil {
+		return 0, nil, err
+	}
+	return pi, cl.parts[pi], nil
 }
 
 // Keys lists the keys of a partition, sorted by label.

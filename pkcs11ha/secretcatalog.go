@@ -68,17 +68,10 @@ func sameSecret(a, b *secretObject) bool {
 
 // SecretKey returns the secret key (AES or HMAC) with the given label in the named partition.
 func (cl *Cluster) SecretKey(ctx context.Context, partition, label string) (*SecretKey, error) {
-	if cl.closed.Load() {
-		return nil, ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	pi, err := cl.partIndex(partition)
+	pi, cp, err := cl.lookupStart(ctx, partition)
 	if err != nil {
 		return nil, err
 	}
-	cp := cl.parts[pi]
 	cp.mu.RLock()
 	e := cp.secrets[label]
 	cp.mu.RUnlock()

@@ -1,7 +1,5 @@
 package failover
 
-import ()
-
 // Pick is the routing decision alone: the lowest tier with an eligible member in mask and not in tried,
 // then power-of-two-choices on cost = peak-EWMA × (in-flight + 1) (with two candidates, both compared;
 // ties broken at random). Eligible = up, breaker not open (and past its backoff), in-flight < Capacity,

@@ -4,7 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -19,32 +20,33 @@ type clusterPartition struct {
 
 // keyEntry is one (partition, label): the reference public key and the devices that hold it.
 type keyEntry struct {
-	label    string
-	id       []byte
-	alg      string
-	pub      any
-	pubDER   []byte
-	mask     atomic.Uint64                     // devices that hold exactly this key
-	excluded atomic.Pointer[map[string]string] // device -> reason
-	cert     atomic.Pointer[[]byte]            // the key's certificate (certs.go); nil: none
+	label  string
+	id     []byte
+	alg    string
+	pub    any
+	pubDER []byte
+	servedBy
+	cert atomic.Pointer[[]byte] // the key's certificate (certs.go); nil: none
 	// certLogged is what was logged about the key's certificates (pickCertificate), under Cluster.keysMu.
 	certLogged map[string]bool
 }
 
+// servedBy is which devices serve one catalogue entry (a key pair, or a secret key) and why the others
+// do not.
+type servedBy struct {
+	mask     atomic.Uint64                     // devices that hold exactly the reference key
+	excluded atomic.Pointer[map[string]string] // device -> reason
+}
+
 // checkKeys rebuilds the key catalogue after a device (re)opened: the first devices to report a label fix
-// its reference public key (majorityKey); a device that lacks the key or holds a different one is excluded
+// its reference public key (majority); a device that lacks the key or holds a different one is excluded
 // for that key.
 func (cl *Cluster) checkKeys() {
 	cl.keysMu.Lock()
 	defer cl.keysMu.Unlock()
 	for pi, cp := range cl.parts {
 		held := cl.keysHeld(pi)
-		labels := map[string]bool{}
-		for _, keys := range held {
-			for label := range keys {
-				labels[label] = true
-			}
-		}
+		labels := labelsIn(held)
 		cp.mu.Lock()
 		for label, e := range cp.keys {
 			if !labels[label] && anyOpen(held) {
@@ -61,17 +63,16 @@ func (cl *Cluster) checkKeys() {
 				e = nil // its reference key is gone (destroyed, or rotated under the same label): vote again
 			}
 			if e == nil {
-				votes := make([]*keyObject, 0, len(held))
-				for _, keys := range held {
-					if keys != nil { // in config order: it breaks ties
-						votes = append(votes, keys[label])
-					}
-				}
-				best := majorityKey(votes)
+				best := majority(votes(held, label), samePublicKey)
 				e = &keyEntry{label: label, id: best.id, alg: best.alg, pub: best.pub, pubDER: best.pubDER}
 				cp.keys[label] = e
 			}
-			cl.assignKey(pi, cp, e, held)
+			assign(cl, pi, cp, &e.servedBy, label, held, func(k *keyObject) string {
+				if !bytes.Equal(k.pubDER, e.pubDER) {
+					return "different public key under the same label"
+				}
+				return ""
+			})
 			cl.pickCertificate(cp, e, held)
 		}
 		cl.checkSecrets(pi, cp)
@@ -89,10 +90,34 @@ func (cl *Cluster) keysHeld(pi int) []map[string]*keyObject {
 	return held
 }
 
-// majorityKey returns the key whose public key most of held share, the earliest in held on a tie (config
-// order breaks ties); nil entries are devices without the label. It is nil only if every entry is.
-func majorityKey(held []*keyObject) *keyObject {
-	var best *keyObject
+// labelsIn returns the labels some device of held holds.
+func labelsIn[T any](held []map[string]*T) map[string]bool {
+	labels := map[string]bool{}
+	for _, objs := range held {
+		for l := range objs {
+			labels[l] = true
+		}
+	}
+	return labels
+}
+
+// votes returns what each device whose partition is open holds under label (nil: not that label), in
+// config order: it breaks majority's ties.
+func votes[T any](held []map[string]*T, label string) []*T {
+	out := make([]*T, 0, len(held))
+	for _, objs := range held {
+		if objs != nil {
+			out = append(out, objs[label])
+		}
+	}
+	return out
+}
+
+// majority returns the entry of held that most entries are the same key as (same), the earliest in held
+// on a tie (config order breaks ties); nil entries are devices without the label. It is nil only if every
+// entry is. The catalogue votes with it for key pairs (samePublicKey) and secret keys (sameSecret).
+func majority[T any](held []*T, same func(a, b *T) bool) *T {
+	var best *T
 	bestN := 0
 	for _, k := range held {
 		if k == nil {
@@ -100,7 +125,7 @@ func majorityKey(held []*keyObject) *keyObject {
 		}
 		n := 0
 		for _, o := range held {
-			if o != nil && bytes.Equal(o.pubDER, k.pubDER) {
+			if o != nil && same(o, k) {
 				n++
 			}
 		}
@@ -111,32 +136,56 @@ func majorityKey(held []*keyObject) *keyObject {
 	return best
 }
 
-// assignKey sets which devices serve key e of partition cp (index pi), from the snapshot held: those holding the reference public
-// key; every other one is excluded, with the reason, logged and counted once per new exclusion.
-func (cl *Cluster) assignKey(pi int, cp *clusterPartition, e *keyEntry, held []map[string]*keyObject) {
+// samePublicKey reports whether two key pairs are the same key: the same public key.
+func samePublicKey(a, b *keyObject) bool { return bytes.Equal(a.pubDER, b.pubDER) }
+
+// assign sets which devices serve entry s (label in partition cp, index pi), from the snapshot held: those
+// whose object under label is the reference key (differs returns ""); every other one is excluded, with
+// the reason, logged and counted once per new exclusion.
+func assign[T any](cl *Cluster, pi int, cp *clusterPartition, s *servedBy, label string, held []map[string]*T, differs func(*T) string) {
 	var mask uint64
 	excl := map[string]string{}
 	for i, d := range cl.devices {
-		keys := held[i]
-		if keys == nil {
+		objs := held[i]
+		if objs == nil {
 			if why := d.be.partition(pi).CredFatal; why != "" {
 				excl[d.name] = "partition unusable: " + why
 			}
 			continue
 		}
-		k := keys[e.label]
-		switch {
-		case k == nil:
+		k := objs[label]
+		if k == nil {
 			excl[d.name] = "key missing on this device"
-		case !bytes.Equal(k.pubDER, e.pubDER):
-			excl[d.name] = "different public key under the same label"
-		default:
+		} else if why := differs(k); why != "" {
+			excl[d.name] = why
+		} else {
 			mask |= 1 << uint(d.idx)
 		}
 	}
-	cl.noteExclusions(cp, e.label, e.excluded.Load(), excl)
-	e.mask.Store(mask)
-	e.excluded.Store(&excl)
+	cl.noteExclusions(cp, label, s.excluded.Load(), excl)
+	s.mask.Store(mask)
+	s.excluded.Store(&excl)
+}
+
+// devices returns the names of the devices serving the entry, in config order.
+func (s *servedBy) devices(cl *Cluster) []string {
+	var out []string
+	mask := s.mask.Load()
+	for _, d := range cl.devices {
+		if mask&(1<<uint(d.idx)) != 0 {
+			out = append(out, d.name)
+		}
+	}
+	return out
+}
+
+// exclusions returns a copy of the entry's excluded devices and why.
+func (s *servedBy) exclusions() map[string]string {
+	out := map[string]string{}
+	if ex := s.excluded.Load(); ex != nil {
+		maps.Copy(out, *ex)
+	}
+	return out
 }
 
 // noteExclusions logs and counts the exclusions of excl that old (the key's previous ones) lacked.
@@ -154,65 +203,67 @@ func (cl *Cluster) noteExclusions(cp *clusterPartition, label string, old *map[s
 
 // Key returns the key with the given label in the named partition.
 func (cl *Cluster) Key(ctx context.Context, partition, label string) (*Key, error) {
-	if cl.closed.Load() {
-		return nil, ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
+	pi, cp, err := cl.lookupStart(ctx, partition)
+	if err != nil {
 		return nil, err
 	}
-	for pi, cp := range cl.parts {
-		if cp.name != partition {
-			continue
-		}
+	cp.mu.RLock()
+	e := cp.keys[label]
+	cp.mu.RUnlock()
+	if e == nil && cl.rescanUnknown(ctx, pi) { // live pickup: a key made elsewhere since (keysync.go)
 		cp.mu.RLock()
-		e := cp.keys[label]
+		e = cp.keys[label]
 		cp.mu.RUnlock()
-		if e == nil && cl.rescanUnknown(ctx, pi) { // live pickup: a key made elsewhere since (keysync.go)
-			cp.mu.RLock()
-			e = cp.keys[label]
-			cp.mu.RUnlock()
-		}
-		if e == nil {
-			return nil, fmt.Errorf("%w: %q in partition %q", ErrUnknownKey, label, partition)
-		}
-		return &Key{cl: cl, pidx: pi, part: partition, entry: e}, nil
 	}
-	return nil, fmt.Errorf("%w: %q", ErrUnknownPartition, partition)
+	if e == nil {
+		return nil, fmt.Errorf("%w: %q in partition %q", ErrUnknownKey, label, partition)
+	}
+	return &Key{cl: cl, pidx: pi, part: partition, entry: e}, nil
+}
+
+// lookupStart is the start of Key and SecretKey: the cluster open, ctx live, and the partition's index and
+// catalogue.
+func (cl *Cluster) lookupStart(ctx context.Context, partition string) (int, *clusterPartition, error) {
+	if cl.closed.Load() {
+		return 0, nil, ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, nil, err
+	}
+	pi, err := cl.partIndex(partition)
+	if err != nil {
+		return 0, nil, err
+	}
+	return pi, cl.parts[pi], nil
 }
 
 // Keys lists the keys of a partition, sorted by label.
 func (cl *Cluster) Keys(partition string) ([]KeyInfo, error) {
-	for _, cp := range cl.parts {
-		if cp.name != partition {
-			continue
-		}
-		cp.mu.RLock()
-		defer cp.mu.RUnlock()
-		out := make([]KeyInfo, 0, len(cp.keys))
-		for _, e := range cp.keys {
-			out = append(out, cl.keyInfo(e))
-		}
-		sort.Slice(out, func(i, j int) bool { return out[i].Label < out[j].Label })
-		return out, nil
+	return listEntries(cl, partition, func(cp *clusterPartition) map[string]*keyEntry { return cp.keys }, cl.keyInfo)
+}
+
+// listEntries lists the entries of a partition's catalogue (entries picks the key pairs or the secret
+// keys) as info describes them, sorted by label.
+func listEntries[E, I any](cl *Cluster, partition string, entries func(*clusterPartition) map[string]*E, info func(*E) I) ([]I, error) {
+	pi, err := cl.partIndex(partition)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("%w: %q", ErrUnknownPartition, partition)
+	cp := cl.parts[pi]
+	cp.mu.RLock()
+	defer cp.mu.RUnlock()
+	labels := slices.Sorted(maps.Keys(entries(cp)))
+	out := make([]I, 0, len(labels))
+	for _, l := range labels {
+		out = append(out, info(entries(cp)[l]))
+	}
+	return out, nil
 }
 
 func (cl *Cluster) keyInfo(e *keyEntry) KeyInfo {
-	ki := KeyInfo{Label: e.label, ID: hexID(e.id), Algorithm: e.alg, Public: e.pub, Excluded: map[string]string{}, Fingerprint: Fingerprint(e.pubDER)}
+	ki := KeyInfo{Label: e.label, ID: hexID(e.id), Algorithm: e.alg, Public: e.pub, Devices: e.devices(cl), Excluded: e.exclusions(), Fingerprint: Fingerprint(e.pubDER)}
 	if c := e.cert.Load(); c != nil {
 		ki.Certificate = *c
-	}
-	mask := e.mask.Load()
-	for _, d := range cl.devices {
-		if mask&(1<<uint(d.idx)) != 0 {
-			ki.Devices = append(ki.Devices, d.name)
-		}
-	}
-	if ex := e.excluded.Load(); ex != nil {
-		for k, v := range *ex {
-			ki.Excluded[k] = v
-		}
 	}
 	return ki
 }

@@ -98,7 +98,7 @@ func certificateFor(k *keyObject, certs []certObject) (der []byte, ignored strin
 // the key: the one most of them hold, config order breaking ties; devices without one do not vote, so a
 // certificate written to some devices only is presented already. When no serving device is open the
 // certificate is kept; when they all hold none it is dropped. Ignored certificates and disagreeing devices
-// are logged once per device and certificate. Called with cl.keysMu held, after assignKey.
+// are logged once per device and certificate. Called with cl.keysMu held, after assign.
 func (cl *Cluster) pickCertificate(cp *clusterPartition, e *keyEntry, held []map[string]*keyObject) {
 	mask := e.mask.Load()
 	if mask == 0 {

@@ -1,74 +1,76 @@
 package pkcs11ha
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/hex"
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
+	"maps"
 	"slices"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 )
 
 // compareKeys builds the key part of Inspect's report: for every partition and key label found on any
-// device, the reference key as Open picks it (majorityKey over the devices whose partition opened, in
-// config order) and what every device holds under that label. held is [device][partition] -> label -> key,
-// nil where the partition did not open.
+// device, the reference key as Open picks it (majority over the devices whose partition opened, in config
+// order) and what every device holds under that label. held is [device][partition] -> label -> key, nil
+// where the partition did not open.
 func compareKeys(cfg *Config, devs []inspection.DeviceReport, held [][]map[string]*keyObject) []inspection.PartitionReport {
 	out := make([]inspection.PartitionReport, len(cfg.Partitions))
 	for pi, pc := range cfg.Partitions {
-		var labels []string
-		for _, h := range held {
-			if h == nil || h[pi] == nil {
-				continue
-			}
-			for l := range h[pi] {
-				if !slices.Contains(labels, l) {
-					labels = append(labels, l)
-				}
+		keys := make([]map[string]*keyObject, len(held))
+		for di, h := range held {
+			if h != nil {
+				keys[di] = h[pi]
 			}
 		}
-		slices.Sort(labels)
-		pr := inspection.PartitionReport{Name: pc.Name, Keys: []inspection.KeyReport{}}
-		for _, l := range labels {
-			var votes []*keyObject
-			for _, h := range held {
-				if h != nil && h[pi] != nil {
-					votes = append(votes, h[pi][l])
-				}
-			}
-			ref := majorityKey(votes)
-			kr := inspection.KeyReport{Label: l, Algorithm: ref.alg, Fingerprint: fingerprint(ref.pubDER), Consistent: true}
-			kr.KeyType, kr.Bits = keyTypeBits(ref.pub)
-			for di, dr := range devs {
-				kd := inspection.KeyOnDevice{Device: dr.Name, Status: inspection.KeyUnchecked}
-				if held[di] != nil && held[di][pi] != nil {
-					k := held[di][pi][l]
-					switch {
-					case k == nil:
-						kd.Status = inspection.KeyMissing
-					case bytes.Equal(k.pubDER, ref.pubDER):
-						kd.Status = inspection.KeyMatch
-					default:
-						kd.Status = inspection.KeyDifferent
-					}
-					if k != nil {
-						kd.Algorithm, kd.Fingerprint = k.alg, fingerprint(k.pubDER)
-						kd.KeyType, kd.Bits = keyTypeBits(k.pub)
-					}
-				}
-				if kd.Status == inspection.KeyMissing || kd.Status == inspection.KeyDifferent {
-					kr.Consistent = false
-				}
-				kr.Devices = append(kr.Devices, kd)
-			}
-			pr.Keys = append(pr.Keys, kr)
-		}
-		out[pi] = pr
+		out[pi] = inspection.PartitionReport{Name: pc.Name, Keys: compareLabels([]inspection.KeyReport{}, devs, keys, samePublicKey, describeKey)}
 	}
 	return out
+}
+
+func describeKey(k *keyObject) inspection.KeyOnDevice {
+	kd := inspection.KeyOnDevice{Algorithm: k.alg, Fingerprint: fingerprint(k.pubDER)}
+	kd.KeyType, kd.Bits = keyTypeBits(k.pub)
+	return kd
+}
+
+// compareLabels appends to into the report of one partition's keys of one kind (key pairs or secret
+// keys), sorted by label: for every label a device holds, the reference as Open's vote picks it (majority
+// with same) and what every device holds. held is per device (in devs' order) label -> key, nil where the
+// partition did not open; describe gives a key's type, size, algorithm and fingerprint.
+func compareLabels[T any](into []inspection.KeyReport, devs []inspection.DeviceReport, held []map[string]*T, same func(a, b *T) bool, describe func(*T) inspection.KeyOnDevice) []inspection.KeyReport {
+	for _, l := range slices.Sorted(maps.Keys(labelsIn(held))) {
+		ref := majority(votes(held, l), same)
+		rd := describe(ref)
+		kr := inspection.KeyReport{Label: l, Algorithm: rd.Algorithm, Fingerprint: rd.Fingerprint, KeyType: rd.KeyType, Bits: rd.Bits, Consistent: true}
+		for di, dr := range devs {
+			kd := inspection.KeyOnDevice{Status: inspection.KeyUnchecked}
+			if held[di] != nil {
+				k := held[di][l]
+				if k != nil {
+					kd = describe(k)
+				}
+				switch {
+				case k == nil:
+					kd.Status = inspection.KeyMissing
+				case same(k, ref):
+					kd.Status = inspection.KeyMatch
+				default:
+					kd.Status = inspection.KeyDifferent
+				}
+			}
+			kd.Device = dr.Name
+			if kd.Status == inspection.KeyMissing || kd.Status == inspection.KeyDifferent {
+				kr.Consistent = false
+			}
+			kr.Devices = append(kr.Devices, kd)
+		}
+		into = append(into, kr)
+	}
+	return into
 }
 
 // fingerprint is the hex SHA-256 of a SubjectPublicKeyInfo DER (what `openssl pkey -pubin -outform DER |

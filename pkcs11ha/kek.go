@@ -49,14 +49,9 @@ func InitKEK(ctx context.Context, cfg *Config, partition, soPIN string) (*KEKRep
 	if err != nil {
 		return nil, err
 	}
-	pi := -1
-	for i, p := range s.cfg.Partitions {
-		if p.Name == partition {
-			pi = i
-		}
-	}
-	if pi < 0 {
-		return nil, fmt.Errorf("%w: %q", ErrUnknownPartition, partition)
+	pi, err := s.cfg.partIndex(partition)
+	if err != nil {
+		return nil, err
 	}
 	rep := &KEKReport{Partition: partition, Refused: map[string]string{}}
 	var devs []*device

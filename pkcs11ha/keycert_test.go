@@ -9,9 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"math/big"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -25,24 +22,7 @@ import (
 // deviceCert reads the certificate labelled label from one device itself (nil when it holds none).
 func deviceCert(t *testing.T, d *softhsmtest.Device, label string) []byte {
 	t.Helper()
-	tools, err := softhsmtest.LookupTools()
-	require.NoError(t, err)
-	if tools.PKCS11Tool == "" {
-		t.Skip("pkcs11-tool not installed (Debian package opensc)")
-	}
-	out := filepath.Join(t.TempDir(), "cert.der")
-	cmd := exec.Command(tools.PKCS11Tool, "--module", d.ModulePath, "--token-label", "payments", "--read-object", "--type", "cert",
-		"--label", label, "--output-file", out)
-	cmd.Env = os.Environ()
-	for k, v := range d.ModuleEnv {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	if cmd.Run() != nil {
-		return nil
-	}
-	der, err := os.ReadFile(out)
-	require.NoError(t, err)
-	return der
+	return harnesstest.DeviceObject(t, d, "payments", "cert", label)
 }
 
 // certFor is a certificate of pub (CN = cn) from a throw-away software CA.

@@ -183,8 +183,11 @@ func (cl *Cluster) readHoldings(ctx context.Context, pi int, ds []*clusterDevice
 }
 
 // partIndex returns the index of the named partition.
-func (cl *Cluster) partIndex(partition string) (int, error) {
-	for pi, p := range cl.s.cfg.Partitions {
+func (cl *Cluster) partIndex(partition string) (int, error) { return cl.s.cfg.partIndex(partition) }
+
+// partIndex returns the index of the named partition in c.Partitions.
+func (c *Config) partIndex(partition string) (int, error) {
+	for pi, p := range c.Partitions {
 		if p.Name == partition {
 			return pi, nil
 		}

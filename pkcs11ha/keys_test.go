@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -48,24 +47,10 @@ func openKeysCluster(t *testing.T, topo *softhsmtest.Topology, repl, policy stri
 // (pkcs11-tool 0.23 cannot rebuild P-384 public keys: "cannot create EVP_PKEY"; tests read P-256 and RSA.)
 func devicePublicKey(t *testing.T, d *softhsmtest.Device, token, label string) crypto.PublicKey {
 	t.Helper()
-	tools, err := softhsmtest.LookupTools()
-	require.NoError(t, err)
-	if tools.PKCS11Tool == "" {
-		t.Skip("pkcs11-tool not installed (Debian package opensc)")
-	}
-	out := filepath.Join(t.TempDir(), "pub.der")
-	cmd := exec.Command(tools.PKCS11Tool, "--module", d.ModulePath, "--token-label", token, "--read-object", "--type", "pubkey",
-		"--label", label, "--output-file", out)
-	cmd.Env = os.Environ()
-	for k, v := range d.ModuleEnv {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Logf("pkcs11-tool on %s, %s: %v: %s", d.Name, label, err, b)
+	der := harnesstest.DeviceObject(t, d, token, "pubkey", label)
+	if der == nil {
 		return nil
 	}
-	der, err := os.ReadFile(out)
-	require.NoError(t, err)
 	pub, err := x509.ParsePKIXPublicKey(der)
 	require.NoError(t, err, "device %s", d.Name)
 	return pub

@@ -30,7 +30,7 @@ func TestMajorityKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := majorityKey(tt.held)
+			got := majority(tt.held, samePublicKey)
 			if tt.want == "" {
 				assert.Nil(t, got)
 				return

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -64,25 +63,11 @@ func keysCLI(t *testing.T, bin string, args ...string) (int, string) {
 // devicePub reads label's public key from device d itself with pkcs11-tool (nil: none there).
 func devicePub(t *testing.T, d *softhsmtest.Device, label string) []byte {
 	t.Helper()
-	tools, err := softhsmtest.LookupTools()
-	require.NoError(t, err)
-	if tools.PKCS11Tool == "" {
-		t.Skip("pkcs11-tool not installed (Debian package opensc)")
+	der := harnesstest.DeviceObject(t, d, "payments", "pubkey", label)
+	if der != nil {
+		_, err := x509.ParsePKIXPublicKey(der)
+		require.NoError(t, err)
 	}
-	out := filepath.Join(t.TempDir(), "pub.der")
-	cmd := exec.Command(tools.PKCS11Tool, "--module", d.ModulePath, "--token-label", "payments", "--read-object", "--type", "pubkey",
-		"--label", label, "--output-file", out)
-	cmd.Env = os.Environ()
-	for k, v := range d.ModuleEnv {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	if cmd.Run() != nil {
-		return nil
-	}
-	der, err := os.ReadFile(out)
-	require.NoError(t, err)
-	_, err = x509.ParsePKIXPublicKey(der)
-	require.NoError(t, err)
 	return der
 }
 

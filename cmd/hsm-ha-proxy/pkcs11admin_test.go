@@ -166,7 +166,7 @@ func testDoorCertificate(t *testing.T, p *p11Admin, topo *softhsmtest.Topology, 
 	require.NoError(t, os.WriteFile(p.path("cert.der"), der, 0o644))
 	p.must(t, "--token-label", "payments", "--write-object", p.path("cert.der"), "--type", "cert", "--id", "0a0b", "--label", "p11-ec")
 	for _, d := range topo.Devices {
-		assert.Equal(t, der, deviceObject(t, d, "cert", "p11-ec"), "the certificate on %s, read from the device", d.Name)
+		assert.Equal(t, der, harnesstest.DeviceObject(t, d, "payments", "cert", "p11-ec"), "the certificate on %s, read from the device", d.Name)
 	}
 	out := p.must(t, "--token-label", "payments", "-O")
 	assert.Contains(t, out, "Certificate Object")
@@ -217,24 +217,4 @@ func testDoorRename(t *testing.T, p *p11Admin, topo *softhsmtest.Topology) {
 		assert.Equal(t, ref, devicePub(t, d, "p11-rsa-2"), "renamed on %s", d.Name)
 		assert.Nil(t, devicePub(t, d, "p11-rsa"), "the old label is gone from %s", d.Name)
 	}
-}
-
-// deviceObject reads object label of type typ (pkcs11-tool's --type) from device d itself (nil: none there).
-func deviceObject(t *testing.T, d *softhsmtest.Device, typ, label string) []byte {
-	t.Helper()
-	tools, err := softhsmtest.LookupTools()
-	require.NoError(t, err)
-	out := filepath.Join(t.TempDir(), "obj.der")
-	cmd := exec.Command(tools.PKCS11Tool, "--module", d.ModulePath, "--token-label", "payments", "--read-object", "--type", typ,
-		"--label", label, "--output-file", out)
-	cmd.Env = os.Environ()
-	for k, v := range d.ModuleEnv {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	if cmd.Run() != nil {
-		return nil
-	}
-	b, err := os.ReadFile(out)
-	require.NoError(t, err)
-	return b
 }

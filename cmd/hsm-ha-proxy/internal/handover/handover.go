@@ -214,3 +214,8 @@ func closeFile(f *os.File) {
 		f.Close()
 	}
 }
+
+// Sender passes a message to the new process of a hot upgrade (*Conn); the doors' HandOver take it.
+type Sender interface {
+	Send(kind Kind, body any, fd *os.File) error
+}

@@ -241,8 +241,7 @@ func (r *registry) forget(partition, label string, classes ...uint64) {
 		k := objKey{partition: partition, label: label, class: class}
 		if h, ok := r.handles[k]; ok {
 			delete(r.handles, k)
-			delete(r.objects, h)
-			delete(r.spki, h)
+			r.dropObject(h)
 		}
 	}
 }
@@ -255,8 +254,7 @@ func (r *registry) relabel(partition, label, newLabel string) {
 	for _, class := range keyClasses {
 		from, to := objKey{partition: partition, label: label, class: class}, objKey{partition: partition, label: newLabel, class: class}
 		if old, ok := r.handles[to]; ok { // a key once known under the new label: its handles end
-			delete(r.objects, old)
-			delete(r.spki, old)
+			r.dropObject(old)
 		}
 		h, ok := r.handles[from]
 		if !ok {
@@ -264,8 +262,14 @@ func (r *registry) relabel(partition, label, newLabel string) {
 			continue
 		}
 		delete(r.handles, from)
-		delete(r.objects, h)
-		delete(r.spki, h)
+		r.dropObject(h)
 		r.handles[to] = h
 	}
+}
+
+// dropObject forgets the object built for handle h and what it was built from (r.mu held); the next
+// listing builds it again if the handle still names something.
+func (r *registry) dropObject(h uint64) {
+	delete(r.objects, h)
+	delete(r.spki, h)
 }

@@ -14,11 +14,6 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/unixsock"
 )
 
-// Sender passes a message to the new process of a hot upgrade (*handover.Conn).
-type Sender interface {
-	Send(kind handover.Kind, body any, fd *os.File) error
-}
-
 // HandOver passes the front end to the new process of a hot upgrade (docs/ARCHITECTURE.md, "Hot
 // upgrade"): it stops accepting (the listener is closed; the caller has kept its socket file for the new
 // process, which accepts on the same socket), stops every connection at a frame boundary once the calls
@@ -26,7 +21,7 @@ type Sender interface {
 // state. A connection still busy after the grace period has its calls cancelled, as at shutdown; one that
 // cannot be sent is closed (its application sees what a restart shows it). It returns how many
 // connections were handed over. Serve returns once ctx ends, after HandOver.
-func (s *Server) HandOver(ctx context.Context, send Sender) (int, error) {
+func (s *Server) HandOver(ctx context.Context, send handover.Sender) (int, error) {
 	select {
 	case <-s.started:
 	default:
@@ -105,7 +100,7 @@ func (s *Server) closeAll(conns []*conn) {
 }
 
 // sendTo sends the connection's socket and state, then closes this process's descriptor of it.
-func (c *conn) sendTo(send Sender) error {
+func (c *conn) sendTo(send handover.Sender) error {
 	defer c.nc.Close()
 	uc, ok := c.nc.(*net.UnixConn)
 	if !ok {
@@ -145,23 +140,13 @@ func (s *Server) ImportObjects(body []byte) error {
 	return nil
 }
 
-// adoptWait bounds how long Adopt waits for Serve to start (they are called from different goroutines).
-const adoptWait = 10 * time.Second
-
 // Adopt serves a connection handed over by the old process of a hot upgrade (handover.KindPKCS11Conn):
 // its socket f (closed here) and its state. The peer is identified again from the socket (SO_PEERCRED) and
 // must be the uid the state names; the connection is closed otherwise. Serve must be running, or about to.
 func (s *Server) Adopt(f *os.File, body []byte) error {
-	nc, err := net.FileConn(f)
-	f.Close()
+	nc, err := unixsock.Adopt(f, s.started)
 	if err != nil {
-		return fmt.Errorf("p11front: adopting a connection: %w", err)
-	}
-	select {
-	case <-s.started:
-	case <-time.After(adoptWait):
-		nc.Close()
-		return errors.New("p11front: Adopt: Serve was not called")
+		return fmt.Errorf("p11front: %w", err)
 	}
 	var st connState
 	if err := json.Unmarshal(body, &st); err != nil {

@@ -3,8 +3,6 @@ package p11front
 import (
 	"context"
 	"crypto"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -134,25 +132,7 @@ func (d *devices) pin(partition string) string {
 // module and token, not through the cluster — or nil when the device holds none.
 func (d *devices) deviceObject(t testing.TB, device, partition, typ, label string) []byte {
 	t.Helper()
-	tools, err := softhsmtest.LookupTools()
-	require.NoError(t, err)
-	if tools.PKCS11Tool == "" {
-		t.Skip("pkcs11-tool not installed (Debian package opensc)")
-	}
-	dev := d.topo.Device(device)
-	out := filepath.Join(t.TempDir(), "obj.der")
-	cmd := exec.Command(tools.PKCS11Tool, "--module", dev.ModulePath, "--token-label", partition, "--read-object", "--type", typ,
-		"--label", label, "--output-file", out)
-	cmd.Env = os.Environ()
-	for k, v := range dev.ModuleEnv {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	if cmd.Run() != nil {
-		return nil
-	}
-	b, err := os.ReadFile(out)
-	require.NoError(t, err)
-	return b
+	return harnesstest.DeviceObject(t, d.topo.Device(device), partition, typ, label)
 }
 
 // deviceNames are the harness's devices, in config order.

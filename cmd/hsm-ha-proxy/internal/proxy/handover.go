@@ -23,16 +23,11 @@ import (
 // request in flight finishes here first. TLS connections carry state that cannot be passed: they finish
 // their requests and are closed by the shutdown that follows.
 
-// Sender passes a message to the new process of a hot upgrade (*handover.Conn).
-type Sender interface {
-	Send(kind handover.Kind, body any, fd *os.File) error
-}
-
 // HandOver stops accepting (the socket file stays for the new process, which accepts on the same socket)
 // and passes every unix connection to the new process as soon as it is idle, waiting at most
 // server.shutdown_grace; it returns how many it passed. What is left (requests still running, TLS
 // connections) is finished by Serve's shutdown when its context ends.
-func (s *Server) HandOver(ctx context.Context, send Sender) (int, error) {
+func (s *Server) HandOver(ctx context.Context, send handover.Sender) (int, error) {
 	select {
 	case <-s.started:
 	default:
@@ -61,22 +56,12 @@ func (s *Server) HandOver(ctx context.Context, send Sender) (int, error) {
 	return int(s.passed.Load()), nil
 }
 
-// adoptWait bounds how long Adopt waits for Serve to start (they are called from different goroutines).
-const adoptWait = 10 * time.Second
-
 // Adopt serves a connection the old process of a hot upgrade passed (handover.KindHTTPConn): f is its
 // socket (closed here). Serve must be running.
 func (s *Server) Adopt(f *os.File) error {
-	nc, err := net.FileConn(f)
-	f.Close()
+	nc, err := unixsock.Adopt(f, s.started)
 	if err != nil {
-		return fmt.Errorf("proxy: adopting a connection: %w", err)
-	}
-	select {
-	case <-s.started:
-	case <-time.After(adoptWait):
-		nc.Close()
-		return errors.New("proxy: Adopt: Serve was not called")
+		return fmt.Errorf("proxy: %w", err)
 	}
 	select {
 	case s.hl.adopted <- nc:

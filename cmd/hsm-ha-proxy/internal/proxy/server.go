@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/handover"
 	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/servedkey"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sidecarconfig"
@@ -87,7 +88,7 @@ type Server struct {
 	started chan struct{}
 	hmu     sync.Mutex
 	conns   map[*hconn]struct{}
-	send    Sender
+	send    handover.Sender
 	passed  atomic.Int64
 
 	serving  atomic.Bool

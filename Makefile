@@ -87,7 +87,8 @@ bench: deps
 chaos: deps
 	# Live output and a log; the tests' own exit status decides (sh has no pipefail).
 	{ CHAOS_LONG=1 $(GO) test -count=1 -timeout 90m -run 'TestChaos|TestSoak' -v ./lab/chaos/ && \
-		CHAOS_LONG=1 $(GO) test -count=1 -timeout 30m -run '^(TestHotUpgrade|TestWorkerFaults)$$' -v ./cmd/hsm-ha-proxy/; \
+		CHAOS_LONG=1 $(GO) test -count=1 -timeout 30m -run '^(TestHotUpgrade|TestWorkerFaults)$$' -v ./cmd/hsm-ha-proxy/ && \
+		CHAOS_LONG=1 $(GO) test -count=1 -timeout 20m -run '^(TestKeysRace|TestWorkerKillSoak)$$' -v ./pkcs11ha/; \
 		echo $$? > chaos.status; } 2>&1 | tee chaos.log; status=$$(cat chaos.status); rm -f chaos.status; exit $$status
 
 lint:

@@ -186,7 +186,7 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 
 // setKeys replaces the cached keys and tells the cluster.
 func (w *workerDevice) setKeys(gen uint64, parts [][]wireKey, secretParts [][]wireSecret) {
-	keys := make([]map[string]*keyObject, len(w.keyCache))
+	keys := make([]map[string]*keyObject, len(w.s.cfg.Partitions))
 	for pi := range keys {
 		if pi >= len(parts) || parts[pi] == nil {
 			continue

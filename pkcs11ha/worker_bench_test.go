@@ -19,7 +19,7 @@ func BenchmarkIsolation(b *testing.B) {
 	for _, iso := range []string{"none", "process"} {
 		b.Run(iso, func(b *testing.B) {
 			topo := harnesstest.Start(b, softhsmtest.Options{Devices: inProcess("dev-a")})
-			cl, _ := openCluster(b, topo, "{isolation: "+iso+"}")
+			cl, _ := openCluster(b, topo, "isolation: "+iso)
 			k, err := cl.Key(context.Background(), "ledger", "ec-key")
 			require.NoError(b, err)
 			d := sha256.Sum256([]byte("bench"))

@@ -243,7 +243,7 @@ func TestOneCallSign(t *testing.T) {
 	for _, iso := range []string{pkcs11ha.IsolationNone, pkcs11ha.IsolationProcess} {
 		t.Run(iso, func(t *testing.T) {
 			topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
-			cl, _ := openCluster(t, topo, "{isolation: "+iso+"}")
+			cl, _ := openCluster(t, topo, "isolation: "+iso)
 			ctx := context.Background()
 			ec, err := cl.Key(ctx, "ledger", "ec-key")
 			require.NoError(t, err)

@@ -40,7 +40,7 @@ func TestCBCPad(t *testing.T) {
 
 // TestCBCPadFallback: over p11-kit 0.24, whose RPC drops CKM_AES_CBC_PAD, EncryptCBCPad and DecryptCBCPad
 // are ErrUnsupported; with policy.cbc_fallback they are computed from AES-ECB on the token, with the same
-// outputs and refusals as the mechanism's.
+// outputs and refusals as the mechanism's (encryption up to 1 KiB).
 func TestCBCPadFallback(t *testing.T) {
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: softhsmtest.DefaultTopology(0)[:2], SecretKeys: softhsmtest.DefaultSecretKeys()})
 	t.Run("off", func(t *testing.T) {
@@ -58,6 +58,22 @@ func TestCBCPadFallback(t *testing.T) {
 	t.Run("on", func(t *testing.T) {
 		cl, _ := openCluster(t, topo, "cbc_fallback: true")
 		checkCBCPad(t, cl, topo)
+		// Encryption costs a round trip per block: over 1 KiB it is refused, as the caller's (not counted).
+		k, err := cl.SecretKey(context.Background(), "payments", "aes-key")
+		require.NoError(t, err)
+		_, err = k.EncryptCBCPad(context.Background(), make([]byte, 16), make([]byte, 1025))
+		require.ErrorIs(t, err, pkcs11ha.ErrUnsupported)
+		require.ErrorContains(t, err, "1024 bytes at most")
+		ct, err := k.EncryptCBCPad(context.Background(), make([]byte, 16), make([]byte, 1024))
+		require.NoError(t, err)
+		require.Len(t, ct, 1040)
+		big := bytes.Repeat([]byte("4 KiB and more. "), 300)
+		pt, err := k.DecryptCBCPad(context.Background(), make([]byte, 16), goCBC(t, topo.SecretKeys["aes-key"], make([]byte, 16), pkcs7(big)))
+		require.NoError(t, err, "decryption is one call at any size")
+		require.True(t, bytes.Equal(big, pt))
+		for _, st := range cl.Status() {
+			require.Equal(t, "closed", st.Breaker, st.Name)
+		}
 	})
 }
 

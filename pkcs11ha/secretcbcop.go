@@ -37,6 +37,12 @@ func (op *deviceOp) cbc(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHa
 	return out, runOp, err
 }
 
+// cbcFallbackMaxEncrypt bounds what the fallback encrypts: it costs a round trip per block (~75 µs
+// through p11-kit on the test VM), and an attempt that outlives attempt_timeout (50 ms by default) on every
+// device would be counted against each — a caller's large plaintext must not be a lever on the breakers.
+// 1 KiB is 65 blocks; data keys are 16 to 64 bytes. Decryption is one call at any size.
+const cbcFallbackMaxEncrypt = 1024
+
 // cbcFromECB computes AES-CBC-PAD from AES-ECB on the token. Decryption is one C_Decrypt of every block
 // (P_i = D(C_i) ⊕ C_i−1), then the padding checked in constant time; encryption is one C_EncryptUpdate per
 // block, since each block's input is the previous block's output (C_i = E(P_i ⊕ C_i−1)). Nothing enters
@@ -46,6 +52,9 @@ func (op *deviceOp) cbcFromECB(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.O
 	ecb := plainMechs[pkcs11.CKM_AES_ECB]
 	iv := op.Mech.CBCIV
 	if op.Kind == kindCBCEncrypt {
+		if len(op.Input) > cbcFallbackMaxEncrypt {
+			return nil, opEncryptInit, &MechanismError{Mechanism: fmt.Sprintf("CKM_AES_CBC_PAD (fallback: encryption of %d bytes at most)", cbcFallbackMaxEncrypt)}
+		}
 		return cbcEncryptECB(c, s, h, iv, op.Input)
 	}
 	in := op.Input

@@ -173,8 +173,8 @@ func classify(op string, rv uint) Class {
 		return ClassDeviceDown
 	case pkcs11.CKR_FUNCTION_FAILED, pkcs11.CKR_GENERAL_ERROR:
 		if op == opDecrypt {
-			// SoftHSM answers a bad OAEP padding, and an AES-GCM tag that does not match, with
-			// CKR_GENERAL_ERROR. A ciphertext is attacker-controlled: letting it trip breakers or fail over
+			// SoftHSM 2.6.1 answers a bad OAEP padding, an AES-GCM tag that does not match and a bad
+			// AES-CBC-PAD padding with CKR_GENERAL_ERROR (single-part C_Decrypt: the only decryption called). A ciphertext is attacker-controlled: letting it trip breakers or fail over
 			// would hand out a DoS lever and a padding oracle. (C_Encrypt failing is the device's: a Seal
 			// retried elsewhere computes the same output, docs/ARCHITECTURE.md, "Secret keys".)
 			return ClassDecryptRefused

@@ -95,7 +95,16 @@ type MechanismError struct {
 }
 
 func (e *MechanismError) Error() string {
-	return fmt.Sprintf("pkcs11ha: device %s does not support %s (set policy.oaep_fallback to decode OAEP in Go)", e.Device, e.Mechanism)
+	hint := " (set policy.oaep_fallback to decode OAEP in Go)"
+	switch {
+	case strings.Contains(e.Mechanism, "(fallback"):
+		hint = "" // the fallback's own limit, said in Mechanism
+	case strings.HasPrefix(e.Mechanism, "CKM_AES_GCM"):
+		hint = " (policy.gcm_fallback computes it from AES-ECB)"
+	case strings.HasPrefix(e.Mechanism, "CKM_AES_CBC_PAD"):
+		hint = " (policy.cbc_fallback computes it from AES-ECB)"
+	}
+	return fmt.Sprintf("pkcs11ha: device %s does not support %s%s", e.Device, e.Mechanism, hint)
 }
 
 func (e *MechanismError) class() Class { return ClassCaller }

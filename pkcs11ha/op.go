@@ -16,15 +16,17 @@ import (
 type opKind uint8
 
 const (
-	kindSign    opKind = iota + 1 // C_SignInit + C_Sign with the private key
-	kindDecrypt                   // C_DecryptInit + C_Decrypt with the private key
-	kindSeal                      // AES-GCM encryption with a secret key (secretops.go)
-	kindOpen                      // AES-GCM decryption with a secret key
-	kindMAC                       // HMAC (C_SignInit + C_Sign) with a secret key
+	kindSign       opKind = iota + 1 // C_SignInit + C_Sign with the private key
+	kindDecrypt                      // C_DecryptInit + C_Decrypt with the private key
+	kindSeal                         // AES-GCM encryption with a secret key (secretops.go)
+	kindOpen                         // AES-GCM decryption with a secret key
+	kindMAC                          // HMAC (C_SignInit + C_Sign) with a secret key
+	kindCBCEncrypt                   // AES-CBC with PKCS#7 padding (CKM_AES_CBC_PAD), encryption (secretcbcop.go)
+	kindCBCDecrypt                   // AES-CBC-PAD decryption
 )
 
 // secret reports whether the operation uses a secret key (CKO_SECRET_KEY) rather than a private key.
-func (k opKind) secret() bool { return k == kindSeal || k == kindOpen || k == kindMAC }
+func (k opKind) secret() bool { return k >= kindSeal && k <= kindCBCDecrypt }
 
 // mechSpec is a PKCS#11 mechanism with its parameters as values.
 type mechSpec struct {
@@ -37,6 +39,8 @@ type mechSpec struct {
 	// AES-GCM (CKM_AES_GCM): the 96-bit nonce, the additional authenticated data and the tag size in bits.
 	GCMIV, GCMAAD []byte
 	GCMTagBits    uint
+	// AES-CBC-PAD (CKM_AES_CBC_PAD): the 16-byte IV, the mechanism's parameter.
+	CBCIV []byte
 }
 
 // Mechanisms without parameters are shared: miekg/pkcs11 only reads them.
@@ -90,6 +94,9 @@ type deviceOp struct {
 	// GCMFallback: AES-GCM built in Go from AES-ECB blocks the token encrypts, when the token or its
 	// transport refuses CKM_AES_GCM parameters (policy.gcm_fallback; secretops.go).
 	GCMFallback bool
+	// CBCFallback: AES-CBC-PAD built in Go from AES-ECB on the token, when the token or its transport
+	// refuses CKM_AES_CBC_PAD (policy.cbc_fallback; secretcbcop.go).
+	CBCFallback bool
 }
 
 // exec runs the operation on session s with key handle h; it returns the output and the PKCS#11 function
@@ -106,6 +113,8 @@ func (op *deviceOp) exec(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectH
 		return op.decrypt(c, s, h)
 	case kindSeal, kindOpen:
 		return op.gcm(c, s, h)
+	case kindCBCEncrypt, kindCBCDecrypt:
+		return op.cbc(c, s, h)
 	case kindMAC:
 		if err := c.SignInit(s, op.Mech.p11(), h); err != nil {
 			return nil, opSignInit, err

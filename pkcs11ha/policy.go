@@ -65,6 +65,10 @@ type Policy struct {
 	// GCMFallback: when a device (or its transport: p11-kit 0.24's RPC) refuses CKM_AES_GCM, AES-GCM is
 	// computed in Go from AES-ECB blocks the token encrypts (docs/ARCHITECTURE.md, "Secret keys").
 	GCMFallback bool `yaml:"gcm_fallback"`
+	// CBCFallback: when a device (or its transport: p11-kit 0.24's RPC) refuses CKM_AES_CBC_PAD, AES-CBC-PAD
+	// is computed in Go from AES-ECB on the token: one call to decrypt, one call per block to encrypt
+	// (docs/ARCHITECTURE.md, "Secret keys").
+	CBCFallback bool `yaml:"cbc_fallback"`
 	// DisablePanic turns off panic mode (one breaker-free attempt when breakers shut out every device that
 	// health calls up).
 	DisablePanic bool `yaml:"disable_panic"`
@@ -164,6 +168,7 @@ type ownSettings struct {
 	MaxRetired       int // 0: no cap of its own (MaxStuckCalls bounds what retired instances hold)
 	OAEPFallback     bool
 	GCMFallback      bool
+	CBCFallback      bool
 	MaxStuckCalls    int
 	P11KitInstances  int
 	VerifySignatures string
@@ -328,6 +333,7 @@ func bindings(p *Policy, r *failover.Config, h *health.MonitorConfig, o *ownSett
 		bind("max_retired_instances", toOwn, "MaxRetired", &p.MaxRetired, &o.MaxRetired),
 		bind("oaep_fallback", toOwn, "OAEPFallback", &p.OAEPFallback, &o.OAEPFallback),
 		bind("gcm_fallback", toOwn, "GCMFallback", &p.GCMFallback, &o.GCMFallback),
+		bind("cbc_fallback", toOwn, "CBCFallback", &p.CBCFallback, &o.CBCFallback),
 		bind("max_stuck_calls", toOwn, "MaxStuckCalls", &p.MaxStuckCalls, &o.MaxStuckCalls),
 		bind("p11kit_client_instances", toOwn, "P11KitInstances", &p.P11KitInstances, &o.P11KitInstances),
 		bind("verify_signatures", toOwn, "VerifySignatures", &p.VerifySignatures, &o.VerifySignatures),

@@ -6,7 +6,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
-// Errors of SecretKey's Open and VerifyMAC: the caller's input does not authenticate. They are never a
+// Errors of SecretKey's Open, VerifyMAC and DecryptCBCPad: the caller's input is refused. They are never a
 // device's fault, never retried on another device and never counted on a breaker.
 var (
 	// ErrAuthentication: Open's input is not a ciphertext of this key with this additional data (wrong
@@ -14,21 +14,42 @@ var (
 	ErrAuthentication = errors.New("pkcs11ha: message authentication failed")
 	// ErrMACMismatch: VerifyMAC's MAC is not the key's MAC of the data.
 	ErrMACMismatch = errors.New("pkcs11ha: MAC does not match")
+	// ErrBadPadding: DecryptCBCPad's input does not decrypt to PKCS#7-padded data (wrong key or IV, or a
+	// ciphertext altered or not made with padding). CBC is not authenticated: a ciphertext that does
+	// decrypt may still have been altered (docs/encryption.md).
+	ErrBadPadding = errors.New("pkcs11ha: CBC decryption: invalid padding")
 )
 
-// AuthError is Open's refusal (errors.Is(err, ErrAuthentication)) or VerifyMAC's (ErrMACMismatch), with
-// the device that decided, if one did; its class is decrypt_refused.
+// authKind is which refusal an AuthError is.
+type authKind uint8
+
+const (
+	authOpen authKind = iota // ErrAuthentication
+	authMAC                  // ErrMACMismatch
+	authPad                  // ErrBadPadding
+)
+
+func (k authKind) sentinel() error {
+	switch k {
+	case authMAC:
+		return ErrMACMismatch
+	case authPad:
+		return ErrBadPadding
+	}
+	return ErrAuthentication
+}
+
+// AuthError is a refusal of the caller's input: Open's (errors.Is(err, ErrAuthentication)), VerifyMAC's
+// (ErrMACMismatch) or DecryptCBCPad's (ErrBadPadding), with the device that decided, if one did; its
+// class is decrypt_refused.
 type AuthError struct {
 	Device string // "" when the input was refused before reaching a device (too short)
 	Reason string
-	mac    bool
+	kind   authKind
 }
 
 func (e *AuthError) Error() string {
-	s := ErrAuthentication.Error()
-	if e.mac {
-		s = ErrMACMismatch.Error()
-	}
+	s := e.kind.sentinel().Error()
 	if e.Reason != "" {
 		s += ": " + e.Reason
 	}
@@ -38,10 +59,8 @@ func (e *AuthError) Error() string {
 	return s
 }
 
-// Is lets errors.Is match ErrAuthentication (Open) or ErrMACMismatch (VerifyMAC).
-func (e *AuthError) Is(target error) bool {
-	return (target == ErrAuthentication && !e.mac) || (target == ErrMACMismatch && e.mac)
-}
+// Is lets errors.Is match the refusal's sentinel: ErrAuthentication, ErrMACMismatch or ErrBadPadding.
+func (e *AuthError) Is(target error) bool { return target == e.kind.sentinel() }
 
 // FailoverClass: refused, as a decrypt refused by a device is.
 func (e *AuthError) FailoverClass() failover.Class { return failover.ClassRefused }

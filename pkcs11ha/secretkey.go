@@ -117,16 +117,22 @@ func (k *SecretKey) decryptGCM(ctx context.Context, out *Outcome, opName string,
 	op := k.gcmOp(kindOpen, nonce, ct, aad, want, tagBits)
 	pt, err := k.cl.doOn(ctx, opName, k.entry.mask.Load(), k.pidx, op, outputLen("C_Decrypt", want), out)
 	if err != nil {
-		var de *DeviceError
-		if errors.As(err, &de) && de.Class == ClassDecryptRefused {
-			if out != nil {
-				out.Device = de.Device
-			}
-			return nil, &AuthError{Device: de.Device}
-		}
-		return nil, err
+		return nil, refusal(err, out, authOpen)
 	}
 	return pt, nil
+}
+
+// refusal turns a device's refusal of the caller's ciphertext (decrypt_refused) into an *AuthError of
+// kind, naming the device that refused (also in out); any other error is returned as it is.
+func refusal(err error, out *Outcome, kind authKind) error {
+	var de *DeviceError
+	if !errors.As(err, &de) || de.Class != ClassDecryptRefused {
+		return err
+	}
+	if out != nil {
+		out.Device = de.Device
+	}
+	return &AuthError{Device: de.Device, kind: kind}
 }
 
 func (k *SecretKey) gcmOp(kind opKind, nonce, in, aad []byte, outLen, tagBits int) *deviceOp {
@@ -159,7 +165,7 @@ func (k *SecretKey) mac(ctx context.Context, opName string, data []byte) ([]byte
 func (k *SecretKey) VerifyMAC(ctx context.Context, data, mac []byte) error {
 	if k.hash != 0 && len(mac) != k.hash.Size() {
 		startOutcome(ctx)
-		return &AuthError{mac: true, Reason: fmt.Sprintf("%d bytes, %v MACs have %d", len(mac), k.hash, k.hash.Size())}
+		return &AuthError{kind: authMAC, Reason: fmt.Sprintf("%d bytes, %v MACs have %d", len(mac), k.hash, k.hash.Size())}
 	}
 	want, err := k.mac(ctx, "verify_mac", data)
 	if err != nil {
@@ -170,7 +176,7 @@ func (k *SecretKey) VerifyMAC(ctx context.Context, data, mac []byte) error {
 		if o, _ := ctx.Value(outcomeKey{}).(*Outcome); o != nil {
 			dev = o.Device
 		}
-		return &AuthError{mac: true, Device: dev}
+		return &AuthError{kind: authMAC, Device: dev}
 	}
 	return nil
 }

@@ -23,7 +23,7 @@ import (
 // binary). Control messages carry JSON; msgRun, the hot path, carries a compact binary deviceOp.
 
 // workerProtocol is the protocol version; bump it on any incompatible change.
-const workerProtocol = 1
+const workerProtocol = 2
 
 // maxWorkerFrame bounds a frame (a key listing with certificates is the largest message).
 const maxWorkerFrame = 64 << 20
@@ -299,14 +299,14 @@ func (w opWriter) bytes(b []byte) opWriter {
 // encodeRun is the msgRun payload: partition, timeout, then the operation.
 func encodeRun(pi int, timeout time.Duration, op *deviceOp) []byte {
 	m := &op.Mech
-	w := make(opWriter, 0, 128+len(op.Label)+len(op.PubDER)+len(op.Input)+len(m.OAEPLabel)+len(m.GCMIV)+len(m.GCMAAD))
+	w := make(opWriter, 0, 128+len(op.Label)+len(op.PubDER)+len(op.Input)+len(m.OAEPLabel)+len(m.GCMIV)+len(m.GCMAAD)+len(m.CBCIV))
 	w = w.u64(uint64(pi)).u64(uint64(timeout)).u8(byte(op.Kind))
 	w = w.bytes([]byte(op.Label)).bytes(op.PubDER).bytes(op.Input)
 	w = w.u64(uint64(m.Type)).u64(uint64(m.PSSHash)).u64(uint64(m.PSSMGF)).u64(uint64(m.PSSSalt))
 	w = w.u64(uint64(m.OAEPHash)).u64(uint64(m.OAEPMGF)).bytes(m.OAEPLabel)
 	w = w.bytes(m.GCMIV).bytes(m.GCMAAD).u64(uint64(m.GCMTagBits))
 	w = w.u64(uint64(op.OutLen)).u8(boolByte(op.OAEPFallback)).u8(byte(op.OAEPHash)).u8(byte(op.OAEPMGFHash)).u64(uint64(op.KeySize))
-	return w.u8(boolByte(op.GCMFallback))
+	return w.u8(boolByte(op.GCMFallback)).bytes(m.CBCIV).u8(boolByte(op.CBCFallback))
 }
 
 func boolByte(b bool) byte {
@@ -374,6 +374,7 @@ func decodeRun(b []byte) (pi int, timeout time.Duration, op *deviceOp, err error
 	op.OAEPHash, op.OAEPMGFHash = crypto.Hash(r.u8()), crypto.Hash(r.u8())
 	op.KeySize = int(r.u64())
 	op.GCMFallback = r.u8() == 1
+	m.CBCIV, op.CBCFallback = r.bytes(), r.u8() == 1
 	if r.err == nil && len(r.b) != 0 {
 		r.err = errors.New("worker protocol: trailing bytes in a run request")
 	}

@@ -26,6 +26,11 @@ func TestRunRoundTrip(t *testing.T) {
 		{Kind: kindOpen, Label: "aes-key", Input: make([]byte, 40), OutLen: 24,
 			Mech: mechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: []byte("0123456789ab"), GCMTagBits: 128}},
 		{Kind: kindMAC, Label: "hmac-key", Input: []byte("data"), OutLen: 48, Mech: mechSpec{Type: pkcs11.CKM_SHA384_HMAC}},
+		// AES-CBC-PAD (secretcbcop.go): the IV rides in mechSpec, the fallback flag in the op.
+		{Kind: kindCBCEncrypt, Label: "aes-key", PubDER: []byte{8, 7}, Input: []byte("seventeen bytes!!"), OutLen: 32, CBCFallback: true,
+			Mech: mechSpec{Type: pkcs11.CKM_AES_CBC_PAD, CBCIV: bytes.Repeat([]byte{9}, 16)}},
+		{Kind: kindCBCDecrypt, Label: "aes-key", Input: make([]byte, 48), OutLen: 48,
+			Mech: mechSpec{Type: pkcs11.CKM_AES_CBC_PAD, CBCIV: []byte("0123456789abcdef")}},
 	}
 	for i, op := range ops {
 		pi, timeout, got, err := decodeRun(encodeRun(i, time.Duration(i+1)*time.Millisecond, op))
@@ -35,7 +40,7 @@ func TestRunRoundTrip(t *testing.T) {
 		// nil and empty byte slices are the same on the wire
 		norm := func(o *deviceOp) deviceOp {
 			c := *o
-			for _, b := range []*[]byte{&c.PubDER, &c.Input, &c.Mech.OAEPLabel, &c.Mech.GCMIV, &c.Mech.GCMAAD} {
+			for _, b := range []*[]byte{&c.PubDER, &c.Input, &c.Mech.OAEPLabel, &c.Mech.GCMIV, &c.Mech.GCMAAD, &c.Mech.CBCIV} {
 				if len(*b) == 0 {
 					*b = nil
 				}

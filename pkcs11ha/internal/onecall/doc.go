@@ -1,5 +1,7 @@
-// Package onecall makes single-part PKCS#11 calls (C_Sign, C_Decrypt, C_Encrypt) into a buffer the caller
-// sized, so that an operation whose output size is known costs one round trip instead of two.
+// Package onecall makes single-part PKCS#11 calls (C_Sign, C_Decrypt, C_Encrypt, and
+// C_EncryptUpdate/C_EncryptFinal) into a
+// buffer the caller sized, so that an operation whose output size is known costs one round trip instead of
+// two.
 //
 // miekg/pkcs11's Sign, Decrypt and Encrypt always ask for the output length first (a call with a NULL
 // buffer), then call again: three device round trips per signature with C_SignInit, where two would do

@@ -4,9 +4,11 @@ package onecall
 #include <stdlib.h>
 
 // The head of CK_FUNCTION_LIST (PKCS#11 2.40 pkcs11f.h order): a CK_VERSION, then the function pointers.
-// Only C_Encrypt (30), C_Decrypt (34) and C_Sign (43) are called; their prototypes are identical.
+// C_Encrypt (30), C_EncryptUpdate (31), C_Decrypt (34) and C_Sign (43) have identical prototypes;
+// C_EncryptFinal (32) has one of its own.
 typedef unsigned long ck_ulong;
 typedef ck_ulong (*single_part)(ck_ulong session, unsigned char *in, ck_ulong in_len, unsigned char *out, ck_ulong *out_len);
+typedef ck_ulong (*final_part)(ck_ulong session, unsigned char *out, ck_ulong *out_len);
 
 struct ck_function_list_head {
 	unsigned char version[2];
@@ -26,6 +28,13 @@ static ck_ulong call_single(void *ctx, int index, ck_ulong session, unsigned cha
 	single_part f = (single_part)c->sym->fn[index];
 	return f(session, in, in_len, out, out_len);
 }
+
+static ck_ulong call_final(void *ctx, int index, ck_ulong session, unsigned char *out, ck_ulong *out_len)
+{
+	struct miekg_ctx *c = ctx;
+	final_part f = (final_part)c->sym->fn[index];
+	return f(session, out, out_len);
+}
 */
 import "C"
 
@@ -39,9 +48,11 @@ import (
 
 // Indexes of the functions in CK_FUNCTION_LIST after its version.
 const (
-	fnEncrypt = 30
-	fnDecrypt = 34
-	fnSign    = 43
+	fnEncrypt       = 30
+	fnEncryptUpdate = 31
+	fnEncryptFinal  = 32
+	fnDecrypt       = 34
+	fnSign          = 43
 )
 
 // ErrLayout is returned when the pinned miekg/pkcs11 layout assumption does not hold (another version):
@@ -100,6 +111,30 @@ func Decrypt(c *pkcs11.Ctx, s pkcs11.SessionHandle, in, out []byte) (int, error)
 // Encrypt calls C_Encrypt once into out, as Sign does for C_Sign.
 func Encrypt(c *pkcs11.Ctx, s pkcs11.SessionHandle, in, out []byte) (int, error) {
 	return call(c, fnEncrypt, s, in, out)
+}
+
+// EncryptUpdate calls C_EncryptUpdate once into out (a part whose output size the caller knows: a whole
+// block of a block cipher without padding).
+func EncryptUpdate(c *pkcs11.Ctx, s pkcs11.SessionHandle, in, out []byte) (int, error) {
+	return call(c, fnEncryptUpdate, s, in, out)
+}
+
+// EncryptFinal calls C_EncryptFinal once into out, which must not be empty: a NULL or empty buffer would
+// only ask for the size (p11-kit's RPC sends an empty one as NULL) and leave the operation active.
+func EncryptFinal(c *pkcs11.Ctx, s pkcs11.SessionHandle, out []byte) (int, error) {
+	p := cctx(c)
+	if p == nil {
+		return 0, ErrLayout
+	}
+	if len(out) == 0 {
+		return 0, pkcs11.Error(pkcs11.CKR_BUFFER_TOO_SMALL)
+	}
+	n := C.ck_ulong(len(out))
+	rv := C.call_final(p, C.int(fnEncryptFinal), C.ck_ulong(s), (*C.uchar)(unsafe.Pointer(&out[0])), &n)
+	if rv != 0 {
+		return 0, pkcs11.Error(rv)
+	}
+	return int(n), nil
 }
 
 // TooSmall reports whether err is CKR_BUFFER_TOO_SMALL (or the layout refusal): the caller should take

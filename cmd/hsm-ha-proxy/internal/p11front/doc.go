@@ -18,14 +18,14 @@
 //     and CKA_ID: Java's SunPKCS11 KeyStore lists a private key only with its certificate.
 //   - Per secret key the cluster serves (pkcs11ha.SecretKeyInfo), a CKO_SECRET_KEY object with its CKA_LABEL,
 //     CKA_ID, CKA_KEY_TYPE and CKA_VALUE_LEN, sensitive and not extractable: HMAC keys sign and verify
-//     (CKM_SHA256/384/512_HMAC), AES keys encrypt and decrypt (CKM_AES_GCM, the client's CK_GCM_PARAMS),
-//     on the devices (secretobjects.go, secretmech.go, secretops.go).
+//     (CKM_SHA256/384/512_HMAC), AES keys encrypt and decrypt (CKM_AES_GCM, the client's CK_GCM_PARAMS;
+//     CKM_AES_CBC_PAD, the client's IV), on the devices (secretobjects.go, secretmech.go, secretops.go).
 //   - Login is not required (the sidecar holds the partition PIN and access is decided by identity);
 //     C_Login succeeds whatever PIN it carries, which is never looked at, logged or kept.
 //   - Sign (RSA PKCS#1 v1.5, PSS, ECDSA, raw and hash-and-sign, single- and multi-part) and decrypt (RSA
 //     PKCS#1 v1.5, OAEP) go through the cluster: failover, deadlines, breakers and retries happen behind the
 //     connection, whose sessions and object handles belong to the front end and survive any device's
-//     failure; so do HMAC and AES-GCM with secret keys. Verify, encrypt (with a public key), digest and
+//     failure; so do HMAC, AES-GCM and AES-CBC-PAD with secret keys. Verify, encrypt (with a public key), digest and
 //     random are done in software.
 //   - For clients the table grants admin: true, key management replicated to every device of the partition
 //     (admin.go, admingen.go, adminobjects.go): C_GenerateKeyPair (RSA 2048-4096, EC P-256/P-384),

@@ -17,7 +17,8 @@ type opPlan struct {
 	obj      *object // the key; nil for a digest
 	maxInput int     // otherwise the input is gathered, at most this long
 	outLen   int     // the output's length (decrypt: an upper bound); with byInput, added to the input's
-	byInput  bool    // the output's length is the input's plus outLen (AES-GCM)
+	byInput  bool    // the output's length is the input's plus outLen (AES-GCM, AES-CBC-PAD decryption)
+	padBlock int     // the output is the input padded to whole blocks of this size (AES-CBC-PAD encryption)
 
 	sigHash crypto.Hash      // signatures: the digest's hash (the mechanism's, or PSS's); 0 for raw RSA/ECDSA
 	pss     *rsa.PSSOptions  // RSA-PSS signatures
@@ -27,6 +28,9 @@ type opPlan struct {
 
 // lenFor is the output's length for input src (see outLen).
 func (p *opPlan) lenFor(src []byte) int {
+	if p.padBlock > 0 {
+		return (len(src)/p.padBlock + 1) * p.padBlock
+	}
 	if p.byInput {
 		return len(src) + p.outLen
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/p11rpc"
+	"github.com/pkcs11-ha/pkcs11-ha/cmd/hsm-ha-proxy/internal/p11rpc/p11rpctest"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 )
 
@@ -26,11 +28,12 @@ func secretSpecs() []softhsmtest.SecretKeySpec {
 }
 
 // startSecretDevices is the default topology (four `p11-kit server` devices) holding the secret keys,
-// with policy.gcm_fallback (the devices sit behind p11-kit 0.24, whose RPC carries no CK_GCM_PARAMS), and
+// with policy.gcm_fallback and cbc_fallback (the devices sit behind p11-kit 0.24, whose RPC carries neither
+// CKM_AES_GCM nor CKM_AES_CBC_PAD), and
 // a front end over its cluster granting payments and ledger.
 func startSecretDevices(t *testing.T) (*devices, *frontT) {
 	t.Helper()
-	d := startDevicesOpts(t, softhsmtest.Options{SecretKeys: secretSpecs()}, "gcm_fallback: true")
+	d := startDevicesOpts(t, softhsmtest.Options{SecretKeys: secretSpecs()}, "gcm_fallback: true\ncbc_fallback: true")
 	f := startFront(t, ClusterBackend(d.cl), fakeAuth{os.Getuid(): {"payments", "ledger"}}, d.cl.Config().PartitionNames())
 	return d, f
 }
@@ -66,6 +69,7 @@ func TestSecretKeys(t *testing.T) {
 	t.Run("HMAC", func(t *testing.T) { testHMAC(t, d, p, s) })
 	t.Run("key types", func(t *testing.T) { testSecretKeyTypes(t, p, s) })
 	t.Run("AES-GCM, raw RPC", func(t *testing.T) { testGCMRaw(t, d, f) })
+	t.Run("AES-CBC-PAD, raw RPC", func(t *testing.T) { testCBCPadRaw(t, d, f) })
 	assert.Contains(t, f.logs.String(), "operation=mac", "the access log has the MACs")
 	assert.Contains(t, f.logs.String(), "operation=verify_mac")
 }
@@ -264,7 +268,7 @@ func TestSecretKeysHandOver(t *testing.T) {
 	assert.Equal(t, goHMAC(sha256.New, d.secrets["hmac-key"], second), mac)
 }
 
-// TestSecretMechanismsNeedKeys: a token without secret keys lists no HMAC or AES-GCM mechanism and
+// TestSecretMechanismsNeedKeys: a token without secret keys lists no HMAC or AES mechanism and
 // answers C_GetMechanismInfo for them with CKR_MECHANISM_INVALID (the fake cluster has key pairs only).
 func TestSecretMechanismsNeedKeys(t *testing.T) {
 	f, _ := softFront(t)
@@ -273,10 +277,12 @@ func TestSecretMechanismsNeedKeys(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEmpty(t, mechs)
 	for _, m := range mechs {
-		assert.NotContains(t, []uint{pkcs11.CKM_SHA256_HMAC, pkcs11.CKM_SHA384_HMAC, pkcs11.CKM_SHA512_HMAC, pkcs11.CKM_AES_GCM}, m.Mechanism)
+		assert.NotContains(t, []uint{pkcs11.CKM_SHA256_HMAC, pkcs11.CKM_SHA384_HMAC, pkcs11.CKM_SHA512_HMAC, pkcs11.CKM_AES_GCM, pkcs11.CKM_AES_CBC_PAD}, m.Mechanism)
 	}
 	_, err = p.GetMechanismInfo(1, mechOf(pkcs11.CKM_SHA256_HMAC, nil))
 	assert.ErrorIs(t, err, pkcs11.Error(pkcs11.CKR_MECHANISM_INVALID))
+	l := dialLifecycleV(t, f, 2) // p11-kit 0.24's client does not carry CKM_AES_CBC_PAD: ask as a newer one
+	assert.Equal(t, uint64(pkcs11.CKR_MECHANISM_INVALID), l.rv(p11rpctest.NewCall(p11rpc.CallGetMechanismInfo, l.v).Ulong(1).Ulong(pkcs11.CKM_AES_CBC_PAD)))
 	_, err = p.GetMechanismInfo(1, mechOf(pkcs11.CKM_RSA_PKCS, nil))
 	assert.NoError(t, err)
 }

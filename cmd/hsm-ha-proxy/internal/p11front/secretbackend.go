@@ -22,6 +22,8 @@ type SecretHandle interface {
 	VerifyMACDevice(ctx context.Context, h crypto.Hash, data, mac []byte) (string, error)
 	EncryptGCMDevice(ctx context.Context, nonce, plaintext, aad []byte, tagBits int) ([]byte, string, error)
 	DecryptGCMDevice(ctx context.Context, nonce, ciphertext, aad []byte, tagBits int) ([]byte, string, error)
+	EncryptCBCPadDevice(ctx context.Context, iv, plaintext []byte) ([]byte, string, error)
+	DecryptCBCPadDevice(ctx context.Context, iv, ciphertext []byte) ([]byte, string, error)
 }
 
 func (b clusterBackend) SecretKeys(partition string) ([]pkcs11ha.SecretKeyInfo, error) {

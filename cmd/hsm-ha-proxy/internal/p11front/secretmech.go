@@ -10,14 +10,19 @@ import (
 )
 
 // The mechanisms of secret keys, all computed by the cluster (pkcs11ha.SecretKey): HMAC sign and verify,
-// AES-GCM encrypt and decrypt with the client's CK_GCM_PARAMS. They are listed for a token only when it
-// holds a key that can use them. CKM_SHA_1_HMAC and SHA-224 are not offered: the library MACs with SHA-256,
-// -384 and -512 only. AES-CBC-PAD is not offered either: see docs/encryption.md.
+// AES-GCM encrypt and decrypt with the client's CK_GCM_PARAMS, AES-CBC-PAD encrypt and decrypt with the
+// client's IV (unauthenticated: the caveat is in docs/encryption.md). They are listed for a token only
+// when it holds a key that can use them. CKM_SHA_1_HMAC and SHA-224 are not offered: the library MACs
+// with SHA-256, -384 and -512 only.
 
 const (
-	kindHMAC mechKind = iota + 100 // HMAC sign/verify with a secret key; the input is gathered, not hashed here
-	kindGCM                        // AES-GCM encrypt/decrypt with a secret key
+	kindHMAC   mechKind = iota + 100 // HMAC sign/verify with a secret key; the input is gathered, not hashed here
+	kindGCM                          // AES-GCM encrypt/decrypt with a secret key
+	kindCBCPad                       // AES-CBC-PAD encrypt/decrypt with a secret key
 )
+
+// secretKind reports whether mechanisms of kind k take a secret key.
+func secretKind(k mechKind) bool { return k == kindHMAC || k == kindGCM || k == kindCBCPad }
 
 // fSecretHMAC, fSecretCrypt: what the secret-key mechanisms do (on the devices: CKF_HW).
 const (
@@ -33,6 +38,7 @@ var secretMechanisms = []mech{
 	{typ: pkcs11.CKM_SHA384_HMAC, name: "CKM_SHA384_HMAC", kind: kindHMAC, keyType: pkcs11.CKK_GENERIC_SECRET, flags: fSecretHMAC, minBits: 48, maxBits: 512},
 	{typ: pkcs11.CKM_SHA512_HMAC, name: "CKM_SHA512_HMAC", kind: kindHMAC, keyType: pkcs11.CKK_GENERIC_SECRET, flags: fSecretHMAC, minBits: 64, maxBits: 512},
 	{typ: pkcs11.CKM_AES_GCM, name: "CKM_AES_GCM", kind: kindGCM, keyType: pkcs11.CKK_AES, flags: fSecretCrypt, minBits: 16, maxBits: 32},
+	{typ: pkcs11.CKM_AES_CBC_PAD, name: "CKM_AES_CBC_PAD", kind: kindCBCPad, keyType: pkcs11.CKK_AES, flags: fSecretCrypt, minBits: 16, maxBits: 32},
 }
 
 // hmacHash is the hash of each HMAC mechanism, and hmacKeyType the key type that MACs with that hash only
@@ -59,11 +65,13 @@ func hmacHashOf(alg string) crypto.Hash {
 	return 0
 }
 
-// secretPlan is the plan of a secret-key mechanism (HMAC for sign and verify, AES-GCM for encrypt and
-// decrypt) with key o, which must be a secret key of the mechanism's type.
+// secretPlan is the plan of a secret-key mechanism (HMAC for sign and verify, AES-GCM and AES-CBC-PAD for
+// encrypt and decrypt) with key o, which must be a secret key of the mechanism's type.
 type secretPlan struct {
-	hash crypto.Hash       // HMAC
-	gcm  *p11rpc.GCMParams // AES-GCM
+	hash    crypto.Hash       // HMAC
+	gcm     *p11rpc.GCMParams // AES-GCM
+	cbcIV   []byte            // AES-CBC-PAD
+	decrypt bool              // AES: the direction
 }
 
 // withSecrets makes a family's plan take the secret-key mechanisms too (k says which family: the
@@ -71,7 +79,7 @@ type secretPlan struct {
 func withSecrets(k opKind, plan func(*mech, *p11rpc.Mechanism, *object) (*opPlan, error)) func(*mech, *p11rpc.Mechanism, *object) (*opPlan, error) {
 	return func(m *mech, mp *p11rpc.Mechanism, o *object) (*opPlan, error) {
 		switch {
-		case m.kind == kindHMAC || m.kind == kindGCM:
+		case secretKind(m.kind):
 			return planSecret(k, m, mp, o)
 		case o != nil && o.class == pkcs11.CKO_SECRET_KEY:
 			return nil, rvErr(pkcs11.CKR_KEY_TYPE_INCONSISTENT, "a secret key for "+m.name)
@@ -97,6 +105,9 @@ func planSecret(k opKind, m *mech, mp *p11rpc.Mechanism, o *object) (*opPlan, er
 	if keyType != pkcs11.CKK_AES {
 		return nil, rvErr(pkcs11.CKR_KEY_TYPE_INCONSISTENT, m.name+" needs an AES key")
 	}
+	if m.kind == kindCBCPad {
+		return planCBCPad(k, p, mp)
+	}
 	gp, err := gcmParams(mp)
 	if err != nil {
 		return nil, err
@@ -105,7 +116,23 @@ func planSecret(k opKind, m *mech, mp *p11rpc.Mechanism, o *object) (*opPlan, er
 	// The output's length follows the input's: + the tag to encrypt, − the tag to decrypt.
 	p.byInput, p.outLen, p.secret = true, tag, &secretPlan{gcm: gp}
 	if k == opDecrypt {
-		p.outLen, p.maxInput = -tag, pkcs11ha.MaxSecretInput+tag
+		p.outLen, p.maxInput, p.secret.decrypt = -tag, pkcs11ha.MaxSecretInput+tag, true
+	}
+	return p, nil
+}
+
+// planCBCPad: the IV is the mechanism's parameter, one block. Encryption pads to the next whole block;
+// a decryption's output is at most its input (an upper bound: the padding is known after the device
+// call only).
+func planCBCPad(k opKind, p *opPlan, mp *p11rpc.Mechanism) (*opPlan, error) {
+	if len(mp.Param) != pkcs11ha.CBCIVSize {
+		return nil, rvErr(pkcs11.CKR_MECHANISM_PARAM_INVALID, "CKM_AES_CBC_PAD needs a 16-byte IV")
+	}
+	p.secret = &secretPlan{cbcIV: mp.Param, decrypt: k == opDecrypt}
+	if p.secret.decrypt {
+		p.byInput, p.maxInput = true, pkcs11ha.MaxSecretInput+pkcs11ha.CBCIVSize
+	} else {
+		p.padBlock = pkcs11ha.CBCIVSize
 	}
 	return p, nil
 }
@@ -151,7 +178,7 @@ func (c *conn) secretMechsOf(partition string) []*mech {
 
 // secretKeyFits tells whether a key of type keyType can use mechanism m.
 func secretKeyFits(m *mech, keyType uint64) bool {
-	if m.kind == kindGCM {
+	if m.kind == kindGCM || m.kind == kindCBCPad {
 		return keyType == pkcs11.CKK_AES
 	}
 	return keyType == pkcs11.CKK_GENERIC_SECRET || keyType == hmacKeyType[hmacHash[m.typ]]
@@ -161,7 +188,7 @@ func secretKeyFits(m *mech, keyType uint64) bool {
 // the token holds a key for it.
 func (c *conn) tokenMech(partition string, t uint64) *mech {
 	m := mechByType[t]
-	if m == nil || (m.kind != kindHMAC && m.kind != kindGCM) {
+	if m == nil || !secretKind(m.kind) {
 		return m
 	}
 	for _, sm := range c.secretMechsOf(partition) {

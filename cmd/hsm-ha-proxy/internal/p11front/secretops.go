@@ -11,9 +11,10 @@ import (
 )
 
 // The outputs of the secret-key mechanisms, computed by the cluster with the access log line and the
-// metrics, as a signature's are: HMAC (C_Sign, C_Verify) and AES-GCM (C_Encrypt, C_Decrypt). A MAC that
-// does not match and a ciphertext that does not authenticate are the caller's, never a device's fault
-// (pkcs11ha.AuthError): CKR_SIGNATURE_INVALID and CKR_ENCRYPTED_DATA_INVALID.
+// metrics, as a signature's are: HMAC (C_Sign, C_Verify), AES-GCM and AES-CBC-PAD (C_Encrypt, C_Decrypt).
+// A MAC that does not match, a ciphertext that does not authenticate and a padding that is not valid are
+// the caller's, never a device's fault (pkcs11ha.AuthError): CKR_SIGNATURE_INVALID and
+// CKR_ENCRYPTED_DATA_INVALID.
 
 // outputFunc is a family's output (family.output).
 type outputFunc func(c *conn, s *session, p *opPlan, in []byte) ([]byte, error)
@@ -26,6 +27,9 @@ func secretOutput(out outputFunc) outputFunc {
 		}
 		if p.secret.gcm != nil {
 			return c.gcm(s, p, in)
+		}
+		if p.secret.cbcIV != nil {
+			return c.cbcPad(s, p, in)
 		}
 		return c.mac(s, p, in)
 	}
@@ -93,11 +97,40 @@ func (c *conn) gcm(s *session, p *opPlan, in []byte) ([]byte, error) {
 	start := time.Now()
 	var out []byte
 	var dev string
-	if p.outLen < 0 {
+	if p.secret.decrypt {
 		op = "decrypt"
 		out, dev, err = key.DecryptGCMDevice(ctx, gp.IV, in, gp.AAD, int(gp.TagBits))
 	} else {
 		out, dev, err = key.EncryptGCMDevice(ctx, gp.IV, in, gp.AAD, int(gp.TagBits))
+	}
+	code := secretRV(ctx, err)
+	c.access(op, s, p.obj, p.mech.name, dev, code, err, time.Since(start))
+	if err != nil {
+		return nil, rvErr(code, err.Error())
+	}
+	return out, nil
+}
+
+// cbcPad is AES-CBC-PAD's C_Encrypt (the padded ciphertext) or C_Decrypt output, with the client's IV.
+// A ciphertext that is not whole blocks is CKR_ENCRYPTED_DATA_LEN_RANGE, no device asked.
+func (c *conn) cbcPad(s *session, p *opPlan, in []byte) ([]byte, error) {
+	if p.secret.decrypt && (len(in) == 0 || len(in)%pkcs11ha.CBCIVSize != 0) {
+		return nil, rvErr(pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE, "AES-CBC-PAD: a ciphertext of whole blocks")
+	}
+	ctx, cancel := c.callCtx()
+	defer cancel()
+	key, err := c.secretKey(ctx, p.obj)
+	if err != nil {
+		return nil, err
+	}
+	op, start := "encrypt", time.Now()
+	var out []byte
+	var dev string
+	if p.secret.decrypt {
+		op = "decrypt"
+		out, dev, err = key.DecryptCBCPadDevice(ctx, p.secret.cbcIV, in)
+	} else {
+		out, dev, err = key.EncryptCBCPadDevice(ctx, p.secret.cbcIV, in)
 	}
 	code := secretRV(ctx, err)
 	c.access(op, s, p.obj, p.mech.name, dev, code, err, time.Since(start))
@@ -112,7 +145,7 @@ func secretRV(ctx context.Context, err error) rv {
 	switch {
 	case errors.Is(err, pkcs11ha.ErrMACMismatch):
 		return pkcs11.CKR_SIGNATURE_INVALID
-	case errors.Is(err, pkcs11ha.ErrAuthentication):
+	case errors.Is(err, pkcs11ha.ErrAuthentication), errors.Is(err, pkcs11ha.ErrBadPadding):
 		return pkcs11.CKR_ENCRYPTED_DATA_INVALID
 	}
 	return clusterRV(ctx, err)

@@ -83,3 +83,17 @@ func (k Secret) DecryptGCMDevice(ctx context.Context, nonce, ciphertext, aad []b
 	pt, err := k.DecryptGCM(pkcs11ha.WithOutcome(ctx, &out), nonce, ciphertext, aad, tagBits)
 	return pt, out.Device, err
 }
+
+// EncryptCBCPadDevice is EncryptCBCPad (the caller's IV), and the device that encrypted.
+func (k Secret) EncryptCBCPadDevice(ctx context.Context, iv, plaintext []byte) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	ct, err := k.EncryptCBCPad(pkcs11ha.WithOutcome(ctx, &out), iv, plaintext)
+	return ct, out.Device, err
+}
+
+// DecryptCBCPadDevice is DecryptCBCPad, and the device that decrypted (or refused the padding).
+func (k Secret) DecryptCBCPadDevice(ctx context.Context, iv, ciphertext []byte) ([]byte, string, error) {
+	var out pkcs11ha.Outcome
+	pt, err := k.DecryptCBCPad(pkcs11ha.WithOutcome(ctx, &out), iv, ciphertext)
+	return pt, out.Device, err
+}

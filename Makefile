@@ -49,7 +49,8 @@ build: deps
 # bounds are make chaos's and make bench's, see docs/chaos.md), and none is re-run: a test that fails fails the
 # gate. Well under 10 minutes on 2 cores.
 # The pure packages (no device, no child process) run in parallel; the others, computed so that a new package
-# is in the gate, one package at a time (-p 1): each starts its own SoftHSM2 servers.
+# is in the gate, two packages at a time (-p 2: each starts its own SoftHSM2 servers, and mostly waits on
+# them; their deadlines are ones no healthy device misses on a loaded host, so a neighbour costs nothing).
 # Not under the race detector: the chaos suite and the demo, end-to-end runs of the default attempt deadlines
 # (50 ms local) under load, which the detector's slowdown would turn into timeouts on every device. The
 # concurrency they drive is raced in the library's, the sidecar's and the harness's own tests.
@@ -60,7 +61,7 @@ test: deps
 	$(GO) vet work
 	$(GOTESTSUM) --format standard-quiet --packages="$(PURE_PACKAGES)" -- -race -count=1 -timeout 5m
 	other=$$($(GO) list $(PURE_PACKAGES) $(NORACE_PACKAGES)) && devices=$$($(GO) list work | grep -vxF "$$other") && \
-		$(GOTESTSUM) --format standard-quiet --packages="$$(echo $$devices)" -- -race -p 1 -count=1 -timeout 9m
+		$(GOTESTSUM) --format standard-quiet --packages="$$(echo $$devices)" -- -race -p 2 -count=1 -timeout 9m
 	$(GOTESTSUM) --format standard-quiet --packages="$(NORACE_PACKAGES)" -- -p 1 -count=1 -timeout 5m
 	# A count, not a duration: a duration -fuzztime can fail a clean run with "context deadline exceeded"
 	# (a race in Go's fuzz coordinator, go.dev/issue/75804, fixed in Go 1.27). ~10 s here.

@@ -339,6 +339,20 @@ func (r *opReader) u8() byte {
 	return 0
 }
 
+// bool reads a flag: 0 or 1, anything else is a malformed request.
+func (r *opReader) bool() bool {
+	switch v := r.u8(); v {
+	case 0:
+		return false
+	case 1:
+		return true
+	}
+	if r.err == nil {
+		r.err = errors.New("worker protocol: a flag that is neither 0 nor 1")
+	}
+	return false
+}
+
 func (r *opReader) u64() uint64 {
 	if v := r.take(8); v != nil {
 		return binary.BigEndian.Uint64(v)
@@ -370,11 +384,11 @@ func decodeRun(b []byte) (pi int, timeout time.Duration, op *deviceOp, err error
 	m.OAEPHash, m.OAEPMGF, m.OAEPLabel = uint(r.u64()), uint(r.u64()), r.bytes()
 	m.GCMIV, m.GCMAAD, m.GCMTagBits = r.bytes(), r.bytes(), uint(r.u64())
 	op.OutLen = int(r.u64())
-	op.OAEPFallback = r.u8() == 1
+	op.OAEPFallback = r.bool()
 	op.OAEPHash, op.OAEPMGFHash = crypto.Hash(r.u8()), crypto.Hash(r.u8())
 	op.KeySize = int(r.u64())
-	op.GCMFallback = r.u8() == 1
-	m.CBCIV, op.CBCFallback = r.bytes(), r.u8() == 1
+	op.GCMFallback = r.bool()
+	m.CBCIV, op.CBCFallback = r.bytes(), r.bool()
 	if r.err == nil && len(r.b) != 0 {
 		r.err = errors.New("worker protocol: trailing bytes in a run request")
 	}

@@ -62,7 +62,7 @@ test: deps
 	$(GOTESTSUM) --format standard-quiet --packages="$(PURE_PACKAGES)" -- -race -count=1 -timeout 5m
 	other=$$($(GO) list $(PURE_PACKAGES) $(NORACE_PACKAGES)) && devices=$$($(GO) list work | grep -vxF "$$other") && \
 		$(GOTESTSUM) --format standard-quiet --packages="$$(echo $$devices)" -- -race -p 2 -count=1 -timeout 9m
-	$(GOTESTSUM) --format standard-quiet --packages="$(NORACE_PACKAGES)" -- -p 1 -count=1 -timeout 5m
+	$(GOTESTSUM) --format standard-quiet --packages="$(NORACE_PACKAGES)" -- -p 2 -count=1 -timeout 5m
 	# A count, not a duration: a duration -fuzztime can fail a clean run with "context deadline exceeded"
 	# (a race in Go's fuzz coordinator, go.dev/issue/75804, fixed in Go 1.27). ~10 s here.
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSignRequest$$' -fuzztime 30000x ./cmd/hsm-ha-proxy/internal/proxy/

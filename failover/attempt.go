@@ -40,9 +40,11 @@ type attempt[T any] struct {
 	// inline: fn runs on the caller's goroutine (MemberConfig.Inline).
 	inline bool
 	// lastResort: no other member could take the call when this attempt began, so it runs to the caller's
-	// deadline instead of the attempt timeout (docs/ARCHITECTURE.md, "Routing defaults", last resort).
+	// deadline instead of the attempt timeout, re-checked at each attempt timeout (runOn, checkpoint;
+	// docs/ARCHITECTURE.md, "Routing defaults", last resort).
 	lastResort bool
-	timeout    time.Duration // how long after start the attempt deadline falls (timer and timeout error)
+	timeout    time.Duration // how long after start the attempt timer falls (and the timeout error says)
+	falls      uint32        // the member's falls when the attempt began (checkpoint)
 	start      time.Time
 	// realStart is the real monotonic start (Router.mono), for the stall watchdog, which runs on real time
 	// even when tests drive Config.Clock.
@@ -82,7 +84,8 @@ func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 			return nil, err
 		}
 	}
-	a := &attempt[T]{r: r, m: m, op: c.op, hedge: hedge, done: done, ch: make(chan result[T], 1), timeout: m.timeout}
+	a := &attempt[T]{r: r, m: m, op: c.op, hedge: hedge, done: done, ch: make(chan result[T], 1), timeout: m.timeout,
+		falls: m.falls.Load()}
 	a.start = r.clock.Now()
 	a.realStart = r.mono()
 	deadline := a.start.Add(m.timeout)
@@ -91,7 +94,8 @@ func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 		case d.Before(deadline):
 			deadline = d // the caller's context ends first: callerGone, not the timer, ends the attempt
 		case !hedge && c.lastResort(mi, c.out.Attempts+1):
-			deadline, a.lastResort, a.timeout = d, true, d.Sub(a.start)
+			// fn may take until the caller's deadline; the timer still checks in at the attempt timeout.
+			deadline, a.lastResort = d, true
 		}
 	}
 	// The attempt context's deadline is on Config.Clock; the clock timer, not the context, ends the attempt,
@@ -117,15 +121,45 @@ func (c *call[T]) start(mi int, hedge, bypass bool) (*attempt[T], error) {
 func (a *attempt[T]) runInline() {
 	a.inline = true
 	a.actx.follow = true // the caller is busy in fn: its cancellation is not passed on by Do
+	a.mu.Lock()
 	a.timer = a.r.clock.AfterFunc(a.timeout, a.overrun)
+	a.mu.Unlock()
 	a.run(a.fn, a.caller)
+	a.mu.Lock()
 	a.timer.Stop() // its C is nil: the call sees only the result
+	a.mu.Unlock()
 }
 
-// overrun is the watchdog of an inline attempt.
+// overrun is the watchdog of an inline attempt. A last resort whose member still serves runs on to the
+// next checkpoint (the caller is busy in fn: other members are not looked at until fn returns).
 func (a *attempt[T]) overrun() {
+	a.mu.Lock()
+	if a.state == attemptRunning && a.lastResort {
+		if next, ok := a.checkpoint(a.r.clock.Now(), a.actx.deadline); ok {
+			a.timer = a.r.clock.AfterFunc(next, a.overrun)
+			a.mu.Unlock()
+			return
+		}
+	}
+	a.mu.Unlock()
 	terr := a.timeoutError()
 	a.abandon(terr.FailoverClass(), terr)
+}
+
+// checkpoint: a last-resort attempt reached one more attempt timeout at now. It runs on, for at most
+// another attempt timeout and never past the caller's deadline d, while its member has not fallen since
+// the attempt began (health down, breaker open). A member that fell meanwhile (killed, reset: a call
+// caught in it may never come back, even once the device is up again) is left at once, so that the
+// caller hears ErrNoDevice or goes elsewhere, not waits for its own deadline. It sets the new timeout;
+// the caller re-arms the timer for next.
+func (a *attempt[T]) checkpoint(now, d time.Time) (next time.Duration, ok bool) {
+	left := d.Sub(now)
+	if left <= 0 || a.m.falls.Load() != a.falls {
+		return 0, false
+	}
+	next = min(left, a.m.timeout)
+	a.timeout = now.Add(next).Sub(a.start)
+	return next, true
 }
 
 // cancel ends fn's context.
@@ -240,11 +274,13 @@ func (a *attempt[T]) abandon(class Class, cause error) bool {
 	if disowned {
 		a.r.release(a.m)
 	}
-	a.cancel(cause)
+	// Reported before fn's context ends: an inline caller returns as soon as fn does, and must find its
+	// attempt's verdict already on the breaker and the observer.
 	a.report(class, cause, a.r.clock.Now().Sub(a.start))
 	if class == ClassDown {
 		a.m.ewma.Penalize(a.timeout) // a hung device must look slow, not stay at its last good latency
 	}
+	a.cancel(cause)
 	return true
 }
 

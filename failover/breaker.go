@@ -49,6 +49,7 @@ func (r *Router) onBreakerChange(i int, from, to gobreaker.State) {
 		d := r.openPeriod(int(m.offenses.Add(1)))
 		m.openFor.Store(int64(d))
 		m.gate.Store(now + int64(d))
+		m.falls.Add(1)
 	case gobreaker.StateClosed:
 		m.gate.Store(0)
 		m.closedAt = now

@@ -58,7 +58,8 @@ func TestDoInlineHang(t *testing.T) {
 	e.entered(0)
 	e.blockUntil(1) // the watchdog
 	e.clk.Advance(50 * time.Millisecond)
-	require.Eventually(t, func() bool { return e.abandoned() == 1 }, waitLong, time.Millisecond, "the watchdog abandons it")
+	require.Eventually(t, func() bool { return e.abandoned() == 1 && len(e.obs.attemptsOf(0)) == 1 }, waitLong, time.Millisecond,
+		"the watchdog abandons it and reports it")
 	a0 := e.obs.attemptsOf(0)
 	require.Len(t, a0, 1)
 	require.Equal(t, ClassDown, a0[0].class)

@@ -2,6 +2,7 @@ package failover
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -22,6 +23,20 @@ func (c fakeDeadline) Err() error {
 		return context.DeadlineExceeded
 	}
 	return nil
+}
+
+// stepTo advances the fake clock to at in steps of at most the members' attempt timeout (50 ms),
+// waiting after each for the one timer a running last resort re-arms at its checkpoint.
+func (e *env) stepTo(at time.Time) {
+	e.t.Helper()
+	for {
+		left := at.Sub(e.clk.Now())
+		if left <= 0 {
+			return
+		}
+		e.clk.Advance(min(left, 50*time.Millisecond))
+		e.blockUntil(1)
+	}
 }
 
 func withFakeDeadline(t *testing.T, at time.Time) (ctx context.Context, end func()) {
@@ -86,9 +101,9 @@ func TestDoLastResortAttempt(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(e)
 			}
-			pending := e.clk.Pending()
+			pending, abandoned, start := e.clk.Pending(), e.abandoned(), e.clk.Now()
 			e.fakes[0].hold.Store(true)
-			ctx, _ := withFakeDeadline(t, e.clk.Now().Add(callerDeadline))
+			ctx, _ := withFakeDeadline(t, start.Add(callerDeadline))
 			res := e.goDo(ctx, mask)
 			e.entered(0)
 			e.blockUntil(pending + 1)
@@ -102,9 +117,10 @@ func TestDoLastResortAttempt(t *testing.T) {
 				require.Equal(t, ClassDown, e.obs.attemptsOf(0)[0].class)
 				return
 			}
-			// Advance fires due timers at once: an attempt deadline at the attempt timeout is gone now.
-			require.Equal(t, 1, e.clk.Pending(), "the attempt deadline is the caller's")
-			e.clk.Advance(callerDeadline - 50*time.Millisecond - time.Nanosecond)
+			// The attempt timeout was a checkpoint: the attempt runs on, one attempt timeout at a time.
+			e.blockUntil(1)
+			require.Equal(t, abandoned, e.abandoned(), "not given up on at the attempt timeout")
+			e.stepTo(start.Add(callerDeadline - time.Nanosecond))
 			require.Equal(t, 1, e.clk.Pending())
 			notYet(t, res)
 			e.fakes[0].release <- struct{}{}
@@ -134,7 +150,7 @@ func TestDoLastResortHangsToTheCallerDeadline(t *testing.T) {
 			res := e.goDo(ctx, AllMembers)
 			e.entered(0)
 			e.blockUntil(1)
-			e.clk.Advance(callerDeadline - time.Nanosecond)
+			e.stepTo(ft0.Add(callerDeadline - time.Nanosecond))
 			notYet(t, res)
 			if callerFirst {
 				end()
@@ -183,5 +199,69 @@ func TestDoLastResortByTheDeadline(t *testing.T) {
 			require.Equal(t, Outcome{Member: 0, Attempts: 1}, r.out)
 			require.Equal(t, ClassNone, e.obs.attemptsOf(0)[0].class)
 		})
+	}
+}
+
+// TestDoLastResortLeftWhenItsMemberFalls: a last resort whose own member goes down, or whose breaker
+// opens, while it runs is left at its next checkpoint: the caller hears ErrNoMember within an attempt
+// timeout instead of waiting for its own deadline on a device that may never answer (a killed device's
+// stranded call). On a worker and inline (where fn's context ends at the checkpoint and fn returns).
+func TestDoLastResortLeftWhenItsMemberFalls(t *testing.T) {
+	const callerDeadline = 10 * time.Second
+	for _, inline := range []bool{false, true} {
+		for _, how := range []string{"health down", "down and up again", "breaker open"} {
+			t.Run(fmt.Sprintf("inline=%v/%s", inline, how), func(t *testing.T) {
+				ms := members(0)
+				ms[0].Inline = inline
+				e := newEnv(t, Config{}, ms)
+				entered := make(chan struct{}, 1)
+				fn := func(ctx context.Context, _ int) (int, error) {
+					entered <- struct{}{}
+					<-ctx.Done() // a call that answers only when given up on
+					return 0, ctx.Err()
+				}
+				ctx, _ := withFakeDeadline(t, ft0.Add(callerDeadline))
+				res := make(chan doResult, 1)
+				go func() {
+					v, out, err := Do(ctx, e.r, "sign", AllMembers, fn)
+					res <- doResult{v: v, out: out, err: err}
+				}()
+				recv(t, entered)
+				e.blockUntil(1)
+				e.stepTo(ft0.Add(120 * time.Millisecond)) // two checkpoints passed: it ran on
+				notYet(t, res)
+				require.Zero(t, e.abandoned())
+				switch how {
+				case "health down":
+					e.r.SetUp(0, false)
+				case "down and up again":
+					e.r.SetUp(0, false)
+					e.r.SetUp(0, true)
+				case "breaker open":
+					// Another call's failure opens it (a faulty device trips the breaker at once).
+					faulty := func(context.Context, int) (int, error) { return 0, errClass(ClassFaulty) }
+					_, _, err := Do(context.Background(), e.r, "sign", AllMembers, faulty)
+					require.Error(t, err)
+					require.Equal(t, "open", e.r.Status()[0].Breaker)
+				}
+				e.clk.Advance(30 * time.Millisecond) // the next checkpoint, 150 ms after the start
+				r := recv(t, res)
+				require.ErrorIs(t, r.err, ErrNoMember)
+				require.Equal(t, 1, r.out.Attempts)
+				if !inline { // inline, the caller gets fn's own error: its context's end
+					var te *AttemptTimeoutError
+					require.ErrorAs(t, r.err, &te)
+					require.Equal(t, 150*time.Millisecond, te.Timeout)
+				}
+				a0 := e.obs.attemptsOf(0)
+				if how == "breaker open" {
+					a0 = a0[1:] // the faulty call's
+				}
+				require.Len(t, a0, 1, "reported once")
+				require.Equal(t, ClassDown, a0[0].class, "a timeout on its breaker")
+				require.Equal(t, 150*time.Millisecond, a0[0].latency)
+				e.waitIdle(0)
+			})
+		}
 	}
 }

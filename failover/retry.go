@@ -104,18 +104,22 @@ func (c *call[T]) expired(i int) (v T, err error, done bool) {
 	return v, nil, false
 }
 
-// runOn: attempt a reached its deadline, and no other member could take the call now (they were shut out
-// while it ran): rather than give up on it and fail the call, its deadline becomes the caller's, as it
-// would have been had it started as a last resort (lastresort.go). False when the caller has no deadline
-// or it has passed.
+// runOn: attempt a reached its attempt timeout, and no other member could take the call now (a last
+// resort from the start, or the others were shut out while it ran): rather than give up on it and fail
+// the call, it runs on towards the caller's deadline, one attempt timeout at a time while its own member
+// still serves (checkpoint). False when the caller has no deadline or it has passed, another member could
+// serve, or a's member went down or was shut out by its breaker.
 func (c *call[T]) runOn(a *attempt[T]) bool {
 	d, ok := c.ctx.Deadline()
-	now := c.r.clock.Now()
-	if !ok || !d.After(now) || a.hedge || !c.lastResort(a.m.idx, c.out.Attempts) {
+	if !ok || a.hedge || !c.lastResort(a.m.idx, c.out.Attempts) {
+		return false
+	}
+	next, ok := a.checkpoint(c.r.clock.Now(), d)
+	if !ok {
 		return false
 	}
 	a.timer.Stop()
-	a.timer = c.r.clock.NewTimer(d.Sub(now))
-	a.lastResort, a.timeout = true, d.Sub(a.start)
+	a.timer = c.r.clock.NewTimer(next)
+	a.lastResort = true
 	return true
 }

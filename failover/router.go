@@ -31,7 +31,10 @@ type member struct {
 	hung    atomic.Int32
 	gate    atomic.Int64 // Router.mono() value until which the breaker keeps the member out; 0 = none
 	tripNow atomic.Bool  // the failure being reported trips the breaker whatever the counts (breaker.go)
-	_       [64]byte
+	// falls counts the member's falls (health down, breaker open): an attempt that saw one while it ran is
+	// no longer anyone's last resort (attempt.checkpoint).
+	falls atomic.Uint32
+	_     [64]byte
 
 	idx      int
 	name     string
@@ -153,6 +156,9 @@ func (r *Router) SetUp(member int, up bool) {
 	m := r.members[member]
 	r.mu.Lock()
 	changed := m.upFlag.Swap(up) != up
+	if changed && !up {
+		m.falls.Add(1)
+	}
 	if changed {
 		r.rebuildLocked()
 	}

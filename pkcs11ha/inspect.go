@@ -293,9 +293,15 @@ func callBounded[T any](ctx context.Context, d *device, in *instance, op string,
 	}
 	done := make(chan result, 1)
 	go func() {
-		defer in.exit()
-		v, err := f(in.ctx)
-		done <- result{v, err}
+		var r result
+		func() {
+			defer in.exit()
+			r.v, r.err = f(in.ctx)
+		}()
+		// Out of the instance before the caller hears: a caller that releases the device next (Inspect,
+		// InitKEK) must find it idle, or the module is never finalised and the next load in this process
+		// finds it initialised already.
+		done <- r
 	}()
 	t := time.NewTimer(timeout)
 	defer t.Stop()

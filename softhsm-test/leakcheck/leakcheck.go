@@ -37,7 +37,7 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
-// Verify fails if goroutines other than allowed ones blocked in a miekg/pkcs11 cgo call are left, beyond
+// Verify fails if goroutines other than allowed ones blocked in a cgo call into a module are left, beyond
 // those opts ignore. It waits up to 5 s for goroutines that are on their way out.
 func Verify(allowed int, opts ...goleak.Option) error {
 	deadline := time.Now().Add(5 * time.Second)
@@ -57,12 +57,22 @@ func Verify(allowed int, opts ...goleak.Option) error {
 	}
 }
 
-// CgoBlocked counts the goroutines whose top frame is a miekg/pkcs11 cgo call, and names those frames.
+// cgoPrefixes name the packages whose cgo calls enter a PKCS#11 module: miekg/pkcs11 and the library's
+// one-call sign (pkcs11ha/internal/onecall), whose stranded calls are stuck the same way.
+var cgoPrefixes = []string{"github.com/miekg/pkcs11._Cfunc_", "github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall._Cfunc_"}
+
+// moduleCall reports whether fn, a goroutine's top function, is a cgo call into a PKCS#11 module.
+func moduleCall(fn string) bool {
+	return slices.ContainsFunc(cgoPrefixes, func(p string) bool { return strings.HasPrefix(fn, p) })
+}
+
+// CgoBlocked counts the goroutines whose top frame is a cgo call into a PKCS#11 module, and names those
+// frames.
 func CgoBlocked() (int, []string) {
 	count := 0
 	var tops []string
 	for _, g := range goroutines() {
-		if fn := topFunc(g); strings.HasPrefix(fn, "github.com/miekg/pkcs11._Cfunc_") {
+		if fn := topFunc(g); moduleCall(fn) {
 			count++
 			if !slices.Contains(tops, fn) {
 				tops = append(tops, fn)

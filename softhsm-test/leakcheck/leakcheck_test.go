@@ -72,3 +72,16 @@ func TestTopFunc(t *testing.T) {
 	assert.Equal(t, "", topFunc("goroutine 1"))
 	assert.True(t, strings.HasPrefix(topFunc("goroutine 2 [running]:\nmain.main()\n"), "main.main"))
 }
+
+// TestModuleCall: a call stranded in one-call sign counts as one stranded in miekg/pkcs11 (a gate run
+// failed on five such goroutines the library had reported stuck).
+func TestModuleCall(t *testing.T) {
+	for fn, want := range map[string]bool{
+		"github.com/miekg/pkcs11._Cfunc_Sign":                                         true,
+		"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall._Cfunc_call_single": true,
+		"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha.(*device).run":                       false,
+		"runtime.gopark": false,
+	} {
+		assert.Equal(t, want, moduleCall(fn), fn)
+	}
+}

@@ -496,7 +496,7 @@ partitions:
 	require.NoError(t, err)
 	cl, err := pkcs11ha.Open(context.Background(), cfg)
 	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, cl.Close()) })
+	leakcheck.CloseCluster(t, cl)
 
 	k, err := cl.Key(context.Background(), "payments", "ec-key")
 	require.NoError(t, err)

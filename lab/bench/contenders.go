@@ -205,12 +205,8 @@ type ha struct {
 }
 
 func newHA(s Spec) (contender, error) {
-	cfg, err := pkcs11ha.LoadConfig(s.ConfigPath)
-	if err != nil {
-		return nil, err
-	}
 	ctx := context.Background()
-	cl, err := pkcs11ha.Open(ctx, cfg)
+	cl, err := openSpec(ctx, s)
 	if err != nil {
 		return nil, err
 	}
@@ -220,6 +216,15 @@ func newHA(s Spec) (contender, error) {
 		return nil, err
 	}
 	return &ha{cl: cl, key: key}, nil
+}
+
+// openSpec opens a cluster on the spec's configuration file (the ha and haSecret contenders).
+func openSpec(ctx context.Context, s Spec) (*pkcs11ha.Cluster, error) {
+	cfg, err := pkcs11ha.LoadConfig(s.ConfigPath)
+	if err != nil {
+		return nil, err
+	}
+	return pkcs11ha.Open(ctx, cfg)
 }
 
 func (h *ha) worker(int) (signFunc, error) {

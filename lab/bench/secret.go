@@ -163,12 +163,8 @@ type haSecret struct {
 }
 
 func newHASecret(s Spec) (contender, error) {
-	cfg, err := pkcs11ha.LoadConfig(s.ConfigPath)
-	if err != nil {
-		return nil, err
-	}
 	ctx := context.Background()
-	cl, err := pkcs11ha.Open(ctx, cfg)
+	cl, err := openSpec(ctx, s)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,6 +40,9 @@ type upgradeRig struct {
 	module   string // the stock p11-kit-client.so
 	writeCfg func(extraServer string)
 	notify   *net.UnixConn // NOTIFY_SOCKET of every generation, as systemd gives a Type=notify unit
+
+	notifyMu sync.Mutex
+	notified []string // what the processes told systemd, read as it arrives (drainNotify)
 }
 
 // rigUpgradeTimeout is server.upgrade_timeout in the rig: far above a new process's start (about 3 s on a
@@ -90,7 +94,9 @@ func startUpgradeRig(t *testing.T, ca *testcerts.CA) *upgradeRig {
 	// Not softhsmtest.LogBuffer: a pipe's copying goroutine would wait for every generation to exit.
 	r.notify, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(sockDir, "notify.sock"), Net: "unixgram"})
 	require.NoError(t, err)
-	t.Cleanup(func() { r.notify.Close() })
+	drained := make(chan struct{})
+	go r.drainNotify(drained)
+	t.Cleanup(func() { r.notify.Close(); <-drained })
 	// --metrics-addr: a TCP listener passed on too.
 	cmd := exec.Command(r.bin, "serve", "--config", r.cfgPath, "--log-format", "text", "--metrics-addr", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+r.notify.LocalAddr().String())
@@ -114,18 +120,27 @@ func startUpgradeRig(t *testing.T, ca *testcerts.CA) *upgradeRig {
 	return r
 }
 
-// notifications returns what the processes told systemd so far.
-func (r *upgradeRig) notifications() []string {
-	var out []string
+// drainNotify reads the notify socket until it is closed, as systemd does: a datagram socket holds only a
+// few unread messages (net.unix.max_dgram_qlen, 10), and the long run makes 50 upgrades.
+func (r *upgradeRig) drainNotify(done chan<- struct{}) {
+	defer close(done)
 	buf := make([]byte, 4096)
 	for {
-		_ = r.notify.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 		n, err := r.notify.Read(buf)
 		if err != nil {
-			return out
+			return
 		}
-		out = append(out, string(buf[:n]))
+		r.notifyMu.Lock()
+		r.notified = append(r.notified, string(buf[:n]))
+		r.notifyMu.Unlock()
 	}
+}
+
+// notifications returns what the processes told systemd so far.
+func (r *upgradeRig) notifications() []string {
+	r.notifyMu.Lock()
+	defer r.notifyMu.Unlock()
+	return append([]string(nil), r.notified...)
 }
 
 // freeTCPAddr is a loopback address with a port free now.

@@ -4,12 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/miekg/pkcs11"
-
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
 // The in-process device's admin path (admin.go says what an adminOp is).
@@ -230,21 +227,6 @@ func readAttrs(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, ts 
 	}
 	return out
 }
-
-// ObjectCountError says that a template meant to name one object on a device matched none or several.
-type ObjectCountError struct {
-	What  string
-	Found int
-}
-
-func (e *ObjectCountError) Error() string {
-	return fmt.Sprintf("pkcs11ha: %s: %d objects match, want exactly one", e.What, e.Found)
-}
-
-// FailoverClass: a missing or ambiguous object is not a device fault.
-func (e *ObjectCountError) FailoverClass() failover.Class { return failover.ClassCaller }
-
-func (e *ObjectCountError) class() Class { return ClassCaller }
 
 // lookupKey finds label on the token when the partition's key cache lacks it (a key created since the
 // last listing, by another replica or by hand) and caches it when its public key is want.

@@ -190,3 +190,40 @@ func unroute(err error) error {
 	}
 	return err
 }
+
+// ErrBadSignature is matched (errors.Is) by every *SignatureError.
+var ErrBadSignature = errors.New("pkcs11ha: a device returned a signature that does not verify")
+
+// SignatureError says that a device returned a signature that does not verify with the key's public key.
+// It names the device, partition and key, never the data or the signature.
+type SignatureError struct {
+	Device    string
+	Partition string
+	Key       string
+	Scheme    string // "RSA PKCS#1 v1.5", "RSA-PSS", "ECDSA" or "Ed25519"
+}
+
+func (e *SignatureError) Error() string {
+	return fmt.Sprintf("pkcs11ha: device %s partition %s: %s signature with key %q does not verify (device fault; not returned)",
+		e.Device, e.Partition, e.Scheme, e.Key)
+}
+
+func (e *SignatureError) class() Class { return ClassBadSignature }
+
+// Is lets errors.Is(err, ErrBadSignature) match.
+func (e *SignatureError) Is(target error) bool { return target == ErrBadSignature }
+
+// ObjectCountError says that a template meant to name one object on a device matched none or several.
+type ObjectCountError struct {
+	What  string
+	Found int
+}
+
+func (e *ObjectCountError) Error() string {
+	return fmt.Sprintf("pkcs11ha: %s: %d objects match, want exactly one", e.What, e.Found)
+}
+
+// FailoverClass: a missing or ambiguous object is not a device fault.
+func (e *ObjectCountError) FailoverClass() failover.Class { return failover.ClassCaller }
+
+func (e *ObjectCountError) class() Class { return ClassCaller }

@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 	"log/slog"
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 
 	"github.com/miekg/pkcs11"
 )

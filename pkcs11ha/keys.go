@@ -8,7 +8,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/asn1"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math/big"
@@ -214,20 +213,3 @@ func bytesToUlong(b []byte) uint {
 	}
 	return v
 }
-
-// KeyInfo describes a key of a partition as the cluster sees it.
-type KeyInfo struct {
-	Label     string
-	ID        string // CKA_ID in hex
-	Algorithm string
-	Public    crypto.PublicKey
-	Devices   []string          // devices that hold the reference key
-	Excluded  map[string]string // device -> why it does not serve this key ("missing", "different public key")
-	// Certificate is the DER of the X.509 certificate the devices hold for this key (same CKA_ID or label,
-	// same public key; the majority's when they differ), or nil. It must not be modified.
-	Certificate []byte
-	// Fingerprint is the hex SHA-256 of the reference public key's SubjectPublicKeyInfo (Fingerprint).
-	Fingerprint string
-}
-
-func hexID(id []byte) string { return hex.EncodeToString(id) }

@@ -1,7 +1,6 @@
 package pkcs11ha
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -22,23 +21,6 @@ type pinState struct {
 	mu sync.Mutex // serialises reloads (probes of several devices may notice a pin_file change at once)
 }
 
-// pinHash identifies a PIN without keeping it.
-func pinHash(pin string) [32]byte { return sha256.Sum256([]byte(pin)) }
-
-// secret is the PIN to log in with: the one last reloaded, else the configuration's.
-func (p *devPartition) secret() string {
-	if s := p.owner().newPIN.Load(); s != nil {
-		return *s
-	}
-	return p.pin
-}
-
-// rejectPIN remembers that the token refused pin.
-func (p *devPartition) rejectPIN(pin string) {
-	h := pinHash(pin)
-	p.owner().rejected.Store(&h)
-}
-
 // usePIN makes pin the partition's PIN on every device, and lets each (device, partition) whose login was
 // refused try it once, unless its token refused this very PIN. It returns the devices given a new try.
 func (cl *Cluster) usePIN(pi int, pin string) []string {
@@ -49,20 +31,6 @@ func (cl *Cluster) usePIN(pi int, pin string) []string {
 		}
 	}
 	return retried
-}
-
-// usePIN is the in-process backend's: see backend.usePIN.
-func (d *device) usePIN(pi int, pin string) bool {
-	p := d.parts[pi]
-	p.newPIN.Store(&pin)
-	if p.credFatal.Load() == nil {
-		return false
-	}
-	if r := p.rejected.Load(); r != nil && *r == pinHash(pin) {
-		return false // never twice with the same PIN
-	}
-	p.credFatal.Store(nil) // the next probe reopens the partition and logs in, once
-	return true
 }
 
 // ReloadPINs reads every partition's PIN again from its source: the environment variable (pin_env), the

@@ -66,3 +66,8 @@ func (e *AuthError) Is(target error) bool { return target == e.kind.sentinel() }
 func (e *AuthError) FailoverClass() failover.Class { return failover.ClassRefused }
 
 func (e *AuthError) class() Class { return ClassDecryptRefused }
+
+// newAuthError is an *AuthError of kind (its sentinel) for the device that decided ("" if none did).
+func newAuthError(kind authKind, device, reason string) *AuthError {
+	return &AuthError{Device: device, Reason: reason, kind: kind}
+}

@@ -38,7 +38,7 @@ func (k *SecretKey) DecryptGCM(ctx context.Context, nonce, ciphertext, aad []byt
 		return nil, err
 	}
 	if len(ciphertext) < tagBits/8 {
-		return nil, &AuthError{Reason: fmt.Sprintf("%d bytes, shorter than the %d-bit tag", len(ciphertext), tagBits)}
+		return nil, newAuthError(authOpen, "", fmt.Sprintf("%d bytes, shorter than the %d-bit tag", len(ciphertext), tagBits))
 	}
 	return k.decryptGCM(ctx, out, "decrypt_gcm", nonce, ciphertext, aad, tagBits)
 }

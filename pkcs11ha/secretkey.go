@@ -98,7 +98,7 @@ func (k *SecretKey) Open(ctx context.Context, sealed, aad []byte) ([]byte, error
 		return nil, inputErr("open: input over %d bytes", MaxSecretInput)
 	}
 	if len(sealed) < SealOverhead {
-		return nil, &AuthError{Reason: fmt.Sprintf("%d bytes, shorter than nonce and tag", len(sealed))}
+		return nil, newAuthError(authOpen, "", fmt.Sprintf("%d bytes, shorter than nonce and tag", len(sealed)))
 	}
 	return k.decryptGCM(ctx, out, "open", sealed[:gcmNonceSize], sealed[gcmNonceSize:], aad, 8*gcmTagSize)
 }
@@ -132,7 +132,7 @@ func refusal(err error, out *Outcome, kind authKind) error {
 	if out != nil {
 		out.Device = de.Device
 	}
-	return &AuthError{Device: de.Device, kind: kind}
+	return newAuthError(kind, de.Device, "")
 }
 
 func (k *SecretKey) gcmOp(kind opKind, nonce, in, aad []byte, outLen, tagBits int) *deviceOp {
@@ -165,7 +165,7 @@ func (k *SecretKey) mac(ctx context.Context, opName string, data []byte) ([]byte
 func (k *SecretKey) VerifyMAC(ctx context.Context, data, mac []byte) error {
 	if k.hash != 0 && len(mac) != k.hash.Size() {
 		startOutcome(ctx)
-		return &AuthError{kind: authMAC, Reason: fmt.Sprintf("%d bytes, %v MACs have %d", len(mac), k.hash, k.hash.Size())}
+		return newAuthError(authMAC, "", fmt.Sprintf("%d bytes, %v MACs have %d", len(mac), k.hash, k.hash.Size()))
 	}
 	want, err := k.mac(ctx, "verify_mac", data)
 	if err != nil {
@@ -176,7 +176,7 @@ func (k *SecretKey) VerifyMAC(ctx context.Context, data, mac []byte) error {
 		if o, _ := ctx.Value(outcomeKey{}).(*Outcome); o != nil {
 			dev = o.Device
 		}
-		return &AuthError{kind: authMAC, Device: dev}
+		return newAuthError(authMAC, dev, "")
 	}
 	return nil
 }

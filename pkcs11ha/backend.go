@@ -13,7 +13,6 @@ type clusterDevice struct {
 	be   backend
 }
 
-
 // hooks is a backend's callbacks, set once before it opens (worker.go reads them from its reader).
 type hooks struct {
 	keysChanged atomic.Pointer[func()]

@@ -227,3 +227,11 @@ func (e *ObjectCountError) Error() string {
 func (e *ObjectCountError) FailoverClass() failover.Class { return failover.ClassCaller }
 
 func (e *ObjectCountError) class() Class { return ClassCaller }
+
+// ConfigError names the field that is wrong, and the device or partition it belongs to.
+type ConfigError struct {
+	Field string // e.g. "devices[1].module" or "partitions[payments].pin_env"
+	Msg   string
+}
+
+func (e *ConfigError) Error() string { return "pkcs11ha: config: " + e.Field + ": " + e.Msg }

@@ -69,9 +69,6 @@ func (k *SecretKey) cbcOp(kind opKind, iv, in []byte, outLen int) *deviceOp {
 		Mech: mechSpec{Type: pkcs11.CKM_AES_CBC_PAD, CBCIV: iv}, CBCFallback: k.cl.s.own.CBCFallback}
 }
 
-// cbcPadLen is the length of n bytes padded with PKCS#7 to whole AES blocks (1 to 16 bytes added).
-func cbcPadLen(n int) int { return (n/aesBlock + 1) * aesBlock }
-
 // cbcPlainLen is the check of a CBC-PAD decryption's output: n−16 to n−1 bytes for n bytes in (the padding
 // is 1 to 16 bytes); a device answering another size failed that attempt (busy).
 func cbcPlainLen(n int) func([]byte) error {

@@ -160,3 +160,6 @@ func unpadPKCS7(b []byte) (int, bool) {
 	}
 	return len(b) - subtle.ConstantTimeSelect(good, pad, 0), good == 1
 }
+
+// cbcPadLen is the length of n bytes padded with PKCS#7 to whole AES blocks (1 to 16 bytes added).
+func cbcPadLen(n int) int { return (n/aesBlock + 1) * aesBlock }

@@ -41,5 +41,5 @@ func newBackend(s *settings, i int, log *slog.Logger, m *metrics) (backend, erro
 	if s.own.Isolation == IsolationProcess {
 		return newWorkerDevice(s, i, log, m), nil
 	}
-	return newDevice(s, i, log)
+	return newDevice(s.backend(), i, log)
 }

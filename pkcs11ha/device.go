@@ -20,8 +20,8 @@ import (
 type device struct {
 	idx   int
 	name  string
-	cfg   DeviceConfig
-	set   *ownSettings
+	cfg   deviceSpec
+	set   *backendOptions
 	mod   *moduleHandle
 	parts []*devPartition // same order as Config.Partitions
 
@@ -51,7 +51,7 @@ type device struct {
 // devPartition is one partition (token) on one device.
 type devPartition struct {
 	dev       *device
-	cfg       *PartitionConfig
+	cfg       *partitionSpec
 	pin       string // resolved once by Open; never printed
 	st        atomic.Pointer[partState]
 	credFatal atomic.Pointer[string] // set once a PIN was rejected: never logged in again
@@ -92,18 +92,18 @@ func (d *device) setErr(err error) {
 
 // newDevice makes device i of settings s on the module registry's handle for its module and module_env,
 // with its lanes (lanes.go); nothing is loaded yet.
-func newDevice(s *settings, i int, log *slog.Logger) (*device, error) {
-	dc := s.cfg.Devices[i]
+func newDevice(s *backendSettings, i int, log *slog.Logger) (*device, error) {
+	dc := s.Devices[i]
 	h, err := modules.acquire(dc.Module, dc.ModuleEnv, 0)
 	if err != nil {
 		return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 	}
-	d := &device{idx: i, name: dc.Name, cfg: dc, set: &s.own, mod: h, log: log}
-	for pi := range s.cfg.Partitions {
-		d.parts = append(d.parts, &devPartition{dev: d, cfg: &s.cfg.Partitions[pi], pin: s.pins[pi]})
+	d := &device{idx: i, name: dc.Name, cfg: dc, set: &s.Own, mod: h, log: log}
+	for pi := range s.Partitions {
+		d.parts = append(d.parts, &devPartition{dev: d, cfg: &s.Partitions[pi], pin: s.PINs[pi]})
 	}
-	if err := d.addLanes(lanesOf(dc, s.own.P11KitInstances)); err != nil {
-		d.close(s.own.CloseTimeout)
+	if err := d.addLanes(lanesOf(dc, s.Own.P11KitInstances)); err != nil {
+		d.close(s.Own.CloseTimeout)
 		return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 	}
 	return d, nil

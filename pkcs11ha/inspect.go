@@ -61,7 +61,7 @@ func Inspect(ctx context.Context, cfg *Config, o inspection.Options) (*inspectio
 	var devs []*device
 	defer func() { releaseAll(devs, s.own.CloseTimeout) }()
 	for i := range s.cfg.Devices {
-		d, err := newDevice(s, i, slog.New(slog.DiscardHandler))
+		d, err := newDevice(s.backend(), i, slog.New(slog.DiscardHandler))
 		if err != nil {
 			return nil, err
 		}
@@ -110,9 +110,10 @@ func releaseAll(devs []*device, timeout time.Duration) {
 // inspectDevice opens d, reads its module and token information, times it, and returns its report and,
 // per partition, the keys the token holds (nil where the partition did not open).
 func inspectDevice(ctx context.Context, s *settings, d *device, o inspection.Options, load loadResult) (inspection.DeviceReport, []map[string]*keyObject) {
+	dc := s.cfg.Devices[d.idx]
 	dr := inspection.DeviceReport{
-		Name: d.name, Region: d.cfg.Region, Local: d.cfg.Region == s.cfg.LocalRegion,
-		Tier: s.cfg.tierOf(d.idx), TierOverride: d.cfg.Tier != nil, Module: d.cfg.Module,
+		Name: d.name, Region: dc.Region, Local: dc.Region == s.cfg.LocalRegion,
+		Tier: s.cfg.tierOf(d.idx), TierOverride: dc.Tier != nil, Module: dc.Module,
 	}
 	openErr := load.err
 	if openErr == nil {

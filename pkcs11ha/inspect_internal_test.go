@@ -27,7 +27,7 @@ func oneDevice(t *testing.T) (*softhsmtest.Device, *device) {
 	require.NoError(t, err)
 	s, err := compile(cfg)
 	require.NoError(t, err)
-	d, err := newDevice(s, 0, slog.New(slog.DiscardHandler))
+	d, err := newDevice(s.backend(), 0, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(func() { d.close(time.Second) })
 	return topo.Devices[0], d

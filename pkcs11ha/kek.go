@@ -58,7 +58,7 @@ func InitKEK(ctx context.Context, cfg *Config, partition, soPIN string) (*KEKRep
 	defer func() { releaseAll(devs, s.own.CloseTimeout) }()
 	var sos []*soSession
 	for i := range s.cfg.Devices {
-		d, err := newDevice(s, i, slog.New(slog.DiscardHandler))
+		d, err := newDevice(s.backend(), i, slog.New(slog.DiscardHandler))
 		if err != nil {
 			return nil, err
 		}

@@ -27,7 +27,7 @@ import (
 const p11kitClient = "p11-kit-client.so"
 
 // lanesOf is how many instances device d gets under policy.p11kit_client_instances n.
-func lanesOf(d DeviceConfig, n int) int {
+func lanesOf(d deviceSpec, n int) int {
 	if n <= 1 || !isP11KitClient(d.Module) {
 		return 1
 	}

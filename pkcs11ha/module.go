@@ -326,7 +326,7 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 // reinit replaces the current instance: finalise + initialise when nothing is in flight on it, otherwise,
 // after policy.reinit_grace, retire it (never finalised, never used again; its calls move to the stuck-call
 // account, within policy.max_stuck_calls) and load a fresh one. Caller holds h.mu.
-func (h *moduleHandle) reinit(ctx context.Context, set *ownSettings, log *slog.Logger) (*instance, error) {
+func (h *moduleHandle) reinit(ctx context.Context, set *backendOptions, log *slog.Logger) (*instance, error) {
 	grace, maxRetired := set.ReinitGrace, set.MaxRetired
 	old := h.cur.Load()
 	if old != nil {

@@ -52,7 +52,7 @@ func TestReinitRetiresStuckInstance(t *testing.T) {
 	// on the hung device and gives up at the context's deadline.
 	h.mu.Lock()
 	rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	set := defaultOwn
+	set := (&settings{own: defaultOwn}).backend().Own
 	set.ReinitGrace = 100 * time.Millisecond
 	_, err = h.reinit(rctx, &set, nil)
 	cancel()

@@ -430,3 +430,19 @@ func policyErrors(err error, bs []binding, target int) []error {
 	}
 	return out
 }
+
+// backend is what the device backend needs of s (device_settings.go).
+func (s *settings) backend() *backendSettings {
+	b := &backendSettings{PINs: s.pins, Own: backendOptions{
+		SessionPoolSize: s.own.SessionPoolSize, ReinitGrace: s.own.ReinitGrace, InitTimeout: s.own.InitTimeout,
+		CloseTimeout: s.own.CloseTimeout, MaxRetired: s.own.MaxRetired, MaxStuckCalls: s.own.MaxStuckCalls,
+		P11KitInstances: s.own.P11KitInstances,
+	}}
+	for _, d := range s.cfg.Devices {
+		b.Devices = append(b.Devices, deviceSpec{Name: d.Name, Module: d.Module, ModuleEnv: d.ModuleEnv, TokenSerials: d.TokenSerials})
+	}
+	for _, p := range s.cfg.Partitions {
+		b.Partitions = append(b.Partitions, partitionSpec{Name: p.Name, TokenLabel: p.TokenLabel, TokenSerial: p.TokenSerial})
+	}
+	return b
+}

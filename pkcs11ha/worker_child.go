@@ -68,7 +68,7 @@ func runWorker(conn net.Conn) int {
 	w := &workerServer{conn: conn, rd: rd, fw: &frameWriter{w: conn}, log: log}
 	s := &settings{cfg: Config{Topology: Topology{Devices: []DeviceConfig{in.Device}, Partitions: in.Partitions}},
 		pins: in.PINs, own: in.Own}
-	d, err := newDevice(s, 0, log)
+	d, err := newDevice(s.backend(), 0, log)
 	if err != nil {
 		_ = writeFrame(conn, f.id, f.typ|msgReply, append([]byte{replyErr}, marshal(toWire(err))...))
 		return 2

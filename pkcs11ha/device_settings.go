@@ -1,0 +1,43 @@
+package pkcs11ha
+
+import "time"
+
+// The device backend reads its configuration from these, not from the library's Config: the library
+// binds the config and policy (config.go, policy.go) and hands the backend what it needs
+// (docs/ARCHITECTURE.md, "Device backend").
+
+// deviceSpec is what the backend reads of a device's configuration (the library's DeviceConfig).
+type deviceSpec struct {
+	Name      string
+	Module    string
+	ModuleEnv map[string]string
+	// TokenSerials picks this device's token for a partition by serial (partition -> serial).
+	TokenSerials map[string]string
+}
+
+// partitionSpec is what the backend reads of a partition's configuration (the library's PartitionConfig).
+type partitionSpec struct {
+	Name        string
+	TokenLabel  string
+	TokenSerial string
+}
+
+// backendOptions are the policy settings the backend uses, as the library resolved them.
+type backendOptions struct {
+	SessionPoolSize int
+	ReinitGrace     time.Duration
+	InitTimeout     time.Duration
+	CloseTimeout    time.Duration
+	MaxRetired      int // 0: no cap of its own (MaxStuckCalls bounds what retired instances hold)
+	MaxStuckCalls   int
+	P11KitInstances int
+}
+
+// backendSettings is the backend's view of a cluster's configuration: devices and partitions in config
+// order, each partition's PIN, and the options.
+type backendSettings struct {
+	Devices    []deviceSpec
+	Partitions []partitionSpec
+	PINs       []string // per partition; never printed
+	Own        backendOptions
+}

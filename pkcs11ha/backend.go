@@ -3,6 +3,8 @@ package pkcs11ha
 import (
 	"log/slog"
 	"sync/atomic"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // clusterDevice is the cluster's handle on one configured device.
@@ -10,7 +12,7 @@ type clusterDevice struct {
 	idx  int
 	name string
 	cfg  DeviceConfig
-	be   backend
+	be   devicebackend.Backend
 }
 
 // hooks is a backend's callbacks, set once before it opens (worker.go reads them from its reader).
@@ -37,9 +39,9 @@ func (h *hooks) onDown(reason string) {
 }
 
 // newBackend makes the backend of device i of settings s (nothing is loaded yet).
-func newBackend(s *settings, i int, log *slog.Logger, m *metrics) (backend, error) {
+func newBackend(s *settings, i int, log *slog.Logger, m *metrics) (devicebackend.Backend, error) {
 	if s.own.Isolation == IsolationProcess {
 		return newWorkerDevice(s, i, log, m), nil
 	}
-	return newDevice(s.backend(), i, log)
+	return devicebackend.NewDevice(s.backend(), i, log)
 }

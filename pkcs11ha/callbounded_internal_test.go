@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/require"
 )
@@ -14,12 +16,12 @@ import (
 // counted then kept the module from being finalised, and the next load of it in the process failed as
 // "already initialised by another device" (TestKeysWrap, about one run in four under load).
 func TestCallBoundedLeavesTheInstanceFirst(t *testing.T) {
-	in := newInstance(nil, 1, nil)
-	d := &device{name: "d"}
+	in := devicebackend.NewInstance(nil, 1, nil)
+	d := &devicebackend.Device{Name: "d"}
 	for range 5000 {
 		v, err := callBounded(context.Background(), d, in, "C_Test", time.Minute, func(*pkcs11.Ctx) (int, error) { return 7, nil })
 		require.NoError(t, err)
 		require.Equal(t, 7, v)
-		require.Zero(t, in.inflight.Load(), "the call is out of the instance when callBounded returns")
+		require.Zero(t, in.Inflight.Load(), "the call is out of the instance when callBounded returns")
 	}
 }

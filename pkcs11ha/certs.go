@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // Certificates are optional company for keys: applications that find keys through their certificate
@@ -17,7 +19,7 @@ import (
 // certificate written to some devices only is presented already. When no serving device is open the
 // certificate is kept; when they all hold none it is dropped. Ignored certificates and disagreeing devices
 // are logged once per device and certificate. Called with cl.keysMu held, after assign.
-func (cl *Cluster) pickCertificate(cp *clusterPartition, e *keyEntry, held []map[string]*keyObject) {
+func (cl *Cluster) pickCertificate(cp *clusterPartition, e *keyEntry, held []map[string]*devicebackend.KeyObject) {
 	mask := e.mask.Load()
 	if mask == 0 {
 		return
@@ -32,13 +34,13 @@ func (cl *Cluster) pickCertificate(cp *clusterPartition, e *keyEntry, held []map
 		if k == nil {
 			continue
 		}
-		if k.certIgnored != "" {
-			cl.certLogOnce(e, d.name+"\x00"+k.certIgnored, "certificate on a device ignored",
-				"device", d.name, "partition", cp.name, "key", e.label, "reason", k.certIgnored)
+		if k.CertIgnored != "" {
+			cl.certLogOnce(e, d.name+"\x00"+k.CertIgnored, "certificate on a device ignored",
+				"device", d.name, "partition", cp.name, "key", e.label, "reason", k.CertIgnored)
 		}
-		if k.cert != nil {
-			votes = append(votes, k.cert)
-			voters[d.name] = certFingerprint(k.cert)
+		if k.Cert != nil {
+			votes = append(votes, k.Cert)
+			voters[d.name] = certFingerprint(k.Cert)
 		}
 	}
 	best := majorityCert(votes)

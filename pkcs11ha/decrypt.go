@@ -3,13 +3,16 @@ package pkcs11ha
 import (
 	"crypto/rsa"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/miekg/pkcs11"
 )
 
-func oaepMechanism(o *rsa.OAEPOptions, pub *rsa.PublicKey) (mechSpec, error) {
+func oaepMechanism(o *rsa.OAEPOptions, pub *rsa.PublicKey) (devicebackend.MechSpec, error) {
 	hm, ok := hashMech[o.Hash]
 	if !ok {
-		return mechSpec{}, inputErr("decrypt: OAEP hash %v not supported", o.Hash)
+		return devicebackend.MechSpec{}, errclass.InputErr("decrypt: OAEP hash %v not supported", o.Hash)
 	}
 	mgf := o.MGFHash
 	if mgf == 0 {
@@ -17,10 +20,10 @@ func oaepMechanism(o *rsa.OAEPOptions, pub *rsa.PublicKey) (mechSpec, error) {
 	}
 	mm, ok := hashMech[mgf]
 	if !ok {
-		return mechSpec{}, inputErr("decrypt: OAEP MGF1 hash %v not supported", mgf)
+		return devicebackend.MechSpec{}, errclass.InputErr("decrypt: OAEP MGF1 hash %v not supported", mgf)
 	}
 	if pub.Size() < 2*o.Hash.Size()+2 {
-		return mechSpec{}, inputErr("decrypt: key too small for OAEP with %v", o.Hash)
+		return devicebackend.MechSpec{}, errclass.InputErr("decrypt: key too small for OAEP with %v", o.Hash)
 	}
-	return mechSpec{Type: pkcs11.CKM_RSA_PKCS_OAEP, OAEPHash: hm.mech, OAEPMGF: mm.mgf, OAEPLabel: o.Label}, nil
+	return devicebackend.MechSpec{Type: pkcs11.CKM_RSA_PKCS_OAEP, OAEPHash: hm.mech, OAEPMGF: mm.mgf, OAEPLabel: o.Label}, nil
 }

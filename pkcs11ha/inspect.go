@@ -9,6 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
 
 	"github.com/miekg/pkcs11"
@@ -58,10 +61,10 @@ func Inspect(ctx context.Context, cfg *Config, o inspection.Options) (*inspectio
 	if o.LatencySamples <= 0 {
 		o.LatencySamples = defaultLatencySamples
 	}
-	var devs []*device
+	var devs []*devicebackend.Device
 	defer func() { releaseAll(devs, s.own.CloseTimeout) }()
 	for i := range s.cfg.Devices {
-		d, err := newDevice(s.backend(), i, slog.New(slog.DiscardHandler))
+		d, err := devicebackend.NewDevice(s.backend(), i, slog.New(slog.DiscardHandler))
 		if err != nil {
 			return nil, err
 		}
@@ -76,7 +79,7 @@ func Inspect(ctx context.Context, cfg *Config, o inspection.Options) (*inspectio
 		loads[i] = loadBounded(ctx, d, s.own.InitTimeout)
 	}
 	rep := &inspection.Report{LocalRegion: s.cfg.LocalRegion, SessionPoolSize: s.own.SessionPoolSize, Devices: make([]inspection.DeviceReport, len(devs))}
-	held := make([][]map[string]*keyObject, len(devs)) // [device][partition] -> label -> key; nil: not open
+	held := make([][]map[string]*devicebackend.KeyObject, len(devs)) // [device][partition] -> label -> key; nil: not open
 	var wg sync.WaitGroup
 	for i, d := range devs {
 		wg.Add(1)
@@ -95,13 +98,13 @@ func Inspect(ctx context.Context, cfg *Config, o inspection.Options) (*inspectio
 }
 
 // releaseAll releases the devices' module references at once (each bounded by timeout).
-func releaseAll(devs []*device, timeout time.Duration) {
+func releaseAll(devs []*devicebackend.Device, timeout time.Duration) {
 	var wg sync.WaitGroup
 	for _, d := range devs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d.close(timeout)
+			d.Close(timeout)
 		}()
 	}
 	wg.Wait()
@@ -109,11 +112,11 @@ func releaseAll(devs []*device, timeout time.Duration) {
 
 // inspectDevice opens d, reads its module and token information, times it, and returns its report and,
 // per partition, the keys the token holds (nil where the partition did not open).
-func inspectDevice(ctx context.Context, s *settings, d *device, o inspection.Options, load loadResult) (inspection.DeviceReport, []map[string]*keyObject) {
-	dc := s.cfg.Devices[d.idx]
+func inspectDevice(ctx context.Context, s *settings, d *devicebackend.Device, o inspection.Options, load loadResult) (inspection.DeviceReport, []map[string]*devicebackend.KeyObject) {
+	dc := s.cfg.Devices[d.Idx]
 	dr := inspection.DeviceReport{
-		Name: d.name, Region: dc.Region, Local: dc.Region == s.cfg.LocalRegion,
-		Tier: s.cfg.tierOf(d.idx), TierOverride: dc.Tier != nil, Module: dc.Module,
+		Name: d.Name, Region: dc.Region, Local: dc.Region == s.cfg.LocalRegion,
+		Tier: s.cfg.tierOf(d.Idx), TierOverride: dc.Tier != nil, Module: dc.Module,
 	}
 	openErr := load.err
 	if openErr == nil {
@@ -125,33 +128,33 @@ func inspectDevice(ctx context.Context, s *settings, d *device, o inspection.Opt
 	if errors.Is(openErr, errCallStuck) {
 		dr.Abandoned = append(dr.Abandoned, string(opOpen))
 		setErr(&dr.Error, &dr.ErrorClass, openErr)
-		for _, p := range d.parts {
-			dr.Partitions = append(dr.Partitions, inspection.DevicePartition{Name: p.cfg.Name, Error: "not checked: the device did not finish opening"})
+		for _, p := range d.Parts {
+			dr.Partitions = append(dr.Partitions, inspection.DevicePartition{Name: p.Cfg.Name, Error: "not checked: the device did not finish opening"})
 		}
 		return dr, nil
 	}
 
 	var found []tokenAt
 	var stuck error
-	if in := d.mod.current(); in != nil {
+	if in := d.Mod.Current(); in != nil {
 		found, stuck = inspectInstance(ctx, d, in, s.monitor.Timeout, o.LatencySamples, &dr)
 	}
-	keys := make([]map[string]*keyObject, len(d.parts))
-	for pi, p := range d.parts {
-		dp := inspection.DevicePartition{Name: p.cfg.Name, LoginAttempts: p.logins.Load()}
-		if i := slices.IndexFunc(found, func(t tokenAt) bool { return p.isToken(t.info) }); i >= 0 {
+	keys := make([]map[string]*devicebackend.KeyObject, len(d.Parts))
+	for pi, p := range d.Parts {
+		dp := inspection.DevicePartition{Name: p.Cfg.Name, LoginAttempts: p.Logins.Load()}
+		if i := slices.IndexFunc(found, func(t tokenAt) bool { return p.IsToken(t.info) }); i >= 0 {
 			own := 0
-			st := p.st.Load()
-			if st != nil && st.slot == found[i].slot {
-				own = 1 + len(st.pool.slots) // the login session and the pool's warm one
+			st := p.St.Load()
+			if st != nil && st.Slot == found[i].slot {
+				own = 1 + len(st.Pool.Slots) // the login session and the pool's warm one
 			}
 			dp.TokenFound, dp.Token = true, tokenInfo(found[i].info, own)
-			dp.SessionsPerClient = poolSize(s.own.SessionPoolSize, found[i].info.MaxSessionCount) + 1
+			dp.SessionsPerClient = devicebackend.PoolSize(s.own.SessionPoolSize, found[i].info.MaxSessionCount) + 1
 		}
-		if st := p.st.Load(); st != nil {
-			dp.TokenFound, dp.LoggedIn, dp.Keys = true, true, len(st.keys)
-			keys[pi] = st.keys
-		} else if e := p.openErr.Load(); e != nil && *e != nil {
+		if st := p.St.Load(); st != nil {
+			dp.TokenFound, dp.LoggedIn, dp.Keys = true, true, len(st.Keys)
+			keys[pi] = st.Keys
+		} else if e := p.OpenErr.Load(); e != nil && *e != nil {
 			setErr(&dp.Error, &dp.ErrorClass, *e)
 		} else if openErr != nil {
 			setErr(&dp.Error, &dp.ErrorClass, openErr)
@@ -166,7 +169,7 @@ func inspectDevice(ctx context.Context, s *settings, d *device, o inspection.Opt
 	case !dr.Reachable && openErr != nil:
 		setErr(&dr.Error, &dr.ErrorClass, openErr)
 	case !dr.Reachable:
-		setErr(&dr.Error, &dr.ErrorClass, downErr(d.name, "", opTokenInfo, "no configured partition's token is on the device"))
+		setErr(&dr.Error, &dr.ErrorClass, errclass.DownErr(d.Name, "", errclass.OpTokenInfo, "no configured partition's token is on the device"))
 	}
 	if !dr.Reachable {
 		return dr, nil
@@ -183,7 +186,7 @@ type tokenAt struct {
 // inspectInstance reads the module's C_GetInfo and every present token's C_GetTokenInfo, then times
 // samples C_GetTokenInfo calls on the first partition's token. It returns the tokens found and the first
 // call that did not return within timeout (then it stops there).
-func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.Duration, samples int, dr *inspection.DeviceReport) ([]tokenAt, error) {
+func inspectInstance(ctx context.Context, d *devicebackend.Device, in *devicebackend.Instance, timeout time.Duration, samples int, dr *inspection.DeviceReport) ([]tokenAt, error) {
 	abandon := func(op string, err error) error {
 		if errors.Is(err, errCallStuck) {
 			dr.Abandoned = append(dr.Abandoned, string(op))
@@ -199,15 +202,15 @@ func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.
 		Manufacturer: info.ManufacturerID, Description: info.LibraryDescription,
 		Version: version(info.LibraryVersion), Cryptoki: version(info.CryptokiVersion),
 	}
-	slots, err := callBounded(ctx, d, in, opSlotList, timeout, func(c *pkcs11.Ctx) ([]uint, error) { return c.GetSlotList(true) })
+	slots, err := callBounded(ctx, d, in, errclass.OpSlotList, timeout, func(c *pkcs11.Ctx) ([]uint, error) { return c.GetSlotList(true) })
 	if err != nil {
-		return nil, abandon(opSlotList, err)
+		return nil, abandon(errclass.OpSlotList, err)
 	}
 	var found []tokenAt
 	for _, s := range slots {
-		ti, err := callBounded(ctx, d, in, opTokenInfo, timeout, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(s) })
+		ti, err := callBounded(ctx, d, in, errclass.OpTokenInfo, timeout, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(s) })
 		if err != nil {
-			if stuck := abandon(opTokenInfo, err); stuck != nil {
+			if stuck := abandon(errclass.OpTokenInfo, err); stuck != nil {
 				return found, stuck
 			}
 			continue
@@ -216,8 +219,8 @@ func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.
 	}
 	// Time the call health probes make, on the token of the first partition found here.
 	probe := -1
-	for _, p := range d.parts {
-		if i := slices.IndexFunc(found, func(t tokenAt) bool { return p.isToken(t.info) }); i >= 0 {
+	for _, p := range d.Parts {
+		if i := slices.IndexFunc(found, func(t tokenAt) bool { return p.IsToken(t.info) }); i >= 0 {
 			probe = i
 			break
 		}
@@ -228,9 +231,9 @@ func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.
 	var took []time.Duration
 	for range samples {
 		t0 := time.Now()
-		_, err := callBounded(ctx, d, in, opTokenInfo, timeout, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(found[probe].slot) })
+		_, err := callBounded(ctx, d, in, errclass.OpTokenInfo, timeout, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(found[probe].slot) })
 		if err != nil {
-			if stuck := abandon(opTokenInfo, err); stuck != nil {
+			if stuck := abandon(errclass.OpTokenInfo, err); stuck != nil {
 				return found, stuck
 			}
 			break
@@ -247,11 +250,11 @@ func inspectInstance(ctx context.Context, d *device, in *instance, timeout time.
 // openBounded runs d.open in a goroutine of its own with Open's deadline on a module load
 // (policy.init_timeout; Inspect has loaded the module already), and waits at most limit for the whole
 // open; past it the open is abandoned, never waited on.
-func openBounded(ctx context.Context, d *device, initTimeout, limit time.Duration) error {
+func openBounded(ctx context.Context, d *devicebackend.Device, initTimeout, limit time.Duration) error {
 	octx, cancel := context.WithTimeout(ctx, initTimeout)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- d.open(octx) }()
+	go func() { done <- d.Open(octx) }()
 	t := time.NewTimer(limit)
 	defer t.Stop()
 	select {
@@ -260,7 +263,7 @@ func openBounded(ctx context.Context, d *device, initTimeout, limit time.Duratio
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-t.C:
-		return &DeviceError{Device: d.name, Op: opOpen, Class: ClassDeviceDown,
+		return &DeviceError{Device: d.Name, Op: opOpen, Class: ClassDeviceDown,
 			Err: fmt.Errorf("%w within %v; left running in the module", errCallStuck, limit)}
 	}
 }
@@ -273,21 +276,21 @@ type loadResult struct {
 
 // loadBounded loads d's module (or finds it loaded, for a device sharing another's instance) as Open
 // does, bounded by initTimeout: a C_Initialize that does not return by then is left running.
-func loadBounded(ctx context.Context, d *device, initTimeout time.Duration) loadResult {
+func loadBounded(ctx context.Context, d *devicebackend.Device, initTimeout time.Duration) loadResult {
 	start := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, initTimeout)
 	defer cancel()
-	_, err := d.instanceFor(lctx, false)
+	_, err := d.InstanceFor(lctx, false)
 	return loadResult{err: err, took: time.Since(start)}
 }
 
 // callBounded makes one PKCS#11 call on instance in, in a goroutine of its own, and waits at most timeout:
 // a call stuck in the module is left there (it leaves the instance when it returns, so the instance is
 // never finalised under it) and reported as a device-down error wrapping errCallStuck.
-func callBounded[T any](ctx context.Context, d *device, in *instance, op string, timeout time.Duration, f func(c *pkcs11.Ctx) (T, error)) (T, error) {
+func callBounded[T any](ctx context.Context, d *devicebackend.Device, in *devicebackend.Instance, op string, timeout time.Duration, f func(c *pkcs11.Ctx) (T, error)) (T, error) {
 	var zero T
-	if !in.enter() {
-		return zero, downErr(d.name, "", op, "module instance is not usable")
+	if !in.Enter() {
+		return zero, errclass.DownErr(d.Name, "", op, "module instance is not usable")
 	}
 	type result struct {
 		v   T
@@ -297,8 +300,8 @@ func callBounded[T any](ctx context.Context, d *device, in *instance, op string,
 	go func() {
 		var r result
 		func() {
-			defer in.exit()
-			r.v, r.err = f(in.ctx)
+			defer in.Exit()
+			r.v, r.err = f(in.Ctx)
 		}()
 		// Out of the instance before the caller hears: a caller that releases the device next (Inspect,
 		// InitKEK) must find it idle, or the module is never finalised and the next load in this process
@@ -310,11 +313,11 @@ func callBounded[T any](ctx context.Context, d *device, in *instance, op string,
 	select {
 	case r := <-done:
 		if r.err != nil {
-			return zero, p11err(d.name, "", op, r.err)
+			return zero, errclass.P11Err(d.Name, "", op, r.err)
 		}
 		return r.v, nil
 	case <-t.C:
-		return zero, &DeviceError{Device: d.name, Op: op, Class: ClassDeviceDown,
+		return zero, &DeviceError{Device: d.Name, Op: op, Class: ClassDeviceDown,
 			Err: fmt.Errorf("%w within policy.health.timeout (%v); left running in the module", errCallStuck, timeout)}
 	case <-ctx.Done():
 		return zero, ctx.Err()
@@ -322,7 +325,7 @@ func callBounded[T any](ctx context.Context, d *device, in *instance, op string,
 }
 
 func setErr(msg, class *string, err error) {
-	*msg, *class = err.Error(), classOf(err).String()
+	*msg, *class = err.Error(), errclass.ClassOf(err).String()
 }
 
 func tokenInfo(ti pkcs11.TokenInfo, own int) *inspection.TokenInfo {

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -18,7 +21,7 @@ import (
 
 // oneDevice starts one SoftHSM device behind its relay and returns it with the library's device for it,
 // not yet loaded (closed with the test).
-func oneDevice(t *testing.T) (*softhsmtest.Device, *device) {
+func oneDevice(t *testing.T) (*softhsmtest.Device, *devicebackend.Device) {
 	t.Helper()
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "eastus"}}})
 	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
@@ -27,9 +30,9 @@ func oneDevice(t *testing.T) (*softhsmtest.Device, *device) {
 	require.NoError(t, err)
 	s, err := compile(cfg)
 	require.NoError(t, err)
-	d, err := newDevice(s.backend(), 0, slog.New(slog.DiscardHandler))
+	d, err := devicebackend.NewDevice(s.backend(), 0, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
-	t.Cleanup(func() { d.close(time.Second) })
+	t.Cleanup(func() { d.Close(time.Second) })
 	return topo.Devices[0], d
 }
 
@@ -42,11 +45,11 @@ const livenessWait = 30 * time.Second
 // instance is never finalised under it.
 func TestInspectCallBoundedAbandons(t *testing.T) {
 	dev, d := oneDevice(t)
-	require.NoError(t, d.open(context.Background()))
-	in := d.mod.current()
+	require.NoError(t, d.Open(context.Background()))
+	in := d.Mod.Current()
 	require.NotNil(t, in)
 	ctx := context.Background()
-	slots, err := callBounded(ctx, d, in, opSlotList, time.Second, func(c *pkcs11.Ctx) ([]uint, error) { return c.GetSlotList(true) })
+	slots, err := callBounded(ctx, d, in, errclass.OpSlotList, time.Second, func(c *pkcs11.Ctx) ([]uint, error) { return c.GetSlotList(true) })
 	require.NoError(t, err)
 	require.NotEmpty(t, slots)
 
@@ -56,16 +59,16 @@ func TestInspectCallBoundedAbandons(t *testing.T) {
 	live, cancel := context.WithTimeout(ctx, livenessWait)
 	defer cancel()
 	start := time.Now()
-	_, err = callBounded(live, d, in, opTokenInfo, 200*time.Millisecond, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(slots[0]) })
+	_, err = callBounded(live, d, in, errclass.OpTokenInfo, 200*time.Millisecond, func(c *pkcs11.Ctx) (pkcs11.TokenInfo, error) { return c.GetTokenInfo(slots[0]) })
 	t.Logf("returned after %v", time.Since(start))
 	require.NoError(t, live.Err(), "the call's own deadline ended the wait")
 	require.Error(t, err)
 	assert.True(t, errors.Is(err, errCallStuck), "%v", err)
 	assert.True(t, errors.Is(err, ErrDeviceDown), "%v", err)
-	assert.EqualValues(t, 1, in.inflight.Load(), "the abandoned call still counts on the instance")
+	assert.EqualValues(t, 1, in.Inflight.Load(), "the abandoned call still counts on the instance")
 
 	require.NoError(t, dev.Pass())
-	require.Eventually(t, func() bool { return in.inflight.Load() == 0 }, 10*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return in.Inflight.Load() == 0 }, 10*time.Second, 5*time.Millisecond,
 		"the call leaves the instance once the device answers")
 }
 
@@ -86,10 +89,10 @@ func TestInspectOpenBoundedAbandons(t *testing.T) {
 	require.Error(t, err)
 	assert.True(t, errors.Is(err, errCallStuck), "%v", err)
 	assert.True(t, errors.Is(err, ErrDeviceDown), "%v", err)
-	in := d.mod.current()
+	in := d.Mod.Current()
 	require.NotNil(t, in)
-	assert.EqualValues(t, 1, in.inflight.Load(), "the token lookup is still in the module")
+	assert.EqualValues(t, 1, in.Inflight.Load(), "the token lookup is still in the module")
 
 	require.NoError(t, dev.Pass())
-	require.Eventually(t, func() bool { return in.inflight.Load() == 0 }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return in.Inflight.Load() == 0 }, 10*time.Second, 5*time.Millisecond)
 }

@@ -12,6 +12,9 @@ import (
 	"math/big"
 	"testing"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/stretchr/testify/require"
 )
 
@@ -52,7 +55,7 @@ func TestPlanSignValidation(t *testing.T) {
 			p, err := planSign(tc.pub, tc.dig, tc.opts)
 			if !tc.ok {
 				require.Error(t, err)
-				require.Equal(t, ClassCaller, classOf(err), "validation errors are caller errors")
+				require.Equal(t, ClassCaller, errclass.ClassOf(err), "validation errors are caller errors")
 				return
 			}
 			require.NoError(t, err)
@@ -76,15 +79,15 @@ func TestOAEPDecode(t *testing.T) {
 			ct, err := rsa.EncryptOAEP(h.New(), rand.Reader, &k.PublicKey, msg, label)
 			require.NoError(t, err)
 			opts := &rsa.OAEPOptions{Hash: h, Label: label}
-			pt, err := oaepDecode(opts, k.Size(), rawRSADecrypt(k, ct))
+			pt, err := devicebackend.OAEPDecode(opts, k.Size(), rawRSADecrypt(k, ct))
 			require.NoError(t, err, "hash %v", h)
 			require.Equal(t, msg, pt)
 
 			// Wrong label, tampered ciphertext: refused with rsa.ErrDecryption.
-			_, err = oaepDecode(&rsa.OAEPOptions{Hash: h, Label: []byte("other")}, k.Size(), rawRSADecrypt(k, ct))
+			_, err = devicebackend.OAEPDecode(&rsa.OAEPOptions{Hash: h, Label: []byte("other")}, k.Size(), rawRSADecrypt(k, ct))
 			require.ErrorIs(t, err, rsa.ErrDecryption)
 			ct[10] ^= 1
-			_, err = oaepDecode(opts, k.Size(), rawRSADecrypt(k, ct))
+			_, err = devicebackend.OAEPDecode(opts, k.Size(), rawRSADecrypt(k, ct))
 			require.ErrorIs(t, err, rsa.ErrDecryption)
 		}
 	}

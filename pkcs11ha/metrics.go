@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
@@ -168,7 +170,7 @@ func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d t
 	if dev == "" {
 		dev = "none"
 	}
-	m.operationsC.with(op, dev, outcomeLabel(err, failover.ClassOf(err))).Inc()
+	m.operationsC.with(op, dev, errclass.OutcomeLabel(err, failover.ClassOf(err))).Inc()
 	m.opLatencyC.with(op, "", "").Observe(d.Seconds())
 	if res.Attempts > 1 {
 		m.retries.WithLabelValues(op).Inc()
@@ -182,7 +184,7 @@ func (o *observer) name(i int) string { return o.cl.s.cfg.Devices[i].Name }
 
 func (o *observer) AttemptDone(member int, op string, class failover.Class, err error, latency time.Duration, hedge bool) {
 	dev := o.name(member)
-	o.cl.metrics.attemptsC.with(dev, op, outcomeLabel(err, class)).Inc()
+	o.cl.metrics.attemptsC.with(dev, op, errclass.OutcomeLabel(err, class)).Inc()
 	o.cl.metrics.attemptLatencyC.with(dev, op, "").Observe(latency.Seconds())
 	if class == failover.ClassDown && member < len(o.cl.monitors) {
 		// Timeouts and device errors: have the probe look now rather than in 5 s.

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+
 	"github.com/stretchr/testify/require"
 
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
@@ -19,53 +21,53 @@ import (
 func TestReinitRetiresStuckInstance(t *testing.T) {
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "r"}}})
 	dev := topo.Devices[0]
-	h, err := modules.acquire(dev.ModulePath, dev.ModuleEnv, 0)
+	h, err := devicebackend.Modules.Acquire(dev.ModulePath, dev.ModuleEnv, 0)
 	require.NoError(t, err)
-	t.Cleanup(func() { modules.release(h, time.Second) })
+	t.Cleanup(func() { devicebackend.Modules.Release(h, time.Second) })
 
 	ctx := context.Background()
-	h.mu.Lock()
-	in, err := h.load(ctx, 8)
+	h.Mu.Lock()
+	in, err := h.Load(ctx, 8)
 	require.NoError(t, err)
-	h.cur.Store(in)
-	h.mu.Unlock()
-	slots, err := in.ctx.GetSlotList(true)
+	h.Cur.Store(in)
+	h.Mu.Unlock()
+	slots, err := in.Ctx.GetSlotList(true)
 	require.NoError(t, err)
 	require.NotEmpty(t, slots)
 
 	// A call that cannot return while the relay holds the bytes.
 	require.NoError(t, dev.Hang())
 	stuck := make(chan error, 1)
-	d := &device{name: "d1"}
-	rec, ok := in.begin(ctx, d)
+	d := &devicebackend.Device{Name: "d1"}
+	rec, ok := in.Begin(ctx, d)
 	require.True(t, ok)
-	stuckBefore := stuckTotal.Load()
+	stuckBefore := devicebackend.StuckTotal.Load()
 	go func() {
-		defer in.end(rec)
-		_, err := in.ctx.GetTokenInfo(slots[0])
+		defer in.End(rec)
+		_, err := in.Ctx.GetTokenInfo(slots[0])
 		stuck <- err
 	}()
 	time.Sleep(50 * time.Millisecond)
-	require.EqualValues(t, 1, in.inflight.Load())
+	require.EqualValues(t, 1, in.Inflight.Load())
 
 	// Re-init: the stuck call outlives the grace, so the instance is retired; loading the fresh one blocks
 	// on the hung device and gives up at the context's deadline.
-	h.mu.Lock()
+	h.Mu.Lock()
 	rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	set := (&settings{own: defaultOwn}).backend().Own
 	set.ReinitGrace = 100 * time.Millisecond
-	_, err = h.reinit(rctx, &set, nil)
+	_, err = h.Reinit(rctx, &set, nil)
 	cancel()
-	h.mu.Unlock()
+	h.Mu.Unlock()
 	require.Error(t, err)
-	require.True(t, in.retired.Load(), "an instance with a stuck call is retired")
-	_, ok = in.begin(ctx, d)
+	require.True(t, in.Retired.Load(), "an instance with a stuck call is retired")
+	_, ok = in.Begin(ctx, d)
 	require.False(t, ok, "a retired instance takes no new call")
-	require.EqualValues(t, 1, h.retired.Load())
-	require.EqualValues(t, 1, d.stuck.Load(), "the stuck call is accounted to its device")
-	require.EqualValues(t, stuckBefore+1, stuckTotal.Load(), "and in the total")
-	require.Nil(t, h.current())
-	require.NotNil(t, h.pending, "the blocked C_Initialize is remembered, not repeated")
+	require.EqualValues(t, 1, h.Retired.Load())
+	require.EqualValues(t, 1, d.Stuck.Load(), "the stuck call is accounted to its device")
+	require.EqualValues(t, stuckBefore+1, devicebackend.StuckTotal.Load(), "and in the total")
+	require.Nil(t, h.Current())
+	require.NotNil(t, h.Pending, "the blocked C_Initialize is remembered, not repeated")
 
 	// The device answers again: the stuck call returns, and the next load adopts the pending instance.
 	require.NoError(t, dev.Pass())
@@ -75,25 +77,25 @@ func TestReinitRetiresStuckInstance(t *testing.T) {
 		t.Fatal("stuck call did not return after Pass")
 	}
 	// Its last stuck call returned: the retired instance is reclaimed and no longer counts against the cap.
-	require.Eventually(t, func() bool { return h.retired.Load() == 0 }, 5*time.Second, time.Millisecond)
-	require.EqualValues(t, 1, h.reclaimed.Load())
-	require.Zero(t, d.stuck.Load(), "a stuck call that returns stops counting")
-	require.Equal(t, stuckBefore, stuckTotal.Load())
-	h.mu.Lock()
+	require.Eventually(t, func() bool { return h.Retired.Load() == 0 }, 5*time.Second, time.Millisecond)
+	require.EqualValues(t, 1, h.Reclaimed.Load())
+	require.Zero(t, d.Stuck.Load(), "a stuck call that returns stops counting")
+	require.Equal(t, stuckBefore, devicebackend.StuckTotal.Load())
+	h.Mu.Lock()
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	fresh, err := h.load(lctx, 8)
+	fresh, err := h.Load(lctx, 8)
 	cancel()
 	if err == nil {
-		h.cur.Store(fresh)
+		h.Cur.Store(fresh)
 	}
-	h.mu.Unlock()
+	h.Mu.Unlock()
 	require.NoError(t, err)
 	require.NotSame(t, in, fresh)
-	require.Greater(t, fresh.gen, in.gen)
-	slots, err = fresh.ctx.GetSlotList(true)
+	require.Greater(t, fresh.Gen, in.Gen)
+	slots, err = fresh.Ctx.GetSlotList(true)
 	require.NoError(t, err)
 	require.NotEmpty(t, slots, "the fresh instance sees the token")
-	require.Zero(t, h.retired.Load(), "adopting the pending load retired nothing more")
+	require.Zero(t, h.Retired.Load(), "adopting the pending load retired nothing more")
 }
 
 // TestSameLibraryTwiceRefused: one libsofthsm2.so path is one module; a second device with another
@@ -102,21 +104,21 @@ func TestSameLibraryTwiceRefused(t *testing.T) {
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{
 		{Name: "a", Region: "r", InProcess: true}, {Name: "b", Region: "r", InProcess: true}}})
 	a, b := topo.Devices[0], topo.Devices[1]
-	ha, err := modules.acquire(a.ModulePath, a.ModuleEnv, 0)
+	ha, err := devicebackend.Modules.Acquire(a.ModulePath, a.ModuleEnv, 0)
 	require.NoError(t, err)
-	t.Cleanup(func() { modules.release(ha, time.Second) })
-	ha.mu.Lock()
-	in, err := ha.load(context.Background(), 8)
+	t.Cleanup(func() { devicebackend.Modules.Release(ha, time.Second) })
+	ha.Mu.Lock()
+	in, err := ha.Load(context.Background(), 8)
 	require.NoError(t, err)
-	ha.cur.Store(in)
-	ha.mu.Unlock()
+	ha.Cur.Store(in)
+	ha.Mu.Unlock()
 
-	hb, err := modules.acquire(a.ModulePath, b.ModuleEnv, 0) // a's file, b's config
+	hb, err := devicebackend.Modules.Acquire(a.ModulePath, b.ModuleEnv, 0) // a's file, b's config
 	require.NoError(t, err)
-	t.Cleanup(func() { modules.release(hb, time.Second) })
-	hb.mu.Lock()
-	_, err = hb.load(context.Background(), 8)
-	hb.mu.Unlock()
+	t.Cleanup(func() { devicebackend.Modules.Release(hb, time.Second) })
+	hb.Mu.Lock()
+	_, err = hb.Load(context.Background(), 8)
+	hb.Mu.Unlock()
 	require.ErrorContains(t, err, "one instance per file path")
 }
 
@@ -133,11 +135,11 @@ func TestOpenWarmsOneSession(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, cl.Close()) })
 	for _, d := range cl.inprocDevices() {
-		for _, p := range d.parts {
-			st := p.st.Load()
-			require.NotNil(t, st, "%s/%s open", d.name, p.cfg.Name)
-			require.Len(t, st.pool.idle, 1, "%s/%s: one warm session", d.name, p.cfg.Name)
-			require.Len(t, st.pool.slots, 1, "%s/%s: the warm session counts against the pool size", d.name, p.cfg.Name)
+		for _, p := range d.Parts {
+			st := p.St.Load()
+			require.NotNil(t, st, "%s/%s open", d.Name, p.Cfg.Name)
+			require.Len(t, st.Pool.Idle, 1, "%s/%s: one warm session", d.Name, p.Cfg.Name)
+			require.Len(t, st.Pool.Slots, 1, "%s/%s: the warm session counts against the pool size", d.Name, p.Cfg.Name)
 		}
 	}
 }
@@ -145,35 +147,35 @@ func TestOpenWarmsOneSession(t *testing.T) {
 // TestWaitDrained: a re-init waiting for the calls of a broken instance is woken by the last one to return,
 // not by its grace period; the context still bounds the wait.
 func TestWaitDrained(t *testing.T) {
-	in := newInstance(nil, 1, nil)
-	require.True(t, in.enter())
-	require.True(t, in.enter())
-	in.broken.Store(true)
+	in := devicebackend.NewInstance(nil, 1, nil)
+	require.True(t, in.Enter())
+	require.True(t, in.Enter())
+	in.Broken.Store(true)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		in.waitDrained(context.Background(), time.Hour)
+		in.WaitDrained(context.Background(), time.Hour)
 	}()
-	in.exit()
+	in.Exit()
 	select {
 	case <-done:
 		t.Fatal("returned with a call still in the instance")
 	case <-time.After(20 * time.Millisecond):
 	}
-	in.exit()
+	in.Exit()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the last call's return did not end the wait")
 	}
-	in.waitDrained(context.Background(), time.Hour) // already drained: at once
+	in.WaitDrained(context.Background(), time.Hour) // already drained: at once
 
-	busy := newInstance(nil, 2, nil)
-	require.True(t, busy.enter())
-	busy.broken.Store(true)
+	busy := devicebackend.NewInstance(nil, 2, nil)
+	require.True(t, busy.Enter())
+	busy.Broken.Store(true)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	busy.waitDrained(ctx, time.Hour) // the context ends the wait
-	require.False(t, busy.enter(), "a broken instance takes no new call")
-	require.EqualValues(t, 1, busy.inflight.Load())
+	busy.WaitDrained(ctx, time.Hour) // the context ends the wait
+	require.False(t, busy.Enter(), "a broken instance takes no new call")
+	require.EqualValues(t, 1, busy.Inflight.Load())
 }

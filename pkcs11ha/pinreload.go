@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"sync"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // A wrong PIN fixed by the operator. A rejected PIN is never tried again (lockout), so a partition whose
@@ -26,7 +28,7 @@ type pinState struct {
 func (cl *Cluster) usePIN(pi int, pin string) []string {
 	var retried []string
 	for _, d := range cl.devices {
-		if d.be.usePIN(pi, pin) {
+		if d.be.UsePIN(pi, pin) {
 			retried = append(retried, d.name)
 		}
 	}
@@ -78,7 +80,7 @@ func (cl *Cluster) watchPINFiles() {
 			continue // a file being replaced; the next probe reads it again
 		}
 		pin := strings.TrimRight(string(b), "\r\n")
-		if pin == "" || pinHash(pin) == cl.devices[0].be.partition(pi).PINHash {
+		if pin == "" || devicebackend.PinHash(pin) == cl.devices[0].be.Partition(pi).PINHash {
 			continue
 		}
 		cl.retryWith(pi, pin, "pin_file changed")

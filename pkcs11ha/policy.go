@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/health"
 )
@@ -432,17 +434,17 @@ func policyErrors(err error, bs []binding, target int) []error {
 }
 
 // backend is what the device backend needs of s (device_settings.go).
-func (s *settings) backend() *backendSettings {
-	b := &backendSettings{PINs: s.pins, Own: backendOptions{
+func (s *settings) backend() *devicebackend.Settings {
+	b := &devicebackend.Settings{PINs: s.pins, Own: devicebackend.Options{
 		SessionPoolSize: s.own.SessionPoolSize, ReinitGrace: s.own.ReinitGrace, InitTimeout: s.own.InitTimeout,
 		CloseTimeout: s.own.CloseTimeout, MaxRetired: s.own.MaxRetired, MaxStuckCalls: s.own.MaxStuckCalls,
 		P11KitInstances: s.own.P11KitInstances,
 	}}
 	for _, d := range s.cfg.Devices {
-		b.Devices = append(b.Devices, deviceSpec{Name: d.Name, Module: d.Module, ModuleEnv: d.ModuleEnv, TokenSerials: d.TokenSerials})
+		b.Devices = append(b.Devices, devicebackend.DeviceSpec{Name: d.Name, Module: d.Module, ModuleEnv: d.ModuleEnv, TokenSerials: d.TokenSerials})
 	}
 	for _, p := range s.cfg.Partitions {
-		b.Partitions = append(b.Partitions, partitionSpec{Name: p.Name, TokenLabel: p.TokenLabel, TokenSerial: p.TokenSerial})
+		b.Partitions = append(b.Partitions, devicebackend.PartitionSpec{Name: p.Name, TokenLabel: p.TokenLabel, TokenSerial: p.TokenSerial})
 	}
 	return b
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -22,7 +24,7 @@ type StuckCalls struct {
 // StuckCalls reports the calls stuck in retired module instances over the whole process, with this
 // cluster's cap; DeviceStatus.StuckCalls has them per device.
 func (cl *Cluster) StuckCalls() StuckCalls {
-	return StuckCalls{Calls: stuckTotal.Load(), Limit: cl.s.own.MaxStuckCalls, OSThreads: osThreads()}
+	return StuckCalls{Calls: devicebackend.StuckTotal.Load(), Limit: cl.s.own.MaxStuckCalls, OSThreads: osThreads()}
 }
 
 // osThreads reads Threads: from /proc/self/status, or falls back to the runtime's thread-creation count.
@@ -66,7 +68,7 @@ func (c *stuckCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for _, d := range cl.devices {
-		ch <- prometheus.MustNewConstMetric(c.perDevice, prometheus.GaugeValue, float64(d.be.counts().Stuck), d.name)
+		ch <- prometheus.MustNewConstMetric(c.perDevice, prometheus.GaugeValue, float64(d.be.Counts().Stuck), d.name)
 	}
 	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(cl.s.own.MaxStuckCalls))
 	ch <- prometheus.MustNewConstMetric(c.thrds, prometheus.GaugeValue, float64(osThreads()))

@@ -71,7 +71,7 @@ func (cl *Cluster) noteBadSignature(m int, err error) {
 	cl.metrics.badSignatures.WithLabelValues(d.name).Inc()
 	cl.log.Error("device returned a signature that does not verify: not returned, device taken out",
 		"device", d.name, "partition", se.Partition, "key", se.Key, "scheme", se.Scheme)
-	d.be.noteError(se)
+	d.be.NoteError(se)
 	if m < len(cl.monitors) {
 		cl.monitors[m].MarkDown(se.Error())
 	}

@@ -11,6 +11,8 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
@@ -99,7 +101,7 @@ func TestVerifiesByMode(t *testing.T) {
 func TestSignatureError(t *testing.T) {
 	err := error(&SignatureError{Device: "eastus-1", Partition: "payments", Key: "rsa-key", Scheme: "RSA-PSS"})
 	require.ErrorIs(t, err, ErrBadSignature)
-	require.Equal(t, failover.ClassFaulty, failover.ClassOf(route(err)))
+	require.Equal(t, failover.ClassFaulty, failover.ClassOf(errclass.Route(err)))
 	require.True(t, failover.ClassFaulty.Retryable(), "retried on another device")
 	require.True(t, failover.ClassFaulty.BreakerFailure(), "a device fault")
 	require.Contains(t, err.Error(), "eastus-1")

@@ -16,6 +16,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // workerDevice is the backend of policy.isolation "process" (docs/ARCHITECTURE.md, "Process model"): the
@@ -43,10 +46,10 @@ type workerDevice struct {
 	// The device as the worker last described it.
 	state    atomic.Pointer[workerState]
 	keysMu   sync.RWMutex
-	keyCache []map[string]*keyObject // per partition; nil: not open
-	secrets  []map[string]*secretObject
+	keyCache []map[string]*devicebackend.KeyObject // per partition; nil: not open
+	secrets  []map[string]*devicebackend.SecretObject
 	keysGen  uint64
-	lastErr  atomic.Pointer[lastError] // this side's verdicts (worker exits, bad signatures)
+	lastErr  atomic.Pointer[devicebackend.LastError] // this side's verdicts (worker exits, bad signatures)
 	restarts atomic.Int64
 	exit     atomic.Pointer[string]
 	pins     []atomic.Pointer[string] // reloaded PINs, sent to every new worker
@@ -61,12 +64,12 @@ const (
 func newWorkerDevice(s *settings, i int, log *slog.Logger, m *metrics) *workerDevice {
 	w := &workerDevice{idx: i, name: s.cfg.Devices[i].Name, s: s, cmd: s.workerCmd, log: log, m: m,
 		pins: make([]atomic.Pointer[string], len(s.cfg.Partitions))}
-	w.state.Store(&workerState{Parts: make([]partInfo, len(s.cfg.Partitions))})
-	w.keyCache = make([]map[string]*keyObject, len(s.cfg.Partitions))
+	w.state.Store(&workerState{Parts: make([]devicebackend.PartInfo, len(s.cfg.Partitions))})
+	w.keyCache = make([]map[string]*devicebackend.KeyObject, len(s.cfg.Partitions))
 	return w
 }
 
-var _ backend = (*workerDevice)(nil)
+var _ devicebackend.Backend = (*workerDevice)(nil)
 
 // current returns the running worker, starting one when none runs and the backoff allows; errors are
 // device-down.
@@ -76,24 +79,24 @@ func (w *workerDevice) current(ctx context.Context, start bool) (*workerProc, er
 		return p, nil
 	}
 	if !start {
-		return nil, downErr(w.name, "", opWorker, "worker process not running")
+		return nil, errclass.DownErr(w.name, "", opWorker, "worker process not running")
 	}
 	w.startMu.Lock()
 	defer w.startMu.Unlock()
 	if w.closed {
-		return nil, downErr(w.name, "", opWorker, "cluster closed")
+		return nil, errclass.DownErr(w.name, "", opWorker, "cluster closed")
 	}
 	if p := w.proc.Load(); p != nil && !p.dead.Load() {
 		return p, nil // started by another probe meanwhile
 	}
 	if wait := time.Until(w.nextTry); wait > 0 {
-		return nil, downErr(w.name, "", opWorker, fmt.Sprintf("worker process restarting in %v", wait.Round(time.Millisecond)))
+		return nil, errclass.DownErr(w.name, "", opWorker, fmt.Sprintf("worker process restarting in %v", wait.Round(time.Millisecond)))
 	}
 	p, err := startWorker(ctx, w)
 	if err != nil {
 		w.failedStart()
-		err = downErr(w.name, "", opWorker, err.Error())
-		w.noteError(err)
+		err = errclass.DownErr(w.name, "", opWorker, err.Error())
+		w.NoteError(err)
 		return nil, err
 	}
 	w.proc.Store(p)
@@ -120,16 +123,16 @@ func (w *workerDevice) exited(p *workerProc, why, status string) {
 	}
 	w.restarts.Add(1)
 	w.exit.Store(&why)
-	err := downErr(w.name, "", opWorker, "worker process "+why)
-	w.noteError(err)
+	err := errclass.DownErr(w.name, "", opWorker, "worker process "+why)
+	w.NoteError(err)
 	w.m.workerExit(w.name, status)
 	w.log.Warn("device worker ended; it is started again by the next probe", "device", w.name, "pid", p.pid, "how", why)
 	w.h.onDown(err.Error())
 }
 
-func (w *workerDevice) open(ctx context.Context) error { return w.probeOrOpen(ctx, msgOpen, false) }
+func (w *workerDevice) Open(ctx context.Context) error { return w.probeOrOpen(ctx, msgOpen, false) }
 
-func (w *workerDevice) probe(ctx context.Context, othersServing bool) error {
+func (w *workerDevice) Probe(ctx context.Context, othersServing bool) error {
 	return w.probeOrOpen(ctx, msgProbe, othersServing)
 }
 
@@ -149,7 +152,7 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 	// the caller gives up at its deadline but the worker still runs the probe (a recovery, or a new worker's
 	// open, finishes on its own), and probes sent meanwhile would queue behind it and pile up.
 	if id := p.probeID.Load(); id != 0 && p.isPending(id) {
-		return downErr(w.name, "", opWorker, "the worker is still running the previous probe")
+		return errclass.DownErr(w.name, "", opWorker, "the worker is still running the previous probe")
 	}
 	// The worker has until the caller's deadline, or init_timeout without one (the health monitor's probes),
 	// and the hang watch holds it to that same deadline, not to operation_timeout: a slow open is no hang.
@@ -167,7 +170,7 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 	}
 	var st workerState
 	if err := json.Unmarshal(b, &st); err != nil {
-		return downErr(w.name, "", opWorker, "worker protocol: "+err.Error())
+		return errclass.DownErr(w.name, "", opWorker, "worker protocol: "+err.Error())
 	}
 	w.state.Store(&st)
 	if st.Keys != nil {
@@ -186,20 +189,20 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 
 // setKeys replaces the cached keys and tells the cluster.
 func (w *workerDevice) setKeys(gen uint64, parts [][]wireKey, secretParts [][]wireSecret) {
-	keys := make([]map[string]*keyObject, len(w.s.cfg.Partitions))
+	keys := make([]map[string]*devicebackend.KeyObject, len(w.s.cfg.Partitions))
 	for pi := range keys {
 		if pi >= len(parts) || parts[pi] == nil {
 			continue
 		}
-		keys[pi] = make(map[string]*keyObject, len(parts[pi]))
+		keys[pi] = make(map[string]*devicebackend.KeyObject, len(parts[pi]))
 		for _, wk := range parts[pi] {
 			pub, err := x509.ParsePKIXPublicKey(wk.PubDER)
 			if err != nil {
 				w.log.Warn("worker sent a public key that does not parse; key ignored", "device", w.name, "key", wk.Label, "err", err)
 				continue
 			}
-			keys[pi][wk.Label] = &keyObject{label: wk.Label, id: wk.ID, pub: pub, pubDER: wk.PubDER, alg: wk.Alg,
-				cert: wk.Cert, certIgnored: wk.CertIgnored}
+			keys[pi][wk.Label] = &devicebackend.KeyObject{Label: wk.Label, ID: wk.ID, Pub: pub, PubDER: wk.PubDER, Alg: wk.Alg,
+				Cert: wk.Cert, CertIgnored: wk.CertIgnored}
 		}
 	}
 	secrets := w.cacheSecrets(secretParts)
@@ -209,7 +212,7 @@ func (w *workerDevice) setKeys(gen uint64, parts [][]wireKey, secretParts [][]wi
 	w.h.onKeys()
 }
 
-func (w *workerDevice) run(ctx context.Context, pi int, op *deviceOp) ([]byte, error) {
+func (w *workerDevice) Run(ctx context.Context, pi int, op *devicebackend.Op) ([]byte, error) {
 	p, err := w.current(ctx, false)
 	if err != nil {
 		return nil, err
@@ -217,13 +220,13 @@ func (w *workerDevice) run(ctx context.Context, pi int, op *deviceOp) ([]byte, e
 	return p.call(ctx, msgRun, encodeRun(pi, time.Until(deadlineOr(ctx, w.s.own.OperationTimeout)), op))
 }
 
-func (w *workerDevice) keys(pi int) map[string]*keyObject {
+func (w *workerDevice) Keys(pi int) map[string]*devicebackend.KeyObject {
 	w.keysMu.RLock()
 	defer w.keysMu.RUnlock()
 	return w.keyCache[pi]
 }
 
-func (w *workerDevice) secretKeys(pi int) map[string]*secretObject {
+func (w *workerDevice) SecretKeys(pi int) map[string]*devicebackend.SecretObject {
 	w.keysMu.RLock()
 	defer w.keysMu.RUnlock()
 	if pi >= len(w.secrets) {
@@ -233,33 +236,33 @@ func (w *workerDevice) secretKeys(pi int) map[string]*secretObject {
 }
 
 // cacheSecrets turns the worker's secret keys into this side's catalogue entries (no handles).
-func (w *workerDevice) cacheSecrets(parts [][]wireSecret) []map[string]*secretObject {
-	out := make([]map[string]*secretObject, len(w.pins)) // one per partition
+func (w *workerDevice) cacheSecrets(parts [][]wireSecret) []map[string]*devicebackend.SecretObject {
+	out := make([]map[string]*devicebackend.SecretObject, len(w.pins)) // one per partition
 	for pi := range out {
 		if pi >= len(parts) || parts[pi] == nil {
 			continue
 		}
-		out[pi] = make(map[string]*secretObject, len(parts[pi]))
+		out[pi] = make(map[string]*devicebackend.SecretObject, len(parts[pi]))
 		for _, ws := range parts[pi] {
-			alg, h, ok := secretAlg(ws.KeyType, ws.Size)
+			alg, h, ok := devicebackend.SecretAlg(ws.KeyType, ws.Size)
 			if !ok {
 				continue
 			}
-			out[pi][ws.Label] = &secretObject{label: ws.Label, id: ws.ID, keyType: ws.KeyType, size: ws.Size, alg: alg, hash: h, kcv: ws.KCV}
+			out[pi][ws.Label] = &devicebackend.SecretObject{Label: ws.Label, ID: ws.ID, KeyType: ws.KeyType, Size: ws.Size, Alg: alg, Hash: h, KCV: ws.KCV}
 		}
 	}
 	return out
 }
 
-func (w *workerDevice) partition(pi int) partInfo {
+func (w *workerDevice) Partition(pi int) devicebackend.PartInfo {
 	st := w.state.Load()
 	if pi < len(st.Parts) {
 		return st.Parts[pi]
 	}
-	return partInfo{}
+	return devicebackend.PartInfo{}
 }
 
-func (w *workerDevice) usePIN(pi int, pin string) bool {
+func (w *workerDevice) UsePIN(pi int, pin string) bool {
 	w.pins[pi].Store(&pin)
 	p, err := w.current(context.Background(), false)
 	if err != nil {
@@ -272,12 +275,12 @@ func (w *workerDevice) usePIN(pi int, pin string) bool {
 	return err == nil && json.Unmarshal(b, &retry) == nil && retry
 }
 
-func (w *workerDevice) counts() backendCounts {
+func (w *workerDevice) Counts() devicebackend.Counts {
 	st := w.state.Load()
-	c := backendCounts{Reinits: st.Counts.Reinits, Retired: st.Counts.Retired, Stuck: st.Counts.Stuck,
+	c := devicebackend.Counts{Reinits: st.Counts.Reinits, Retired: st.Counts.Retired, Stuck: st.Counts.Stuck,
 		CapRefusal: st.Counts.CapRefusal, WorkerRestarts: w.restarts.Load()}
 	if st.Counts.LastErr != "" {
-		c.LastErr = &lastError{msg: st.Counts.LastErr, class: st.Counts.LastErrClass}
+		c.LastErr = &devicebackend.LastError{Msg: st.Counts.LastErr, Class: st.Counts.LastErrClass}
 	}
 	if e := w.lastErr.Load(); e != nil {
 		c.LastErr = e // this side's verdict is the newer one
@@ -292,17 +295,17 @@ func (w *workerDevice) counts() backendCounts {
 }
 
 // shares: each worker loads its own module instance, so no two devices share one.
-func (w *workerDevice) shares(backend) bool { return false }
+func (w *workerDevice) Shares(devicebackend.Backend) bool { return false }
 
-func (w *workerDevice) setHooks(keysChanged func(), down func(string)) { w.h.set(keysChanged, down) }
+func (w *workerDevice) SetHooks(keysChanged func(), down func(string)) { w.h.set(keysChanged, down) }
 
-func (w *workerDevice) noteError(err error) {
+func (w *workerDevice) NoteError(err error) {
 	if err != nil {
-		w.lastErr.Store(&lastError{msg: err.Error(), class: classOf(err)})
+		w.lastErr.Store(&devicebackend.LastError{Msg: err.Error(), Class: errclass.ClassOf(err)})
 	}
 }
 
-func (w *workerDevice) close(timeout time.Duration) {
+func (w *workerDevice) Close(timeout time.Duration) {
 	w.startMu.Lock() // after a start in progress: its worker is stopped here too
 	w.closed = true
 	p := w.proc.Swap(nil)
@@ -507,7 +510,7 @@ func replyPayload(f frame) ([]byte, error) {
 
 func (p *workerProc) deadErr() error {
 	<-p.done
-	return downErr(p.w.name, "", opWorker, "worker process "+p.why)
+	return errclass.DownErr(p.w.name, "", opWorker, "worker process "+p.why)
 }
 
 // isPending tells whether request id is still unanswered.
@@ -682,7 +685,7 @@ func (p *workerProc) logStderr(r *os.File) {
 
 // admin carries an admin operation to the worker, under ctx's deadline or policy.admin_timeout; the
 // device's state in the reply refreshes the cache (its keys, when the operation changed them).
-func (w *workerDevice) admin(ctx context.Context, pi int, op *adminOp) (*adminResult, error) {
+func (w *workerDevice) Admin(ctx context.Context, pi int, op *devicebackend.AdminOp) (*devicebackend.AdminResult, error) {
 	p, err := w.current(ctx, false)
 	if err != nil {
 		return nil, err
@@ -699,7 +702,7 @@ func (w *workerDevice) admin(ctx context.Context, pi int, op *adminOp) (*adminRe
 	}
 	var rep workerAdminReply
 	if err := json.Unmarshal(b, &rep); err != nil || rep.Result == nil {
-		return nil, downErr(w.name, "", opWorker, fmt.Sprintf("worker protocol: admin reply: %v", err))
+		return nil, errclass.DownErr(w.name, "", opWorker, fmt.Sprintf("worker protocol: admin reply: %v", err))
 	}
 	if st := rep.State; st != nil {
 		w.state.Store(st)

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // The worker side of policy.isolation "process" (docs/ARCHITECTURE.md, "Process model"): a process that
@@ -44,7 +46,7 @@ type workerServer struct {
 	conn    net.Conn
 	rd      *bufio.Reader
 	fw      *frameWriter
-	dev     *device
+	dev     *devicebackend.Device
 	keysGen atomic.Uint64
 	log     *slog.Logger
 }
@@ -68,14 +70,14 @@ func runWorker(conn net.Conn) int {
 	w := &workerServer{conn: conn, rd: rd, fw: &frameWriter{w: conn}, log: log}
 	s := &settings{cfg: Config{Topology: Topology{Devices: []DeviceConfig{in.Device}, Partitions: in.Partitions}},
 		pins: in.PINs, own: in.Own}
-	d, err := newDevice(s.backend(), 0, log)
+	d, err := devicebackend.NewDevice(s.backend(), 0, log)
 	if err != nil {
 		_ = writeFrame(conn, f.id, f.typ|msgReply, append([]byte{replyErr}, marshal(toWire(err))...))
 		return 2
 	}
 	w.dev = d
-	d.onKeys = func(*device) { w.keysGen.Add(1) }
-	d.onDown = func(reason string) { w.event(workerEvent{Down: reason}) }
+	d.OnKeys = func(*devicebackend.Device) { w.keysGen.Add(1) }
+	d.OnDown = func(reason string) { w.event(workerEvent{Down: reason}) }
 	w.reply(f, nil, nil)
 	return w.serve()
 }
@@ -90,7 +92,7 @@ func (w *workerServer) serve() int {
 		}
 		switch f.typ {
 		case msgClose:
-			w.dev.close(w.dev.set.CloseTimeout)
+			w.dev.Close(w.dev.Set.CloseTimeout)
 			w.reply(f, nil, nil)
 			return 0
 		default:
@@ -103,12 +105,12 @@ func (w *workerServer) handle(f frame) {
 	switch f.typ {
 	case msgRun:
 		pi, timeout, op, err := decodeRun(f.payload)
-		if err != nil || pi < 0 || pi >= len(w.dev.parts) {
+		if err != nil || pi < 0 || pi >= len(w.dev.Parts) {
 			w.reply(f, nil, &InputError{Msg: fmt.Sprintf("worker: bad run request: %v", err)})
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		out, err := w.dev.run(ctx, pi, op)
+		out, err := w.dev.Run(ctx, pi, op)
 		cancel()
 		w.reply(f, out, err)
 	case msgOpen, msgProbe:
@@ -120,9 +122,9 @@ func (w *workerServer) handle(f frame) {
 		ctx, cancel := context.WithTimeout(context.Background(), p.Timeout)
 		var err error
 		if f.typ == msgOpen {
-			err = w.dev.open(ctx)
+			err = w.dev.Open(ctx)
 		} else {
-			err = w.dev.probe(ctx, p.OthersServing)
+			err = w.dev.Probe(ctx, p.OthersServing)
 		}
 		cancel()
 		w.reply(f, marshal(w.state(err, p.HaveKeys)), nil)
@@ -130,11 +132,11 @@ func (w *workerServer) handle(f frame) {
 		w.handleAdmin(f)
 	case msgPIN:
 		var p workerPIN
-		if err := json.Unmarshal(f.payload, &p); err != nil || p.Partition < 0 || p.Partition >= len(w.dev.parts) {
+		if err := json.Unmarshal(f.payload, &p); err != nil || p.Partition < 0 || p.Partition >= len(w.dev.Parts) {
 			w.reply(f, nil, fmt.Errorf("worker: bad PIN message"))
 			return
 		}
-		w.reply(f, marshal(w.dev.usePIN(p.Partition, p.PIN)), nil)
+		w.reply(f, marshal(w.dev.UsePIN(p.Partition, p.PIN)), nil)
 	default:
 		w.reply(f, nil, fmt.Errorf("worker: unknown message type %d", f.typ))
 	}
@@ -143,27 +145,27 @@ func (w *workerServer) handle(f frame) {
 // state is the device as the parent caches it; the keys only when they changed since have.
 func (w *workerServer) state(err error, have uint64) *workerState {
 	d := w.dev
-	c := d.counts()
+	c := d.Counts()
 	st := &workerState{Err: toWire(err), KeysGen: w.keysGen.Load(),
 		Counts: wireCounts{Reinits: c.Reinits, Retired: c.Retired, Stuck: c.Stuck, CapRefusal: c.CapRefusal}}
 	if c.LastErr != nil {
-		st.Counts.LastErr, st.Counts.LastErrClass = c.LastErr.msg, c.LastErr.class
+		st.Counts.LastErr, st.Counts.LastErrClass = c.LastErr.Msg, c.LastErr.Class
 	}
-	for pi := range d.parts {
-		st.Parts = append(st.Parts, d.partition(pi))
+	for pi := range d.Parts {
+		st.Parts = append(st.Parts, d.Partition(pi))
 	}
 	if st.KeysGen != have {
-		st.Keys = make([][]wireKey, len(d.parts))
+		st.Keys = make([][]wireKey, len(d.Parts))
 		st.Secrets = wireSecrets(d)
-		for pi := range d.parts {
-			keys := d.keys(pi)
+		for pi := range d.Parts {
+			keys := d.Keys(pi)
 			if keys == nil {
 				continue
 			}
 			st.Keys[pi] = make([]wireKey, 0, len(keys))
 			for _, k := range keys {
-				st.Keys[pi] = append(st.Keys[pi], wireKey{Label: k.label, ID: k.id, PubDER: k.pubDER, Alg: k.alg,
-					Cert: k.cert, CertIgnored: k.certIgnored})
+				st.Keys[pi] = append(st.Keys[pi], wireKey{Label: k.Label, ID: k.ID, PubDER: k.PubDER, Alg: k.Alg,
+					Cert: k.Cert, CertIgnored: k.CertIgnored})
 			}
 		}
 	}
@@ -189,16 +191,16 @@ func (w *workerServer) write(id uint32, typ byte, b []byte) {
 }
 
 // wireSecrets is d's secret keys per partition, for the parent.
-func wireSecrets(d *device) [][]wireSecret {
-	out := make([][]wireSecret, len(d.parts))
-	for pi := range d.parts {
-		keys := d.secretKeys(pi)
+func wireSecrets(d *devicebackend.Device) [][]wireSecret {
+	out := make([][]wireSecret, len(d.Parts))
+	for pi := range d.Parts {
+		keys := d.SecretKeys(pi)
 		if keys == nil {
 			continue
 		}
 		out[pi] = make([]wireSecret, 0, len(keys))
 		for _, k := range keys {
-			out[pi] = append(out[pi], wireSecret{Label: k.label, ID: k.id, KeyType: k.keyType, Size: k.size, KCV: k.kcv})
+			out[pi] = append(out[pi], wireSecret{Label: k.Label, ID: k.ID, KeyType: k.KeyType, Size: k.Size, KCV: k.KCV})
 		}
 	}
 	return out
@@ -208,12 +210,12 @@ func wireSecrets(d *device) [][]wireSecret {
 // its keys when the operation changed them.
 func (w *workerServer) handleAdmin(f frame) {
 	var a workerAdmin
-	if err := json.Unmarshal(f.payload, &a); err != nil || a.Op == nil || a.Partition < 0 || a.Partition >= len(w.dev.parts) {
+	if err := json.Unmarshal(f.payload, &a); err != nil || a.Op == nil || a.Partition < 0 || a.Partition >= len(w.dev.Parts) {
 		w.reply(f, nil, &InputError{Msg: fmt.Sprintf("worker: bad admin request: %v", err)})
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.Timeout)
-	r, err := w.dev.admin(ctx, a.Partition, a.Op)
+	r, err := w.dev.Admin(ctx, a.Partition, a.Op)
 	cancel()
 	if err != nil {
 		w.reply(f, nil, err)

@@ -12,6 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/miekg/pkcs11"
 )
 
@@ -154,7 +157,7 @@ type workerProbe struct {
 type workerState struct {
 	Err     *wireError `json:",omitempty"` // the open's or probe's error
 	Counts  wireCounts
-	Parts   []partInfo
+	Parts   []devicebackend.PartInfo
 	KeysGen uint64
 	Keys    [][]wireKey `json:",omitempty"` // per partition (nil: not open); only when KeysGen moved
 	// Secrets are the secret keys per partition, sent with Keys.
@@ -194,12 +197,12 @@ type workerAdmin struct {
 	Partition int
 	Timeout   time.Duration
 	HaveKeys  uint64
-	Op        *adminOp
+	Op        *devicebackend.AdminOp
 }
 
 // workerAdminReply is the operation's result and the device's state after it.
 type workerAdminReply struct {
-	Result *adminResult
+	Result *devicebackend.AdminResult
 	State  *workerState
 }
 
@@ -254,7 +257,7 @@ func toWire(err error) *wireError {
 	case errors.Is(err, context.Canceled):
 		return &wireError{Kind: "canceled", Msg: err.Error()}
 	}
-	return &wireError{Kind: "other", Msg: err.Error(), Class: classOf(err)}
+	return &wireError{Kind: "other", Msg: err.Error(), Class: errclass.ClassOf(err)}
 }
 
 func (w *wireError) err() error {
@@ -297,7 +300,7 @@ func (w opWriter) bytes(b []byte) opWriter {
 }
 
 // encodeRun is the msgRun payload: partition, timeout, then the operation.
-func encodeRun(pi int, timeout time.Duration, op *deviceOp) []byte {
+func encodeRun(pi int, timeout time.Duration, op *devicebackend.Op) []byte {
 	m := &op.Mech
 	w := make(opWriter, 0, 128+len(op.Label)+len(op.PubDER)+len(op.Input)+len(m.OAEPLabel)+len(m.GCMIV)+len(m.GCMAAD)+len(m.CBCIV))
 	w = w.u64(uint64(pi)).u64(uint64(timeout)).u8(byte(op.Kind))
@@ -374,10 +377,10 @@ func (r *opReader) bytes() []byte {
 }
 
 // decodeRun reads a msgRun payload.
-func decodeRun(b []byte) (pi int, timeout time.Duration, op *deviceOp, err error) {
+func decodeRun(b []byte) (pi int, timeout time.Duration, op *devicebackend.Op, err error) {
 	r := &opReader{b: b}
 	pi, timeout = int(r.u64()), time.Duration(r.u64())
-	op = &deviceOp{Kind: opKind(r.u8())}
+	op = &devicebackend.Op{Kind: devicebackend.OpKind(r.u8())}
 	op.Label, op.PubDER, op.Input = string(r.bytes()), r.bytes(), r.bytes()
 	m := &op.Mech
 	m.Type, m.PSSHash, m.PSSMGF, m.PSSSalt = uint(r.u64()), uint(r.u64()), uint(r.u64()), uint(r.u64())

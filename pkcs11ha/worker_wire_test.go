@@ -8,29 +8,32 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/require"
 )
 
 // TestRunRoundTrip: every field of a deviceOp survives the worker protocol's binary encoding.
 func TestRunRoundTrip(t *testing.T) {
-	ops := []*deviceOp{
-		{Kind: kindSign, Label: "ec-key", PubDER: []byte{1, 2, 3}, Mech: mechSpec{Type: pkcs11.CKM_ECDSA}, Input: bytes.Repeat([]byte{7}, 32), OutLen: 64},
-		{Kind: kindSign, Label: "rsa", PubDER: []byte{9}, Input: []byte("d"), OutLen: 256,
-			Mech: mechSpec{Type: pkcs11.CKM_RSA_PKCS_PSS, PSSHash: pkcs11.CKM_SHA256, PSSMGF: pkcs11.CKG_MGF1_SHA256, PSSSalt: 32}},
-		{Kind: kindDecrypt, Label: "", Input: nil, KeySize: 256, OAEPFallback: true, OAEPHash: crypto.SHA256, OAEPMGFHash: crypto.SHA1,
-			Mech: mechSpec{Type: pkcs11.CKM_RSA_PKCS_OAEP, OAEPHash: pkcs11.CKM_SHA256, OAEPMGF: pkcs11.CKG_MGF1_SHA1, OAEPLabel: []byte("label")}},
+	ops := []*devicebackend.Op{
+		{Kind: devicebackend.KindSign, Label: "ec-key", PubDER: []byte{1, 2, 3}, Mech: devicebackend.MechSpec{Type: pkcs11.CKM_ECDSA}, Input: bytes.Repeat([]byte{7}, 32), OutLen: 64},
+		{Kind: devicebackend.KindSign, Label: "rsa", PubDER: []byte{9}, Input: []byte("d"), OutLen: 256,
+			Mech: devicebackend.MechSpec{Type: pkcs11.CKM_RSA_PKCS_PSS, PSSHash: pkcs11.CKM_SHA256, PSSMGF: pkcs11.CKG_MGF1_SHA256, PSSSalt: 32}},
+		{Kind: devicebackend.KindDecrypt, Label: "", Input: nil, KeySize: 256, OAEPFallback: true, OAEPHash: crypto.SHA256, OAEPMGFHash: crypto.SHA1,
+			Mech: devicebackend.MechSpec{Type: pkcs11.CKM_RSA_PKCS_OAEP, OAEPHash: pkcs11.CKM_SHA256, OAEPMGF: pkcs11.CKG_MGF1_SHA1, OAEPLabel: []byte("label")}},
 		// Secret keys (secretops.go): PubDER carries the key check value, the GCM parameters ride in mechSpec.
-		{Kind: kindSeal, Label: "aes-key", PubDER: []byte{1, 2, 3, 4, 5, 6, 7, 8}, Input: []byte("pt"), OutLen: 18, GCMFallback: true,
-			Mech: mechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: bytes.Repeat([]byte{3}, 12), GCMAAD: []byte("aad"), GCMTagBits: 128}},
-		{Kind: kindOpen, Label: "aes-key", Input: make([]byte, 40), OutLen: 24,
-			Mech: mechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: []byte("0123456789ab"), GCMTagBits: 128}},
-		{Kind: kindMAC, Label: "hmac-key", Input: []byte("data"), OutLen: 48, Mech: mechSpec{Type: pkcs11.CKM_SHA384_HMAC}},
+		{Kind: devicebackend.KindSeal, Label: "aes-key", PubDER: []byte{1, 2, 3, 4, 5, 6, 7, 8}, Input: []byte("pt"), OutLen: 18, GCMFallback: true,
+			Mech: devicebackend.MechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: bytes.Repeat([]byte{3}, 12), GCMAAD: []byte("aad"), GCMTagBits: 128}},
+		{Kind: devicebackend.KindOpen, Label: "aes-key", Input: make([]byte, 40), OutLen: 24,
+			Mech: devicebackend.MechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: []byte("0123456789ab"), GCMTagBits: 128}},
+		{Kind: devicebackend.KindMAC, Label: "hmac-key", Input: []byte("data"), OutLen: 48, Mech: devicebackend.MechSpec{Type: pkcs11.CKM_SHA384_HMAC}},
 		// AES-CBC-PAD (secretcbcop.go): the IV rides in mechSpec, the fallback flag in the op.
-		{Kind: kindCBCEncrypt, Label: "aes-key", PubDER: []byte{8, 7}, Input: []byte("seventeen bytes!!"), OutLen: 32, CBCFallback: true,
-			Mech: mechSpec{Type: pkcs11.CKM_AES_CBC_PAD, CBCIV: bytes.Repeat([]byte{9}, 16)}},
-		{Kind: kindCBCDecrypt, Label: "aes-key", Input: make([]byte, 48), OutLen: 48,
-			Mech: mechSpec{Type: pkcs11.CKM_AES_CBC_PAD, CBCIV: []byte("0123456789abcdef")}},
+		{Kind: devicebackend.KindCBCEncrypt, Label: "aes-key", PubDER: []byte{8, 7}, Input: []byte("seventeen bytes!!"), OutLen: 32, CBCFallback: true,
+			Mech: devicebackend.MechSpec{Type: pkcs11.CKM_AES_CBC_PAD, CBCIV: bytes.Repeat([]byte{9}, 16)}},
+		{Kind: devicebackend.KindCBCDecrypt, Label: "aes-key", Input: make([]byte, 48), OutLen: 48,
+			Mech: devicebackend.MechSpec{Type: pkcs11.CKM_AES_CBC_PAD, CBCIV: []byte("0123456789abcdef")}},
 	}
 	for i, op := range ops {
 		pi, timeout, got, err := decodeRun(encodeRun(i, time.Duration(i+1)*time.Millisecond, op))
@@ -38,7 +41,7 @@ func TestRunRoundTrip(t *testing.T) {
 		require.Equal(t, i, pi)
 		require.Equal(t, time.Duration(i+1)*time.Millisecond, timeout)
 		// nil and empty byte slices are the same on the wire
-		norm := func(o *deviceOp) deviceOp {
+		norm := func(o *devicebackend.Op) devicebackend.Op {
 			c := *o
 			for _, b := range []*[]byte{&c.PubDER, &c.Input, &c.Mech.OAEPLabel, &c.Mech.GCMIV, &c.Mech.GCMAAD, &c.Mech.CBCIV} {
 				if len(*b) == 0 {
@@ -59,15 +62,15 @@ func TestWireErrors(t *testing.T) {
 		err  error
 		is   func(error) bool
 	}{
-		{"device down", &DeviceError{Device: "d", Partition: "p", Op: opSign, Code: pkcs11.CKR_DEVICE_ERROR, Class: ClassDeviceDown, Err: pkcs11.Error(pkcs11.CKR_DEVICE_ERROR)},
-			func(e error) bool { return errors.Is(e, ErrDeviceDown) && classOf(e) == ClassDeviceDown }},
-		{"decrypt refused", &DeviceError{Device: "d", Op: opDecrypt, Code: pkcs11.CKR_ENCRYPTED_DATA_INVALID, Class: ClassDecryptRefused},
-			func(e error) bool { return classOf(e) == ClassDecryptRefused }},
-		{"our own verdict", downErr("d", "p", opOpenSession, "partition not open"),
+		{"device down", &DeviceError{Device: "d", Partition: "p", Op: errclass.OpSign, Code: pkcs11.CKR_DEVICE_ERROR, Class: ClassDeviceDown, Err: pkcs11.Error(pkcs11.CKR_DEVICE_ERROR)},
+			func(e error) bool { return errors.Is(e, ErrDeviceDown) && errclass.ClassOf(e) == ClassDeviceDown }},
+		{"decrypt refused", &DeviceError{Device: "d", Op: errclass.OpDecrypt, Code: pkcs11.CKR_ENCRYPTED_DATA_INVALID, Class: ClassDecryptRefused},
+			func(e error) bool { return errclass.ClassOf(e) == ClassDecryptRefused }},
+		{"our own verdict", errclass.DownErr("d", "p", errclass.OpOpenSession, "partition not open"),
 			func(e error) bool {
-				return classOf(e) == ClassDeviceDown && e.Error() == downErr("d", "p", opOpenSession, "partition not open").Error()
+				return errclass.ClassOf(e) == ClassDeviceDown && e.Error() == errclass.DownErr("d", "p", errclass.OpOpenSession, "partition not open").Error()
 			}},
-		{"input", inputErr("bad digest"), func(e error) bool { var ie *InputError; return errors.As(e, &ie) && ie.Msg == "bad digest" }},
+		{"input", errclass.InputErr("bad digest"), func(e error) bool { var ie *InputError; return errors.As(e, &ie) && ie.Msg == "bad digest" }},
 		{"mechanism", &MechanismError{Device: "d", Mechanism: "OAEP"}, func(e error) bool { return errors.Is(e, ErrUnsupported) }},
 		{"deadline", context.DeadlineExceeded, func(e error) bool { return errors.Is(e, context.DeadlineExceeded) }},
 	}
@@ -75,14 +78,14 @@ func TestWireErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			got := toWire(tc.err).err()
 			require.True(t, tc.is(got), "%v -> %v", tc.err, got)
-			require.Equal(t, classOf(tc.err), classOf(got))
+			require.Equal(t, errclass.ClassOf(tc.err), errclass.ClassOf(got))
 		})
 	}
 }
 
 // FuzzDecodeRun: whatever bytes arrive, decodeRun returns an error or an op that encodes back to them.
 func FuzzDecodeRun(f *testing.F) {
-	f.Add(encodeRun(0, time.Second, &deviceOp{Kind: kindSign, Label: "k", Input: []byte("x"), OutLen: 64}))
+	f.Add(encodeRun(0, time.Second, &devicebackend.Op{Kind: devicebackend.KindSign, Label: "k", Input: []byte("x"), OutLen: 64}))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		pi, timeout, op, err := decodeRun(b)

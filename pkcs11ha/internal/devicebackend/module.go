@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"context"
@@ -23,19 +23,19 @@ import (
 var envLock = make(chan struct{}, 1)
 
 // moduleKey identifies one module instance: devices with the same canonical path and environment share it.
-type moduleKey struct {
+type ModuleKey struct {
 	path string
 	env  string // sorted "K=V\x00" pairs
 	lane int    // which of a device's instances (lanes.go); 0 unless the module is loaded several times
 }
 
-func newModuleKey(path string, env map[string]string) (moduleKey, error) {
+func NewModuleKey(path string, env map[string]string) (ModuleKey, error) {
 	p, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		return moduleKey{}, err
+		return ModuleKey{}, err
 	}
 	if p, err = filepath.Abs(p); err != nil {
-		return moduleKey{}, err
+		return ModuleKey{}, err
 	}
 	keys := make([]string, 0, len(env))
 	for k := range env {
@@ -46,55 +46,55 @@ func newModuleKey(path string, env map[string]string) (moduleKey, error) {
 	for _, k := range keys {
 		b.WriteString(k + "=" + env[k] + "\x00")
 	}
-	return moduleKey{path: p, env: b.String()}, nil
+	return ModuleKey{path: p, env: b.String()}, nil
 }
 
 // instance is one loaded, initialised copy of a module. It is never finalised while a call is in flight
 // on it; once retired it is never used again (docs/ARCHITECTURE.md, "Facts about SoftHSM and p11-kit":
 // calls that never return).
-type instance struct {
-	ctx      *pkcs11.Ctx
-	gen      uint64
+type Instance struct {
+	Ctx      *pkcs11.Ctx
+	Gen      uint64
 	h        *moduleHandle
-	inflight atomic.Int64
-	broken   atomic.Bool // a device-down error was seen: no new calls
-	retired  atomic.Bool
+	Inflight atomic.Int64
+	Broken   atomic.Bool // a device-down error was seen: no new calls
+	Retired  atomic.Bool
 	// counted: retired with stuck calls and counted in h.retired, until those calls return.
 	counted atomic.Bool
 	calls   callSet // the calls in flight (begin/end in stuck.go)
 	// solo, when not nil, admits one call at a time (a token; lanes.go says why).
-	solo chan struct{}
+	Solo chan struct{}
 	// drained is closed once the instance is broken and its last call has returned: what a re-init
 	// waits for.
 	drained   chan struct{}
 	drainOnce sync.Once
 }
 
-func newInstance(c *pkcs11.Ctx, gen uint64, h *moduleHandle) *instance {
-	in := &instance{ctx: c, gen: gen, h: h, drained: make(chan struct{})}
+func NewInstance(c *pkcs11.Ctx, gen uint64, h *moduleHandle) *Instance {
+	in := &Instance{Ctx: c, Gen: gen, h: h, drained: make(chan struct{})}
 	if h != nil && h.solo {
-		in.solo = make(chan struct{}, 1)
+		in.Solo = make(chan struct{}, 1)
 	}
 	return in
 }
 
 // enter registers a call on the instance that stuck-call accounting need not see (a bounded inspection);
 // it fails once the instance is broken or retired. Calls on behalf of a caller use begin/end (stuck.go).
-func (in *instance) enter() bool {
-	in.inflight.Add(1)
-	if in.broken.Load() || in.retired.Load() {
-		in.exit()
+func (in *Instance) Enter() bool {
+	in.Inflight.Add(1)
+	if in.Broken.Load() || in.Retired.Load() {
+		in.Exit()
 		return false
 	}
 	return true
 }
 
-func (in *instance) exit() {
-	if in.inflight.Add(-1) != 0 {
+func (in *Instance) Exit() {
+	if in.Inflight.Add(-1) != 0 {
 		return
 	}
 	// The atomics order this against waitDrained: it sets broken, then reads inflight.
-	if in.broken.Load() {
+	if in.Broken.Load() {
 		in.drainOnce.Do(func() { close(in.drained) })
 	}
 	if in.counted.Load() {
@@ -104,8 +104,8 @@ func (in *instance) exit() {
 
 // waitDrained waits until the last call in the broken instance has returned, for at most grace or until
 // ctx ends.
-func (in *instance) waitDrained(ctx context.Context, grace time.Duration) {
-	if in.inflight.Load() == 0 {
+func (in *Instance) WaitDrained(ctx context.Context, grace time.Duration) {
+	if in.Inflight.Load() == 0 {
 		return
 	}
 	t := time.NewTimer(grace)
@@ -123,40 +123,40 @@ func (in *instance) waitDrained(ctx context.Context, grace time.Duration) {
 // it is finalised where that cannot touch a live instance: only once a load has shown that every load of
 // this module is its own instance (p11-kit-client.so), never for one that may share its state across loads
 // (libsofthsm2.so); without that evidence it is left loaded.
-func (in *instance) reclaim() {
+func (in *Instance) reclaim() {
 	if !in.counted.CompareAndSwap(true, false) {
 		return
 	}
 	h := in.h
-	h.retired.Add(-1)
-	h.reclaimed.Add(1)
+	h.Retired.Add(-1)
+	h.Reclaimed.Add(1)
 	if !h.separate.Load() {
 		return
 	}
 	go func() {
-		_ = in.ctx.Finalize()
-		in.ctx.Destroy()
+		_ = in.Ctx.Finalize()
+		in.Ctx.Destroy()
 	}()
 }
 
 // moduleHandle is the registry entry for one (path, env): the current instance plus the retired ones.
 type moduleHandle struct {
-	key  moduleKey
+	key  ModuleKey
 	path string
 	env  map[string]string
 	refs int // guarded by registry.mu
 
-	mu      sync.Mutex // serialises re-init
-	cur     atomic.Pointer[instance]
+	Mu      sync.Mutex // serialises re-init
+	Cur     atomic.Pointer[Instance]
 	gen     atomic.Uint64
-	retired atomic.Int64 // instances retired with calls stuck in them (until those calls return)
+	Retired atomic.Int64 // instances retired with calls stuck in them (until those calls return)
 	// reclaimed counts retired instances whose stuck calls all returned.
-	reclaimed atomic.Int64
+	Reclaimed atomic.Int64
 	// separate: C_Initialize answered CKR_OK while a retired instance was still initialised, so every load
 	// of this module is its own instance and finalising a drained retired one touches no other.
 	separate atomic.Bool
 	reinits  atomic.Int64
-	pending  *initJob // an initialisation that timed out and may still finish
+	Pending  *initJob // an initialisation that timed out and may still finish
 	loaded   atomic.Bool
 	solo     bool // its instances carry one call at a time (lanes.go)
 	// envAtLoad: the module reads its environment in C_GetFunctionList only (p11-kit-client), so its
@@ -166,20 +166,20 @@ type moduleHandle struct {
 
 type initJob struct {
 	done chan struct{}
-	in   *instance
+	in   *Instance
 	err  error
 }
 
 type registry struct {
 	mu   sync.Mutex
-	mods map[moduleKey]*moduleHandle
+	mods map[ModuleKey]*moduleHandle
 }
 
-var modules = &registry{mods: map[moduleKey]*moduleHandle{}}
+var Modules = &registry{mods: map[ModuleKey]*moduleHandle{}}
 
 // acquire returns the shared handle for (path, env, lane), creating it (without loading) on first use.
-func (r *registry) acquire(path string, env map[string]string, lane int) (*moduleHandle, error) {
-	k, err := newModuleKey(path, env)
+func (r *registry) Acquire(path string, env map[string]string, lane int) (*moduleHandle, error) {
+	k, err := NewModuleKey(path, env)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +196,7 @@ func (r *registry) acquire(path string, env map[string]string, lane int) (*modul
 }
 
 // release drops a reference; the last one finalises the instance if nothing is in flight on it.
-func (r *registry) release(h *moduleHandle, timeout time.Duration) {
+func (r *registry) Release(h *moduleHandle, timeout time.Duration) {
 	r.mu.Lock()
 	h.refs--
 	last := h.refs == 0
@@ -207,44 +207,44 @@ func (r *registry) release(h *moduleHandle, timeout time.Duration) {
 	if !last {
 		return
 	}
-	if in := h.cur.Swap(nil); in != nil {
+	if in := h.Cur.Swap(nil); in != nil {
 		finalizeBounded(in, timeout)
 	}
 }
 
 // finalizeBounded finalises and unloads an idle instance; a busy one is left alone (finalising with calls in
 // flight can abort the process in p11-kit's rpc transport).
-func finalizeBounded(in *instance, timeout time.Duration) bool {
-	in.broken.Store(true)
-	if in.inflight.Load() != 0 || in.retired.Load() {
+func finalizeBounded(in *Instance, timeout time.Duration) bool {
+	in.Broken.Store(true)
+	if in.Inflight.Load() != 0 || in.Retired.Load() {
 		return false
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = in.ctx.Finalize()
-		in.ctx.Destroy()
+		_ = in.Ctx.Finalize()
+		in.Ctx.Destroy()
 	}()
 	select {
 	case <-done:
 		return true
 	case <-time.After(timeout):
-		in.retired.Store(true)
+		in.Retired.Store(true)
 		return false
 	}
 }
 
 // shared reports whether several devices use this module instance.
 func (h *moduleHandle) shared() bool {
-	modules.mu.Lock()
-	defer modules.mu.Unlock()
+	Modules.mu.Lock()
+	defer Modules.mu.Unlock()
 	return h.refs > 1
 }
 
 // current returns the usable instance, or nil.
-func (h *moduleHandle) current() *instance {
-	in := h.cur.Load()
-	if in == nil || in.broken.Load() || in.retired.Load() {
+func (h *moduleHandle) Current() *Instance {
+	in := h.Cur.Load()
+	if in == nil || in.Broken.Load() || in.Retired.Load() {
 		return nil
 	}
 	return in
@@ -253,12 +253,12 @@ func (h *moduleHandle) current() *instance {
 // load makes a fresh instance under the env lock, with a deadline on C_Initialize (a paused p11-kit server
 // blocks it). A load that times out keeps running; a later load adopts its result instead of piling up
 // blocked threads.
-func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, error) {
-	if h.pending != nil {
+func (h *moduleHandle) Load(ctx context.Context, maxRetired int) (*Instance, error) {
+	if h.Pending != nil {
 		select {
-		case <-h.pending.done:
-			j := h.pending
-			h.pending = nil
+		case <-h.Pending.done:
+			j := h.Pending
+			h.Pending = nil
 			if j.err == nil {
 				return j.in, nil
 			}
@@ -266,9 +266,9 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 			return nil, fmt.Errorf("module %s: an earlier C_Initialize is still blocked: %w", filepath.Base(h.path), ctx.Err())
 		}
 	}
-	if maxRetired > 0 && int(h.retired.Load()) >= maxRetired {
+	if maxRetired > 0 && int(h.Retired.Load()) >= maxRetired {
 		return nil, fmt.Errorf("module %s: %d instances retired with stuck calls (cap %d); restart the process to reclaim them",
-			filepath.Base(h.path), h.retired.Load(), maxRetired)
+			filepath.Base(h.path), h.Retired.Load(), maxRetired)
 	}
 	select {
 	case envLock <- struct{}{}:
@@ -306,11 +306,11 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 			j.err = fmt.Errorf("module %s: %w", filepath.Base(h.path), err)
 			return
 		}
-		if err == nil && h.retired.Load() > 0 {
+		if err == nil && h.Retired.Load() > 0 {
 			h.separate.Store(true)
 		}
 		h.loaded.Store(true)
-		j.in = newInstance(c, h.gen.Add(1), h)
+		j.in = NewInstance(c, h.gen.Add(1), h)
 	}()
 	select {
 	case <-j.done:
@@ -318,7 +318,7 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 	case <-ctx.Done():
 		// Let other modules load; this one's env was read at C_GetFunctionList / start of C_Initialize.
 		unlock()
-		h.pending = j
+		h.Pending = j
 		return nil, fmt.Errorf("module %s: C_Initialize did not return: %w", filepath.Base(h.path), ctx.Err())
 	}
 }
@@ -326,32 +326,32 @@ func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*instance, err
 // reinit replaces the current instance: finalise + initialise when nothing is in flight on it, otherwise,
 // after policy.reinit_grace, retire it (never finalised, never used again; its calls move to the stuck-call
 // account, within policy.max_stuck_calls) and load a fresh one. Caller holds h.mu.
-func (h *moduleHandle) reinit(ctx context.Context, set *backendOptions, log *slog.Logger) (*instance, error) {
+func (h *moduleHandle) Reinit(ctx context.Context, set *Options, log *slog.Logger) (*Instance, error) {
 	grace, maxRetired := set.ReinitGrace, set.MaxRetired
-	old := h.cur.Load()
+	old := h.Cur.Load()
 	if old != nil {
-		old.broken.Store(true)
-		old.waitDrained(ctx, grace)
-		if old.inflight.Load() == 0 {
+		old.Broken.Store(true)
+		old.WaitDrained(ctx, grace)
+		if old.Inflight.Load() == 0 {
 			finalizeBounded(old, grace)
 		} else {
 			if err := h.retire(old, set.MaxStuckCalls, log); err != nil {
 				return nil, err // old stays current, broken: the device stays down; a later re-init tries again
 			}
-			h.retired.Add(1)
+			h.Retired.Add(1)
 			old.counted.Store(true)
-			if old.inflight.Load() == 0 { // the last stuck call returned in between
+			if old.Inflight.Load() == 0 { // the last stuck call returned in between
 				old.reclaim()
 			}
 		}
-		h.cur.Store(nil)
+		h.Cur.Store(nil)
 	}
-	in, err := h.load(ctx, maxRetired)
+	in, err := h.Load(ctx, maxRetired)
 	if err != nil {
 		return nil, err
 	}
 	h.reinits.Add(1)
-	h.cur.Store(in)
+	h.Cur.Store(in)
 	return in, nil
 }
 

@@ -1,4 +1,4 @@
-package pkcs11ha
+package errclass
 
 import (
 	"errors"
@@ -21,19 +21,19 @@ var (
 )
 
 // authKind is which refusal an AuthError is.
-type authKind uint8
+type AuthKind uint8
 
 const (
-	authOpen authKind = iota // ErrAuthentication
-	authMAC                  // ErrMACMismatch
-	authPad                  // ErrBadPadding
+	AuthOpen AuthKind = iota // ErrAuthentication
+	AuthMAC                  // ErrMACMismatch
+	AuthPad                  // ErrBadPadding
 )
 
-func (k authKind) sentinel() error {
+func (k AuthKind) sentinel() error {
 	switch k {
-	case authMAC:
+	case AuthMAC:
 		return ErrMACMismatch
-	case authPad:
+	case AuthPad:
 		return ErrBadPadding
 	}
 	return ErrAuthentication
@@ -45,7 +45,7 @@ func (k authKind) sentinel() error {
 type AuthError struct {
 	Device string // "" when the input was refused before reaching a device (too short)
 	Reason string
-	kind   authKind
+	kind   AuthKind
 }
 
 func (e *AuthError) Error() string {
@@ -68,6 +68,6 @@ func (e *AuthError) FailoverClass() failover.Class { return failover.ClassRefuse
 func (e *AuthError) class() Class { return ClassDecryptRefused }
 
 // newAuthError is an *AuthError of kind (its sentinel) for the device that decided ("" if none did).
-func newAuthError(kind authKind, device, reason string) *AuthError {
+func NewAuthError(kind AuthKind, device, reason string) *AuthError {
 	return &AuthError{Device: device, Reason: reason, kind: kind}
 }

@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"context"
@@ -10,14 +10,14 @@ import (
 // channel counts open sessions, so the pool never exceeds its size; a borrower waits at most until its
 // context ends.
 type sessionPool struct {
-	in    *instance
+	in    *Instance
 	slot  uint
-	idle  chan pkcs11.SessionHandle
-	slots chan struct{}
+	Idle  chan pkcs11.SessionHandle
+	Slots chan struct{}
 }
 
-func newSessionPool(in *instance, slot uint, size int) *sessionPool {
-	return &sessionPool{in: in, slot: slot, idle: make(chan pkcs11.SessionHandle, size), slots: make(chan struct{}, size)}
+func newSessionPool(in *Instance, slot uint, size int) *sessionPool {
+	return &sessionPool{in: in, slot: slot, Idle: make(chan pkcs11.SessionHandle, size), Slots: make(chan struct{}, size)}
 }
 
 // warm opens one session ahead of need, so that the first call after a failover (DR's first call when the
@@ -25,32 +25,32 @@ func newSessionPool(in *instance, slot uint, size int) *sessionPool {
 // verdict on the device: the session is then opened on demand, where errors are classified.
 func (p *sessionPool) warm() {
 	select {
-	case p.slots <- struct{}{}:
+	case p.Slots <- struct{}{}:
 	default:
 		return
 	}
-	s, err := p.in.ctx.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION)
+	s, err := p.in.Ctx.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
-		<-p.slots
+		<-p.Slots
 		return
 	}
-	p.idle <- s
+	p.Idle <- s
 }
 
 // get borrows an idle session or opens a new one while under the size.
 func (p *sessionPool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
 	select {
-	case s := <-p.idle:
+	case s := <-p.Idle:
 		return s, nil
 	default:
 	}
 	select {
-	case s := <-p.idle:
+	case s := <-p.Idle:
 		return s, nil
-	case p.slots <- struct{}{}:
-		s, err := p.in.ctx.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION)
+	case p.Slots <- struct{}{}:
+		s, err := p.in.Ctx.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION)
 		if err != nil {
-			<-p.slots
+			<-p.Slots
 			return 0, err
 		}
 		return s, nil
@@ -62,7 +62,7 @@ func (p *sessionPool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
 // put returns a healthy session.
 func (p *sessionPool) put(s pkcs11.SessionHandle) {
 	select {
-	case p.idle <- s:
+	case p.Idle <- s:
 	default: // cannot happen: idle has room for every slot
 		p.discard(s)
 	}
@@ -71,8 +71,8 @@ func (p *sessionPool) put(s pkcs11.SessionHandle) {
 // discard closes a session that saw a broken-session or device error, or whose call was abandoned. On a
 // broken instance the close is skipped: the handle dies with the instance.
 func (p *sessionPool) discard(s pkcs11.SessionHandle) {
-	if !p.in.broken.Load() && !p.in.retired.Load() {
-		_ = p.in.ctx.CloseSession(s)
+	if !p.in.Broken.Load() && !p.in.Retired.Load() {
+		_ = p.in.Ctx.CloseSession(s)
 	}
-	<-p.slots
+	<-p.Slots
 }

@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"context"
@@ -9,39 +9,39 @@ import (
 // (*device, policy.isolation "none") or in a worker process of its own (*workerDevice, "process";
 // docs/ARCHITECTURE.md, "Process model"). The router, the catalogue, the monitors and both doors of the
 // sidecar see only this interface.
-type backend interface {
+type Backend interface {
 	// open brings the device up: module loaded, tokens found, logged in, keys listed.
-	open(ctx context.Context) error
+	Open(ctx context.Context) error
 	// probe recovers the device when it was seen down (re-initialise, reopen) and checks each open
 	// partition's token (C_GetTokenInfo).
-	probe(ctx context.Context, othersServing bool) error
+	Probe(ctx context.Context, othersServing bool) error
 	// run executes op on partition pi, with the session-level recovery of the error table.
-	run(ctx context.Context, pi int, op *deviceOp) ([]byte, error)
+	Run(ctx context.Context, pi int, op *Op) ([]byte, error)
 	// admin executes a management operation on partition pi (admin.go), returning at ctx's end.
-	admin(ctx context.Context, pi int, op *adminOp) (*adminResult, error)
+	Admin(ctx context.Context, pi int, op *AdminOp) (*AdminResult, error)
 	// keys is a snapshot of partition pi's keys by label; nil when the partition is not open.
-	keys(pi int) map[string]*keyObject
+	Keys(pi int) map[string]*KeyObject
 	// secretKeys is a snapshot of partition pi's secret keys (AES, HMAC) by label; nil when not open.
-	secretKeys(pi int) map[string]*secretObject
+	SecretKeys(pi int) map[string]*SecretObject
 	// partition reports partition pi's state on the device.
-	partition(pi int) partInfo
+	Partition(pi int) PartInfo
 	// usePIN makes pin partition pi's PIN; it reports whether the partition, refused before with another
 	// PIN, gets one new try at the next probe.
-	usePIN(pi int, pin string) bool
+	UsePIN(pi int, pin string) bool
 	// counts returns the device's recovery accounts for Status.
-	counts() backendCounts
+	Counts() Counts
 	// shares reports whether the device shares its module instance with o (a Luna client's appliances).
-	shares(o backend) bool
+	Shares(o Backend) bool
 	// setHooks installs the cluster's callbacks: keysChanged after a (re)open, down when traffic proved
 	// the device down.
-	setHooks(keysChanged func(), down func(reason string))
+	SetHooks(keysChanged func(), down func(reason string))
 	// noteError records a verdict of the cluster about the device (a bad signature) as its last error.
-	noteError(err error)
-	close(timeout time.Duration)
+	NoteError(err error)
+	Close(timeout time.Duration)
 }
 
 // partInfo is one partition's state on one device.
-type partInfo struct {
+type PartInfo struct {
 	Open      bool   // tokens found, logged in
 	CredFatal string // why the partition is unusable (its PIN was refused), or ""
 	Logins    int64  // C_Login calls so far
@@ -49,9 +49,9 @@ type partInfo struct {
 }
 
 // backendCounts are a device's recovery accounts.
-type backendCounts struct {
+type Counts struct {
 	Reinits, Retired, Stuck int64
-	LastErr                 *lastError
+	LastErr                 *LastError
 	CapRefusal              string // why the last re-init was refused (max_stuck_calls), or ""
 	// Worker process accounts (zero in process): restarts of the worker and its last exit.
 	WorkerPID      int

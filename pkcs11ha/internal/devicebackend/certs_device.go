@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"bytes"
@@ -9,15 +9,15 @@ import (
 )
 
 // certObject is one X.509 certificate object found on a token.
-type certObject struct {
-	label string
-	id    []byte
-	der   []byte
+type CertObject struct {
+	Label string
+	Id    []byte
+	Der   []byte
 }
 
 // listCertificates returns the token's X.509 certificate objects. It is one search and one attribute read
 // per certificate: cheap next to the key listing, and nothing when the token holds none.
-func listCertificates(c *pkcs11.Ctx, s pkcs11.SessionHandle) ([]certObject, error) {
+func listCertificates(c *pkcs11.Ctx, s pkcs11.SessionHandle) ([]CertObject, error) {
 	hs, err := findObjects(c, s, []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE),
 		pkcs11.NewAttribute(pkcs11.CKA_CERTIFICATE_TYPE, pkcs11.CKC_X_509),
@@ -25,7 +25,7 @@ func listCertificates(c *pkcs11.Ctx, s pkcs11.SessionHandle) ([]certObject, erro
 	if err != nil {
 		return nil, err
 	}
-	out := make([]certObject, 0, len(hs))
+	out := make([]CertObject, 0, len(hs))
 	for _, h := range hs {
 		a, err := c.GetAttributeValue(s, h, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
@@ -35,7 +35,7 @@ func listCertificates(c *pkcs11.Ctx, s pkcs11.SessionHandle) ([]certObject, erro
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, certObject{label: string(a[0].Value), id: a[1].Value, der: a[2].Value})
+		out = append(out, CertObject{Label: string(a[0].Value), Id: a[1].Value, Der: a[2].Value})
 	}
 	return out, nil
 }
@@ -43,46 +43,46 @@ func listCertificates(c *pkcs11.Ctx, s pkcs11.SessionHandle) ([]certObject, erro
 // attachCertificates gives each key the certificate of certs that belongs to it (see above), or the
 // reason why the ones with its CKA_ID or label were ignored. A failed search costs the keys their
 // certificates, never the keys themselves.
-func attachCertificates(c *pkcs11.Ctx, s pkcs11.SessionHandle, keys []*keyObject) {
+func attachCertificates(c *pkcs11.Ctx, s pkcs11.SessionHandle, keys []*KeyObject) {
 	if len(keys) == 0 {
 		return
 	}
 	certs, err := listCertificates(c, s)
 	if err != nil {
 		for _, k := range keys {
-			k.certIgnored = fmt.Sprintf("certificate search failed: %v", err)
+			k.CertIgnored = fmt.Sprintf("certificate search failed: %v", err)
 		}
 		return
 	}
 	for _, k := range keys {
-		k.cert, k.certIgnored = certificateFor(k, certs)
+		k.Cert, k.CertIgnored = CertificateFor(k, certs)
 	}
 }
 
 // certificateFor returns the DER of the first certificate with k's CKA_ID, then of the first with its
 // label, whose public key is k's; else nil and why the candidates were ignored ("" when there were none).
-func certificateFor(k *keyObject, certs []certObject) (der []byte, ignored string) {
-	var byID, byLabel []certObject
+func CertificateFor(k *KeyObject, certs []CertObject) (der []byte, ignored string) {
+	var byID, byLabel []CertObject
 	for _, co := range certs {
 		switch {
-		case len(k.id) > 0 && bytes.Equal(co.id, k.id):
+		case len(k.ID) > 0 && bytes.Equal(co.Id, k.ID):
 			byID = append(byID, co)
-		case co.label == k.label:
+		case co.Label == k.Label:
 			byLabel = append(byLabel, co)
 		}
 	}
 	for _, co := range append(byID, byLabel...) {
-		cert, err := x509.ParseCertificate(co.der)
+		cert, err := x509.ParseCertificate(co.Der)
 		if err != nil {
-			ignored = fmt.Sprintf("certificate %q is not X.509 that Go parses: %v", co.label, err)
+			ignored = fmt.Sprintf("certificate %q is not X.509 that Go parses: %v", co.Label, err)
 			continue
 		}
 		spki, err := x509.MarshalPKIXPublicKey(cert.PublicKey)
-		if err != nil || !bytes.Equal(spki, k.pubDER) {
-			ignored = fmt.Sprintf("certificate %q (subject %q) holds another public key than the key", co.label, cert.Subject.String())
+		if err != nil || !bytes.Equal(spki, k.PubDER) {
+			ignored = fmt.Sprintf("certificate %q (subject %q) holds another public key than the key", co.Label, cert.Subject.String())
 			continue
 		}
-		return co.der, ""
+		return co.Der, ""
 	}
 	return nil, ignored
 }

@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"bytes"

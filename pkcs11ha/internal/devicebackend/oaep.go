@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"crypto"
@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/miekg/pkcs11"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall"
 )
@@ -14,7 +16,7 @@ import (
 // oaepDecode removes EME-OAEP padding (RFC 8017 §7.1.2 step 3) from em, the raw RSA output, in constant
 // time with respect to the padding, as crypto/rsa does. Used only when policy.oaep_fallback is on and the
 // token lacks native OAEP for the requested hash.
-func oaepDecode(o *rsa.OAEPOptions, k int, em []byte) ([]byte, error) {
+func OAEPDecode(o *rsa.OAEPOptions, k int, em []byte) ([]byte, error) {
 	h := o.Hash.New()
 	mgfHash := o.MGFHash
 	if mgfHash == 0 {
@@ -81,8 +83,8 @@ func mgf1XOR(out []byte, h crypto.Hash, seed []byte) {
 // decrypt runs one decrypt on a session. OAEP with a hash the token lacks (SoftHSM 2.6.1 does SHA-1 only)
 // is refused with a *MechanismError, or — when policy.oaep_fallback is on — done as raw RSA on the token
 // with the OAEP decoding in Go.
-func (op *deviceOp) decrypt(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
-	oaep := op.oaepOptions()
+func (op *Op) decrypt(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
+	oaep := op.OAEPOptions()
 	if oaep != nil && !oaepNativeOK(oaep) && op.OAEPFallback {
 		return rawOAEP(c, s, h, op.Input, oaep, op.KeySize)
 	}
@@ -91,9 +93,9 @@ func (op *deviceOp) decrypt(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.Obje
 			if op.OAEPFallback {
 				return rawOAEP(c, s, h, op.Input, oaep, op.KeySize)
 			}
-			return nil, opDecryptInit, &MechanismError{Mechanism: oaepName(oaep)}
+			return nil, errclass.OpDecryptInit, &errclass.MechanismError{Mechanism: oaepName(oaep)}
 		}
-		return nil, opDecryptInit, err
+		return nil, errclass.OpDecryptInit, err
 	}
 	// The plaintext is at most the modulus size: one call into a buffer of that size.
 	out, err := oneCall(c, s, op.Input, op.KeySize, onecall.Decrypt, c.Decrypt)
@@ -101,9 +103,9 @@ func (op *deviceOp) decrypt(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.Obje
 		if op.OAEPFallback {
 			return rawOAEP(c, s, h, op.Input, oaep, op.KeySize)
 		}
-		return nil, opDecrypt, &MechanismError{Mechanism: oaepName(oaep)}
+		return nil, errclass.OpDecrypt, &errclass.MechanismError{Mechanism: oaepName(oaep)}
 	}
-	return out, opDecrypt, err
+	return out, errclass.OpDecrypt, err
 }
 
 // oaepNativeOK is true for the OAEP parameters every token does natively.
@@ -125,17 +127,17 @@ func isParamRefusal(err error) bool {
 
 func rawOAEP(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, ct []byte, o *rsa.OAEPOptions, keySize int) ([]byte, string, error) {
 	if err := c.DecryptInit(s, plainMechs[pkcs11.CKM_RSA_X_509], h); err != nil {
-		return nil, opDecryptInit, err
+		return nil, errclass.OpDecryptInit, err
 	}
 	em, err := oneCall(c, s, ct, keySize, onecall.Decrypt, c.Decrypt)
 	if err != nil {
-		return nil, opDecrypt, err
+		return nil, errclass.OpDecrypt, err
 	}
-	pt, err := oaepDecode(o, keySize, em)
+	pt, err := OAEPDecode(o, keySize, em)
 	if err != nil {
-		return nil, opDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID)
+		return nil, errclass.OpDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID)
 	}
-	return pt, opDecrypt, nil
+	return pt, errclass.OpDecrypt, nil
 }
 
 func oaepName(o *rsa.OAEPOptions) string {

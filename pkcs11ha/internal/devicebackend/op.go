@@ -1,8 +1,10 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"crypto"
 	"crypto/rsa"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 
 	"github.com/miekg/pkcs11"
 
@@ -13,23 +15,23 @@ import (
 // request runs on an in-process device or is carried to a device worker process (worker.go) unchanged.
 
 // opKind is what a deviceOp does on the token.
-type opKind uint8
+type OpKind uint8
 
 const (
-	kindSign       opKind = iota + 1 // C_SignInit + C_Sign with the private key
-	kindDecrypt                      // C_DecryptInit + C_Decrypt with the private key
-	kindSeal                         // AES-GCM encryption with a secret key (secretops.go)
-	kindOpen                         // AES-GCM decryption with a secret key
-	kindMAC                          // HMAC (C_SignInit + C_Sign) with a secret key
-	kindCBCEncrypt                   // AES-CBC with PKCS#7 padding (CKM_AES_CBC_PAD), encryption (secretcbcop.go)
-	kindCBCDecrypt                   // AES-CBC-PAD decryption
+	KindSign       OpKind = iota + 1 // C_SignInit + C_Sign with the private key
+	KindDecrypt                      // C_DecryptInit + C_Decrypt with the private key
+	KindSeal                         // AES-GCM encryption with a secret key (secretops.go)
+	KindOpen                         // AES-GCM decryption with a secret key
+	KindMAC                          // HMAC (C_SignInit + C_Sign) with a secret key
+	KindCBCEncrypt                   // AES-CBC with PKCS#7 padding (CKM_AES_CBC_PAD), encryption (secretcbcop.go)
+	KindCBCDecrypt                   // AES-CBC-PAD decryption
 )
 
 // secret reports whether the operation uses a secret key (CKO_SECRET_KEY) rather than a private key.
-func (k opKind) secret() bool { return k >= kindSeal && k <= kindCBCDecrypt }
+func (k OpKind) secret() bool { return k >= KindSeal && k <= KindCBCDecrypt }
 
 // mechSpec is a PKCS#11 mechanism with its parameters as values.
-type mechSpec struct {
+type MechSpec struct {
 	Type uint
 	// RSA-PSS (CKM_RSA_PKCS_PSS): hash mechanism, MGF, salt length.
 	PSSHash, PSSMGF, PSSSalt uint
@@ -47,7 +49,7 @@ type mechSpec struct {
 var plainMechs = map[uint][]*pkcs11.Mechanism{
 	pkcs11.CKM_RSA_PKCS:    {pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS, nil)},
 	pkcs11.CKM_ECDSA:       {pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)},
-	ckmEdDSA:               {pkcs11.NewMechanism(ckmEdDSA, nil)},
+	CKMEdDSA:               {pkcs11.NewMechanism(CKMEdDSA, nil)},
 	pkcs11.CKM_RSA_X_509:   {pkcs11.NewMechanism(pkcs11.CKM_RSA_X_509, nil)},
 	pkcs11.CKM_AES_ECB:     {pkcs11.NewMechanism(pkcs11.CKM_AES_ECB, nil)},
 	pkcs11.CKM_SHA256_HMAC: {pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)},
@@ -56,7 +58,7 @@ var plainMechs = map[uint][]*pkcs11.Mechanism{
 }
 
 // p11 returns the mechanism in miekg/pkcs11's form.
-func (m *mechSpec) p11() []*pkcs11.Mechanism {
+func (m *MechSpec) p11() []*pkcs11.Mechanism {
 	switch m.Type {
 	case pkcs11.CKM_RSA_PKCS_PSS:
 		return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.Type, pkcs11.NewPSSParams(m.PSSHash, m.PSSMGF, m.PSSSalt))}
@@ -74,13 +76,13 @@ func (m *mechSpec) p11() []*pkcs11.Mechanism {
 }
 
 // deviceOp is one operation on one key of one partition.
-type deviceOp struct {
-	Kind opKind
+type Op struct {
+	Kind OpKind
 	// Label and PubDER name the key: a handle found stale is looked up again by label and must still have
 	// this public key (SubjectPublicKeyInfo DER) — for a secret key, this key check value (secretkeys.go).
 	Label  string
 	PubDER []byte
-	Mech   mechSpec
+	Mech   MechSpec
 	Input  []byte
 	// OutLen is the output size when it is known from the key (RSA: modulus bytes; ECDSA: twice the field
 	// size; Ed25519: 64): the operation is then one C_Sign/C_Decrypt call into a buffer of that size.
@@ -101,28 +103,28 @@ type deviceOp struct {
 
 // exec runs the operation on session s with key handle h; it returns the output and the PKCS#11 function
 // that failed, for the error table.
-func (op *deviceOp) exec(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
+func (op *Op) exec(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
 	switch op.Kind {
-	case kindSign:
+	case KindSign:
 		if err := c.SignInit(s, op.Mech.p11(), h); err != nil {
-			return nil, opSignInit, err
+			return nil, errclass.OpSignInit, err
 		}
 		out, err := oneCall(c, s, op.Input, op.OutLen, onecall.Sign, c.Sign)
-		return out, opSign, err
-	case kindDecrypt:
+		return out, errclass.OpSign, err
+	case KindDecrypt:
 		return op.decrypt(c, s, h)
-	case kindSeal, kindOpen:
+	case KindSeal, KindOpen:
 		return op.gcm(c, s, h)
-	case kindCBCEncrypt, kindCBCDecrypt:
+	case KindCBCEncrypt, KindCBCDecrypt:
 		return op.cbc(c, s, h)
-	case kindMAC:
+	case KindMAC:
 		if err := c.SignInit(s, op.Mech.p11(), h); err != nil {
-			return nil, opSignInit, err
+			return nil, errclass.OpSignInit, err
 		}
 		out, err := oneCall(c, s, op.Input, op.OutLen, onecall.Sign, c.Sign)
-		return out, opSign, err
+		return out, errclass.OpSign, err
 	}
-	return nil, opSign, inputErr("unknown operation %d", op.Kind)
+	return nil, errclass.OpSign, errclass.InputErr("unknown operation %d", op.Kind)
 }
 
 // oneCall runs a single-part call into a buffer of size n (one round trip); when n is unknown or too
@@ -144,7 +146,7 @@ func oneCall(c *pkcs11.Ctx, s pkcs11.SessionHandle, in []byte, n int,
 }
 
 // oaepOptions is the fallback's OAEP parameters in crypto/rsa's form.
-func (op *deviceOp) oaepOptions() *rsa.OAEPOptions {
+func (op *Op) OAEPOptions() *rsa.OAEPOptions {
 	if op.Mech.Type != pkcs11.CKM_RSA_PKCS_OAEP {
 		return nil
 	}

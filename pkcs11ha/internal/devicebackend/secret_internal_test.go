@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"crypto/aes"
@@ -21,18 +21,18 @@ func TestGCMFromECBTable(t *testing.T) {
 	require.NoError(t, err)
 	ecb := func(in []byte) []byte { // what the token's CKM_AES_ECB computes
 		out := make([]byte, len(in))
-		for i := 0; i < len(in); i += aesBlock {
-			blk.Encrypt(out[i:], in[i:i+aesBlock])
+		for i := 0; i < len(in); i += AESBlock {
+			blk.Encrypt(out[i:], in[i:i+AESBlock])
 		}
 		return out
 	}
 	for _, n := range []int{0, 1, 15, 16, 17, 31, 32, 33, 100, 4096} {
 		pt := make([]byte, n)
-		nonce := make([]byte, gcmNonceSize)
+		nonce := make([]byte, GCMNonceSize)
 		_, _ = rand.Read(pt)
 		_, _ = rand.Read(nonce)
 		aad := []byte("aad")
-		in := gcmBlocks(nonce, (n+aesBlock-1)/aesBlock)
+		in := gcmBlocks(nonce, (n+AESBlock-1)/AESBlock)
 		tb := &tableBlock{in: in, out: ecb(in)}
 		g, err := cipher.NewGCM(tb)
 		require.NoError(t, err)

@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"bytes"
@@ -11,53 +11,55 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/miekg/pkcs11"
 )
 
 // device is the PKCS#11 backend of one configured HSM: its module instance, and per partition a token, a
 // logged-in session, a session pool and a key-handle cache. Everything that belongs to one module instance
 // lives in a devState and is replaced whole on re-init, so no handle from before is ever used again.
-type device struct {
-	idx   int
-	name  string
-	cfg   deviceSpec
-	set   *backendOptions
-	mod   *moduleHandle
-	parts []*devPartition // same order as Config.Partitions
+type Device struct {
+	Idx   int
+	Name  string
+	cfg   DeviceSpec
+	Set   *Options
+	Mod   *moduleHandle
+	Parts []*devPartition // same order as Config.Partitions
 
 	recoverMu sync.Mutex // one recovery at a time
 	needInit  atomic.Bool
-	lastErr   atomic.Pointer[lastError]
-	onKeys    func(d *device)     // re-checks key consistency after a (re)open
-	onDown    func(reason string) // traffic proved the device down: tell its health monitor
+	lastErr   atomic.Pointer[LastError]
+	OnKeys    func(d *Device)     // re-checks key consistency after a (re)open
+	OnDown    func(reason string) // traffic proved the device down: tell its health monitor
 	log       *slog.Logger
 	// Stuck calls (stuck.go): calls stuck in instances this device's re-inits retired, the probe call
 	// still blocked (if any), and why the last re-init was refused (the stuck-call cap), if it was.
-	stuck        atomic.Int64
+	Stuck        atomic.Int64
 	probeBlocked atomic.Pointer[probeCall]
 	capRefusal   atomic.Pointer[string]
 	adminCalls   sync.WaitGroup // admin calls in flight (admin_device.go)
 
 	// Lanes (lanes.go): a device whose module gets several instances has its lanes here (lane 0 = itself);
 	// a lane has its owning device in home.
-	home       *device
-	lanes      []*device
+	home       *Device
+	Lanes      []*Device
 	laneFree   chan struct{}
 	laneNext   atomic.Uint32
-	laneBusy   atomic.Pointer[instance] // the instance a call holds this lane on
-	recovering atomic.Bool              // the background recovery of lanes 1.. is running
+	laneBusy   atomic.Pointer[Instance] // the instance a call holds this lane on
+	Recovering atomic.Bool              // the background recovery of lanes 1.. is running
 }
 
 // devPartition is one partition (token) on one device.
 type devPartition struct {
-	dev       *device
-	cfg       *partitionSpec
+	dev       *Device
+	Cfg       *PartitionSpec
 	pin       string // resolved once by Open; never printed
-	st        atomic.Pointer[partState]
+	St        atomic.Pointer[partState]
 	credFatal atomic.Pointer[string] // set once a PIN was rejected: never logged in again
-	logins    atomic.Int64           // C_Login attempts, for tests and metrics
+	Logins    atomic.Int64           // C_Login attempts, for tests and metrics
 	home      *devPartition          // a lane's partition: the owning device's, which holds the two above
-	openErr   atomic.Pointer[error]  // outcome of the last open (nil error: opened), for Inspect
+	OpenErr   atomic.Pointer[error]  // outcome of the last open (nil error: opened), for Inspect
 
 	// pinreload.go: a reloaded PIN (nil: pin), and a hash of the PIN the token refused, never tried again.
 	newPIN   atomic.Pointer[string]
@@ -66,51 +68,51 @@ type devPartition struct {
 
 // partState is everything that belongs to one module instance for one partition.
 type partState struct {
-	in      *instance
-	slot    uint
+	in      *Instance
+	Slot    uint
 	loginS  pkcs11.SessionHandle // persistent session keeping the token logged in
-	pool    *sessionPool
+	Pool    *sessionPool
 	loginMu sync.Mutex
 
 	keysMu  sync.RWMutex
-	keys    map[string]*keyObject
-	secrets map[string]*secretObject // secret keys (secretkeys.go)
+	Keys    map[string]*KeyObject
+	secrets map[string]*SecretObject // secret keys (secretkeys.go)
 }
 
 // lastError is the device's last failure as Status shows it.
-type lastError struct {
-	msg   string
-	class Class
+type LastError struct {
+	Msg   string
+	Class errclass.Class
 }
 
-func (d *device) setErr(err error) {
+func (d *Device) setErr(err error) {
 	if err == nil {
 		return
 	}
-	d.owner().lastErr.Store(&lastError{msg: err.Error(), class: classOf(err)})
+	d.owner().lastErr.Store(&LastError{Msg: err.Error(), Class: errclass.ClassOf(err)})
 }
 
 // newDevice makes device i of settings s on the module registry's handle for its module and module_env,
 // with its lanes (lanes.go); nothing is loaded yet.
-func newDevice(s *backendSettings, i int, log *slog.Logger) (*device, error) {
+func NewDevice(s *Settings, i int, log *slog.Logger) (*Device, error) {
 	dc := s.Devices[i]
-	h, err := modules.acquire(dc.Module, dc.ModuleEnv, 0)
+	h, err := Modules.Acquire(dc.Module, dc.ModuleEnv, 0)
 	if err != nil {
-		return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
+		return nil, &errclass.ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 	}
-	d := &device{idx: i, name: dc.Name, cfg: dc, set: &s.Own, mod: h, log: log}
+	d := &Device{Idx: i, Name: dc.Name, cfg: dc, Set: &s.Own, Mod: h, log: log}
 	for pi := range s.Partitions {
-		d.parts = append(d.parts, &devPartition{dev: d, cfg: &s.Partitions[pi], pin: s.PINs[pi]})
+		d.Parts = append(d.Parts, &devPartition{dev: d, Cfg: &s.Partitions[pi], pin: s.PINs[pi]})
 	}
 	if err := d.addLanes(lanesOf(dc, s.Own.P11KitInstances)); err != nil {
-		d.close(s.Own.CloseTimeout)
-		return nil, &ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
+		d.Close(s.Own.CloseTimeout)
+		return nil, &errclass.ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 	}
 	return d, nil
 }
 
 // open brings the device up on its current (or a fresh) instance: resolve tokens, log in, list keys.
-func (d *device) open(ctx context.Context) error {
+func (d *Device) Open(ctx context.Context) error {
 	d.recoverMu.Lock()
 	defer d.recoverMu.Unlock()
 	return d.openLocked(ctx, false)
@@ -119,34 +121,34 @@ func (d *device) open(ctx context.Context) error {
 // recoverDevice re-initialises the module when the device was seen down. Shared instances (several devices
 // on one module, as with a Luna client) are only re-initialised when no other device on them is serving;
 // otherwise the device reopens sessions and logs in again on the current instance.
-func (d *device) recoverDevice(ctx context.Context, othersServing bool) error {
+func (d *Device) recoverDevice(ctx context.Context, othersServing bool) error {
 	d.recoverMu.Lock()
 	defer d.recoverMu.Unlock()
 	return d.openLocked(ctx, !othersServing)
 }
 
-func (d *device) openLocked(ctx context.Context, reinit bool) error {
-	in, err := d.instanceFor(ctx, reinit)
+func (d *Device) openLocked(ctx context.Context, reinit bool) error {
+	in, err := d.InstanceFor(ctx, reinit)
 	if err != nil {
 		return err
 	}
 	d.needInit.Store(false)
 	var errs []error
-	for _, p := range d.parts {
+	for _, p := range d.Parts {
 		err := p.open(ctx, in)
-		p.openErr.Store(&err)
+		p.OpenErr.Store(&err)
 		if err != nil {
-			if classOf(err) == ClassDeviceDown {
+			if errclass.ClassOf(err) == errclass.ClassDeviceDown {
 				// e.g. the token is missing after C_Initialize against a dead server: only a re-init helps.
 				d.needInit.Store(true)
 			}
 			errs = append(errs, err)
 		}
 	}
-	if d.onKeys != nil {
-		d.onKeys(d)
+	if d.OnKeys != nil {
+		d.OnKeys(d)
 	}
-	if len(errs) == len(d.parts) {
+	if len(errs) == len(d.Parts) {
 		err := errs[0]
 		d.setErr(err)
 		return err
@@ -157,31 +159,31 @@ func (d *device) openLocked(ctx context.Context, reinit bool) error {
 
 // instanceFor returns the module instance to open the device on: the current one, or a freshly loaded
 // one, or (reinit, when the device needs it) a re-initialised one. Its errors are device-down, and recorded.
-func (d *device) instanceFor(ctx context.Context, reinit bool) (*instance, error) {
-	d.mod.mu.Lock()
-	in := d.mod.current()
+func (d *Device) InstanceFor(ctx context.Context, reinit bool) (*Instance, error) {
+	d.Mod.Mu.Lock()
+	in := d.Mod.Current()
 	var err error
 	switch {
 	case in == nil:
-		if d.mod.cur.Load() != nil {
-			in, err = d.mod.reinit(ctx, d.set, d.log)
+		if d.Mod.Cur.Load() != nil {
+			in, err = d.Mod.Reinit(ctx, d.Set, d.log)
 		} else {
-			again := d.mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
-			in, err = d.mod.load(ctx, d.set.MaxRetired)
+			again := d.Mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
+			in, err = d.Mod.Load(ctx, d.Set.MaxRetired)
 			if err == nil {
-				d.mod.cur.Store(in)
+				d.Mod.Cur.Store(in)
 				if again {
-					d.mod.reinits.Add(1)
+					d.Mod.reinits.Add(1)
 				}
 			}
 		}
 	case reinit && d.needInit.Load():
-		in, err = d.mod.reinit(ctx, d.set, d.log)
+		in, err = d.Mod.Reinit(ctx, d.Set, d.log)
 	}
-	d.mod.mu.Unlock()
+	d.Mod.Mu.Unlock()
 	d.noteRecovery(err)
 	if err != nil {
-		err = downErr(d.name, "", opInitialize, err.Error())
+		err = errclass.DownErr(d.Name, "", errclass.OpInitialize, err.Error())
 		d.setErr(err)
 		return nil, err
 	}
@@ -189,23 +191,23 @@ func (d *device) instanceFor(ctx context.Context, reinit bool) (*instance, error
 }
 
 // open resolves the token by label or serial on instance in, logs in once and lists its keys.
-func (p *devPartition) open(ctx context.Context, in *instance) error {
+func (p *devPartition) open(ctx context.Context, in *Instance) error {
 	if why := p.owner().credFatal.Load(); why != nil {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opLogin, Class: ClassCredential, Err: errors.New(*why)}
+		return &errclass.DeviceError{Device: p.dev.Name, Partition: p.Cfg.Name, Op: errclass.OpLogin, Class: errclass.ClassCredential, Err: errors.New(*why)}
 	}
-	if old := p.st.Load(); old != nil && old.in == in && ctx.Err() == nil {
+	if old := p.St.Load(); old != nil && old.in == in && ctx.Err() == nil {
 		// Same instance: a soft recovery. Drop pooled sessions and re-login below on the same slot.
-		p.st.Store(nil)
+		p.St.Store(nil)
 	}
-	rec, ok := in.begin(ctx, p.dev)
+	rec, ok := in.Begin(ctx, p.dev)
 	if !ok {
-		return downErr(p.dev.name, p.cfg.Name, opSlotList, "module instance is re-initialising")
+		return errclass.DownErr(p.dev.Name, p.Cfg.Name, errclass.OpSlotList, "module instance is re-initialising")
 	}
-	defer in.end(rec)
-	c := in.ctx
+	defer in.End(rec)
+	c := in.Ctx
 	slots, err := c.GetSlotList(true)
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, opSlotList, err)
+		return errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpSlotList, err)
 	}
 	var slot uint
 	var info pkcs11.TokenInfo
@@ -215,81 +217,81 @@ func (p *devPartition) open(ctx context.Context, in *instance) error {
 		if err != nil {
 			continue
 		}
-		if p.isToken(ti) {
+		if p.IsToken(ti) {
 			slot, info, found = s, ti, true
 			break
 		}
 	}
 	if !found {
 		// After a server dies C_Initialize still succeeds with no slots: the device is not up.
-		return downErr(p.dev.name, p.cfg.Name, opTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
+		return errclass.DownErr(p.dev.Name, p.Cfg.Name, errclass.OpTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.TokenName(), len(slots)))
 	}
-	size := poolSize(p.dev.set.SessionPoolSize, info.MaxSessionCount)
+	size := PoolSize(p.dev.Set.SessionPoolSize, info.MaxSessionCount)
 	ls, err := c.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
+		return errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpOpenSession, err)
 	}
-	st := &partState{in: in, slot: slot, loginS: ls, pool: newSessionPool(in, slot, size)}
+	st := &partState{in: in, Slot: slot, loginS: ls, Pool: newSessionPool(in, slot, size)}
 	if err := p.login(st); err != nil {
 		_ = c.CloseSession(ls)
 		return err
 	}
 	keys, err := listPrivateKeys(c, ls, "")
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
+		return errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpFindObjects, err)
 	}
-	st.keys = make(map[string]*keyObject, len(keys))
+	st.Keys = make(map[string]*KeyObject, len(keys))
 	for _, k := range keys {
-		if _, dup := st.keys[k.label]; !dup {
-			st.keys[k.label] = k
+		if _, dup := st.Keys[k.Label]; !dup {
+			st.Keys[k.Label] = k
 		}
 	}
 	secrets, err := listSecretKeys(c, ls, "")
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
+		return errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpFindObjects, err)
 	}
-	st.secrets = make(map[string]*secretObject, len(secrets))
+	st.secrets = make(map[string]*SecretObject, len(secrets))
 	for _, k := range secrets {
-		if _, dup := st.secrets[k.label]; !dup {
-			st.secrets[k.label] = k
+		if _, dup := st.secrets[k.Label]; !dup {
+			st.secrets[k.Label] = k
 		}
 	}
-	st.pool.warm()
-	p.st.Store(st)
+	st.Pool.warm()
+	p.St.Store(st)
 	return nil
 }
 
 // isToken reports whether ti is this partition's token on this device: by serial when one is configured
 // (the device's token_serials, else the partition's token_serial), else by label.
-func (p *devPartition) isToken(ti pkcs11.TokenInfo) bool {
-	serial := p.cfg.TokenSerial
-	if s := p.dev.cfg.TokenSerials[p.cfg.Name]; s != "" {
+func (p *devPartition) IsToken(ti pkcs11.TokenInfo) bool {
+	serial := p.Cfg.TokenSerial
+	if s := p.dev.cfg.TokenSerials[p.Cfg.Name]; s != "" {
 		serial = s
 	}
 	if serial != "" {
 		return strings.TrimSpace(ti.SerialNumber) == serial
 	}
-	return strings.TrimSpace(ti.Label) == p.cfg.TokenLabel
+	return strings.TrimSpace(ti.Label) == p.Cfg.TokenLabel
 }
 
 // poolSize is the session pool of one partition: policy.session_pool_size, capped so that the pool and the
 // login session fit in the token's max session count (0 is "effectively infinite"; absurd values, such as
 // "unavailable information", are no cap either).
-func poolSize(want int, maxSessions uint) int {
+func PoolSize(want int, maxSessions uint) int {
 	if m := int(maxSessions); m > 1 && m < 1<<20 && m-1 < want {
 		return m - 1 // one for the login session
 	}
 	return want
 }
 
-func (p *devPartition) tokenName() string {
-	if s := p.dev.cfg.TokenSerials[p.cfg.Name]; s != "" {
+func (p *devPartition) TokenName() string {
+	if s := p.dev.cfg.TokenSerials[p.Cfg.Name]; s != "" {
 		return "serial " + s
 	}
-	if p.cfg.TokenSerial != "" {
-		return "serial " + p.cfg.TokenSerial
+	if p.Cfg.TokenSerial != "" {
+		return "serial " + p.Cfg.TokenSerial
 	}
-	return p.cfg.TokenLabel
+	return p.Cfg.TokenLabel
 }
 
 // login logs the persistent session in. A rejected PIN is never tried again: PIN lockout on a real HSM
@@ -298,20 +300,20 @@ func (p *devPartition) login(st *partState) error {
 	st.loginMu.Lock()
 	defer st.loginMu.Unlock()
 	if why := p.owner().credFatal.Load(); why != nil {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opLogin, Class: ClassCredential, Err: errors.New(*why)}
+		return &errclass.DeviceError{Device: p.dev.Name, Partition: p.Cfg.Name, Op: errclass.OpLogin, Class: errclass.ClassCredential, Err: errors.New(*why)}
 	}
-	p.owner().logins.Add(1)
+	p.owner().Logins.Add(1)
 	secret := p.secret()
-	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, secret)
+	err := st.in.Ctx.Login(st.loginS, pkcs11.CKU_USER, secret)
 	if err == nil {
 		return nil
 	}
-	de := p11err(p.dev.name, p.cfg.Name, opLogin, err).(*DeviceError)
+	de := errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpLogin, err).(*errclass.DeviceError)
 	switch de.Class {
-	case ClassNone: // CKR_USER_ALREADY_LOGGED_IN
+	case errclass.ClassNone: // CKR_USER_ALREADY_LOGGED_IN
 		return nil
-	case ClassCredential:
-		why := fmt.Sprintf("C_Login: %s: PIN not retried until it changes", ckrName(de.Code))
+	case errclass.ClassCredential:
+		why := fmt.Sprintf("C_Login: %s: PIN not retried until it changes", errclass.CKRName(de.Code))
 		p.rejectPIN(secret)
 		p.owner().credFatal.Store(&why)
 	}
@@ -319,27 +321,27 @@ func (p *devPartition) login(st *partState) error {
 }
 
 // keyFor returns the cached key object for label on st.
-func (st *partState) key(label string) *keyObject {
+func (st *partState) key(label string) *KeyObject {
 	st.keysMu.RLock()
-	k := st.keys[label]
+	k := st.Keys[label]
 	st.keysMu.RUnlock()
 	return k
 }
 
 // refreshKey looks label up again after a stale-handle error and checks the public key did not change.
-func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label string, want []byte) (*keyObject, error) {
-	ks, err := listPrivateKeys(st.in.ctx, s, label)
+func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label string, want []byte) (*KeyObject, error) {
+	ks, err := listPrivateKeys(st.in.Ctx, s, label)
 	if err != nil {
-		return nil, p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
+		return nil, errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpFindObjects, err)
 	}
 	if len(ks) == 0 {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
+		return nil, &errclass.DeviceError{Device: p.dev.Name, Partition: p.Cfg.Name, Op: errclass.OpFindObjects, Class: errclass.ClassBusy, Err: fmt.Errorf("key %q is gone", label)}
 	}
-	if !bytes.Equal(ks[0].pubDER, want) {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
+	if !bytes.Equal(ks[0].PubDER, want) {
+		return nil, &errclass.DeviceError{Device: p.dev.Name, Partition: p.Cfg.Name, Op: errclass.OpFindObjects, Class: errclass.ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
 	}
 	st.keysMu.Lock()
-	st.keys[label] = ks[0]
+	st.Keys[label] = ks[0]
 	st.keysMu.Unlock()
 	return ks[0], nil
 }
@@ -348,45 +350,45 @@ func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label s
 // session-level recovery of the error table: a broken session is dropped and the call retried once on a
 // fresh one; a stale handle is looked up again; a lost login is restored. Device-down errors mark the
 // device for re-init.
-func (p *devPartition) runHere(ctx context.Context, op *deviceOp) ([]byte, error) {
-	st := p.st.Load()
+func (p *devPartition) runHere(ctx context.Context, op *Op) ([]byte, error) {
+	st := p.St.Load()
 	if st == nil {
-		return nil, downErr(p.dev.name, p.cfg.Name, opOpenSession, "partition not open")
+		return nil, errclass.DownErr(p.dev.Name, p.Cfg.Name, errclass.OpOpenSession, "partition not open")
 	}
-	rec, ok := st.in.begin(ctx, p.dev)
+	rec, ok := st.in.Begin(ctx, p.dev)
 	if !ok {
 		if err := ctx.Err(); err != nil {
 			return nil, err // waited for the instance past the call's deadline
 		}
-		return nil, downErr(p.dev.name, p.cfg.Name, opOpenSession, "module instance is re-initialising")
+		return nil, errclass.DownErr(p.dev.Name, p.Cfg.Name, errclass.OpOpenSession, "module instance is re-initialising")
 	}
-	defer st.in.end(rec)
+	defer st.in.End(rec)
 	retried := false
 	for {
 		out, err := p.runOnce(ctx, st, op)
 		if err == nil {
 			return out, nil
 		}
-		var de *DeviceError
+		var de *errclass.DeviceError
 		if !errors.As(err, &de) {
 			return nil, err
 		}
 		switch de.Class {
-		case ClassDeviceDown:
+		case errclass.ClassDeviceDown:
 			if de.Code != 0 {
 				// A real device error code (not our own verdict): stop using this instance now.
-				p.dev.markInstanceDown(st.in)
-				if p.dev.onDown != nil {
-					p.dev.onDown(err.Error())
+				p.dev.MarkInstanceDown(st.in)
+				if p.dev.OnDown != nil {
+					p.dev.OnDown(err.Error())
 				}
 			}
 			p.dev.setErr(err)
 			return nil, err
-		case ClassSessionBroken, ClassHandleStale:
+		case errclass.ClassSessionBroken, errclass.ClassHandleStale:
 			if retried || ctx.Err() != nil {
 				return nil, err
 			}
-		case ClassLoginLost:
+		case errclass.ClassLoginLost:
 			if retried || ctx.Err() != nil {
 				return nil, err
 			}
@@ -400,7 +402,7 @@ func (p *devPartition) runHere(ctx context.Context, op *deviceOp) ([]byte, error
 	}
 }
 
-func (p *devPartition) runOnce(ctx context.Context, st *partState, op *deviceOp) ([]byte, error) {
+func (p *devPartition) runOnce(ctx context.Context, st *partState, op *Op) ([]byte, error) {
 	label := op.Label
 	h, ok := st.handle(op)
 	if !ok && !op.Kind.secret() {
@@ -409,67 +411,67 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, op *deviceOp)
 		}
 	}
 	if !ok {
-		return nil, &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
+		return nil, &errclass.DeviceError{Device: p.dev.Name, Partition: p.Cfg.Name, Op: errclass.OpFindObjects, Class: errclass.ClassBusy, Err: fmt.Errorf("key %q not on this device", label)}
 	}
-	s, err := st.pool.get(ctx)
+	s, err := st.Pool.get(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, p11err(p.dev.name, p.cfg.Name, opOpenSession, err)
+		return nil, errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpOpenSession, err)
 	}
-	out, step, err := op.exec(st.in.ctx, s, h)
+	out, step, err := op.exec(st.in.Ctx, s, h)
 	if err != nil {
-		e := p11err(p.dev.name, p.cfg.Name, step, err)
-		var de *DeviceError
+		e := errclass.P11Err(p.dev.Name, p.Cfg.Name, step, err)
+		var de *errclass.DeviceError
 		if !errors.As(e, &de) {
-			var me *MechanismError
+			var me *errclass.MechanismError
 			if errors.As(e, &me) {
-				me.Device = p.dev.name
+				me.Device = p.dev.Name
 			}
-			st.pool.put(s) // refused before reaching the token's state (e.g. unsupported mechanism)
+			st.Pool.put(s) // refused before reaching the token's state (e.g. unsupported mechanism)
 			return nil, e
 		}
 		switch de.Class {
-		case ClassSessionBroken, ClassDeviceDown, ClassBusy:
-			st.pool.discard(s)
-		case ClassHandleStale:
+		case errclass.ClassSessionBroken, errclass.ClassDeviceDown, errclass.ClassBusy:
+			st.Pool.discard(s)
+		case errclass.ClassHandleStale:
 			if rerr := p.refresh(st, s, op); rerr != nil {
-				st.pool.discard(s)
+				st.Pool.discard(s)
 				return nil, rerr
 			}
-			st.pool.put(s)
+			st.Pool.put(s)
 		default:
-			st.pool.put(s)
+			st.Pool.put(s)
 		}
 		return nil, e
 	}
 	if ctx.Err() != nil {
 		// The caller gave up on this call (abandoned or lost a hedge race): the session is fine, but keep the
 		// rule simple and safe — a session whose call outlived its deadline is never pooled again.
-		st.pool.discard(s)
+		st.Pool.discard(s)
 	} else {
-		st.pool.put(s)
+		st.Pool.put(s)
 	}
 	return out, nil
 }
 
 // probeTokens checks the device: re-initialise when it was seen down, then C_GetTokenInfo for each open
 // partition.
-func (d *device) probeTokens(ctx context.Context, othersServing bool) error {
-	if err := d.recoverIfNeeded(ctx, othersServing); err != nil {
+func (d *Device) probeTokens(ctx context.Context, othersServing bool) error {
+	if err := d.RecoverIfNeeded(ctx, othersServing); err != nil {
 		return err
 	}
 	served := 0
-	for _, p := range d.parts {
-		st := p.st.Load()
+	for _, p := range d.Parts {
+		st := p.St.Load()
 		if st == nil {
 			continue
 		}
 		if err := d.probeToken(ctx, st); err != nil {
-			e := p11err(d.name, p.cfg.Name, opTokenInfo, err)
-			if classOf(e) == ClassDeviceDown {
-				d.markInstanceDown(st.in)
+			e := errclass.P11Err(d.Name, p.Cfg.Name, errclass.OpTokenInfo, err)
+			if errclass.ClassOf(e) == errclass.ClassDeviceDown {
+				d.MarkInstanceDown(st.in)
 			}
 			d.setErr(e)
 			return e
@@ -477,7 +479,7 @@ func (d *device) probeTokens(ctx context.Context, othersServing bool) error {
 		served++
 	}
 	if served == 0 {
-		return downErr(d.name, "", opTokenInfo, "no partition is open")
+		return errclass.DownErr(d.Name, "", errclass.OpTokenInfo, "no partition is open")
 	}
 	return nil
 }
@@ -485,20 +487,20 @@ func (d *device) probeTokens(ctx context.Context, othersServing bool) error {
 // markInstanceDown records that the device needs its module re-initialised. An instance of its own stops
 // taking calls at once; an instance shared with other devices (one Luna client for several appliances)
 // keeps serving them, and recovery escalates from new sessions to a re-init only once they are idle or down.
-func (d *device) markInstanceDown(in *instance) {
+func (d *Device) MarkInstanceDown(in *Instance) {
 	d.needInit.Store(true)
-	if !d.mod.shared() {
-		in.broken.Store(true)
+	if !d.Mod.shared() {
+		in.Broken.Store(true)
 	}
-	if d.owner().lanes != nil {
+	if d.owner().Lanes != nil {
 		d.lanesDown()
 	}
 }
 
 // anyPartitionClosed reports whether a partition that could work (PIN accepted) is not open.
-func (d *device) anyPartitionClosed() bool {
-	for _, p := range d.parts {
-		if p.st.Load() == nil && p.owner().credFatal.Load() == nil {
+func (d *Device) AnyPartitionClosed() bool {
+	for _, p := range d.Parts {
+		if p.St.Load() == nil && p.owner().credFatal.Load() == nil {
 			return true
 		}
 	}
@@ -506,8 +508,8 @@ func (d *device) anyPartitionClosed() bool {
 }
 
 // close releases the device's module reference (the module is finalised by the last user when idle).
-func (d *device) close(timeout time.Duration) {
+func (d *Device) Close(timeout time.Duration) {
 	d.waitAdmin(timeout)
 	d.closeLanes(timeout)
-	modules.release(d.mod, timeout)
+	Modules.Release(d.Mod, timeout)
 }

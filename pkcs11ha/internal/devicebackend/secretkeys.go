@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"crypto"
@@ -36,27 +36,27 @@ var kcvBlock = []byte("pkcs11ha KCV v1\x00")
 var kcvMessage = []byte("pkcs11ha key check value v1")
 
 // hmacMechs maps an HMAC hash to its PKCS#11 mechanism.
-var hmacMechs = map[crypto.Hash]uint{
+var HMACMechs = map[crypto.Hash]uint{
 	crypto.SHA256: pkcs11.CKM_SHA256_HMAC,
 	crypto.SHA384: pkcs11.CKM_SHA384_HMAC,
 	crypto.SHA512: pkcs11.CKM_SHA512_HMAC,
 }
 
 // secretObject is one secret key found on one token.
-type secretObject struct {
-	label   string
-	id      []byte
+type SecretObject struct {
+	Label   string
+	ID      []byte
 	handle  pkcs11.ObjectHandle
-	keyType uint
-	size    int // CKA_VALUE_LEN, bytes
-	alg     string
-	hash    crypto.Hash // an HMAC key's hash (a generic secret's default: SHA-256); 0 for AES
-	kcv     []byte
+	KeyType uint
+	Size    int // CKA_VALUE_LEN, bytes
+	Alg     string
+	Hash    crypto.Hash // an HMAC key's hash (a generic secret's default: SHA-256); 0 for AES
+	KCV     []byte
 }
 
 // secretAlg names a secret key and, for an HMAC key, its hash; ok is false for a key type this package
 // does not use.
-func secretAlg(keyType uint, size int) (alg string, h crypto.Hash, ok bool) {
+func SecretAlg(keyType uint, size int) (alg string, h crypto.Hash, ok bool) {
 	switch keyType {
 	case pkcs11.CKK_AES:
 		switch size {
@@ -81,7 +81,7 @@ func secretAlg(keyType uint, size int) (alg string, h crypto.Hash, ok bool) {
 // listSecretKeys enumerates the token's labelled AES and HMAC keys and computes each one's KCV on session
 // s. A key whose KCV cannot be computed (it may not encrypt or sign) is left out: the cluster could
 // neither check it against the other devices nor use it.
-func listSecretKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([]*secretObject, error) {
+func listSecretKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([]*SecretObject, error) {
 	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY)}
 	if onlyLabel != "" {
 		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_LABEL, onlyLabel))
@@ -90,7 +90,7 @@ func listSecretKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([]
 	if err != nil {
 		return nil, err
 	}
-	var out []*secretObject
+	var out []*SecretObject
 	for _, h := range hs {
 		attrs, err := c.GetAttributeValue(s, h, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
@@ -101,13 +101,13 @@ func listSecretKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([]
 		if err != nil {
 			continue // a key type without CKA_VALUE_LEN (DES...): not ours
 		}
-		k := &secretObject{label: string(attrs[0].Value), id: attrs[1].Value, handle: h,
-			keyType: bytesToUlong(attrs[2].Value), size: int(bytesToUlong(attrs[3].Value))}
+		k := &SecretObject{Label: string(attrs[0].Value), ID: attrs[1].Value, handle: h,
+			KeyType: bytesToUlong(attrs[2].Value), Size: int(bytesToUlong(attrs[3].Value))}
 		var ok bool
-		if k.alg, k.hash, ok = secretAlg(k.keyType, k.size); !ok || k.label == "" {
+		if k.Alg, k.Hash, ok = SecretAlg(k.KeyType, k.Size); !ok || k.Label == "" {
 			continue
 		}
-		if k.kcv, err = checkValue(c, s, k); err != nil {
+		if k.KCV, err = checkValue(c, s, k); err != nil {
 			continue
 		}
 		out = append(out, k)
@@ -117,19 +117,19 @@ func listSecretKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([]
 
 // checkValue computes k's KCV on the token: the first kcvLen bytes of AES-ECB(kcvBlock) for an AES key,
 // of HMAC(kcvMessage) with the key's hash for an HMAC key.
-func checkValue(c *pkcs11.Ctx, s pkcs11.SessionHandle, k *secretObject) ([]byte, error) {
+func checkValue(c *pkcs11.Ctx, s pkcs11.SessionHandle, k *SecretObject) ([]byte, error) {
 	var out []byte
 	var err error
-	if k.hash == 0 {
+	if k.Hash == 0 {
 		if err = c.EncryptInit(s, plainMechs[pkcs11.CKM_AES_ECB], k.handle); err != nil {
 			return nil, err
 		}
-		out, err = oneCall(c, s, kcvBlock, aesBlock, onecall.Encrypt, c.Encrypt)
+		out, err = oneCall(c, s, kcvBlock, AESBlock, onecall.Encrypt, c.Encrypt)
 	} else {
-		if err = c.SignInit(s, plainMechs[hmacMechs[k.hash]], k.handle); err != nil {
+		if err = c.SignInit(s, plainMechs[HMACMechs[k.Hash]], k.handle); err != nil {
 			return nil, err
 		}
-		out, err = oneCall(c, s, kcvMessage, k.hash.Size(), onecall.Sign, c.Sign)
+		out, err = oneCall(c, s, kcvMessage, k.Hash.Size(), onecall.Sign, c.Sign)
 	}
 	if err != nil {
 		return nil, err

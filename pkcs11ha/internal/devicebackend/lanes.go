@@ -1,9 +1,11 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"context"
 	"path/filepath"
 	"time"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // Lanes: a small pool of module instances per device, each carrying one call at a time.
@@ -27,7 +29,7 @@ import (
 const p11kitClient = "p11-kit-client.so"
 
 // lanesOf is how many instances device d gets under policy.p11kit_client_instances n.
-func lanesOf(d deviceSpec, n int) int {
+func lanesOf(d DeviceSpec, n int) int {
 	if n <= 1 || !isP11KitClient(d.Module) {
 		return 1
 	}
@@ -44,7 +46,7 @@ func isP11KitClient(module string) bool {
 }
 
 // owner is the device a lane belongs to (itself for lane 0 and for devices without lanes).
-func (d *device) owner() *device {
+func (d *Device) owner() *Device {
 	if d != nil && d.home != nil {
 		return d.home
 	}
@@ -60,38 +62,38 @@ func (p *devPartition) owner() *devPartition {
 }
 
 // addLanes gives d lanes 1..n-1 (n <= 1: none). Their modules are loaded when d opens.
-func (d *device) addLanes(n int) error {
+func (d *Device) addLanes(n int) error {
 	if n <= 1 {
 		return nil
 	}
-	d.lanes = []*device{d}
+	d.Lanes = []*Device{d}
 	d.laneFree = make(chan struct{}, n)
 	for l := 1; l < n; l++ {
-		h, err := modules.acquire(d.cfg.Module, d.cfg.ModuleEnv, l)
+		h, err := Modules.Acquire(d.cfg.Module, d.cfg.ModuleEnv, l)
 		if err != nil {
 			return err
 		}
 		h.solo = true
-		ld := &device{idx: d.idx, name: d.name, cfg: d.cfg, set: d.set, mod: h, log: d.log, home: d}
-		ld.onDown = func(reason string) {
-			if d.onDown != nil {
-				d.onDown(reason)
+		ld := &Device{Idx: d.Idx, Name: d.Name, cfg: d.cfg, Set: d.Set, Mod: h, log: d.log, home: d}
+		ld.OnDown = func(reason string) {
+			if d.OnDown != nil {
+				d.OnDown(reason)
 			}
 		}
-		for _, p := range d.parts {
-			ld.parts = append(ld.parts, &devPartition{dev: ld, cfg: p.cfg, pin: p.pin, home: p})
+		for _, p := range d.Parts {
+			ld.Parts = append(ld.Parts, &devPartition{dev: ld, Cfg: p.Cfg, pin: p.pin, home: p})
 		}
-		d.lanes = append(d.lanes, ld)
+		d.Lanes = append(d.Lanes, ld)
 	}
 	return nil
 }
 
 // laneList is the device's lanes, lane 0 first; just the device when it has none.
-func (d *device) laneList() []*device {
-	if d.lanes == nil {
-		return []*device{d}
+func (d *Device) LaneList() []*Device {
+	if d.Lanes == nil {
+		return []*Device{d}
 	}
-	return d.lanes
+	return d.Lanes
 }
 
 // recoverIfNeeded re-initialises (or reopens) the device when it was seen down or has a partition that
@@ -101,8 +103,8 @@ func (d *device) laneList() []*device {
 // p11-kit server (a process per connection over one token directory) fails logins and token lookups when
 // several of its processes start at once; and only once lane 0 has logged in, so that a rejected PIN is
 // known and never tried on another lane. A lane that fails is tried again at the next probe.
-func (d *device) recoverIfNeeded(ctx context.Context, othersServing bool) error {
-	need := func(l *device) bool { return l.needInit.Load() || l.anyPartitionClosed() }
+func (d *Device) RecoverIfNeeded(ctx context.Context, othersServing bool) error {
+	need := func(l *Device) bool { return l.needInit.Load() || l.AnyPartitionClosed() }
 	var err error
 	if need(d) {
 		err = d.recoverDevice(ctx, othersServing)
@@ -110,17 +112,17 @@ func (d *device) recoverIfNeeded(ctx context.Context, othersServing bool) error 
 	if err != nil {
 		return err // lane 0 first
 	}
-	lanes := d.laneList()[1:]
+	lanes := d.LaneList()[1:]
 	pending := false
 	for _, l := range lanes {
 		pending = pending || need(l)
 	}
-	if pending && d.recovering.CompareAndSwap(false, true) {
+	if pending && d.Recovering.CompareAndSwap(false, true) {
 		go func() {
-			defer d.recovering.Store(false)
+			defer d.Recovering.Store(false)
 			for _, l := range lanes {
 				if need(l) {
-					lctx, cancel := context.WithTimeout(context.Background(), d.set.InitTimeout+d.set.ReinitGrace)
+					lctx, cancel := context.WithTimeout(context.Background(), d.Set.InitTimeout+d.Set.ReinitGrace)
 					_ = l.recoverDevice(lctx, othersServing)
 					cancel()
 				}
@@ -132,25 +134,25 @@ func (d *device) recoverIfNeeded(ctx context.Context, othersServing bool) error 
 
 // lanesDown: a device error on one lane is the device's (a killed server, a reset network): every lane
 // stops taking calls and is re-initialised by the next probe.
-func (d *device) lanesDown() {
+func (d *Device) lanesDown() {
 	o := d.owner()
-	for _, l := range o.lanes {
+	for _, l := range o.Lanes {
 		l.needInit.Store(true)
-		if in := l.mod.current(); in != nil && !l.mod.shared() {
-			in.broken.Store(true)
+		if in := l.Mod.Current(); in != nil && !l.Mod.shared() {
+			in.Broken.Store(true)
 		}
 	}
 }
 
 // run executes op for partition p on one of its device's lanes (on the device itself when it has none),
 // holding that lane's instance for the call.
-func (p *devPartition) run(ctx context.Context, op *deviceOp) ([]byte, error) {
+func (p *devPartition) run(ctx context.Context, op *Op) ([]byte, error) {
 	d := p.dev
-	if d.lanes == nil {
+	if d.Lanes == nil {
 		return p.runHere(ctx, op)
 	}
 	pi := 0
-	for i, q := range d.parts {
+	for i, q := range d.Parts {
 		if q == p {
 			pi = i
 		}
@@ -160,7 +162,7 @@ func (p *devPartition) run(ctx context.Context, op *deviceOp) ([]byte, error) {
 		return nil, err
 	}
 	defer d.giveLane(l, in)
-	return l.parts[pi].runHere(ctx, op)
+	return l.Parts[pi].runHere(ctx, op)
 }
 
 // laneWait bounds one wait for a free lane: a lane whose call is stuck in an instance that was retired
@@ -171,15 +173,15 @@ const laneWait = 5 * time.Millisecond
 // else lane 0, which carries any number of calls, as a device without lanes does: while lanes 1.. are
 // still opening, and when they are all busy. Only when lane 0 cannot serve either does the call wait for
 // a lane; with none open at all it is a device-down error.
-func (d *device) takeLane(ctx context.Context, pi int) (*device, *instance, error) {
-	n := len(d.lanes) - 1
+func (d *Device) takeLane(ctx context.Context, pi int) (*Device, *Instance, error) {
+	n := len(d.Lanes) - 1
 	for {
 		start := int(d.laneNext.Add(1))
 		usable := false
 		for k := range n {
-			l := d.lanes[1+(start+k)%n]
-			in := l.mod.current()
-			if in == nil || l.parts[pi].st.Load() == nil {
+			l := d.Lanes[1+(start+k)%n]
+			in := l.Mod.Current()
+			if in == nil || l.Parts[pi].St.Load() == nil {
 				continue
 			}
 			usable = true
@@ -190,11 +192,11 @@ func (d *device) takeLane(ctx context.Context, pi int) (*device, *instance, erro
 				return l, in, nil
 			}
 		}
-		if d.mod.current() != nil && d.parts[pi].st.Load() != nil {
+		if d.Mod.Current() != nil && d.Parts[pi].St.Load() != nil {
 			return d, nil, nil
 		}
 		if !usable {
-			return nil, nil, downErr(d.name, d.parts[pi].cfg.Name, opOpenSession, "no module instance of the device is open")
+			return nil, nil, errclass.DownErr(d.Name, d.Parts[pi].Cfg.Name, errclass.OpOpenSession, "no module instance of the device is open")
 		}
 		t := time.NewTimer(laneWait)
 		select {
@@ -210,7 +212,7 @@ func (d *device) takeLane(ctx context.Context, pi int) (*device, *instance, erro
 
 // giveLane frees a lane taken for instance in (unless a fresh instance took the lane over meanwhile);
 // lane 0 is never reserved (in == nil).
-func (d *device) giveLane(l *device, in *instance) {
+func (d *Device) giveLane(l *Device, in *Instance) {
 	if in != nil && l.laneBusy.CompareAndSwap(in, nil) {
 		select {
 		case d.laneFree <- struct{}{}:
@@ -220,25 +222,25 @@ func (d *device) giveLane(l *device, in *instance) {
 }
 
 // closeLanes releases lanes 1.. (lane 0 is the device's own module reference).
-func (d *device) closeLanes(timeout time.Duration) {
-	for _, l := range d.laneList()[1:] {
-		modules.release(l.mod, timeout)
+func (d *Device) closeLanes(timeout time.Duration) {
+	for _, l := range d.LaneList()[1:] {
+		Modules.Release(l.Mod, timeout)
 	}
 }
 
 // reinitCount and retiredCount sum the module accounts of every lane, for Status.
-func (d *device) reinitCount() int64 {
+func (d *Device) reinitCount() int64 {
 	n := int64(0)
-	for _, l := range d.laneList() {
-		n += l.mod.reinits.Load()
+	for _, l := range d.LaneList() {
+		n += l.Mod.reinits.Load()
 	}
 	return n
 }
 
-func (d *device) retiredCount() int64 {
+func (d *Device) RetiredCount() int64 {
 	n := int64(0)
-	for _, l := range d.laneList() {
-		n += l.mod.retired.Load()
+	for _, l := range d.LaneList() {
+		n += l.Mod.Retired.Load()
 	}
 	return n
 }

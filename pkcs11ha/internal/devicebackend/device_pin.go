@@ -1,9 +1,9 @@
-package pkcs11ha
+package devicebackend
 
 import "crypto/sha256"
 
 // pinHash identifies a PIN without keeping it.
-func pinHash(pin string) [32]byte { return sha256.Sum256([]byte(pin)) }
+func PinHash(pin string) [32]byte { return sha256.Sum256([]byte(pin)) }
 
 // secret is the PIN to log in with: the one last reloaded, else the configuration's.
 func (p *devPartition) secret() string {
@@ -15,18 +15,18 @@ func (p *devPartition) secret() string {
 
 // rejectPIN remembers that the token refused pin.
 func (p *devPartition) rejectPIN(pin string) {
-	h := pinHash(pin)
+	h := PinHash(pin)
 	p.owner().rejected.Store(&h)
 }
 
 // usePIN is the in-process backend's: see backend.usePIN.
-func (d *device) usePIN(pi int, pin string) bool {
-	p := d.parts[pi]
+func (d *Device) UsePIN(pi int, pin string) bool {
+	p := d.Parts[pi]
 	p.newPIN.Store(&pin)
 	if p.credFatal.Load() == nil {
 		return false
 	}
-	if r := p.rejected.Load(); r != nil && *r == pinHash(pin) {
+	if r := p.rejected.Load(); r != nil && *r == PinHash(pin) {
 		return false // never twice with the same PIN
 	}
 	p.credFatal.Store(nil) // the next probe reopens the partition and logs in, once

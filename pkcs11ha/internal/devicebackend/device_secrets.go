@@ -1,14 +1,16 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"bytes"
 	"fmt"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+
 	"github.com/miekg/pkcs11"
 )
 
 // handle returns the cached handle of op's key on st: a private key, or a secret key for Seal, Open and MAC.
-func (st *partState) handle(op *deviceOp) (pkcs11.ObjectHandle, bool) {
+func (st *partState) handle(op *Op) (pkcs11.ObjectHandle, bool) {
 	if !op.Kind.secret() {
 		k := st.key(op.Label)
 		if k == nil {
@@ -27,20 +29,20 @@ func (st *partState) handle(op *deviceOp) (pkcs11.ObjectHandle, bool) {
 
 // refresh looks op's key up again after a stale-handle error; the key must be the same one (public key,
 // or key check value for a secret key).
-func (p *devPartition) refresh(st *partState, s pkcs11.SessionHandle, op *deviceOp) error {
+func (p *devPartition) refresh(st *partState, s pkcs11.SessionHandle, op *Op) error {
 	if !op.Kind.secret() {
 		_, err := p.refreshKey(st, s, op.Label, op.PubDER)
 		return err
 	}
-	ks, err := listSecretKeys(st.in.ctx, s, op.Label)
+	ks, err := listSecretKeys(st.in.Ctx, s, op.Label)
 	if err != nil {
-		return p11err(p.dev.name, p.cfg.Name, opFindObjects, err)
+		return errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpFindObjects, err)
 	}
 	if len(ks) == 0 {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q is gone", op.Label)}
+		return &errclass.DeviceError{Device: p.dev.Name, Partition: p.Cfg.Name, Op: errclass.OpFindObjects, Class: errclass.ClassBusy, Err: fmt.Errorf("key %q is gone", op.Label)}
 	}
-	if !bytes.Equal(ks[0].kcv, op.PubDER) {
-		return &DeviceError{Device: p.dev.name, Partition: p.cfg.Name, Op: opFindObjects, Class: ClassBusy, Err: fmt.Errorf("key %q changed its check value", op.Label)}
+	if !bytes.Equal(ks[0].KCV, op.PubDER) {
+		return &errclass.DeviceError{Device: p.dev.Name, Partition: p.Cfg.Name, Op: errclass.OpFindObjects, Class: errclass.ClassBusy, Err: fmt.Errorf("key %q changed its check value", op.Label)}
 	}
 	st.keysMu.Lock()
 	st.secrets[op.Label] = ks[0]
@@ -49,14 +51,14 @@ func (p *devPartition) refresh(st *partState, s pkcs11.SessionHandle, op *device
 }
 
 // secretKeys is a snapshot of partition pi's secret keys by label; nil when the partition is not open.
-func (d *device) secretKeys(pi int) map[string]*secretObject {
-	st := d.parts[pi].st.Load()
+func (d *Device) SecretKeys(pi int) map[string]*SecretObject {
+	st := d.Parts[pi].St.Load()
 	if st == nil {
 		return nil
 	}
 	st.keysMu.RLock()
 	defer st.keysMu.RUnlock()
-	out := make(map[string]*secretObject, len(st.secrets))
+	out := make(map[string]*SecretObject, len(st.secrets))
 	for l, k := range st.secrets {
 		out[l] = k
 	}

@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import "time"
 
@@ -7,7 +7,7 @@ import "time"
 // (docs/ARCHITECTURE.md, "Device backend").
 
 // deviceSpec is what the backend reads of a device's configuration (the library's DeviceConfig).
-type deviceSpec struct {
+type DeviceSpec struct {
 	Name      string
 	Module    string
 	ModuleEnv map[string]string
@@ -16,14 +16,14 @@ type deviceSpec struct {
 }
 
 // partitionSpec is what the backend reads of a partition's configuration (the library's PartitionConfig).
-type partitionSpec struct {
+type PartitionSpec struct {
 	Name        string
 	TokenLabel  string
 	TokenSerial string
 }
 
 // backendOptions are the policy settings the backend uses, as the library resolved them.
-type backendOptions struct {
+type Options struct {
 	SessionPoolSize int
 	ReinitGrace     time.Duration
 	InitTimeout     time.Duration
@@ -35,9 +35,9 @@ type backendOptions struct {
 
 // backendSettings is the backend's view of a cluster's configuration: devices and partitions in config
 // order, each partition's PIN, and the options.
-type backendSettings struct {
-	Devices    []deviceSpec
-	Partitions []partitionSpec
+type Settings struct {
+	Devices    []DeviceSpec
+	Partitions []PartitionSpec
 	PINs       []string // per partition; never printed
-	Own        backendOptions
+	Own        Options
 }

@@ -1,4 +1,4 @@
-package pkcs11ha
+package errclass
 
 import (
 	"errors"
@@ -11,18 +11,18 @@ import (
 
 // The PKCS#11 functions the backend calls, as DeviceError.Op names them; the error table depends on them.
 const (
-	opInitialize  = "C_Initialize"
-	opSlotList    = "C_GetSlotList"
-	opTokenInfo   = "C_GetTokenInfo"
-	opOpenSession = "C_OpenSession"
-	opLogin       = "C_Login"
-	opFindObjects = "C_FindObjects"
-	opSignInit    = "C_SignInit"
-	opSign        = "C_Sign"
-	opDecryptInit = "C_DecryptInit"
-	opDecrypt     = "C_Decrypt"
-	opEncryptInit = "C_EncryptInit"
-	opEncrypt     = "C_Encrypt"
+	OpInitialize  = "C_Initialize"
+	OpSlotList    = "C_GetSlotList"
+	OpTokenInfo   = "C_GetTokenInfo"
+	OpOpenSession = "C_OpenSession"
+	OpLogin       = "C_Login"
+	OpFindObjects = "C_FindObjects"
+	OpSignInit    = "C_SignInit"
+	OpSign        = "C_Sign"
+	OpDecryptInit = "C_DecryptInit"
+	OpDecrypt     = "C_Decrypt"
+	OpEncryptInit = "C_EncryptInit"
+	OpEncrypt     = "C_Encrypt"
 )
 
 // Class is what a PKCS#11 failure means for recovery: what the device backend does about it (a fresh
@@ -121,7 +121,7 @@ func ownClass(err error) (Class, bool) {
 
 // classOf returns the class of err: its own for this package's errors, else the router's verdict in this
 // package's terms.
-func classOf(err error) Class {
+func ClassOf(err error) Class {
 	if err == nil {
 		return ClassNone
 	}
@@ -134,7 +134,7 @@ func classOf(err error) Class {
 // outcomeLabel is the metric label of an outcome: err's own class, else the router's verdict rc in this
 // package's terms, except that a timeout during a stall of this process is "stalled" (it says nothing
 // about the device).
-func outcomeLabel(err error, rc failover.Class) string {
+func OutcomeLabel(err error, rc failover.Class) string {
 	if err == nil {
 		return ClassNone.String()
 	}
@@ -154,7 +154,7 @@ func classify(op string, rv uint) Class {
 	case pkcs11.CKR_OK:
 		return ClassNone
 	case pkcs11.CKR_USER_ALREADY_LOGGED_IN:
-		if op == opLogin {
+		if op == OpLogin {
 			return ClassNone
 		}
 		return ClassBusy
@@ -172,7 +172,7 @@ func classify(op string, rv uint) Class {
 		pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED, pkcs11.CKR_SLOT_ID_INVALID:
 		return ClassDeviceDown
 	case pkcs11.CKR_FUNCTION_FAILED, pkcs11.CKR_GENERAL_ERROR:
-		if op == opDecrypt {
+		if op == OpDecrypt {
 			// SoftHSM 2.6.1 answers a bad OAEP padding, an AES-GCM tag that does not match and a bad
 			// AES-CBC-PAD padding with CKR_GENERAL_ERROR (single-part C_Decrypt: the only decryption called). A ciphertext is attacker-controlled: letting it trip breakers or fail over
 			// would hand out a DoS lever and a padding oracle. (C_Encrypt failing is the device's: a Seal
@@ -188,7 +188,7 @@ func classify(op string, rv uint) Class {
 		pkcs11.CKR_TEMPLATE_INCOMPLETE, pkcs11.CKR_TEMPLATE_INCONSISTENT:
 		return ClassCaller
 	case pkcs11.CKR_ENCRYPTED_DATA_INVALID, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE:
-		if op == opDecrypt || op == opDecryptInit {
+		if op == OpDecrypt || op == OpDecryptInit {
 			return ClassDecryptRefused
 		}
 		return ClassCaller

@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
@@ -24,11 +26,11 @@ import (
 
 // stuckTotal is the number of calls stuck in retired instances, process-wide: threads are a process
 // resource, whichever cluster's devices hold them.
-var stuckTotal atomic.Int64
+var StuckTotal atomic.Int64
 
 // callRec is one call in flight on a module instance.
 type callRec struct {
-	dev     *device          // the device the call is for; nil for module-level calls
+	dev     *Device          // the device the call is for; nil for module-level calls
 	attempt failover.Attempt // the router's attempt the call runs under; nil for probes and opens
 	stuck   bool             // its instance was retired while it ran; guarded by callSet.mu
 	prev    *callRec
@@ -45,23 +47,23 @@ type callSet struct {
 // begin registers a call on the instance for device d (nil for module-level calls); it fails once the
 // instance is broken or retired. ctx is the call's context: when it is a router attempt's, the attempt can
 // be disowned if the call gets stuck in a retired instance. Every successful begin needs its end.
-func (in *instance) begin(ctx context.Context, d *device) (*callRec, bool) {
-	if in.solo != nil {
+func (in *Instance) Begin(ctx context.Context, d *Device) (*callRec, bool) {
+	if in.Solo != nil {
 		select {
-		case in.solo <- struct{}{}:
+		case in.Solo <- struct{}{}:
 		case <-ctx.Done():
 			return nil, false
 		}
 	}
 	// In-flight first, then the check: re-init sets broken, then reads in-flight, so one of them sees the
 	// other and an instance is never finalised under a call.
-	in.inflight.Add(1)
+	in.Inflight.Add(1)
 	rec := &callRec{dev: d.owner(), attempt: failover.AttemptOf(ctx)}
 	s := &in.calls
 	s.mu.Lock()
-	if in.broken.Load() || in.retired.Load() {
+	if in.Broken.Load() || in.Retired.Load() {
 		s.mu.Unlock()
-		in.exit()
+		in.Exit()
 		in.unsolo()
 		return nil, false
 	}
@@ -76,7 +78,7 @@ func (in *instance) begin(ctx context.Context, d *device) (*callRec, bool) {
 }
 
 // end unregisters a call; a stuck call that returns after all stops counting.
-func (in *instance) end(rec *callRec) {
+func (in *Instance) End(rec *callRec) {
 	s := &in.calls
 	s.mu.Lock()
 	rec.prev.next, rec.next.prev = rec.next, rec.prev
@@ -84,19 +86,19 @@ func (in *instance) end(rec *callRec) {
 	stuck := rec.stuck
 	s.mu.Unlock()
 	if stuck {
-		stuckTotal.Add(-1)
+		StuckTotal.Add(-1)
 		if rec.dev != nil {
-			rec.dev.stuck.Add(-1)
+			rec.dev.Stuck.Add(-1)
 		}
 	}
-	in.exit()
+	in.Exit()
 	in.unsolo()
 }
 
 // unsolo gives back the one-call token of a solo instance.
-func (in *instance) unsolo() {
-	if in.solo != nil {
-		<-in.solo
+func (in *Instance) unsolo() {
+	if in.Solo != nil {
+		<-in.Solo
 	}
 }
 
@@ -116,7 +118,7 @@ func (e *errStuckCap) Error() string {
 // retire retires in, whose calls outlived the re-init grace: it takes no call any more and is never
 // finalised. Its calls are moved from their devices' books to the stuck-call account, unless that would
 // exceed limit: then nothing changes and an error says why. Caller holds h.mu.
-func (h *moduleHandle) retire(in *instance, limit int, log *slog.Logger) error {
+func (h *moduleHandle) retire(in *Instance, limit int, log *slog.Logger) error {
 	s := &in.calls
 	s.mu.Lock()
 	n := int64(0)
@@ -124,21 +126,21 @@ func (h *moduleHandle) retire(in *instance, limit int, log *slog.Logger) error {
 		n++
 	}
 	for { // reserve n under the cap: several lanes may retire at once
-		have := stuckTotal.Load()
+		have := StuckTotal.Load()
 		if have+n > int64(limit) {
 			s.mu.Unlock()
 			return &errStuckCap{module: filepath.Base(h.path), inflight: n, have: have, limit: limit}
 		}
-		if stuckTotal.CompareAndSwap(have, have+n) {
+		if StuckTotal.CompareAndSwap(have, have+n) {
 			break
 		}
 	}
-	in.retired.Store(true)
-	perDev := map[*device]int{}
+	in.Retired.Store(true)
+	perDev := map[*Device]int{}
 	for r := s.head.next; r != nil && r != &s.head; r = r.next {
 		r.stuck = true
 		if r.dev != nil {
-			r.dev.stuck.Add(1)
+			r.dev.Stuck.Add(1)
 			perDev[r.dev]++
 		}
 		if r.attempt != nil {
@@ -149,7 +151,7 @@ func (h *moduleHandle) retire(in *instance, limit int, log *slog.Logger) error {
 	if log != nil {
 		for d, k := range perDev {
 			log.Warn("module instance retired with calls stuck in it; they no longer count against the device",
-				"device", d.name, "stuck_calls", k, "device_stuck_calls", d.stuck.Load(), "total_stuck_calls", stuckTotal.Load(), "max_stuck_calls", limit)
+				"device", d.Name, "stuck_calls", k, "device_stuck_calls", d.Stuck.Load(), "total_stuck_calls", StuckTotal.Load(), "max_stuck_calls", limit)
 		}
 	}
 	return nil
@@ -157,7 +159,7 @@ func (h *moduleHandle) retire(in *instance, limit int, log *slog.Logger) error {
 
 // probeCall is a probe's C_GetTokenInfo that may still be blocked.
 type probeCall struct {
-	in       *instance
+	in       *Instance
 	returned atomic.Bool
 }
 
@@ -166,21 +168,21 @@ type probeCall struct {
 // While it is blocked, later probes of the same instance fail at once instead of piling up threads; once
 // that instance is broken or retired they go ahead, so a probe call stranded in a dead instance never
 // keeps its device down (the monitor admits one probe at a time).
-func (d *device) probeToken(ctx context.Context, st *partState) error {
+func (d *Device) probeToken(ctx context.Context, st *partState) error {
 	in := st.in
-	if pc := d.probeBlocked.Load(); pc != nil && pc.in == in && !pc.returned.Load() && !in.broken.Load() && !in.retired.Load() {
-		return &DeviceError{Device: d.name, Op: opTokenInfo, Class: ClassBusy,
+	if pc := d.probeBlocked.Load(); pc != nil && pc.in == in && !pc.returned.Load() && !in.Broken.Load() && !in.Retired.Load() {
+		return &errclass.DeviceError{Device: d.Name, Op: errclass.OpTokenInfo, Class: errclass.ClassBusy,
 			Err: errors.New("an earlier probe call is still blocked on this module instance")}
 	}
-	rec, ok := in.begin(ctx, d)
+	rec, ok := in.Begin(ctx, d)
 	if !ok {
-		return downErr(d.name, "", opTokenInfo, "module instance is re-initialising")
+		return errclass.DownErr(d.Name, "", errclass.OpTokenInfo, "module instance is re-initialising")
 	}
 	pc := &probeCall{in: in}
 	done := make(chan error, 1)
 	go func() {
-		_, err := in.ctx.GetTokenInfo(st.slot)
-		in.end(rec)
+		_, err := in.Ctx.GetTokenInfo(st.Slot)
+		in.End(rec)
 		pc.returned.Store(true)
 		done <- err
 	}()
@@ -195,7 +197,7 @@ func (d *device) probeToken(ctx context.Context, st *partState) error {
 
 // noteRecovery remembers whether the device's last (re)open was refused for the stuck-call cap, for Status,
 // and logs the refusal once.
-func (d *device) noteRecovery(err error) {
+func (d *Device) noteRecovery(err error) {
 	var ce *errStuckCap
 	if !errors.As(err, &ce) {
 		if err == nil {
@@ -206,6 +208,6 @@ func (d *device) noteRecovery(err error) {
 	msg := ce.Error()
 	if old := d.capRefusal.Swap(&msg); old == nil && d.log != nil {
 		d.log.Error("device stays down: retiring its module instance would exceed policy.max_stuck_calls",
-			"device", d.name, "calls_in_instance", ce.inflight, "total_stuck_calls", ce.have, "max_stuck_calls", ce.limit)
+			"device", d.Name, "calls_in_instance", ce.inflight, "total_stuck_calls", ce.have, "max_stuck_calls", ce.limit)
 	}
 }

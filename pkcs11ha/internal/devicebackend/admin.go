@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"github.com/miekg/pkcs11"
@@ -15,20 +15,20 @@ import (
 type adminKind string
 
 const (
-	adminGenerateKeyPair adminKind = "generate_key_pair" // Mech; Template (public), Private; reads Read of both
-	adminFind            adminKind = "find"              // Template; reads Read of every match
-	adminCreate          adminKind = "create"            // Template; reads Read of the new object
-	adminDestroy         adminKind = "destroy"           // Template; destroys every match after the first Keep
-	adminWrap            adminKind = "wrap"              // Mech; Key (wrapping key), Template (the key to wrap) -> Data
-	adminUnwrap          adminKind = "unwrap"            // Mech; Key (unwrapping key), Data, Template; reads Read
-	adminSetAttributes   adminKind = "set_attributes"    // Template (exactly one match), Set
-	adminRescan          adminKind = "rescan"            // lists the partition's keys again (live pickup)
+	AdminGenerateKeyPair adminKind = "generate_key_pair" // Mech; Template (public), Private; reads Read of both
+	AdminFind            adminKind = "find"              // Template; reads Read of every match
+	AdminCreate          adminKind = "create"            // Template; reads Read of the new object
+	AdminDestroy         adminKind = "destroy"           // Template; destroys every match after the first Keep
+	AdminWrap            adminKind = "wrap"              // Mech; Key (wrapping key), Template (the key to wrap) -> Data
+	AdminUnwrap          adminKind = "unwrap"            // Mech; Key (unwrapping key), Data, Template; reads Read
+	AdminSetAttributes   adminKind = "set_attributes"    // Template (exactly one match), Set
+	AdminRescan          adminKind = "rescan"            // lists the partition's keys again (live pickup)
 )
 
 // mutates reports whether the op can change the partition's keys: the device lists them again after it.
 func (k adminKind) mutates() bool {
 	switch k {
-	case adminFind, adminWrap:
+	case AdminFind, AdminWrap:
 		return false
 	}
 	return true
@@ -36,32 +36,32 @@ func (k adminKind) mutates() bool {
 
 // attr is one PKCS#11 attribute as plain data: its type and value bytes in the module's encoding (host
 // byte order for CK_ULONG, one byte for CK_BBOOL).
-type attr struct {
+type Attr struct {
 	Type  uint
 	Value []byte `json:",omitempty"`
 }
 
-func attrBytes(t uint, v []byte) attr  { return attr{Type: t, Value: v} }
-func attrString(t uint, v string) attr { return attr{Type: t, Value: []byte(v)} }
+func AttrBytes(t uint, v []byte) Attr  { return Attr{Type: t, Value: v} }
+func AttrString(t uint, v string) Attr { return Attr{Type: t, Value: []byte(v)} }
 
-func attrBool(t uint, v bool) attr {
+func AttrBool(t uint, v bool) Attr {
 	if v {
-		return attr{Type: t, Value: []byte{1}}
+		return Attr{Type: t, Value: []byte{1}}
 	}
-	return attr{Type: t, Value: []byte{0}}
+	return Attr{Type: t, Value: []byte{0}}
 }
 
 // attrUlong encodes a CK_ULONG as miekg/pkcs11 does (host byte order, the platform's width).
-func attrUlong(t uint, v uint) attr { return attr{Type: t, Value: pkcs11.NewAttribute(t, v).Value} }
+func AttrUlong(t uint, v uint) Attr { return Attr{Type: t, Value: pkcs11.NewAttribute(t, v).Value} }
 
 // ulongOf decodes a CK_ULONG value (little-endian hosts; see bytesToUlong).
-func ulongOf(b []byte) uint { return bytesToUlong(b) }
+func UlongOf(b []byte) uint { return bytesToUlong(b) }
 
 // boolOf decodes a CK_BBOOL value.
-func boolOf(b []byte) bool { return len(b) > 0 && b[0] != 0 }
+func BoolOf(b []byte) bool { return len(b) > 0 && b[0] != 0 }
 
 // p11Attrs is a template in miekg/pkcs11's form.
-func p11Attrs(as []attr) []*pkcs11.Attribute {
+func P11Attrs(as []Attr) []*pkcs11.Attribute {
 	out := make([]*pkcs11.Attribute, len(as))
 	for i, a := range as {
 		out[i] = &pkcs11.Attribute{Type: a.Type, Value: a.Value}
@@ -70,13 +70,13 @@ func p11Attrs(as []attr) []*pkcs11.Attribute {
 }
 
 // adminOp is one management operation on one partition of one device.
-type adminOp struct {
+type AdminOp struct {
 	Kind     adminKind
 	Mech     uint   `json:",omitempty"` // key generation or (un)wrapping mechanism (no parameters)
-	Template []attr `json:",omitempty"`
-	Private  []attr `json:",omitempty"` // generate_key_pair: the private key's template
-	Key      []attr `json:",omitempty"` // wrap/unwrap: template finding the (un)wrapping key
-	Set      []attr `json:",omitempty"` // set_attributes: the new values
+	Template []Attr `json:",omitempty"`
+	Private  []Attr `json:",omitempty"` // generate_key_pair: the private key's template
+	Key      []Attr `json:",omitempty"` // wrap/unwrap: template finding the (un)wrapping key
+	Set      []Attr `json:",omitempty"` // set_attributes: the new values
 	Data     []byte `json:",omitempty"` // unwrap: the wrapped key
 	Keep     int    `json:",omitempty"` // destroy: matches kept (duplicates removed)
 	Read     []uint `json:",omitempty"` // attributes to read from each object found or made
@@ -86,14 +86,14 @@ type adminOp struct {
 }
 
 // adminResult is what an adminOp returns.
-type adminResult struct {
-	Objects [][]attr `json:",omitempty"` // per object found or made, the attributes of Read (Value nil: unavailable)
+type AdminResult struct {
+	Objects [][]Attr `json:",omitempty"` // per object found or made, the attributes of Read (Value nil: unavailable)
 	Data    []byte   `json:",omitempty"` // wrap: the wrapped key
 	Count   int      `json:",omitempty"` // destroy: objects destroyed
 }
 
 // mechanism returns the op's mechanism in miekg/pkcs11's form.
-func (op *adminOp) mechanism() []*pkcs11.Mechanism {
+func (op *AdminOp) Mechanism() []*pkcs11.Mechanism {
 	if op.OAEP {
 		return []*pkcs11.Mechanism{pkcs11.NewMechanism(op.Mech, pkcs11.NewOAEPParams(pkcs11.CKM_SHA_1, pkcs11.CKG_MGF1_SHA1, pkcs11.CKZ_DATA_SPECIFIED, nil))}
 	}
@@ -101,7 +101,7 @@ func (op *adminOp) mechanism() []*pkcs11.Mechanism {
 }
 
 // value returns the value of attribute t in obj, or nil.
-func value(obj []attr, t uint) []byte {
+func Value(obj []Attr, t uint) []byte {
 	for _, a := range obj {
 		if a.Type == t {
 			return a.Value

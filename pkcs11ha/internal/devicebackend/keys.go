@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"crypto"
@@ -16,9 +16,9 @@ import (
 )
 
 // ckkECEdwards and ckmEdDSA are PKCS#11 3.0 constants that miekg/pkcs11 v1.1.2 predates.
-const ckmEdDSA = 0x1057
+const CKMEdDSA = 0x1057
 
-const ckkECEdwards = 0x40
+const CKKECEdwards = 0x40
 
 // Algorithm names used in status and the sidecar API.
 const (
@@ -30,22 +30,22 @@ const (
 )
 
 // keyObject is one private key found on one token, with the public key read from its public object.
-type keyObject struct {
-	label  string
-	id     []byte
+type KeyObject struct {
+	Label  string
+	ID     []byte
 	priv   pkcs11.ObjectHandle
-	pub    crypto.PublicKey
-	pubDER []byte // SubjectPublicKeyInfo, for equality across devices
-	alg    string
+	Pub    crypto.PublicKey
+	PubDER []byte // SubjectPublicKeyInfo, for equality across devices
+	Alg    string
 	// cert is the DER of the X.509 certificate on the token that belongs to this key (certs.go), or nil;
 	// certIgnored says why certificates with its CKA_ID or label were not taken.
-	cert        []byte
-	certIgnored string
+	Cert        []byte
+	CertIgnored string
 }
 
 var (
-	oidP256 = asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
-	oidP384 = asn1.ObjectIdentifier{1, 3, 132, 0, 34}
+	OIDP256 = asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
+	OIDP384 = asn1.ObjectIdentifier{1, 3, 132, 0, 34}
 	oidP521 = asn1.ObjectIdentifier{1, 3, 132, 0, 35}
 	// Ed25519 appears either as the OID or as the printable-string curve name.
 	oidEd25519 = asn1.ObjectIdentifier{1, 3, 101, 112}
@@ -73,7 +73,7 @@ func findObjects(c *pkcs11.Ctx, s pkcs11.SessionHandle, tmpl []*pkcs11.Attribute
 
 // listPrivateKeys enumerates the token's private keys that can sign or decrypt and pairs each with its
 // public object (same CKA_ID, else same label).
-func listPrivateKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([]*keyObject, error) {
+func listPrivateKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([]*KeyObject, error) {
 	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)}
 	if onlyLabel != "" {
 		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_LABEL, onlyLabel))
@@ -82,7 +82,7 @@ func listPrivateKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([
 	if err != nil {
 		return nil, err
 	}
-	var out []*keyObject
+	var out []*KeyObject
 	for _, h := range hs {
 		attrs, err := c.GetAttributeValue(s, h, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
@@ -92,13 +92,13 @@ func listPrivateKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([
 		if err != nil {
 			return nil, err
 		}
-		k := &keyObject{label: string(attrs[0].Value), id: attrs[1].Value, priv: h}
-		if k.label == "" {
+		k := &KeyObject{Label: string(attrs[0].Value), ID: attrs[1].Value, priv: h}
+		if k.Label == "" {
 			continue // unlabelled keys cannot be addressed by the API
 		}
 		kt := bytesToUlong(attrs[2].Value)
 		if err := readPublic(c, s, k, kt); err != nil {
-			return nil, fmt.Errorf("key %q: %w", k.label, err)
+			return nil, fmt.Errorf("key %q: %w", k.Label, err)
 		}
 		out = append(out, k)
 	}
@@ -107,12 +107,12 @@ func listPrivateKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([
 }
 
 // readPublic finds the public object of k and decodes it.
-func readPublic(c *pkcs11.Ctx, s pkcs11.SessionHandle, k *keyObject, keyType uint) error {
+func readPublic(c *pkcs11.Ctx, s pkcs11.SessionHandle, k *KeyObject, keyType uint) error {
 	tmpl := []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY)}
-	if len(k.id) > 0 {
-		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_ID, k.id))
+	if len(k.ID) > 0 {
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_ID, k.ID))
 	} else {
-		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_LABEL, k.label))
+		tmpl = append(tmpl, pkcs11.NewAttribute(pkcs11.CKA_LABEL, k.Label))
 	}
 	hs, err := findObjects(c, s, tmpl)
 	if err != nil {
@@ -137,9 +137,9 @@ func readPublic(c *pkcs11.Ctx, s pkcs11.SessionHandle, k *keyObject, keyType uin
 		if !e.IsInt64() || e.Int64() > 1<<31 {
 			return errors.New("RSA public exponent out of range")
 		}
-		k.pub = &rsa.PublicKey{N: n, E: int(e.Int64())}
-		k.alg = fmt.Sprintf("RSA_%d", n.BitLen())
-	case pkcs11.CKK_EC, ckkECEdwards:
+		k.Pub = &rsa.PublicKey{N: n, E: int(e.Int64())}
+		k.Alg = fmt.Sprintf("RSA_%d", n.BitLen())
+	case pkcs11.CKK_EC, CKKECEdwards:
 		if len(hs) == 0 {
 			return errors.New("no public key object with the same CKA_ID")
 		}
@@ -150,31 +150,31 @@ func readPublic(c *pkcs11.Ctx, s pkcs11.SessionHandle, k *keyObject, keyType uin
 		if err != nil {
 			return err
 		}
-		pub, alg, err := decodeECPublic(keyType, a[0].Value, a[1].Value)
+		pub, alg, err := DecodeECPublic(keyType, a[0].Value, a[1].Value)
 		if err != nil {
 			return err
 		}
-		k.pub, k.alg = pub, alg
+		k.Pub, k.Alg = pub, alg
 	default:
 		return fmt.Errorf("unsupported key type 0x%X", keyType)
 	}
-	der, err := x509.MarshalPKIXPublicKey(k.pub)
+	der, err := x509.MarshalPKIXPublicKey(k.Pub)
 	if err != nil {
 		return err
 	}
-	k.pubDER = der
+	k.PubDER = der
 	return nil
 }
 
 // decodeECPublic decodes CKA_EC_PARAMS and CKA_EC_POINT. The point is a DER OCTET STRING per the spec;
 // SoftHSM returns Ed25519 points raw (32 bytes), so both are accepted.
-func decodeECPublic(keyType uint, params, point []byte) (crypto.PublicKey, string, error) {
+func DecodeECPublic(keyType uint, params, point []byte) (crypto.PublicKey, string, error) {
 	raw := point
 	var os []byte
 	if rest, err := asn1.Unmarshal(point, &os); err == nil && len(rest) == 0 {
 		raw = os
 	}
-	if keyType == ckkECEdwards {
+	if keyType == CKKECEdwards {
 		if len(raw) != ed25519.PublicKeySize {
 			return nil, "", fmt.Errorf("Ed25519 point has %d bytes", len(raw))
 		}
@@ -187,14 +187,14 @@ func decodeECPublic(keyType uint, params, point []byte) (crypto.PublicKey, strin
 	var curve elliptic.Curve
 	var alg string
 	switch {
-	case oid.Equal(oidP256):
+	case oid.Equal(OIDP256):
 		curve, alg = elliptic.P256(), AlgECP256
-	case oid.Equal(oidP384):
+	case oid.Equal(OIDP384):
 		curve, alg = elliptic.P384(), AlgECP384
 	case oid.Equal(oidP521):
 		curve, alg = elliptic.P521(), AlgECP521
 	case oid.Equal(oidEd25519):
-		return decodeECPublic(ckkECEdwards, nil, point)
+		return DecodeECPublic(CKKECEdwards, nil, point)
 	default:
 		return nil, "", fmt.Errorf("unsupported curve %v", oid)
 	}

@@ -1,9 +1,11 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"bytes"
 	"crypto/cipher"
 	"errors"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 
 	"github.com/miekg/pkcs11"
 
@@ -15,25 +17,25 @@ import (
 // output: the same (key, nonce, plaintext, additional data) always gives the same ciphertext and tag.
 
 const (
-	gcmNonceSize = 12
-	gcmTagSize   = 16
-	aesBlock     = 16
+	GCMNonceSize = 12
+	GCMTagSize   = 16
+	AESBlock     = 16
 )
 
 // gcm runs a Seal (Input: the plaintext; output: ciphertext ‖ tag) or an Open (Input: ciphertext ‖ tag;
 // output: the plaintext) with CKM_AES_GCM. When the token or its transport refuses the mechanism's
 // parameters (p11-kit 0.24's RPC carries no CK_GCM_PARAMS) it is refused with a *MechanismError, or —
 // when policy.gcm_fallback is on — computed by gcmFromECB.
-func (op *deviceOp) gcm(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
+func (op *Op) gcm(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
 	params := pkcs11.NewGCMParams(op.Mech.GCMIV, op.Mech.GCMAAD, int(op.Mech.GCMTagBits))
 	// The parameters live in C memory the token may read until the operation ends.
 	defer params.Free()
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}
-	initOp, runOp := opEncryptInit, opEncrypt
+	initOp, runOp := errclass.OpEncryptInit, errclass.OpEncrypt
 	init, once, twice := c.EncryptInit, onecall.Encrypt, c.Encrypt
-	n := len(op.Input) + gcmTagSize
-	if op.Kind == kindOpen {
-		initOp, runOp = opDecryptInit, opDecrypt
+	n := len(op.Input) + GCMTagSize
+	if op.Kind == KindOpen {
+		initOp, runOp = errclass.OpDecryptInit, errclass.OpDecrypt
 		init, once, twice = c.DecryptInit, onecall.Decrypt, c.Decrypt
 		// The plaintext is len-16; a buffer as long as the whole input (tag included) is never too small.
 		n = len(op.Input)
@@ -43,7 +45,7 @@ func (op *deviceOp) gcm(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHa
 			if op.GCMFallback {
 				return op.gcmFromECB(c, s, h)
 			}
-			return nil, initOp, &MechanismError{Mechanism: "CKM_AES_GCM"}
+			return nil, initOp, &errclass.MechanismError{Mechanism: "CKM_AES_GCM"}
 		}
 		return nil, initOp, err
 	}
@@ -63,47 +65,47 @@ func isGCMRefusal(err error) bool {
 // C_Encrypt call: the key stays on the token, GCM's arithmetic (GHASH, counters, the tag) is crypto/cipher's.
 // The cost (docs/ARCHITECTURE.md, "Secret keys"): the GHASH key and this call's keystream are in this
 // process's memory for the duration of the call.
-func (op *deviceOp) gcmFromECB(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
-	if len(op.Mech.GCMIV) != gcmNonceSize || op.Mech.GCMTagBits != 8*gcmTagSize {
-		return nil, opEncryptInit, &MechanismError{Mechanism: "CKM_AES_GCM (fallback: 96-bit nonce and 128-bit tag only)"}
+func (op *Op) gcmFromECB(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
+	if len(op.Mech.GCMIV) != GCMNonceSize || op.Mech.GCMTagBits != 8*GCMTagSize {
+		return nil, errclass.OpEncryptInit, &errclass.MechanismError{Mechanism: "CKM_AES_GCM (fallback: 96-bit nonce and 128-bit tag only)"}
 	}
 	data := len(op.Input)
-	if op.Kind == kindOpen {
-		data -= gcmTagSize
+	if op.Kind == KindOpen {
+		data -= GCMTagSize
 		if data < 0 {
-			return nil, opDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE)
+			return nil, errclass.OpDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE)
 		}
 	}
-	in := gcmBlocks(op.Mech.GCMIV, (data+aesBlock-1)/aesBlock)
+	in := gcmBlocks(op.Mech.GCMIV, (data+AESBlock-1)/AESBlock)
 	if err := c.EncryptInit(s, plainMechs[pkcs11.CKM_AES_ECB], h); err != nil {
-		return nil, opEncryptInit, err
+		return nil, errclass.OpEncryptInit, err
 	}
 	outECB, err := oneCall(c, s, in, len(in), onecall.Encrypt, c.Encrypt)
 	if err != nil {
-		return nil, opEncrypt, err
+		return nil, errclass.OpEncrypt, err
 	}
 	defer clear(outECB)
 	tb := &tableBlock{in: in, out: outECB}
 	aead, err := cipher.NewGCM(tb)
 	if err != nil {
-		return nil, opEncrypt, err
+		return nil, errclass.OpEncrypt, err
 	}
-	if op.Kind == kindSeal {
+	if op.Kind == KindSeal {
 		ct := aead.Seal(nil, op.Mech.GCMIV, op.Input, op.Mech.GCMAAD)
 		if tb.miss {
-			return nil, opEncrypt, errGCMTable
+			return nil, errclass.OpEncrypt, errGCMTable
 		}
-		return ct, opEncrypt, nil
+		return ct, errclass.OpEncrypt, nil
 	}
 	pt, err := aead.Open(nil, op.Mech.GCMIV, op.Input, op.Mech.GCMAAD)
 	if tb.miss {
-		return nil, opDecrypt, errGCMTable
+		return nil, errclass.OpDecrypt, errGCMTable
 	}
 	if err != nil {
 		// The tag does not match: what SoftHSM's C_Decrypt says as CKR_GENERAL_ERROR, said plainly.
-		return nil, opDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID)
+		return nil, errclass.OpDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID)
 	}
-	return pt, opDecrypt, nil
+	return pt, errclass.OpDecrypt, nil
 }
 
 var errGCMTable = errors.New("pkcs11ha: GCM fallback: crypto/cipher asked for a block the token did not encrypt")
@@ -112,13 +114,13 @@ var errGCMTable = errors.New("pkcs11ha: GCM fallback: crypto/cipher asked for a 
 // order crypto/cipher asks for them: the zero block (hash key), J0 = nonce ‖ 1 (tag mask), then J0+1 ...
 // J0+n (keystream).
 func gcmBlocks(nonce []byte, n int) []byte {
-	in := make([]byte, (n+2)*aesBlock)
-	var j [aesBlock]byte
+	in := make([]byte, (n+2)*AESBlock)
+	var j [AESBlock]byte
 	copy(j[:], nonce)
 	for i := 1; i < n+2; i++ {
 		ctr := uint32(i)
 		j[12], j[13], j[14], j[15] = byte(ctr>>24), byte(ctr>>16), byte(ctr>>8), byte(ctr)
-		copy(in[i*aesBlock:], j[:])
+		copy(in[i*AESBlock:], j[:])
 	}
 	return in
 }
@@ -131,20 +133,20 @@ type tableBlock struct {
 	miss    bool
 }
 
-func (b *tableBlock) BlockSize() int { return aesBlock }
+func (b *tableBlock) BlockSize() int { return AESBlock }
 
 func (b *tableBlock) Encrypt(dst, src []byte) {
-	i := b.next * aesBlock
-	if i+aesBlock > len(b.in) || !bytes.Equal(src[:aesBlock], b.in[i:i+aesBlock]) {
+	i := b.next * AESBlock
+	if i+AESBlock > len(b.in) || !bytes.Equal(src[:AESBlock], b.in[i:i+AESBlock]) {
 		b.miss = true
-		clear(dst[:aesBlock])
+		clear(dst[:AESBlock])
 		return
 	}
-	copy(dst, b.out[i:i+aesBlock])
+	copy(dst, b.out[i:i+AESBlock])
 	b.next++
 }
 
 func (b *tableBlock) Decrypt(dst, _ []byte) {
 	b.miss = true
-	clear(dst[:aesBlock])
+	clear(dst[:AESBlock])
 }

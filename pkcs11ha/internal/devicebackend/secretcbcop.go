@@ -1,9 +1,11 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 
 	"github.com/miekg/pkcs11"
 
@@ -16,12 +18,12 @@ import (
 
 // cbc runs an AES-CBC-PAD encryption (Input: the plaintext; OutLen: the padded length) or decryption
 // (Input: whole blocks; OutLen: their length, a buffer the plaintext always fits).
-func (op *deviceOp) cbc(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
+func (op *Op) cbc(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
 	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC_PAD, op.Mech.CBCIV)}
-	initOp, runOp := opEncryptInit, opEncrypt
+	initOp, runOp := errclass.OpEncryptInit, errclass.OpEncrypt
 	init, once, twice := c.EncryptInit, onecall.Encrypt, c.Encrypt
-	if op.Kind == kindCBCDecrypt {
-		initOp, runOp = opDecryptInit, opDecrypt
+	if op.Kind == KindCBCDecrypt {
+		initOp, runOp = errclass.OpDecryptInit, errclass.OpDecrypt
 		init, once, twice = c.DecryptInit, onecall.Decrypt, c.Decrypt
 	}
 	if err := init(s, mech, h); err != nil {
@@ -29,7 +31,7 @@ func (op *deviceOp) cbc(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHa
 			if op.CBCFallback {
 				return op.cbcFromECB(c, s, h)
 			}
-			return nil, initOp, &MechanismError{Mechanism: "CKM_AES_CBC_PAD"}
+			return nil, initOp, &errclass.MechanismError{Mechanism: "CKM_AES_CBC_PAD"}
 		}
 		return nil, initOp, err
 	}
@@ -48,40 +50,40 @@ const cbcFallbackMaxEncrypt = 1024
 // block, since each block's input is the previous block's output (C_i = E(P_i ⊕ C_i−1)). Nothing enters
 // this process that the operation's own input and output do not already give: D(C_i) and E(P_i ⊕ C_i−1)
 // are the plaintext and ciphertext blocks up to an XOR with blocks the caller has.
-func (op *deviceOp) cbcFromECB(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
+func (op *Op) cbcFromECB(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
 	ecb := plainMechs[pkcs11.CKM_AES_ECB]
 	iv := op.Mech.CBCIV
-	if op.Kind == kindCBCEncrypt {
+	if op.Kind == KindCBCEncrypt {
 		if len(op.Input) > cbcFallbackMaxEncrypt {
-			return nil, opEncryptInit, &MechanismError{Mechanism: fmt.Sprintf("CKM_AES_CBC_PAD (fallback: encryption of %d bytes at most)", cbcFallbackMaxEncrypt)}
+			return nil, errclass.OpEncryptInit, &errclass.MechanismError{Mechanism: fmt.Sprintf("CKM_AES_CBC_PAD (fallback: encryption of %d bytes at most)", cbcFallbackMaxEncrypt)}
 		}
 		return cbcEncryptECB(c, s, h, iv, op.Input)
 	}
 	in := op.Input
 	if err := c.DecryptInit(s, ecb, h); err != nil {
-		return nil, opDecryptInit, err
+		return nil, errclass.OpDecryptInit, err
 	}
 	out, err := oneCall(c, s, in, len(in), onecall.Decrypt, c.Decrypt)
 	if err != nil {
-		return nil, opDecrypt, err
+		return nil, errclass.OpDecrypt, err
 	}
 	if len(out) != len(in) {
-		return nil, opDecrypt, fmt.Errorf("AES-ECB: output of %d bytes for %d in", len(out), len(in)) // busy
+		return nil, errclass.OpDecrypt, fmt.Errorf("AES-ECB: output of %d bytes for %d in", len(out), len(in)) // busy
 	}
-	subtle.XORBytes(out[:aesBlock], out[:aesBlock], iv)
-	subtle.XORBytes(out[aesBlock:], out[aesBlock:], in[:len(in)-aesBlock])
+	subtle.XORBytes(out[:AESBlock], out[:AESBlock], iv)
+	subtle.XORBytes(out[AESBlock:], out[AESBlock:], in[:len(in)-AESBlock])
 	n, ok := unpadPKCS7(out)
 	if !ok {
 		clear(out)
 		// What a token says of a bad padding, said plainly: the decrypt-refused row of the error table.
-		return nil, opDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID)
+		return nil, errclass.OpDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID)
 	}
-	return out[:n], opDecrypt, nil
+	return out[:n], errclass.OpDecrypt, nil
 }
 
 // cbcEncryptECB is CBC-PAD encryption of pt under iv with AES-ECB blocks the token encrypts one by one.
 func cbcEncryptECB(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, iv, pt []byte) ([]byte, string, error) {
-	n := cbcPadLen(len(pt))
+	n := CBCPadLen(len(pt))
 	out := make([]byte, n)
 	copy(out, pt)
 	pad := byte(n - len(pt))
@@ -89,28 +91,28 @@ func cbcEncryptECB(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle,
 		out[i] = pad
 	}
 	if err := c.EncryptInit(s, plainMechs[pkcs11.CKM_AES_ECB], h); err != nil {
-		return nil, opEncryptInit, err
+		return nil, errclass.OpEncryptInit, err
 	}
 	prev := iv
-	for i := 0; i < n; i += aesBlock {
-		blk := out[i : i+aesBlock]
+	for i := 0; i < n; i += AESBlock {
+		blk := out[i : i+AESBlock]
 		subtle.XORBytes(blk, blk, prev)
 		if err := encryptBlock(c, s, blk); err != nil {
-			return nil, opEncrypt, err // a failed C_EncryptUpdate ends the operation (PKCS#11)
+			return nil, errclass.OpEncrypt, err // a failed C_EncryptUpdate ends the operation (PKCS#11)
 		}
 		prev = blk
 	}
 	// AES-ECB has no final part; the call ends the operation, so that the session goes back to the pool idle.
 	if err := encryptFinal(c, s); err != nil {
-		return nil, opEncrypt, err
+		return nil, errclass.OpEncrypt, err
 	}
-	return out, opEncrypt, nil
+	return out, errclass.OpEncrypt, nil
 }
 
 // encryptBlock replaces blk (one block) with its AES-ECB encryption by the active C_EncryptUpdate
 // operation: one round trip, or miekg/pkcs11's two when onecall cannot be used.
 func encryptBlock(c *pkcs11.Ctx, s pkcs11.SessionHandle, blk []byte) error {
-	var buf [aesBlock]byte
+	var buf [AESBlock]byte
 	got, err := onecall.EncryptUpdate(c, s, blk, buf[:])
 	var out []byte
 	switch {
@@ -123,7 +125,7 @@ func encryptBlock(c *pkcs11.Ctx, s pkcs11.SessionHandle, blk []byte) error {
 	default:
 		return err
 	}
-	if len(out) != aesBlock {
+	if len(out) != AESBlock {
 		return fmt.Errorf("AES-ECB: C_EncryptUpdate gave %d bytes for one block", len(out))
 	}
 	copy(blk, out)
@@ -134,7 +136,7 @@ func encryptBlock(c *pkcs11.Ctx, s pkcs11.SessionHandle, blk []byte) error {
 // buffer of one block (miekg/pkcs11's EncryptFinal asks for the size first, and its zero-length buffer
 // is a size query again to p11-kit's RPC, which leaves the operation active).
 func encryptFinal(c *pkcs11.Ctx, s pkcs11.SessionHandle) error {
-	var buf [aesBlock]byte
+	var buf [AESBlock]byte
 	n, err := onecall.EncryptFinal(c, s, buf[:])
 	if errors.Is(err, onecall.ErrLayout) {
 		var rest []byte
@@ -152,8 +154,8 @@ func encryptFinal(c *pkcs11.Ctx, s pkcs11.SessionHandle) error {
 // only that it does (the verdict itself is the caller's to have, docs/encryption.md).
 func unpadPKCS7(b []byte) (int, bool) {
 	pad := int(b[len(b)-1])
-	good := subtle.ConstantTimeLessOrEq(1, pad) & subtle.ConstantTimeLessOrEq(pad, aesBlock)
-	for i := 1; i <= aesBlock; i++ {
+	good := subtle.ConstantTimeLessOrEq(1, pad) & subtle.ConstantTimeLessOrEq(pad, AESBlock)
+	for i := 1; i <= AESBlock; i++ {
 		inPad := subtle.ConstantTimeLessOrEq(i, pad)
 		same := subtle.ConstantTimeByteEq(b[len(b)-i], byte(pad))
 		good &= (1 - inPad) | same
@@ -162,4 +164,4 @@ func unpadPKCS7(b []byte) (int, bool) {
 }
 
 // cbcPadLen is the length of n bytes padded with PKCS#7 to whole AES blocks (1 to 16 bytes added).
-func cbcPadLen(n int) int { return (n/aesBlock + 1) * aesBlock }
+func CBCPadLen(n int) int { return (n/AESBlock + 1) * AESBlock }

@@ -58,7 +58,7 @@ func TestAdminPath(t *testing.T) {
 			require.NotNil(t, be.Keys(0)["admin-ec"], "the device lists the new key")
 			k, err := cl.Key(ctx, "payments", "admin-ec")
 			require.NoError(t, err)
-			require.Equal(t, devicebackend.AlgECP256, k.Algorithm())
+			require.Equal(t, AlgECP256, k.Algorithm())
 
 			// A sensitive attribute reads as nil, the others still read.
 			r, err = be.Admin(ctx, 0, &devicebackend.AdminOp{Kind: devicebackend.AdminFind,

@@ -283,9 +283,9 @@ func algOf(pub crypto.PublicKey) (string, uint) {
 		return fmt.Sprintf("RSA_%d", k.N.BitLen()), pkcs11.CKK_RSA
 	case *ecdsa.PublicKey:
 		if k.Curve.Params().BitSize == 384 {
-			return devicebackend.AlgECP384, pkcs11.CKK_EC
+			return AlgECP384, pkcs11.CKK_EC
 		}
-		return devicebackend.AlgECP256, pkcs11.CKK_EC
+		return AlgECP256, pkcs11.CKK_EC
 	}
 	return "", 0
 }

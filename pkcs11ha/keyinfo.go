@@ -3,6 +3,8 @@ package pkcs11ha
 import (
 	"crypto"
 	"encoding/hex"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // KeyInfo describes a key of a partition as the cluster sees it.
@@ -21,3 +23,13 @@ type KeyInfo struct {
 }
 
 func hexID(id []byte) string { return hex.EncodeToString(id) }
+
+// Algorithm names used in status and the sidecar API (KeyInfo.Algorithm); the device backend names a
+// key's algorithm when it lists the token.
+const (
+	AlgRSA2048 = devicebackend.AlgRSA2048 // "RSA_2048"
+	AlgECP256  = devicebackend.AlgECP256  // "EC_P256"
+	AlgECP384  = devicebackend.AlgECP384  // "EC_P384"
+	AlgECP521  = devicebackend.AlgECP521  // "EC_P521"
+	AlgEd25519 = devicebackend.AlgEd25519 // "ED25519"
+)

@@ -2,7 +2,6 @@ package pkcs11ha
 
 import (
 	"log/slog"
-	"sync/atomic"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
@@ -15,33 +14,16 @@ type clusterDevice struct {
 	be   devicebackend.Backend
 }
 
-// hooks is a backend's callbacks, set once before it opens (worker.go reads them from its reader).
-type hooks struct {
-	keysChanged atomic.Pointer[func()]
-	down        atomic.Pointer[func(string)]
-}
-
-func (h *hooks) set(keysChanged func(), down func(string)) {
-	h.keysChanged.Store(&keysChanged)
-	h.down.Store(&down)
-}
-
-func (h *hooks) onKeys() {
-	if f := h.keysChanged.Load(); f != nil && *f != nil {
-		(*f)()
-	}
-}
-
-func (h *hooks) onDown(reason string) {
-	if f := h.down.Load(); f != nil && *f != nil {
-		(*f)(reason)
-	}
-}
-
 // newBackend makes the backend of device i of settings s (nothing is loaded yet).
 func newBackend(s *settings, i int, log *slog.Logger, m *metrics) (devicebackend.Backend, error) {
 	if s.own.Isolation == IsolationProcess {
-		return newWorkerDevice(s, i, log, m), nil
+		return newWorkerDevice(s.backend(), i, log, m), nil
 	}
 	return devicebackend.NewDevice(s.backend(), i, log)
 }
+
+// MaybeRunWorker serves as a device worker and exits when this process was started as one by a cluster
+// with policy.isolation "process"; otherwise it returns at once. A program that opens clusters with
+// process isolation calls it first thing in main (before flags are parsed), because the cluster starts
+// its workers by re-executing the program's own binary (or the one given with WithWorkerCommand).
+func MaybeRunWorker() { maybeRunWorker() }

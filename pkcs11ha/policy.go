@@ -438,8 +438,8 @@ func (s *settings) backend() *devicebackend.Settings {
 	b := &devicebackend.Settings{PINs: s.pins, Own: devicebackend.Options{
 		SessionPoolSize: s.own.SessionPoolSize, ReinitGrace: s.own.ReinitGrace, InitTimeout: s.own.InitTimeout,
 		CloseTimeout: s.own.CloseTimeout, MaxRetired: s.own.MaxRetired, MaxStuckCalls: s.own.MaxStuckCalls,
-		P11KitInstances: s.own.P11KitInstances,
-	}}
+		P11KitInstances: s.own.P11KitInstances, OperationTimeout: s.own.OperationTimeout, AdminTimeout: s.own.AdminTimeout,
+	}, WorkerCmd: s.workerCmd}
 	for _, d := range s.cfg.Devices {
 		b.Devices = append(b.Devices, devicebackend.DeviceSpec{Name: d.Name, Module: d.Module, ModuleEnv: d.ModuleEnv, TokenSerials: d.TokenSerials})
 	}

@@ -29,11 +29,11 @@ import (
 type workerDevice struct {
 	idx  int
 	name string
-	s    *settings
+	s    *devicebackend.Settings
 	cmd  []string // the worker command: path and arguments
 	log  *slog.Logger
 	h    hooks
-	m    *metrics
+	m    workerMetrics
 
 	// proc is the running worker (nil: none), read without a lock on the call path; startMu serialises
 	// starts and guards backoff, nextTry and closed, so a start in progress never blocks a call.
@@ -61,11 +61,11 @@ const (
 	workerBackoffMax = 30 * time.Second
 )
 
-func newWorkerDevice(s *settings, i int, log *slog.Logger, m *metrics) *workerDevice {
-	w := &workerDevice{idx: i, name: s.cfg.Devices[i].Name, s: s, cmd: s.workerCmd, log: log, m: m,
-		pins: make([]atomic.Pointer[string], len(s.cfg.Partitions))}
-	w.state.Store(&workerState{Parts: make([]devicebackend.PartInfo, len(s.cfg.Partitions))})
-	w.keyCache = make([]map[string]*devicebackend.KeyObject, len(s.cfg.Partitions))
+func newWorkerDevice(s *devicebackend.Settings, i int, log *slog.Logger, m workerMetrics) *workerDevice {
+	w := &workerDevice{idx: i, name: s.Devices[i].Name, s: s, cmd: s.WorkerCmd, log: log, m: m,
+		pins: make([]atomic.Pointer[string], len(s.Partitions))}
+	w.state.Store(&workerState{Parts: make([]devicebackend.PartInfo, len(s.Partitions))})
+	w.keyCache = make([]map[string]*devicebackend.KeyObject, len(s.Partitions))
 	return w
 }
 
@@ -156,7 +156,7 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 	}
 	// The worker has until the caller's deadline, or init_timeout without one (the health monitor's probes),
 	// and the hang watch holds it to that same deadline, not to operation_timeout: a slow open is no hang.
-	deadline := deadlineOr(ctx, w.s.own.InitTimeout)
+	deadline := deadlineOr(ctx, w.s.Own.InitTimeout)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	id, pc, err := p.send(ctx, typ, marshal(&workerProbe{OthersServing: others, Timeout: time.Until(deadline), HaveKeys: have}))
@@ -189,7 +189,7 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 
 // setKeys replaces the cached keys and tells the cluster.
 func (w *workerDevice) setKeys(gen uint64, parts [][]wireKey, secretParts [][]wireSecret) {
-	keys := make([]map[string]*devicebackend.KeyObject, len(w.s.cfg.Partitions))
+	keys := make([]map[string]*devicebackend.KeyObject, len(w.s.Partitions))
 	for pi := range keys {
 		if pi >= len(parts) || parts[pi] == nil {
 			continue
@@ -217,7 +217,7 @@ func (w *workerDevice) Run(ctx context.Context, pi int, op *devicebackend.Op) ([
 	if err != nil {
 		return nil, err
 	}
-	return p.call(ctx, msgRun, encodeRun(pi, time.Until(deadlineOr(ctx, w.s.own.OperationTimeout)), op))
+	return p.call(ctx, msgRun, encodeRun(pi, time.Until(deadlineOr(ctx, w.s.Own.OperationTimeout)), op))
 }
 
 func (w *workerDevice) Keys(pi int) map[string]*devicebackend.KeyObject {
@@ -268,7 +268,7 @@ func (w *workerDevice) UsePIN(pi int, pin string) bool {
 	if err != nil {
 		return false // the next worker starts with the new PIN, and opens the partition
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), w.s.own.InitTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), w.s.Own.InitTimeout)
 	defer cancel()
 	b, err := p.call(ctx, msgPIN, marshal(&workerPIN{Partition: pi, PIN: pin}))
 	var retry bool
@@ -418,20 +418,19 @@ func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
 	return p, nil
 }
 
-// init sends the worker its device, partitions (PIN sources removed), PINs and settings.
+// init sends the worker its device, partitions, PINs and options.
 func (p *workerProc) init(ctx context.Context) error {
 	w := p.w
-	in := workerInit{Protocol: workerProtocol, Device: w.s.cfg.Devices[w.idx], Own: w.s.own, LogLevel: int(workerLogLevel(w.log))}
-	for pi, pc := range w.s.cfg.Partitions {
-		pc.PIN, pc.PINEnv, pc.PINFile = "", "", ""
-		in.Partitions = append(in.Partitions, pc)
-		pin := w.s.pins[pi]
+	in := workerInit{Protocol: workerProtocol, Device: w.s.Devices[w.idx], Own: w.s.Own, LogLevel: int(workerLogLevel(w.log))}
+	in.Partitions = w.s.Partitions
+	for pi := range w.s.Partitions {
+		pin := w.s.PINs[pi]
 		if np := w.pins[pi].Load(); np != nil {
 			pin = *np
 		}
 		in.PINs = append(in.PINs, pin)
 	}
-	ictx, cancel := context.WithTimeout(ctx, w.s.own.InitTimeout)
+	ictx, cancel := context.WithTimeout(ctx, w.s.Own.InitTimeout)
 	defer cancel()
 	_, err := p.call(ictx, msgInit, marshal(&in))
 	return err
@@ -459,7 +458,7 @@ func (p *workerProc) call(ctx context.Context, typ byte, payload []byte) ([]byte
 // send sends one request; its reply is awaited with wait.
 func (p *workerProc) send(ctx context.Context, typ byte, payload []byte) (uint32, *pendingCall, error) {
 	pc := &pendingCall{ch: make(chan frame, 1)}
-	pc.deadline = deadlineOr(ctx, p.w.s.own.OperationTimeout)
+	pc.deadline = deadlineOr(ctx, p.w.s.Own.OperationTimeout)
 	p.pmu.Lock()
 	if p.dead.Load() {
 		p.pmu.Unlock()
@@ -558,7 +557,7 @@ func (p *workerProc) readLoop() {
 // watch kills a worker that leaves a call unanswered for policy.reinit_grace past the call's deadline (a
 // module hung for good holds every call sent to it), and reaps it.
 func (p *workerProc) watch() {
-	grace := p.w.s.own.ReinitGrace
+	grace := p.w.s.Own.ReinitGrace
 	t := time.NewTicker(min(grace/4, 250*time.Millisecond))
 	defer t.Stop()
 	exited := make(chan error, 1)
@@ -593,8 +592,8 @@ func (p *workerProc) overdue(grace time.Duration) int {
 // checkStuck recycles a worker whose calls stuck in retired module instances exceed policy.max_stuck_calls:
 // killing it frees their threads (in process, the device would have to stay down instead).
 func (p *workerProc) checkStuck(w *workerDevice, stuck int64) {
-	if stuck > int64(w.s.own.MaxStuckCalls) {
-		p.kill(fmt.Sprintf("killed: %d calls stuck in retired module instances (policy.max_stuck_calls %d)", stuck, w.s.own.MaxStuckCalls))
+	if stuck > int64(w.s.Own.MaxStuckCalls) {
+		p.kill(fmt.Sprintf("killed: %d calls stuck in retired module instances (policy.max_stuck_calls %d)", stuck, w.s.Own.MaxStuckCalls))
 	}
 }
 
@@ -690,7 +689,7 @@ func (w *workerDevice) Admin(ctx context.Context, pi int, op *devicebackend.Admi
 	if err != nil {
 		return nil, err
 	}
-	dl := deadlineOr(ctx, w.s.own.AdminTimeout)
+	dl := deadlineOr(ctx, w.s.Own.AdminTimeout)
 	ctx, cancel := context.WithDeadline(ctx, dl)
 	defer cancel()
 	w.keysMu.RLock()
@@ -711,4 +710,33 @@ func (w *workerDevice) Admin(ctx context.Context, pi int, op *devicebackend.Admi
 		}
 	}
 	return rep.Result, nil
+}
+
+// workerMetrics counts worker processes started and ended (the library's metrics implement it).
+type workerMetrics interface {
+	workerStart(device string)
+	workerExit(device, status string)
+}
+
+// hooks is a backend's callbacks, set once before it opens (worker.go reads them from its reader).
+type hooks struct {
+	keysChanged atomic.Pointer[func()]
+	down        atomic.Pointer[func(string)]
+}
+
+func (h *hooks) set(keysChanged func(), down func(string)) {
+	h.keysChanged.Store(&keysChanged)
+	h.down.Store(&down)
+}
+
+func (h *hooks) onKeys() {
+	if f := h.keysChanged.Load(); f != nil && *f != nil {
+		(*f)()
+	}
+}
+
+func (h *hooks) onDown(reason string) {
+	if f := h.down.Load(); f != nil && *f != nil {
+		(*f)(reason)
+	}
 }

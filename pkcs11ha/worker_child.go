@@ -20,11 +20,9 @@ import (
 // workerEnv marks a process started as a device worker; fd 3 is its end of the socketpair.
 const workerEnv = "PKCS11HA_DEVICE_WORKER"
 
-// MaybeRunWorker serves as a device worker and exits when this process was started as one by a cluster
-// with policy.isolation "process"; otherwise it returns at once. A program that opens clusters with
-// process isolation calls it first thing in main (before flags are parsed), because the cluster starts
-// its workers by re-executing the program's own binary (or the one given with WithWorkerCommand).
-func MaybeRunWorker() {
+// maybeRunWorker is MaybeRunWorker of the library: it serves as a device worker and exits when this
+// process was started as one, and returns at once otherwise.
+func maybeRunWorker() {
 	if os.Getenv(workerEnv) == "" {
 		return
 	}
@@ -68,9 +66,8 @@ func runWorker(conn net.Conn) int {
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(in.LogLevel)}))
 	w := &workerServer{conn: conn, rd: rd, fw: &frameWriter{w: conn}, log: log}
-	s := &settings{cfg: Config{Topology: Topology{Devices: []DeviceConfig{in.Device}, Partitions: in.Partitions}},
-		pins: in.PINs, own: in.Own}
-	d, err := devicebackend.NewDevice(s.backend(), 0, log)
+	s := &devicebackend.Settings{Devices: []devicebackend.DeviceSpec{in.Device}, Partitions: in.Partitions, PINs: in.PINs, Own: in.Own}
+	d, err := devicebackend.NewDevice(s, 0, log)
 	if err != nil {
 		_ = writeFrame(conn, f.id, f.typ|msgReply, append([]byte{replyErr}, marshal(toWire(err))...))
 		return 2

@@ -139,10 +139,10 @@ func readFrame(r io.Reader) (frame, error) {
 // never in the worker's argv or environment.
 type workerInit struct {
 	Protocol   int
-	Device     DeviceConfig
-	Partitions []PartitionConfig // PIN sources removed
+	Device     devicebackend.DeviceSpec
+	Partitions []devicebackend.PartitionSpec
 	PINs       []string
-	Own        ownSettings
+	Own        devicebackend.Options
 	LogLevel   int // slog.Level
 }
 

@@ -24,6 +24,8 @@ type PartitionSpec struct {
 
 // backendOptions are the policy settings the backend uses, as the library resolved them.
 type Options struct {
+	OperationTimeout time.Duration // a call's deadline when its context has none (worker.go)
+	AdminTimeout     time.Duration // an admin call's deadline when its context has none (worker.go)
 	SessionPoolSize int
 	ReinitGrace     time.Duration
 	InitTimeout     time.Duration
@@ -40,4 +42,7 @@ type Settings struct {
 	Partitions []PartitionSpec
 	PINs       []string // per partition; never printed
 	Own        Options
+	// WorkerCmd starts a device worker (policy.isolation process): the program's own binary unless the
+	// library was given another.
+	WorkerCmd []string
 }

@@ -26,13 +26,13 @@ type PartitionSpec struct {
 type Options struct {
 	OperationTimeout time.Duration // a call's deadline when its context has none (worker.go)
 	AdminTimeout     time.Duration // an admin call's deadline when its context has none (worker.go)
-	SessionPoolSize int
-	ReinitGrace     time.Duration
-	InitTimeout     time.Duration
-	CloseTimeout    time.Duration
-	MaxRetired      int // 0: no cap of its own (MaxStuckCalls bounds what retired instances hold)
-	MaxStuckCalls   int
-	P11KitInstances int
+	SessionPoolSize  int
+	ReinitGrace      time.Duration
+	InitTimeout      time.Duration
+	CloseTimeout     time.Duration
+	MaxRetired       int // 0: no cap of its own (MaxStuckCalls bounds what retired instances hold)
+	MaxStuckCalls    int
+	P11KitInstances  int
 }
 
 // backendSettings is the backend's view of a cluster's configuration: devices and partitions in config

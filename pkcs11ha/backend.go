@@ -17,7 +17,7 @@ type clusterDevice struct {
 // newBackend makes the backend of device i of settings s (nothing is loaded yet).
 func newBackend(s *settings, i int, log *slog.Logger, m *metrics) (devicebackend.Backend, error) {
 	if s.own.Isolation == IsolationProcess {
-		return newWorkerDevice(s.backend(), i, log, m), nil
+		return devicebackend.NewWorkerDevice(s.backend(), i, log, m), nil
 	}
 	return devicebackend.NewDevice(s.backend(), i, log)
 }
@@ -26,4 +26,4 @@ func newBackend(s *settings, i int, log *slog.Logger, m *metrics) (devicebackend
 // with policy.isolation "process"; otherwise it returns at once. A program that opens clusters with
 // process isolation calls it first thing in main (before flags are parsed), because the cluster starts
 // its workers by re-executing the program's own binary (or the one given with WithWorkerCommand).
-func MaybeRunWorker() { maybeRunWorker() }
+func MaybeRunWorker() { devicebackend.MaybeRunWorker() }

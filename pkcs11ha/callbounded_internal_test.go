@@ -5,10 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // TestCallBoundedLeavesTheInstanceFirst: when callBounded returns, its call is no longer counted in flight

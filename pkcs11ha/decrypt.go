@@ -3,10 +3,10 @@ package pkcs11ha
 import (
 	"crypto/rsa"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
-	"github.com/miekg/pkcs11"
 )
 
 func oaepMechanism(o *rsa.OAEPOptions, pub *rsa.PublicKey) (devicebackend.MechSpec, error) {

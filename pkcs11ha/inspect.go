@@ -9,12 +9,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
+	"github.com/miekg/pkcs11"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
-
-	"github.com/miekg/pkcs11"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // defaultOpenBudget is how long Inspect lets a device take, once its module is loaded, to find its

@@ -10,9 +10,8 @@ import (
 	"maps"
 	"slices"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // compareKeys builds the key part of Inspect's report: for every partition and key label found on any

@@ -4,9 +4,8 @@ import (
 	"encoding/hex"
 	"strings"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // compareSecrets adds the secret keys to Inspect's report: for every partition and label, the reference

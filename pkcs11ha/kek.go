@@ -9,10 +9,10 @@ import (
 	"log/slog"
 	"sort"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
-	"github.com/miekg/pkcs11"
 )
 
 // The key-encryption-key ceremony of key_replication wrap (docs/keys.md, "The KEK ceremony"): a new

@@ -8,11 +8,10 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
 	"github.com/miekg/pkcs11"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sessionkey"
 )
 

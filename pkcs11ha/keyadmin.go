@@ -15,10 +15,10 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
-	"github.com/miekg/pkcs11"
 )
 
 // Creating and destroying keys on every device of a partition (docs/ARCHITECTURE.md, "Key management").

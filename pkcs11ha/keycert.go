@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
-	"github.com/miekg/pkcs11"
 )
 
 // Certificates of the cluster's keys, written to and removed from every device of a partition (docs/keys.md,

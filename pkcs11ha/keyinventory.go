@@ -9,11 +9,10 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-
 	"github.com/miekg/pkcs11"
 
 	"github.com/pkcs11-ha/pkcs11-ha/health"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // What each device holds of a partition, read from the device itself (docs/ARCHITECTURE.md, "Key

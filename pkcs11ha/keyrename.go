@@ -6,10 +6,10 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
-	"github.com/miekg/pkcs11"
 )
 
 // RenameKey changes the label of partition's key label to newLabel on every device: its private and

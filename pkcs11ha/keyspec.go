@@ -13,10 +13,10 @@ import (
 	"fmt"
 	"math/big"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
-	"github.com/miekg/pkcs11"
 )
 
 // Key algorithms that GenerateKey creates (KeySpec.Algorithm), as the CLI and the HTTP API name them.

@@ -9,9 +9,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // Bringing every device of a partition up to date (docs/ARCHITECTURE.md, "Key management"): tombstones

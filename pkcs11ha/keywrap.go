@@ -7,9 +7,9 @@ import (
 	"slices"
 	"sort"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // key_replication wrap (docs/keys.md): a key is generated inside one device, sensitive and extractable

@@ -3,9 +3,9 @@ package pkcs11ha
 import (
 	"testing"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-
 	"github.com/stretchr/testify/assert"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // TestMajorityKey is the reference-key vote of Open's key check: the public key most devices hold wins,

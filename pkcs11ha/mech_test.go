@@ -12,10 +12,10 @@ import (
 	"math/big"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
-	"github.com/stretchr/testify/require"
 )
 
 func TestPlanSignValidation(t *testing.T) {

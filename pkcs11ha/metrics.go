@@ -8,12 +8,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/health"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // metrics holds the cluster's Prometheus collectors. They exist even without a Registerer so the code
@@ -216,8 +215,8 @@ func (o *observer) Abandoned(member int, perMember, total int) {
 	o.cl.metrics.abandoned.WithLabelValues(o.name(member)).Set(float64(perMember))
 }
 
-func (m *metrics) workerStart(device string) { m.workerStarts.WithLabelValues(device).Inc() }
+func (m *metrics) WorkerStart(device string) { m.workerStarts.WithLabelValues(device).Inc() }
 
-func (m *metrics) workerExit(device, status string) {
+func (m *metrics) WorkerExit(device, status string) {
 	m.workerExits.WithLabelValues(device, status).Inc()
 }

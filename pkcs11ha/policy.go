@@ -5,10 +5,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/health"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // Policy holds every routing knob: the policy: section of the config. Each field is documented here, once;

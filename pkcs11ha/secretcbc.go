@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
-	"github.com/miekg/pkcs11"
 )
 
 // AES-CBC with PKCS#7 padding and the caller's IV: what PKCS#11's C_Encrypt/C_Decrypt with CKM_AES_CBC_PAD

@@ -9,10 +9,10 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
-	"github.com/miekg/pkcs11"
 )
 
 // MaxSecretInput bounds the plaintext of Seal, the sealed input of Open and the data of MAC: envelope

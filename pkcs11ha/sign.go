@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"math/big"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
-	"github.com/miekg/pkcs11"
 )
 
 // signPlan is a validated signing request: mechanism, input bytes and how to post-process the output.

@@ -11,11 +11,10 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // TestVerifySignature: what the token would return (raw r||s for ECDSA) verifies, and the same with one bit

@@ -4,10 +4,9 @@ import (
 	"crypto"
 	"crypto/rsa"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
 	"github.com/miekg/pkcs11"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall"
 )
 

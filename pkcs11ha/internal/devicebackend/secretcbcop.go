@@ -5,10 +5,9 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
 	"github.com/miekg/pkcs11"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall"
 )
 

@@ -9,9 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // Calls stuck in retired module instances (docs/ARCHITECTURE.md, "calls that never return").

@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"bufio"
@@ -17,7 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
@@ -29,11 +28,11 @@ import (
 type workerDevice struct {
 	idx  int
 	name string
-	s    *devicebackend.Settings
+	s    *Settings
 	cmd  []string // the worker command: path and arguments
 	log  *slog.Logger
 	h    hooks
-	m    workerMetrics
+	m    WorkerMetrics
 
 	// proc is the running worker (nil: none), read without a lock on the call path; startMu serialises
 	// starts and guards backoff, nextTry and closed, so a start in progress never blocks a call.
@@ -46,10 +45,10 @@ type workerDevice struct {
 	// The device as the worker last described it.
 	state    atomic.Pointer[workerState]
 	keysMu   sync.RWMutex
-	keyCache []map[string]*devicebackend.KeyObject // per partition; nil: not open
-	secrets  []map[string]*devicebackend.SecretObject
+	keyCache []map[string]*KeyObject // per partition; nil: not open
+	secrets  []map[string]*SecretObject
 	keysGen  uint64
-	lastErr  atomic.Pointer[devicebackend.LastError] // this side's verdicts (worker exits, bad signatures)
+	lastErr  atomic.Pointer[LastError] // this side's verdicts (worker exits, bad signatures)
 	restarts atomic.Int64
 	exit     atomic.Pointer[string]
 	pins     []atomic.Pointer[string] // reloaded PINs, sent to every new worker
@@ -61,15 +60,15 @@ const (
 	workerBackoffMax = 30 * time.Second
 )
 
-func newWorkerDevice(s *devicebackend.Settings, i int, log *slog.Logger, m workerMetrics) *workerDevice {
+func NewWorkerDevice(s *Settings, i int, log *slog.Logger, m WorkerMetrics) *workerDevice {
 	w := &workerDevice{idx: i, name: s.Devices[i].Name, s: s, cmd: s.WorkerCmd, log: log, m: m,
 		pins: make([]atomic.Pointer[string], len(s.Partitions))}
-	w.state.Store(&workerState{Parts: make([]devicebackend.PartInfo, len(s.Partitions))})
-	w.keyCache = make([]map[string]*devicebackend.KeyObject, len(s.Partitions))
+	w.state.Store(&workerState{Parts: make([]PartInfo, len(s.Partitions))})
+	w.keyCache = make([]map[string]*KeyObject, len(s.Partitions))
 	return w
 }
 
-var _ devicebackend.Backend = (*workerDevice)(nil)
+var _ Backend = (*workerDevice)(nil)
 
 // current returns the running worker, starting one when none runs and the backoff allows; errors are
 // device-down.
@@ -125,7 +124,7 @@ func (w *workerDevice) exited(p *workerProc, why, status string) {
 	w.exit.Store(&why)
 	err := errclass.DownErr(w.name, "", opWorker, "worker process "+why)
 	w.NoteError(err)
-	w.m.workerExit(w.name, status)
+	w.m.WorkerExit(w.name, status)
 	w.log.Warn("device worker ended; it is started again by the next probe", "device", w.name, "pid", p.pid, "how", why)
 	w.h.onDown(err.Error())
 }
@@ -189,19 +188,19 @@ func (w *workerDevice) probeOrOpen(ctx context.Context, typ byte, others bool) e
 
 // setKeys replaces the cached keys and tells the cluster.
 func (w *workerDevice) setKeys(gen uint64, parts [][]wireKey, secretParts [][]wireSecret) {
-	keys := make([]map[string]*devicebackend.KeyObject, len(w.s.Partitions))
+	keys := make([]map[string]*KeyObject, len(w.s.Partitions))
 	for pi := range keys {
 		if pi >= len(parts) || parts[pi] == nil {
 			continue
 		}
-		keys[pi] = make(map[string]*devicebackend.KeyObject, len(parts[pi]))
+		keys[pi] = make(map[string]*KeyObject, len(parts[pi]))
 		for _, wk := range parts[pi] {
 			pub, err := x509.ParsePKIXPublicKey(wk.PubDER)
 			if err != nil {
 				w.log.Warn("worker sent a public key that does not parse; key ignored", "device", w.name, "key", wk.Label, "err", err)
 				continue
 			}
-			keys[pi][wk.Label] = &devicebackend.KeyObject{Label: wk.Label, ID: wk.ID, Pub: pub, PubDER: wk.PubDER, Alg: wk.Alg,
+			keys[pi][wk.Label] = &KeyObject{Label: wk.Label, ID: wk.ID, Pub: pub, PubDER: wk.PubDER, Alg: wk.Alg,
 				Cert: wk.Cert, CertIgnored: wk.CertIgnored}
 		}
 	}
@@ -212,7 +211,7 @@ func (w *workerDevice) setKeys(gen uint64, parts [][]wireKey, secretParts [][]wi
 	w.h.onKeys()
 }
 
-func (w *workerDevice) Run(ctx context.Context, pi int, op *devicebackend.Op) ([]byte, error) {
+func (w *workerDevice) Run(ctx context.Context, pi int, op *Op) ([]byte, error) {
 	p, err := w.current(ctx, false)
 	if err != nil {
 		return nil, err
@@ -220,13 +219,13 @@ func (w *workerDevice) Run(ctx context.Context, pi int, op *devicebackend.Op) ([
 	return p.call(ctx, msgRun, encodeRun(pi, time.Until(deadlineOr(ctx, w.s.Own.OperationTimeout)), op))
 }
 
-func (w *workerDevice) Keys(pi int) map[string]*devicebackend.KeyObject {
+func (w *workerDevice) Keys(pi int) map[string]*KeyObject {
 	w.keysMu.RLock()
 	defer w.keysMu.RUnlock()
 	return w.keyCache[pi]
 }
 
-func (w *workerDevice) SecretKeys(pi int) map[string]*devicebackend.SecretObject {
+func (w *workerDevice) SecretKeys(pi int) map[string]*SecretObject {
 	w.keysMu.RLock()
 	defer w.keysMu.RUnlock()
 	if pi >= len(w.secrets) {
@@ -236,30 +235,30 @@ func (w *workerDevice) SecretKeys(pi int) map[string]*devicebackend.SecretObject
 }
 
 // cacheSecrets turns the worker's secret keys into this side's catalogue entries (no handles).
-func (w *workerDevice) cacheSecrets(parts [][]wireSecret) []map[string]*devicebackend.SecretObject {
-	out := make([]map[string]*devicebackend.SecretObject, len(w.pins)) // one per partition
+func (w *workerDevice) cacheSecrets(parts [][]wireSecret) []map[string]*SecretObject {
+	out := make([]map[string]*SecretObject, len(w.pins)) // one per partition
 	for pi := range out {
 		if pi >= len(parts) || parts[pi] == nil {
 			continue
 		}
-		out[pi] = make(map[string]*devicebackend.SecretObject, len(parts[pi]))
+		out[pi] = make(map[string]*SecretObject, len(parts[pi]))
 		for _, ws := range parts[pi] {
-			alg, h, ok := devicebackend.SecretAlg(ws.KeyType, ws.Size)
+			alg, h, ok := SecretAlg(ws.KeyType, ws.Size)
 			if !ok {
 				continue
 			}
-			out[pi][ws.Label] = &devicebackend.SecretObject{Label: ws.Label, ID: ws.ID, KeyType: ws.KeyType, Size: ws.Size, Alg: alg, Hash: h, KCV: ws.KCV}
+			out[pi][ws.Label] = &SecretObject{Label: ws.Label, ID: ws.ID, KeyType: ws.KeyType, Size: ws.Size, Alg: alg, Hash: h, KCV: ws.KCV}
 		}
 	}
 	return out
 }
 
-func (w *workerDevice) Partition(pi int) devicebackend.PartInfo {
+func (w *workerDevice) Partition(pi int) PartInfo {
 	st := w.state.Load()
 	if pi < len(st.Parts) {
 		return st.Parts[pi]
 	}
-	return devicebackend.PartInfo{}
+	return PartInfo{}
 }
 
 func (w *workerDevice) UsePIN(pi int, pin string) bool {
@@ -275,12 +274,12 @@ func (w *workerDevice) UsePIN(pi int, pin string) bool {
 	return err == nil && json.Unmarshal(b, &retry) == nil && retry
 }
 
-func (w *workerDevice) Counts() devicebackend.Counts {
+func (w *workerDevice) Counts() Counts {
 	st := w.state.Load()
-	c := devicebackend.Counts{Reinits: st.Counts.Reinits, Retired: st.Counts.Retired, Stuck: st.Counts.Stuck,
+	c := Counts{Reinits: st.Counts.Reinits, Retired: st.Counts.Retired, Stuck: st.Counts.Stuck,
 		CapRefusal: st.Counts.CapRefusal, WorkerRestarts: w.restarts.Load()}
 	if st.Counts.LastErr != "" {
-		c.LastErr = &devicebackend.LastError{Msg: st.Counts.LastErr, Class: st.Counts.LastErrClass}
+		c.LastErr = &LastError{Msg: st.Counts.LastErr, Class: st.Counts.LastErrClass}
 	}
 	if e := w.lastErr.Load(); e != nil {
 		c.LastErr = e // this side's verdict is the newer one
@@ -295,13 +294,13 @@ func (w *workerDevice) Counts() devicebackend.Counts {
 }
 
 // shares: each worker loads its own module instance, so no two devices share one.
-func (w *workerDevice) Shares(devicebackend.Backend) bool { return false }
+func (w *workerDevice) Shares(Backend) bool { return false }
 
 func (w *workerDevice) SetHooks(keysChanged func(), down func(string)) { w.h.set(keysChanged, down) }
 
 func (w *workerDevice) NoteError(err error) {
 	if err != nil {
-		w.lastErr.Store(&devicebackend.LastError{Msg: err.Error(), Class: errclass.ClassOf(err)})
+		w.lastErr.Store(&LastError{Msg: err.Error(), Class: errclass.ClassOf(err)})
 	}
 }
 
@@ -413,7 +412,7 @@ func startWorker(ctx context.Context, w *workerDevice) (*workerProc, error) {
 		p.kill("did not start: " + err.Error())
 		return nil, err
 	}
-	w.m.workerStart(w.name)
+	w.m.WorkerStart(w.name)
 	w.log.Info("device worker started", "device", w.name, "pid", p.pid)
 	return p, nil
 }
@@ -684,7 +683,7 @@ func (p *workerProc) logStderr(r *os.File) {
 
 // admin carries an admin operation to the worker, under ctx's deadline or policy.admin_timeout; the
 // device's state in the reply refreshes the cache (its keys, when the operation changed them).
-func (w *workerDevice) Admin(ctx context.Context, pi int, op *devicebackend.AdminOp) (*devicebackend.AdminResult, error) {
+func (w *workerDevice) Admin(ctx context.Context, pi int, op *AdminOp) (*AdminResult, error) {
 	p, err := w.current(ctx, false)
 	if err != nil {
 		return nil, err
@@ -713,9 +712,9 @@ func (w *workerDevice) Admin(ctx context.Context, pi int, op *devicebackend.Admi
 }
 
 // workerMetrics counts worker processes started and ended (the library's metrics implement it).
-type workerMetrics interface {
-	workerStart(device string)
-	workerExit(device, status string)
+type WorkerMetrics interface {
+	WorkerStart(device string)
+	WorkerExit(device, status string)
 }
 
 // hooks is a backend's callbacks, set once before it opens (worker.go reads them from its reader).

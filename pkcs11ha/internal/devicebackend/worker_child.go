@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"bufio"
@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // The worker side of policy.isolation "process" (docs/ARCHITECTURE.md, "Process model"): a process that
@@ -22,7 +22,7 @@ const workerEnv = "PKCS11HA_DEVICE_WORKER"
 
 // maybeRunWorker is MaybeRunWorker of the library: it serves as a device worker and exits when this
 // process was started as one, and returns at once otherwise.
-func maybeRunWorker() {
+func MaybeRunWorker() {
 	if os.Getenv(workerEnv) == "" {
 		return
 	}
@@ -44,7 +44,7 @@ type workerServer struct {
 	conn    net.Conn
 	rd      *bufio.Reader
 	fw      *frameWriter
-	dev     *devicebackend.Device
+	dev     *Device
 	keysGen atomic.Uint64
 	log     *slog.Logger
 }
@@ -66,14 +66,14 @@ func runWorker(conn net.Conn) int {
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(in.LogLevel)}))
 	w := &workerServer{conn: conn, rd: rd, fw: &frameWriter{w: conn}, log: log}
-	s := &devicebackend.Settings{Devices: []devicebackend.DeviceSpec{in.Device}, Partitions: in.Partitions, PINs: in.PINs, Own: in.Own}
-	d, err := devicebackend.NewDevice(s, 0, log)
+	s := &Settings{Devices: []DeviceSpec{in.Device}, Partitions: in.Partitions, PINs: in.PINs, Own: in.Own}
+	d, err := NewDevice(s, 0, log)
 	if err != nil {
 		_ = writeFrame(conn, f.id, f.typ|msgReply, append([]byte{replyErr}, marshal(toWire(err))...))
 		return 2
 	}
 	w.dev = d
-	d.OnKeys = func(*devicebackend.Device) { w.keysGen.Add(1) }
+	d.OnKeys = func(*Device) { w.keysGen.Add(1) }
 	d.OnDown = func(reason string) { w.event(workerEvent{Down: reason}) }
 	w.reply(f, nil, nil)
 	return w.serve()
@@ -103,7 +103,7 @@ func (w *workerServer) handle(f frame) {
 	case msgRun:
 		pi, timeout, op, err := decodeRun(f.payload)
 		if err != nil || pi < 0 || pi >= len(w.dev.Parts) {
-			w.reply(f, nil, &InputError{Msg: fmt.Sprintf("worker: bad run request: %v", err)})
+			w.reply(f, nil, &errclass.InputError{Msg: fmt.Sprintf("worker: bad run request: %v", err)})
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -188,7 +188,7 @@ func (w *workerServer) write(id uint32, typ byte, b []byte) {
 }
 
 // wireSecrets is d's secret keys per partition, for the parent.
-func wireSecrets(d *devicebackend.Device) [][]wireSecret {
+func wireSecrets(d *Device) [][]wireSecret {
 	out := make([][]wireSecret, len(d.Parts))
 	for pi := range d.Parts {
 		keys := d.SecretKeys(pi)
@@ -208,7 +208,7 @@ func wireSecrets(d *devicebackend.Device) [][]wireSecret {
 func (w *workerServer) handleAdmin(f frame) {
 	var a workerAdmin
 	if err := json.Unmarshal(f.payload, &a); err != nil || a.Op == nil || a.Partition < 0 || a.Partition >= len(w.dev.Parts) {
-		w.reply(f, nil, &InputError{Msg: fmt.Sprintf("worker: bad admin request: %v", err)})
+		w.reply(f, nil, &errclass.InputError{Msg: fmt.Sprintf("worker: bad admin request: %v", err)})
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.Timeout)

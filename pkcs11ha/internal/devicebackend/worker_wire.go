@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"bytes"
@@ -12,10 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
-
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // The parent ↔ worker protocol (docs/ARCHITECTURE.md, "Process model"): length-prefixed frames over a
@@ -139,10 +138,10 @@ func readFrame(r io.Reader) (frame, error) {
 // never in the worker's argv or environment.
 type workerInit struct {
 	Protocol   int
-	Device     devicebackend.DeviceSpec
-	Partitions []devicebackend.PartitionSpec
+	Device     DeviceSpec
+	Partitions []PartitionSpec
 	PINs       []string
-	Own        devicebackend.Options
+	Own        Options
 	LogLevel   int // slog.Level
 }
 
@@ -157,7 +156,7 @@ type workerProbe struct {
 type workerState struct {
 	Err     *wireError `json:",omitempty"` // the open's or probe's error
 	Counts  wireCounts
-	Parts   []devicebackend.PartInfo
+	Parts   []PartInfo
 	KeysGen uint64
 	Keys    [][]wireKey `json:",omitempty"` // per partition (nil: not open); only when KeysGen moved
 	// Secrets are the secret keys per partition, sent with Keys.
@@ -177,7 +176,7 @@ type wireSecret struct {
 type wireCounts struct {
 	Reinits, Retired, Stuck int64
 	LastErr                 string `json:",omitempty"`
-	LastErrClass            Class
+	LastErrClass            errclass.Class
 	CapRefusal              string `json:",omitempty"`
 }
 
@@ -197,12 +196,12 @@ type workerAdmin struct {
 	Partition int
 	Timeout   time.Duration
 	HaveKeys  uint64
-	Op        *devicebackend.AdminOp
+	Op        *AdminOp
 }
 
 // workerAdminReply is the operation's result and the device's state after it.
 type workerAdminReply struct {
-	Result *devicebackend.AdminResult
+	Result *AdminResult
 	State  *workerState
 }
 
@@ -227,7 +226,7 @@ type wireError struct {
 	Partition string `json:",omitempty"`
 	Op        string `json:",omitempty"`
 	Code      uint   `json:",omitempty"`
-	Class     Class
+	Class     errclass.Class
 	Msg       string
 }
 
@@ -235,13 +234,13 @@ func toWire(err error) *wireError {
 	if err == nil {
 		return nil
 	}
-	var de *DeviceError
-	var ie *InputError
-	var me *MechanismError
-	var oc *ObjectCountError
+	var de *errclass.DeviceError
+	var ie *errclass.InputError
+	var me *errclass.MechanismError
+	var oc *errclass.ObjectCountError
 	switch {
 	case errors.As(err, &oc):
-		return &wireError{Kind: "objects", Msg: oc.What, Code: uint(oc.Found), Class: ClassCaller}
+		return &wireError{Kind: "objects", Msg: oc.What, Code: uint(oc.Found), Class: errclass.ClassCaller}
 	case errors.As(err, &de):
 		w := &wireError{Kind: "device", Device: de.Device, Partition: de.Partition, Op: de.Op, Code: de.Code, Class: de.Class}
 		if de.Err != nil {
@@ -249,9 +248,9 @@ func toWire(err error) *wireError {
 		}
 		return w
 	case errors.As(err, &ie):
-		return &wireError{Kind: "input", Msg: ie.Msg, Class: ClassCaller}
+		return &wireError{Kind: "input", Msg: ie.Msg, Class: errclass.ClassCaller}
 	case errors.As(err, &me):
-		return &wireError{Kind: "mechanism", Device: me.Device, Msg: me.Mechanism, Class: ClassCaller}
+		return &wireError{Kind: "mechanism", Device: me.Device, Msg: me.Mechanism, Class: errclass.ClassCaller}
 	case errors.Is(err, context.DeadlineExceeded):
 		return &wireError{Kind: "deadline", Msg: err.Error()}
 	case errors.Is(err, context.Canceled):
@@ -273,19 +272,19 @@ func (w *wireError) err() error {
 		if w.Code != 0 {
 			inner = pkcs11.Error(w.Code)
 		}
-		return &DeviceError{Device: w.Device, Partition: w.Partition, Op: w.Op, Code: w.Code, Class: w.Class, Err: inner}
+		return &errclass.DeviceError{Device: w.Device, Partition: w.Partition, Op: w.Op, Code: w.Code, Class: w.Class, Err: inner}
 	case "input":
-		return &InputError{Msg: w.Msg}
+		return &errclass.InputError{Msg: w.Msg}
 	case "mechanism":
-		return &MechanismError{Device: w.Device, Mechanism: w.Msg}
+		return &errclass.MechanismError{Device: w.Device, Mechanism: w.Msg}
 	case "objects":
-		return &ObjectCountError{What: w.Msg, Found: int(w.Code)}
+		return &errclass.ObjectCountError{What: w.Msg, Found: int(w.Code)}
 	case "deadline":
 		return context.DeadlineExceeded
 	case "canceled":
 		return context.Canceled
 	}
-	return &DeviceError{Class: ClassBusy, Op: "worker", Err: errors.New(w.Msg)}
+	return &errclass.DeviceError{Class: errclass.ClassBusy, Op: "worker", Err: errors.New(w.Msg)}
 }
 
 // --- msgRun's binary payload ---
@@ -300,7 +299,7 @@ func (w opWriter) bytes(b []byte) opWriter {
 }
 
 // encodeRun is the msgRun payload: partition, timeout, then the operation.
-func encodeRun(pi int, timeout time.Duration, op *devicebackend.Op) []byte {
+func encodeRun(pi int, timeout time.Duration, op *Op) []byte {
 	m := &op.Mech
 	w := make(opWriter, 0, 128+len(op.Label)+len(op.PubDER)+len(op.Input)+len(m.OAEPLabel)+len(m.GCMIV)+len(m.GCMAAD)+len(m.CBCIV))
 	w = w.u64(uint64(pi)).u64(uint64(timeout)).u8(byte(op.Kind))
@@ -377,10 +376,10 @@ func (r *opReader) bytes() []byte {
 }
 
 // decodeRun reads a msgRun payload.
-func decodeRun(b []byte) (pi int, timeout time.Duration, op *devicebackend.Op, err error) {
+func decodeRun(b []byte) (pi int, timeout time.Duration, op *Op, err error) {
 	r := &opReader{b: b}
 	pi, timeout = int(r.u64()), time.Duration(r.u64())
-	op = &devicebackend.Op{Kind: devicebackend.OpKind(r.u8())}
+	op = &Op{Kind: OpKind(r.u8())}
 	op.Label, op.PubDER, op.Input = string(r.bytes()), r.bytes(), r.bytes()
 	m := &op.Mech
 	m.Type, m.PSSHash, m.PSSMGF, m.PSSSalt = uint(r.u64()), uint(r.u64()), uint(r.u64()), uint(r.u64())

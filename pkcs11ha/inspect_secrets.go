@@ -9,14 +9,14 @@ import (
 )
 
 // compareSecrets adds the secret keys to Inspect's report: for every partition and label, the reference
-// key check value as Open's vote picks it (majority) and what every device holds. held says which
-// devices' partitions opened (nil: not checked).
-func compareSecrets(rep *inspection.Report, devs []*devicebackend.Device, held [][]map[string]*devicebackend.KeyObject) {
+// key check value as Open's vote picks it (majority) and what every device holds. held is
+// [device][partition] -> label -> secret key, nil where the partition did not open (not checked).
+func compareSecrets(rep *inspection.Report, held [][]map[string]*devicebackend.SecretObject) {
 	for pi := range rep.Partitions {
-		secrets := make([]map[string]*devicebackend.SecretObject, len(devs))
-		for di, d := range devs {
-			if held[di] != nil && held[di][pi] != nil {
-				secrets[di] = d.SecretKeys(pi)
+		secrets := make([]map[string]*devicebackend.SecretObject, len(held))
+		for di := range held {
+			if held[di] != nil {
+				secrets[di] = held[di][pi]
 			}
 		}
 		rep.Partitions[pi].SecretKeys = compareLabels(rep.Partitions[pi].SecretKeys, rep.Devices, secrets, sameSecret, describeSecret)

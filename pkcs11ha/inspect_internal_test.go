@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -23,13 +22,7 @@ import (
 func oneDevice(t *testing.T) (*softhsmtest.Device, *devicebackend.Device) {
 	t.Helper()
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "eastus"}}})
-	path := filepath.Join(t.TempDir(), "hsm-ha.yaml")
-	require.NoError(t, topo.WriteConfig(path, softhsmtest.ConfigOptions{}))
-	cfg, err := LoadConfig(path)
-	require.NoError(t, err)
-	s, err := compile(cfg)
-	require.NoError(t, err)
-	d, err := devicebackend.NewDevice(s.backend(), 0, slog.New(slog.DiscardHandler))
+	d, err := devicebackend.NewDevice(harnessSettings(topo), 0, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(func() { d.Close(time.Second) })
 	return topo.Devices[0], d
@@ -37,6 +30,22 @@ func oneDevice(t *testing.T) (*softhsmtest.Device, *devicebackend.Device) {
 
 // livenessWait bounds a wait for something that must happen without the device's help (a hung device is
 // released only after it): reaching it means the code waited for the device, not that the host was slow.
+// harnessSettings is the backend's settings for the harness's devices and partitions, with the library's
+// default options (pkcs11ha/policy.go).
+func harnessSettings(topo *softhsmtest.Topology) *devicebackend.Settings {
+	s := &devicebackend.Settings{Own: devicebackend.Options{SessionPoolSize: 16, ReinitGrace: 2 * time.Second,
+		InitTimeout: 5 * time.Second, CloseTimeout: 2 * time.Second, MaxStuckCalls: 1000, P11KitInstances: 1,
+		OperationTimeout: 2 * time.Second, AdminTimeout: 30 * time.Second}}
+	for _, d := range topo.Devices {
+		s.Devices = append(s.Devices, devicebackend.DeviceSpec{Name: d.Name, Module: d.ModulePath, ModuleEnv: d.ModuleEnv})
+	}
+	for _, p := range topo.Partitions {
+		s.Partitions = append(s.Partitions, devicebackend.PartitionSpec{Name: p.Name, TokenLabel: p.TokenLabel})
+		s.PINs = append(s.PINs, p.PIN)
+	}
+	return s
+}
+
 const livenessWait = 30 * time.Second
 
 // TestInspectCallBoundedAbandons: a call stuck in the module (the relay holds its bytes) is left running at its

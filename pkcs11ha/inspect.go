@@ -50,7 +50,7 @@ func Inspect(ctx context.Context, cfg *Config, o inspection.Options) (*inspectio
 		base[i] = inspection.DeviceReport{Name: dc.Name, Region: dc.Region, Local: dc.Region == s.cfg.LocalRegion,
 			Tier: s.cfg.tierOf(i), TierOverride: dc.Tier != nil, Module: dc.Module}
 	}
-	found, err := inspectAll(ctx, s.backend(), o, s.monitor.Timeout, base)
+	found, err := devicebackend.InspectAll(ctx, s.backend(), o, s.monitor.Timeout, base)
 	if err != nil {
 		return nil, err
 	}

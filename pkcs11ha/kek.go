@@ -3,6 +3,8 @@ package pkcs11ha
 import (
 	"context"
 	"errors"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // The key-encryption-key ceremony of key_replication wrap (docs/keys.md, "The KEK ceremony"): a new
@@ -39,7 +41,7 @@ func InitKEK(ctx context.Context, cfg *Config, partition, soPIN string) (*KEKRep
 	if err != nil {
 		return nil, err
 	}
-	res, err := initKEK(ctx, s.backend(), pi, soPIN, kekLabel)
+	res, err := devicebackend.InitKEK(ctx, s.backend(), pi, soPIN, kekLabel)
 	if res == nil {
 		return nil, err
 	}

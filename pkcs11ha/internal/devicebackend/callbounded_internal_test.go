@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"context"
@@ -7,8 +7,6 @@ import (
 
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/require"
-
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // TestCallBoundedLeavesTheInstanceFirst: when callBounded returns, its call is no longer counted in flight
@@ -16,8 +14,8 @@ import (
 // counted then kept the module from being finalised, and the next load of it in the process failed as
 // "already initialised by another device" (TestKeysWrap, about one run in four under load).
 func TestCallBoundedLeavesTheInstanceFirst(t *testing.T) {
-	in := devicebackend.NewInstance(nil, 1, nil)
-	d := &devicebackend.Device{Name: "d"}
+	in := NewInstance(nil, 1, nil)
+	d := &Device{Name: "d"}
 	for range 5000 {
 		v, err := callBounded(context.Background(), d, in, "C_Test", time.Minute, func(*pkcs11.Ctx) (int, error) { return 7, nil })
 		require.NoError(t, err)

@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"context"
@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
@@ -19,10 +18,10 @@ import (
 
 // oneDevice starts one SoftHSM device behind its relay and returns it with the library's device for it,
 // not yet loaded (closed with the test).
-func oneDevice(t *testing.T) (*softhsmtest.Device, *devicebackend.Device) {
+func oneDevice(t *testing.T) (*softhsmtest.Device, *Device) {
 	t.Helper()
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "d1", Region: "eastus"}}})
-	d, err := devicebackend.NewDevice(harnessSettings(topo), 0, slog.New(slog.DiscardHandler))
+	d, err := NewDevice(harnessSettings(topo), 0, slog.New(slog.DiscardHandler))
 	require.NoError(t, err)
 	t.Cleanup(func() { d.Close(time.Second) })
 	return topo.Devices[0], d
@@ -32,15 +31,15 @@ func oneDevice(t *testing.T) (*softhsmtest.Device, *devicebackend.Device) {
 // released only after it): reaching it means the code waited for the device, not that the host was slow.
 // harnessSettings is the backend's settings for the harness's devices and partitions, with the library's
 // default options (pkcs11ha/policy.go).
-func harnessSettings(topo *softhsmtest.Topology) *devicebackend.Settings {
-	s := &devicebackend.Settings{Own: devicebackend.Options{SessionPoolSize: 16, ReinitGrace: 2 * time.Second,
+func harnessSettings(topo *softhsmtest.Topology) *Settings {
+	s := &Settings{Own: Options{SessionPoolSize: 16, ReinitGrace: 2 * time.Second,
 		InitTimeout: 5 * time.Second, CloseTimeout: 2 * time.Second, MaxStuckCalls: 1000, P11KitInstances: 1,
 		OperationTimeout: 2 * time.Second, AdminTimeout: 30 * time.Second}}
 	for _, d := range topo.Devices {
-		s.Devices = append(s.Devices, devicebackend.DeviceSpec{Name: d.Name, Module: d.ModulePath, ModuleEnv: d.ModuleEnv})
+		s.Devices = append(s.Devices, DeviceSpec{Name: d.Name, Module: d.ModulePath, ModuleEnv: d.ModuleEnv})
 	}
 	for _, p := range topo.Partitions {
-		s.Partitions = append(s.Partitions, devicebackend.PartitionSpec{Name: p.Name, TokenLabel: p.TokenLabel})
+		s.Partitions = append(s.Partitions, PartitionSpec{Name: p.Name, TokenLabel: p.TokenLabel})
 		s.PINs = append(s.PINs, p.PIN)
 	}
 	return s
@@ -72,7 +71,7 @@ func TestInspectCallBoundedAbandons(t *testing.T) {
 	require.NoError(t, live.Err(), "the call's own deadline ended the wait")
 	require.Error(t, err)
 	assert.True(t, errors.Is(err, errCallStuck), "%v", err)
-	assert.True(t, errors.Is(err, ErrDeviceDown), "%v", err)
+	assert.True(t, errors.Is(err, errclass.ErrDeviceDown), "%v", err)
 	assert.EqualValues(t, 1, in.Inflight.Load(), "the abandoned call still counts on the instance")
 
 	require.NoError(t, dev.Pass())
@@ -96,7 +95,7 @@ func TestInspectOpenBoundedAbandons(t *testing.T) {
 	require.NoError(t, live.Err(), "the open deadline ended the wait, with the device still hung")
 	require.Error(t, err)
 	assert.True(t, errors.Is(err, errCallStuck), "%v", err)
-	assert.True(t, errors.Is(err, ErrDeviceDown), "%v", err)
+	assert.True(t, errors.Is(err, errclass.ErrDeviceDown), "%v", err)
 	in := d.Mod.Current()
 	require.NotNil(t, in)
 	assert.EqualValues(t, 1, in.Inflight.Load(), "the token lookup is still in the module")

@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
@@ -27,7 +26,7 @@ const (
 )
 
 // releaseAll releases the devices' module references at once (each bounded by timeout).
-func releaseAll(devs []*devicebackend.Device, timeout time.Duration) {
+func releaseAll(devs []*Device, timeout time.Duration) {
 	var wg sync.WaitGroup
 	for _, d := range devs {
 		wg.Add(1)
@@ -42,8 +41,8 @@ func releaseAll(devs []*devicebackend.Device, timeout time.Duration) {
 // inspectDevice opens d, reads its module and token information, times it, and returns its report (dr
 // completed) and, per partition, the keys the token holds (nil where the partition did not open). Calls
 // after the open are bounded by callTimeout.
-func inspectDevice(ctx context.Context, s *devicebackend.Settings, d *devicebackend.Device, o inspection.Options, load loadResult,
-	callTimeout time.Duration, dr inspection.DeviceReport) (inspection.DeviceReport, []map[string]*devicebackend.KeyObject) {
+func inspectDevice(ctx context.Context, s *Settings, d *Device, o inspection.Options, load loadResult,
+	callTimeout time.Duration, dr inspection.DeviceReport) (inspection.DeviceReport, []map[string]*KeyObject) {
 	openErr := load.err
 	if openErr == nil {
 		start := time.Now()
@@ -65,7 +64,7 @@ func inspectDevice(ctx context.Context, s *devicebackend.Settings, d *deviceback
 	if in := d.Mod.Current(); in != nil {
 		found, stuck = inspectInstance(ctx, d, in, callTimeout, o.LatencySamples, &dr)
 	}
-	keys := make([]map[string]*devicebackend.KeyObject, len(d.Parts))
+	keys := make([]map[string]*KeyObject, len(d.Parts))
 	for pi, p := range d.Parts {
 		dp := inspection.DevicePartition{Name: p.Cfg.Name, LoginAttempts: p.Logins.Load()}
 		if i := slices.IndexFunc(found, func(t tokenAt) bool { return p.IsToken(t.info) }); i >= 0 {
@@ -75,7 +74,7 @@ func inspectDevice(ctx context.Context, s *devicebackend.Settings, d *deviceback
 				own = 1 + len(st.Pool.Slots) // the login session and the pool's warm one
 			}
 			dp.TokenFound, dp.Token = true, tokenInfo(found[i].info, own)
-			dp.SessionsPerClient = devicebackend.PoolSize(s.Own.SessionPoolSize, found[i].info.MaxSessionCount) + 1
+			dp.SessionsPerClient = PoolSize(s.Own.SessionPoolSize, found[i].info.MaxSessionCount) + 1
 		}
 		if st := p.St.Load(); st != nil {
 			dp.TokenFound, dp.LoggedIn, dp.Keys = true, true, len(st.Keys)
@@ -112,7 +111,7 @@ type tokenAt struct {
 // inspectInstance reads the module's C_GetInfo and every present token's C_GetTokenInfo, then times
 // samples C_GetTokenInfo calls on the first partition's token. It returns the tokens found and the first
 // call that did not return within timeout (then it stops there).
-func inspectInstance(ctx context.Context, d *devicebackend.Device, in *devicebackend.Instance, timeout time.Duration, samples int, dr *inspection.DeviceReport) ([]tokenAt, error) {
+func inspectInstance(ctx context.Context, d *Device, in *Instance, timeout time.Duration, samples int, dr *inspection.DeviceReport) ([]tokenAt, error) {
 	abandon := func(op string, err error) error {
 		if errors.Is(err, errCallStuck) {
 			dr.Abandoned = append(dr.Abandoned, string(op))
@@ -176,7 +175,7 @@ func inspectInstance(ctx context.Context, d *devicebackend.Device, in *devicebac
 // openBounded runs d.open in a goroutine of its own with Open's deadline on a module load
 // (policy.init_timeout; Inspect has loaded the module already), and waits at most limit for the whole
 // open; past it the open is abandoned, never waited on.
-func openBounded(ctx context.Context, d *devicebackend.Device, initTimeout, limit time.Duration) error {
+func openBounded(ctx context.Context, d *Device, initTimeout, limit time.Duration) error {
 	octx, cancel := context.WithTimeout(ctx, initTimeout)
 	defer cancel()
 	done := make(chan error, 1)
@@ -189,7 +188,7 @@ func openBounded(ctx context.Context, d *devicebackend.Device, initTimeout, limi
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-t.C:
-		return &DeviceError{Device: d.Name, Op: opOpen, Class: ClassDeviceDown,
+		return &errclass.DeviceError{Device: d.Name, Op: opOpen, Class: errclass.ClassDeviceDown,
 			Err: fmt.Errorf("%w within %v; left running in the module", errCallStuck, limit)}
 	}
 }
@@ -202,7 +201,7 @@ type loadResult struct {
 
 // loadBounded loads d's module (or finds it loaded, for a device sharing another's instance) as Open
 // does, bounded by initTimeout: a C_Initialize that does not return by then is left running.
-func loadBounded(ctx context.Context, d *devicebackend.Device, initTimeout time.Duration) loadResult {
+func loadBounded(ctx context.Context, d *Device, initTimeout time.Duration) loadResult {
 	start := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, initTimeout)
 	defer cancel()
@@ -213,7 +212,7 @@ func loadBounded(ctx context.Context, d *devicebackend.Device, initTimeout time.
 // callBounded makes one PKCS#11 call on instance in, in a goroutine of its own, and waits at most timeout:
 // a call stuck in the module is left there (it leaves the instance when it returns, so the instance is
 // never finalised under it) and reported as a device-down error wrapping errCallStuck.
-func callBounded[T any](ctx context.Context, d *devicebackend.Device, in *devicebackend.Instance, op string, timeout time.Duration, f func(c *pkcs11.Ctx) (T, error)) (T, error) {
+func callBounded[T any](ctx context.Context, d *Device, in *Instance, op string, timeout time.Duration, f func(c *pkcs11.Ctx) (T, error)) (T, error) {
 	var zero T
 	if !in.Enter() {
 		return zero, errclass.DownErr(d.Name, "", op, "module instance is not usable")
@@ -243,7 +242,7 @@ func callBounded[T any](ctx context.Context, d *devicebackend.Device, in *device
 		}
 		return r.v, nil
 	case <-t.C:
-		return zero, &DeviceError{Device: d.Name, Op: op, Class: ClassDeviceDown,
+		return zero, &errclass.DeviceError{Device: d.Name, Op: op, Class: errclass.ClassDeviceDown,
 			Err: fmt.Errorf("%w within policy.health.timeout (%v); left running in the module", errCallStuck, timeout)}
 	case <-ctx.Done():
 		return zero, ctx.Err()
@@ -279,19 +278,19 @@ func sessionCount(v uint, isMax bool) inspection.SessionCount {
 // keys its token holds (nil where the partition did not open).
 type Inspected struct {
 	Report  inspection.DeviceReport
-	Keys    []map[string]*devicebackend.KeyObject
-	Secrets []map[string]*devicebackend.SecretObject
+	Keys    []map[string]*KeyObject
+	Secrets []map[string]*SecretObject
 }
 
 // inspectAll is the device side of the library's Inspect: it makes every device of s, loads their modules
 // one at a time, opens and reads them concurrently, and releases them all before it returns. base[i] is
 // device i's report as far as the configuration says (name, region, tier, module); callTimeout bounds
 // each call after the open (policy.health.timeout). The error is a device's config error.
-func inspectAll(ctx context.Context, s *devicebackend.Settings, o inspection.Options, callTimeout time.Duration, base []inspection.DeviceReport) ([]Inspected, error) {
-	var devs []*devicebackend.Device
+func InspectAll(ctx context.Context, s *Settings, o inspection.Options, callTimeout time.Duration, base []inspection.DeviceReport) ([]Inspected, error) {
+	var devs []*Device
 	defer func() { releaseAll(devs, s.Own.CloseTimeout) }()
 	for i := range s.Devices {
-		d, err := devicebackend.NewDevice(s, i, slog.New(slog.DiscardHandler))
+		d, err := NewDevice(s, i, slog.New(slog.DiscardHandler))
 		if err != nil {
 			return nil, err
 		}
@@ -319,7 +318,7 @@ func inspectAll(ctx context.Context, s *devicebackend.Settings, o inspection.Opt
 		if out[i].Keys == nil {
 			continue
 		}
-		out[i].Secrets = make([]map[string]*devicebackend.SecretObject, len(out[i].Keys))
+		out[i].Secrets = make([]map[string]*SecretObject, len(out[i].Keys))
 		for pi, keys := range out[i].Keys {
 			if keys != nil {
 				out[i].Secrets[pi] = d.SecretKeys(pi)

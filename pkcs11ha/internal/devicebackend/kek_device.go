@@ -1,4 +1,4 @@
-package pkcs11ha
+package devicebackend
 
 import (
 	"context"
@@ -10,14 +10,13 @@ import (
 
 	"github.com/miekg/pkcs11"
 
-	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // soSession is a security officer's read-write session on one device's partition token.
 type soSession struct {
-	d  *devicebackend.Device
-	in *devicebackend.Instance
+	d  *Device
+	in *Instance
 	s  pkcs11.SessionHandle
 }
 
@@ -25,7 +24,7 @@ type soSession struct {
 const opGenerateKey = "C_GenerateKey"
 
 // openSO loads device d, finds partition pi's token and opens a security officer's session on it.
-func openSO(ctx context.Context, s *devicebackend.Settings, d *devicebackend.Device, pi int, soPIN string) (*soSession, error) {
+func openSO(ctx context.Context, s *Settings, d *Device, pi int, soPIN string) (*soSession, error) {
 	if lr := loadBounded(ctx, d, s.Own.InitTimeout); lr.err != nil {
 		return nil, lr.err
 	}
@@ -63,18 +62,18 @@ func openSO(ctx context.Context, s *devicebackend.Settings, d *devicebackend.Dev
 // carryKEK puts the KEK (session object kek on src) on so's device under CKA_ID id and label: so generates a
 // transport RSA key pair (session objects), src wraps the KEK under its public half with RSA-OAEP, so
 // unwraps it as a trusted, non-extractable token key.
-func carryKEK(ctx context.Context, s *devicebackend.Settings, src, so *soSession, kek pkcs11.ObjectHandle, id []byte, label string) error {
-	oaep := (&devicebackend.AdminOp{Mech: pkcs11.CKM_RSA_PKCS_OAEP, OAEP: true}).Mechanism()
+func carryKEK(ctx context.Context, s *Settings, src, so *soSession, kek pkcs11.ObjectHandle, id []byte, label string) error {
+	oaep := (&AdminOp{Mech: pkcs11.CKM_RSA_PKCS_OAEP, OAEP: true}).Mechanism()
 	type transport struct {
 		priv     pkcs11.ObjectHandle
 		mod, exp []byte
 	}
-	t, err := callBounded(ctx, so.d, so.in, devicebackend.OpGenerateKeyPair, s.Own.AdminTimeout, func(c *pkcs11.Ctx) (transport, error) {
+	t, err := callBounded(ctx, so.d, so.in, OpGenerateKeyPair, s.Own.AdminTimeout, func(c *pkcs11.Ctx) (transport, error) {
 		pub, priv, err := c.GenerateKeyPair(so.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
-			devicebackend.P11Attrs([]devicebackend.Attr{devicebackend.AttrBool(pkcs11.CKA_TOKEN, false), devicebackend.AttrBool(pkcs11.CKA_PRIVATE, false), devicebackend.AttrUlong(pkcs11.CKA_MODULUS_BITS, 3072),
-				devicebackend.AttrBytes(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}), devicebackend.AttrBool(pkcs11.CKA_WRAP, true)}),
-			devicebackend.P11Attrs([]devicebackend.Attr{devicebackend.AttrBool(pkcs11.CKA_TOKEN, false), devicebackend.AttrBool(pkcs11.CKA_PRIVATE, false), devicebackend.AttrBool(pkcs11.CKA_SENSITIVE, true),
-				devicebackend.AttrBool(pkcs11.CKA_EXTRACTABLE, false), devicebackend.AttrBool(pkcs11.CKA_UNWRAP, true)}))
+			P11Attrs([]Attr{AttrBool(pkcs11.CKA_TOKEN, false), AttrBool(pkcs11.CKA_PRIVATE, false), AttrUlong(pkcs11.CKA_MODULUS_BITS, 3072),
+				AttrBytes(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}), AttrBool(pkcs11.CKA_WRAP, true)}),
+			P11Attrs([]Attr{AttrBool(pkcs11.CKA_TOKEN, false), AttrBool(pkcs11.CKA_PRIVATE, false), AttrBool(pkcs11.CKA_SENSITIVE, true),
+				AttrBool(pkcs11.CKA_EXTRACTABLE, false), AttrBool(pkcs11.CKA_UNWRAP, true)}))
 		if err != nil {
 			return transport{}, err
 		}
@@ -87,9 +86,9 @@ func carryKEK(ctx context.Context, s *devicebackend.Settings, src, so *soSession
 	if err != nil {
 		return fmt.Errorf("transport key pair: %w", err)
 	}
-	blob, err := callBounded(ctx, src.d, src.in, devicebackend.OpWrapKey, s.Own.AdminTimeout, func(c *pkcs11.Ctx) ([]byte, error) {
-		h, err := c.CreateObject(src.s, devicebackend.P11Attrs([]devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), devicebackend.AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
-			devicebackend.AttrBool(pkcs11.CKA_TOKEN, false), devicebackend.AttrBool(pkcs11.CKA_WRAP, true), devicebackend.AttrBytes(pkcs11.CKA_MODULUS, t.mod), devicebackend.AttrBytes(pkcs11.CKA_PUBLIC_EXPONENT, t.exp)}))
+	blob, err := callBounded(ctx, src.d, src.in, OpWrapKey, s.Own.AdminTimeout, func(c *pkcs11.Ctx) ([]byte, error) {
+		h, err := c.CreateObject(src.s, P11Attrs([]Attr{AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+			AttrBool(pkcs11.CKA_TOKEN, false), AttrBool(pkcs11.CKA_WRAP, true), AttrBytes(pkcs11.CKA_MODULUS, t.mod), AttrBytes(pkcs11.CKA_PUBLIC_EXPONENT, t.exp)}))
 		if err != nil {
 			return nil, err
 		}
@@ -99,13 +98,13 @@ func carryKEK(ctx context.Context, s *devicebackend.Settings, src, so *soSession
 	if err != nil {
 		return fmt.Errorf("wrapping the KEK on %s for this device: %w", src.d.Name, err)
 	}
-	_, err = callBounded(ctx, so.d, so.in, devicebackend.OpUnwrapKey, s.Own.AdminTimeout, func(c *pkcs11.Ctx) (pkcs11.ObjectHandle, error) {
+	_, err = callBounded(ctx, so.d, so.in, OpUnwrapKey, s.Own.AdminTimeout, func(c *pkcs11.Ctx) (pkcs11.ObjectHandle, error) {
 		defer func() { _ = c.DestroyObject(so.s, t.priv) }()
-		return c.UnwrapKey(so.s, oaep, t.priv, blob, devicebackend.P11Attrs([]devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-			devicebackend.AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES), devicebackend.AttrBool(pkcs11.CKA_TOKEN, true), devicebackend.AttrBool(pkcs11.CKA_PRIVATE, false),
-			devicebackend.AttrBool(pkcs11.CKA_SENSITIVE, true), devicebackend.AttrBool(pkcs11.CKA_EXTRACTABLE, false), devicebackend.AttrBool(pkcs11.CKA_TRUSTED, true),
-			devicebackend.AttrBool(pkcs11.CKA_WRAP, true), devicebackend.AttrBool(pkcs11.CKA_UNWRAP, true), devicebackend.AttrBool(pkcs11.CKA_ENCRYPT, false),
-			devicebackend.AttrBool(pkcs11.CKA_DECRYPT, false), devicebackend.AttrString(pkcs11.CKA_LABEL, label), devicebackend.AttrBytes(pkcs11.CKA_ID, id)}))
+		return c.UnwrapKey(so.s, oaep, t.priv, blob, P11Attrs([]Attr{AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES), AttrBool(pkcs11.CKA_TOKEN, true), AttrBool(pkcs11.CKA_PRIVATE, false),
+			AttrBool(pkcs11.CKA_SENSITIVE, true), AttrBool(pkcs11.CKA_EXTRACTABLE, false), AttrBool(pkcs11.CKA_TRUSTED, true),
+			AttrBool(pkcs11.CKA_WRAP, true), AttrBool(pkcs11.CKA_UNWRAP, true), AttrBool(pkcs11.CKA_ENCRYPT, false),
+			AttrBool(pkcs11.CKA_DECRYPT, false), AttrString(pkcs11.CKA_LABEL, label), AttrBytes(pkcs11.CKA_ID, id)}))
 	})
 	if err != nil {
 		return fmt.Errorf("unwrapping the KEK: %w", err)
@@ -126,13 +125,13 @@ type KEKResult struct {
 // device of s, logs in as security officer on partition pi with soPIN, generates the KEK on the first
 // device that accepted and carries it, labelled label, to every one of them. The result is nil only with
 // a device's config error.
-func initKEK(ctx context.Context, s *devicebackend.Settings, pi int, soPIN, label string) (*KEKResult, error) {
+func InitKEK(ctx context.Context, s *Settings, pi int, soPIN, label string) (*KEKResult, error) {
 	rep := &KEKResult{Refused: map[string]string{}}
-	var devs []*devicebackend.Device
+	var devs []*Device
 	defer func() { releaseAll(devs, s.Own.CloseTimeout) }()
 	var sos []*soSession
 	for i := range s.Devices {
-		d, err := devicebackend.NewDevice(s, i, slog.New(slog.DiscardHandler))
+		d, err := NewDevice(s, i, slog.New(slog.DiscardHandler))
 		if err != nil {
 			return nil, err
 		}
@@ -160,10 +159,10 @@ func initKEK(ctx context.Context, s *devicebackend.Settings, pi int, soPIN, labe
 	rep.ID, rep.Source = hex.EncodeToString(id), sos[0].d.Name
 	src := sos[0]
 	kek, err := callBounded(ctx, src.d, src.in, opGenerateKey, s.Own.AdminTimeout, func(c *pkcs11.Ctx) (pkcs11.ObjectHandle, error) {
-		return c.GenerateKey(src.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, devicebackend.P11Attrs([]devicebackend.Attr{
-			devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), devicebackend.AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-			devicebackend.AttrUlong(pkcs11.CKA_VALUE_LEN, 32), devicebackend.AttrBool(pkcs11.CKA_TOKEN, false), devicebackend.AttrBool(pkcs11.CKA_PRIVATE, false),
-			devicebackend.AttrBool(pkcs11.CKA_SENSITIVE, true), devicebackend.AttrBool(pkcs11.CKA_EXTRACTABLE, true)}))
+		return c.GenerateKey(src.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, P11Attrs([]Attr{
+			AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			AttrUlong(pkcs11.CKA_VALUE_LEN, 32), AttrBool(pkcs11.CKA_TOKEN, false), AttrBool(pkcs11.CKA_PRIVATE, false),
+			AttrBool(pkcs11.CKA_SENSITIVE, true), AttrBool(pkcs11.CKA_EXTRACTABLE, true)}))
 	})
 	if err != nil {
 		return rep, fmt.Errorf("pkcs11ha: init-kek: generating the KEK on %s: %w", src.d.Name, err)

@@ -61,7 +61,7 @@ func UlongOf(b []byte) uint { return bytesToUlong(b) }
 func BoolOf(b []byte) bool { return len(b) > 0 && b[0] != 0 }
 
 // p11Attrs is a template in miekg/pkcs11's form.
-func P11Attrs(as []Attr) []*pkcs11.Attribute {
+func p11Attrs(as []Attr) []*pkcs11.Attribute {
 	out := make([]*pkcs11.Attribute, len(as))
 	for i, a := range as {
 		out[i] = &pkcs11.Attribute{Type: a.Type, Value: a.Value}
@@ -93,7 +93,7 @@ type AdminResult struct {
 }
 
 // mechanism returns the op's mechanism in miekg/pkcs11's form.
-func (op *AdminOp) Mechanism() []*pkcs11.Mechanism {
+func (op *AdminOp) mechanism() []*pkcs11.Mechanism {
 	if op.OAEP {
 		return []*pkcs11.Mechanism{pkcs11.NewMechanism(op.Mech, pkcs11.NewOAEPParams(pkcs11.CKM_SHA_1, pkcs11.CKG_MGF1_SHA1, pkcs11.CKZ_DATA_SPECIFIED, nil))}
 	}

@@ -15,11 +15,11 @@ import (
 
 // The PKCS#11 functions of the admin path, as DeviceError.Op names them.
 const (
-	OpGenerateKeyPair = "C_GenerateKeyPair"
+	opGenerateKeyPair = "C_GenerateKeyPair"
 	opCreateObject    = "C_CreateObject"
 	opDestroyObject   = "C_DestroyObject"
-	OpWrapKey         = "C_WrapKey"
-	OpUnwrapKey       = "C_UnwrapKey"
+	opWrapKey         = "C_WrapKey"
+	opUnwrapKey       = "C_UnwrapKey"
 	opSetAttribute    = "C_SetAttributeValue"
 	opGetAttribute    = "C_GetAttributeValue"
 )
@@ -57,8 +57,8 @@ func (d *Device) Admin(ctx context.Context, pi int, op *AdminOp) (*AdminResult, 
 	case o := <-done:
 		if o.err != nil {
 			d.adminFailed(st, o.err)
-		} else if op.Kind.mutates() && d.OnKeys != nil {
-			d.OnKeys(d)
+		} else if op.Kind.mutates() && d.onKeys != nil {
+			d.onKeys(d)
 		}
 		return o.r, o.err
 	case <-ctx.Done():
@@ -71,8 +71,8 @@ func (d *Device) adminFailed(st *partState, err error) {
 	var de *errclass.DeviceError
 	if errors.As(err, &de) && de.Class == errclass.ClassDeviceDown && de.Code != 0 {
 		d.MarkInstanceDown(st.in)
-		if d.OnDown != nil {
-			d.OnDown(err.Error())
+		if d.onDown != nil {
+			d.onDown(err.Error())
 		}
 	}
 	d.setErr(err)
@@ -81,7 +81,7 @@ func (d *Device) adminFailed(st *partState, err error) {
 // adminOn runs op on a fresh read-write session of st; a lost login is restored once.
 func (p *devPartition) adminOn(st *partState, op *AdminOp) (*AdminResult, error) {
 	c := st.in.Ctx
-	s, err := c.OpenSession(st.Slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	s, err := c.OpenSession(st.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		return nil, errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpOpenSession, err)
 	}
@@ -115,7 +115,7 @@ func (st *partState) setKeys(keys []*KeyObject) {
 		}
 	}
 	st.keysMu.Lock()
-	st.Keys = m
+	st.keys = m
 	st.keysMu.Unlock()
 }
 
@@ -124,13 +124,13 @@ func (op *AdminOp) exec(c *pkcs11.Ctx, s pkcs11.SessionHandle) (*AdminResult, st
 	r := &AdminResult{}
 	switch op.Kind {
 	case AdminGenerateKeyPair:
-		pub, priv, err := c.GenerateKeyPair(s, op.Mechanism(), P11Attrs(op.Template), P11Attrs(op.Private))
+		pub, priv, err := c.GenerateKeyPair(s, op.mechanism(), p11Attrs(op.Template), p11Attrs(op.Private))
 		if err != nil {
-			return nil, OpGenerateKeyPair, err
+			return nil, opGenerateKeyPair, err
 		}
 		r.Objects = [][]Attr{readAttrs(c, s, pub, op.Read), readAttrs(c, s, priv, op.Read)}
 	case AdminFind, AdminDestroy:
-		hs, err := findObjects(c, s, P11Attrs(op.Template))
+		hs, err := findObjects(c, s, p11Attrs(op.Template))
 		if err != nil {
 			return nil, errclass.OpFindObjects, err
 		}
@@ -150,7 +150,7 @@ func (op *AdminOp) exec(c *pkcs11.Ctx, s pkcs11.SessionHandle) (*AdminResult, st
 			r.Count++
 		}
 	case AdminCreate:
-		h, err := c.CreateObject(s, P11Attrs(op.Template))
+		h, err := c.CreateObject(s, p11Attrs(op.Template))
 		if err != nil {
 			return nil, opCreateObject, err
 		}
@@ -164,17 +164,17 @@ func (op *AdminOp) exec(c *pkcs11.Ctx, s pkcs11.SessionHandle) (*AdminResult, st
 		if err != nil {
 			return nil, fn, err
 		}
-		if r.Data, err = c.WrapKey(s, op.Mechanism(), k, h); err != nil {
-			return nil, OpWrapKey, err
+		if r.Data, err = c.WrapKey(s, op.mechanism(), k, h); err != nil {
+			return nil, opWrapKey, err
 		}
 	case AdminUnwrap:
 		k, fn, err := findOne(c, s, op.Key, "unwrapping key")
 		if err != nil {
 			return nil, fn, err
 		}
-		h, err := c.UnwrapKey(s, op.Mechanism(), k, op.Data, P11Attrs(op.Template))
+		h, err := c.UnwrapKey(s, op.mechanism(), k, op.Data, p11Attrs(op.Template))
 		if err != nil {
-			return nil, OpUnwrapKey, err
+			return nil, opUnwrapKey, err
 		}
 		r.Objects = [][]Attr{readAttrs(c, s, h, op.Read)}
 	case AdminSetAttributes:
@@ -182,7 +182,7 @@ func (op *AdminOp) exec(c *pkcs11.Ctx, s pkcs11.SessionHandle) (*AdminResult, st
 		if err != nil {
 			return nil, fn, err
 		}
-		if err := c.SetAttributeValue(s, h, P11Attrs(op.Set)); err != nil {
+		if err := c.SetAttributeValue(s, h, p11Attrs(op.Set)); err != nil {
 			return nil, opSetAttribute, err
 		}
 	case AdminRescan:
@@ -194,7 +194,7 @@ func (op *AdminOp) exec(c *pkcs11.Ctx, s pkcs11.SessionHandle) (*AdminResult, st
 
 // findOne returns the one object matching tmpl; none or several is the caller's error.
 func findOne(c *pkcs11.Ctx, s pkcs11.SessionHandle, tmpl []Attr, what string) (pkcs11.ObjectHandle, string, error) {
-	hs, err := findObjects(c, s, P11Attrs(tmpl))
+	hs, err := findObjects(c, s, p11Attrs(tmpl))
 	if err != nil {
 		return 0, errclass.OpFindObjects, err
 	}
@@ -246,7 +246,7 @@ func (p *devPartition) lookupKey(ctx context.Context, st *partState, label strin
 	for _, k := range ks {
 		if bytes.Equal(k.PubDER, want) {
 			st.keysMu.Lock()
-			st.Keys[label] = k
+			st.keys[label] = k
 			st.keysMu.Unlock()
 			return k
 		}

@@ -20,18 +20,18 @@ import (
 // logged-in session, a session pool and a key-handle cache. Everything that belongs to one module instance
 // lives in a devState and is replaced whole on re-init, so no handle from before is ever used again.
 type Device struct {
-	Idx   int
+	idx   int
 	Name  string
 	cfg   DeviceSpec
-	Set   *Options
+	set   *Options
 	Mod   *moduleHandle
 	Parts []*devPartition // same order as Config.Partitions
 
 	recoverMu sync.Mutex // one recovery at a time
 	needInit  atomic.Bool
 	lastErr   atomic.Pointer[LastError]
-	OnKeys    func(d *Device)     // re-checks key consistency after a (re)open
-	OnDown    func(reason string) // traffic proved the device down: tell its health monitor
+	onKeys    func(d *Device)     // re-checks key consistency after a (re)open
+	onDown    func(reason string) // traffic proved the device down: tell its health monitor
 	log       *slog.Logger
 	// Stuck calls (stuck.go): calls stuck in instances this device's re-inits retired, the probe call
 	// still blocked (if any), and why the last re-init was refused (the stuck-call cap), if it was.
@@ -57,9 +57,9 @@ type devPartition struct {
 	pin       string // resolved once by Open; never printed
 	St        atomic.Pointer[partState]
 	credFatal atomic.Pointer[string] // set once a PIN was rejected: never logged in again
-	Logins    atomic.Int64           // C_Login attempts, for tests and metrics
+	logins    atomic.Int64           // C_Login attempts, for tests and metrics
 	home      *devPartition          // a lane's partition: the owning device's, which holds the two above
-	OpenErr   atomic.Pointer[error]  // outcome of the last open (nil error: opened), for Inspect
+	openErr   atomic.Pointer[error]  // outcome of the last open (nil error: opened), for Inspect
 
 	// pinreload.go: a reloaded PIN (nil: pin), and a hash of the PIN the token refused, never tried again.
 	newPIN   atomic.Pointer[string]
@@ -69,13 +69,13 @@ type devPartition struct {
 // partState is everything that belongs to one module instance for one partition.
 type partState struct {
 	in      *Instance
-	Slot    uint
+	slot    uint
 	loginS  pkcs11.SessionHandle // persistent session keeping the token logged in
 	Pool    *sessionPool
 	loginMu sync.Mutex
 
 	keysMu  sync.RWMutex
-	Keys    map[string]*KeyObject
+	keys    map[string]*KeyObject
 	secrets map[string]*SecretObject // secret keys (secretkeys.go)
 }
 
@@ -100,7 +100,7 @@ func NewDevice(s *Settings, i int, log *slog.Logger) (*Device, error) {
 	if err != nil {
 		return nil, &errclass.ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 	}
-	d := &Device{Idx: i, Name: dc.Name, cfg: dc, Set: &s.Own, Mod: h, log: log}
+	d := &Device{idx: i, Name: dc.Name, cfg: dc, set: &s.Own, Mod: h, log: log}
 	for pi := range s.Partitions {
 		d.Parts = append(d.Parts, &devPartition{dev: d, Cfg: &s.Partitions[pi], pin: s.PINs[pi]})
 	}
@@ -128,7 +128,7 @@ func (d *Device) recoverDevice(ctx context.Context, othersServing bool) error {
 }
 
 func (d *Device) openLocked(ctx context.Context, reinit bool) error {
-	in, err := d.InstanceFor(ctx, reinit)
+	in, err := d.instanceFor(ctx, reinit)
 	if err != nil {
 		return err
 	}
@@ -136,7 +136,7 @@ func (d *Device) openLocked(ctx context.Context, reinit bool) error {
 	var errs []error
 	for _, p := range d.Parts {
 		err := p.open(ctx, in)
-		p.OpenErr.Store(&err)
+		p.openErr.Store(&err)
 		if err != nil {
 			if errclass.ClassOf(err) == errclass.ClassDeviceDown {
 				// e.g. the token is missing after C_Initialize against a dead server: only a re-init helps.
@@ -145,8 +145,8 @@ func (d *Device) openLocked(ctx context.Context, reinit bool) error {
 			errs = append(errs, err)
 		}
 	}
-	if d.OnKeys != nil {
-		d.OnKeys(d)
+	if d.onKeys != nil {
+		d.onKeys(d)
 	}
 	if len(errs) == len(d.Parts) {
 		err := errs[0]
@@ -159,17 +159,17 @@ func (d *Device) openLocked(ctx context.Context, reinit bool) error {
 
 // instanceFor returns the module instance to open the device on: the current one, or a freshly loaded
 // one, or (reinit, when the device needs it) a re-initialised one. Its errors are device-down, and recorded.
-func (d *Device) InstanceFor(ctx context.Context, reinit bool) (*Instance, error) {
+func (d *Device) instanceFor(ctx context.Context, reinit bool) (*Instance, error) {
 	d.Mod.Mu.Lock()
 	in := d.Mod.Current()
 	var err error
 	switch {
 	case in == nil:
 		if d.Mod.Cur.Load() != nil {
-			in, err = d.Mod.Reinit(ctx, d.Set, d.log)
+			in, err = d.Mod.Reinit(ctx, d.set, d.log)
 		} else {
 			again := d.Mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
-			in, err = d.Mod.Load(ctx, d.Set.MaxRetired)
+			in, err = d.Mod.Load(ctx, d.set.MaxRetired)
 			if err == nil {
 				d.Mod.Cur.Store(in)
 				if again {
@@ -178,7 +178,7 @@ func (d *Device) InstanceFor(ctx context.Context, reinit bool) (*Instance, error
 			}
 		}
 	case reinit && d.needInit.Load():
-		in, err = d.Mod.Reinit(ctx, d.Set, d.log)
+		in, err = d.Mod.Reinit(ctx, d.set, d.log)
 	}
 	d.Mod.Mu.Unlock()
 	d.noteRecovery(err)
@@ -217,21 +217,21 @@ func (p *devPartition) open(ctx context.Context, in *Instance) error {
 		if err != nil {
 			continue
 		}
-		if p.IsToken(ti) {
+		if p.isToken(ti) {
 			slot, info, found = s, ti, true
 			break
 		}
 	}
 	if !found {
 		// After a server dies C_Initialize still succeeds with no slots: the device is not up.
-		return errclass.DownErr(p.dev.Name, p.Cfg.Name, errclass.OpTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.TokenName(), len(slots)))
+		return errclass.DownErr(p.dev.Name, p.Cfg.Name, errclass.OpTokenInfo, fmt.Sprintf("token %q not found (%d slots)", p.tokenName(), len(slots)))
 	}
-	size := PoolSize(p.dev.Set.SessionPoolSize, info.MaxSessionCount)
+	size := poolSize(p.dev.set.SessionPoolSize, info.MaxSessionCount)
 	ls, err := c.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
 		return errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpOpenSession, err)
 	}
-	st := &partState{in: in, Slot: slot, loginS: ls, Pool: newSessionPool(in, slot, size)}
+	st := &partState{in: in, slot: slot, loginS: ls, Pool: newSessionPool(in, slot, size)}
 	if err := p.login(st); err != nil {
 		_ = c.CloseSession(ls)
 		return err
@@ -240,10 +240,10 @@ func (p *devPartition) open(ctx context.Context, in *Instance) error {
 	if err != nil {
 		return errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpFindObjects, err)
 	}
-	st.Keys = make(map[string]*KeyObject, len(keys))
+	st.keys = make(map[string]*KeyObject, len(keys))
 	for _, k := range keys {
-		if _, dup := st.Keys[k.Label]; !dup {
-			st.Keys[k.Label] = k
+		if _, dup := st.keys[k.Label]; !dup {
+			st.keys[k.Label] = k
 		}
 	}
 	secrets, err := listSecretKeys(c, ls, "")
@@ -263,7 +263,7 @@ func (p *devPartition) open(ctx context.Context, in *Instance) error {
 
 // isToken reports whether ti is this partition's token on this device: by serial when one is configured
 // (the device's token_serials, else the partition's token_serial), else by label.
-func (p *devPartition) IsToken(ti pkcs11.TokenInfo) bool {
+func (p *devPartition) isToken(ti pkcs11.TokenInfo) bool {
 	serial := p.Cfg.TokenSerial
 	if s := p.dev.cfg.TokenSerials[p.Cfg.Name]; s != "" {
 		serial = s
@@ -277,14 +277,14 @@ func (p *devPartition) IsToken(ti pkcs11.TokenInfo) bool {
 // poolSize is the session pool of one partition: policy.session_pool_size, capped so that the pool and the
 // login session fit in the token's max session count (0 is "effectively infinite"; absurd values, such as
 // "unavailable information", are no cap either).
-func PoolSize(want int, maxSessions uint) int {
+func poolSize(want int, maxSessions uint) int {
 	if m := int(maxSessions); m > 1 && m < 1<<20 && m-1 < want {
 		return m - 1 // one for the login session
 	}
 	return want
 }
 
-func (p *devPartition) TokenName() string {
+func (p *devPartition) tokenName() string {
 	if s := p.dev.cfg.TokenSerials[p.Cfg.Name]; s != "" {
 		return "serial " + s
 	}
@@ -302,7 +302,7 @@ func (p *devPartition) login(st *partState) error {
 	if why := p.owner().credFatal.Load(); why != nil {
 		return &errclass.DeviceError{Device: p.dev.Name, Partition: p.Cfg.Name, Op: errclass.OpLogin, Class: errclass.ClassCredential, Err: errors.New(*why)}
 	}
-	p.owner().Logins.Add(1)
+	p.owner().logins.Add(1)
 	secret := p.secret()
 	err := st.in.Ctx.Login(st.loginS, pkcs11.CKU_USER, secret)
 	if err == nil {
@@ -323,7 +323,7 @@ func (p *devPartition) login(st *partState) error {
 // keyFor returns the cached key object for label on st.
 func (st *partState) key(label string) *KeyObject {
 	st.keysMu.RLock()
-	k := st.Keys[label]
+	k := st.keys[label]
 	st.keysMu.RUnlock()
 	return k
 }
@@ -341,7 +341,7 @@ func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label s
 		return nil, &errclass.DeviceError{Device: p.dev.Name, Partition: p.Cfg.Name, Op: errclass.OpFindObjects, Class: errclass.ClassBusy, Err: fmt.Errorf("key %q changed its public key", label)}
 	}
 	st.keysMu.Lock()
-	st.Keys[label] = ks[0]
+	st.keys[label] = ks[0]
 	st.keysMu.Unlock()
 	return ks[0], nil
 }
@@ -378,8 +378,8 @@ func (p *devPartition) runHere(ctx context.Context, op *Op) ([]byte, error) {
 			if de.Code != 0 {
 				// A real device error code (not our own verdict): stop using this instance now.
 				p.dev.MarkInstanceDown(st.in)
-				if p.dev.OnDown != nil {
-					p.dev.OnDown(err.Error())
+				if p.dev.onDown != nil {
+					p.dev.onDown(err.Error())
 				}
 			}
 			p.dev.setErr(err)

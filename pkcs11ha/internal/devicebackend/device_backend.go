@@ -19,8 +19,8 @@ func (d *Device) Keys(pi int) map[string]*KeyObject {
 	}
 	st.keysMu.RLock()
 	defer st.keysMu.RUnlock()
-	out := make(map[string]*KeyObject, len(st.Keys))
-	for l, k := range st.Keys {
+	out := make(map[string]*KeyObject, len(st.keys))
+	for l, k := range st.keys {
 		out[l] = k
 	}
 	return out
@@ -28,7 +28,7 @@ func (d *Device) Keys(pi int) map[string]*KeyObject {
 
 func (d *Device) Partition(pi int) PartInfo {
 	p := d.Parts[pi]
-	pi2 := PartInfo{Open: p.St.Load() != nil, Logins: p.Logins.Load(), PINHash: PinHash(p.secret())}
+	pi2 := PartInfo{Open: p.St.Load() != nil, Logins: p.logins.Load(), PINHash: PinHash(p.secret())}
 	if why := p.credFatal.Load(); why != nil {
 		pi2.Open, pi2.CredFatal = false, *why
 	}
@@ -50,11 +50,11 @@ func (d *Device) Shares(o Backend) bool {
 
 func (d *Device) SetHooks(keysChanged func(), down func(reason string)) {
 	if keysChanged != nil {
-		d.OnKeys = func(*Device) { keysChanged() }
+		d.onKeys = func(*Device) { keysChanged() }
 	} else {
-		d.OnKeys = nil
+		d.onKeys = nil
 	}
-	d.OnDown = down
+	d.onDown = down
 }
 
 func (d *Device) NoteError(err error) { d.setErr(err) }

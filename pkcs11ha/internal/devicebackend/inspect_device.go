@@ -66,20 +66,20 @@ func inspectDevice(ctx context.Context, s *Settings, d *Device, o inspection.Opt
 	}
 	keys := make([]map[string]*KeyObject, len(d.Parts))
 	for pi, p := range d.Parts {
-		dp := inspection.DevicePartition{Name: p.Cfg.Name, LoginAttempts: p.Logins.Load()}
-		if i := slices.IndexFunc(found, func(t tokenAt) bool { return p.IsToken(t.info) }); i >= 0 {
+		dp := inspection.DevicePartition{Name: p.Cfg.Name, LoginAttempts: p.logins.Load()}
+		if i := slices.IndexFunc(found, func(t tokenAt) bool { return p.isToken(t.info) }); i >= 0 {
 			own := 0
 			st := p.St.Load()
-			if st != nil && st.Slot == found[i].slot {
+			if st != nil && st.slot == found[i].slot {
 				own = 1 + len(st.Pool.Slots) // the login session and the pool's warm one
 			}
 			dp.TokenFound, dp.Token = true, tokenInfo(found[i].info, own)
-			dp.SessionsPerClient = PoolSize(s.Own.SessionPoolSize, found[i].info.MaxSessionCount) + 1
+			dp.SessionsPerClient = poolSize(s.Own.SessionPoolSize, found[i].info.MaxSessionCount) + 1
 		}
 		if st := p.St.Load(); st != nil {
-			dp.TokenFound, dp.LoggedIn, dp.Keys = true, true, len(st.Keys)
-			keys[pi] = st.Keys
-		} else if e := p.OpenErr.Load(); e != nil && *e != nil {
+			dp.TokenFound, dp.LoggedIn, dp.Keys = true, true, len(st.keys)
+			keys[pi] = st.keys
+		} else if e := p.openErr.Load(); e != nil && *e != nil {
 			setErr(&dp.Error, &dp.ErrorClass, *e)
 		} else if openErr != nil {
 			setErr(&dp.Error, &dp.ErrorClass, openErr)
@@ -145,7 +145,7 @@ func inspectInstance(ctx context.Context, d *Device, in *Instance, timeout time.
 	// Time the call health probes make, on the token of the first partition found here.
 	probe := -1
 	for _, p := range d.Parts {
-		if i := slices.IndexFunc(found, func(t tokenAt) bool { return p.IsToken(t.info) }); i >= 0 {
+		if i := slices.IndexFunc(found, func(t tokenAt) bool { return p.isToken(t.info) }); i >= 0 {
 			probe = i
 			break
 		}
@@ -205,7 +205,7 @@ func loadBounded(ctx context.Context, d *Device, initTimeout time.Duration) load
 	start := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, initTimeout)
 	defer cancel()
-	_, err := d.InstanceFor(lctx, false)
+	_, err := d.instanceFor(lctx, false)
 	return loadResult{err: err, took: time.Since(start)}
 }
 

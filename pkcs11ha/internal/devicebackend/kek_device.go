@@ -39,7 +39,7 @@ func openSO(ctx context.Context, s *Settings, d *Device, pi int, soPIN string) (
 			return 0, err
 		}
 		for _, slot := range slots {
-			if ti, err := c.GetTokenInfo(slot); err == nil && p.IsToken(ti) {
+			if ti, err := c.GetTokenInfo(slot); err == nil && p.isToken(ti) {
 				sh, err := c.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 				if err != nil {
 					return 0, err
@@ -51,7 +51,7 @@ func openSO(ctx context.Context, s *Settings, d *Device, pi int, soPIN string) (
 				return sh, nil
 			}
 		}
-		return 0, fmt.Errorf("token %s not found", p.TokenName())
+		return 0, fmt.Errorf("token %s not found", p.tokenName())
 	})
 	if err != nil {
 		return nil, err
@@ -63,16 +63,16 @@ func openSO(ctx context.Context, s *Settings, d *Device, pi int, soPIN string) (
 // transport RSA key pair (session objects), src wraps the KEK under its public half with RSA-OAEP, so
 // unwraps it as a trusted, non-extractable token key.
 func carryKEK(ctx context.Context, s *Settings, src, so *soSession, kek pkcs11.ObjectHandle, id []byte, label string) error {
-	oaep := (&AdminOp{Mech: pkcs11.CKM_RSA_PKCS_OAEP, OAEP: true}).Mechanism()
+	oaep := (&AdminOp{Mech: pkcs11.CKM_RSA_PKCS_OAEP, OAEP: true}).mechanism()
 	type transport struct {
 		priv     pkcs11.ObjectHandle
 		mod, exp []byte
 	}
-	t, err := callBounded(ctx, so.d, so.in, OpGenerateKeyPair, s.Own.AdminTimeout, func(c *pkcs11.Ctx) (transport, error) {
+	t, err := callBounded(ctx, so.d, so.in, opGenerateKeyPair, s.Own.AdminTimeout, func(c *pkcs11.Ctx) (transport, error) {
 		pub, priv, err := c.GenerateKeyPair(so.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
-			P11Attrs([]Attr{AttrBool(pkcs11.CKA_TOKEN, false), AttrBool(pkcs11.CKA_PRIVATE, false), AttrUlong(pkcs11.CKA_MODULUS_BITS, 3072),
+			p11Attrs([]Attr{AttrBool(pkcs11.CKA_TOKEN, false), AttrBool(pkcs11.CKA_PRIVATE, false), AttrUlong(pkcs11.CKA_MODULUS_BITS, 3072),
 				AttrBytes(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}), AttrBool(pkcs11.CKA_WRAP, true)}),
-			P11Attrs([]Attr{AttrBool(pkcs11.CKA_TOKEN, false), AttrBool(pkcs11.CKA_PRIVATE, false), AttrBool(pkcs11.CKA_SENSITIVE, true),
+			p11Attrs([]Attr{AttrBool(pkcs11.CKA_TOKEN, false), AttrBool(pkcs11.CKA_PRIVATE, false), AttrBool(pkcs11.CKA_SENSITIVE, true),
 				AttrBool(pkcs11.CKA_EXTRACTABLE, false), AttrBool(pkcs11.CKA_UNWRAP, true)}))
 		if err != nil {
 			return transport{}, err
@@ -86,8 +86,8 @@ func carryKEK(ctx context.Context, s *Settings, src, so *soSession, kek pkcs11.O
 	if err != nil {
 		return fmt.Errorf("transport key pair: %w", err)
 	}
-	blob, err := callBounded(ctx, src.d, src.in, OpWrapKey, s.Own.AdminTimeout, func(c *pkcs11.Ctx) ([]byte, error) {
-		h, err := c.CreateObject(src.s, P11Attrs([]Attr{AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
+	blob, err := callBounded(ctx, src.d, src.in, opWrapKey, s.Own.AdminTimeout, func(c *pkcs11.Ctx) ([]byte, error) {
+		h, err := c.CreateObject(src.s, p11Attrs([]Attr{AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
 			AttrBool(pkcs11.CKA_TOKEN, false), AttrBool(pkcs11.CKA_WRAP, true), AttrBytes(pkcs11.CKA_MODULUS, t.mod), AttrBytes(pkcs11.CKA_PUBLIC_EXPONENT, t.exp)}))
 		if err != nil {
 			return nil, err
@@ -98,9 +98,9 @@ func carryKEK(ctx context.Context, s *Settings, src, so *soSession, kek pkcs11.O
 	if err != nil {
 		return fmt.Errorf("wrapping the KEK on %s for this device: %w", src.d.Name, err)
 	}
-	_, err = callBounded(ctx, so.d, so.in, OpUnwrapKey, s.Own.AdminTimeout, func(c *pkcs11.Ctx) (pkcs11.ObjectHandle, error) {
+	_, err = callBounded(ctx, so.d, so.in, opUnwrapKey, s.Own.AdminTimeout, func(c *pkcs11.Ctx) (pkcs11.ObjectHandle, error) {
 		defer func() { _ = c.DestroyObject(so.s, t.priv) }()
-		return c.UnwrapKey(so.s, oaep, t.priv, blob, P11Attrs([]Attr{AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		return c.UnwrapKey(so.s, oaep, t.priv, blob, p11Attrs([]Attr{AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 			AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES), AttrBool(pkcs11.CKA_TOKEN, true), AttrBool(pkcs11.CKA_PRIVATE, false),
 			AttrBool(pkcs11.CKA_SENSITIVE, true), AttrBool(pkcs11.CKA_EXTRACTABLE, false), AttrBool(pkcs11.CKA_TRUSTED, true),
 			AttrBool(pkcs11.CKA_WRAP, true), AttrBool(pkcs11.CKA_UNWRAP, true), AttrBool(pkcs11.CKA_ENCRYPT, false),
@@ -159,7 +159,7 @@ func InitKEK(ctx context.Context, s *Settings, pi int, soPIN, label string) (*KE
 	rep.ID, rep.Source = hex.EncodeToString(id), sos[0].d.Name
 	src := sos[0]
 	kek, err := callBounded(ctx, src.d, src.in, opGenerateKey, s.Own.AdminTimeout, func(c *pkcs11.Ctx) (pkcs11.ObjectHandle, error) {
-		return c.GenerateKey(src.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, P11Attrs([]Attr{
+		return c.GenerateKey(src.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, p11Attrs([]Attr{
 			AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 			AttrUlong(pkcs11.CKA_VALUE_LEN, 32), AttrBool(pkcs11.CKA_TOKEN, false), AttrBool(pkcs11.CKA_PRIVATE, false),
 			AttrBool(pkcs11.CKA_SENSITIVE, true), AttrBool(pkcs11.CKA_EXTRACTABLE, true)}))

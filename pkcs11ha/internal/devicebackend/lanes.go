@@ -74,10 +74,10 @@ func (d *Device) addLanes(n int) error {
 			return err
 		}
 		h.solo = true
-		ld := &Device{Idx: d.Idx, Name: d.Name, cfg: d.cfg, Set: d.Set, Mod: h, log: d.log, home: d}
-		ld.OnDown = func(reason string) {
-			if d.OnDown != nil {
-				d.OnDown(reason)
+		ld := &Device{idx: d.idx, Name: d.Name, cfg: d.cfg, set: d.set, Mod: h, log: d.log, home: d}
+		ld.onDown = func(reason string) {
+			if d.onDown != nil {
+				d.onDown(reason)
 			}
 		}
 		for _, p := range d.Parts {
@@ -122,7 +122,7 @@ func (d *Device) RecoverIfNeeded(ctx context.Context, othersServing bool) error 
 			defer d.Recovering.Store(false)
 			for _, l := range lanes {
 				if need(l) {
-					lctx, cancel := context.WithTimeout(context.Background(), d.Set.InitTimeout+d.Set.ReinitGrace)
+					lctx, cancel := context.WithTimeout(context.Background(), d.set.InitTimeout+d.set.ReinitGrace)
 					_ = l.recoverDevice(lctx, othersServing)
 					cancel()
 				}

@@ -84,7 +84,7 @@ func mgf1XOR(out []byte, h crypto.Hash, seed []byte) {
 // is refused with a *MechanismError, or — when policy.oaep_fallback is on — done as raw RSA on the token
 // with the OAEP decoding in Go.
 func (op *Op) decrypt(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle) ([]byte, string, error) {
-	oaep := op.OAEPOptions()
+	oaep := op.oaepOptions()
 	if oaep != nil && !oaepNativeOK(oaep) && op.OAEPFallback {
 		return rawOAEP(c, s, h, op.Input, oaep, op.KeySize)
 	}

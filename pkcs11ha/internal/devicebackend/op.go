@@ -145,7 +145,7 @@ func oneCall(c *pkcs11.Ctx, s pkcs11.SessionHandle, in []byte, n int,
 }
 
 // oaepOptions is the fallback's OAEP parameters in crypto/rsa's form.
-func (op *Op) OAEPOptions() *rsa.OAEPOptions {
+func (op *Op) oaepOptions() *rsa.OAEPOptions {
 	if op.Mech.Type != pkcs11.CKM_RSA_PKCS_OAEP {
 		return nil
 	}

@@ -56,7 +56,7 @@ type SecretObject struct {
 
 // secretAlg names a secret key and, for an HMAC key, its hash; ok is false for a key type this package
 // does not use.
-func SecretAlg(keyType uint, size int) (alg string, h crypto.Hash, ok bool) {
+func secretAlg(keyType uint, size int) (alg string, h crypto.Hash, ok bool) {
 	switch keyType {
 	case pkcs11.CKK_AES:
 		switch size {
@@ -104,7 +104,7 @@ func listSecretKeys(c *pkcs11.Ctx, s pkcs11.SessionHandle, onlyLabel string) ([]
 		k := &SecretObject{Label: string(attrs[0].Value), ID: attrs[1].Value, handle: h,
 			KeyType: bytesToUlong(attrs[2].Value), Size: int(bytesToUlong(attrs[3].Value))}
 		var ok bool
-		if k.Alg, k.Hash, ok = SecretAlg(k.KeyType, k.Size); !ok || k.Label == "" {
+		if k.Alg, k.Hash, ok = secretAlg(k.KeyType, k.Size); !ok || k.Label == "" {
 			continue
 		}
 		if k.KCV, err = checkValue(c, s, k); err != nil {

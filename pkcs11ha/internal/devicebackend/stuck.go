@@ -180,7 +180,7 @@ func (d *Device) probeToken(ctx context.Context, st *partState) error {
 	pc := &probeCall{in: in}
 	done := make(chan error, 1)
 	go func() {
-		_, err := in.Ctx.GetTokenInfo(st.Slot)
+		_, err := in.Ctx.GetTokenInfo(st.slot)
 		in.End(rec)
 		pc.returned.Store(true)
 		done <- err

@@ -243,7 +243,7 @@ func (w *workerDevice) cacheSecrets(parts [][]wireSecret) []map[string]*SecretOb
 		}
 		out[pi] = make(map[string]*SecretObject, len(parts[pi]))
 		for _, ws := range parts[pi] {
-			alg, h, ok := SecretAlg(ws.KeyType, ws.Size)
+			alg, h, ok := secretAlg(ws.KeyType, ws.Size)
 			if !ok {
 				continue
 			}

@@ -73,8 +73,8 @@ func runWorker(conn net.Conn) int {
 		return 2
 	}
 	w.dev = d
-	d.OnKeys = func(*Device) { w.keysGen.Add(1) }
-	d.OnDown = func(reason string) { w.event(workerEvent{Down: reason}) }
+	d.onKeys = func(*Device) { w.keysGen.Add(1) }
+	d.onDown = func(reason string) { w.event(workerEvent{Down: reason}) }
 	w.reply(f, nil, nil)
 	return w.serve()
 }
@@ -89,7 +89,7 @@ func (w *workerServer) serve() int {
 		}
 		switch f.typ {
 		case msgClose:
-			w.dev.Close(w.dev.Set.CloseTimeout)
+			w.dev.Close(w.dev.set.CloseTimeout)
 			w.reply(f, nil, nil)
 			return 0
 		default:

@@ -24,7 +24,7 @@ type StuckCalls struct {
 // StuckCalls reports the calls stuck in retired module instances over the whole process, with this
 // cluster's cap; DeviceStatus.StuckCalls has them per device.
 func (cl *Cluster) StuckCalls() StuckCalls {
-	return StuckCalls{Calls: devicebackend.StuckTotal.Load(), Limit: cl.s.own.MaxStuckCalls, OSThreads: osThreads()}
+	return StuckCalls{Calls: devicebackend.StuckTotal(), Limit: cl.s.own.MaxStuckCalls, OSThreads: osThreads()}
 }
 
 // osThreads reads Threads: from /proc/self/status, or falls back to the runtime's thread-creation count.

@@ -34,7 +34,7 @@ func (d *Device) Admin(ctx context.Context, pi int, op *AdminOp) (*AdminResult, 
 	if st == nil {
 		return nil, errclass.DownErr(d.Name, p.Cfg.Name, errclass.OpOpenSession, "partition not open")
 	}
-	rec, ok := st.in.Begin(ctx, d)
+	rec, ok := st.in.begin(ctx, d)
 	if !ok {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -49,7 +49,7 @@ func (d *Device) Admin(ctx context.Context, pi int, op *AdminOp) (*AdminResult, 
 	d.adminCalls.Add(1)
 	go func() {
 		defer d.adminCalls.Done()
-		defer st.in.End(rec)
+		defer st.in.end(rec)
 		r, err := p.adminOn(st, op)
 		done <- outcome{r, err}
 	}()
@@ -80,7 +80,7 @@ func (d *Device) adminFailed(st *partState, err error) {
 
 // adminOn runs op on a fresh read-write session of st; a lost login is restored once.
 func (p *devPartition) adminOn(st *partState, op *AdminOp) (*AdminResult, error) {
-	c := st.in.Ctx
+	c := st.in.ctx
 	s, err := c.OpenSession(st.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		return nil, errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpOpenSession, err)
@@ -237,7 +237,7 @@ func (p *devPartition) lookupKey(ctx context.Context, st *partState, label strin
 	if err != nil {
 		return nil
 	}
-	ks, err := listPrivateKeys(st.in.Ctx, s, label)
+	ks, err := listPrivateKeys(st.in.ctx, s, label)
 	if err != nil {
 		st.Pool.discard(s)
 		return nil

@@ -14,7 +14,7 @@ import (
 // counted then kept the module from being finalised, and the next load of it in the process failed as
 // "already initialised by another device" (TestKeysWrap, about one run in four under load).
 func TestCallBoundedLeavesTheInstanceFirst(t *testing.T) {
-	in := NewInstance(nil, 1, nil)
+	in := newInstance(nil, 1, nil)
 	d := &Device{Name: "d"}
 	for range 5000 {
 		v, err := callBounded(context.Background(), d, in, "C_Test", time.Minute, func(*pkcs11.Ctx) (int, error) { return 7, nil })

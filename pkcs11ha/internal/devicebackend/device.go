@@ -35,7 +35,7 @@ type Device struct {
 	log       *slog.Logger
 	// Stuck calls (stuck.go): calls stuck in instances this device's re-inits retired, the probe call
 	// still blocked (if any), and why the last re-init was refused (the stuck-call cap), if it was.
-	Stuck        atomic.Int64
+	stuck        atomic.Int64
 	probeBlocked atomic.Pointer[probeCall]
 	capRefusal   atomic.Pointer[string]
 	adminCalls   sync.WaitGroup // admin calls in flight (admin_device.go)
@@ -96,7 +96,7 @@ func (d *Device) setErr(err error) {
 // with its lanes (lanes.go); nothing is loaded yet.
 func NewDevice(s *Settings, i int, log *slog.Logger) (*Device, error) {
 	dc := s.Devices[i]
-	h, err := Modules.Acquire(dc.Module, dc.ModuleEnv, 0)
+	h, err := modules.acquire(dc.Module, dc.ModuleEnv, 0)
 	if err != nil {
 		return nil, &errclass.ConfigError{Field: fmt.Sprintf("devices[%s].module", dc.Name), Msg: err.Error()}
 	}
@@ -160,16 +160,16 @@ func (d *Device) openLocked(ctx context.Context, reinit bool) error {
 // instanceFor returns the module instance to open the device on: the current one, or a freshly loaded
 // one, or (reinit, when the device needs it) a re-initialised one. Its errors are device-down, and recorded.
 func (d *Device) instanceFor(ctx context.Context, reinit bool) (*Instance, error) {
-	d.Mod.Mu.Lock()
+	d.Mod.mu.Lock()
 	in := d.Mod.Current()
 	var err error
 	switch {
 	case in == nil:
 		if d.Mod.Cur.Load() != nil {
-			in, err = d.Mod.Reinit(ctx, d.set, d.log)
+			in, err = d.Mod.reinit(ctx, d.set, d.log)
 		} else {
 			again := d.Mod.loaded.Load() // an earlier re-init failed half-way: this load is a re-init too
-			in, err = d.Mod.Load(ctx, d.set.MaxRetired)
+			in, err = d.Mod.load(ctx, d.set.MaxRetired)
 			if err == nil {
 				d.Mod.Cur.Store(in)
 				if again {
@@ -178,9 +178,9 @@ func (d *Device) instanceFor(ctx context.Context, reinit bool) (*Instance, error
 			}
 		}
 	case reinit && d.needInit.Load():
-		in, err = d.Mod.Reinit(ctx, d.set, d.log)
+		in, err = d.Mod.reinit(ctx, d.set, d.log)
 	}
-	d.Mod.Mu.Unlock()
+	d.Mod.mu.Unlock()
 	d.noteRecovery(err)
 	if err != nil {
 		err = errclass.DownErr(d.Name, "", errclass.OpInitialize, err.Error())
@@ -199,12 +199,12 @@ func (p *devPartition) open(ctx context.Context, in *Instance) error {
 		// Same instance: a soft recovery. Drop pooled sessions and re-login below on the same slot.
 		p.St.Store(nil)
 	}
-	rec, ok := in.Begin(ctx, p.dev)
+	rec, ok := in.begin(ctx, p.dev)
 	if !ok {
 		return errclass.DownErr(p.dev.Name, p.Cfg.Name, errclass.OpSlotList, "module instance is re-initialising")
 	}
-	defer in.End(rec)
-	c := in.Ctx
+	defer in.end(rec)
+	c := in.ctx
 	slots, err := c.GetSlotList(true)
 	if err != nil {
 		return errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpSlotList, err)
@@ -304,7 +304,7 @@ func (p *devPartition) login(st *partState) error {
 	}
 	p.owner().logins.Add(1)
 	secret := p.secret()
-	err := st.in.Ctx.Login(st.loginS, pkcs11.CKU_USER, secret)
+	err := st.in.ctx.Login(st.loginS, pkcs11.CKU_USER, secret)
 	if err == nil {
 		return nil
 	}
@@ -330,7 +330,7 @@ func (st *partState) key(label string) *KeyObject {
 
 // refreshKey looks label up again after a stale-handle error and checks the public key did not change.
 func (p *devPartition) refreshKey(st *partState, s pkcs11.SessionHandle, label string, want []byte) (*KeyObject, error) {
-	ks, err := listPrivateKeys(st.in.Ctx, s, label)
+	ks, err := listPrivateKeys(st.in.ctx, s, label)
 	if err != nil {
 		return nil, errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpFindObjects, err)
 	}
@@ -355,14 +355,14 @@ func (p *devPartition) runHere(ctx context.Context, op *Op) ([]byte, error) {
 	if st == nil {
 		return nil, errclass.DownErr(p.dev.Name, p.Cfg.Name, errclass.OpOpenSession, "partition not open")
 	}
-	rec, ok := st.in.Begin(ctx, p.dev)
+	rec, ok := st.in.begin(ctx, p.dev)
 	if !ok {
 		if err := ctx.Err(); err != nil {
 			return nil, err // waited for the instance past the call's deadline
 		}
 		return nil, errclass.DownErr(p.dev.Name, p.Cfg.Name, errclass.OpOpenSession, "module instance is re-initialising")
 	}
-	defer st.in.End(rec)
+	defer st.in.end(rec)
 	retried := false
 	for {
 		out, err := p.runOnce(ctx, st, op)
@@ -420,7 +420,7 @@ func (p *devPartition) runOnce(ctx context.Context, st *partState, op *Op) ([]by
 		}
 		return nil, errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpOpenSession, err)
 	}
-	out, step, err := op.exec(st.in.Ctx, s, h)
+	out, step, err := op.exec(st.in.ctx, s, h)
 	if err != nil {
 		e := errclass.P11Err(p.dev.Name, p.Cfg.Name, step, err)
 		var de *errclass.DeviceError
@@ -511,5 +511,5 @@ func (d *Device) AnyPartitionClosed() bool {
 func (d *Device) Close(timeout time.Duration) {
 	d.waitAdmin(timeout)
 	d.closeLanes(timeout)
-	Modules.Release(d.Mod, timeout)
+	modules.release(d.Mod, timeout)
 }

@@ -36,7 +36,7 @@ func (d *Device) Partition(pi int) PartInfo {
 }
 
 func (d *Device) Counts() Counts {
-	c := Counts{Reinits: d.reinitCount(), Retired: d.RetiredCount(), Stuck: d.Stuck.Load(), LastErr: d.lastErr.Load()}
+	c := Counts{Reinits: d.reinitCount(), Retired: d.RetiredCount(), Stuck: d.stuck.Load(), LastErr: d.lastErr.Load()}
 	if why := d.capRefusal.Load(); why != nil {
 		c.CapRefusal = *why
 	}

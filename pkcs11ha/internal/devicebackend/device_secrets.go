@@ -34,7 +34,7 @@ func (p *devPartition) refresh(st *partState, s pkcs11.SessionHandle, op *Op) er
 		_, err := p.refreshKey(st, s, op.Label, op.PubDER)
 		return err
 	}
-	ks, err := listSecretKeys(st.in.Ctx, s, op.Label)
+	ks, err := listSecretKeys(st.in.ctx, s, op.Label)
 	if err != nil {
 		return errclass.P11Err(p.dev.Name, p.Cfg.Name, errclass.OpFindObjects, err)
 	}

@@ -214,7 +214,7 @@ func loadBounded(ctx context.Context, d *Device, initTimeout time.Duration) load
 // never finalised under it) and reported as a device-down error wrapping errCallStuck.
 func callBounded[T any](ctx context.Context, d *Device, in *Instance, op string, timeout time.Duration, f func(c *pkcs11.Ctx) (T, error)) (T, error) {
 	var zero T
-	if !in.Enter() {
+	if !in.enter() {
 		return zero, errclass.DownErr(d.Name, "", op, "module instance is not usable")
 	}
 	type result struct {
@@ -225,8 +225,8 @@ func callBounded[T any](ctx context.Context, d *Device, in *Instance, op string,
 	go func() {
 		var r result
 		func() {
-			defer in.Exit()
-			r.v, r.err = f(in.Ctx)
+			defer in.exit()
+			r.v, r.err = f(in.ctx)
 		}()
 		// Out of the instance before the caller hears: a caller that releases the device next (Inspect,
 		// InitKEK) must find it idle, or the module is never finalised and the next load in this process

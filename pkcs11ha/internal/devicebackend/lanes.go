@@ -69,7 +69,7 @@ func (d *Device) addLanes(n int) error {
 	d.Lanes = []*Device{d}
 	d.laneFree = make(chan struct{}, n)
 	for l := 1; l < n; l++ {
-		h, err := Modules.Acquire(d.cfg.Module, d.cfg.ModuleEnv, l)
+		h, err := modules.acquire(d.cfg.Module, d.cfg.ModuleEnv, l)
 		if err != nil {
 			return err
 		}
@@ -224,7 +224,7 @@ func (d *Device) giveLane(l *Device, in *Instance) {
 // closeLanes releases lanes 1.. (lane 0 is the device's own module reference).
 func (d *Device) closeLanes(timeout time.Duration) {
 	for _, l := range d.LaneList()[1:] {
-		Modules.Release(l.Mod, timeout)
+		modules.release(l.Mod, timeout)
 	}
 }
 
@@ -240,7 +240,7 @@ func (d *Device) reinitCount() int64 {
 func (d *Device) RetiredCount() int64 {
 	n := int64(0)
 	for _, l := range d.LaneList() {
-		n += l.Mod.Retired.Load()
+		n += l.Mod.retired.Load()
 	}
 	return n
 }

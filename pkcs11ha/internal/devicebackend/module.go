@@ -53,12 +53,12 @@ func NewModuleKey(path string, env map[string]string) (ModuleKey, error) {
 // on it; once retired it is never used again (docs/ARCHITECTURE.md, "Facts about SoftHSM and p11-kit":
 // calls that never return).
 type Instance struct {
-	Ctx      *pkcs11.Ctx
+	ctx      *pkcs11.Ctx
 	Gen      uint64
 	h        *moduleHandle
 	Inflight atomic.Int64
 	Broken   atomic.Bool // a device-down error was seen: no new calls
-	Retired  atomic.Bool
+	retired  atomic.Bool
 	// counted: retired with stuck calls and counted in h.retired, until those calls return.
 	counted atomic.Bool
 	calls   callSet // the calls in flight (begin/end in stuck.go)
@@ -70,8 +70,8 @@ type Instance struct {
 	drainOnce sync.Once
 }
 
-func NewInstance(c *pkcs11.Ctx, gen uint64, h *moduleHandle) *Instance {
-	in := &Instance{Ctx: c, Gen: gen, h: h, drained: make(chan struct{})}
+func newInstance(c *pkcs11.Ctx, gen uint64, h *moduleHandle) *Instance {
+	in := &Instance{ctx: c, Gen: gen, h: h, drained: make(chan struct{})}
 	if h != nil && h.solo {
 		in.Solo = make(chan struct{}, 1)
 	}
@@ -80,16 +80,16 @@ func NewInstance(c *pkcs11.Ctx, gen uint64, h *moduleHandle) *Instance {
 
 // enter registers a call on the instance that stuck-call accounting need not see (a bounded inspection);
 // it fails once the instance is broken or retired. Calls on behalf of a caller use begin/end (stuck.go).
-func (in *Instance) Enter() bool {
+func (in *Instance) enter() bool {
 	in.Inflight.Add(1)
-	if in.Broken.Load() || in.Retired.Load() {
-		in.Exit()
+	if in.Broken.Load() || in.retired.Load() {
+		in.exit()
 		return false
 	}
 	return true
 }
 
-func (in *Instance) Exit() {
+func (in *Instance) exit() {
 	if in.Inflight.Add(-1) != 0 {
 		return
 	}
@@ -104,7 +104,7 @@ func (in *Instance) Exit() {
 
 // waitDrained waits until the last call in the broken instance has returned, for at most grace or until
 // ctx ends.
-func (in *Instance) WaitDrained(ctx context.Context, grace time.Duration) {
+func (in *Instance) waitDrained(ctx context.Context, grace time.Duration) {
 	if in.Inflight.Load() == 0 {
 		return
 	}
@@ -128,14 +128,14 @@ func (in *Instance) reclaim() {
 		return
 	}
 	h := in.h
-	h.Retired.Add(-1)
-	h.Reclaimed.Add(1)
+	h.retired.Add(-1)
+	h.reclaimed.Add(1)
 	if !h.separate.Load() {
 		return
 	}
 	go func() {
-		_ = in.Ctx.Finalize()
-		in.Ctx.Destroy()
+		_ = in.ctx.Finalize()
+		in.ctx.Destroy()
 	}()
 }
 
@@ -146,17 +146,17 @@ type moduleHandle struct {
 	env  map[string]string
 	refs int // guarded by registry.mu
 
-	Mu      sync.Mutex // serialises re-init
+	mu      sync.Mutex // serialises re-init
 	Cur     atomic.Pointer[Instance]
 	gen     atomic.Uint64
-	Retired atomic.Int64 // instances retired with calls stuck in them (until those calls return)
+	retired atomic.Int64 // instances retired with calls stuck in them (until those calls return)
 	// reclaimed counts retired instances whose stuck calls all returned.
-	Reclaimed atomic.Int64
+	reclaimed atomic.Int64
 	// separate: C_Initialize answered CKR_OK while a retired instance was still initialised, so every load
 	// of this module is its own instance and finalising a drained retired one touches no other.
 	separate atomic.Bool
 	reinits  atomic.Int64
-	Pending  *initJob // an initialisation that timed out and may still finish
+	pending  *initJob // an initialisation that timed out and may still finish
 	loaded   atomic.Bool
 	solo     bool // its instances carry one call at a time (lanes.go)
 	// envAtLoad: the module reads its environment in C_GetFunctionList only (p11-kit-client), so its
@@ -175,10 +175,10 @@ type registry struct {
 	mods map[ModuleKey]*moduleHandle
 }
 
-var Modules = &registry{mods: map[ModuleKey]*moduleHandle{}}
+var modules = &registry{mods: map[ModuleKey]*moduleHandle{}}
 
 // acquire returns the shared handle for (path, env, lane), creating it (without loading) on first use.
-func (r *registry) Acquire(path string, env map[string]string, lane int) (*moduleHandle, error) {
+func (r *registry) acquire(path string, env map[string]string, lane int) (*moduleHandle, error) {
 	k, err := NewModuleKey(path, env)
 	if err != nil {
 		return nil, err
@@ -196,7 +196,7 @@ func (r *registry) Acquire(path string, env map[string]string, lane int) (*modul
 }
 
 // release drops a reference; the last one finalises the instance if nothing is in flight on it.
-func (r *registry) Release(h *moduleHandle, timeout time.Duration) {
+func (r *registry) release(h *moduleHandle, timeout time.Duration) {
 	r.mu.Lock()
 	h.refs--
 	last := h.refs == 0
@@ -216,35 +216,35 @@ func (r *registry) Release(h *moduleHandle, timeout time.Duration) {
 // flight can abort the process in p11-kit's rpc transport).
 func finalizeBounded(in *Instance, timeout time.Duration) bool {
 	in.Broken.Store(true)
-	if in.Inflight.Load() != 0 || in.Retired.Load() {
+	if in.Inflight.Load() != 0 || in.retired.Load() {
 		return false
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = in.Ctx.Finalize()
-		in.Ctx.Destroy()
+		_ = in.ctx.Finalize()
+		in.ctx.Destroy()
 	}()
 	select {
 	case <-done:
 		return true
 	case <-time.After(timeout):
-		in.Retired.Store(true)
+		in.retired.Store(true)
 		return false
 	}
 }
 
 // shared reports whether several devices use this module instance.
 func (h *moduleHandle) shared() bool {
-	Modules.mu.Lock()
-	defer Modules.mu.Unlock()
+	modules.mu.Lock()
+	defer modules.mu.Unlock()
 	return h.refs > 1
 }
 
 // current returns the usable instance, or nil.
 func (h *moduleHandle) Current() *Instance {
 	in := h.Cur.Load()
-	if in == nil || in.Broken.Load() || in.Retired.Load() {
+	if in == nil || in.Broken.Load() || in.retired.Load() {
 		return nil
 	}
 	return in
@@ -253,12 +253,12 @@ func (h *moduleHandle) Current() *Instance {
 // load makes a fresh instance under the env lock, with a deadline on C_Initialize (a paused p11-kit server
 // blocks it). A load that times out keeps running; a later load adopts its result instead of piling up
 // blocked threads.
-func (h *moduleHandle) Load(ctx context.Context, maxRetired int) (*Instance, error) {
-	if h.Pending != nil {
+func (h *moduleHandle) load(ctx context.Context, maxRetired int) (*Instance, error) {
+	if h.pending != nil {
 		select {
-		case <-h.Pending.done:
-			j := h.Pending
-			h.Pending = nil
+		case <-h.pending.done:
+			j := h.pending
+			h.pending = nil
 			if j.err == nil {
 				return j.in, nil
 			}
@@ -266,9 +266,9 @@ func (h *moduleHandle) Load(ctx context.Context, maxRetired int) (*Instance, err
 			return nil, fmt.Errorf("module %s: an earlier C_Initialize is still blocked: %w", filepath.Base(h.path), ctx.Err())
 		}
 	}
-	if maxRetired > 0 && int(h.Retired.Load()) >= maxRetired {
+	if maxRetired > 0 && int(h.retired.Load()) >= maxRetired {
 		return nil, fmt.Errorf("module %s: %d instances retired with stuck calls (cap %d); restart the process to reclaim them",
-			filepath.Base(h.path), h.Retired.Load(), maxRetired)
+			filepath.Base(h.path), h.retired.Load(), maxRetired)
 	}
 	select {
 	case envLock <- struct{}{}:
@@ -306,11 +306,11 @@ func (h *moduleHandle) Load(ctx context.Context, maxRetired int) (*Instance, err
 			j.err = fmt.Errorf("module %s: %w", filepath.Base(h.path), err)
 			return
 		}
-		if err == nil && h.Retired.Load() > 0 {
+		if err == nil && h.retired.Load() > 0 {
 			h.separate.Store(true)
 		}
 		h.loaded.Store(true)
-		j.in = NewInstance(c, h.gen.Add(1), h)
+		j.in = newInstance(c, h.gen.Add(1), h)
 	}()
 	select {
 	case <-j.done:
@@ -318,7 +318,7 @@ func (h *moduleHandle) Load(ctx context.Context, maxRetired int) (*Instance, err
 	case <-ctx.Done():
 		// Let other modules load; this one's env was read at C_GetFunctionList / start of C_Initialize.
 		unlock()
-		h.Pending = j
+		h.pending = j
 		return nil, fmt.Errorf("module %s: C_Initialize did not return: %w", filepath.Base(h.path), ctx.Err())
 	}
 }
@@ -326,19 +326,19 @@ func (h *moduleHandle) Load(ctx context.Context, maxRetired int) (*Instance, err
 // reinit replaces the current instance: finalise + initialise when nothing is in flight on it, otherwise,
 // after policy.reinit_grace, retire it (never finalised, never used again; its calls move to the stuck-call
 // account, within policy.max_stuck_calls) and load a fresh one. Caller holds h.mu.
-func (h *moduleHandle) Reinit(ctx context.Context, set *Options, log *slog.Logger) (*Instance, error) {
+func (h *moduleHandle) reinit(ctx context.Context, set *Options, log *slog.Logger) (*Instance, error) {
 	grace, maxRetired := set.ReinitGrace, set.MaxRetired
 	old := h.Cur.Load()
 	if old != nil {
 		old.Broken.Store(true)
-		old.WaitDrained(ctx, grace)
+		old.waitDrained(ctx, grace)
 		if old.Inflight.Load() == 0 {
 			finalizeBounded(old, grace)
 		} else {
 			if err := h.retire(old, set.MaxStuckCalls, log); err != nil {
 				return nil, err // old stays current, broken: the device stays down; a later re-init tries again
 			}
-			h.Retired.Add(1)
+			h.retired.Add(1)
 			old.counted.Store(true)
 			if old.Inflight.Load() == 0 { // the last stuck call returned in between
 				old.reclaim()
@@ -346,7 +346,7 @@ func (h *moduleHandle) Reinit(ctx context.Context, set *Options, log *slog.Logge
 		}
 		h.Cur.Store(nil)
 	}
-	in, err := h.Load(ctx, maxRetired)
+	in, err := h.load(ctx, maxRetired)
 	if err != nil {
 		return nil, err
 	}

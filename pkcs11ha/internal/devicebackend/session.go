@@ -29,7 +29,7 @@ func (p *sessionPool) warm() {
 	default:
 		return
 	}
-	s, err := p.in.Ctx.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION)
+	s, err := p.in.ctx.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION)
 	if err != nil {
 		<-p.Slots
 		return
@@ -48,7 +48,7 @@ func (p *sessionPool) get(ctx context.Context) (pkcs11.SessionHandle, error) {
 	case s := <-p.Idle:
 		return s, nil
 	case p.Slots <- struct{}{}:
-		s, err := p.in.Ctx.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION)
+		s, err := p.in.ctx.OpenSession(p.slot, pkcs11.CKF_SERIAL_SESSION)
 		if err != nil {
 			<-p.Slots
 			return 0, err
@@ -71,8 +71,8 @@ func (p *sessionPool) put(s pkcs11.SessionHandle) {
 // discard closes a session that saw a broken-session or device error, or whose call was abandoned. On a
 // broken instance the close is skipped: the handle dies with the instance.
 func (p *sessionPool) discard(s pkcs11.SessionHandle) {
-	if !p.in.Broken.Load() && !p.in.Retired.Load() {
-		_ = p.in.Ctx.CloseSession(s)
+	if !p.in.Broken.Load() && !p.in.retired.Load() {
+		_ = p.in.ctx.CloseSession(s)
 	}
 	<-p.Slots
 }

@@ -25,7 +25,7 @@ import (
 
 // stuckTotal is the number of calls stuck in retired instances, process-wide: threads are a process
 // resource, whichever cluster's devices hold them.
-var StuckTotal atomic.Int64
+var stuckTotal atomic.Int64
 
 // callRec is one call in flight on a module instance.
 type callRec struct {
@@ -46,7 +46,7 @@ type callSet struct {
 // begin registers a call on the instance for device d (nil for module-level calls); it fails once the
 // instance is broken or retired. ctx is the call's context: when it is a router attempt's, the attempt can
 // be disowned if the call gets stuck in a retired instance. Every successful begin needs its end.
-func (in *Instance) Begin(ctx context.Context, d *Device) (*callRec, bool) {
+func (in *Instance) begin(ctx context.Context, d *Device) (*callRec, bool) {
 	if in.Solo != nil {
 		select {
 		case in.Solo <- struct{}{}:
@@ -60,9 +60,9 @@ func (in *Instance) Begin(ctx context.Context, d *Device) (*callRec, bool) {
 	rec := &callRec{dev: d.owner(), attempt: failover.AttemptOf(ctx)}
 	s := &in.calls
 	s.mu.Lock()
-	if in.Broken.Load() || in.Retired.Load() {
+	if in.Broken.Load() || in.retired.Load() {
 		s.mu.Unlock()
-		in.Exit()
+		in.exit()
 		in.unsolo()
 		return nil, false
 	}
@@ -77,7 +77,7 @@ func (in *Instance) Begin(ctx context.Context, d *Device) (*callRec, bool) {
 }
 
 // end unregisters a call; a stuck call that returns after all stops counting.
-func (in *Instance) End(rec *callRec) {
+func (in *Instance) end(rec *callRec) {
 	s := &in.calls
 	s.mu.Lock()
 	rec.prev.next, rec.next.prev = rec.next, rec.prev
@@ -85,12 +85,12 @@ func (in *Instance) End(rec *callRec) {
 	stuck := rec.stuck
 	s.mu.Unlock()
 	if stuck {
-		StuckTotal.Add(-1)
+		stuckTotal.Add(-1)
 		if rec.dev != nil {
-			rec.dev.Stuck.Add(-1)
+			rec.dev.stuck.Add(-1)
 		}
 	}
-	in.Exit()
+	in.exit()
 	in.unsolo()
 }
 
@@ -125,21 +125,21 @@ func (h *moduleHandle) retire(in *Instance, limit int, log *slog.Logger) error {
 		n++
 	}
 	for { // reserve n under the cap: several lanes may retire at once
-		have := StuckTotal.Load()
+		have := stuckTotal.Load()
 		if have+n > int64(limit) {
 			s.mu.Unlock()
 			return &errStuckCap{module: filepath.Base(h.path), inflight: n, have: have, limit: limit}
 		}
-		if StuckTotal.CompareAndSwap(have, have+n) {
+		if stuckTotal.CompareAndSwap(have, have+n) {
 			break
 		}
 	}
-	in.Retired.Store(true)
+	in.retired.Store(true)
 	perDev := map[*Device]int{}
 	for r := s.head.next; r != nil && r != &s.head; r = r.next {
 		r.stuck = true
 		if r.dev != nil {
-			r.dev.Stuck.Add(1)
+			r.dev.stuck.Add(1)
 			perDev[r.dev]++
 		}
 		if r.attempt != nil {
@@ -150,7 +150,7 @@ func (h *moduleHandle) retire(in *Instance, limit int, log *slog.Logger) error {
 	if log != nil {
 		for d, k := range perDev {
 			log.Warn("module instance retired with calls stuck in it; they no longer count against the device",
-				"device", d.Name, "stuck_calls", k, "device_stuck_calls", d.Stuck.Load(), "total_stuck_calls", StuckTotal.Load(), "max_stuck_calls", limit)
+				"device", d.Name, "stuck_calls", k, "device_stuck_calls", d.stuck.Load(), "total_stuck_calls", stuckTotal.Load(), "max_stuck_calls", limit)
 		}
 	}
 	return nil
@@ -169,19 +169,19 @@ type probeCall struct {
 // keeps its device down (the monitor admits one probe at a time).
 func (d *Device) probeToken(ctx context.Context, st *partState) error {
 	in := st.in
-	if pc := d.probeBlocked.Load(); pc != nil && pc.in == in && !pc.returned.Load() && !in.Broken.Load() && !in.Retired.Load() {
+	if pc := d.probeBlocked.Load(); pc != nil && pc.in == in && !pc.returned.Load() && !in.Broken.Load() && !in.retired.Load() {
 		return &errclass.DeviceError{Device: d.Name, Op: errclass.OpTokenInfo, Class: errclass.ClassBusy,
 			Err: errors.New("an earlier probe call is still blocked on this module instance")}
 	}
-	rec, ok := in.Begin(ctx, d)
+	rec, ok := in.begin(ctx, d)
 	if !ok {
 		return errclass.DownErr(d.Name, "", errclass.OpTokenInfo, "module instance is re-initialising")
 	}
 	pc := &probeCall{in: in}
 	done := make(chan error, 1)
 	go func() {
-		_, err := in.Ctx.GetTokenInfo(st.slot)
-		in.End(rec)
+		_, err := in.ctx.GetTokenInfo(st.slot)
+		in.end(rec)
 		pc.returned.Store(true)
 		done <- err
 	}()
@@ -210,3 +210,6 @@ func (d *Device) noteRecovery(err error) {
 			"device", d.Name, "calls_in_instance", ce.inflight, "total_stuck_calls", ce.have, "max_stuck_calls", ce.limit)
 	}
 }
+
+// StuckTotal is the number of calls stuck in retired module instances, process-wide (Cluster.StuckCalls).
+func StuckTotal() int64 { return stuckTotal.Load() }

@@ -5,13 +5,13 @@ import (
 )
 
 // The admin path (docs/ARCHITECTURE.md, "Key management"): management operations on one partition of one
-// device — generate, find, create, destroy, wrap, unwrap, change and read objects. Like deviceOp, an
-// adminOp is plain data, so the same request runs on an in-process device (admin_device.go) or is
+// device — generate, find, create, destroy, wrap, unwrap, change and read objects. Like Op, an
+// AdminOp is plain data, so the same request runs on an in-process device (admin_device.go) or is
 // carried to a device worker (msgAdmin, worker_wire.go). Objects are named by templates, never by
 // handles: a handle means nothing in another module instance, and an instance may be replaced between
 // two calls. Each op runs on one read-write session of the partition's logged-in user.
 
-// adminKind is what an adminOp does.
+// adminKind is what an AdminOp does.
 type adminKind string
 
 const (
@@ -34,7 +34,7 @@ func (k adminKind) mutates() bool {
 	return true
 }
 
-// attr is one PKCS#11 attribute as plain data: its type and value bytes in the module's encoding (host
+// Attr is one PKCS#11 attribute as plain data: its type and value bytes in the module's encoding (host
 // byte order for CK_ULONG, one byte for CK_BBOOL).
 type Attr struct {
 	Type  uint
@@ -51,16 +51,16 @@ func AttrBool(t uint, v bool) Attr {
 	return Attr{Type: t, Value: []byte{0}}
 }
 
-// attrUlong encodes a CK_ULONG as miekg/pkcs11 does (host byte order, the platform's width).
+// AttrUlong encodes a CK_ULONG as miekg/pkcs11 does (host byte order, the platform's width).
 func AttrUlong(t uint, v uint) Attr { return Attr{Type: t, Value: pkcs11.NewAttribute(t, v).Value} }
 
-// ulongOf decodes a CK_ULONG value (little-endian hosts; see bytesToUlong).
+// UlongOf decodes a CK_ULONG value (little-endian hosts; see bytesToUlong).
 func UlongOf(b []byte) uint { return bytesToUlong(b) }
 
-// boolOf decodes a CK_BBOOL value.
+// BoolOf decodes a CK_BBOOL value.
 func BoolOf(b []byte) bool { return len(b) > 0 && b[0] != 0 }
 
-// p11Attrs is a template in miekg/pkcs11's form.
+// P11Attrs is a template in miekg/pkcs11's form.
 func p11Attrs(as []Attr) []*pkcs11.Attribute {
 	out := make([]*pkcs11.Attribute, len(as))
 	for i, a := range as {
@@ -69,7 +69,7 @@ func p11Attrs(as []Attr) []*pkcs11.Attribute {
 	return out
 }
 
-// adminOp is one management operation on one partition of one device.
+// AdminOp is one management operation on one partition of one device.
 type AdminOp struct {
 	Kind     adminKind
 	Mech     uint   `json:",omitempty"` // key generation or (un)wrapping mechanism (no parameters)
@@ -85,7 +85,7 @@ type AdminOp struct {
 	OAEP bool `json:",omitempty"`
 }
 
-// adminResult is what an adminOp returns.
+// AdminResult is what an AdminOp returns.
 type AdminResult struct {
 	Objects [][]Attr `json:",omitempty"` // per object found or made, the attributes of Read (Value nil: unavailable)
 	Data    []byte   `json:",omitempty"` // wrap: the wrapped key
@@ -100,7 +100,7 @@ func (op *AdminOp) mechanism() []*pkcs11.Mechanism {
 	return []*pkcs11.Mechanism{pkcs11.NewMechanism(op.Mech, nil)}
 }
 
-// value returns the value of attribute t in obj, or nil.
+// Value returns the value of attribute t in obj, or nil.
 func Value(obj []Attr, t uint) []byte {
 	for _, a := range obj {
 		if a.Type == t {

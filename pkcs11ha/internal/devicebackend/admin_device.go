@@ -11,7 +11,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
-// The in-process device's admin path (admin.go says what an adminOp is).
+// The in-process device's admin path (admin.go says what an AdminOp is).
 
 // The PKCS#11 functions of the admin path, as DeviceError.Op names them.
 const (
@@ -24,7 +24,7 @@ const (
 	opGetAttribute    = "C_GetAttributeValue"
 )
 
-// admin runs op on partition pi on a read-write session of its own. The call returns at ctx's end
+// Admin runs op on partition pi on a read-write session of its own. The call returns at ctx's end
 // whatever the module does: a call left in a hung module stays registered on its instance (the
 // stuck-call accounts of stuck.go) and returns there, if ever. After an op that can change keys the
 // partition's keys are listed again and the cluster told.

@@ -5,42 +5,43 @@ import (
 	"time"
 )
 
-// The device backend: what the cluster asks of one device, whether its PKCS#11 module runs in this process
-// (*device, policy.isolation "none") or in a worker process of its own (*workerDevice, "process";
-// docs/ARCHITECTURE.md, "Process model"). The router, the catalogue, the monitors and both doors of the
-// sidecar see only this interface.
+// Backend is the device backend: what the cluster asks of one device, whether its PKCS#11 module runs in
+// this process (*Device, policy.isolation "none") or in a worker process of its own (*workerDevice,
+// "process"; docs/ARCHITECTURE.md, "Process model"). The router, the catalogue, the monitors and both
+// doors of the sidecar see only this interface.
 type Backend interface {
-	// open brings the device up: module loaded, tokens found, logged in, keys listed.
+	// Open brings the device up: module loaded, tokens found, logged in, keys listed.
 	Open(ctx context.Context) error
-	// probe recovers the device when it was seen down (re-initialise, reopen) and checks each open
+	// Probe recovers the device when it was seen down (re-initialise, reopen) and checks each open
 	// partition's token (C_GetTokenInfo).
 	Probe(ctx context.Context, othersServing bool) error
-	// run executes op on partition pi, with the session-level recovery of the error table.
+	// Run executes op on partition pi, with the session-level recovery of the error table.
 	Run(ctx context.Context, pi int, op *Op) ([]byte, error)
-	// admin executes a management operation on partition pi (admin.go), returning at ctx's end.
+	// Admin executes a management operation on partition pi (admin.go), returning at ctx's end.
 	Admin(ctx context.Context, pi int, op *AdminOp) (*AdminResult, error)
-	// keys is a snapshot of partition pi's keys by label; nil when the partition is not open.
+	// Keys is a snapshot of partition pi's keys by label; nil when the partition is not open.
 	Keys(pi int) map[string]*KeyObject
-	// secretKeys is a snapshot of partition pi's secret keys (AES, HMAC) by label; nil when not open.
+	// SecretKeys is a snapshot of partition pi's secret keys (AES, HMAC) by label; nil when not open.
 	SecretKeys(pi int) map[string]*SecretObject
-	// partition reports partition pi's state on the device.
+	// Partition reports partition pi's state on the device.
 	Partition(pi int) PartInfo
-	// usePIN makes pin partition pi's PIN; it reports whether the partition, refused before with another
+	// UsePIN makes pin partition pi's PIN; it reports whether the partition, refused before with another
 	// PIN, gets one new try at the next probe.
 	UsePIN(pi int, pin string) bool
-	// counts returns the device's recovery accounts for Status.
+	// Counts returns the device's recovery accounts for Status.
 	Counts() Counts
-	// shares reports whether the device shares its module instance with o (a Luna client's appliances).
+	// Shares reports whether the device shares its module instance with o (a Luna client's appliances).
 	Shares(o Backend) bool
-	// setHooks installs the cluster's callbacks: keysChanged after a (re)open, down when traffic proved
+	// SetHooks installs the cluster's callbacks: keysChanged after a (re)open, down when traffic proved
 	// the device down.
 	SetHooks(keysChanged func(), down func(reason string))
-	// noteError records a verdict of the cluster about the device (a bad signature) as its last error.
+	// NoteError records a verdict of the cluster about the device (a bad signature) as its last error.
 	NoteError(err error)
+	// Close releases the device (its module reference, or its worker process), waiting at most timeout.
 	Close(timeout time.Duration)
 }
 
-// partInfo is one partition's state on one device.
+// PartInfo is one partition's state on one device.
 type PartInfo struct {
 	Open      bool   // tokens found, logged in
 	CredFatal string // why the partition is unusable (its PIN was refused), or ""
@@ -48,7 +49,7 @@ type PartInfo struct {
 	PINHash   [32]byte
 }
 
-// backendCounts are a device's recovery accounts.
+// Counts are a device's recovery accounts.
 type Counts struct {
 	Reinits, Retired, Stuck int64
 	LastErr                 *LastError

@@ -8,7 +8,7 @@ import (
 	"github.com/miekg/pkcs11"
 )
 
-// certObject is one X.509 certificate object found on a token.
+// CertObject is one X.509 certificate object found on a token.
 type CertObject struct {
 	Label string
 	Id    []byte
@@ -59,7 +59,7 @@ func attachCertificates(c *pkcs11.Ctx, s pkcs11.SessionHandle, keys []*KeyObject
 	}
 }
 
-// certificateFor returns the DER of the first certificate with k's CKA_ID, then of the first with its
+// CertificateFor returns the DER of the first certificate with k's CKA_ID, then of the first with its
 // label, whose public key is k's; else nil and why the candidates were ignored ("" when there were none).
 func CertificateFor(k *KeyObject, certs []CertObject) (der []byte, ignored string) {
 	var byID, byLabel []CertObject

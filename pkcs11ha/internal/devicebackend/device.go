@@ -16,7 +16,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
-// device is the PKCS#11 backend of one configured HSM: its module instance, and per partition a token, a
+// Device is the PKCS#11 backend of one configured HSM: its module instance, and per partition a token, a
 // logged-in session, a session pool and a key-handle cache. Everything that belongs to one module instance
 // lives in a devState and is replaced whole on re-init, so no handle from before is ever used again.
 type Device struct {
@@ -79,7 +79,7 @@ type partState struct {
 	secrets map[string]*SecretObject // secret keys (secretkeys.go)
 }
 
-// lastError is the device's last failure as Status shows it.
+// LastError is the device's last failure as Status shows it.
 type LastError struct {
 	Msg   string
 	Class errclass.Class
@@ -92,7 +92,7 @@ func (d *Device) setErr(err error) {
 	d.owner().lastErr.Store(&LastError{Msg: err.Error(), Class: errclass.ClassOf(err)})
 }
 
-// newDevice makes device i of settings s on the module registry's handle for its module and module_env,
+// NewDevice makes device i of settings s on the module registry's handle for its module and module_env,
 // with its lanes (lanes.go); nothing is loaded yet.
 func NewDevice(s *Settings, i int, log *slog.Logger) (*Device, error) {
 	dc := s.Devices[i]
@@ -111,7 +111,7 @@ func NewDevice(s *Settings, i int, log *slog.Logger) (*Device, error) {
 	return d, nil
 }
 
-// open brings the device up on its current (or a fresh) instance: resolve tokens, log in, list keys.
+// Open brings the device up on its current (or a fresh) instance: resolve tokens, log in, list keys.
 func (d *Device) Open(ctx context.Context) error {
 	d.recoverMu.Lock()
 	defer d.recoverMu.Unlock()
@@ -484,7 +484,7 @@ func (d *Device) probeTokens(ctx context.Context, othersServing bool) error {
 	return nil
 }
 
-// markInstanceDown records that the device needs its module re-initialised. An instance of its own stops
+// MarkInstanceDown records that the device needs its module re-initialised. An instance of its own stops
 // taking calls at once; an instance shared with other devices (one Luna client for several appliances)
 // keeps serving them, and recovery escalates from new sessions to a re-init only once they are idle or down.
 func (d *Device) MarkInstanceDown(in *Instance) {
@@ -497,7 +497,7 @@ func (d *Device) MarkInstanceDown(in *Instance) {
 	}
 }
 
-// anyPartitionClosed reports whether a partition that could work (PIN accepted) is not open.
+// AnyPartitionClosed reports whether a partition that could work (PIN accepted) is not open.
 func (d *Device) AnyPartitionClosed() bool {
 	for _, p := range d.Parts {
 		if p.St.Load() == nil && p.owner().credFatal.Load() == nil {
@@ -507,7 +507,7 @@ func (d *Device) AnyPartitionClosed() bool {
 	return false
 }
 
-// close releases the device's module reference (the module is finalised by the last user when idle).
+// Close releases the device's module reference (the module is finalised by the last user when idle).
 func (d *Device) Close(timeout time.Duration) {
 	d.waitAdmin(timeout)
 	d.closeLanes(timeout)

@@ -2,7 +2,7 @@ package devicebackend
 
 import "crypto/sha256"
 
-// pinHash identifies a PIN without keeping it.
+// PinHash identifies a PIN without keeping it.
 func PinHash(pin string) [32]byte { return sha256.Sum256([]byte(pin)) }
 
 // secret is the PIN to log in with: the one last reloaded, else the configuration's.
@@ -19,7 +19,7 @@ func (p *devPartition) rejectPIN(pin string) {
 	p.owner().rejected.Store(&h)
 }
 
-// usePIN is the in-process backend's: see backend.usePIN.
+// UsePIN is the in-process backend's: see Backend.UsePIN.
 func (d *Device) UsePIN(pi int, pin string) bool {
 	p := d.Parts[pi]
 	p.newPIN.Store(&pin)

@@ -50,7 +50,7 @@ func (p *devPartition) refresh(st *partState, s pkcs11.SessionHandle, op *Op) er
 	return nil
 }
 
-// secretKeys is a snapshot of partition pi's secret keys by label; nil when the partition is not open.
+// SecretKeys is a snapshot of partition pi's secret keys by label; nil when the partition is not open.
 func (d *Device) SecretKeys(pi int) map[string]*SecretObject {
 	st := d.Parts[pi].St.Load()
 	if st == nil {

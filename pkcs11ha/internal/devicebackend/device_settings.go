@@ -6,7 +6,7 @@ import "time"
 // binds the config and policy (config.go, policy.go) and hands the backend what it needs
 // (docs/ARCHITECTURE.md, "Device backend").
 
-// deviceSpec is what the backend reads of a device's configuration (the library's DeviceConfig).
+// DeviceSpec is what the backend reads of a device's configuration (the library's DeviceConfig).
 type DeviceSpec struct {
 	Name      string
 	Module    string
@@ -15,14 +15,14 @@ type DeviceSpec struct {
 	TokenSerials map[string]string
 }
 
-// partitionSpec is what the backend reads of a partition's configuration (the library's PartitionConfig).
+// PartitionSpec is what the backend reads of a partition's configuration (the library's PartitionConfig).
 type PartitionSpec struct {
 	Name        string
 	TokenLabel  string
 	TokenSerial string
 }
 
-// backendOptions are the policy settings the backend uses, as the library resolved them.
+// Options are the policy settings the backend uses, as the library resolved them.
 type Options struct {
 	OperationTimeout time.Duration // a call's deadline when its context has none (worker.go)
 	AdminTimeout     time.Duration // an admin call's deadline when its context has none (worker.go)
@@ -35,7 +35,7 @@ type Options struct {
 	P11KitInstances  int
 }
 
-// backendSettings is the backend's view of a cluster's configuration: devices and partitions in config
+// Settings is the backend's view of a cluster's configuration: devices and partitions in config
 // order, each partition's PIN, and the options.
 type Settings struct {
 	Devices    []DeviceSpec

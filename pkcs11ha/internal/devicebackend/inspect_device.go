@@ -282,7 +282,7 @@ type Inspected struct {
 	Secrets []map[string]*SecretObject
 }
 
-// inspectAll is the device side of the library's Inspect: it makes every device of s, loads their modules
+// InspectAll is the device side of the library's Inspect: it makes every device of s, loads their modules
 // one at a time, opens and reads them concurrently, and releases them all before it returns. base[i] is
 // device i's report as far as the configuration says (name, region, tier, module); callTimeout bounds
 // each call after the open (policy.health.timeout). The error is a device's config error.

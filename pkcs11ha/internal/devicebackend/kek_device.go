@@ -121,7 +121,7 @@ type KEKResult struct {
 	Refused map[string]string
 }
 
-// initKEK is the device side of the library's InitKEK (docs/keys.md, "The KEK ceremony"): it makes every
+// InitKEK is the device side of the library's InitKEK (docs/keys.md, "The KEK ceremony"): it makes every
 // device of s, logs in as security officer on partition pi with soPIN, generates the KEK on the first
 // device that accepted and carries it, labelled label, to every one of them. The result is nil only with
 // a device's config error.

@@ -29,7 +29,7 @@ const (
 	AlgEd25519 = "ED25519"
 )
 
-// keyObject is one private key found on one token, with the public key read from its public object.
+// KeyObject is one private key found on one token, with the public key read from its public object.
 type KeyObject struct {
 	Label  string
 	ID     []byte
@@ -37,7 +37,7 @@ type KeyObject struct {
 	Pub    crypto.PublicKey
 	PubDER []byte // SubjectPublicKeyInfo, for equality across devices
 	Alg    string
-	// cert is the DER of the X.509 certificate on the token that belongs to this key (certs.go), or nil;
+	// Cert is the DER of the X.509 certificate on the token that belongs to this key (certs.go), or nil;
 	// certIgnored says why certificates with its CKA_ID or label were not taken.
 	Cert        []byte
 	CertIgnored string
@@ -166,7 +166,7 @@ func readPublic(c *pkcs11.Ctx, s pkcs11.SessionHandle, k *KeyObject, keyType uin
 	return nil
 }
 
-// decodeECPublic decodes CKA_EC_PARAMS and CKA_EC_POINT. The point is a DER OCTET STRING per the spec;
+// DecodeECPublic decodes CKA_EC_PARAMS and CKA_EC_POINT. The point is a DER OCTET STRING per the spec;
 // SoftHSM returns Ed25519 points raw (32 bytes), so both are accepted.
 func DecodeECPublic(keyType uint, params, point []byte) (crypto.PublicKey, string, error) {
 	raw := point

@@ -88,7 +88,7 @@ func (d *Device) addLanes(n int) error {
 	return nil
 }
 
-// laneList is the device's lanes, lane 0 first; just the device when it has none.
+// LaneList is the device's lanes, lane 0 first; just the device when it has none.
 func (d *Device) LaneList() []*Device {
 	if d.Lanes == nil {
 		return []*Device{d}
@@ -96,7 +96,7 @@ func (d *Device) LaneList() []*Device {
 	return d.Lanes
 }
 
-// recoverIfNeeded re-initialises (or reopens) the device when it was seen down or has a partition that
+// RecoverIfNeeded re-initialises (or reopens) the device when it was seen down or has a partition that
 // should be open: lane 0 on the probe's time, as a device without lanes (its verdict is the device's),
 // then, in the background, the other lanes, so that a slow or failing lane never fails a probe nor slows
 // Open down (lanes 1.. are first opened by the probe that follows Open). One lane at a time: SoftHSM behind

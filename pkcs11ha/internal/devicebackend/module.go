@@ -22,7 +22,7 @@ import (
 // released by the waiter that gave up on it.
 var envLock = make(chan struct{}, 1)
 
-// moduleKey identifies one module instance: devices with the same canonical path and environment share it.
+// ModuleKey identifies one module instance: devices with the same canonical path and environment share it.
 type ModuleKey struct {
 	path string
 	env  string // sorted "K=V\x00" pairs
@@ -49,7 +49,7 @@ func NewModuleKey(path string, env map[string]string) (ModuleKey, error) {
 	return ModuleKey{path: p, env: b.String()}, nil
 }
 
-// instance is one loaded, initialised copy of a module. It is never finalised while a call is in flight
+// Instance is one loaded, initialised copy of a module. It is never finalised while a call is in flight
 // on it; once retired it is never used again (docs/ARCHITECTURE.md, "Facts about SoftHSM and p11-kit":
 // calls that never return).
 type Instance struct {
@@ -62,7 +62,7 @@ type Instance struct {
 	// counted: retired with stuck calls and counted in h.retired, until those calls return.
 	counted atomic.Bool
 	calls   callSet // the calls in flight (begin/end in stuck.go)
-	// solo, when not nil, admits one call at a time (a token; lanes.go says why).
+	// Solo, when not nil, admits one call at a time (a token; lanes.go says why).
 	Solo chan struct{}
 	// drained is closed once the instance is broken and its last call has returned: what a re-init
 	// waits for.
@@ -241,7 +241,7 @@ func (h *moduleHandle) shared() bool {
 	return h.refs > 1
 }
 
-// current returns the usable instance, or nil.
+// Current returns the usable instance, or nil.
 func (h *moduleHandle) Current() *Instance {
 	in := h.Cur.Load()
 	if in == nil || in.Broken.Load() || in.retired.Load() {

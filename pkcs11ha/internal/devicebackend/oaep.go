@@ -13,7 +13,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall"
 )
 
-// oaepDecode removes EME-OAEP padding (RFC 8017 §7.1.2 step 3) from em, the raw RSA output, in constant
+// OAEPDecode removes EME-OAEP padding (RFC 8017 §7.1.2 step 3) from em, the raw RSA output, in constant
 // time with respect to the padding, as crypto/rsa does. Used only when policy.oaep_fallback is on and the
 // token lacks native OAEP for the requested hash.
 func OAEPDecode(o *rsa.OAEPOptions, k int, em []byte) ([]byte, error) {

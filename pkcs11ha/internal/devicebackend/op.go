@@ -13,7 +13,7 @@ import (
 // A device operation is plain data — what to do with which key, never a closure — so that the same
 // request runs on an in-process device or is carried to a device worker process (worker.go) unchanged.
 
-// opKind is what a deviceOp does on the token.
+// OpKind is what a Op does on the token.
 type OpKind uint8
 
 const (
@@ -29,7 +29,7 @@ const (
 // secret reports whether the operation uses a secret key (CKO_SECRET_KEY) rather than a private key.
 func (k OpKind) secret() bool { return k >= KindSeal && k <= KindCBCDecrypt }
 
-// mechSpec is a PKCS#11 mechanism with its parameters as values.
+// MechSpec is a PKCS#11 mechanism with its parameters as values.
 type MechSpec struct {
 	Type uint
 	// RSA-PSS (CKM_RSA_PKCS_PSS): hash mechanism, MGF, salt length.
@@ -74,7 +74,7 @@ func (m *MechSpec) p11() []*pkcs11.Mechanism {
 	return []*pkcs11.Mechanism{pkcs11.NewMechanism(m.Type, nil)}
 }
 
-// deviceOp is one operation on one key of one partition.
+// Op is one operation on one key of one partition.
 type Op struct {
 	Kind OpKind
 	// Label and PubDER name the key: a handle found stale is looked up again by label and must still have

@@ -162,5 +162,5 @@ func unpadPKCS7(b []byte) (int, bool) {
 	return len(b) - subtle.ConstantTimeSelect(good, pad, 0), good == 1
 }
 
-// cbcPadLen is the length of n bytes padded with PKCS#7 to whole AES blocks (1 to 16 bytes added).
+// CBCPadLen is the length of n bytes padded with PKCS#7 to whole AES blocks (1 to 16 bytes added).
 func CBCPadLen(n int) int { return (n/AESBlock + 1) * AESBlock }

@@ -35,14 +35,14 @@ var kcvBlock = []byte("pkcs11ha KCV v1\x00")
 // kcvMessage is what an HMAC key MACs for its KCV.
 var kcvMessage = []byte("pkcs11ha key check value v1")
 
-// hmacMechs maps an HMAC hash to its PKCS#11 mechanism.
+// HMACMechs maps an HMAC hash to its PKCS#11 mechanism.
 var HMACMechs = map[crypto.Hash]uint{
 	crypto.SHA256: pkcs11.CKM_SHA256_HMAC,
 	crypto.SHA384: pkcs11.CKM_SHA384_HMAC,
 	crypto.SHA512: pkcs11.CKM_SHA512_HMAC,
 }
 
-// secretObject is one secret key found on one token.
+// SecretObject is one secret key found on one token.
 type SecretObject struct {
 	Label   string
 	ID      []byte

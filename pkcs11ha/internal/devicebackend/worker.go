@@ -293,7 +293,7 @@ func (w *workerDevice) Counts() Counts {
 	return c
 }
 
-// shares: each worker loads its own module instance, so no two devices share one.
+// Shares: each worker loads its own module instance, so no two devices share one.
 func (w *workerDevice) Shares(Backend) bool { return false }
 
 func (w *workerDevice) SetHooks(keysChanged func(), down func(string)) { w.h.set(keysChanged, down) }
@@ -681,7 +681,7 @@ func (p *workerProc) logStderr(r *os.File) {
 	}
 }
 
-// admin carries an admin operation to the worker, under ctx's deadline or policy.admin_timeout; the
+// Admin carries an admin operation to the worker, under ctx's deadline or policy.admin_timeout; the
 // device's state in the reply refreshes the cache (its keys, when the operation changed them).
 func (w *workerDevice) Admin(ctx context.Context, pi int, op *AdminOp) (*AdminResult, error) {
 	p, err := w.current(ctx, false)
@@ -711,7 +711,7 @@ func (w *workerDevice) Admin(ctx context.Context, pi int, op *AdminOp) (*AdminRe
 	return rep.Result, nil
 }
 
-// workerMetrics counts worker processes started and ended (the library's metrics implement it).
+// WorkerMetrics counts worker processes started and ended (the library's metrics implement it).
 type WorkerMetrics interface {
 	WorkerStart(device string)
 	WorkerExit(device, status string)

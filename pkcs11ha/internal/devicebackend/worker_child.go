@@ -20,7 +20,7 @@ import (
 // workerEnv marks a process started as a device worker; fd 3 is its end of the socketpair.
 const workerEnv = "PKCS11HA_DEVICE_WORKER"
 
-// maybeRunWorker is MaybeRunWorker of the library: it serves as a device worker and exits when this
+// MaybeRunWorker is MaybeRunWorker of the library: it serves as a device worker and exits when this
 // process was started as one, and returns at once otherwise.
 func MaybeRunWorker() {
 	if os.Getenv(workerEnv) == "" {

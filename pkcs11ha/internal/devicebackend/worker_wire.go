@@ -22,7 +22,7 @@ import (
 // the payload. Replies carry the request's id and type|msgReply; the worker's unsolicited events carry id
 // 0. The first frame the parent sends is msgInit with the protocol version; a worker that speaks another
 // version answers with an error and exits, so parent and worker binaries must match (they are the same
-// binary). Control messages carry JSON; msgRun, the hot path, carries a compact binary deviceOp.
+// binary). Control messages carry JSON; msgRun, the hot path, carries a compact binary Op.
 
 // workerProtocol is the protocol version; bump it on any incompatible change.
 const workerProtocol = 2
@@ -163,7 +163,7 @@ type workerState struct {
 	Secrets [][]wireSecret `json:",omitempty"`
 }
 
-// wireSecret is a secretObject without its handle: what identifies the key, never its value.
+// wireSecret is a SecretObject without its handle: what identifies the key, never its value.
 type wireSecret struct {
 	Label   string
 	ID      []byte
@@ -172,7 +172,7 @@ type wireSecret struct {
 	KCV     []byte
 }
 
-// wireCounts is backendCounts on the wire.
+// wireCounts is Counts on the wire.
 type wireCounts struct {
 	Reinits, Retired, Stuck int64
 	LastErr                 string `json:",omitempty"`
@@ -180,7 +180,7 @@ type wireCounts struct {
 	CapRefusal              string `json:",omitempty"`
 }
 
-// wireKey is a keyObject without its handle: the public half of a key, and its certificate.
+// wireKey is a KeyObject without its handle: the public half of a key, and its certificate.
 type wireKey struct {
 	Label       string
 	ID          []byte

@@ -14,7 +14,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
-// TestRunRoundTrip: every field of a deviceOp survives the worker protocol's binary encoding.
+// TestRunRoundTrip: every field of a Op survives the worker protocol's binary encoding.
 func TestRunRoundTrip(t *testing.T) {
 	ops := []*Op{
 		{Kind: KindSign, Label: "ec-key", PubDER: []byte{1, 2, 3}, Mech: MechSpec{Type: pkcs11.CKM_ECDSA}, Input: bytes.Repeat([]byte{7}, 32), OutLen: 64},
@@ -22,13 +22,13 @@ func TestRunRoundTrip(t *testing.T) {
 			Mech: MechSpec{Type: pkcs11.CKM_RSA_PKCS_PSS, PSSHash: pkcs11.CKM_SHA256, PSSMGF: pkcs11.CKG_MGF1_SHA256, PSSSalt: 32}},
 		{Kind: KindDecrypt, Label: "", Input: nil, KeySize: 256, OAEPFallback: true, OAEPHash: crypto.SHA256, OAEPMGFHash: crypto.SHA1,
 			Mech: MechSpec{Type: pkcs11.CKM_RSA_PKCS_OAEP, OAEPHash: pkcs11.CKM_SHA256, OAEPMGF: pkcs11.CKG_MGF1_SHA1, OAEPLabel: []byte("label")}},
-		// Secret keys (secretops.go): PubDER carries the key check value, the GCM parameters ride in mechSpec.
+		// Secret keys (secretops.go): PubDER carries the key check value, the GCM parameters ride in MechSpec.
 		{Kind: KindSeal, Label: "aes-key", PubDER: []byte{1, 2, 3, 4, 5, 6, 7, 8}, Input: []byte("pt"), OutLen: 18, GCMFallback: true,
 			Mech: MechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: bytes.Repeat([]byte{3}, 12), GCMAAD: []byte("aad"), GCMTagBits: 128}},
 		{Kind: KindOpen, Label: "aes-key", Input: make([]byte, 40), OutLen: 24,
 			Mech: MechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: []byte("0123456789ab"), GCMTagBits: 128}},
 		{Kind: KindMAC, Label: "hmac-key", Input: []byte("data"), OutLen: 48, Mech: MechSpec{Type: pkcs11.CKM_SHA384_HMAC}},
-		// AES-CBC-PAD (secretcbcop.go): the IV rides in mechSpec, the fallback flag in the op.
+		// AES-CBC-PAD (secretcbcop.go): the IV rides in MechSpec, the fallback flag in the op.
 		{Kind: KindCBCEncrypt, Label: "aes-key", PubDER: []byte{8, 7}, Input: []byte("seventeen bytes!!"), OutLen: 32, CBCFallback: true,
 			Mech: MechSpec{Type: pkcs11.CKM_AES_CBC_PAD, CBCIV: bytes.Repeat([]byte{9}, 16)}},
 		{Kind: KindCBCDecrypt, Label: "aes-key", Input: make([]byte, 48), OutLen: 48,

@@ -119,7 +119,7 @@ func ownClass(err error) (Class, bool) {
 	return ClassNone, false
 }
 
-// classOf returns the class of err: its own for this package's errors, else the router's verdict in this
+// ClassOf returns the class of err: its own for this package's errors, else the router's verdict in this
 // package's terms.
 func ClassOf(err error) Class {
 	if err == nil {
@@ -131,7 +131,7 @@ func ClassOf(err error) Class {
 	return fromRoute(failover.ClassOf(err))
 }
 
-// outcomeLabel is the metric label of an outcome: err's own class, else the router's verdict rc in this
+// OutcomeLabel is the metric label of an outcome: err's own class, else the router's verdict rc in this
 // package's terms, except that a timeout during a stall of this process is "stalled" (it says nothing
 // about the device).
 func OutcomeLabel(err error, rc failover.Class) string {

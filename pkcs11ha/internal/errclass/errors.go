@@ -11,7 +11,7 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 )
 
-// ckrName returns the symbolic name of a PKCS#11 return value, e.g. "CKR_DEVICE_ERROR".
+// CKRName returns the symbolic name of a PKCS#11 return value, e.g. "CKR_DEVICE_ERROR".
 func CKRName(rv uint) string {
 	s := pkcs11.Error(rv).Error() // "pkcs11: 0x30: CKR_DEVICE_ERROR"
 	if i := strings.LastIndex(s, ": "); i >= 0 && strings.HasPrefix(s[i+2:], "CKR_") {
@@ -116,7 +116,7 @@ func InputErr(format string, args ...any) error {
 	return &InputError{Msg: fmt.Sprintf(format, args...)}
 }
 
-// p11err turns a miekg/pkcs11 error into a *DeviceError with its class.
+// P11Err turns a miekg/pkcs11 error into a *DeviceError with its class.
 func P11Err(device, partition string, op string, err error) error {
 	if err == nil {
 		return nil
@@ -132,7 +132,7 @@ func P11Err(device, partition string, op string, err error) error {
 	return &DeviceError{Device: device, Partition: partition, Op: op, Class: ClassBusy, Err: err}
 }
 
-// downErr is our own device-down verdict (token missing, module re-initialising, instance retired).
+// DownErr is our own device-down verdict (token missing, module re-initialising, instance retired).
 func DownErr(device, partition string, op string, msg string) error {
 	return &DeviceError{Device: device, Partition: partition, Op: op, Class: ClassDeviceDown, Err: errors.New(msg)}
 }
@@ -154,7 +154,7 @@ func (e *noDeviceError) Unwrap() error { return e.last }
 
 func (e *noDeviceError) Is(target error) bool { return target == ErrNoDevice }
 
-// fromRouter turns the router's *failover.NoMemberError into a *noDeviceError and takes the routing
+// FromRouter turns the router's *failover.NoMemberError into a *noDeviceError and takes the routing
 // wrapper off the errors of attempts; other errors pass.
 func FromRouter(err error) error {
 	var nm *failover.NoMemberError
@@ -175,7 +175,7 @@ func (r *routed) Error() string                 { return r.err.Error() }
 func (r *routed) Unwrap() error                 { return r.err }
 func (r *routed) FailoverClass() failover.Class { return r.c }
 
-// route wraps err, when it is one of this package's errors, with its routing class.
+// Route wraps err, when it is one of this package's errors, with its routing class.
 func Route(err error) error {
 	if c, ok := ownClass(err); ok {
 		return &routed{err: err, c: c.route()}

@@ -20,7 +20,7 @@ var (
 	ErrBadPadding = errors.New("pkcs11ha: CBC decryption: invalid padding")
 )
 
-// authKind is which refusal an AuthError is.
+// AuthKind is which refusal an AuthError is.
 type AuthKind uint8
 
 const (
@@ -67,7 +67,7 @@ func (e *AuthError) FailoverClass() failover.Class { return failover.ClassRefuse
 
 func (e *AuthError) class() Class { return ClassDecryptRefused }
 
-// newAuthError is an *AuthError of kind (its sentinel) for the device that decided ("" if none did).
+// NewAuthError is an *AuthError of kind (its sentinel) for the device that decided ("" if none did).
 func NewAuthError(kind AuthKind, device, reason string) *AuthError {
 	return &AuthError{Device: device, Reason: reason, kind: kind}
 }

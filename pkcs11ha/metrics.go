@@ -34,9 +34,9 @@ type metrics struct {
 	info            *prometheus.GaugeVec     // device, region, tier (always 1): joins per-device series to tiers
 	retired         *prometheus.GaugeVec     // device
 	retiredMax      prometheus.Gauge
-	stuck           *stuckCollector        // stuck calls in retired instances (stuck.go)
+	stuck           *stuckCollector        // stuck calls in retired instances (stuckcalls.go)
 	badSignatures   *prometheus.CounterVec // device (verify.go)
-	workerStarts    *prometheus.CounterVec // device (worker.go)
+	workerStarts    *prometheus.CounterVec // device (internal/devicebackend/worker.go)
 	workerExits     *prometheus.CounterVec // device, status ("signal: killed", "exit status 2")
 
 	attemptsC       childCache[prometheus.Counter]

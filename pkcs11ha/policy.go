@@ -88,9 +88,10 @@ type Policy struct {
 	// PKCS#1 v1.5 and PSS), "all" (also ECDSA and Ed25519) or "off".
 	VerifySignatures string `yaml:"verify_signatures"`
 	// Isolation: "none" (the library's default) loads every device's PKCS#11 module in this process;
-	// "process" (the sidecar's default) loads each in a worker process of its own (worker.go), so that a
-	// crash or hang inside a vendor's module never takes this process down. Process isolation re-executes
-	// this program's binary (or WithWorkerCommand's): main must call MaybeRunWorker first.
+	// "process" (the sidecar's default) loads each in a worker process of its own
+	// (internal/devicebackend/worker.go), so that a crash or hang inside a vendor's module never takes this
+	// process down. Process isolation re-executes this program's binary (or WithWorkerCommand's): main must
+	// call MaybeRunWorker first.
 	Isolation string `yaml:"isolation"`
 	// AdminTimeout bounds one key-management call on one device (generating an RSA-4096 key takes
 	// seconds on some HSMs).
@@ -187,7 +188,7 @@ var defaultOwn = ownSettings{
 	CloseTimeout:     2 * time.Second,
 	MaxRetired:       0,    // no cap of its own: max_stuck_calls bounds what retired instances hold
 	MaxStuckCalls:    1000, // Go stops the process at 10,000 threads
-	P11KitInstances:  1,    // lanes.go: opt-in
+	P11KitInstances:  1,    // internal/devicebackend/lanes.go: opt-in
 	VerifySignatures: VerifyRSA,
 	Isolation:        IsolationNone,
 	AdminTimeout:     30 * time.Second,

@@ -433,7 +433,7 @@ func policyErrors(err error, bs []binding, target int) []error {
 	return out
 }
 
-// backend is what the device backend needs of s (device_settings.go).
+// backend is what the device backend needs of s (internal/devicebackend/device_settings.go).
 func (s *settings) backend() *devicebackend.Settings {
 	b := &devicebackend.Settings{PINs: s.pins, Own: devicebackend.Options{
 		SessionPoolSize: s.own.SessionPoolSize, ReinitGrace: s.own.ReinitGrace, InitTimeout: s.own.InitTimeout,

@@ -60,7 +60,7 @@ func UlongOf(b []byte) uint { return bytesToUlong(b) }
 // BoolOf decodes a CK_BBOOL value.
 func BoolOf(b []byte) bool { return len(b) > 0 && b[0] != 0 }
 
-// P11Attrs is a template in miekg/pkcs11's form.
+// p11Attrs is a template in miekg/pkcs11's form.
 func p11Attrs(as []Attr) []*pkcs11.Attribute {
 	out := make([]*pkcs11.Attribute, len(as))
 	for i, a := range as {

@@ -13,10 +13,10 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall"
 )
 
-// OAEPDecode removes EME-OAEP padding (RFC 8017 §7.1.2 step 3) from em, the raw RSA output, in constant
+// oaepDecode removes EME-OAEP padding (RFC 8017 §7.1.2 step 3) from em, the raw RSA output, in constant
 // time with respect to the padding, as crypto/rsa does. Used only when policy.oaep_fallback is on and the
 // token lacks native OAEP for the requested hash.
-func OAEPDecode(o *rsa.OAEPOptions, k int, em []byte) ([]byte, error) {
+func oaepDecode(o *rsa.OAEPOptions, k int, em []byte) ([]byte, error) {
 	h := o.Hash.New()
 	mgfHash := o.MGFHash
 	if mgfHash == 0 {
@@ -133,7 +133,7 @@ func rawOAEP(c *pkcs11.Ctx, s pkcs11.SessionHandle, h pkcs11.ObjectHandle, ct []
 	if err != nil {
 		return nil, errclass.OpDecrypt, err
 	}
-	pt, err := OAEPDecode(o, keySize, em)
+	pt, err := oaepDecode(o, keySize, em)
 	if err != nil {
 		return nil, errclass.OpDecrypt, pkcs11.Error(pkcs11.CKR_ENCRYPTED_DATA_INVALID)
 	}

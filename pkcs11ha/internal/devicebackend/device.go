@@ -33,7 +33,7 @@ type Device struct {
 	onKeys    func(d *Device)     // re-checks key consistency after a (re)open
 	onDown    func(reason string) // traffic proved the device down: tell its health monitor
 	log       *slog.Logger
-	// stuck calls (stuck.go): calls stuck in instances this device's re-inits retired, the probe call
+	// Stuck calls (stuck.go): calls stuck in instances this device's re-inits retired, the probe call
 	// still blocked (if any), and why the last re-init was refused (the stuck-call cap), if it was.
 	stuck        atomic.Int64
 	probeBlocked atomic.Pointer[probeCall]

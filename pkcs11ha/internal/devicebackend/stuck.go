@@ -54,7 +54,7 @@ func (in *Instance) begin(ctx context.Context, d *Device) (*callRec, bool) {
 			return nil, false
 		}
 	}
-	// in-flight first, then the check: re-init sets broken, then reads in-flight, so one of them sees the
+	// In-flight first, then the check: re-init sets broken, then reads in-flight, so one of them sees the
 	// other and an instance is never finalised under a call.
 	in.Inflight.Add(1)
 	rec := &callRec{dev: d.owner(), attempt: failover.AttemptOf(ctx)}

@@ -38,7 +38,7 @@ type KeyObject struct {
 	PubDER []byte // SubjectPublicKeyInfo, for equality across devices
 	Alg    string
 	// Cert is the DER of the X.509 certificate on the token that belongs to this key (certs.go), or nil;
-	// certIgnored says why certificates with its CKA_ID or label were not taken.
+	// CertIgnored says why certificates with its CKA_ID or label were not taken.
 	Cert        []byte
 	CertIgnored string
 }

@@ -3,7 +3,7 @@ package devicebackend
 import "time"
 
 // The device backend reads its configuration from these, not from the library's Config: the library
-// binds the config and policy (config.go, policy.go) and hands the backend what it needs
+// binds the config and policy (pkcs11ha/config.go, policy.go) and hands the backend what it needs
 // (docs/ARCHITECTURE.md, "Device backend").
 
 // DeviceSpec is what the backend reads of a device's configuration (the library's DeviceConfig).

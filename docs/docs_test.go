@@ -64,7 +64,7 @@ func TestArchitectureCitations(t *testing.T) {
 		}
 	}
 	// The check checks something: the page cites both kinds.
-	require.True(t, checked["pkcs11ha/class.go"] && checked["failover.Do"], "citations were read")
+	require.True(t, checked["pkcs11ha/internal/errclass/class.go"] && checked["failover.Do"], "citations were read")
 }
 
 func isPath(c string) bool {

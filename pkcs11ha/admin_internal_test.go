@@ -9,6 +9,7 @@ import (
 	"github.com/miekg/pkcs11"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
@@ -44,52 +45,52 @@ func TestAdminPath(t *testing.T) {
 
 			spec := KeySpec{Label: "admin-ec", Algorithm: KeyAlgECP256, ID: []byte{0xa1}}
 			pub, priv := spec.templates(false)
-			r, err := be.admin(ctx, 0, &adminOp{Kind: adminGenerateKeyPair, Mech: spec.mechanism(), Template: pub, Private: priv,
+			r, err := be.Admin(ctx, 0, &devicebackend.AdminOp{Kind: devicebackend.AdminGenerateKeyPair, Mech: spec.mechanism(), Template: pub, Private: priv,
 				Read: []uint{pkcs11.CKA_CLASS, pkcs11.CKA_LABEL, pkcs11.CKA_EXTRACTABLE}})
 			require.NoError(t, err)
 			require.Len(t, r.Objects, 2)
-			require.Equal(t, uint(pkcs11.CKO_PUBLIC_KEY), ulongOf(value(r.Objects[0], pkcs11.CKA_CLASS)))
-			require.Equal(t, uint(pkcs11.CKO_PRIVATE_KEY), ulongOf(value(r.Objects[1], pkcs11.CKA_CLASS)))
-			require.False(t, boolOf(value(r.Objects[1], pkcs11.CKA_EXTRACTABLE)))
+			require.Equal(t, uint(pkcs11.CKO_PUBLIC_KEY), devicebackend.UlongOf(devicebackend.Value(r.Objects[0], pkcs11.CKA_CLASS)))
+			require.Equal(t, uint(pkcs11.CKO_PRIVATE_KEY), devicebackend.UlongOf(devicebackend.Value(r.Objects[1], pkcs11.CKA_CLASS)))
+			require.False(t, devicebackend.BoolOf(devicebackend.Value(r.Objects[1], pkcs11.CKA_EXTRACTABLE)))
 
 			// The device's keys were listed again: the catalogue serves the new key at once.
-			require.NotNil(t, be.keys(0)["admin-ec"], "the device lists the new key")
+			require.NotNil(t, be.Keys(0)["admin-ec"], "the device lists the new key")
 			k, err := cl.Key(ctx, "payments", "admin-ec")
 			require.NoError(t, err)
 			require.Equal(t, AlgECP256, k.Algorithm())
 
 			// A sensitive attribute reads as nil, the others still read.
-			r, err = be.admin(ctx, 0, &adminOp{Kind: adminFind,
-				Template: []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), attrString(pkcs11.CKA_LABEL, "admin-ec")},
+			r, err = be.Admin(ctx, 0, &devicebackend.AdminOp{Kind: devicebackend.AdminFind,
+				Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), devicebackend.AttrString(pkcs11.CKA_LABEL, "admin-ec")},
 				Read:     []uint{pkcs11.CKA_VALUE, pkcs11.CKA_ID}})
 			require.NoError(t, err)
 			require.Len(t, r.Objects, 1)
-			require.Nil(t, value(r.Objects[0], pkcs11.CKA_VALUE))
-			require.Equal(t, []byte{0xa1}, value(r.Objects[0], pkcs11.CKA_ID))
+			require.Nil(t, devicebackend.Value(r.Objects[0], pkcs11.CKA_VALUE))
+			require.Equal(t, []byte{0xa1}, devicebackend.Value(r.Objects[0], pkcs11.CKA_ID))
 
-			_, err = be.admin(ctx, 0, &adminOp{Kind: adminSetAttributes,
-				Template: []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), attrString(pkcs11.CKA_LABEL, "admin-ec")},
-				Set:      []attr{attrString(pkcs11.CKA_LABEL, "admin-ec2")}})
+			_, err = be.Admin(ctx, 0, &devicebackend.AdminOp{Kind: devicebackend.AdminSetAttributes,
+				Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), devicebackend.AttrString(pkcs11.CKA_LABEL, "admin-ec")},
+				Set:      []devicebackend.Attr{devicebackend.AttrString(pkcs11.CKA_LABEL, "admin-ec2")}})
 			require.NoError(t, err)
-			require.NotNil(t, be.keys(0)["admin-ec2"])
+			require.NotNil(t, be.Keys(0)["admin-ec2"])
 
-			_, err = be.admin(ctx, 0, &adminOp{Kind: adminWrap, Mech: pkcs11.CKM_AES_KEY_WRAP_PAD,
-				Key: []attr{attrString(pkcs11.CKA_LABEL, "no such key")}, Template: []attr{attrString(pkcs11.CKA_LABEL, "admin-ec2")}})
+			_, err = be.Admin(ctx, 0, &devicebackend.AdminOp{Kind: devicebackend.AdminWrap, Mech: pkcs11.CKM_AES_KEY_WRAP_PAD,
+				Key: []devicebackend.Attr{devicebackend.AttrString(pkcs11.CKA_LABEL, "no such key")}, Template: []devicebackend.Attr{devicebackend.AttrString(pkcs11.CKA_LABEL, "admin-ec2")}})
 			var oc *ObjectCountError
 			require.ErrorAs(t, err, &oc, "the error crosses the worker boundary typed")
 			require.Zero(t, oc.Found)
 
-			r, err = be.admin(ctx, 0, &adminOp{Kind: adminDestroy, Template: []attr{attrBytes(pkcs11.CKA_ID, []byte{0xa1})}})
+			r, err = be.Admin(ctx, 0, &devicebackend.AdminOp{Kind: devicebackend.AdminDestroy, Template: []devicebackend.Attr{devicebackend.AttrBytes(pkcs11.CKA_ID, []byte{0xa1})}})
 			require.NoError(t, err)
 			require.Equal(t, 2, r.Count, "private and public object")
-			require.Nil(t, be.keys(0)["admin-ec2"])
+			require.Nil(t, be.Keys(0)["admin-ec2"])
 
 			// A paused device: the call returns at its deadline.
 			require.NoError(t, topo.Devices[0].Pause())
 			defer func() { require.NoError(t, topo.Devices[0].Resume()) }()
 			pctx, pcancel := context.WithTimeout(ctx, 500*time.Millisecond)
 			defer pcancel()
-			_, err = be.admin(pctx, 0, &adminOp{Kind: adminFind, Template: []attr{attrString(pkcs11.CKA_LABEL, "x")}})
+			_, err = be.Admin(pctx, 0, &devicebackend.AdminOp{Kind: devicebackend.AdminFind, Template: []devicebackend.Attr{devicebackend.AttrString(pkcs11.CKA_LABEL, "x")}})
 			require.ErrorIs(t, err, context.DeadlineExceeded)
 		})
 	}

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // clusterPartition is the key catalogue of one partition across devices.
@@ -64,11 +66,11 @@ func (cl *Cluster) checkKeys() {
 			}
 			if e == nil {
 				best := majority(votes(held, label), samePublicKey)
-				e = &keyEntry{label: label, id: best.id, alg: best.alg, pub: best.pub, pubDER: best.pubDER}
+				e = &keyEntry{label: label, id: best.ID, alg: best.Alg, pub: best.Pub, pubDER: best.PubDER}
 				cp.keys[label] = e
 			}
-			assign(cl, pi, cp, &e.servedBy, label, held, func(k *keyObject) string {
-				if !bytes.Equal(k.pubDER, e.pubDER) {
+			assign(cl, pi, cp, &e.servedBy, label, held, func(k *devicebackend.KeyObject) string {
+				if !bytes.Equal(k.PubDER, e.pubDER) {
 					return "different public key under the same label"
 				}
 				return ""
@@ -82,10 +84,10 @@ func (cl *Cluster) checkKeys() {
 
 // keysHeld returns, for each device (by index), a snapshot of its keys of partition pi by label; nil for a
 // device where the partition is not open.
-func (cl *Cluster) keysHeld(pi int) []map[string]*keyObject {
-	held := make([]map[string]*keyObject, len(cl.devices))
+func (cl *Cluster) keysHeld(pi int) []map[string]*devicebackend.KeyObject {
+	held := make([]map[string]*devicebackend.KeyObject, len(cl.devices))
 	for i, d := range cl.devices {
-		held[i] = cl.liveKeys(pi, d.be.keys(pi))
+		held[i] = cl.liveKeys(pi, d.be.Keys(pi))
 	}
 	return held
 }
@@ -137,7 +139,7 @@ func majority[T any](held []*T, same func(a, b *T) bool) *T {
 }
 
 // samePublicKey reports whether two key pairs are the same key: the same public key.
-func samePublicKey(a, b *keyObject) bool { return bytes.Equal(a.pubDER, b.pubDER) }
+func samePublicKey(a, b *devicebackend.KeyObject) bool { return bytes.Equal(a.PubDER, b.PubDER) }
 
 // assign sets which devices serve entry s (label in partition cp, index pi), from the snapshot held: those
 // whose object under label is the reference key (differs returns ""); every other one is excluded, with
@@ -148,7 +150,7 @@ func assign[T any](cl *Cluster, pi int, cp *clusterPartition, s *servedBy, label
 	for i, d := range cl.devices {
 		objs := held[i]
 		if objs == nil {
-			if why := d.be.partition(pi).CredFatal; why != "" {
+			if why := d.be.Partition(pi).CredFatal; why != "" {
 				excl[d.name] = "partition unusable: " + why
 			}
 			continue
@@ -272,7 +274,7 @@ func (cl *Cluster) keyInfo(e *keyEntry) KeyInfo {
 func (k *Key) Info() KeyInfo { return k.cl.keyInfo(k.entry) }
 
 // anyOpen reports whether some device's partition is open in held.
-func anyOpen(held []map[string]*keyObject) bool {
+func anyOpen(held []map[string]*devicebackend.KeyObject) bool {
 	for _, keys := range held {
 		if keys != nil {
 			return true
@@ -282,9 +284,9 @@ func anyOpen(held []map[string]*keyObject) bool {
 }
 
 // holdsKey reports whether some device of held holds label with the public key pubDER.
-func holdsKey(held []map[string]*keyObject, label string, pubDER []byte) bool {
+func holdsKey(held []map[string]*devicebackend.KeyObject, label string, pubDER []byte) bool {
 	for _, keys := range held {
-		if k := keys[label]; k != nil && bytes.Equal(k.pubDER, pubDER) {
+		if k := keys[label]; k != nil && bytes.Equal(k.PubDER, pubDER) {
 			return true
 		}
 	}

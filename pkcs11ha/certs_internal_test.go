@@ -13,6 +13,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // TestCertificateFor is the matching of one key with a token's certificates: CKA_ID first, then label,
@@ -21,27 +23,27 @@ func TestCertificateFor(t *testing.T) {
 	key, other := newECKey(t), newECKey(t)
 	pubDER, err := x509.MarshalPKIXPublicKey(key.Public())
 	require.NoError(t, err)
-	k := &keyObject{label: "k", id: []byte{7}, pubDER: pubDER}
+	k := &devicebackend.KeyObject{Label: "k", ID: []byte{7}, PubDER: pubDER}
 	mine1, mine2 := cert(t, key, 1), cert(t, key, 2)
 	theirs := cert(t, other, 3)
 	tests := []struct {
 		name    string
-		certs   []certObject
+		certs   []devicebackend.CertObject
 		want    []byte
 		ignored string // substring of the reason; "" for none
 	}{
 		{"none", nil, nil, ""},
-		{"unrelated", []certObject{{label: "x", id: []byte{8}, der: theirs}}, nil, ""},
-		{"by id", []certObject{{label: "x", id: []byte{7}, der: mine1}}, mine1, ""},
-		{"by label", []certObject{{label: "k", id: []byte{9}, der: mine1}}, mine1, ""},
-		{"id before label", []certObject{{label: "k", der: mine2}, {label: "y", id: []byte{7}, der: mine1}}, mine1, ""},
-		{"another public key", []certObject{{label: "k", id: []byte{7}, der: theirs}}, nil, "another public key"},
-		{"not X.509", []certObject{{label: "k", der: []byte("junk")}}, nil, "not X.509"},
-		{"a bad one, then a good one", []certObject{{label: "k", id: []byte{7}, der: theirs}, {label: "k", der: mine2}}, mine2, ""},
+		{"unrelated", []devicebackend.CertObject{{Label: "x", Id: []byte{8}, Der: theirs}}, nil, ""},
+		{"by id", []devicebackend.CertObject{{Label: "x", Id: []byte{7}, Der: mine1}}, mine1, ""},
+		{"by label", []devicebackend.CertObject{{Label: "k", Id: []byte{9}, Der: mine1}}, mine1, ""},
+		{"id before label", []devicebackend.CertObject{{Label: "k", Der: mine2}, {Label: "y", Id: []byte{7}, Der: mine1}}, mine1, ""},
+		{"another public key", []devicebackend.CertObject{{Label: "k", Id: []byte{7}, Der: theirs}}, nil, "another public key"},
+		{"not X.509", []devicebackend.CertObject{{Label: "k", Der: []byte("junk")}}, nil, "not X.509"},
+		{"a bad one, then a good one", []devicebackend.CertObject{{Label: "k", Id: []byte{7}, Der: theirs}, {Label: "k", Der: mine2}}, mine2, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ignored := certificateFor(k, tt.certs)
+			got, ignored := devicebackend.CertificateFor(k, tt.certs)
 			assert.Equal(t, tt.want, got)
 			if tt.ignored == "" {
 				assert.Empty(t, ignored)

@@ -10,6 +10,8 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/health"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // Cluster is a set of devices holding the same partitions, with routing, breakers, health probes and
@@ -32,12 +34,12 @@ type Cluster struct {
 // do routes one operation for key k through the failover layer. check, when not nil, vets a result inside
 // the attempt (verify-after-sign): an error from it fails that attempt. out, when not nil, learns how the
 // call went.
-func (cl *Cluster) do(ctx context.Context, opName string, k *Key, op *deviceOp, check func([]byte) error, out *Outcome) ([]byte, error) {
+func (cl *Cluster) do(ctx context.Context, opName string, k *Key, op *devicebackend.Op, check func([]byte) error, out *Outcome) ([]byte, error) {
 	return cl.doOn(ctx, opName, k.entry.mask.Load(), k.pidx, op, check, out)
 }
 
 // doOn is do for the key of op in partition pi, held by the devices of mask (a private or a secret key).
-func (cl *Cluster) doOn(ctx context.Context, opName string, mask uint64, pi int, op *deviceOp, check func([]byte) error, out *Outcome) ([]byte, error) {
+func (cl *Cluster) doOn(ctx context.Context, opName string, mask uint64, pi int, op *devicebackend.Op, check func([]byte) error, out *Outcome) ([]byte, error) {
 	if cl.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -48,7 +50,7 @@ func (cl *Cluster) doOn(ctx context.Context, opName string, mask uint64, pi int,
 	v, res, err := failover.Do(ctx, cl.router, opName, failover.Mask(mask), func(ctx context.Context, m int) ([]byte, error) {
 		return cl.runOn(ctx, m, pi, op, check)
 	})
-	err = fromRouter(err)
+	err = errclass.FromRouter(err)
 	dev := ""
 	if err == nil && res.Member >= 0 && res.Member < len(cl.devices) {
 		dev = cl.devices[res.Member].name
@@ -61,15 +63,15 @@ func (cl *Cluster) doOn(ctx context.Context, opName string, mask uint64, pi int,
 }
 
 // runOn is one attempt: op on device m's partition pi, then check.
-func (cl *Cluster) runOn(ctx context.Context, m, pi int, op *deviceOp, check func([]byte) error) ([]byte, error) {
-	v, err := cl.devices[m].be.run(ctx, pi, op)
+func (cl *Cluster) runOn(ctx context.Context, m, pi int, op *devicebackend.Op, check func([]byte) error) ([]byte, error) {
+	v, err := cl.devices[m].be.Run(ctx, pi, op)
 	if err == nil && check != nil {
 		if err = check(v); err != nil {
 			v = nil
 		}
 	}
 	cl.noteBadSignature(m, err)
-	return v, route(err)
+	return v, errclass.Route(err)
 }
 
 // Close stops probes and releases the modules. It is bounded by policy.close_timeout: idle module instances
@@ -100,7 +102,7 @@ func (cl *Cluster) releaseDevices() {
 	// At once, not one after the other: each close is bounded by close_timeout, and so is their sum.
 	var wg sync.WaitGroup
 	for _, d := range cl.devices {
-		wg.Go(func() { d.be.close(cl.s.own.CloseTimeout) })
+		wg.Go(func() { d.be.Close(cl.s.own.CloseTimeout) })
 	}
 	wg.Wait()
 }

@@ -96,14 +96,6 @@ type PartitionConfig struct {
 	MinKeyReplicas int `yaml:"min_key_replicas"`
 }
 
-// ConfigError names the field that is wrong, and the device or partition it belongs to.
-type ConfigError struct {
-	Field string // e.g. "devices[1].module" or "partitions[payments].pin_env"
-	Msg   string
-}
-
-func (e *ConfigError) Error() string { return "pkcs11ha: config: " + e.Field + ": " + e.Msg }
-
 // LoadConfig reads a YAML config file, decodes it strictly (ParseConfig), makes pin_file paths relative to
 // the file's directory and validates it (Validate). Policy defaults are not written into it: Open applies
 // them, and Cluster.Config shows them.

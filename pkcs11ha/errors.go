@@ -1,192 +1,78 @@
 package pkcs11ha
 
-import (
-	"crypto/rsa"
-	"errors"
-	"fmt"
-	"strings"
+import "github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 
-	"github.com/miekg/pkcs11"
-
-	"github.com/pkcs11-ha/pkcs11-ha/failover"
-)
-
-// ckrName returns the symbolic name of a PKCS#11 return value, e.g. "CKR_DEVICE_ERROR".
-func ckrName(rv uint) string {
-	s := pkcs11.Error(rv).Error() // "pkcs11: 0x30: CKR_DEVICE_ERROR"
-	if i := strings.LastIndex(s, ": "); i >= 0 && strings.HasPrefix(s[i+2:], "CKR_") {
-		return s[i+2:]
-	}
-	return fmt.Sprintf("CKR_0x%X", rv)
-}
+// The library's error types and the error table live in internal/errclass, where the device backend
+// (internal/devicebackend) creates them too; these aliases are the public names, so errors.As and errors.Is
+// on them work for callers whichever side made the error (docs/ARCHITECTURE.md, "Device backend").
 
 // DeviceError is a PKCS#11 failure on one device. Callers branch on Class (or errors.Is with the
 // sentinels below); the PIN never appears in it.
-type DeviceError struct {
-	Device    string
-	Partition string
-	Op        string // the PKCS#11 function, e.g. "C_Sign"
-	Code      uint   // CKR_* value; 0 for our own failures (timeouts, token not found)
-	Class     Class
-	Err       error // underlying error, if any
-}
+type DeviceError = errclass.DeviceError
 
-func (e *DeviceError) Error() string {
-	var b strings.Builder
-	b.WriteString("pkcs11ha: device ")
-	b.WriteString(e.Device)
-	if e.Partition != "" {
-		b.WriteString(" partition ")
-		b.WriteString(e.Partition)
-	}
-	b.WriteString(": ")
-	b.WriteString(e.Op)
-	if e.Code != 0 {
-		fmt.Fprintf(&b, ": %s (0x%X)", ckrName(e.Code), e.Code)
-	}
-	if e.Err != nil && e.Code == 0 {
-		b.WriteString(": ")
-		b.WriteString(e.Err.Error())
-	}
-	fmt.Fprintf(&b, " [%s]", e.Class)
-	return b.String()
-}
+// InputError is a caller mistake caught before any HSM call (wrong digest length, wrong options).
+type InputError = errclass.InputError
 
-func (e *DeviceError) class() Class { return e.Class }
+// MechanismError says the token cannot do what was asked (e.g. RSA-OAEP with SHA-256 on SoftHSM 2.6.1).
+// It matches errors.Is(err, ErrUnsupported).
+type MechanismError = errclass.MechanismError
 
-// Unwrap returns the underlying error.
-func (e *DeviceError) Unwrap() error { return e.Err }
+// SignatureError says that a device returned a signature that does not verify with the key's public key.
+// It names the device, partition and key, never the data or the signature.
+type SignatureError = errclass.SignatureError
 
-// Is maps classes to the package sentinels so callers can use errors.Is.
-func (e *DeviceError) Is(target error) bool {
-	switch target {
-	case ErrPIN:
-		return e.Class == ClassCredential
-	case ErrDeviceDown:
-		return e.Class == ClassDeviceDown
-	case rsa.ErrDecryption:
-		return e.Class == ClassDecryptRefused
-	}
-	return false
-}
+// ObjectCountError says that a template meant to name one object on a device matched none or several.
+type ObjectCountError = errclass.ObjectCountError
+
+// AuthError is a refusal of the caller's input: Open's (errors.Is(err, ErrAuthentication)), VerifyMAC's
+// (ErrMACMismatch) or DecryptCBCPad's (ErrBadPadding), with the device that decided, if one did; its
+// class is decrypt_refused.
+type AuthError = errclass.AuthError
+
+// ConfigError names the field that is wrong, and the device or partition it belongs to.
+type ConfigError = errclass.ConfigError
+
+// Class is what a PKCS#11 failure means for recovery: what the device backend does about it (a fresh
+// session, a new key lookup, a new login, a module re-init) and what the router does.
+type Class = errclass.Class
+
+// The classes of the error table (docs/ARCHITECTURE.md, "Error classes").
+const (
+	ClassNone           = errclass.ClassNone           // success
+	ClassSessionBroken  = errclass.ClassSessionBroken  // the session is gone: retried once on a fresh one; if it escapes, like Busy
+	ClassHandleStale    = errclass.ClassHandleStale    // the key handle is stale: looked up again and retried once; then like Busy
+	ClassLoginLost      = errclass.ClassLoginLost      // the token forgot the login: logged in again and retried once; then like Busy
+	ClassDeviceDown     = errclass.ClassDeviceDown     // the device is down: its module is re-initialised; the call moves on at once
+	ClassBusy           = errclass.ClassBusy           // the device failed this call: counted on its breaker; the call moves on
+	ClassCaller         = errclass.ClassCaller         // the caller's mistake: returned at once, never retried, not counted
+	ClassDecryptRefused = errclass.ClassDecryptRefused // the token refused a ciphertext: returned at once, never tried elsewhere (padding oracle)
+	ClassCredential     = errclass.ClassCredential     // fatal: the PIN was rejected; never retried anywhere, not counted
+	ClassBadSignature   = errclass.ClassBadSignature   // the device returned a signature that does not verify: its breaker opens at once; the call moves on
+)
 
 // Sentinel errors callers branch on.
 var (
-	ErrUnknownPartition = errors.New("pkcs11ha: unknown partition")
-	ErrUnknownKey       = errors.New("pkcs11ha: unknown key")
-	ErrNoDevice         = errors.New("pkcs11ha: no device can serve")
-	ErrPIN              = errors.New("pkcs11ha: PIN rejected by the token (not retried)")
-	ErrDeviceDown       = errors.New("pkcs11ha: device down")
-	ErrClosed           = errors.New("pkcs11ha: cluster closed")
-	ErrUnsupported      = errors.New("pkcs11ha: not supported")
+	ErrUnknownPartition = errclass.ErrUnknownPartition
+	ErrUnknownKey       = errclass.ErrUnknownKey
+	ErrNoDevice         = errclass.ErrNoDevice
+	ErrPIN              = errclass.ErrPIN
+	ErrDeviceDown       = errclass.ErrDeviceDown
+	ErrClosed           = errclass.ErrClosed
+	ErrUnsupported      = errclass.ErrUnsupported
+	// ErrBadSignature is matched (errors.Is) by every *SignatureError.
+	ErrBadSignature = errclass.ErrBadSignature
 )
 
-// InputError is a caller mistake caught before any HSM call (wrong digest length, wrong options).
-type InputError struct{ Msg string }
-
-func (e *InputError) Error() string { return "pkcs11ha: " + e.Msg }
-
-func (e *InputError) class() Class { return ClassCaller }
-
-// MechanismError says the token cannot do what was asked (e.g. RSA-OAEP with SHA-256 on SoftHSM 2.6.1).
-type MechanismError struct {
-	Device    string
-	Mechanism string
-}
-
-func (e *MechanismError) Error() string {
-	hint := " (set policy.oaep_fallback to decode OAEP in Go)"
-	switch {
-	case strings.Contains(e.Mechanism, "(fallback"):
-		hint = "" // the fallback's own limit, said in Mechanism
-	case strings.HasPrefix(e.Mechanism, "CKM_AES_GCM"):
-		hint = " (policy.gcm_fallback computes it from AES-ECB)"
-	case strings.HasPrefix(e.Mechanism, "CKM_AES_CBC_PAD"):
-		hint = " (policy.cbc_fallback computes it from AES-ECB)"
-	}
-	return fmt.Sprintf("pkcs11ha: device %s does not support %s%s", e.Device, e.Mechanism, hint)
-}
-
-func (e *MechanismError) class() Class { return ClassCaller }
-
-// Is lets errors.Is(err, ErrUnsupported) match.
-func (e *MechanismError) Is(target error) bool { return target == ErrUnsupported }
-
-func inputErr(format string, args ...any) error {
-	return &InputError{Msg: fmt.Sprintf(format, args...)}
-}
-
-// p11err turns a miekg/pkcs11 error into a *DeviceError with its class.
-func p11err(device, partition string, op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var cl classed
-	if errors.As(err, &cl) {
-		return err // already carries its class (mechanism refusals, our own checks)
-	}
-	var rv pkcs11.Error
-	if errors.As(err, &rv) {
-		return &DeviceError{Device: device, Partition: partition, Op: op, Code: uint(rv), Class: classify(op, uint(rv)), Err: err}
-	}
-	return &DeviceError{Device: device, Partition: partition, Op: op, Class: ClassBusy, Err: err}
-}
-
-// downErr is our own device-down verdict (token missing, module re-initialising, instance retired).
-func downErr(device, partition string, op string, msg string) error {
-	return &DeviceError{Device: device, Partition: partition, Op: op, Class: ClassDeviceDown, Err: errors.New(msg)}
-}
-
-// noDeviceError says that no device could serve a call: the router's verdict in this package's words.
-type noDeviceError struct {
-	tried int
-	last  error
-}
-
-func (e *noDeviceError) Error() string {
-	if e.last == nil {
-		return fmt.Sprintf("%v (tried %d)", ErrNoDevice, e.tried)
-	}
-	return fmt.Sprintf("%v (tried %d): %v", ErrNoDevice, e.tried, e.last)
-}
-
-func (e *noDeviceError) Unwrap() error { return e.last }
-
-func (e *noDeviceError) Is(target error) bool { return target == ErrNoDevice }
-
-// fromRouter turns the router's *failover.NoMemberError into a *noDeviceError and takes the routing
-// wrapper off the errors of attempts; other errors pass.
-func fromRouter(err error) error {
-	var nm *failover.NoMemberError
-	if err == nil || !errors.As(err, &nm) {
-		return unroute(err)
-	}
-	return &noDeviceError{tried: nm.Tried, last: unroute(nm.Last)}
-}
-
-// routed carries an attempt's error to the router with what the router must do about it
-// (failover.Classified), so that this package's own error types stay free of the router's vocabulary.
-type routed struct {
-	err error
-	c   failover.Class
-}
-
-func (r *routed) Error() string                 { return r.err.Error() }
-func (r *routed) Unwrap() error                 { return r.err }
-func (r *routed) FailoverClass() failover.Class { return r.c }
-
-// route wraps err, when it is one of this package's errors, with its routing class.
-func route(err error) error {
-	if c, ok := ownClass(err); ok {
-		return &routed{err: err, c: c.route()}
-	}
-	return err
-}
-
-// unroute takes the routing wrapper off.
-func unroute(err error) error {
-	if r, ok := err.(*routed); ok {
-		return r.err
-	}
-	return err
-}
+// Errors of SecretKey's Open, VerifyMAC and DecryptCBCPad: the caller's input is refused. They are never a
+// device's fault, never retried on another device and never counted on a breaker.
+var (
+	// ErrAuthentication: Open's input is not a ciphertext of this key with this additional data (wrong
+	// key or additional data, tampered or truncated).
+	ErrAuthentication = errclass.ErrAuthentication
+	// ErrMACMismatch: VerifyMAC's MAC is not the key's MAC of the data.
+	ErrMACMismatch = errclass.ErrMACMismatch
+	// ErrBadPadding: DecryptCBCPad's input does not decrypt to PKCS#7-padded data (wrong key or IV, or a
+	// ciphertext altered or not made with padding). CBC is not authenticated: a ciphertext that does
+	// decrypt may still have been altered (docs/encryption.md).
+	ErrBadPadding = errclass.ErrBadPadding
+)

@@ -11,16 +11,17 @@ import (
 	"slices"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // compareKeys builds the key part of Inspect's report: for every partition and key label found on any
 // device, the reference key as Open picks it (majority over the devices whose partition opened, in config
 // order) and what every device holds under that label. held is [device][partition] -> label -> key, nil
 // where the partition did not open.
-func compareKeys(cfg *Config, devs []inspection.DeviceReport, held [][]map[string]*keyObject) []inspection.PartitionReport {
+func compareKeys(cfg *Config, devs []inspection.DeviceReport, held [][]map[string]*devicebackend.KeyObject) []inspection.PartitionReport {
 	out := make([]inspection.PartitionReport, len(cfg.Partitions))
 	for pi, pc := range cfg.Partitions {
-		keys := make([]map[string]*keyObject, len(held))
+		keys := make([]map[string]*devicebackend.KeyObject, len(held))
 		for di, h := range held {
 			if h != nil {
 				keys[di] = h[pi]
@@ -31,9 +32,9 @@ func compareKeys(cfg *Config, devs []inspection.DeviceReport, held [][]map[strin
 	return out
 }
 
-func describeKey(k *keyObject) inspection.KeyOnDevice {
-	kd := inspection.KeyOnDevice{Algorithm: k.alg, Fingerprint: fingerprint(k.pubDER)}
-	kd.KeyType, kd.Bits = keyTypeBits(k.pub)
+func describeKey(k *devicebackend.KeyObject) inspection.KeyOnDevice {
+	kd := inspection.KeyOnDevice{Algorithm: k.Alg, Fingerprint: fingerprint(k.PubDER)}
+	kd.KeyType, kd.Bits = keyTypeBits(k.Pub)
 	return kd
 }
 

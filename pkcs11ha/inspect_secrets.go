@@ -5,32 +5,33 @@ import (
 	"strings"
 
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/inspection"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // compareSecrets adds the secret keys to Inspect's report: for every partition and label, the reference
-// key check value as Open's vote picks it (majority) and what every device holds. held says which
-// devices' partitions opened (nil: not checked).
-func compareSecrets(rep *inspection.Report, devs []*device, held [][]map[string]*keyObject) {
+// key check value as Open's vote picks it (majority) and what every device holds. held is
+// [device][partition] -> label -> secret key, nil where the partition did not open (not checked).
+func compareSecrets(rep *inspection.Report, held [][]map[string]*devicebackend.SecretObject) {
 	for pi := range rep.Partitions {
-		secrets := make([]map[string]*secretObject, len(devs))
-		for di, d := range devs {
-			if held[di] != nil && held[di][pi] != nil {
-				secrets[di] = d.secretKeys(pi)
+		secrets := make([]map[string]*devicebackend.SecretObject, len(held))
+		for di := range held {
+			if held[di] != nil {
+				secrets[di] = held[di][pi]
 			}
 		}
 		rep.Partitions[pi].SecretKeys = compareLabels(rep.Partitions[pi].SecretKeys, rep.Devices, secrets, sameSecret, describeSecret)
 	}
 }
 
-func describeSecret(k *secretObject) inspection.KeyOnDevice {
-	kd := inspection.KeyOnDevice{Algorithm: k.alg, Fingerprint: hex.EncodeToString(k.kcv)}
+func describeSecret(k *devicebackend.SecretObject) inspection.KeyOnDevice {
+	kd := inspection.KeyOnDevice{Algorithm: k.Alg, Fingerprint: hex.EncodeToString(k.KCV)}
 	kd.KeyType, kd.Bits = secretTypeBits(k)
 	return kd
 }
 
-func secretTypeBits(k *secretObject) (string, int) {
-	if strings.HasPrefix(k.alg, "AES") {
-		return "AES", 8 * k.size
+func secretTypeBits(k *devicebackend.SecretObject) (string, int) {
+	if strings.HasPrefix(k.Alg, "AES") {
+		return "AES", 8 * k.Size
 	}
-	return "HMAC", 8 * k.size
+	return "HMAC", 8 * k.Size
 }

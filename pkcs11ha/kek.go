@@ -2,14 +2,9 @@ package pkcs11ha
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
-	"log/slog"
-	"sort"
 
-	"github.com/miekg/pkcs11"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // The key-encryption-key ceremony of key_replication wrap (docs/keys.md, "The KEK ceremony"): a new
@@ -29,13 +24,6 @@ type KEKReport struct {
 	Refused   map[string]string `json:"refused"` // device -> why
 }
 
-// soSession is a security officer's read-write session on one device's partition token.
-type soSession struct {
-	d  *device
-	in *instance
-	s  pkcs11.SessionHandle
-}
-
 // InitKEK runs the KEK ceremony for partition on every device of cfg, logging in as security officer
 // with soPIN (never retried when refused, never logged). It loads its own module instances: run it
 // where no cluster holds the same in-process modules (hsm-ha-proxy keys init-kek is a process of its
@@ -53,146 +41,9 @@ func InitKEK(ctx context.Context, cfg *Config, partition, soPIN string) (*KEKRep
 	if err != nil {
 		return nil, err
 	}
-	rep := &KEKReport{Partition: partition, Refused: map[string]string{}}
-	var devs []*device
-	defer func() { releaseAll(devs, s.own.CloseTimeout) }()
-	var sos []*soSession
-	for i := range s.cfg.Devices {
-		d, err := newDevice(s, i, slog.New(slog.DiscardHandler))
-		if err != nil {
-			return nil, err
-		}
-		devs = append(devs, d)
-		so, err := openSO(ctx, s, d, pi, soPIN)
-		if err != nil {
-			rep.Refused[d.name] = err.Error()
-			continue
-		}
-		sos = append(sos, so)
-	}
-	defer func() {
-		for _, so := range sos {
-			_, _ = callBounded(ctx, so.d, so.in, opLogin, s.own.AdminTimeout, func(c *pkcs11.Ctx) (struct{}, error) {
-				_ = c.Logout(so.s)
-				return struct{}{}, c.CloseSession(so.s)
-			})
-		}
-	}()
-	if len(sos) == 0 {
-		return rep, fmt.Errorf("pkcs11ha: init-kek: no device of partition %q accepted the security officer", partition)
-	}
-	id := make([]byte, 8)
-	_, _ = rand.Read(id)
-	rep.ID, rep.Source = hex.EncodeToString(id), sos[0].d.name
-	src := sos[0]
-	kek, err := callBounded(ctx, src.d, src.in, opGenerateKey, s.own.AdminTimeout, func(c *pkcs11.Ctx) (pkcs11.ObjectHandle, error) {
-		return c.GenerateKey(src.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, p11Attrs([]attr{
-			attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), attrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
-			attrUlong(pkcs11.CKA_VALUE_LEN, 32), attrBool(pkcs11.CKA_TOKEN, false), attrBool(pkcs11.CKA_PRIVATE, false),
-			attrBool(pkcs11.CKA_SENSITIVE, true), attrBool(pkcs11.CKA_EXTRACTABLE, true)}))
-	})
-	if err != nil {
-		return rep, fmt.Errorf("pkcs11ha: init-kek: generating the KEK on %s: %w", src.d.name, err)
-	}
-	for _, so := range sos {
-		if err := carryKEK(ctx, s, src, so, kek, id); err != nil {
-			rep.Refused[so.d.name] = err.Error()
-		} else {
-			rep.Done = append(rep.Done, so.d.name)
-		}
-	}
-	sort.Strings(rep.Done)
-	return rep, nil
-}
-
-// opGenerateKey names C_GenerateKey in errors.
-const opGenerateKey = "C_GenerateKey"
-
-// openSO loads device d, finds partition pi's token and opens a security officer's session on it.
-func openSO(ctx context.Context, s *settings, d *device, pi int, soPIN string) (*soSession, error) {
-	if lr := loadBounded(ctx, d, s.own.InitTimeout); lr.err != nil {
-		return nil, lr.err
-	}
-	in := d.mod.current()
-	if in == nil {
-		return nil, downErr(d.name, "", opInitialize, "module not loaded")
-	}
-	p := d.parts[pi]
-	sess, err := callBounded(ctx, d, in, opLogin, s.own.AdminTimeout, func(c *pkcs11.Ctx) (pkcs11.SessionHandle, error) {
-		slots, err := c.GetSlotList(true)
-		if err != nil {
-			return 0, err
-		}
-		for _, slot := range slots {
-			if ti, err := c.GetTokenInfo(slot); err == nil && p.isToken(ti) {
-				sh, err := c.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
-				if err != nil {
-					return 0, err
-				}
-				if err := c.Login(sh, pkcs11.CKU_SO, soPIN); err != nil {
-					_ = c.CloseSession(sh)
-					return 0, err
-				}
-				return sh, nil
-			}
-		}
-		return 0, fmt.Errorf("token %s not found", p.tokenName())
-	})
-	if err != nil {
+	res, err := devicebackend.InitKEK(ctx, s.backend(), pi, soPIN, kekLabel)
+	if res == nil {
 		return nil, err
 	}
-	return &soSession{d: d, in: in, s: sess}, nil
-}
-
-// carryKEK puts the KEK (session object kek on src) on so's device under CKA_ID id: so generates a
-// transport RSA key pair (session objects), src wraps the KEK under its public half with RSA-OAEP, so
-// unwraps it as a trusted, non-extractable token key.
-func carryKEK(ctx context.Context, s *settings, src, so *soSession, kek pkcs11.ObjectHandle, id []byte) error {
-	oaep := (&adminOp{Mech: pkcs11.CKM_RSA_PKCS_OAEP, OAEP: true}).mechanism()
-	type transport struct {
-		priv     pkcs11.ObjectHandle
-		mod, exp []byte
-	}
-	t, err := callBounded(ctx, so.d, so.in, opGenerateKeyPair, s.own.AdminTimeout, func(c *pkcs11.Ctx) (transport, error) {
-		pub, priv, err := c.GenerateKeyPair(so.s, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_RSA_PKCS_KEY_PAIR_GEN, nil)},
-			p11Attrs([]attr{attrBool(pkcs11.CKA_TOKEN, false), attrBool(pkcs11.CKA_PRIVATE, false), attrUlong(pkcs11.CKA_MODULUS_BITS, 3072),
-				attrBytes(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}), attrBool(pkcs11.CKA_WRAP, true)}),
-			p11Attrs([]attr{attrBool(pkcs11.CKA_TOKEN, false), attrBool(pkcs11.CKA_PRIVATE, false), attrBool(pkcs11.CKA_SENSITIVE, true),
-				attrBool(pkcs11.CKA_EXTRACTABLE, false), attrBool(pkcs11.CKA_UNWRAP, true)}))
-		if err != nil {
-			return transport{}, err
-		}
-		a, err := c.GetAttributeValue(so.s, pub, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_MODULUS, nil), pkcs11.NewAttribute(pkcs11.CKA_PUBLIC_EXPONENT, nil)})
-		if err != nil {
-			return transport{}, err
-		}
-		return transport{priv: priv, mod: a[0].Value, exp: a[1].Value}, nil
-	})
-	if err != nil {
-		return fmt.Errorf("transport key pair: %w", err)
-	}
-	blob, err := callBounded(ctx, src.d, src.in, opWrapKey, s.own.AdminTimeout, func(c *pkcs11.Ctx) ([]byte, error) {
-		h, err := c.CreateObject(src.s, p11Attrs([]attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), attrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA),
-			attrBool(pkcs11.CKA_TOKEN, false), attrBool(pkcs11.CKA_WRAP, true), attrBytes(pkcs11.CKA_MODULUS, t.mod), attrBytes(pkcs11.CKA_PUBLIC_EXPONENT, t.exp)}))
-		if err != nil {
-			return nil, err
-		}
-		defer func() { _ = c.DestroyObject(src.s, h) }()
-		return c.WrapKey(src.s, oaep, h, kek)
-	})
-	if err != nil {
-		return fmt.Errorf("wrapping the KEK on %s for this device: %w", src.d.name, err)
-	}
-	_, err = callBounded(ctx, so.d, so.in, opUnwrapKey, s.own.AdminTimeout, func(c *pkcs11.Ctx) (pkcs11.ObjectHandle, error) {
-		defer func() { _ = c.DestroyObject(so.s, t.priv) }()
-		return c.UnwrapKey(so.s, oaep, t.priv, blob, p11Attrs([]attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
-			attrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES), attrBool(pkcs11.CKA_TOKEN, true), attrBool(pkcs11.CKA_PRIVATE, false),
-			attrBool(pkcs11.CKA_SENSITIVE, true), attrBool(pkcs11.CKA_EXTRACTABLE, false), attrBool(pkcs11.CKA_TRUSTED, true),
-			attrBool(pkcs11.CKA_WRAP, true), attrBool(pkcs11.CKA_UNWRAP, true), attrBool(pkcs11.CKA_ENCRYPT, false),
-			attrBool(pkcs11.CKA_DECRYPT, false), attrString(pkcs11.CKA_LABEL, kekLabel), attrBytes(pkcs11.CKA_ID, id)}))
-	})
-	if err != nil {
-		return fmt.Errorf("unwrapping the KEK: %w", err)
-	}
-	return nil
+	return &KEKReport{Partition: partition, ID: res.ID, Source: res.Source, Done: res.Done, Refused: res.Refused}, err
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/miekg/pkcs11"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/sessionkey"
 )
 
@@ -52,7 +54,7 @@ func (k *Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, 
 func (k *Key) SignContext(ctx context.Context, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	out := startOutcome(ctx)
 	if opts == nil {
-		return nil, inputErr("sign: nil SignerOpts")
+		return nil, errclass.InputErr("sign: nil SignerOpts")
 	}
 	plan, err := planSign(k.entry.pub, digest, opts)
 	if err != nil {
@@ -92,16 +94,16 @@ func (k *Key) decrypt(ctx context.Context, ciphertext []byte, opts crypto.Decryp
 	out := startOutcome(ctx)
 	pub, ok := k.entry.pub.(*rsa.PublicKey)
 	if !ok {
-		return nil, inputErr("decrypt: key %q is %s, not RSA", k.entry.label, k.entry.alg)
+		return nil, errclass.InputErr("decrypt: key %q is %s, not RSA", k.entry.label, k.entry.alg)
 	}
 	if len(ciphertext) != pub.Size() {
-		return nil, inputErr("decrypt: ciphertext has %d bytes, the key needs %d", len(ciphertext), pub.Size())
+		return nil, errclass.InputErr("decrypt: ciphertext has %d bytes, the key needs %d", len(ciphertext), pub.Size())
 	}
-	op := &deviceOp{Kind: kindDecrypt, Label: k.entry.label, PubDER: k.entry.pubDER, Input: ciphertext,
+	op := &devicebackend.Op{Kind: devicebackend.KindDecrypt, Label: k.entry.label, PubDER: k.entry.pubDER, Input: ciphertext,
 		KeySize: pub.Size(), OAEPFallback: k.cl.s.own.OAEPFallback}
 	switch o := opts.(type) {
 	case nil, *rsa.PKCS1v15DecryptOptions:
-		op.Mech = mechSpec{Type: pkcs11.CKM_RSA_PKCS}
+		op.Mech = devicebackend.MechSpec{Type: pkcs11.CKM_RSA_PKCS}
 	case *rsa.OAEPOptions:
 		m, err := oaepMechanism(o, pub)
 		if err != nil {
@@ -112,7 +114,7 @@ func (k *Key) decrypt(ctx context.Context, ciphertext []byte, opts crypto.Decryp
 			op.OAEPMGFHash = o.Hash
 		}
 	default:
-		return nil, inputErr("decrypt: options %T not supported (want nil, *rsa.OAEPOptions or *rsa.PKCS1v15DecryptOptions)", opts)
+		return nil, errclass.InputErr("decrypt: options %T not supported (want nil, *rsa.OAEPOptions or *rsa.PKCS1v15DecryptOptions)", opts)
 	}
 	pt, err := k.cl.do(ctx, "decrypt", k, op, nil, out)
 	if err != nil {

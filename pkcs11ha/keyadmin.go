@@ -16,6 +16,9 @@ import (
 	"sync"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // Creating and destroying keys on every device of a partition (docs/ARCHITECTURE.md, "Key management").
@@ -96,7 +99,7 @@ const lostMark = "unreachable: "
 
 // lost reports whether err says the device went away rather than refused.
 func lost(err error) bool {
-	return errors.Is(err, context.DeadlineExceeded) || classOf(err) == ClassDeviceDown
+	return errors.Is(err, context.DeadlineExceeded) || errclass.ClassOf(err) == ClassDeviceDown
 }
 
 // blocking counts the refusals that fail a creation: those of devices still reachable.
@@ -173,15 +176,15 @@ func (cl *Cluster) GenerateKey(ctx context.Context, partition string, spec KeySp
 func (cl *Cluster) ImportKey(ctx context.Context, partition string, spec KeySpec, pkcs8 []byte) (KeyInfo, error) {
 	parsed, err := x509.ParsePKCS8PrivateKey(pkcs8)
 	if err != nil {
-		return KeyInfo{}, inputErr("import: not a PKCS#8 private key: %v", err)
+		return KeyInfo{}, errclass.InputErr("import: not a PKCS#8 private key: %v", err)
 	}
 	key, ok := parsed.(crypto.Signer)
 	if !ok {
-		return KeyInfo{}, inputErr("import: unsupported key %T", parsed)
+		return KeyInfo{}, errclass.InputErr("import: unsupported key %T", parsed)
 	}
 	defer wipeKey(key)
 	if spec.Label == "" {
-		return KeyInfo{}, inputErr("key label is required")
+		return KeyInfo{}, errclass.InputErr("key label is required")
 	}
 	pi, pc, targets, err := cl.adminStart(partition)
 	if err != nil {
@@ -216,8 +219,8 @@ func (cl *Cluster) labelFree(ctx context.Context, pi int, targets []*clusterDevi
 	var mu sync.Mutex
 	var held []string
 	_, refused := onEach(targets, func(d *clusterDevice) error {
-		r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminFind,
-			Template: []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), attrString(pkcs11.CKA_LABEL, label)}})
+		r, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminFind,
+			Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), devicebackend.AttrString(pkcs11.CKA_LABEL, label)}})
 		if err == nil && len(r.Objects) > 0 {
 			mu.Lock()
 			held = append(held, d.name)
@@ -246,7 +249,7 @@ func (cl *Cluster) labelFree(ctx context.Context, pi int, targets []*clusterDevi
 func (cl *Cluster) importOn(ctx context.Context, pi int, ds []*clusterDevice, label string, id []byte, key crypto.Signer, wrappable bool) (*madeKey, error) {
 	der, err := x509.MarshalPKIXPublicKey(key.Public())
 	if err != nil {
-		return nil, inputErr("import: %v", err)
+		return nil, errclass.InputErr("import: %v", err)
 	}
 	if len(id) == 0 {
 		id = keyIdentifier(der)
@@ -264,10 +267,10 @@ func (cl *Cluster) importOn(ctx context.Context, pi int, ds []*clusterDevice, la
 	}
 	m.done, m.refused = onEach(ds, func(d *clusterDevice) error {
 		// The public object first: a key listing in between then finds no private key without its public.
-		if _, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: pubT}); err != nil {
+		if _, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminCreate, Template: pubT}); err != nil {
 			return err
 		}
-		_, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: privT})
+		_, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminCreate, Template: privT})
 		return err
 	})
 	return m, nil
@@ -296,7 +299,7 @@ func (cl *Cluster) generateOn(ctx context.Context, pi int, d *clusterDevice, spe
 		_, _ = rand.Read(s.ID)
 	}
 	pubT, privT := s.templates(wrappable)
-	r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminGenerateKeyPair, Mech: s.mechanism(), Template: pubT, Private: privT, Read: pubReads})
+	r, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminGenerateKeyPair, Mech: s.mechanism(), Template: pubT, Private: privT, Read: pubReads})
 	if err != nil {
 		return nil, err
 	}
@@ -309,9 +312,9 @@ func (cl *Cluster) generateOn(ctx context.Context, pi int, d *clusterDevice, spe
 	if len(spec.ID) == 0 {
 		m.id = keyIdentifier(der)
 		for _, class := range []uint{pkcs11.CKO_PUBLIC_KEY, pkcs11.CKO_PRIVATE_KEY} {
-			if _, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminSetAttributes,
-				Template: []attr{attrUlong(pkcs11.CKA_CLASS, class), attrBytes(pkcs11.CKA_ID, s.ID)},
-				Set:      []attr{attrBytes(pkcs11.CKA_ID, m.id)}}); err != nil {
+			if _, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminSetAttributes,
+				Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, class), devicebackend.AttrBytes(pkcs11.CKA_ID, s.ID)},
+				Set:      []devicebackend.Attr{devicebackend.AttrBytes(pkcs11.CKA_ID, m.id)}}); err != nil {
 				m.id = s.ID // what the objects are still called, for the withdrawal
 				return m, err
 			}
@@ -399,22 +402,22 @@ func (cl *Cluster) withdraw(ctx context.Context, pi int, ds []*clusterDevice, la
 
 // tombstone writes the tombstone of fp on device d unless it is there.
 func (cl *Cluster) tombstone(ctx context.Context, pi int, d *clusterDevice, label, fp string) error {
-	tmpl := []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), attrString(pkcs11.CKA_APPLICATION, tombstoneApp),
-		attrBytes(pkcs11.CKA_VALUE, []byte(fp))}
-	r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminFind, Template: tmpl})
+	tmpl := []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), devicebackend.AttrString(pkcs11.CKA_APPLICATION, tombstoneApp),
+		devicebackend.AttrBytes(pkcs11.CKA_VALUE, []byte(fp))}
+	r, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminFind, Template: tmpl})
 	if err != nil || len(r.Objects) > 0 {
 		return err
 	}
-	tmpl = append(tmpl, attrBool(pkcs11.CKA_TOKEN, true), attrBool(pkcs11.CKA_PRIVATE, true), attrString(pkcs11.CKA_LABEL, label))
-	_, err = cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: tmpl})
+	tmpl = append(tmpl, devicebackend.AttrBool(pkcs11.CKA_TOKEN, true), devicebackend.AttrBool(pkcs11.CKA_PRIVATE, true), devicebackend.AttrString(pkcs11.CKA_LABEL, label))
+	_, err = cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminCreate, Template: tmpl})
 	return err
 }
 
 // destroyPair destroys the private and public objects labelled label with CKA_ID id on device d.
 func (cl *Cluster) destroyPair(ctx context.Context, pi int, d *clusterDevice, label string, id []byte) error {
 	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
-		if _, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminDestroy, Template: []attr{attrUlong(pkcs11.CKA_CLASS, class),
-			attrString(pkcs11.CKA_LABEL, label), attrBytes(pkcs11.CKA_ID, id)}}); err != nil {
+		if _, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminDestroy, Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, class),
+			devicebackend.AttrString(pkcs11.CKA_LABEL, label), devicebackend.AttrBytes(pkcs11.CKA_ID, id)}}); err != nil {
 			return err
 		}
 	}

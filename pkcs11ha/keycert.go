@@ -10,6 +10,9 @@ import (
 	"strings"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // Certificates of the cluster's keys, written to and removed from every device of a partition (docs/keys.md,
@@ -28,7 +31,7 @@ var certReads = []uint{pkcs11.CKA_LABEL, pkcs11.CKA_ID, pkcs11.CKA_VALUE}
 func (cl *Cluster) PutCertificate(ctx context.Context, partition, label string, id, der []byte) (string, error) {
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return "", inputErr("certificate: not X.509 DER that Go parses: %v", err)
+		return "", errclass.InputErr("certificate: not X.509 DER that Go parses: %v", err)
 	}
 	ki, err := cl.keyOfCertificate(partition, cert)
 	if err != nil {
@@ -42,7 +45,7 @@ func (cl *Cluster) PutCertificate(ctx context.Context, partition, label string, 
 		id = keyID
 	}
 	if label != ki.Label && !bytes.Equal(id, keyID) {
-		return "", inputErr("certificate: neither its label %q nor its CKA_ID %x is key %q's: it would not be the key's certificate", label, id, ki.Label)
+		return "", errclass.InputErr("certificate: neither its label %q nor its CKA_ID %x is key %q's: it would not be the key's certificate", label, id, ki.Label)
 	}
 	tmpl, err := certTemplate(cert, label, id)
 	if err != nil {
@@ -58,7 +61,7 @@ func (cl *Cluster) PutCertificate(ctx context.Context, partition, label string, 
 			return err
 		}
 		if !have {
-			if _, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: tmpl}); err != nil {
+			if _, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminCreate, Template: tmpl}); err != nil {
 				return err
 			}
 		}
@@ -136,7 +139,7 @@ func (cl *Cluster) keyInfoOf(ctx context.Context, partition, label string) (KeyI
 func (cl *Cluster) keyOfCertificate(partition string, cert *x509.Certificate) (KeyInfo, error) {
 	spki, err := x509.MarshalPKIXPublicKey(cert.PublicKey)
 	if err != nil {
-		return KeyInfo{}, inputErr("certificate: public key: %v", err)
+		return KeyInfo{}, errclass.InputErr("certificate: public key: %v", err)
 	}
 	keys, err := cl.Keys(partition)
 	if err != nil {
@@ -154,18 +157,18 @@ func (cl *Cluster) keyOfCertificate(partition string, cert *x509.Certificate) (K
 // certsOfKey reads device d's certificates of key ki (its CKA_ID or label, its public key): the values
 // other than keep, and whether keep is among them.
 func (cl *Cluster) certsOfKey(ctx context.Context, pi int, d *clusterDevice, ki KeyInfo, keyID, keep []byte) (others [][]byte, have bool, err error) {
-	r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminFind, Read: certReads,
-		Template: []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE), attrUlong(pkcs11.CKA_CERTIFICATE_TYPE, pkcs11.CKC_X_509)}})
+	r, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminFind, Read: certReads,
+		Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE), devicebackend.AttrUlong(pkcs11.CKA_CERTIFICATE_TYPE, pkcs11.CKC_X_509)}})
 	if err != nil {
 		return nil, false, err
 	}
-	k := &keyObject{label: ki.Label, id: keyID}
-	if k.pubDER, err = x509.MarshalPKIXPublicKey(ki.Public); err != nil {
+	k := &devicebackend.KeyObject{Label: ki.Label, ID: keyID}
+	if k.PubDER, err = x509.MarshalPKIXPublicKey(ki.Public); err != nil {
 		return nil, false, err
 	}
 	for _, o := range r.Objects {
-		co := certObject{label: string(value(o, pkcs11.CKA_LABEL)), id: value(o, pkcs11.CKA_ID), der: value(o, pkcs11.CKA_VALUE)}
-		switch der, _ := certificateFor(k, []certObject{co}); {
+		co := devicebackend.CertObject{Label: string(devicebackend.Value(o, pkcs11.CKA_LABEL)), Id: devicebackend.Value(o, pkcs11.CKA_ID), Der: devicebackend.Value(o, pkcs11.CKA_VALUE)}
+		switch der, _ := devicebackend.CertificateFor(k, []devicebackend.CertObject{co}); {
 		case der == nil:
 		case bytes.Equal(der, keep):
 			have = true
@@ -179,8 +182,8 @@ func (cl *Cluster) certsOfKey(ctx context.Context, pi int, d *clusterDevice, ki 
 // destroyCerts destroys device d's certificate objects whose value is one of ders.
 func (cl *Cluster) destroyCerts(ctx context.Context, pi int, d *clusterDevice, ders [][]byte) error {
 	for _, der := range ders {
-		if _, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminDestroy, Template: []attr{
-			attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE), attrBytes(pkcs11.CKA_VALUE, der)}}); err != nil {
+		if _, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminDestroy, Template: []devicebackend.Attr{
+			devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE), devicebackend.AttrBytes(pkcs11.CKA_VALUE, der)}}); err != nil {
 			return err
 		}
 	}
@@ -189,13 +192,13 @@ func (cl *Cluster) destroyCerts(ctx context.Context, pi int, d *clusterDevice, d
 
 // certTemplate is the certificate object of cert (C_CreateObject): what pkcs11-tool --write-object
 // writes, which every token takes.
-func certTemplate(cert *x509.Certificate, label string, id []byte) ([]attr, error) {
+func certTemplate(cert *x509.Certificate, label string, id []byte) ([]devicebackend.Attr, error) {
 	serial, err := asn1.Marshal(cert.SerialNumber)
 	if err != nil {
-		return nil, inputErr("certificate: serial number: %v", err)
+		return nil, errclass.InputErr("certificate: serial number: %v", err)
 	}
-	return []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE), attrUlong(pkcs11.CKA_CERTIFICATE_TYPE, pkcs11.CKC_X_509),
-		attrBool(pkcs11.CKA_TOKEN, true), attrBool(pkcs11.CKA_PRIVATE, false), attrString(pkcs11.CKA_LABEL, label),
-		attrBytes(pkcs11.CKA_ID, id), attrBytes(pkcs11.CKA_SUBJECT, cert.RawSubject), attrBytes(pkcs11.CKA_ISSUER, cert.RawIssuer),
-		attrBytes(pkcs11.CKA_SERIAL_NUMBER, serial), attrBytes(pkcs11.CKA_VALUE, cert.Raw)}, nil
+	return []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE), devicebackend.AttrUlong(pkcs11.CKA_CERTIFICATE_TYPE, pkcs11.CKC_X_509),
+		devicebackend.AttrBool(pkcs11.CKA_TOKEN, true), devicebackend.AttrBool(pkcs11.CKA_PRIVATE, false), devicebackend.AttrString(pkcs11.CKA_LABEL, label),
+		devicebackend.AttrBytes(pkcs11.CKA_ID, id), devicebackend.AttrBytes(pkcs11.CKA_SUBJECT, cert.RawSubject), devicebackend.AttrBytes(pkcs11.CKA_ISSUER, cert.RawIssuer),
+		devicebackend.AttrBytes(pkcs11.CKA_SERIAL_NUMBER, serial), devicebackend.AttrBytes(pkcs11.CKA_VALUE, cert.Raw)}, nil
 }

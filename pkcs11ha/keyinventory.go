@@ -12,6 +12,7 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"github.com/pkcs11-ha/pkcs11-ha/health"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // What each device holds of a partition, read from the device itself (docs/ARCHITECTURE.md, "Key
@@ -64,32 +65,32 @@ var privReads = []uint{pkcs11.CKA_LABEL, pkcs11.CKA_ID, pkcs11.CKA_KEY_TYPE, pkc
 // readHolding reads partition pi on device d: four searches, each an admin call under ctx.
 func (cl *Cluster) readHolding(ctx context.Context, pi int, d *clusterDevice) *devHolding {
 	h := &devHolding{dev: d, tombs: map[string]string{}, keks: map[string]bool{}}
-	find := func(tmpl []attr, read []uint) [][]attr {
+	find := func(tmpl []devicebackend.Attr, read []uint) [][]devicebackend.Attr {
 		if h.err != nil {
 			return nil
 		}
-		r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminFind, Template: tmpl, Read: read})
+		r, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminFind, Template: tmpl, Read: read})
 		if err != nil {
 			h.err = err
 			return nil
 		}
 		return r.Objects
 	}
-	privs := find([]attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)}, privReads)
-	pubs := find([]attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY)}, pubReads)
-	tombs := find([]attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), attrString(pkcs11.CKA_APPLICATION, tombstoneApp)},
+	privs := find([]devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)}, privReads)
+	pubs := find([]devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY)}, pubReads)
+	tombs := find([]devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), devicebackend.AttrString(pkcs11.CKA_APPLICATION, tombstoneApp)},
 		[]uint{pkcs11.CKA_LABEL, pkcs11.CKA_VALUE})
-	keks := find([]attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), attrString(pkcs11.CKA_LABEL, kekLabel)},
+	keks := find([]devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), devicebackend.AttrString(pkcs11.CKA_LABEL, kekLabel)},
 		[]uint{pkcs11.CKA_ID, pkcs11.CKA_TRUSTED})
 	if h.err != nil {
 		return h
 	}
 	for _, t := range tombs {
-		h.tombs[string(value(t, pkcs11.CKA_VALUE))] = string(value(t, pkcs11.CKA_LABEL))
+		h.tombs[string(devicebackend.Value(t, pkcs11.CKA_VALUE))] = string(devicebackend.Value(t, pkcs11.CKA_LABEL))
 	}
 	for _, k := range keks {
-		if boolOf(value(k, pkcs11.CKA_TRUSTED)) {
-			h.keks[hex.EncodeToString(value(k, pkcs11.CKA_ID))] = true
+		if devicebackend.BoolOf(devicebackend.Value(k, pkcs11.CKA_TRUSTED)) {
+			h.keks[hex.EncodeToString(devicebackend.Value(k, pkcs11.CKA_ID))] = true
 		}
 	}
 	for _, p := range privs {
@@ -109,16 +110,16 @@ func (cl *Cluster) readHolding(ctx context.Context, pi int, d *clusterDevice) *d
 
 // pairKey makes the devKey of private object p, with its public key from p itself (RSA) or from the
 // public object with the same CKA_ID (else label).
-func pairKey(p []attr, pubs [][]attr) *devKey {
-	label, id := string(value(p, pkcs11.CKA_LABEL)), value(p, pkcs11.CKA_ID)
+func pairKey(p []devicebackend.Attr, pubs [][]devicebackend.Attr) *devKey {
+	label, id := string(devicebackend.Value(p, pkcs11.CKA_LABEL)), devicebackend.Value(p, pkcs11.CKA_ID)
 	if label == "" {
 		return nil
 	}
 	src := p
-	if ulongOf(value(p, pkcs11.CKA_KEY_TYPE)) != pkcs11.CKK_RSA || value(p, pkcs11.CKA_MODULUS) == nil {
+	if devicebackend.UlongOf(devicebackend.Value(p, pkcs11.CKA_KEY_TYPE)) != pkcs11.CKK_RSA || devicebackend.Value(p, pkcs11.CKA_MODULUS) == nil {
 		src = nil
 		for _, q := range pubs {
-			if (len(id) > 0 && bytes.Equal(value(q, pkcs11.CKA_ID), id)) || (len(id) == 0 && string(value(q, pkcs11.CKA_LABEL)) == label) {
+			if (len(id) > 0 && bytes.Equal(devicebackend.Value(q, pkcs11.CKA_ID), id)) || (len(id) == 0 && string(devicebackend.Value(q, pkcs11.CKA_LABEL)) == label) {
 				src = q
 				break
 			}
@@ -132,16 +133,16 @@ func pairKey(p []attr, pubs [][]attr) *devKey {
 		return nil
 	}
 	return &devKey{label: label, id: id, alg: alg, pub: pub, pubDER: der, fp: Fingerprint(der), copies: 1,
-		sign: boolOf(value(p, pkcs11.CKA_SIGN)), decrypt: boolOf(value(p, pkcs11.CKA_DECRYPT)),
-		extractable: boolOf(value(p, pkcs11.CKA_EXTRACTABLE)), sensitive: boolOf(value(p, pkcs11.CKA_SENSITIVE)),
-		wrapTrusted: boolOf(value(p, pkcs11.CKA_WRAP_WITH_TRUSTED))}
+		sign: devicebackend.BoolOf(devicebackend.Value(p, pkcs11.CKA_SIGN)), decrypt: devicebackend.BoolOf(devicebackend.Value(p, pkcs11.CKA_DECRYPT)),
+		extractable: devicebackend.BoolOf(devicebackend.Value(p, pkcs11.CKA_EXTRACTABLE)), sensitive: devicebackend.BoolOf(devicebackend.Value(p, pkcs11.CKA_SENSITIVE)),
+		wrapTrusted: devicebackend.BoolOf(devicebackend.Value(p, pkcs11.CKA_WRAP_WITH_TRUSTED))}
 }
 
 // adminOn runs op on device d's partition pi under ctx, bounded by policy.admin_timeout.
-func (cl *Cluster) adminOn(ctx context.Context, d *clusterDevice, pi int, op *adminOp) (*adminResult, error) {
+func (cl *Cluster) adminOn(ctx context.Context, d *clusterDevice, pi int, op *devicebackend.AdminOp) (*devicebackend.AdminResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, cl.s.own.AdminTimeout)
 	defer cancel()
-	r, err := d.be.admin(ctx, pi, op)
+	r, err := d.be.Admin(ctx, pi, op)
 	if err != nil {
 		return nil, fmt.Errorf("device %s: %w", d.name, err)
 	}
@@ -153,7 +154,7 @@ func (cl *Cluster) adminOn(ctx context.Context, d *clusterDevice, pi int, op *ad
 func (cl *Cluster) adminTargets(pi int) (in, out []*clusterDevice) {
 	for i, d := range cl.devices {
 		up := i < len(cl.monitors) && cl.monitors[i].Status().State != health.StateDown
-		if up && d.be.partition(pi).Open {
+		if up && d.be.Partition(pi).Open {
 			in = append(in, d)
 		} else {
 			out = append(out, d)

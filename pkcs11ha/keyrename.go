@@ -7,6 +7,9 @@ import (
 	"encoding/hex"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // RenameKey changes the label of partition's key label to newLabel on every device: its private and
@@ -17,9 +20,9 @@ import (
 func (cl *Cluster) RenameKey(ctx context.Context, partition, label, newLabel string) error {
 	switch {
 	case newLabel == "":
-		return inputErr("key label is required")
+		return errclass.InputErr("key label is required")
 	case len(newLabel) > 128:
-		return inputErr("key label has %d bytes, at most 128", len(newLabel))
+		return errclass.InputErr("key label has %d bytes, at most 128", len(newLabel))
 	case newLabel == label:
 		return nil
 	}
@@ -55,18 +58,18 @@ type renamedKey struct {
 // listing in between finds no private key under the new label without its public key).
 func (cl *Cluster) relabel(ctx context.Context, pi int, d *clusterDevice, rk *renamedKey, from, to string) error {
 	for _, class := range []uint{pkcs11.CKO_PUBLIC_KEY, pkcs11.CKO_PRIVATE_KEY} {
-		if err := cl.setLabel(ctx, pi, d, []attr{attrUlong(pkcs11.CKA_CLASS, class), attrString(pkcs11.CKA_LABEL, from),
-			attrBytes(pkcs11.CKA_ID, rk.id)}, to); err != nil {
+		if err := cl.setLabel(ctx, pi, d, []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, class), devicebackend.AttrString(pkcs11.CKA_LABEL, from),
+			devicebackend.AttrBytes(pkcs11.CKA_ID, rk.id)}, to); err != nil {
 			return err
 		}
 	}
-	r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminFind, Read: certReads,
-		Template: []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE), attrString(pkcs11.CKA_LABEL, from)}})
+	r, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminFind, Read: certReads,
+		Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE), devicebackend.AttrString(pkcs11.CKA_LABEL, from)}})
 	if err != nil {
 		return err
 	}
 	for _, o := range r.Objects {
-		der := value(o, pkcs11.CKA_VALUE)
+		der := devicebackend.Value(o, pkcs11.CKA_VALUE)
 		cert, perr := x509.ParseCertificate(der)
 		if perr != nil {
 			continue
@@ -74,8 +77,8 @@ func (cl *Cluster) relabel(ctx context.Context, pi int, d *clusterDevice, rk *re
 		if spki, merr := x509.MarshalPKIXPublicKey(cert.PublicKey); merr != nil || !bytes.Equal(spki, rk.pubDER) {
 			continue // another key's certificate that happens to bear the label
 		}
-		if err := cl.setLabel(ctx, pi, d, []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE), attrString(pkcs11.CKA_LABEL, from),
-			attrBytes(pkcs11.CKA_VALUE, der)}, to); err != nil {
+		if err := cl.setLabel(ctx, pi, d, []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_CERTIFICATE), devicebackend.AttrString(pkcs11.CKA_LABEL, from),
+			devicebackend.AttrBytes(pkcs11.CKA_VALUE, der)}, to); err != nil {
 			return err
 		}
 	}
@@ -86,11 +89,11 @@ func (cl *Cluster) relabel(ctx context.Context, pi int, d *clusterDevice, rk *re
 // one back (best effort; a failure is in the audit line's refusals already).
 func (cl *Cluster) relabelBack(ctx context.Context, pi int, d *clusterDevice, rk *renamedKey, from, to string) error {
 	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY, pkcs11.CKO_CERTIFICATE} {
-		tmpl := []attr{attrUlong(pkcs11.CKA_CLASS, class), attrString(pkcs11.CKA_LABEL, from)}
+		tmpl := []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, class), devicebackend.AttrString(pkcs11.CKA_LABEL, from)}
 		if class != pkcs11.CKO_CERTIFICATE {
-			tmpl = append(tmpl, attrBytes(pkcs11.CKA_ID, rk.id))
+			tmpl = append(tmpl, devicebackend.AttrBytes(pkcs11.CKA_ID, rk.id))
 		}
-		r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminFind, Template: tmpl})
+		r, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminFind, Template: tmpl})
 		if err != nil || len(r.Objects) != 1 {
 			continue
 		}
@@ -100,7 +103,7 @@ func (cl *Cluster) relabelBack(ctx context.Context, pi int, d *clusterDevice, rk
 }
 
 // setLabel sets CKA_LABEL to on the one object of device d that tmpl finds.
-func (cl *Cluster) setLabel(ctx context.Context, pi int, d *clusterDevice, tmpl []attr, to string) error {
-	_, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminSetAttributes, Template: tmpl, Set: []attr{attrString(pkcs11.CKA_LABEL, to)}})
+func (cl *Cluster) setLabel(ctx context.Context, pi int, d *clusterDevice, tmpl []devicebackend.Attr, to string) error {
+	_, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminSetAttributes, Template: tmpl, Set: []devicebackend.Attr{devicebackend.AttrString(pkcs11.CKA_LABEL, to)}})
 	return err
 }

@@ -14,6 +14,9 @@ import (
 	"math/big"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // Key algorithms that GenerateKey creates (KeySpec.Algorithm), as the CLI and the HTTP API name them.
@@ -37,13 +40,13 @@ type KeySpec struct {
 
 func (s *KeySpec) validate() error {
 	if s.Label == "" {
-		return inputErr("key label is required")
+		return errclass.InputErr("key label is required")
 	}
 	if len(s.Label) > 128 {
-		return inputErr("key label has %d bytes, at most 128", len(s.Label))
+		return errclass.InputErr("key label has %d bytes, at most 128", len(s.Label))
 	}
 	if s.rsaBits() == 0 && s.curve() == nil {
-		return inputErr("unknown key algorithm %q (want one of %v)", s.Algorithm, KeyAlgorithms)
+		return errclass.InputErr("unknown key algorithm %q (want one of %v)", s.Algorithm, KeyAlgorithms)
 	}
 	return nil
 }
@@ -72,9 +75,9 @@ func (s *KeySpec) curve() elliptic.Curve {
 
 // curveOID is the DER of a named curve's OID (CKA_EC_PARAMS).
 func curveOID(c elliptic.Curve) []byte {
-	oid := oidP256
+	oid := devicebackend.OIDP256
 	if c == elliptic.P384() {
-		oid = oidP384
+		oid = devicebackend.OIDP384
 	}
 	b, _ := asn1.Marshal(oid)
 	return b
@@ -97,15 +100,15 @@ func (s *KeySpec) keyType() uint {
 // templates are the public and private templates of C_GenerateKeyPair. wrappable keys may leave the
 // device only wrapped under a trusted key (CKA_WRAP_WITH_TRUSTED), the rule of key_replication wrap; the
 // others never leave it.
-func (s *KeySpec) templates(wrappable bool) (pub, priv []attr) {
-	pub = []attr{attrBool(pkcs11.CKA_TOKEN, true), attrString(pkcs11.CKA_LABEL, s.Label), attrBytes(pkcs11.CKA_ID, s.ID),
-		attrBool(pkcs11.CKA_VERIFY, true)}
+func (s *KeySpec) templates(wrappable bool) (pub, priv []devicebackend.Attr) {
+	pub = []devicebackend.Attr{devicebackend.AttrBool(pkcs11.CKA_TOKEN, true), devicebackend.AttrString(pkcs11.CKA_LABEL, s.Label), devicebackend.AttrBytes(pkcs11.CKA_ID, s.ID),
+		devicebackend.AttrBool(pkcs11.CKA_VERIFY, true)}
 	priv = privateAttrs(s.Label, s.ID, s.keyType(), wrappable)
 	if bits := s.rsaBits(); bits > 0 {
-		pub = append(pub, attrUlong(pkcs11.CKA_MODULUS_BITS, uint(bits)), attrBytes(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
-			attrBool(pkcs11.CKA_ENCRYPT, true))
+		pub = append(pub, devicebackend.AttrUlong(pkcs11.CKA_MODULUS_BITS, uint(bits)), devicebackend.AttrBytes(pkcs11.CKA_PUBLIC_EXPONENT, []byte{1, 0, 1}),
+			devicebackend.AttrBool(pkcs11.CKA_ENCRYPT, true))
 	} else {
-		pub = append(pub, attrBytes(pkcs11.CKA_EC_PARAMS, curveOID(s.curve())))
+		pub = append(pub, devicebackend.AttrBytes(pkcs11.CKA_EC_PARAMS, curveOID(s.curve())))
 	}
 	return pub, priv
 }
@@ -113,71 +116,71 @@ func (s *KeySpec) templates(wrappable bool) (pub, priv []attr) {
 // privateAttrs are the attributes every private key the cluster makes carries, however it is made
 // (generated, imported, unwrapped): sensitive, signing (and decrypting for RSA), extractable only when
 // wrappable, and then only under a trusted key.
-func privateAttrs(label string, id []byte, keyType uint, wrappable bool) []attr {
-	a := []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), attrUlong(pkcs11.CKA_KEY_TYPE, keyType),
-		attrBool(pkcs11.CKA_TOKEN, true), attrBool(pkcs11.CKA_PRIVATE, true), attrBool(pkcs11.CKA_SENSITIVE, true),
-		attrBool(pkcs11.CKA_EXTRACTABLE, wrappable), attrString(pkcs11.CKA_LABEL, label), attrBytes(pkcs11.CKA_ID, id),
-		attrBool(pkcs11.CKA_SIGN, true)}
+func privateAttrs(label string, id []byte, keyType uint, wrappable bool) []devicebackend.Attr {
+	a := []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), devicebackend.AttrUlong(pkcs11.CKA_KEY_TYPE, keyType),
+		devicebackend.AttrBool(pkcs11.CKA_TOKEN, true), devicebackend.AttrBool(pkcs11.CKA_PRIVATE, true), devicebackend.AttrBool(pkcs11.CKA_SENSITIVE, true),
+		devicebackend.AttrBool(pkcs11.CKA_EXTRACTABLE, wrappable), devicebackend.AttrString(pkcs11.CKA_LABEL, label), devicebackend.AttrBytes(pkcs11.CKA_ID, id),
+		devicebackend.AttrBool(pkcs11.CKA_SIGN, true)}
 	if wrappable {
-		a = append(a, attrBool(pkcs11.CKA_WRAP_WITH_TRUSTED, true))
+		a = append(a, devicebackend.AttrBool(pkcs11.CKA_WRAP_WITH_TRUSTED, true))
 	}
 	if keyType == pkcs11.CKK_RSA {
-		a = append(a, attrBool(pkcs11.CKA_DECRYPT, true))
+		a = append(a, devicebackend.AttrBool(pkcs11.CKA_DECRYPT, true))
 	}
 	return a
 }
 
 // publicAttrs is the public-key object of pub (C_CreateObject).
-func publicAttrs(label string, id []byte, pub crypto.PublicKey) ([]attr, error) {
-	a := []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), attrBool(pkcs11.CKA_TOKEN, true),
-		attrString(pkcs11.CKA_LABEL, label), attrBytes(pkcs11.CKA_ID, id), attrBool(pkcs11.CKA_VERIFY, true)}
+func publicAttrs(label string, id []byte, pub crypto.PublicKey) ([]devicebackend.Attr, error) {
+	a := []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), devicebackend.AttrBool(pkcs11.CKA_TOKEN, true),
+		devicebackend.AttrString(pkcs11.CKA_LABEL, label), devicebackend.AttrBytes(pkcs11.CKA_ID, id), devicebackend.AttrBool(pkcs11.CKA_VERIFY, true)}
 	switch k := pub.(type) {
 	case *rsa.PublicKey:
-		return append(a, attrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA), attrBytes(pkcs11.CKA_MODULUS, k.N.Bytes()),
-			attrBytes(pkcs11.CKA_PUBLIC_EXPONENT, big.NewInt(int64(k.E)).Bytes()), attrBool(pkcs11.CKA_ENCRYPT, true)), nil
+		return append(a, devicebackend.AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_RSA), devicebackend.AttrBytes(pkcs11.CKA_MODULUS, k.N.Bytes()),
+			devicebackend.AttrBytes(pkcs11.CKA_PUBLIC_EXPONENT, big.NewInt(int64(k.E)).Bytes()), devicebackend.AttrBool(pkcs11.CKA_ENCRYPT, true)), nil
 	case *ecdsa.PublicKey:
 		point, err := k.Bytes()
 		if err != nil {
 			return nil, err
 		}
 		os, _ := asn1.Marshal(point)
-		return append(a, attrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC), attrBytes(pkcs11.CKA_EC_PARAMS, curveOID(k.Curve)),
-			attrBytes(pkcs11.CKA_EC_POINT, os)), nil
+		return append(a, devicebackend.AttrUlong(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC), devicebackend.AttrBytes(pkcs11.CKA_EC_PARAMS, curveOID(k.Curve)),
+			devicebackend.AttrBytes(pkcs11.CKA_EC_POINT, os)), nil
 	}
-	return nil, inputErr("unsupported public key %T", pub)
+	return nil, errclass.InputErr("unsupported public key %T", pub)
 }
 
 // importAttrs is the private-key object of key (C_CreateObject) with its secret components; the caller
 // wipes the values after use (wipeAttrs).
-func importAttrs(label string, id []byte, key crypto.Signer, wrappable bool) ([]attr, error) {
+func importAttrs(label string, id []byte, key crypto.Signer, wrappable bool) ([]devicebackend.Attr, error) {
 	switch k := key.(type) {
 	case *rsa.PrivateKey:
 		if len(k.Primes) != 2 {
-			return nil, inputErr("RSA keys with %d primes are not supported", len(k.Primes))
+			return nil, errclass.InputErr("RSA keys with %d primes are not supported", len(k.Primes))
 		}
 		k.Precompute()
 		a := privateAttrs(label, id, pkcs11.CKK_RSA, wrappable)
-		return append(a, attrBytes(pkcs11.CKA_MODULUS, k.N.Bytes()), attrBytes(pkcs11.CKA_PUBLIC_EXPONENT, big.NewInt(int64(k.E)).Bytes()),
-			attrBytes(pkcs11.CKA_PRIVATE_EXPONENT, k.D.Bytes()), attrBytes(pkcs11.CKA_PRIME_1, k.Primes[0].Bytes()),
-			attrBytes(pkcs11.CKA_PRIME_2, k.Primes[1].Bytes()), attrBytes(pkcs11.CKA_EXPONENT_1, k.Precomputed.Dp.Bytes()),
-			attrBytes(pkcs11.CKA_EXPONENT_2, k.Precomputed.Dq.Bytes()), attrBytes(pkcs11.CKA_COEFFICIENT, k.Precomputed.Qinv.Bytes())), nil
+		return append(a, devicebackend.AttrBytes(pkcs11.CKA_MODULUS, k.N.Bytes()), devicebackend.AttrBytes(pkcs11.CKA_PUBLIC_EXPONENT, big.NewInt(int64(k.E)).Bytes()),
+			devicebackend.AttrBytes(pkcs11.CKA_PRIVATE_EXPONENT, k.D.Bytes()), devicebackend.AttrBytes(pkcs11.CKA_PRIME_1, k.Primes[0].Bytes()),
+			devicebackend.AttrBytes(pkcs11.CKA_PRIME_2, k.Primes[1].Bytes()), devicebackend.AttrBytes(pkcs11.CKA_EXPONENT_1, k.Precomputed.Dp.Bytes()),
+			devicebackend.AttrBytes(pkcs11.CKA_EXPONENT_2, k.Precomputed.Dq.Bytes()), devicebackend.AttrBytes(pkcs11.CKA_COEFFICIENT, k.Precomputed.Qinv.Bytes())), nil
 	case *ecdsa.PrivateKey:
 		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
-			return nil, inputErr("EC keys on %s are not supported (P-256, P-384)", k.Curve.Params().Name)
+			return nil, errclass.InputErr("EC keys on %s are not supported (P-256, P-384)", k.Curve.Params().Name)
 		}
 		d, err := k.Bytes()
 		if err != nil {
 			return nil, err
 		}
 		a := privateAttrs(label, id, pkcs11.CKK_EC, wrappable)
-		return append(a, attrBytes(pkcs11.CKA_EC_PARAMS, curveOID(k.Curve)), attrBytes(pkcs11.CKA_VALUE, d)), nil
+		return append(a, devicebackend.AttrBytes(pkcs11.CKA_EC_PARAMS, curveOID(k.Curve)), devicebackend.AttrBytes(pkcs11.CKA_VALUE, d)), nil
 	}
-	return nil, inputErr("unsupported private key %T (RSA or EC P-256/P-384)", key)
+	return nil, errclass.InputErr("unsupported private key %T (RSA or EC P-256/P-384)", key)
 }
 
 // wipeAttrs overwrites the secret values of a template that held key material. Go cannot promise that
 // no other copy exists (big.Int arithmetic, the garbage collector); this bounds what stays in memory.
-func wipeAttrs(as []attr) {
+func wipeAttrs(as []devicebackend.Attr) {
 	for _, a := range as {
 		switch a.Type {
 		case pkcs11.CKA_VALUE, pkcs11.CKA_PRIVATE_EXPONENT, pkcs11.CKA_PRIME_1, pkcs11.CKA_PRIME_2,
@@ -230,20 +233,20 @@ func keyIdentifier(pubDER []byte) []byte {
 }
 
 // publicFromAttrs decodes the public key of an object read with pubReads.
-func publicFromAttrs(obj []attr) (crypto.PublicKey, []byte, string, error) {
+func publicFromAttrs(obj []devicebackend.Attr) (crypto.PublicKey, []byte, string, error) {
 	var pub crypto.PublicKey
 	var alg string
-	switch kt := ulongOf(value(obj, pkcs11.CKA_KEY_TYPE)); kt {
+	switch kt := devicebackend.UlongOf(devicebackend.Value(obj, pkcs11.CKA_KEY_TYPE)); kt {
 	case pkcs11.CKK_RSA:
-		n, e := value(obj, pkcs11.CKA_MODULUS), new(big.Int).SetBytes(value(obj, pkcs11.CKA_PUBLIC_EXPONENT))
+		n, e := devicebackend.Value(obj, pkcs11.CKA_MODULUS), new(big.Int).SetBytes(devicebackend.Value(obj, pkcs11.CKA_PUBLIC_EXPONENT))
 		if len(n) == 0 || !e.IsInt64() || e.Int64() > 1<<31 {
 			return nil, nil, "", fmt.Errorf("RSA public key unreadable")
 		}
 		k := &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(e.Int64())}
 		pub, alg = k, fmt.Sprintf("RSA_%d", k.N.BitLen())
-	case pkcs11.CKK_EC, ckkECEdwards:
+	case pkcs11.CKK_EC, devicebackend.CKKECEdwards:
 		var err error
-		if pub, alg, err = decodeECPublic(kt, value(obj, pkcs11.CKA_EC_PARAMS), value(obj, pkcs11.CKA_EC_POINT)); err != nil {
+		if pub, alg, err = devicebackend.DecodeECPublic(kt, devicebackend.Value(obj, pkcs11.CKA_EC_PARAMS), devicebackend.Value(obj, pkcs11.CKA_EC_POINT)); err != nil {
 			return nil, nil, "", err
 		}
 	default:

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // Bringing every device of a partition up to date (docs/ARCHITECTURE.md, "Key management"): tombstones
@@ -219,8 +221,8 @@ func (cl *Cluster) applySync(ctx context.Context, pi int, hs []*devHolding, rep 
 // dedupe keeps one of a device's identical copies of k.
 func (cl *Cluster) dedupe(ctx context.Context, pi int, d *clusterDevice, k *devKey) error {
 	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
-		if _, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminDestroy, Keep: 1, Template: []attr{attrUlong(pkcs11.CKA_CLASS, class),
-			attrString(pkcs11.CKA_LABEL, k.label), attrBytes(pkcs11.CKA_ID, k.id)}}); err != nil {
+		if _, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminDestroy, Keep: 1, Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, class),
+			devicebackend.AttrString(pkcs11.CKA_LABEL, k.label), devicebackend.AttrBytes(pkcs11.CKA_ID, k.id)}}); err != nil {
 			return err
 		}
 	}
@@ -303,7 +305,7 @@ func waitOrDone(ctx context.Context, d time.Duration) error {
 func (cl *Cluster) rescan(ctx context.Context, pi int) {
 	in, _ := cl.adminTargets(pi)
 	onEach(in, func(d *clusterDevice) error {
-		_, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminRescan})
+		_, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminRescan})
 		return err
 	})
 }
@@ -368,7 +370,7 @@ func (cl *Cluster) noteTombs(pi int, fps ...string) bool {
 }
 
 // liveKeys is keys without those destroyed elsewhere (tombstoned).
-func (cl *Cluster) liveKeys(pi int, keys map[string]*keyObject) map[string]*keyObject {
+func (cl *Cluster) liveKeys(pi int, keys map[string]*devicebackend.KeyObject) map[string]*devicebackend.KeyObject {
 	ks := &cl.keySync
 	ks.mu.Lock()
 	dead := ks.tombs[pi]
@@ -376,9 +378,9 @@ func (cl *Cluster) liveKeys(pi int, keys map[string]*keyObject) map[string]*keyO
 	if keys == nil || len(dead) == 0 {
 		return keys
 	}
-	out := make(map[string]*keyObject, len(keys))
+	out := make(map[string]*devicebackend.KeyObject, len(keys))
 	for l, k := range keys {
-		if !dead[Fingerprint(k.pubDER)] {
+		if !dead[Fingerprint(k.PubDER)] {
 			out[l] = k
 		}
 	}
@@ -485,22 +487,22 @@ func (cl *Cluster) loadTombstones(ctx context.Context) {
 	for pi := range cl.s.cfg.Partitions {
 		var ds []*clusterDevice
 		for _, d := range cl.devices {
-			if d.be.partition(pi).Open {
+			if d.be.Partition(pi).Open {
 				ds = append(ds, d)
 			}
 		}
 		var mu sync.Mutex
 		var fps []string
 		onEach(ds, func(d *clusterDevice) error {
-			r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminFind, Read: []uint{pkcs11.CKA_VALUE},
-				Template: []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), attrString(pkcs11.CKA_APPLICATION, tombstoneApp)}})
+			r, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminFind, Read: []uint{pkcs11.CKA_VALUE},
+				Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_DATA), devicebackend.AttrString(pkcs11.CKA_APPLICATION, tombstoneApp)}})
 			if err != nil {
 				return err
 			}
 			mu.Lock()
 			defer mu.Unlock()
 			for _, o := range r.Objects {
-				fps = append(fps, string(value(o, pkcs11.CKA_VALUE)))
+				fps = append(fps, string(devicebackend.Value(o, pkcs11.CKA_VALUE)))
 			}
 			return nil
 		})

@@ -8,6 +8,8 @@ import (
 	"sort"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // key_replication wrap (docs/keys.md): a key is generated inside one device, sensitive and extractable
@@ -20,16 +22,16 @@ const wrapMech = pkcs11.CKM_AES_KEY_WRAP_PAD
 
 // keks reads the CKA_IDs (hex) of the trusted key-encryption keys of partition pi on device d.
 func (cl *Cluster) keks(ctx context.Context, pi int, d *clusterDevice) (map[string]bool, error) {
-	r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminFind,
-		Template: []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), attrString(pkcs11.CKA_LABEL, kekLabel)},
+	r, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminFind,
+		Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), devicebackend.AttrString(pkcs11.CKA_LABEL, kekLabel)},
 		Read:     []uint{pkcs11.CKA_ID, pkcs11.CKA_TRUSTED}})
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]bool{}
 	for _, o := range r.Objects {
-		if boolOf(value(o, pkcs11.CKA_TRUSTED)) {
-			out[hex.EncodeToString(value(o, pkcs11.CKA_ID))] = true
+		if devicebackend.BoolOf(devicebackend.Value(o, pkcs11.CKA_TRUSTED)) {
+			out[hex.EncodeToString(devicebackend.Value(o, pkcs11.CKA_ID))] = true
 		}
 	}
 	return out, nil
@@ -96,15 +98,15 @@ func (cl *Cluster) generateWrap(ctx context.Context, pi int, targets []*clusterD
 }
 
 // kekTemplate finds the key-encryption key with CKA_ID kekID (hex).
-func kekTemplate(kekID string) []attr {
+func kekTemplate(kekID string) []devicebackend.Attr {
 	id, _ := hex.DecodeString(kekID)
-	return []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), attrString(pkcs11.CKA_LABEL, kekLabel), attrBytes(pkcs11.CKA_ID, id)}
+	return []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), devicebackend.AttrString(pkcs11.CKA_LABEL, kekLabel), devicebackend.AttrBytes(pkcs11.CKA_ID, id)}
 }
 
 // wrapOut wraps the private key (label, id) of device d under its key-encryption key kekID.
 func (cl *Cluster) wrapOut(ctx context.Context, pi int, d *clusterDevice, kekID, label string, id []byte) ([]byte, error) {
-	r, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminWrap, Mech: wrapMech, Key: kekTemplate(kekID),
-		Template: []attr{attrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), attrString(pkcs11.CKA_LABEL, label), attrBytes(pkcs11.CKA_ID, id)}})
+	r, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminWrap, Mech: wrapMech, Key: kekTemplate(kekID),
+		Template: []devicebackend.Attr{devicebackend.AttrUlong(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), devicebackend.AttrString(pkcs11.CKA_LABEL, label), devicebackend.AttrBytes(pkcs11.CKA_ID, id)}})
 	if err != nil {
 		return nil, err
 	}
@@ -119,10 +121,10 @@ func (cl *Cluster) wrapIn(ctx context.Context, pi int, d *clusterDevice, kekID s
 		return err
 	}
 	// The public object first, as importOn does.
-	if _, err := cl.adminOn(ctx, d, pi, &adminOp{Kind: adminCreate, Template: pubT}); err != nil {
+	if _, err := cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminCreate, Template: pubT}); err != nil {
 		return err
 	}
-	_, err = cl.adminOn(ctx, d, pi, &adminOp{Kind: adminUnwrap, Mech: wrapMech, Key: kekTemplate(kekID), Data: blob,
+	_, err = cl.adminOn(ctx, d, pi, &devicebackend.AdminOp{Kind: devicebackend.AdminUnwrap, Mech: wrapMech, Key: kekTemplate(kekID), Data: blob,
 		Template: privateAttrs(m.label, m.id, m.keyType, true)})
 	return err
 }

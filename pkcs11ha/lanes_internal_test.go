@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 	softhsmtest "github.com/pkcs11-ha/pkcs11-ha/softhsm-test"
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
@@ -24,8 +25,8 @@ func waitLanesOpen(t *testing.T, cl *Cluster) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		for _, d := range cl.inprocDevices() {
-			for _, l := range d.laneList() {
-				if l.mod.current() == nil || l.anyPartitionClosed() {
+			for _, l := range d.LaneList() {
+				if l.Mod.Current() == nil || l.AnyPartitionClosed() {
 					return false
 				}
 			}
@@ -56,11 +57,11 @@ func TestLanesOneCallPerInstance(t *testing.T) {
 	cl := openLaneCluster(t, topo, "p11kit_client_instances: 4\nattempt_timeout: {local: 2s}")
 	require.Equal(t, 4, cl.LaneCount("eastus-1"))
 	d := cl.inproc(0)
-	require.Len(t, d.lanes, 4)
+	require.Len(t, d.Lanes, 4)
 	waitLanesOpen(t, cl)
-	require.Nil(t, d.mod.current().solo, "lane 0 carries any number of calls")
-	for _, l := range d.lanes[1:] {
-		require.NotNil(t, l.mod.current().solo, "lanes 1.. carry one call at a time")
+	require.Nil(t, d.Mod.Current().Solo, "lane 0 carries any number of calls")
+	for _, l := range d.Lanes[1:] {
+		require.NotNil(t, l.Mod.Current().Solo, "lanes 1.. carry one call at a time")
 	}
 	require.EqualValues(t, 4, loginAttempts(cl, "eastus-1", "payments"), "one login per instance")
 
@@ -79,9 +80,9 @@ func TestLanesOneCallPerInstance(t *testing.T) {
 				return
 			default:
 			}
-			for _, l := range d.lanes[1:] {
-				if in := l.mod.current(); in != nil {
-					if n := in.inflight.Load(); n > worst.Load() {
+			for _, l := range d.Lanes[1:] {
+				if in := l.Mod.Current(); in != nil {
+					if n := in.Inflight.Load(); n > worst.Load() {
 						worst.Store(n)
 					}
 				}
@@ -136,15 +137,15 @@ func TestLanesKillRestart(t *testing.T) {
 
 	dev := topo.Devices[0]
 	d := cl.inproc(0)
-	var before []*instance
-	for _, l := range d.lanes {
-		before = append(before, l.mod.current())
+	var before []*devicebackend.Instance
+	for _, l := range d.Lanes {
+		before = append(before, l.Mod.Current())
 	}
 	require.NoError(t, dev.Kill())
 	_, err = k.Sign(nil, dg[:], crypto.SHA256)
 	require.Error(t, err)
 	for i, in := range before {
-		require.True(t, in.broken.Load(), "lane %d: a device error on one lane breaks every lane's instance", i)
+		require.True(t, in.Broken.Load(), "lane %d: a device error on one lane breaks every lane's instance", i)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -154,8 +155,8 @@ func TestLanesKillRestart(t *testing.T) {
 		return err == nil && cl.Status()[0].State == "up"
 	}, 15*time.Second, 50*time.Millisecond, "back after the restart: %+v", cl.Status())
 	require.Eventually(t, func() bool {
-		for _, l := range d.lanes {
-			if in := l.mod.current(); in == nil || in.gen < 2 {
+		for _, l := range d.Lanes {
+			if in := l.Mod.Current(); in == nil || in.Gen < 2 {
 				return false
 			}
 		}
@@ -169,6 +170,6 @@ func TestLanesOnlyForP11KitClient(t *testing.T) {
 	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "a", Region: "eastus", InProcess: true}}})
 	cl := openLaneCluster(t, topo, "")
 	require.Equal(t, 1, cl.LaneCount("a"))
-	require.Nil(t, cl.inproc(0).lanes)
-	require.Nil(t, cl.inproc(0).mod.current().solo)
+	require.Nil(t, cl.inproc(0).Lanes)
+	require.Nil(t, cl.inproc(0).Mod.Current().Solo)
 }

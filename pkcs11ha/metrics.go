@@ -12,6 +12,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/health"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // metrics holds the cluster's Prometheus collectors. They exist even without a Registerer so the code
@@ -33,9 +34,9 @@ type metrics struct {
 	info            *prometheus.GaugeVec     // device, region, tier (always 1): joins per-device series to tiers
 	retired         *prometheus.GaugeVec     // device
 	retiredMax      prometheus.Gauge
-	stuck           *stuckCollector        // stuck calls in retired instances (stuck.go)
+	stuck           *stuckCollector        // stuck calls in retired instances (stuckcalls.go)
 	badSignatures   *prometheus.CounterVec // device (verify.go)
-	workerStarts    *prometheus.CounterVec // device (worker.go)
+	workerStarts    *prometheus.CounterVec // device (internal/devicebackend/worker.go)
 	workerExits     *prometheus.CounterVec // device, status ("signal: killed", "exit status 2")
 
 	attemptsC       childCache[prometheus.Counter]
@@ -168,7 +169,7 @@ func (m *metrics) operation(op, dev string, res failover.Outcome, err error, d t
 	if dev == "" {
 		dev = "none"
 	}
-	m.operationsC.with(op, dev, outcomeLabel(err, failover.ClassOf(err))).Inc()
+	m.operationsC.with(op, dev, errclass.OutcomeLabel(err, failover.ClassOf(err))).Inc()
 	m.opLatencyC.with(op, "", "").Observe(d.Seconds())
 	if res.Attempts > 1 {
 		m.retries.WithLabelValues(op).Inc()
@@ -182,7 +183,7 @@ func (o *observer) name(i int) string { return o.cl.s.cfg.Devices[i].Name }
 
 func (o *observer) AttemptDone(member int, op string, class failover.Class, err error, latency time.Duration, hedge bool) {
 	dev := o.name(member)
-	o.cl.metrics.attemptsC.with(dev, op, outcomeLabel(err, class)).Inc()
+	o.cl.metrics.attemptsC.with(dev, op, errclass.OutcomeLabel(err, class)).Inc()
 	o.cl.metrics.attemptLatencyC.with(dev, op, "").Observe(latency.Seconds())
 	if class == failover.ClassDown && member < len(o.cl.monitors) {
 		// Timeouts and device errors: have the probe look now rather than in 5 s.
@@ -214,8 +215,8 @@ func (o *observer) Abandoned(member int, perMember, total int) {
 	o.cl.metrics.abandoned.WithLabelValues(o.name(member)).Set(float64(perMember))
 }
 
-func (m *metrics) workerStart(device string) { m.workerStarts.WithLabelValues(device).Inc() }
+func (m *metrics) WorkerStart(device string) { m.workerStarts.WithLabelValues(device).Inc() }
 
-func (m *metrics) workerExit(device, status string) {
+func (m *metrics) WorkerExit(device, status string) {
 	m.workerExits.WithLabelValues(device, status).Inc()
 }

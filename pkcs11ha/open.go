@@ -80,7 +80,7 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	cl.loadTombstones(ctx)
 	cl.checkKeys()
 	for _, d := range cl.devices {
-		d.be.setHooks(cl.checkKeys, func(reason string) { cl.monitors[d.idx].MarkDown(reason) })
+		d.be.SetHooks(cl.checkKeys, func(reason string) { cl.monitors[d.idx].MarkDown(reason) })
 	}
 	if err := cl.startMonitors(up); err != nil {
 		cl.abort()
@@ -115,7 +115,7 @@ func newCluster(s *settings, o openOptions) (*Cluster, error) {
 		}
 		d := &clusterDevice{idx: i, name: dc.Name, cfg: dc, be: be}
 		// Before Open has monitors, traffic cannot prove a device down: only probes and opens run.
-		be.setHooks(nil, func(reason string) {
+		be.SetHooks(nil, func(reason string) {
 			if d.idx < len(cl.monitors) {
 				cl.monitors[d.idx].MarkDown(reason)
 			}
@@ -135,7 +135,7 @@ func (cl *Cluster) openDevices(ctx context.Context) (up []bool, err error) {
 		wg.Go(func() {
 			octx, cancel := context.WithTimeout(ctx, cl.s.own.InitTimeout)
 			defer cancel()
-			errs[i] = d.be.open(octx)
+			errs[i] = d.be.Open(octx)
 		})
 	}
 	wg.Wait()
@@ -205,12 +205,12 @@ func (cl *Cluster) newMonitor(i int, d *clusterDevice, initial health.State) (*h
 	return health.NewMonitor(mc, func(ctx context.Context) error {
 		cl.watchPINFiles()
 		start := time.Now()
-		reinits := d.be.counts().Reinits
-		err := d.be.probe(ctx, cl.othersServing(d))
+		reinits := d.be.Counts().Reinits
+		err := d.be.Probe(ctx, cl.othersServing(d))
 		if err == nil && cl.s.own.HealthKey != "" {
 			err = cl.healthKeySign(ctx, d)
 		}
-		after := d.be.counts()
+		after := d.be.Counts()
 		cl.metrics.retired.WithLabelValues(d.name).Set(float64(after.Retired))
 		if err == nil {
 			if after.Reinits != reinits {
@@ -233,7 +233,7 @@ func (cl *Cluster) newMonitor(i int, d *clusterDevice, initial health.State) (*h
 // shared instance would hurt it, so d only reopens sessions.
 func (cl *Cluster) othersServing(d *clusterDevice) bool {
 	for j, o := range cl.devices {
-		if o != d && d.be.shares(o.be) && j < len(cl.monitors) && cl.monitors[j].Status().State != health.StateDown {
+		if o != d && d.be.Shares(o.be) && j < len(cl.monitors) && cl.monitors[j].Status().State != health.StateDown {
 			return true
 		}
 	}

@@ -1,12 +1,13 @@
 package pkcs11ha
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"sync"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // A wrong PIN fixed by the operator. A rejected PIN is never tried again (lockout), so a partition whose
@@ -22,47 +23,16 @@ type pinState struct {
 	mu sync.Mutex // serialises reloads (probes of several devices may notice a pin_file change at once)
 }
 
-// pinHash identifies a PIN without keeping it.
-func pinHash(pin string) [32]byte { return sha256.Sum256([]byte(pin)) }
-
-// secret is the PIN to log in with: the one last reloaded, else the configuration's.
-func (p *devPartition) secret() string {
-	if s := p.owner().newPIN.Load(); s != nil {
-		return *s
-	}
-	return p.pin
-}
-
-// rejectPIN remembers that the token refused pin.
-func (p *devPartition) rejectPIN(pin string) {
-	h := pinHash(pin)
-	p.owner().rejected.Store(&h)
-}
-
 // usePIN makes pin the partition's PIN on every device, and lets each (device, partition) whose login was
 // refused try it once, unless its token refused this very PIN. It returns the devices given a new try.
 func (cl *Cluster) usePIN(pi int, pin string) []string {
 	var retried []string
 	for _, d := range cl.devices {
-		if d.be.usePIN(pi, pin) {
+		if d.be.UsePIN(pi, pin) {
 			retried = append(retried, d.name)
 		}
 	}
 	return retried
-}
-
-// usePIN is the in-process backend's: see backend.usePIN.
-func (d *device) usePIN(pi int, pin string) bool {
-	p := d.parts[pi]
-	p.newPIN.Store(&pin)
-	if p.credFatal.Load() == nil {
-		return false
-	}
-	if r := p.rejected.Load(); r != nil && *r == pinHash(pin) {
-		return false // never twice with the same PIN
-	}
-	p.credFatal.Store(nil) // the next probe reopens the partition and logs in, once
-	return true
 }
 
 // ReloadPINs reads every partition's PIN again from its source: the environment variable (pin_env), the
@@ -110,7 +80,7 @@ func (cl *Cluster) watchPINFiles() {
 			continue // a file being replaced; the next probe reads it again
 		}
 		pin := strings.TrimRight(string(b), "\r\n")
-		if pin == "" || pinHash(pin) == cl.devices[0].be.partition(pi).PINHash {
+		if pin == "" || devicebackend.PinHash(pin) == cl.devices[0].be.Partition(pi).PINHash {
 			continue
 		}
 		cl.retryWith(pi, pin, "pin_file changed")

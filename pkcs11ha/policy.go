@@ -7,6 +7,7 @@ import (
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
 	"github.com/pkcs11-ha/pkcs11-ha/health"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // Policy holds every routing knob: the policy: section of the config. Each field is documented here, once;
@@ -87,9 +88,10 @@ type Policy struct {
 	// PKCS#1 v1.5 and PSS), "all" (also ECDSA and Ed25519) or "off".
 	VerifySignatures string `yaml:"verify_signatures"`
 	// Isolation: "none" (the library's default) loads every device's PKCS#11 module in this process;
-	// "process" (the sidecar's default) loads each in a worker process of its own (worker.go), so that a
-	// crash or hang inside a vendor's module never takes this process down. Process isolation re-executes
-	// this program's binary (or WithWorkerCommand's): main must call MaybeRunWorker first.
+	// "process" (the sidecar's default) loads each in a worker process of its own
+	// (internal/devicebackend/worker.go), so that a crash or hang inside a vendor's module never takes this
+	// process down. Process isolation re-executes this program's binary (or WithWorkerCommand's): main must
+	// call MaybeRunWorker first.
 	Isolation string `yaml:"isolation"`
 	// AdminTimeout bounds one key-management call on one device (generating an RSA-4096 key takes
 	// seconds on some HSMs).
@@ -186,7 +188,7 @@ var defaultOwn = ownSettings{
 	CloseTimeout:     2 * time.Second,
 	MaxRetired:       0,    // no cap of its own: max_stuck_calls bounds what retired instances hold
 	MaxStuckCalls:    1000, // Go stops the process at 10,000 threads
-	P11KitInstances:  1,    // lanes.go: opt-in
+	P11KitInstances:  1,    // internal/devicebackend/lanes.go: opt-in
 	VerifySignatures: VerifyRSA,
 	Isolation:        IsolationNone,
 	AdminTimeout:     30 * time.Second,
@@ -429,4 +431,20 @@ func policyErrors(err error, bs []binding, target int) []error {
 		out = append(out, &ConfigError{Field: key, Msg: msg})
 	}
 	return out
+}
+
+// backend is what the device backend needs of s (internal/devicebackend/device_settings.go).
+func (s *settings) backend() *devicebackend.Settings {
+	b := &devicebackend.Settings{PINs: s.pins, Own: devicebackend.Options{
+		SessionPoolSize: s.own.SessionPoolSize, ReinitGrace: s.own.ReinitGrace, InitTimeout: s.own.InitTimeout,
+		CloseTimeout: s.own.CloseTimeout, MaxRetired: s.own.MaxRetired, MaxStuckCalls: s.own.MaxStuckCalls,
+		P11KitInstances: s.own.P11KitInstances, OperationTimeout: s.own.OperationTimeout, AdminTimeout: s.own.AdminTimeout,
+	}, WorkerCmd: s.workerCmd}
+	for _, d := range s.cfg.Devices {
+		b.Devices = append(b.Devices, devicebackend.DeviceSpec{Name: d.Name, Module: d.Module, ModuleEnv: d.ModuleEnv, TokenSerials: d.TokenSerials})
+	}
+	for _, p := range s.cfg.Partitions {
+		b.Partitions = append(b.Partitions, devicebackend.PartitionSpec{Name: p.Name, TokenLabel: p.TokenLabel, TokenSerial: p.TokenSerial})
+	}
+	return b
 }

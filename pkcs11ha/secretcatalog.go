@@ -6,6 +6,8 @@ import (
 	"crypto"
 	"encoding/hex"
 	"fmt"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // secretEntry is one secret key (partition, label): the reference key check value and the devices whose
@@ -41,20 +43,20 @@ type SecretKeyInfo struct {
 // a label fix its reference check value by majority; a device without the key or with another check
 // value is excluded for it.
 func (cl *Cluster) checkSecrets(pi int, cp *clusterPartition) {
-	held := make([]map[string]*secretObject, len(cl.devices))
+	held := make([]map[string]*devicebackend.SecretObject, len(cl.devices))
 	for i, d := range cl.devices {
-		held[i] = d.be.secretKeys(pi)
+		held[i] = d.be.SecretKeys(pi)
 	}
 	for label := range labelsIn(held) {
 		e := cp.secrets[label]
 		if e == nil {
 			b := majority(votes(held, label), sameSecret)
-			e = &secretEntry{label: label, id: b.id, alg: b.alg, keyType: b.keyType, size: b.size, hash: b.hash, kcv: b.kcv}
+			e = &secretEntry{label: label, id: b.ID, alg: b.Alg, keyType: b.KeyType, size: b.Size, hash: b.Hash, kcv: b.KCV}
 			cp.secrets[label] = e
 		}
-		assign(cl, pi, cp, &e.servedBy, label, held, func(k *secretObject) string {
-			if k.alg != e.alg || !bytes.Equal(k.kcv, e.kcv) {
-				return fmt.Sprintf("different key under the same label (check value %s, want %s)", hex.EncodeToString(k.kcv), hex.EncodeToString(e.kcv))
+		assign(cl, pi, cp, &e.servedBy, label, held, func(k *devicebackend.SecretObject) string {
+			if k.Alg != e.alg || !bytes.Equal(k.KCV, e.kcv) {
+				return fmt.Sprintf("different key under the same label (check value %s, want %s)", hex.EncodeToString(k.KCV), hex.EncodeToString(e.kcv))
 			}
 			return ""
 		})
@@ -62,8 +64,8 @@ func (cl *Cluster) checkSecrets(pi int, cp *clusterPartition) {
 }
 
 // sameSecret reports whether two secret keys are the same key: the same algorithm and check value.
-func sameSecret(a, b *secretObject) bool {
-	return a.alg == b.alg && bytes.Equal(a.kcv, b.kcv)
+func sameSecret(a, b *devicebackend.SecretObject) bool {
+	return a.Alg == b.Alg && bytes.Equal(a.KCV, b.KCV)
 }
 
 // SecretKey returns the secret key (AES or HMAC) with the given label in the named partition.
@@ -90,3 +92,14 @@ func (cl *Cluster) secretInfo(e *secretEntry) SecretKeyInfo {
 	return SecretKeyInfo{Label: e.label, ID: hexID(e.id), Algorithm: e.alg, KeyType: e.keyType, ValueLen: e.size,
 		CheckValue: hex.EncodeToString(e.kcv), Devices: e.devices(cl), Excluded: e.exclusions()}
 }
+
+// Algorithm names of secret keys (SecretKeyInfo.Algorithm); the device backend names a key's algorithm
+// when it lists the token.
+const (
+	AlgAES128     = devicebackend.AlgAES128     // "AES_128"
+	AlgAES192     = devicebackend.AlgAES192     // "AES_192"
+	AlgAES256     = devicebackend.AlgAES256     // "AES_256"
+	AlgHMACSHA256 = devicebackend.AlgHMACSHA256 // "HMAC_SHA256"
+	AlgHMACSHA384 = devicebackend.AlgHMACSHA384 // "HMAC_SHA384"
+	AlgHMACSHA512 = devicebackend.AlgHMACSHA512 // "HMAC_SHA512"
+)

@@ -5,6 +5,9 @@ import (
 	"fmt"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // AES-CBC with PKCS#7 padding and the caller's IV: what PKCS#11's C_Encrypt/C_Decrypt with CKM_AES_CBC_PAD
@@ -14,7 +17,7 @@ import (
 // docs/ARCHITECTURE.md, "Secret keys"). New designs should use Seal/Open.
 
 // CBCIVSize is the size of EncryptCBCPad's and DecryptCBCPad's IV: one AES block.
-const CBCIVSize = aesBlock
+const CBCIVSize = devicebackend.AESBlock
 
 // EncryptCBCPad encrypts plaintext with AES-CBC under iv (16 bytes), padded with PKCS#7: the output is
 // len(plaintext) rounded up to the next whole block, a whole block more when it already is one. A retry
@@ -25,8 +28,8 @@ func (k *SecretKey) EncryptCBCPad(ctx context.Context, iv, plaintext []byte) ([]
 	if err := k.checkCBC("encrypt", iv, len(plaintext) > MaxSecretInput); err != nil {
 		return nil, err
 	}
-	want := cbcPadLen(len(plaintext))
-	op := k.cbcOp(kindCBCEncrypt, iv, plaintext, want)
+	want := devicebackend.CBCPadLen(len(plaintext))
+	op := k.cbcOp(devicebackend.KindCBCEncrypt, iv, plaintext, want)
 	return k.cl.doOn(ctx, "encrypt_cbc_pad", k.entry.mask.Load(), k.pidx, op, outputLen("C_Encrypt", want), out)
 }
 
@@ -37,16 +40,16 @@ func (k *SecretKey) EncryptCBCPad(ctx context.Context, iv, plaintext []byte) ([]
 // call.
 func (k *SecretKey) DecryptCBCPad(ctx context.Context, iv, ciphertext []byte) ([]byte, error) {
 	out := startOutcome(ctx)
-	if err := k.checkCBC("decrypt", iv, len(ciphertext) > MaxSecretInput+aesBlock); err != nil {
+	if err := k.checkCBC("decrypt", iv, len(ciphertext) > MaxSecretInput+devicebackend.AESBlock); err != nil {
 		return nil, err
 	}
-	if len(ciphertext) == 0 || len(ciphertext)%aesBlock != 0 {
-		return nil, inputErr("decrypt: an AES-CBC ciphertext of %d bytes (a positive multiple of %d)", len(ciphertext), aesBlock)
+	if len(ciphertext) == 0 || len(ciphertext)%devicebackend.AESBlock != 0 {
+		return nil, errclass.InputErr("decrypt: an AES-CBC ciphertext of %d bytes (a positive multiple of %d)", len(ciphertext), devicebackend.AESBlock)
 	}
-	op := k.cbcOp(kindCBCDecrypt, iv, ciphertext, len(ciphertext))
+	op := k.cbcOp(devicebackend.KindCBCDecrypt, iv, ciphertext, len(ciphertext))
 	pt, err := k.cl.doOn(ctx, "decrypt_cbc_pad", k.entry.mask.Load(), k.pidx, op, cbcPlainLen(len(ciphertext)), out)
 	if err != nil {
-		return nil, refusal(err, out, authPad)
+		return nil, refusal(err, out, errclass.AuthPad)
 	}
 	return pt, nil
 }
@@ -55,29 +58,26 @@ func (k *SecretKey) DecryptCBCPad(ctx context.Context, iv, ciphertext []byte) ([
 func (k *SecretKey) checkCBC(op string, iv []byte, tooLong bool) error {
 	switch {
 	case k.hash != 0:
-		return inputErr("%s: key %q is %s, not AES", op, k.entry.label, k.entry.alg)
+		return errclass.InputErr("%s: key %q is %s, not AES", op, k.entry.label, k.entry.alg)
 	case len(iv) != CBCIVSize:
-		return inputErr("%s: an AES-CBC IV of %d bytes (%d)", op, len(iv), CBCIVSize)
+		return errclass.InputErr("%s: an AES-CBC IV of %d bytes (%d)", op, len(iv), CBCIVSize)
 	case tooLong:
-		return inputErr("%s: input over %d bytes", op, MaxSecretInput)
+		return errclass.InputErr("%s: input over %d bytes", op, MaxSecretInput)
 	}
 	return nil
 }
 
-func (k *SecretKey) cbcOp(kind opKind, iv, in []byte, outLen int) *deviceOp {
-	return &deviceOp{Kind: kind, Label: k.entry.label, PubDER: k.entry.kcv, Input: in, OutLen: outLen,
-		Mech: mechSpec{Type: pkcs11.CKM_AES_CBC_PAD, CBCIV: iv}, CBCFallback: k.cl.s.own.CBCFallback}
+func (k *SecretKey) cbcOp(kind devicebackend.OpKind, iv, in []byte, outLen int) *devicebackend.Op {
+	return &devicebackend.Op{Kind: kind, Label: k.entry.label, PubDER: k.entry.kcv, Input: in, OutLen: outLen,
+		Mech: devicebackend.MechSpec{Type: pkcs11.CKM_AES_CBC_PAD, CBCIV: iv}, CBCFallback: k.cl.s.own.CBCFallback}
 }
-
-// cbcPadLen is the length of n bytes padded with PKCS#7 to whole AES blocks (1 to 16 bytes added).
-func cbcPadLen(n int) int { return (n/aesBlock + 1) * aesBlock }
 
 // cbcPlainLen is the check of a CBC-PAD decryption's output: n−16 to n−1 bytes for n bytes in (the padding
 // is 1 to 16 bytes); a device answering another size failed that attempt (busy).
 func cbcPlainLen(n int) func([]byte) error {
 	return func(v []byte) error {
-		if len(v) < n-aesBlock || len(v) >= n {
-			return &DeviceError{Op: opDecrypt, Class: ClassBusy, Err: fmt.Errorf("output of %d bytes for %d in", len(v), n)}
+		if len(v) < n-devicebackend.AESBlock || len(v) >= n {
+			return &DeviceError{Op: errclass.OpDecrypt, Class: ClassBusy, Err: fmt.Errorf("output of %d bytes for %d in", len(v), n)}
 		}
 		return nil
 	}

@@ -3,6 +3,8 @@ package pkcs11ha
 import (
 	"context"
 	"fmt"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // AES-GCM with the caller's nonce: what PKCS#11's C_Encrypt/C_Decrypt with CKM_AES_GCM do, for the
@@ -38,7 +40,7 @@ func (k *SecretKey) DecryptGCM(ctx context.Context, nonce, ciphertext, aad []byt
 		return nil, err
 	}
 	if len(ciphertext) < tagBits/8 {
-		return nil, &AuthError{Reason: fmt.Sprintf("%d bytes, shorter than the %d-bit tag", len(ciphertext), tagBits)}
+		return nil, errclass.NewAuthError(errclass.AuthOpen, "", fmt.Sprintf("%d bytes, shorter than the %d-bit tag", len(ciphertext), tagBits))
 	}
 	return k.decryptGCM(ctx, out, "decrypt_gcm", nonce, ciphertext, aad, tagBits)
 }
@@ -47,13 +49,13 @@ func (k *SecretKey) DecryptGCM(ctx context.Context, nonce, ciphertext, aad []byt
 func (k *SecretKey) checkGCM(op string, nonce, in, aad []byte, tagBits int) error {
 	switch {
 	case k.hash != 0:
-		return inputErr("%s: key %q is %s, not AES", op, k.entry.label, k.entry.alg)
+		return errclass.InputErr("%s: key %q is %s, not AES", op, k.entry.label, k.entry.alg)
 	case len(nonce) == 0 || len(nonce) > MaxGCMNonce:
-		return inputErr("%s: a GCM nonce of %d bytes (1 to %d)", op, len(nonce), MaxGCMNonce)
+		return errclass.InputErr("%s: a GCM nonce of %d bytes (1 to %d)", op, len(nonce), MaxGCMNonce)
 	case tagBits < MinGCMTagBits || tagBits > MaxGCMTagBits || tagBits%8 != 0:
-		return inputErr("%s: a GCM tag of %d bits (96 to 128, whole bytes)", op, tagBits)
+		return errclass.InputErr("%s: a GCM tag of %d bits (96 to 128, whole bytes)", op, tagBits)
 	case len(in) > MaxSecretInput+MaxGCMTagBits/8 || len(aad) > MaxSecretInput:
-		return inputErr("%s: input over %d bytes", op, MaxSecretInput)
+		return errclass.InputErr("%s: input over %d bytes", op, MaxSecretInput)
 	}
 	return nil
 }

@@ -10,6 +10,9 @@ import (
 	"fmt"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // MaxSecretInput bounds the plaintext of Seal, the sealed input of Open and the data of MAC: envelope
@@ -17,7 +20,7 @@ import (
 const MaxSecretInput = 1 << 20
 
 // SealOverhead is what Seal adds to the plaintext: the 12-byte nonce before it, the 16-byte tag after it.
-const SealOverhead = gcmNonceSize + gcmTagSize
+const SealOverhead = devicebackend.GCMNonceSize + devicebackend.GCMTagSize
 
 // SecretKey is one secret key of one partition, cloned on every device: an AES key seals and opens
 // (AES-GCM), an HMAC key MACs. Each call is routed by the cluster to the nearest healthy device whose key
@@ -52,11 +55,11 @@ func (k *SecretKey) Info() SecretKeyInfo { return k.cl.secretInfo(k.entry) }
 // WithHash returns the key MACing with hash h (SHA-256, -384 or -512). A generic secret key takes any of
 // them; a key whose type names its hash (CKK_SHA384_HMAC...) only that one.
 func (k *SecretKey) WithHash(h crypto.Hash) (*SecretKey, error) {
-	if _, ok := hmacMechs[h]; !ok || k.hash == 0 {
-		return nil, inputErr("mac: key %q (%s) cannot MAC with %v", k.entry.label, k.entry.alg, h)
+	if _, ok := devicebackend.HMACMechs[h]; !ok || k.hash == 0 {
+		return nil, errclass.InputErr("mac: key %q (%s) cannot MAC with %v", k.entry.label, k.entry.alg, h)
 	}
 	if h != k.hash && k.entry.keyType != pkcs11.CKK_GENERIC_SECRET {
-		return nil, inputErr("mac: key %q is %s: it MACs with %v only", k.entry.label, k.entry.alg, k.hash)
+		return nil, errclass.InputErr("mac: key %q is %s: it MACs with %v only", k.entry.label, k.entry.alg, k.hash)
 	}
 	k2 := *k
 	k2.hash = h
@@ -69,16 +72,16 @@ func (k *SecretKey) WithHash(h crypto.Hash) (*SecretKey, error) {
 func (k *SecretKey) Seal(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
 	out := startOutcome(ctx)
 	if k.hash != 0 {
-		return nil, inputErr("seal: key %q is %s, not AES", k.entry.label, k.entry.alg)
+		return nil, errclass.InputErr("seal: key %q is %s, not AES", k.entry.label, k.entry.alg)
 	}
 	if len(plaintext) > MaxSecretInput || len(aad) > MaxSecretInput {
-		return nil, inputErr("seal: input over %d bytes", MaxSecretInput)
+		return nil, errclass.InputErr("seal: input over %d bytes", MaxSecretInput)
 	}
-	nonce := make([]byte, gcmNonceSize, len(plaintext)+SealOverhead)
+	nonce := make([]byte, devicebackend.GCMNonceSize, len(plaintext)+SealOverhead)
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, fmt.Errorf("pkcs11ha: seal: nonce: %w", err)
 	}
-	ct, err := k.encryptGCM(ctx, out, "seal", nonce, plaintext, aad, 8*gcmTagSize)
+	ct, err := k.encryptGCM(ctx, out, "seal", nonce, plaintext, aad, 8*devicebackend.GCMTagSize)
 	if err != nil {
 		return nil, err
 	}
@@ -92,21 +95,21 @@ func (k *SecretKey) Seal(ctx context.Context, plaintext, aad []byte) ([]byte, er
 func (k *SecretKey) Open(ctx context.Context, sealed, aad []byte) ([]byte, error) {
 	out := startOutcome(ctx)
 	if k.hash != 0 {
-		return nil, inputErr("open: key %q is %s, not AES", k.entry.label, k.entry.alg)
+		return nil, errclass.InputErr("open: key %q is %s, not AES", k.entry.label, k.entry.alg)
 	}
 	if len(sealed) > MaxSecretInput+SealOverhead || len(aad) > MaxSecretInput {
-		return nil, inputErr("open: input over %d bytes", MaxSecretInput)
+		return nil, errclass.InputErr("open: input over %d bytes", MaxSecretInput)
 	}
 	if len(sealed) < SealOverhead {
-		return nil, &AuthError{Reason: fmt.Sprintf("%d bytes, shorter than nonce and tag", len(sealed))}
+		return nil, errclass.NewAuthError(errclass.AuthOpen, "", fmt.Sprintf("%d bytes, shorter than nonce and tag", len(sealed)))
 	}
-	return k.decryptGCM(ctx, out, "open", sealed[:gcmNonceSize], sealed[gcmNonceSize:], aad, 8*gcmTagSize)
+	return k.decryptGCM(ctx, out, "open", sealed[:devicebackend.GCMNonceSize], sealed[devicebackend.GCMNonceSize:], aad, 8*devicebackend.GCMTagSize)
 }
 
 // encryptGCM runs one AES-GCM encryption through the cluster: ciphertext ‖ tag.
 func (k *SecretKey) encryptGCM(ctx context.Context, out *Outcome, opName string, nonce, plaintext, aad []byte, tagBits int) ([]byte, error) {
 	want := len(plaintext) + tagBits/8
-	op := k.gcmOp(kindSeal, nonce, plaintext, aad, want, tagBits)
+	op := k.gcmOp(devicebackend.KindSeal, nonce, plaintext, aad, want, tagBits)
 	return k.cl.doOn(ctx, opName, k.entry.mask.Load(), k.pidx, op, outputLen("C_Encrypt", want), out)
 }
 
@@ -114,17 +117,17 @@ func (k *SecretKey) encryptGCM(ctx context.Context, out *Outcome, opName string,
 // cluster; a tag that does not match is an *AuthError.
 func (k *SecretKey) decryptGCM(ctx context.Context, out *Outcome, opName string, nonce, ct, aad []byte, tagBits int) ([]byte, error) {
 	want := len(ct) - tagBits/8
-	op := k.gcmOp(kindOpen, nonce, ct, aad, want, tagBits)
+	op := k.gcmOp(devicebackend.KindOpen, nonce, ct, aad, want, tagBits)
 	pt, err := k.cl.doOn(ctx, opName, k.entry.mask.Load(), k.pidx, op, outputLen("C_Decrypt", want), out)
 	if err != nil {
-		return nil, refusal(err, out, authOpen)
+		return nil, refusal(err, out, errclass.AuthOpen)
 	}
 	return pt, nil
 }
 
 // refusal turns a device's refusal of the caller's ciphertext (decrypt_refused) into an *AuthError of
 // kind, naming the device that refused (also in out); any other error is returned as it is.
-func refusal(err error, out *Outcome, kind authKind) error {
+func refusal(err error, out *Outcome, kind errclass.AuthKind) error {
 	var de *DeviceError
 	if !errors.As(err, &de) || de.Class != ClassDecryptRefused {
 		return err
@@ -132,12 +135,12 @@ func refusal(err error, out *Outcome, kind authKind) error {
 	if out != nil {
 		out.Device = de.Device
 	}
-	return &AuthError{Device: de.Device, kind: kind}
+	return errclass.NewAuthError(kind, de.Device, "")
 }
 
-func (k *SecretKey) gcmOp(kind opKind, nonce, in, aad []byte, outLen, tagBits int) *deviceOp {
-	return &deviceOp{Kind: kind, Label: k.entry.label, PubDER: k.entry.kcv, Input: in, OutLen: outLen,
-		Mech:        mechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: nonce, GCMAAD: aad, GCMTagBits: uint(tagBits)},
+func (k *SecretKey) gcmOp(kind devicebackend.OpKind, nonce, in, aad []byte, outLen, tagBits int) *devicebackend.Op {
+	return &devicebackend.Op{Kind: kind, Label: k.entry.label, PubDER: k.entry.kcv, Input: in, OutLen: outLen,
+		Mech:        devicebackend.MechSpec{Type: pkcs11.CKM_AES_GCM, GCMIV: nonce, GCMAAD: aad, GCMTagBits: uint(tagBits)},
 		GCMFallback: k.cl.s.own.GCMFallback}
 }
 
@@ -149,14 +152,14 @@ func (k *SecretKey) MAC(ctx context.Context, data []byte) ([]byte, error) {
 func (k *SecretKey) mac(ctx context.Context, opName string, data []byte) ([]byte, error) {
 	out := startOutcome(ctx)
 	if k.hash == 0 {
-		return nil, inputErr("mac: key %q is %s, not an HMAC key", k.entry.label, k.entry.alg)
+		return nil, errclass.InputErr("mac: key %q is %s, not an HMAC key", k.entry.label, k.entry.alg)
 	}
 	if len(data) > MaxSecretInput {
-		return nil, inputErr("mac: input over %d bytes", MaxSecretInput)
+		return nil, errclass.InputErr("mac: input over %d bytes", MaxSecretInput)
 	}
 	n := k.hash.Size()
-	op := &deviceOp{Kind: kindMAC, Label: k.entry.label, PubDER: k.entry.kcv, Input: data, OutLen: n,
-		Mech: mechSpec{Type: hmacMechs[k.hash]}}
+	op := &devicebackend.Op{Kind: devicebackend.KindMAC, Label: k.entry.label, PubDER: k.entry.kcv, Input: data, OutLen: n,
+		Mech: devicebackend.MechSpec{Type: devicebackend.HMACMechs[k.hash]}}
 	return k.cl.doOn(ctx, opName, k.entry.mask.Load(), k.pidx, op, outputLen("C_Sign", n), out)
 }
 
@@ -165,7 +168,7 @@ func (k *SecretKey) mac(ctx context.Context, opName string, data []byte) ([]byte
 func (k *SecretKey) VerifyMAC(ctx context.Context, data, mac []byte) error {
 	if k.hash != 0 && len(mac) != k.hash.Size() {
 		startOutcome(ctx)
-		return &AuthError{kind: authMAC, Reason: fmt.Sprintf("%d bytes, %v MACs have %d", len(mac), k.hash, k.hash.Size())}
+		return errclass.NewAuthError(errclass.AuthMAC, "", fmt.Sprintf("%d bytes, %v MACs have %d", len(mac), k.hash, k.hash.Size()))
 	}
 	want, err := k.mac(ctx, "verify_mac", data)
 	if err != nil {
@@ -176,7 +179,7 @@ func (k *SecretKey) VerifyMAC(ctx context.Context, data, mac []byte) error {
 		if o, _ := ctx.Value(outcomeKey{}).(*Outcome); o != nil {
 			dev = o.Device
 		}
-		return &AuthError{kind: authMAC, Device: dev}
+		return errclass.NewAuthError(errclass.AuthMAC, dev, "")
 	}
 	return nil
 }

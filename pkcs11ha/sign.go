@@ -10,11 +10,14 @@ import (
 	"math/big"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // signPlan is a validated signing request: mechanism, input bytes and how to post-process the output.
 type signPlan struct {
-	mech   mechSpec
+	mech   devicebackend.MechSpec
 	input  []byte
 	ecdsa  int // >0: convert raw r||s of this coordinate length to DER
 	salt   int // RSA-PSS: the salt length asked of the token (verifySignature checks with it)
@@ -22,8 +25,8 @@ type signPlan struct {
 }
 
 // op is the plan as a device operation on key k.
-func (p *signPlan) op(k *keyEntry) *deviceOp {
-	return &deviceOp{Kind: kindSign, Label: k.label, PubDER: k.pubDER, Mech: p.mech, Input: p.input, OutLen: p.outLen}
+func (p *signPlan) op(k *keyEntry) *devicebackend.Op {
+	return &devicebackend.Op{Kind: devicebackend.KindSign, Label: k.label, PubDER: k.pubDER, Mech: p.mech, Input: p.input, OutLen: p.outLen}
 }
 
 // check returns the verify-after-sign check of a signature by the key, when the policy covers the key:
@@ -75,14 +78,14 @@ func planSign(pub crypto.PublicKey, digest []byte, opts crypto.SignerOpts) (*sig
 		return planECDSA(pk, digest, opts)
 	case ed25519.PublicKey:
 		if eo, ok := opts.(*ed25519.Options); ok && (eo.Hash != 0 || eo.Context != "") {
-			return nil, inputErr("sign: only pure Ed25519 is supported (no Ed25519ph, no context)")
+			return nil, errclass.InputErr("sign: only pure Ed25519 is supported (no Ed25519ph, no context)")
 		}
 		if opts.HashFunc() != 0 {
-			return nil, inputErr("sign: Ed25519 signs the message itself: use crypto.Hash(0)")
+			return nil, errclass.InputErr("sign: Ed25519 signs the message itself: use crypto.Hash(0)")
 		}
-		return &signPlan{mech: mechSpec{Type: ckmEdDSA}, input: digest, outLen: ed25519.SignatureSize}, nil
+		return &signPlan{mech: devicebackend.MechSpec{Type: devicebackend.CKMEdDSA}, input: digest, outLen: ed25519.SignatureSize}, nil
 	}
-	return nil, inputErr("sign: unsupported public key type %T", pub)
+	return nil, errclass.InputErr("sign: unsupported public key type %T", pub)
 }
 
 // checkDigest checks that digest is a digest of h (any input when h is 0).
@@ -91,10 +94,10 @@ func checkDigest(h crypto.Hash, digest []byte) error {
 		return nil
 	}
 	if !h.Available() && hashMech[h].mech == 0 {
-		return inputErr("sign: hash %v not supported", h)
+		return errclass.InputErr("sign: hash %v not supported", h)
 	}
 	if len(digest) != h.Size() {
-		return inputErr("sign: digest has %d bytes, %v needs %d", len(digest), h, h.Size())
+		return errclass.InputErr("sign: digest has %d bytes, %v needs %d", len(digest), h, h.Size())
 	}
 	return nil
 }
@@ -103,11 +106,11 @@ func checkDigest(h crypto.Hash, digest []byte) error {
 func planPSS(pk *rsa.PublicKey, digest []byte, pss *rsa.PSSOptions) (*signPlan, error) {
 	h := pss.HashFunc()
 	if h == 0 {
-		return nil, inputErr("sign: RSA-PSS needs a hash")
+		return nil, errclass.InputErr("sign: RSA-PSS needs a hash")
 	}
 	hm, ok := hashMech[h]
 	if !ok {
-		return nil, inputErr("sign: RSA-PSS with %v not supported", h)
+		return nil, errclass.InputErr("sign: RSA-PSS with %v not supported", h)
 	}
 	if err := checkDigest(h, digest); err != nil {
 		return nil, err
@@ -121,12 +124,12 @@ func planPSS(pk *rsa.PublicKey, digest []byte, pss *rsa.PSSOptions) (*signPlan, 
 	case salt == rsa.PSSSaltLengthEqualsHash:
 		salt = h.Size()
 	case salt < 0:
-		return nil, inputErr("sign: invalid PSS salt length %d", salt)
+		return nil, errclass.InputErr("sign: invalid PSS salt length %d", salt)
 	}
 	if salt > maxSalt || maxSalt < 0 {
-		return nil, inputErr("sign: PSS salt length %d too large for this key (max %d)", salt, maxSalt)
+		return nil, errclass.InputErr("sign: PSS salt length %d too large for this key (max %d)", salt, maxSalt)
 	}
-	return &signPlan{mech: mechSpec{Type: pkcs11.CKM_RSA_PKCS_PSS, PSSHash: hm.mech, PSSMGF: hm.mgf, PSSSalt: uint(salt)},
+	return &signPlan{mech: devicebackend.MechSpec{Type: pkcs11.CKM_RSA_PKCS_PSS, PSSHash: hm.mech, PSSMGF: hm.mgf, PSSSalt: uint(salt)},
 		input: digest, salt: salt, outLen: pk.Size()}, nil
 }
 
@@ -134,35 +137,35 @@ func planPSS(pk *rsa.PublicKey, digest []byte, pss *rsa.PSSOptions) (*signPlan, 
 func planPKCS1(pk *rsa.PublicKey, digest []byte, h crypto.Hash) (*signPlan, error) {
 	if h == 0 {
 		if len(digest) == 0 || len(digest) > pk.Size()-11 {
-			return nil, inputErr("sign: raw input of %d bytes does not fit the key", len(digest))
+			return nil, errclass.InputErr("sign: raw input of %d bytes does not fit the key", len(digest))
 		}
-		return &signPlan{mech: mechSpec{Type: pkcs11.CKM_RSA_PKCS}, input: digest, outLen: pk.Size()}, nil
+		return &signPlan{mech: devicebackend.MechSpec{Type: pkcs11.CKM_RSA_PKCS}, input: digest, outLen: pk.Size()}, nil
 	}
 	prefix, ok := digestInfo[h]
 	if !ok {
-		return nil, inputErr("sign: RSA PKCS#1 v1.5 with %v not supported", h)
+		return nil, errclass.InputErr("sign: RSA PKCS#1 v1.5 with %v not supported", h)
 	}
 	if err := checkDigest(h, digest); err != nil {
 		return nil, err
 	}
 	in := append(append(make([]byte, 0, len(prefix)+len(digest)), prefix...), digest...)
-	return &signPlan{mech: mechSpec{Type: pkcs11.CKM_RSA_PKCS}, input: in, outLen: pk.Size()}, nil
+	return &signPlan{mech: devicebackend.MechSpec{Type: pkcs11.CKM_RSA_PKCS}, input: in, outLen: pk.Size()}, nil
 }
 
 // planECDSA: CKM_ECDSA over the digest; the token's raw r||s is converted to DER afterwards.
 func planECDSA(pk *ecdsa.PublicKey, digest []byte, opts crypto.SignerOpts) (*signPlan, error) {
 	if _, ok := opts.(*rsa.PSSOptions); ok {
-		return nil, inputErr("sign: RSA-PSS options for an ECDSA key")
+		return nil, errclass.InputErr("sign: RSA-PSS options for an ECDSA key")
 	}
 	if h := opts.HashFunc(); h == 0 {
 		if len(digest) == 0 || len(digest) > 64 {
-			return nil, inputErr("sign: ECDSA input of %d bytes", len(digest))
+			return nil, errclass.InputErr("sign: ECDSA input of %d bytes", len(digest))
 		}
 	} else if err := checkDigest(h, digest); err != nil {
 		return nil, err
 	}
 	n := (pk.Curve.Params().BitSize + 7) / 8
-	return &signPlan{mech: mechSpec{Type: pkcs11.CKM_ECDSA}, input: digest, ecdsa: n, outLen: 2 * n}, nil
+	return &signPlan{mech: devicebackend.MechSpec{Type: pkcs11.CKM_ECDSA}, input: digest, ecdsa: n, outLen: 2 * n}, nil
 }
 
 // ecdsaDER converts the PKCS#11 raw r||s signature into ASN.1 DER. It writes the DER directly (one

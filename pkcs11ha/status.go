@@ -64,7 +64,7 @@ func (cl *Cluster) Status() []DeviceStatus {
 		if i < len(cl.monitors) {
 			hs = cl.monitors[i].Status()
 		}
-		bc := d.be.counts()
+		bc := d.be.Counts()
 		ds := DeviceStatus{
 			Name: d.name, Region: d.cfg.Region, Tier: cl.s.cfg.tierOf(i),
 			Reason: hs.Reason, Since: hs.Since,
@@ -77,11 +77,11 @@ func (cl *Cluster) Status() []DeviceStatus {
 			ds.Breaker, ds.EWMA, ds.InFlight, ds.Abandoned = ms.Breaker, ms.EWMA, ms.InFlight, ms.Abandoned
 		}
 		if e := bc.LastErr; e != nil {
-			ds.LastError = e.msg
-			ds.LastErrorClass = e.class.String()
+			ds.LastError = e.Msg
+			ds.LastErrorClass = e.Class.String()
 		}
 		for pi, pc := range cl.s.cfg.Partitions {
-			p := d.be.partition(pi)
+			p := d.be.Partition(pi)
 			ds.Partitions = append(ds.Partitions, PartitionStatus{Name: pc.Name, Open: p.Open, Error: p.CredFatal, Logins: p.Logins})
 		}
 		for _, cp := range cl.parts {
@@ -186,7 +186,7 @@ func (cl *Cluster) Ready() bool {
 		cp.mu.RUnlock()
 		ok := false
 		for i, d := range cl.devices {
-			if st[i].State == "down" || !d.be.partition(pi).Open {
+			if st[i].State == "down" || !d.be.Partition(pi).Open {
 				continue
 			}
 			all := true

@@ -72,12 +72,12 @@ func strandCalls(t *testing.T, policy string, n int) (*Cluster, *softhsmtest.Dev
 func retire(t *testing.T, cl *Cluster) error {
 	t.Helper()
 	d := cl.inproc(0)
-	d.markInstanceDown(d.mod.cur.Load())
+	d.MarkInstanceDown(d.Mod.Cur.Load())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := d.recoverIfNeeded(ctx, false)
+	err := d.RecoverIfNeeded(ctx, false)
 	// Lanes 1.. recover in the background, one at a time.
-	require.Eventually(t, func() bool { return !d.recovering.Load() && d.retiredCount() > 0 || err != nil },
+	require.Eventually(t, func() bool { return !d.Recovering.Load() && d.RetiredCount() > 0 || err != nil },
 		10*time.Second, 10*time.Millisecond)
 	return err
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend"
 )
 
 // Validate checks the config: the topology, every partition's PIN source (each is read, nothing is kept)
@@ -109,9 +111,9 @@ func (t *Topology) checkDevices() error {
 
 // checkSharedModules: devices sharing a module instance must tell their tokens apart by serial.
 func (t *Topology) checkSharedModules() error {
-	byModule := map[moduleKey][]int{}
+	byModule := map[devicebackend.ModuleKey][]int{}
 	for i, d := range t.Devices {
-		k, err := newModuleKey(d.Module, d.ModuleEnv)
+		k, err := devicebackend.NewModuleKey(d.Module, d.ModuleEnv)
 		if err != nil {
 			continue // reported by checkDevices for missing files
 		}

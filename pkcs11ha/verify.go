@@ -24,28 +24,6 @@ const (
 	VerifyOff = "off"
 )
 
-// ErrBadSignature is matched (errors.Is) by every *SignatureError.
-var ErrBadSignature = errors.New("pkcs11ha: a device returned a signature that does not verify")
-
-// SignatureError says that a device returned a signature that does not verify with the key's public key.
-// It names the device, partition and key, never the data or the signature.
-type SignatureError struct {
-	Device    string
-	Partition string
-	Key       string
-	Scheme    string // "RSA PKCS#1 v1.5", "RSA-PSS", "ECDSA" or "Ed25519"
-}
-
-func (e *SignatureError) Error() string {
-	return fmt.Sprintf("pkcs11ha: device %s partition %s: %s signature with key %q does not verify (device fault; not returned)",
-		e.Device, e.Partition, e.Scheme, e.Key)
-}
-
-func (e *SignatureError) class() Class { return ClassBadSignature }
-
-// Is lets errors.Is(err, ErrBadSignature) match.
-func (e *SignatureError) Is(target error) bool { return target == ErrBadSignature }
-
 // verifies reports whether policy mode checks signatures of public key pub.
 func verifies(mode string, pub crypto.PublicKey) bool {
 	switch mode {
@@ -93,7 +71,7 @@ func (cl *Cluster) noteBadSignature(m int, err error) {
 	cl.metrics.badSignatures.WithLabelValues(d.name).Inc()
 	cl.log.Error("device returned a signature that does not verify: not returned, device taken out",
 		"device", d.name, "partition", se.Partition, "key", se.Key, "scheme", se.Scheme)
-	d.be.noteError(se)
+	d.be.NoteError(se)
 	if m < len(cl.monitors) {
 		cl.monitors[m].MarkDown(se.Error())
 	}

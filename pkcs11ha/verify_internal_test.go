@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/pkcs11-ha/pkcs11-ha/failover"
+	"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/errclass"
 )
 
 // TestVerifySignature: what the token would return (raw r||s for ECDSA) verifies, and the same with one bit
@@ -99,7 +100,7 @@ func TestVerifiesByMode(t *testing.T) {
 func TestSignatureError(t *testing.T) {
 	err := error(&SignatureError{Device: "eastus-1", Partition: "payments", Key: "rsa-key", Scheme: "RSA-PSS"})
 	require.ErrorIs(t, err, ErrBadSignature)
-	require.Equal(t, failover.ClassFaulty, failover.ClassOf(route(err)))
+	require.Equal(t, failover.ClassFaulty, failover.ClassOf(errclass.Route(err)))
 	require.True(t, failover.ClassFaulty.Retryable(), "retried on another device")
 	require.True(t, failover.ClassFaulty.BreakerFailure(), "a device fault")
 	require.Contains(t, err.Error(), "eastus-1")

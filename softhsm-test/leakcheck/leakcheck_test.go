@@ -77,9 +77,9 @@ func TestTopFunc(t *testing.T) {
 // failed on five such goroutines the library had reported stuck).
 func TestModuleCall(t *testing.T) {
 	for fn, want := range map[string]bool{
-		"github.com/miekg/pkcs11._Cfunc_Sign":                                         true,
-		"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall._Cfunc_call_single": true,
-		"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha.(*device).run":                       false,
+		"github.com/miekg/pkcs11._Cfunc_Sign":                                          true,
+		"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/onecall._Cfunc_call_single":  true,
+		"github.com/pkcs11-ha/pkcs11-ha/pkcs11ha/internal/devicebackend.(*Device).Run": false,
 		"runtime.gopark": false,
 	} {
 		assert.Equal(t, want, moduleCall(fn), fn)

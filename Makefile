@@ -14,6 +14,12 @@ GOTESTSUM = $(call TOOL,gotestsum)
 STATICCHECK = $(call TOOL,staticcheck)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# FUZZ runs fuzz target $(1) of package $(3) for $(2) inputs. It fails when nothing was fuzzed: `go test
+# -fuzz` with no such target in the package passes silently (a target moved with its code would go unfuzzed).
+FUZZ = echo "fuzz $(1) $(3) ($(2))" && out=$$($(GO) test -run '^$$' -fuzz '^$(1)$$' -fuzztime $(2) $(3) 2>&1); \
+	status=$$?; echo "$$out" | tail -3; [ $$status = 0 ] || exit $$status; \
+	echo "$$out" | grep -q '^fuzz: elapsed' || { echo "no fuzz target $(1) in $(3)"; exit 1; }
+
 .PHONY: all deps test run bench chaos lint fmt tidy build clean
 
 all: build
@@ -65,11 +71,11 @@ test: deps
 	$(GOTESTSUM) --format standard-quiet --packages="$(NORACE_PACKAGES)" -- -p 2 -count=1 -timeout 5m
 	# A count, not a duration: a duration -fuzztime can fail a clean run with "context deadline exceeded"
 	# (a race in Go's fuzz coordinator, go.dev/issue/75804, fixed in Go 1.27). ~10 s here.
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeSignRequest$$' -fuzztime 30000x ./cmd/hsm-ha-proxy/internal/proxy/
-	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 20000x ./cmd/hsm-ha-proxy/internal/p11rpc/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime 20000x ./cmd/hsm-ha-proxy/internal/p11rpc/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRun$$' -fuzztime 20000x ./pkcs11ha/
-	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime 20000x ./pkcs11ha/
+	@$(call FUZZ,FuzzDecodeSignRequest,30000x,./cmd/hsm-ha-proxy/internal/proxy/)
+	@$(call FUZZ,FuzzReadFrame,20000x,./cmd/hsm-ha-proxy/internal/p11rpc/)
+	@$(call FUZZ,FuzzParseRequest,20000x,./cmd/hsm-ha-proxy/internal/p11rpc/)
+	@$(call FUZZ,FuzzDecodeRun,20000x,./pkcs11ha/internal/devicebackend/)
+	@$(call FUZZ,FuzzReadFrame,20000x,./pkcs11ha/internal/devicebackend/)
 
 # The demo (lab/cmd/hsm-ha-demo): four SoftHSM2 devices in two regions behind the sidecar, with a scripted failover.
 # Both binaries are built into one directory: the demo runs the hsm-ha-proxy beside it as its sidecar.

@@ -12,8 +12,8 @@ import (
 
 // Policy holds every routing knob: the policy: section of the config. Each field is documented here, once;
 // docs/configuration.md's policy table is generated from these comments and the defaults in effect
-// (TestPolicyTable). A zero field takes the default of the layer that uses it: the router's
-// (failover.DefaultConfig), the health probes' (health.Default*) or the library's own (defaultOwn), and
+// (TestPolicyTable). A zero field takes the default of the layer that uses it: the router's (package
+// failover's DefaultConfig), the health probes' (package health) or the library's own (defaultOwn), and
 // Cluster.Config shows the values a cluster runs with.
 type Policy struct {
 	// AttemptTimeout is the deadline of one attempt on a device, per tier, never past the caller's: past it

@@ -79,9 +79,6 @@ func Open(ctx context.Context, cfg *Config, opts ...Option) (*Cluster, error) {
 	// Destroyed keys (tombstones) are known first (keysync.go).
 	cl.loadTombstones(ctx)
 	cl.checkKeys()
-	for _, d := range cl.devices {
-		d.be.SetHooks(cl.checkKeys, func(reason string) { cl.monitors[d.idx].MarkDown(reason) })
-	}
 	if err := cl.startMonitors(up); err != nil {
 		cl.abort()
 		return nil, err
@@ -113,14 +110,9 @@ func newCluster(s *settings, o openOptions) (*Cluster, error) {
 			cl.abort()
 			return nil, err
 		}
-		d := &clusterDevice{idx: i, name: dc.Name, cfg: dc, be: be}
-		// Before Open has monitors, traffic cannot prove a device down: only probes and opens run.
-		be.SetHooks(nil, func(reason string) {
-			if d.idx < len(cl.monitors) {
-				cl.monitors[d.idx].MarkDown(reason)
-			}
-		})
-		cl.devices = append(cl.devices, d)
+		// No hooks yet: until Open has built the monitors (startMonitors), a device found down has no monitor
+		// to tell, and Open reads its state from the open itself.
+		cl.devices = append(cl.devices, &clusterDevice{idx: i, name: dc.Name, cfg: dc, be: be})
 	}
 	m.stuck.cl.Store(cl) // the devices exist: the collector may read them
 	return cl, nil
@@ -169,6 +161,12 @@ func (cl *Cluster) startMonitors(up []bool) error {
 		cl.monitors = append(cl.monitors, m)
 		cl.router.SetUp(i, up[i])
 		cl.metrics.deviceState(d.name, initial) // OnChange reports changes only
+	}
+	// The backends' hooks only once every monitor exists: a worker that dies from here on marks its monitor
+	// down. Installed before (as they were), a death during Open raced with the monitors being built, and
+	// could index one not built yet (a panic).
+	for _, d := range cl.devices {
+		d.be.SetHooks(cl.checkKeys, func(reason string) { cl.monitors[d.idx].MarkDown(reason) })
 	}
 	for _, m := range cl.monitors {
 		m.Start()

@@ -14,12 +14,12 @@ type clusterDevice struct {
 	be   devicebackend.Backend
 }
 
-// newBackend makes the backend of device i of settings s (nothing is loaded yet).
-func newBackend(s *settings, i int, log *slog.Logger, m *metrics) (devicebackend.Backend, error) {
+// newBackend makes the backend of device i of the cluster's backend settings bs (nothing is loaded yet).
+func newBackend(s *settings, bs *devicebackend.Settings, i int, log *slog.Logger, m *metrics) (devicebackend.Backend, error) {
 	if s.own.Isolation == IsolationProcess {
-		return devicebackend.NewWorkerDevice(s.backend(), i, log, m), nil
+		return devicebackend.NewWorkerDevice(bs, i, log, m), nil
 	}
-	return devicebackend.NewDevice(s.backend(), i, log)
+	return devicebackend.NewDevice(bs, i, log)
 }
 
 // MaybeRunWorker serves as a device worker and exits when this process was started as one by a cluster

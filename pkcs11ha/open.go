@@ -104,8 +104,9 @@ func newCluster(s *settings, o openOptions) (*Cluster, error) {
 	for _, p := range s.cfg.Partitions {
 		cl.parts = append(cl.parts, &clusterPartition{name: p.Name, keys: map[string]*keyEntry{}, secrets: map[string]*secretEntry{}})
 	}
+	bs := s.backend() // read-only in the backend: one for every device
 	for i, dc := range s.cfg.Devices {
-		be, err := newBackend(s, i, cl.log, cl.metrics)
+		be, err := newBackend(s, bs, i, cl.log, cl.metrics)
 		if err != nil {
 			cl.abort()
 			return nil, err

@@ -37,7 +37,11 @@ type soakPlan struct {
 
 var (
 	soakShort = soakPlan{kills: 8, pauses: 2, down: 300 * time.Millisecond, tail: 2 * time.Second}
-	soakLong  = soakPlan{kills: 100, pauses: 20, down: 500 * time.Millisecond, tail: 5 * time.Second}
+	// The long tail is two EWMA decays of the policies the soak runs (10 s): one slow call is a peak of a
+	// device's estimate that fades over about a decay (health.PeakEWMA, by design). A tail shorter than a
+	// decay is decided by a few such peaks and in-flight counts (a 5 s tail: the restarted device served
+	// 26-46 % in five runs of 2026-12-07); two decays average them.
+	soakLong = soakPlan{kills: 100, pauses: 20, down: 500 * time.Millisecond, tail: 20 * time.Second}
 )
 
 // Margins for the growth checks: the Go runtime keeps the threads it created for blocked cgo calls (as many
@@ -88,8 +92,10 @@ func soakScenario(plan soakPlan, pol policy) scenario {
 }
 
 type soakState struct {
-	plan     soakPlan
-	samples  []soakSample
+	plan    soakPlan
+	samples []soakSample
+	// tailEWMA: the local devices' lowest and highest latency estimate seen over the tail, for the SOAK line.
+	tailEWMA map[string][2]time.Duration
 	stranded map[string][]int64 // device -> calls stranded by each of its kills
 	tailFrom time.Duration
 	// slowest recovery of a kill cycle and of a pause cycle, and the pause cycles' largest bound
@@ -182,8 +188,43 @@ func (s *soakState) run(e *env) {
 	e.hold(e.cfg.Policy.EWMADecay.D() / 2)
 	s.tailFrom = e.rec.Now()
 	e.healthy("soak over")
-	e.hold(s.plan.tail)
+	s.watchEWMA(e, s.plan.tail)
 	s.samples = append(s.samples, s.sample(e))
+}
+
+// watchEWMA holds for d, sampling the local devices' latency estimates, so that a share missed in the tail
+// says whether a latency peak was behind it.
+func (s *soakState) watchEWMA(e *env, d time.Duration) {
+	s.tailEWMA = map[string][2]time.Duration{}
+	local := map[string]bool{}
+	for _, l := range e.localDevices() {
+		local[l] = true
+	}
+	for end := time.Now().Add(d); ; time.Sleep(100 * time.Millisecond) {
+		for _, st := range e.cl.Status() {
+			if !local[st.Name] {
+				continue
+			}
+			r, ok := s.tailEWMA[st.Name]
+			if !ok {
+				r = [2]time.Duration{st.EWMA, st.EWMA}
+			}
+			s.tailEWMA[st.Name] = [2]time.Duration{min(r[0], st.EWMA), max(r[1], st.EWMA)}
+		}
+		if !time.Now().Before(end) {
+			return
+		}
+	}
+}
+
+// fmtEWMA is the tail's estimate ranges: "eastus-1 9ms-17ms, eastus-2 ...".
+func (s *soakState) fmtEWMA(locals []string) string {
+	var out []string
+	for _, l := range locals {
+		r := s.tailEWMA[l]
+		out = append(out, fmt.Sprintf("%s %v-%v", l, r[0].Round(100*time.Microsecond), r[1].Round(100*time.Microsecond)))
+	}
+	return strings.Join(out, ", ")
 }
 
 // stuckOf is a device's StuckCalls.
@@ -255,26 +296,7 @@ func (s *soakState) check(e *env, ops []Op, _ Summary) {
 		t.Errorf("INVARIANT %d stuck calls, past the cap %d", total.Calls, total.Limit)
 	}
 
-	// Fair share over the healthy tail.
-	by := map[string]int{}
-	n := 0
-	for i := range ops {
-		o := &ops[i]
-		if o.Served() && o.Start >= s.tailFrom {
-			by[o.Device]++
-			if !e.isDR(o.Device) {
-				n++
-			}
-		}
-	}
-	// Each local device serves in the tail; its share follows the latency estimates, which follow the host's
-	// load: the share is a bound.
-	for _, l := range e.localDevices() {
-		if by[l] == 0 {
-			t.Errorf("INVARIANT %s served none of the %d local calls of the healthy tail", l, n)
-		}
-		e.bound(float64(by[l]) >= soakFairShare*float64(n), "INVARIANT fair share: %s served %d of the %d local calls of the healthy tail, want >= %.0f%%", l, by[l], n, 100*soakFairShare)
-	}
+	by, means := s.fairShare(e, ops)
 
 	// Threads and goroutines: growth within the stuck calls, from the sample after the second cycle (by
 	// then every module instance has opened: lanes open in the background after Open) to the last.
@@ -308,10 +330,44 @@ func (s *soakState) check(e *env, ops []Op, _ Summary) {
 	}
 	e.logf("SOAK %d kill and %d pause cycles, %d calls (%d failed, %d invalid); kills that stranded calls: %d of %d (%s), "+
 		"calls stranded: %d (at most %d per kill); stuck calls at the end: %d (cap %d); OS threads: %d at the start, %d at the end, "+
-		"%d at most; goroutines: %d -> %d; served in the tail: %s; slowest recovery: kill %v (bound %v), pause %v (bound %v)",
+		"%d at most; goroutines: %d -> %d; served in the tail (%v): %s, mean latency %s, latency estimates %s; slowest recovery: kill %v (bound %v), pause %v (bound %v)",
 		s.plan.kills, s.plan.pauses, len(ops), countFailed(ops), countInvalid(ops), stranding, kills, strings.Join(per, ", "),
-		calls, worst, total.Calls, total.Limit, first.threads, last.threads, maxThreads, first.goroutines, last.goroutines, fmtCounts(by),
+		calls, worst, total.Calls, total.Limit, first.threads, last.threads, maxThreads, first.goroutines, last.goroutines, s.plan.tail, fmtCounts(by), means, s.fmtEWMA(e.localDevices()),
 		s.worstKill.Round(time.Millisecond), e.recBound, s.worstPause.Round(time.Millisecond), s.pauseBound)
+}
+
+// fairShare asserts that each local device served its share of the healthy tail, and returns the calls each
+// device served in it and the local devices' mean latencies there, for the SOAK line.
+func (s *soakState) fairShare(e *env, ops []Op) (map[string]int, string) {
+	t := e.t
+	by := map[string]int{}
+	lat := map[string]time.Duration{}
+	n := 0
+	for i := range ops {
+		o := &ops[i]
+		if o.Served() && o.Start >= s.tailFrom {
+			by[o.Device]++
+			lat[o.Device] += o.Latency
+			if !e.isDR(o.Device) {
+				n++
+			}
+		}
+	}
+	var means []string
+	for _, l := range e.localDevices() {
+		if by[l] > 0 {
+			means = append(means, fmt.Sprintf("%s %v", l, (lat[l]/time.Duration(by[l])).Round(10*time.Microsecond)))
+		}
+	}
+	// Each local device serves in the tail; its share follows the latency estimates, which follow the host's
+	// load: the share is a bound.
+	for _, l := range e.localDevices() {
+		if by[l] == 0 {
+			t.Errorf("INVARIANT %s served none of the %d local calls of the healthy tail", l, n)
+		}
+		e.bound(float64(by[l]) >= soakFairShare*float64(n), "INVARIANT fair share: %s served %d of the %d local calls of the healthy tail, want >= %.0f%%", l, by[l], n, 100*soakFairShare)
+	}
+	return by, strings.Join(means, ", ")
 }
 
 func countFailed(ops []Op) int {

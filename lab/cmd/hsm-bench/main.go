@@ -42,7 +42,7 @@ func main() {
 	flag.IntVar(&o.Upgrades, "upgrades", 0, "hot upgrades of the sidecar under load in the upgrade section (default 5)")
 	flag.StringVar(&gors, "goroutines", "", "in-process concurrencies, comma-separated (default 1,8)")
 	flag.StringVar(&algs, "algs", "", `in-process algorithms, comma-separated: "ECDSA P-256", "RSA-2048", "AES-256-GCM seal", "AES-256-GCM open", "HMAC-SHA256" (default all)`)
-	flag.StringVar(&contenders, "contenders", "", "in-process contenders, comma-separated labels (default the four and the verify row of each algorithm)")
+	flag.StringVar(&contenders, "contenders", "", "in-process contenders, semicolon-separated labels (they hold commas), e.g. \"direct miekg/pkcs11;pkcs11ha, 1 device\" (default the four and the verify row of each algorithm)")
 	flag.StringVar(&slowModes, "slow-modes", "", "slow-device patterns, comma-separated: onset,steady,spells,flicker (default all)")
 	flag.StringVar(&skip, "skip", "", "p11-kit parts to skip, comma-separated: healthy,loss")
 	flag.StringVar(&o.ProfileDir, "cpuprofile-dir", "", "write a CPU profile of every child (and of the front end's sidecar) here")
@@ -57,7 +57,10 @@ func main() {
 		}
 		return strings.Split(s, ",")
 	}
-	o.Sections, o.Contenders, o.Algs = split(sections), split(contenders), split(algs)
+	o.Sections, o.Algs = split(sections), split(algs)
+	if contenders != "" {
+		o.Contenders = strings.Split(contenders, ";")
+	}
 	o.SlowModes, o.SkipP11 = split(slowModes), split(skip)
 	for _, g := range split(gors) {
 		n, err := strconv.Atoi(g)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -169,8 +170,9 @@ func TestKeysWrap(t *testing.T) {
 	require.Empty(t, rep.Actions)
 }
 
-// TestKeysRace: two clusters (two sidecars) generate the same label at the same moment: one key is left,
-// on every device. In make chaos only (CHAOS_LONG=1): SoftHSM's file store shows one process the objects
+// TestKeysRace: two clusters (two sidecars) generate the same label at the same moment: at most one
+// succeeds, the other fails with ErrKeyExists (or ErrQuorum when a device refused its copy), and exactly
+// the keys of the successful creations are left, on every device. In make chaos only (CHAOS_LONG=1): SoftHSM's file store shows one process the objects
 // another wrote only once it reloads the token, so under load a racer can misjudge the other's key (about
 // one run in fifteen); the gate keeps the binary's two-process race (TestKeysCLI), whose check allows it.
 func TestKeysRace(t *testing.T) {
@@ -203,9 +205,15 @@ func TestKeysRace(t *testing.T) {
 		wg.Wait()
 		won := 0
 		for _, err := range errs {
-			if err == nil {
+			switch {
+			case err == nil:
 				won++
-			} else {
+			case errors.Is(err, pkcs11ha.ErrQuorum):
+				// A device refused this racer's copy, e.g. SoftHSM's store answering CKR_FUNCTION_FAILED
+				// while the other racer writes to it: the racer withdrew its key and says so (docs/keys.md,
+				// "Concurrency": at worst no key, and the caller retries). What is left is checked below.
+				t.Logf("round %d: a creation was refused: %v", round, err)
+			default:
 				require.ErrorIs(t, err, pkcs11ha.ErrKeyExists)
 			}
 		}

@@ -196,13 +196,9 @@ func (s *soakState) run(e *env) {
 // says whether a latency peak was behind it.
 func (s *soakState) watchEWMA(e *env, d time.Duration) {
 	s.tailEWMA = map[string][2]time.Duration{}
-	local := map[string]bool{}
-	for _, l := range e.localDevices() {
-		local[l] = true
-	}
 	for end := time.Now().Add(d); ; time.Sleep(100 * time.Millisecond) {
 		for _, st := range e.cl.Status() {
-			if !local[st.Name] {
+			if e.isDR(st.Name) {
 				continue
 			}
 			r, ok := s.tailEWMA[st.Name]
@@ -353,17 +349,14 @@ func (s *soakState) fairShare(e *env, ops []Op) (map[string]int, string) {
 			}
 		}
 	}
-	var means []string
-	for _, l := range e.localDevices() {
-		if by[l] > 0 {
-			means = append(means, fmt.Sprintf("%s %v", l, (lat[l]/time.Duration(by[l])).Round(10*time.Microsecond)))
-		}
-	}
 	// Each local device serves in the tail; its share follows the latency estimates, which follow the host's
 	// load: the share is a bound.
+	var means []string
 	for _, l := range e.localDevices() {
 		if by[l] == 0 {
 			t.Errorf("INVARIANT %s served none of the %d local calls of the healthy tail", l, n)
+		} else {
+			means = append(means, fmt.Sprintf("%s %v", l, (lat[l]/time.Duration(by[l])).Round(10*time.Microsecond)))
 		}
 		e.bound(float64(by[l]) >= soakFairShare*float64(n), "INVARIANT fair share: %s served %d of the %d local calls of the healthy tail, want >= %.0f%%", l, by[l], n, 100*soakFairShare)
 	}

@@ -51,18 +51,15 @@ func main() {
 	flag.BoolVar(&o.Verbose, "v", false, "show every in-process slice in the progress output")
 	flag.StringVar(&o.Dir, "dir", "", "working directory (default a temporary one, removed at the end)")
 	flag.Parse()
-	split := func(s string) []string {
+	split := func(s, sep string) []string {
 		if s == "" {
 			return nil
 		}
-		return strings.Split(s, ",")
+		return strings.Split(s, sep)
 	}
-	o.Sections, o.Algs = split(sections), split(algs)
-	if contenders != "" {
-		o.Contenders = strings.Split(contenders, ";")
-	}
-	o.SlowModes, o.SkipP11 = split(slowModes), split(skip)
-	for _, g := range split(gors) {
+	o.Sections, o.Contenders, o.Algs = split(sections, ","), split(contenders, ";"), split(algs, ",")
+	o.SlowModes, o.SkipP11 = split(slowModes, ","), split(skip, ",")
+	for _, g := range split(gors, ",") {
 		n, err := strconv.Atoi(g)
 		if err != nil || n < 1 {
 			fmt.Fprintf(os.Stderr, "hsm-bench: bad -goroutines %q\n", gors)

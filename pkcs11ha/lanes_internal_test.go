@@ -19,16 +19,14 @@ import (
 	"github.com/pkcs11-ha/pkcs11-ha/softhsm-test/harnesstest"
 )
 
-// waitLanesOpen waits until every lane of every device is open (lanes 1.. open after Open, in the
-// background).
+// waitLanesOpen waits until Status shows every lane of every device open (lanes 1.. open after Open, in
+// the background).
 func waitLanesOpen(t *testing.T, cl *Cluster) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		for _, d := range cl.inprocDevices() {
-			for _, l := range d.LaneList() {
-				if l.Mod.Current() == nil || l.AnyPartitionClosed() {
-					return false
-				}
+		for _, ds := range cl.Status() {
+			if ds.Lanes == nil || ds.Lanes.Open < ds.Lanes.Total {
+				return false
 			}
 		}
 		return true
@@ -147,6 +145,7 @@ func TestLanesKillRestart(t *testing.T) {
 	for i, in := range before {
 		require.True(t, in.Broken.Load(), "lane %d: a device error on one lane breaks every lane's instance", i)
 	}
+	require.Equal(t, &LaneStatus{Total: 3, Open: 0}, cl.Status()[0].Lanes, "Status shows the lanes down")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, dev.Restart(ctx))
@@ -163,6 +162,7 @@ func TestLanesKillRestart(t *testing.T) {
 		return true
 	}, 15*time.Second, 20*time.Millisecond, "every lane on a fresh instance")
 	require.GreaterOrEqual(t, cl.Status()[0].Reinits, int64(3))
+	require.Equal(t, &LaneStatus{Total: 3, Open: 3}, cl.Status()[0].Lanes)
 }
 
 // TestLanesOnlyForP11KitClient: in-process SoftHSM devices keep one instance carrying every call.
@@ -172,4 +172,5 @@ func TestLanesOnlyForP11KitClient(t *testing.T) {
 	require.Equal(t, 1, cl.LaneCount("a"))
 	require.Nil(t, cl.inproc(0).Lanes)
 	require.Nil(t, cl.inproc(0).Mod.Current().Solo)
+	require.Nil(t, cl.Status()[0].Lanes, "no lanes to show")
 }

@@ -39,10 +39,20 @@ type DeviceStatus struct {
 	WorkerPID      int    `json:"worker_pid,omitempty"`
 	WorkerRestarts int64  `json:"worker_restarts,omitempty"`
 	WorkerExit     string `json:"worker_exit,omitempty"`
+	// Lanes: the module instances of a device reached through p11-kit-client.so
+	// (policy.p11kit_client_instances); nil for a device with one instance.
+	Lanes *LaneStatus `json:"lanes,omitempty"`
 
 	Partitions []PartitionStatus `json:"partitions"`
 	// ExcludedKeys maps "partition/label" to why this device does not serve that key.
 	ExcludedKeys map[string]string `json:"excluded_keys,omitempty"`
+}
+
+// LaneStatus counts a device's module instances (its lanes) and those serving every partition; the others
+// are opening, or wait for the next probe to re-initialise them after the device was seen down.
+type LaneStatus struct {
+	Total int `json:"total"`
+	Open  int `json:"open"`
 }
 
 // PartitionStatus is one partition on one device.
@@ -70,6 +80,9 @@ func (cl *Cluster) Status() []DeviceStatus {
 			Reason: hs.Reason, Since: hs.Since,
 			Reinits: bc.Reinits, RetiredInstances: bc.Retired, StuckCalls: bc.Stuck,
 			WorkerPID: bc.WorkerPID, WorkerRestarts: bc.WorkerRestarts, WorkerExit: bc.WorkerExit,
+		}
+		if bc.Lanes > 0 {
+			ds.Lanes = &LaneStatus{Total: bc.Lanes, Open: bc.LanesOpen}
 		}
 		var ms failover.MemberStatus
 		if i < len(rs) {

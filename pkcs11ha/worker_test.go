@@ -93,6 +93,23 @@ func TestWorkerServes(t *testing.T) {
 	require.Len(t, served, 2, "both devices served: %v", served)
 }
 
+// TestWorkerLanesInStatus: a worker's lanes (p11kit_client_instances) reach Status from the worker's
+// state replies: all open once lanes 1.. have opened, none after the device's server is killed.
+func TestWorkerLanesInStatus(t *testing.T) {
+	topo := harnesstest.Start(t, softhsmtest.Options{Devices: []softhsmtest.DeviceSpec{{Name: "eastus-1", Region: "eastus"}}})
+	cl, _ := openCluster(t, topo, "{isolation: process, p11kit_client_instances: 3, attempt_timeout: {local: 1s}, "+
+		"health: {interval: 100ms, down_interval: 100ms}}")
+	require.Eventually(t, func() bool {
+		l := cl.Status()[0].Lanes
+		return l != nil && *l == pkcs11ha.LaneStatus{Total: 3, Open: 3}
+	}, 15*time.Second, 20*time.Millisecond, "every lane open: %+v", cl.Status()[0].Lanes)
+	require.NoError(t, topo.Device("eastus-1").Kill())
+	require.Eventually(t, func() bool {
+		l := cl.Status()[0].Lanes
+		return l != nil && l.Total == 3 && l.Open == 0
+	}, 15*time.Second, 20*time.Millisecond, "no lane open with the server dead: %+v", cl.Status()[0].Lanes)
+}
+
 // TestWorkerCrash: a worker killed (SIGKILL) or crashing (SIGSEGV) under load costs no call — its calls in
 // flight fail over within their deadline — and the device comes back with a new worker, by itself.
 func TestWorkerCrash(t *testing.T) {

@@ -172,6 +172,13 @@ func printStatus(w io.Writer, st *sidecarapi.Status) {
 		if reason == "" && d.State != "up" {
 			reason = d.LastError
 		}
+		if l := d.Lanes; l != nil && l.Open < l.Total { // lane 0 serves meanwhile: worth a note, not a state
+			note := fmt.Sprintf("%d of %d lanes open", l.Open, l.Total)
+			if reason != "" {
+				note = reason + "; " + note
+			}
+			reason = note
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\t%s\n", d.Name, d.Region, d.Tier, d.State, d.Breaker,
 			sidecarapi.FormatLatency(d.EWMA), d.InFlight, d.Abandoned, sidecarapi.OneLine(reason, 80))
 	}

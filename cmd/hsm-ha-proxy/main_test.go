@@ -62,14 +62,18 @@ func TestPrintStatus(t *testing.T) {
 		{Name: "eastus-1", Region: "eastus", Tier: 0, State: "up", Breaker: "closed", EWMA: 57 * time.Microsecond, InFlight: 3},
 		{Name: "westus-1", Region: "westus", Tier: 1, State: "down", Breaker: "open", EWMA: 12500 * time.Microsecond,
 			LastError: "pkcs11ha: device westus-1: C_Sign: CKR_DEVICE_ERROR (0x30) [device-down]"},
+		{Name: "eastus-2", Region: "eastus", State: "up", Breaker: "closed", Lanes: &sidecarapi.LaneStatus{Total: 4, Open: 2}},
+		{Name: "westus-2", Region: "westus", State: "up", Breaker: "closed", Lanes: &sidecarapi.LaneStatus{Total: 4, Open: 4}},
 	}})
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
-	require.Len(t, lines, 4)
+	require.Len(t, lines, 6)
 	assert.Equal(t, []string{"DEVICE", "REGION", "TIER", "STATE", "BREAKER", "EWMA", "IN-FLIGHT", "ABANDONED", "REASON"}, strings.Fields(lines[0]))
 	assert.Equal(t, []string{"eastus-1", "eastus", "0", "up", "closed", "57us", "3", "0"}, strings.Fields(lines[1]))
 	assert.Equal(t, []string{"westus-1", "westus", "1", "down", "open", "12.5ms", "0", "0"}, strings.Fields(lines[2])[:8])
 	assert.Contains(t, lines[2], "CKR_DEVICE_ERROR")
-	assert.True(t, strings.HasPrefix(lines[3], "ready: no"))
+	assert.True(t, strings.HasSuffix(lines[3], "  2 of 4 lanes open"), "a lane shortfall is noted: %q", lines[3])
+	assert.Len(t, strings.Fields(lines[4]), 8, "all lanes open: nothing to say")
+	assert.True(t, strings.HasPrefix(lines[5], "ready: no"))
 }
 
 // goTool finds the go command that runs the tests.

@@ -94,10 +94,12 @@ func soakScenario(plan soakPlan, pol policy) scenario {
 type soakState struct {
 	plan    soakPlan
 	samples []soakSample
-	// tailEWMA: the local devices' lowest and highest latency estimate seen over the tail, for the SOAK line.
-	tailEWMA map[string][2]time.Duration
-	stranded map[string][]int64 // device -> calls stranded by each of its kills
-	tailFrom time.Duration
+	// tailEWMA: the local devices' lowest and highest latency estimate seen over the tail, and tailLanes
+	// the fewest lanes open (devices with lanes), for the SOAK line.
+	tailEWMA  map[string][2]time.Duration
+	tailLanes map[string]pkcs11ha.LaneStatus
+	stranded  map[string][]int64 // device -> calls stranded by each of its kills
+	tailFrom  time.Duration
 	// slowest recovery of a kill cycle and of a pause cycle, and the pause cycles' largest bound
 	worstKill, worstPause, pauseBound time.Duration
 }
@@ -188,14 +190,14 @@ func (s *soakState) run(e *env) {
 	e.hold(e.cfg.Policy.EWMADecay.D() / 2)
 	s.tailFrom = e.rec.Now()
 	e.healthy("soak over")
-	s.watchEWMA(e, s.plan.tail)
+	s.watchTail(e, s.plan.tail)
 	s.samples = append(s.samples, s.sample(e))
 }
 
-// watchEWMA holds for d, sampling the local devices' latency estimates, so that a share missed in the tail
-// says whether a latency peak was behind it.
-func (s *soakState) watchEWMA(e *env, d time.Duration) {
-	s.tailEWMA = map[string][2]time.Duration{}
+// watchTail holds for d, sampling the local devices' latency estimates and open lanes, so that a share
+// missed in the tail says whether a latency peak, or a device serving on fewer instances, was behind it.
+func (s *soakState) watchTail(e *env, d time.Duration) {
+	s.tailEWMA, s.tailLanes = map[string][2]time.Duration{}, map[string]pkcs11ha.LaneStatus{}
 	for end := time.Now().Add(d); ; time.Sleep(100 * time.Millisecond) {
 		for _, st := range e.cl.Status() {
 			if e.isDR(st.Name) {
@@ -206,6 +208,11 @@ func (s *soakState) watchEWMA(e *env, d time.Duration) {
 				r = [2]time.Duration{st.EWMA, st.EWMA}
 			}
 			s.tailEWMA[st.Name] = [2]time.Duration{min(r[0], st.EWMA), max(r[1], st.EWMA)}
+			if l := st.Lanes; l != nil {
+				if m, ok := s.tailLanes[st.Name]; !ok || l.Open < m.Open {
+					s.tailLanes[st.Name] = *l
+				}
+			}
 		}
 		if !time.Now().Before(end) {
 			return
@@ -213,12 +220,16 @@ func (s *soakState) watchEWMA(e *env, d time.Duration) {
 	}
 }
 
-// fmtEWMA is the tail's estimate ranges: "eastus-1 9ms-17ms, eastus-2 ...".
-func (s *soakState) fmtEWMA(locals []string) string {
+// fmtTail is the tail's estimate ranges and fewest open lanes: "eastus-1 9ms-17ms (lanes ≥ 7/8), ...".
+func (s *soakState) fmtTail(locals []string) string {
 	var out []string
 	for _, l := range locals {
 		r := s.tailEWMA[l]
-		out = append(out, fmt.Sprintf("%s %v-%v", l, r[0].Round(100*time.Microsecond), r[1].Round(100*time.Microsecond)))
+		f := fmt.Sprintf("%s %v-%v", l, r[0].Round(100*time.Microsecond), r[1].Round(100*time.Microsecond))
+		if ln, ok := s.tailLanes[l]; ok {
+			f += fmt.Sprintf(" (lanes ≥ %d/%d)", ln.Open, ln.Total)
+		}
+		out = append(out, f)
 	}
 	return strings.Join(out, ", ")
 }
@@ -328,7 +339,7 @@ func (s *soakState) check(e *env, ops []Op, _ Summary) {
 		"calls stranded: %d (at most %d per kill); stuck calls at the end: %d (cap %d); OS threads: %d at the start, %d at the end, "+
 		"%d at most; goroutines: %d -> %d; served in the tail (%v): %s, mean latency %s, latency estimates %s; slowest recovery: kill %v (bound %v), pause %v (bound %v)",
 		s.plan.kills, s.plan.pauses, len(ops), countFailed(ops), countInvalid(ops), stranding, kills, strings.Join(per, ", "),
-		calls, worst, total.Calls, total.Limit, first.threads, last.threads, maxThreads, first.goroutines, last.goroutines, s.plan.tail, fmtCounts(by), means, s.fmtEWMA(e.localDevices()),
+		calls, worst, total.Calls, total.Limit, first.threads, last.threads, maxThreads, first.goroutines, last.goroutines, s.plan.tail, fmtCounts(by), means, s.fmtTail(e.localDevices()),
 		s.worstKill.Round(time.Millisecond), e.recBound, s.worstPause.Round(time.Millisecond), s.pauseBound)
 }
 

@@ -68,9 +68,16 @@ type DeviceStatus struct {
 	WorkerPID        int               `json:"worker_pid,omitempty"`      // the device's worker process (isolation: process)
 	WorkerRestarts   int64             `json:"worker_restarts,omitempty"` // ends of its worker processes
 	WorkerExit       string            `json:"worker_exit,omitempty"`     // how the last one ended
+	Lanes            *LaneStatus       `json:"lanes,omitempty"`           // module instances (p11-kit-client.so devices)
 	Partitions       []PartitionStatus `json:"partitions"`
 	// ExcludedKeys maps "partition/label" to why this device does not serve that key.
 	ExcludedKeys map[string]string `json:"excluded_keys,omitempty"`
+}
+
+// LaneStatus is pkcs11ha.LaneStatus on the wire: a device's module instances and those serving.
+type LaneStatus struct {
+	Total int `json:"total"`
+	Open  int `json:"open"`
 }
 
 // PartitionStatus is one partition on one device.

@@ -57,8 +57,8 @@ func (d *Device) Admin(ctx context.Context, pi int, op *AdminOp) (*AdminResult, 
 	case o := <-done:
 		if o.err != nil {
 			d.adminFailed(st, o.err)
-		} else if op.Kind.mutates() && d.onKeys != nil {
-			d.onKeys(d)
+		} else if op.Kind.mutates() {
+			d.h.onKeys()
 		}
 		return o.r, o.err
 	case <-ctx.Done():
@@ -71,9 +71,7 @@ func (d *Device) adminFailed(st *partState, err error) {
 	var de *errclass.DeviceError
 	if errors.As(err, &de) && de.Class == errclass.ClassDeviceDown && de.Code != 0 {
 		d.MarkInstanceDown(st.in)
-		if d.onDown != nil {
-			d.onDown(err.Error())
-		}
+		d.h.onDown(err.Error())
 	}
 	d.setErr(err)
 }

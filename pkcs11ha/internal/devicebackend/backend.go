@@ -58,4 +58,7 @@ type Counts struct {
 	WorkerPID      int
 	WorkerRestarts int64
 	WorkerExit     string
+	// Lanes and LanesOpen: the device's module instances (lanes.go) and how many of them serve every
+	// partition; both 0 for a device without lanes.
+	Lanes, LanesOpen int
 }

@@ -30,9 +30,10 @@ type Device struct {
 	recoverMu sync.Mutex // one recovery at a time
 	needInit  atomic.Bool
 	lastErr   atomic.Pointer[LastError]
-	onKeys    func(d *Device)     // re-checks key consistency after a (re)open
-	onDown    func(reason string) // traffic proved the device down: tell its health monitor
-	log       *slog.Logger
+	// h: keysChanged re-checks key consistency after a (re)open; down tells the device's health monitor
+	// that traffic proved it down.
+	h   hooks
+	log *slog.Logger
 	// Stuck calls (stuck.go): calls stuck in instances this device's re-inits retired, the probe call
 	// still blocked (if any), and why the last re-init was refused (the stuck-call cap), if it was.
 	stuck        atomic.Int64
@@ -145,9 +146,7 @@ func (d *Device) openLocked(ctx context.Context, reinit bool) error {
 			errs = append(errs, err)
 		}
 	}
-	if d.onKeys != nil {
-		d.onKeys(d)
-	}
+	d.h.onKeys()
 	if len(errs) == len(d.Parts) {
 		err := errs[0]
 		d.setErr(err)
@@ -378,9 +377,7 @@ func (p *devPartition) runHere(ctx context.Context, op *Op) ([]byte, error) {
 			if de.Code != 0 {
 				// A real device error code (not our own verdict): stop using this instance now.
 				p.dev.MarkInstanceDown(st.in)
-				if p.dev.onDown != nil {
-					p.dev.onDown(err.Error())
-				}
+				p.dev.h.onDown(err.Error())
 			}
 			p.dev.setErr(err)
 			return nil, err

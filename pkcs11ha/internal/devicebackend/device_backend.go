@@ -37,6 +37,7 @@ func (d *Device) Partition(pi int) PartInfo {
 
 func (d *Device) Counts() Counts {
 	c := Counts{Reinits: d.reinitCount(), Retired: d.RetiredCount(), Stuck: d.stuck.Load(), LastErr: d.lastErr.Load()}
+	c.Lanes, c.LanesOpen = d.laneCounts()
 	if why := d.capRefusal.Load(); why != nil {
 		c.CapRefusal = *why
 	}
@@ -48,13 +49,6 @@ func (d *Device) Shares(o Backend) bool {
 	return ok && od != d && od.Mod == d.Mod
 }
 
-func (d *Device) SetHooks(keysChanged func(), down func(reason string)) {
-	if keysChanged != nil {
-		d.onKeys = func(*Device) { keysChanged() }
-	} else {
-		d.onKeys = nil
-	}
-	d.onDown = down
-}
+func (d *Device) SetHooks(keysChanged func(), down func(reason string)) { d.h.set(keysChanged, down) }
 
 func (d *Device) NoteError(err error) { d.setErr(err) }

@@ -75,17 +75,24 @@ func (d *Device) addLanes(n int) error {
 		}
 		h.solo = true
 		ld := &Device{idx: d.idx, Name: d.Name, cfg: d.cfg, set: d.set, Mod: h, log: d.log, home: d}
-		ld.onDown = func(reason string) {
-			if d.onDown != nil {
-				d.onDown(reason)
-			}
-		}
+		ld.h.set(nil, d.h.onDown) // a lane's down is its device's; d's hooks are read at each call
 		for _, p := range d.Parts {
 			ld.Parts = append(ld.Parts, &devPartition{dev: ld, Cfg: p.Cfg, pin: p.pin, home: p})
 		}
 		d.Lanes = append(d.Lanes, ld)
 	}
 	return nil
+}
+
+// laneCounts is how many lanes d has (0 without lanes) and how many serve every partition: lanes that
+// are still opening, or were found down and wait for a probe to re-initialise them, do not.
+func (d *Device) laneCounts() (total, open int) {
+	for _, l := range d.Lanes {
+		if l.Mod.Current() != nil && !l.AnyPartitionClosed() {
+			open++
+		}
+	}
+	return len(d.Lanes), open
 }
 
 // LaneList is the device's lanes, lane 0 first; just the device when it has none.

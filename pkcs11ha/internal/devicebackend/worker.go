@@ -277,7 +277,8 @@ func (w *workerDevice) UsePIN(pi int, pin string) bool {
 func (w *workerDevice) Counts() Counts {
 	st := w.state.Load()
 	c := Counts{Reinits: st.Counts.Reinits, Retired: st.Counts.Retired, Stuck: st.Counts.Stuck,
-		CapRefusal: st.Counts.CapRefusal, WorkerRestarts: w.restarts.Load()}
+		CapRefusal: st.Counts.CapRefusal, WorkerRestarts: w.restarts.Load(),
+		Lanes: st.Counts.Lanes, LanesOpen: st.Counts.LanesOpen}
 	if st.Counts.LastErr != "" {
 		c.LastErr = &LastError{Msg: st.Counts.LastErr, Class: st.Counts.LastErrClass}
 	}
@@ -715,27 +716,4 @@ func (w *workerDevice) Admin(ctx context.Context, pi int, op *AdminOp) (*AdminRe
 type WorkerMetrics interface {
 	WorkerStart(device string)
 	WorkerExit(device, status string)
-}
-
-// hooks is a backend's callbacks, set once before it opens (worker.go reads them from its reader).
-type hooks struct {
-	keysChanged atomic.Pointer[func()]
-	down        atomic.Pointer[func(string)]
-}
-
-func (h *hooks) set(keysChanged func(), down func(string)) {
-	h.keysChanged.Store(&keysChanged)
-	h.down.Store(&down)
-}
-
-func (h *hooks) onKeys() {
-	if f := h.keysChanged.Load(); f != nil && *f != nil {
-		(*f)()
-	}
-}
-
-func (h *hooks) onDown(reason string) {
-	if f := h.down.Load(); f != nil && *f != nil {
-		(*f)(reason)
-	}
 }

@@ -73,8 +73,7 @@ func runWorker(conn net.Conn) int {
 		return 2
 	}
 	w.dev = d
-	d.onKeys = func(*Device) { w.keysGen.Add(1) }
-	d.onDown = func(reason string) { w.event(workerEvent{Down: reason}) }
+	d.h.set(func() { w.keysGen.Add(1) }, func(reason string) { w.event(workerEvent{Down: reason}) })
 	w.reply(f, nil, nil)
 	return w.serve()
 }
@@ -144,7 +143,8 @@ func (w *workerServer) state(err error, have uint64) *workerState {
 	d := w.dev
 	c := d.Counts()
 	st := &workerState{Err: toWire(err), KeysGen: w.keysGen.Load(),
-		Counts: wireCounts{Reinits: c.Reinits, Retired: c.Retired, Stuck: c.Stuck, CapRefusal: c.CapRefusal}}
+		Counts: wireCounts{Reinits: c.Reinits, Retired: c.Retired, Stuck: c.Stuck, CapRefusal: c.CapRefusal,
+			Lanes: c.Lanes, LanesOpen: c.LanesOpen}}
 	if c.LastErr != nil {
 		st.Counts.LastErr, st.Counts.LastErrClass = c.LastErr.Msg, c.LastErr.Class
 	}

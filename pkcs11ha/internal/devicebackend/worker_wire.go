@@ -178,6 +178,7 @@ type wireCounts struct {
 	LastErr                 string `json:",omitempty"`
 	LastErrClass            errclass.Class
 	CapRefusal              string `json:",omitempty"`
+	Lanes, LanesOpen        int    `json:",omitempty"`
 }
 
 // wireKey is a KeyObject without its handle: the public half of a key, and its certificate.

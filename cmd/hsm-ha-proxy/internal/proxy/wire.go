@@ -41,6 +41,9 @@ func toDeviceStatuses(in []pkcs11ha.DeviceStatus) []sidecarapi.DeviceStatus {
 			Reinits: d.Reinits, RetiredInstances: d.RetiredInstances, StuckCalls: d.StuckCalls, ExcludedKeys: d.ExcludedKeys,
 			WorkerPID: d.WorkerPID, WorkerRestarts: d.WorkerRestarts, WorkerExit: d.WorkerExit,
 		}
+		if d.Lanes != nil {
+			out[i].Lanes = &sidecarapi.LaneStatus{Total: d.Lanes.Total, Open: d.Lanes.Open}
+		}
 		if d.Partitions != nil {
 			out[i].Partitions = make([]sidecarapi.PartitionStatus, len(d.Partitions))
 			for j, p := range d.Partitions {

@@ -38,6 +38,9 @@ func fill(t *testing.T, v reflect.Value, n *int) {
 		for i := range 2 {
 			fill(t, v.Index(i), n)
 		}
+	case reflect.Pointer:
+		v.Set(reflect.New(v.Type().Elem()))
+		fill(t, v.Elem(), n)
 	case reflect.Map:
 		v.Set(reflect.MakeMap(v.Type()))
 		for range 2 {

@@ -88,7 +88,7 @@ func (d *Device) addLanes(n int) error {
 // are still opening, or were found down and wait for a probe to re-initialise them, do not.
 func (d *Device) laneCounts() (total, open int) {
 	for _, l := range d.Lanes {
-		if l.Mod.Current() != nil && !l.AnyPartitionClosed() {
+		if l.Mod.Current() != nil && !l.needInit.Load() && !l.AnyPartitionClosed() {
 			open++
 		}
 	}

@@ -155,6 +155,12 @@ func TestLanesKillRestart(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return *cl.Status()[0].Lanes == LaneStatus{Total: 3, Open: 0}
 	}, 10*time.Second, 10*time.Millisecond, "Status shows the lanes down: %+v", cl.Status()[0].Lanes)
+	for range 5 { // while the probes re-load the module against the dead server, and fail to open it
+		for _, p := range cl.Status()[0].Partitions {
+			require.False(t, p.Open, "partition %s: not open on a dead device", p.Name)
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, dev.Restart(ctx))

@@ -43,7 +43,7 @@ type Backend interface {
 
 // PartInfo is one partition's state on one device.
 type PartInfo struct {
-	Open      bool   // tokens found, logged in
+	Open      bool   // tokens found, logged in, on the device's live module instance
 	CredFatal string // why the partition is unusable (its PIN was refused), or ""
 	Logins    int64  // C_Login calls so far
 	PINHash   [32]byte

@@ -494,6 +494,14 @@ func (d *Device) MarkInstanceDown(in *Instance) {
 	}
 }
 
+// onLiveInstance reports whether p is open on its device's current module instance. The state of an
+// instance since broken or replaced stays until a re-init opens the partition again (a re-init that fails
+// keeps it), and says nothing then.
+func (p *devPartition) onLiveInstance() bool {
+	st := p.St.Load()
+	return st != nil && st.in == p.dev.Mod.Current()
+}
+
 // AnyPartitionClosed reports whether a partition that could work (PIN accepted) is not open.
 func (d *Device) AnyPartitionClosed() bool {
 	for _, p := range d.Parts {

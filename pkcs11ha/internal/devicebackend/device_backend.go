@@ -28,10 +28,7 @@ func (d *Device) Keys(pi int) map[string]*KeyObject {
 
 func (d *Device) Partition(pi int) PartInfo {
 	p := d.Parts[pi]
-	// Open on the device's live instance: the state of an instance since broken or replaced stays until a
-	// re-init opens the partition again (a re-init that fails keeps it), and says nothing then.
-	st := p.St.Load()
-	pi2 := PartInfo{Open: st != nil && st.in == d.Mod.Current(), Logins: p.logins.Load(), PINHash: PinHash(p.secret())}
+	pi2 := PartInfo{Open: p.onLiveInstance(), Logins: p.logins.Load(), PINHash: PinHash(p.secret())}
 	if why := p.credFatal.Load(); why != nil {
 		pi2.Open, pi2.CredFatal = false, *why
 	}

@@ -84,11 +84,16 @@ func (d *Device) addLanes(n int) error {
 	return nil
 }
 
-// laneCounts is how many lanes d has (0 without lanes) and how many serve every partition: lanes that
-// are still opening, or were found down and wait for a probe to re-initialise them, do not.
+// laneCounts is how many lanes d has (0 without lanes) and how many are open on their live instance for
+// every partition that could work (PIN accepted): lanes still opening, or found down and waiting for a
+// probe to re-initialise them, are not.
 func (d *Device) laneCounts() (total, open int) {
 	for _, l := range d.Lanes {
-		if l.Mod.Current() != nil && !l.needInit.Load() && !l.AnyPartitionClosed() {
+		serves := true
+		for _, p := range l.Parts {
+			serves = serves && (p.onLiveInstance() || p.owner().credFatal.Load() != nil)
+		}
+		if serves {
 			open++
 		}
 	}
